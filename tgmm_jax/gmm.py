@@ -1,0 +1,106 @@
+"""Mixture math for diagonal Gaussian mixtures with padded components.
+
+All functions take arrays with any number of leading batch dimensions ``...``:
+``points [..., N, D]``, ``MixtureParams`` with ``weights [..., K]``, ``means [..., K, D]``,
+``scales [..., K, D]`` (standard deviations; ``None`` means unit variance, the paper's isotropic
+setting) and ``component_mask [..., K]`` (True = real component). Padded components never receive
+probability mass; every reduction over components is a masked log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@struct.dataclass
+class MixtureParams:
+    """Parameters of a (batch of) diagonal Gaussian mixtures, padded to K_max components."""
+
+    weights: jax.Array  # [..., K], sums to 1 over real components
+    means: jax.Array  # [..., K, D]
+    scales: jax.Array | None  # [..., K, D] standard deviations, or None for unit variance
+    component_mask: jax.Array  # [..., K] bool
+
+    @property
+    def num_components(self) -> jax.Array:
+        return jnp.sum(self.component_mask, axis=-1)
+
+
+def component_log_density(points_NxD: jax.Array, params: MixtureParams) -> jax.Array:
+    """log N(x_n; mu_k, diag(scale_k^2)) for every point and component: [..., N, K].
+
+    Points and means are centred on the points' mean first (the density is translation invariant),
+    so the expanded quadratic form keeps its precision for data far from the origin.
+    """
+    centre = jnp.mean(points_NxD, axis=-2, keepdims=True)  # [..., 1, D]
+    x_NxD = points_NxD - centre
+    mu_KxD = params.means - centre
+    dim = points_NxD.shape[-1]
+    hi = jax.lax.Precision.HIGHEST
+    if params.scales is None:
+        sq_NxK = (
+            jnp.sum(x_NxD**2, axis=-1)[..., :, None]
+            - 2.0 * jnp.einsum("...nd,...kd->...nk", x_NxD, mu_KxD, precision=hi)
+            + jnp.sum(mu_KxD**2, axis=-1)[..., None, :]
+        )
+        log_det_K = jnp.zeros(params.means.shape[:-1], points_NxD.dtype)
+    else:
+        inv_var_KxD = 1.0 / jnp.square(params.scales)
+        sq_NxK = (
+            jnp.einsum("...nd,...kd->...nk", x_NxD**2, inv_var_KxD, precision=hi)
+            - 2.0 * jnp.einsum("...nd,...kd->...nk", x_NxD, mu_KxD * inv_var_KxD, precision=hi)
+            + jnp.sum(mu_KxD**2 * inv_var_KxD, axis=-1)[..., None, :]
+        )
+        log_det_K = 2.0 * jnp.sum(jnp.log(params.scales), axis=-1)
+    sq_NxK = jnp.maximum(sq_NxK, 0.0)  # the expansion can round slightly below zero
+    return -0.5 * (sq_NxK + dim * _LOG_2PI + log_det_K[..., None, :])
+
+
+def log_weights(params: MixtureParams) -> jax.Array:
+    """log pi_k with -inf on padded components: [..., K]."""
+    safe = jnp.where(params.component_mask, params.weights, 1.0)
+    return jnp.where(params.component_mask, jnp.log(safe), -jnp.inf)
+
+
+def log_joint(points_NxD: jax.Array, params: MixtureParams) -> jax.Array:
+    """log pi_k + log N(x_n; mu_k, Sigma_k): [..., N, K], -inf on padded components."""
+    return log_weights(params)[..., None, :] + component_log_density(points_NxD, params)
+
+
+def point_log_density(points_NxD: jax.Array, params: MixtureParams) -> jax.Array:
+    """log p(x_n | params) = logsumexp_k log_joint: [..., N]."""
+    return jax.nn.logsumexp(log_joint(points_NxD, params), axis=-1)
+
+
+def responsibilities(points_NxD: jax.Array, params: MixtureParams) -> jax.Array:
+    """Posterior p(z_n = k | x_n): [..., N, K], exactly 0 on padded components."""
+    return jax.nn.softmax(log_joint(points_NxD, params), axis=-1)
+
+
+def mean_log_likelihood(points_NxD: jax.Array, point_mask_N: jax.Array, params: MixtureParams) -> jax.Array:
+    """Average over real points of log p(x_n | params): [...].
+
+    This is the correct mixture log-likelihood (log-sum-exp over components, mean over points), not the
+    official code's log-sum-exp over points (TGMM_NOTES §8).
+    """
+    log_p_N = point_log_density(points_NxD, params)
+    log_p_N = jnp.where(point_mask_N, log_p_N, 0.0)
+    return jnp.sum(log_p_N, axis=-1) / jnp.maximum(jnp.sum(point_mask_N, axis=-1), 1)
+
+
+def sample_points(key: jax.Array, params: MixtureParams, num_points: int) -> tuple[jax.Array, jax.Array]:
+    """Draws ``num_points`` points from one mixture (no batch dims): (points [N, D], labels [N])."""
+    if params.means.ndim != 2:
+        raise ValueError(f"sample_points expects one mixture (means [K, D]); got means {params.means.shape}")
+    label_key, noise_key = jax.random.split(key)
+    labels_N = jax.random.categorical(label_key, log_weights(params), shape=(num_points,))
+    noise_NxD = jax.random.normal(noise_key, (num_points, params.means.shape[-1]), params.means.dtype)
+    scales_KxD = jnp.ones_like(params.means) if params.scales is None else params.scales
+    points_NxD = params.means[labels_N] + scales_KxD[labels_N] * noise_NxD
+    return points_NxD, labels_N.astype(jnp.int32)

@@ -1,0 +1,150 @@
+"""Scoring estimated mixtures against the true ones, task by task.
+
+Alignment is exact: for K_max <= ``MAX_BRUTE_FORCE_K`` every permutation is scored inside jit (the
+minimiser of sum_k ||mu_hat_sigma(k) - mu_k||^2 over real components); above that, SciPy's Hungarian
+solver runs on the host through ``jax.pure_callback``. ``l2_official`` reproduces the official code's
+inverse-permutation alignment (TGMM_NOTES §8) and is reported only as a comparison column.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from tgmm_jax import gmm
+from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.tasks import GMMTask
+
+MAX_BRUTE_FORCE_K = 6
+# Cost of matching a padded estimate slot to a real true component: large enough never to be chosen.
+_FORBIDDEN = 1e30
+
+
+def permutations(k: int) -> np.ndarray:
+    """All K! permutations of range(K): [K!, K] int32, the identity first."""
+    return np.asarray(list(itertools.permutations(range(k))), np.int32).reshape(math.factorial(k), k)
+
+
+def _match_cost(est_means_BxKxD, true_means_BxKxD, component_mask_BxK):
+    """cost[b, i, j] = ||mu_hat_i - mu_j||^2 for real true j; 0 for padded j; forbidden for padded i, real j."""
+    diff = est_means_BxKxD[:, :, None, :] - true_means_BxKxD[:, None, :, :]
+    cost_BxKxK = jnp.sum(diff**2, axis=-1)
+    real_true = component_mask_BxK[:, None, :]
+    real_est = component_mask_BxK[:, :, None]
+    cost_BxKxK = jnp.where(real_true & ~real_est, _FORBIDDEN, cost_BxKxK)
+    return jnp.where(real_true, cost_BxKxK, 0.0)
+
+
+def _host_assignment(cost_BxKxK: np.ndarray) -> np.ndarray:
+    out = np.empty(cost_BxKxK.shape[:2], np.int32)
+    for b, cost in enumerate(np.asarray(cost_BxKxK, np.float64)):
+        rows, cols = linear_sum_assignment(np.nan_to_num(cost, nan=_FORBIDDEN))
+        out[b, cols] = rows
+    return out
+
+
+def align_components(est_means_BxKxD, true_means_BxKxD, component_mask_BxK) -> jax.Array:
+    """Optimal matching: ``est_index_BxK[b, j]`` = the estimated component matched to true component j.
+
+    Real true components are matched to real estimated slots only (the estimate shares the task's
+    component mask); padded slots map to padded slots.
+    """
+    cost_BxKxK = _match_cost(est_means_BxKxD, true_means_BxKxD, component_mask_BxK)
+    k = cost_BxKxK.shape[-1]
+    if k <= MAX_BRUTE_FORCE_K:
+        perms_PxK = jnp.asarray(permutations(k))
+        # total[b, p] = sum_j cost[b, perms[p, j], j]
+        total_BxP = jnp.sum(cost_BxKxK[:, perms_PxK, jnp.arange(k)], axis=-1)
+        total_BxP = jnp.where(jnp.isnan(total_BxP), jnp.inf, total_BxP)
+        return perms_PxK[jnp.argmin(total_BxP, axis=-1)]
+    shape = jax.ShapeDtypeStruct(cost_BxKxK.shape[:2], jnp.int32)
+    return jax.pure_callback(_host_assignment, shape, cost_BxKxK, vmap_method="sequential")
+
+
+def permute_components(params: MixtureParams, est_index_BxK: jax.Array) -> MixtureParams:
+    """Reorders estimated components so that slot j holds the estimate of true component j."""
+    take = jax.vmap(lambda a, idx: a[idx])
+    return MixtureParams(
+        weights=take(params.weights, est_index_BxK),
+        means=take(params.means, est_index_BxK),
+        scales=None if params.scales is None else take(params.scales, est_index_BxK),
+        component_mask=take(params.component_mask, est_index_BxK),
+    )
+
+
+def _l2_terms(est: MixtureParams, task: GMMTask) -> tuple[jax.Array, jax.Array]:
+    """Per-task (l2_means, l2_weights) of already aligned estimates, over real components only."""
+    mask_BxK = task.component_mask
+    k_B = jnp.sum(mask_BxK, axis=-1)
+    dim = task.means.shape[-1]
+    sq_means_BxK = jnp.sum((est.means - task.means) ** 2, axis=-1)
+    l2_means = jnp.sum(jnp.where(mask_BxK, sq_means_BxK, 0.0), axis=-1) / (k_B * dim)
+    sq_weights_BxK = (est.weights - task.weights) ** 2
+    l2_weights = jnp.sum(jnp.where(mask_BxK, sq_weights_BxK, 0.0), axis=-1) / k_B
+    return l2_means, l2_weights
+
+
+def _inverse_permutation(perm_BxK: jax.Array) -> jax.Array:
+    return jnp.argsort(perm_BxK, axis=-1).astype(perm_BxK.dtype)
+
+
+def applicable(estimate: MixtureParams, task: GMMTask) -> jax.Array:
+    """True where the estimate's real components are all finite ([B]); False marks 'not applicable'."""
+    mask_BxK = task.component_mask
+    finite_BxK = jnp.isfinite(estimate.weights) & jnp.all(jnp.isfinite(estimate.means), axis=-1)
+    if estimate.scales is not None:
+        finite_BxK &= jnp.all(jnp.isfinite(estimate.scales), axis=-1)
+    return jnp.all(finite_BxK | ~mask_BxK, axis=-1)
+
+
+def evaluate_estimates(estimate: MixtureParams, task: GMMTask) -> dict[str, jax.Array]:
+    """Per-task metrics ([B] each) of an estimate against the task's true mixture.
+
+    l2_means    1/(K D) sum_k ||mu_hat_sigma(k) - mu_k||^2 under the optimal alignment sigma
+    l2_weights  1/K sum_k (pi_hat_sigma(k) - pi_k)^2
+    l2          l2_means + l2_weights (the paper's l2-error)
+    l2_scales   1/(K D) sum_k ||s_hat_sigma(k) - s_k||^2 (only when the estimate has scales)
+    cluster_acc fraction of real points whose MAP component under the estimate is the true one
+    loglik      mean log-likelihood per real point under the estimate
+    loglik_true the same under the true parameters; oracle_gap = loglik_true - loglik
+    l2_official l2 under the official code's inverse-permutation alignment (comparison only, buggy for K >= 3)
+    applicable  False where the estimate has non-finite parameters (e.g. spectral with K > D)
+    """
+    if estimate.means.shape != task.means.shape:
+        raise ValueError(f"estimate means {estimate.means.shape} do not match task means {task.means.shape}")
+    if estimate.weights.shape != task.weights.shape:
+        raise ValueError(f"estimate weights {estimate.weights.shape} do not match task weights {task.weights.shape}")
+    est = MixtureParams(estimate.weights, estimate.means, estimate.scales, task.component_mask)
+    est_index_BxK = align_components(est.means, task.means, task.component_mask)
+    aligned = permute_components(est, est_index_BxK)
+    l2_means, l2_weights = _l2_terms(aligned, task)
+    official = permute_components(est, _inverse_permutation(est_index_BxK))
+    off_means, off_weights = _l2_terms(official, task)
+
+    labels_hat_BxN = jnp.argmax(gmm.log_joint(task.points, aligned), axis=-1)
+    correct_BxN = (labels_hat_BxN == task.labels) & task.point_mask
+    cluster_acc = jnp.sum(correct_BxN, axis=-1) / jnp.sum(task.point_mask, axis=-1)
+
+    loglik = gmm.mean_log_likelihood(task.points, task.point_mask, est)
+    loglik_true = gmm.mean_log_likelihood(task.points, task.point_mask, task.params())
+    out = dict(
+        l2=l2_means + l2_weights,
+        l2_means=l2_means,
+        l2_weights=l2_weights,
+        cluster_acc=cluster_acc,
+        loglik=loglik,
+        loglik_true=loglik_true,
+        oracle_gap=loglik_true - loglik,
+        l2_official=off_means + off_weights,
+        applicable=applicable(estimate, task),
+    )
+    if estimate.scales is not None:
+        k_B = jnp.sum(task.component_mask, axis=-1)
+        sq_BxK = jnp.sum((aligned.scales - task.scales) ** 2, axis=-1)
+        out["l2_scales"] = jnp.sum(jnp.where(task.component_mask, sq_BxK, 0.0), axis=-1) / (k_B * task.means.shape[-1])
+    return out

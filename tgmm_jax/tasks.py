@@ -1,0 +1,298 @@
+"""GMM task sampler: the paper's Algorithm 1 and its variants, as pure jit-able functions.
+
+Follows the official code's ``TaskSampler`` (TGMM_NOTES §3): every batch holds ``tasks_per_k`` tasks of
+each K in ``spec.ks`` (stratified), weights are sorted ascending, means are U[-5, 5]^D with a pairwise
+cosine-similarity rejection, and per-task sample sizes live in ``point_mask``. Unlike the official code,
+a batch is never shrunk: rejection sampling runs inside a ``lax.while_loop`` until every task is filled,
+and a spec whose acceptance rate is (numerically) zero is refused with an error naming (D, K).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+VARIANTS = ("isotropic", "anisotropic")
+
+# Below this acceptance rate of the cosine filter the sampler refuses the spec instead of looping for ages.
+_MIN_ACCEPTANCE_RATE = 1e-4
+_ACCEPTANCE_PROBE_DRAWS = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """What a batch of GMM tasks looks like. Frozen and hashable: pass it as a static argument."""
+
+    dim: int
+    ks: tuple[int, ...] = (2, 3, 4, 5)
+    n_max: int = 128
+    n_min: int | None = None  # defaults to n_max // 2, as the official length mask
+    variant: str = "isotropic"
+    mean_shift: float = 0.0  # sigma_p of the distribution-shift study: means += sigma_p * N(0, I)
+    cos_threshold: float = 0.8
+    weight_range: tuple[float, float] = (0.2, 0.8)
+    mean_range: tuple[float, float] = (-5.0, 5.0)
+    variable_n: bool = True  # True for training (N ~ U{n_min..n_max}), False for evaluation (N = n_max)
+
+    def __post_init__(self):
+        set_ = functools.partial(object.__setattr__, self)
+        if isinstance(self.ks, int) or not hasattr(self.ks, "__iter__"):
+            raise ValueError(f"TaskSpec.ks must be a sequence of component counts, got {self.ks!r}")
+        set_("ks", tuple(self.ks))
+        set_("weight_range", tuple(self.weight_range))
+        set_("mean_range", tuple(self.mean_range))
+        if self.n_min is None and isinstance(self.n_max, int):
+            set_("n_min", max(self.n_max // 2, 1))
+        _validate(self)
+
+    @property
+    def k_max(self) -> int:
+        return max(self.ks)
+
+    def batch_size(self, tasks_per_k: int) -> int:
+        return tasks_per_k * len(self.ks)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _validate(spec: TaskSpec) -> None:
+    if not _is_int(spec.dim) or spec.dim < 1:
+        raise ValueError(f"TaskSpec.dim must be an integer >= 1, got {spec.dim!r}")
+    if len(spec.ks) == 0:
+        raise ValueError("TaskSpec.ks is empty: give at least one component count K")
+    for k in spec.ks:
+        if not _is_int(k) or k < 1:
+            raise ValueError(f"TaskSpec.ks must hold integers K >= 1, got {spec.ks!r}")
+    if len(set(spec.ks)) != len(spec.ks):
+        raise ValueError(f"TaskSpec.ks has repeated values: {spec.ks!r}")
+    if not _is_int(spec.n_max) or spec.n_max < 1:
+        raise ValueError(f"TaskSpec.n_max must be an integer >= 1, got {spec.n_max!r}")
+    if spec.n_max < max(spec.ks):
+        raise ValueError(f"TaskSpec.n_max={spec.n_max} is smaller than the largest K={max(spec.ks)}")
+    if not _is_int(spec.n_min) or spec.n_min < 1:
+        raise ValueError(f"TaskSpec.n_min must be an integer >= 1, got {spec.n_min!r}")
+    if spec.n_min > spec.n_max:
+        raise ValueError(f"TaskSpec.n_min={spec.n_min} is larger than n_max={spec.n_max}")
+    if spec.variant not in VARIANTS:
+        raise ValueError(f"TaskSpec.variant must be one of {VARIANTS}, got {spec.variant!r}")
+    if not (isinstance(spec.mean_shift, (int, float)) and math.isfinite(spec.mean_shift) and spec.mean_shift >= 0):
+        raise ValueError(f"TaskSpec.mean_shift must be a finite number >= 0, got {spec.mean_shift!r}")
+    if not (isinstance(spec.cos_threshold, (int, float)) and -1.0 < spec.cos_threshold <= 1.0):
+        raise ValueError(f"TaskSpec.cos_threshold must lie in (-1, 1], got {spec.cos_threshold!r}")
+    wr = spec.weight_range
+    if len(wr) != 2 or not (0.0 < wr[0] <= wr[1] < math.inf):
+        raise ValueError(f"TaskSpec.weight_range must be (lo, hi) with 0 < lo <= hi, got {spec.weight_range!r}")
+    if len(spec.mean_range) != 2 or not (-math.inf < spec.mean_range[0] < spec.mean_range[1] < math.inf):
+        raise ValueError(f"TaskSpec.mean_range must be (lo, hi) with lo < hi, got {spec.mean_range!r}")
+    if not isinstance(spec.variable_n, bool):
+        raise ValueError(f"TaskSpec.variable_n must be a bool, got {spec.variable_n!r}")
+
+
+@struct.dataclass
+class GMMTask:
+    """A batch of GMM tasks padded to N_max points and K_max components."""
+
+    points: jax.Array  # [B, N, D]
+    point_mask: jax.Array  # [B, N] bool, True = real point
+    labels: jax.Array  # [B, N] int32, true component of each point
+    weights: jax.Array  # [B, K] ascending over real components, 0 on padding
+    means: jax.Array  # [B, K, D], 0 on padding
+    scales: jax.Array  # [B, K, D] standard deviations, 1 for isotropic and on padding
+    component_mask: jax.Array  # [B, K] bool
+    num_components: jax.Array  # [B] int32
+
+    @property
+    def num_points(self) -> jax.Array:
+        return jnp.sum(self.point_mask, axis=-1)
+
+    def params(self):
+        """The true mixture as ``MixtureParams`` (scales always given)."""
+        from tgmm_jax.gmm import MixtureParams
+
+        return MixtureParams(self.weights, self.means, self.scales, self.component_mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Means with the cosine filter.
+
+
+def _cosine_ok(vectors_MxKxD: jax.Array, threshold: float) -> jax.Array:
+    """True where all pairwise cosine similarities between the K vectors are < threshold: [M]."""
+    k = vectors_MxKxD.shape[-2]
+    if k == 1:
+        return jnp.ones(vectors_MxKxD.shape[:-2], bool)
+    unit = vectors_MxKxD / jnp.maximum(jnp.linalg.norm(vectors_MxKxD, axis=-1, keepdims=True), 1e-12)
+    cos_MxKxK = jnp.einsum("mkd,mjd->mkj", unit, unit, precision=jax.lax.Precision.HIGHEST)
+    off_diag = ~jnp.eye(k, dtype=bool)
+    return jnp.all(jnp.where(off_diag, cos_MxKxK < threshold, True), axis=(-2, -1))
+
+
+@functools.lru_cache(maxsize=None)
+def acceptance_rate(dim: int, k: int, threshold: float, mean_range: tuple, mean_shift: float) -> float:
+    """Monte Carlo estimate (NumPy, fixed seed) of the cosine filter's acceptance rate for (D, K)."""
+    if k == 1:
+        return 1.0
+    rng = np.random.default_rng(0)
+    accepted, drawn = 0, 0
+    chunk = max(1, min(_ACCEPTANCE_PROBE_DRAWS, (1 << 22) // (k * dim)))
+    while drawn < _ACCEPTANCE_PROBE_DRAWS:
+        m = rng.uniform(mean_range[0], mean_range[1], size=(chunk, k, dim))
+        m = m + mean_shift * rng.standard_normal(m.shape)
+        u = m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
+        cos = np.einsum("mkd,mjd->mkj", u, u)
+        cos[:, np.arange(k), np.arange(k)] = -np.inf
+        accepted += int(np.sum(cos.max(axis=(1, 2)) < threshold))
+        drawn += chunk
+    return accepted / drawn
+
+
+def _candidates_per_round(batch: int, rate: float, k: int, dim: int) -> int:
+    # The official code oversamples 4x; with a low acceptance rate we draw enough to fill the batch
+    # in about one round on average (x2 margin), capped so one round stays a modest array (<= 64 MiB).
+    cap = max(4 * batch, (1 << 24) // (k * dim))
+    return int(min(max(4 * batch, math.ceil(2 * batch / rate)), cap))
+
+
+def sample_filtered_vectors(
+    key: jax.Array,
+    batch: int,
+    k: int,
+    dim: int,
+    *,
+    threshold: float,
+    value_range: tuple[float, float],
+    shift: float = 0.0,
+) -> jax.Array:
+    """``batch`` sets of K vectors U[lo, hi]^D (+ shift * N(0, I)) whose pairwise cosines are < threshold.
+
+    Fixed shapes throughout: each round draws M candidates and writes the accepted ones into the next free
+    slots; a ``lax.while_loop`` repeats until all ``batch`` slots are filled. Returns [batch, K, D].
+    """
+    rate = acceptance_rate(dim, k, float(threshold), tuple(value_range), float(shift))
+    if rate < _MIN_ACCEPTANCE_RATE:
+        raise ValueError(
+            f"cannot sample means for (D={dim}, K={k}): the pairwise-cosine filter (threshold {threshold}) "
+            f"accepts {rate:.2e} of draws (below {_MIN_ACCEPTANCE_RATE:.0e}); "
+            "lower K, raise TaskSpec.cos_threshold, or raise the dimension"
+        )
+    num_candidates = _candidates_per_round(batch, rate, k, dim)
+    lo, hi = value_range
+
+    def draw(round_key):
+        u_key, n_key = jax.random.split(round_key)
+        cand = jax.random.uniform(u_key, (num_candidates, k, dim), minval=lo, maxval=hi)
+        if shift:
+            cand = cand + shift * jax.random.normal(n_key, cand.shape)
+        return cand
+
+    def body(state):
+        round_idx, filled, out = state
+        cand_MxKxD = draw(jax.random.fold_in(key, round_idx))
+        ok_M = _cosine_ok(cand_MxKxD, threshold)
+        slot_M = filled + jnp.cumsum(ok_M) - 1
+        slot_M = jnp.where(ok_M & (slot_M < batch), slot_M, batch)  # `batch` is out of range: dropped
+        out = out.at[slot_M].set(cand_MxKxD, mode="drop")
+        return round_idx + 1, jnp.minimum(filled + jnp.sum(ok_M), batch), out
+
+    init = (jnp.int32(0), jnp.int32(0), jnp.zeros((batch, k, dim), jnp.float32))
+    _, _, out = jax.lax.while_loop(lambda s: s[1] < batch, body, init)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tasks.
+
+
+def _sample_one_k(key: jax.Array, spec: TaskSpec, k: int, batch: int) -> dict[str, jax.Array]:
+    """``batch`` tasks with exactly K components, padded to spec.k_max."""
+    w_key, m_key, s_key, z_key, e_key, n_key = jax.random.split(key, 6)
+    d, k_max, n = spec.dim, spec.k_max, spec.n_max
+
+    raw_BxK = jax.random.uniform(w_key, (batch, k), minval=spec.weight_range[0], maxval=spec.weight_range[1])
+    weights_BxK = jnp.sort(raw_BxK, axis=-1)
+    weights_BxK = weights_BxK / jnp.sum(weights_BxK, axis=-1, keepdims=True)
+
+    filt = functools.partial(sample_filtered_vectors, batch=batch, k=k, dim=d, threshold=spec.cos_threshold)
+    means_BxKxD = filt(m_key, value_range=spec.mean_range, shift=spec.mean_shift)
+    if spec.variant == "anisotropic":
+        # Official AnisotropicGaussianMixtureTask: scale = 2 softplus(m / 5), m another filtered draw.
+        scales_BxKxD = 2.0 * jax.nn.softplus(filt(s_key, value_range=spec.mean_range) / 5.0)
+    else:
+        scales_BxKxD = jnp.ones((batch, k, d), jnp.float32)
+
+    labels_BxN = jax.random.categorical(z_key, jnp.log(weights_BxK)[:, None, :], axis=-1, shape=(batch, n))
+    labels_BxN = labels_BxN.astype(jnp.int32)
+    noise_BxNxD = jax.random.normal(e_key, (batch, n, d))
+    take = jax.vmap(lambda a, idx: a[idx])
+    points_BxNxD = take(means_BxKxD, labels_BxN) + take(scales_BxKxD, labels_BxN) * noise_BxNxD
+
+    if spec.variable_n:
+        n_B = jax.random.randint(n_key, (batch,), spec.n_min, spec.n_max + 1)
+        point_mask_BxN = jnp.arange(n)[None, :] < n_B[:, None]
+    else:
+        point_mask_BxN = jnp.ones((batch, n), bool)
+
+    pad = k_max - k
+    return dict(
+        points=points_BxNxD,
+        point_mask=point_mask_BxN,
+        labels=labels_BxN,
+        weights=jnp.pad(weights_BxK, ((0, 0), (0, pad))),
+        means=jnp.pad(means_BxKxD, ((0, 0), (0, pad), (0, 0))),
+        scales=jnp.pad(scales_BxKxD, ((0, 0), (0, pad), (0, 0)), constant_values=1.0),
+        component_mask=jnp.broadcast_to(jnp.arange(k_max) < k, (batch, k_max)),
+        num_components=jnp.full((batch,), k, jnp.int32),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "tasks_per_k"))
+def sample_tasks(key: jax.Array, spec: TaskSpec, tasks_per_k: int) -> GMMTask:
+    """Samples ``tasks_per_k`` tasks of each K in ``spec.ks``; B = tasks_per_k * len(ks), in ks order."""
+    if not isinstance(spec, TaskSpec):
+        raise TypeError(f"spec must be a TaskSpec, got {type(spec).__name__}")
+    if not _is_int(tasks_per_k) or tasks_per_k < 1:
+        raise ValueError(f"tasks_per_k must be an integer >= 1, got {tasks_per_k!r}")
+    parts = [_sample_one_k(jax.random.fold_in(key, k), spec, k, tasks_per_k) for k in spec.ks]
+    return GMMTask(**{name: jnp.concatenate([p[name] for p in parts]) for name in parts[0]})
+
+
+@functools.partial(jax.jit, static_argnames=("n", "a", "b", "batch"))
+def sample_phase_transition_tasks(key: jax.Array, n: int, a: float, b: float, batch: int) -> GMMTask:
+    """Two equal-weight spherical components at the Ndaoud (2018) threshold (TGMM_NOTES §3, end).
+
+    Separation Delta = sqrt((1 + sqrt(a)) log n), dimension D = int(b n log n); means are
+    +-(Delta / 2) u with u uniform on the sphere, plus a shared offset Delta * N(0, I). N = n points.
+    """
+    if not _is_int(n) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    if not (a > 0 and b > 0):
+        raise ValueError(f"a and b must be positive, got a={a!r}, b={b!r}")
+    delta = math.sqrt((1.0 + math.sqrt(a)) * math.log(n))
+    dim = int(b * n * math.log(n))
+    if dim < 1:
+        raise ValueError(f"b={b} gives dimension int(b n log n) = {dim} < 1")
+    u_key, o_key, z_key, e_key = jax.random.split(key, 4)
+    u_BxD = jax.random.normal(u_key, (batch, dim))
+    u_BxD = u_BxD / jnp.linalg.norm(u_BxD, axis=-1, keepdims=True)
+    offset_BxD = delta * jax.random.normal(o_key, (batch, dim))
+    means_BxKxD = offset_BxD[:, None, :] + (delta / 2.0) * jnp.stack([u_BxD, -u_BxD], axis=1)
+    labels_BxN = jax.random.bernoulli(z_key, 0.5, (batch, n)).astype(jnp.int32)
+    points_BxNxD = jax.vmap(lambda m, z: m[z])(means_BxKxD, labels_BxN) + jax.random.normal(e_key, (batch, n, dim))
+    return GMMTask(
+        points=points_BxNxD,
+        point_mask=jnp.ones((batch, n), bool),
+        labels=labels_BxN,
+        weights=jnp.full((batch, 2), 0.5),
+        means=means_BxKxD,
+        scales=jnp.ones((batch, 2, dim)),
+        component_mask=jnp.ones((batch, 2), bool),
+        num_components=jnp.full((batch,), 2, jnp.int32),
+    )
