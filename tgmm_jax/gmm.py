@@ -35,10 +35,14 @@ class MixtureParams:
 def component_log_density(points_NxD: jax.Array, params: MixtureParams) -> jax.Array:
     """log N(x_n; mu_k, diag(scale_k^2)) for every point and component: [..., N, K].
 
-    Points and means are centred on the points' mean first (the density is translation invariant),
-    so the expanded quadratic form keeps its precision for data far from the origin.
+    Points and means are centred on the mixture's mean first (the density is translation invariant),
+    so the expanded quadratic form keeps its precision for mixtures far from the origin; the centre
+    depends on the parameters only, so padded points cannot change the values of real ones.
     """
-    centre = jnp.mean(points_NxD, axis=-2, keepdims=True)  # [..., 1, D]
+    real_w_K = jnp.where(params.component_mask, params.weights, 0.0)
+    real_w_K = real_w_K / jnp.maximum(jnp.sum(real_w_K, axis=-1, keepdims=True), 1e-30)
+    centre = jnp.einsum("...k,...kd->...d", real_w_K, jnp.where(params.component_mask[..., None], params.means, 0.0))
+    centre = jax.lax.stop_gradient(centre)[..., None, :]  # [..., 1, D]
     x_NxD = points_NxD - centre
     mu_KxD = params.means - centre
     dim = points_NxD.shape[-1]

@@ -3,7 +3,7 @@
 Follows the official code's ``TaskSampler`` (TGMM_NOTES §3): every batch holds ``tasks_per_k`` tasks of
 each K in ``spec.ks`` (stratified), weights are sorted ascending, means are U[-5, 5]^D with a pairwise
 cosine-similarity rejection, and per-task sample sizes live in ``point_mask``. Unlike the official code,
-a batch is never shrunk: rejection sampling runs inside a ``lax.while_loop`` until every task is filled,
+a batch is never shrunk: each task is rejection-sampled inside a ``lax.while_loop`` until it is filled,
 and a spec whose acceptance rate is (numerically) zero is refused with an error naming (D, K).
 """
 
@@ -121,18 +121,7 @@ class GMMTask:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Means with the cosine filter.
-
-
-def _cosine_ok(vectors_MxKxD: jax.Array, threshold: float) -> jax.Array:
-    """True where all pairwise cosine similarities between the K vectors are < threshold: [M]."""
-    k = vectors_MxKxD.shape[-2]
-    if k == 1:
-        return jnp.ones(vectors_MxKxD.shape[:-2], bool)
-    unit = vectors_MxKxD / jnp.maximum(jnp.linalg.norm(vectors_MxKxD, axis=-1, keepdims=True), 1e-12)
-    cos_MxKxK = jnp.einsum("mkd,mjd->mkj", unit, unit, precision=jax.lax.Precision.HIGHEST)
-    off_diag = ~jnp.eye(k, dtype=bool)
-    return jnp.all(jnp.where(off_diag, cos_MxKxK < threshold, True), axis=(-2, -1))
+# Vectors with the cosine filter.
 
 
 @functools.lru_cache(maxsize=None)
@@ -154,114 +143,115 @@ def acceptance_rate(dim: int, k: int, threshold: float, mean_range: tuple, mean_
     return accepted / drawn
 
 
-def _candidates_per_round(batch: int, rate: float, k: int, dim: int) -> int:
-    # The official code oversamples 4x; with a low acceptance rate we draw enough to fill the batch
-    # in about one round on average (x2 margin), capped so one round stays a modest array (<= 64 MiB).
-    cap = max(4 * batch, (1 << 24) // (k * dim))
-    return int(min(max(4 * batch, math.ceil(2 * batch / rate)), cap))
+def candidates_per_round(spec: TaskSpec, shift: float) -> int:
+    """Candidate sets drawn per rejection round: about 3 expected acceptances for the hardest K.
+
+    Raises ValueError naming (D, K) when the filter (numerically) never accepts.
+    """
+    rates = {}
+    for k in spec.ks:
+        rates[k] = acceptance_rate(spec.dim, k, float(spec.cos_threshold), spec.mean_range, float(shift))
+        if rates[k] < _MIN_ACCEPTANCE_RATE:
+            raise ValueError(
+                f"cannot sample means for (D={spec.dim}, K={k}): the pairwise-cosine filter (threshold "
+                f"{spec.cos_threshold}) accepts {rates[k]:.2e} of draws (below {_MIN_ACCEPTANCE_RATE:.0e}); "
+                "lower K, raise TaskSpec.cos_threshold, or raise the dimension"
+            )
+    return int(min(math.ceil(3.0 / min(rates.values())), 1024))
+
+
+def _cosine_ok(vectors_RxKxD: jax.Array, component_mask_K: jax.Array, threshold: float) -> jax.Array:
+    """True where all pairwise cosines between the real vectors of a candidate set are < threshold: [R]."""
+    norm = jnp.linalg.norm(vectors_RxKxD, axis=-1, keepdims=True)
+    unit = vectors_RxKxD / jnp.maximum(norm, 1e-12)
+    cos_RxKxK = jnp.einsum("rkd,rjd->rkj", unit, unit, precision=jax.lax.Precision.HIGHEST)
+    k = component_mask_K.shape[0]
+    checked_KxK = component_mask_K[:, None] & component_mask_K[None, :] & ~jnp.eye(k, dtype=bool)
+    return jnp.all((cos_RxKxK < threshold) | ~checked_KxK[None], axis=(-2, -1))
 
 
 def sample_filtered_vectors(
     key: jax.Array,
-    batch: int,
-    k: int,
-    dim: int,
+    component_mask_K: jax.Array,
     *,
+    dim: int,
+    candidates: int,
     threshold: float,
     value_range: tuple[float, float],
     shift: float = 0.0,
 ) -> jax.Array:
-    """``batch`` sets of K vectors U[lo, hi]^D (+ shift * N(0, I)) whose pairwise cosines are < threshold.
+    """K vectors U[lo, hi]^D (+ shift * N(0, I)) whose pairwise cosines (real rows) are < threshold.
 
-    Fixed shapes throughout: each round draws M candidates and writes the accepted ones into the next free
-    slots; a ``lax.while_loop`` repeats until all ``batch`` slots are filled. Returns [batch, K, D].
+    Rejection sampling with fixed shapes: each round draws ``candidates`` sets and keeps the first valid
+    one; a ``lax.while_loop`` repeats until one is found (under vmap, until every task has one).
+    Padded rows are 0. Returns [K, D].
     """
-    rate = acceptance_rate(dim, k, float(threshold), tuple(value_range), float(shift))
-    if rate < _MIN_ACCEPTANCE_RATE:
-        raise ValueError(
-            f"cannot sample means for (D={dim}, K={k}): the pairwise-cosine filter (threshold {threshold}) "
-            f"accepts {rate:.2e} of draws (below {_MIN_ACCEPTANCE_RATE:.0e}); "
-            "lower K, raise TaskSpec.cos_threshold, or raise the dimension"
-        )
-    num_candidates = _candidates_per_round(batch, rate, k, dim)
+    k_max = component_mask_K.shape[0]
     lo, hi = value_range
 
-    def draw(round_key):
-        u_key, n_key = jax.random.split(round_key)
-        cand = jax.random.uniform(u_key, (num_candidates, k, dim), minval=lo, maxval=hi)
-        if shift:
-            cand = cand + shift * jax.random.normal(n_key, cand.shape)
-        return cand
-
     def body(state):
-        round_idx, filled, out = state
-        cand_MxKxD = draw(jax.random.fold_in(key, round_idx))
-        ok_M = _cosine_ok(cand_MxKxD, threshold)
-        slot_M = filled + jnp.cumsum(ok_M) - 1
-        slot_M = jnp.where(ok_M & (slot_M < batch), slot_M, batch)  # `batch` is out of range: dropped
-        out = out.at[slot_M].set(cand_MxKxD, mode="drop")
-        return round_idx + 1, jnp.minimum(filled + jnp.sum(ok_M), batch), out
+        round_idx, _, out = state
+        u_key, n_key = jax.random.split(jax.random.fold_in(key, round_idx))
+        cand_RxKxD = jax.random.uniform(u_key, (candidates, k_max, dim), minval=lo, maxval=hi)
+        if shift:
+            cand_RxKxD = cand_RxKxD + shift * jax.random.normal(n_key, cand_RxKxD.shape)
+        ok_R = _cosine_ok(cand_RxKxD, component_mask_K, threshold)
+        return round_idx + 1, jnp.any(ok_R), cand_RxKxD[jnp.argmax(ok_R)]
 
-    init = (jnp.int32(0), jnp.int32(0), jnp.zeros((batch, k, dim), jnp.float32))
-    _, _, out = jax.lax.while_loop(lambda s: s[1] < batch, body, init)
-    return out
+    init = (jnp.int32(0), jnp.bool_(False), jnp.zeros((k_max, dim), jnp.float32))
+    _, _, out_KxD = jax.lax.while_loop(lambda s: ~s[1], body, init)
+    return jnp.where(component_mask_K[:, None], out_KxD, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Tasks.
 
 
-def _sample_one_k(key: jax.Array, spec: TaskSpec, k: int, batch: int) -> dict[str, jax.Array]:
-    """``batch`` tasks with exactly K components, padded to spec.k_max."""
+def sample_task(key: jax.Array, spec: TaskSpec, num_components: jax.Array) -> GMMTask:
+    """One task with ``num_components`` (a traced int is fine) real components, padded to spec.k_max.
+
+    Returns a ``GMMTask`` without the batch axis; ``sample_tasks`` vmaps this over tasks.
+    """
     w_key, m_key, s_key, z_key, e_key, n_key = jax.random.split(key, 6)
     d, k_max, n = spec.dim, spec.k_max, spec.n_max
+    k = jnp.asarray(num_components, jnp.int32)
+    mask_K = jnp.arange(k_max) < k
 
-    raw_BxK = jax.random.uniform(w_key, (batch, k), minval=spec.weight_range[0], maxval=spec.weight_range[1])
-    weights_BxK = jnp.sort(raw_BxK, axis=-1)
-    weights_BxK = weights_BxK / jnp.sum(weights_BxK, axis=-1, keepdims=True)
+    # Algorithm 1: weights = sort(U[0.2, 0.8]^K) / sum, ascending over the real components.
+    raw_K = jax.random.uniform(w_key, (k_max,), minval=spec.weight_range[0], maxval=spec.weight_range[1])
+    raw_K = jnp.sort(jnp.where(mask_K, raw_K, jnp.inf))
+    weights_K = jnp.where(mask_K, raw_K, 0.0)
+    weights_K = weights_K / jnp.sum(weights_K)
 
-    filt = functools.partial(sample_filtered_vectors, batch=batch, k=k, dim=d, threshold=spec.cos_threshold)
-    means_BxKxD = filt(m_key, value_range=spec.mean_range, shift=spec.mean_shift)
+    filt = functools.partial(sample_filtered_vectors, component_mask_K=mask_K, dim=d, threshold=spec.cos_threshold)
+    means_KxD = filt(m_key, candidates=candidates_per_round(spec, spec.mean_shift),
+                     value_range=spec.mean_range, shift=spec.mean_shift)
     if spec.variant == "anisotropic":
         # Official AnisotropicGaussianMixtureTask: scale = 2 softplus(m / 5), m another filtered draw.
-        scales_BxKxD = 2.0 * jax.nn.softplus(filt(s_key, value_range=spec.mean_range) / 5.0)
+        m_KxD = filt(s_key, candidates=candidates_per_round(spec, 0.0), value_range=spec.mean_range)
+        scales_KxD = jnp.where(mask_K[:, None], 2.0 * jax.nn.softplus(m_KxD / 5.0), 1.0)
     else:
-        scales_BxKxD = jnp.ones((batch, k, d), jnp.float32)
+        scales_KxD = jnp.ones((k_max, d), jnp.float32)
 
-    labels_BxN = jax.random.categorical(z_key, jnp.log(weights_BxK)[:, None, :], axis=-1, shape=(batch, n))
-    labels_BxN = labels_BxN.astype(jnp.int32)
-    noise_BxNxD = jax.random.normal(e_key, (batch, n, d))
-    take = jax.vmap(lambda a, idx: a[idx])
-    points_BxNxD = take(means_BxKxD, labels_BxN) + take(scales_BxKxD, labels_BxN) * noise_BxNxD
-
+    labels_N = jax.random.categorical(z_key, jnp.log(weights_K), shape=(n,)).astype(jnp.int32)
+    points_NxD = means_KxD[labels_N] + scales_KxD[labels_N] * jax.random.normal(e_key, (n, d))
     if spec.variable_n:
-        n_B = jax.random.randint(n_key, (batch,), spec.n_min, spec.n_max + 1)
-        point_mask_BxN = jnp.arange(n)[None, :] < n_B[:, None]
+        point_mask_N = jnp.arange(n) < jax.random.randint(n_key, (), spec.n_min, spec.n_max + 1)
     else:
-        point_mask_BxN = jnp.ones((batch, n), bool)
-
-    pad = k_max - k
-    return dict(
-        points=points_BxNxD,
-        point_mask=point_mask_BxN,
-        labels=labels_BxN,
-        weights=jnp.pad(weights_BxK, ((0, 0), (0, pad))),
-        means=jnp.pad(means_BxKxD, ((0, 0), (0, pad), (0, 0))),
-        scales=jnp.pad(scales_BxKxD, ((0, 0), (0, pad), (0, 0)), constant_values=1.0),
-        component_mask=jnp.broadcast_to(jnp.arange(k_max) < k, (batch, k_max)),
-        num_components=jnp.full((batch,), k, jnp.int32),
-    )
+        point_mask_N = jnp.ones((n,), bool)
+    return GMMTask(points_NxD, point_mask_N, labels_N, weights_K, means_KxD, scales_KxD, mask_K, k)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "tasks_per_k"))
 def sample_tasks(key: jax.Array, spec: TaskSpec, tasks_per_k: int) -> GMMTask:
-    """Samples ``tasks_per_k`` tasks of each K in ``spec.ks``; B = tasks_per_k * len(ks), in ks order."""
+    """Samples ``tasks_per_k`` tasks of each K in ``spec.ks``; B = tasks_per_k * len(ks), grouped in ks order."""
     if not isinstance(spec, TaskSpec):
         raise TypeError(f"spec must be a TaskSpec, got {type(spec).__name__}")
     if not _is_int(tasks_per_k) or tasks_per_k < 1:
         raise ValueError(f"tasks_per_k must be an integer >= 1, got {tasks_per_k!r}")
-    parts = [_sample_one_k(jax.random.fold_in(key, k), spec, k, tasks_per_k) for k in spec.ks]
-    return GMMTask(**{name: jnp.concatenate([p[name] for p in parts]) for name in parts[0]})
+    ks_B = jnp.repeat(jnp.asarray(spec.ks, jnp.int32), tasks_per_k)
+    keys = jax.random.split(key, ks_B.shape[0])
+    return jax.vmap(sample_task, in_axes=(0, None, 0))(keys, spec, ks_B)
 
 
 @functools.partial(jax.jit, static_argnames=("n", "a", "b", "batch"))

@@ -1,0 +1,194 @@
+"""Sampler statistics, determinism, jit/vmap equivalence and spec validation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tgmm_jax.tasks import TaskSpec, acceptance_rate, sample_phase_transition_tasks, sample_task, sample_tasks
+
+
+def _np(task):
+    return jax.tree.map(np.asarray, task)
+
+
+@pytest.fixture(scope="module")
+def iso_task():
+    return _np(sample_tasks(jax.random.key(0), TaskSpec(dim=3, n_max=64), 200))
+
+
+def test_shapes_and_stratification(iso_task):
+    t = iso_task
+    assert t.points.shape == (800, 64, 3)
+    assert t.weights.shape == (800, 5) and t.means.shape == (800, 5, 3) and t.scales.shape == (800, 5, 3)
+    assert t.point_mask.dtype == bool and t.component_mask.dtype == bool
+    # tasks_per_k tasks of each K, in ks order
+    np.testing.assert_array_equal(t.num_components, np.repeat([2, 3, 4, 5], 200))
+    np.testing.assert_array_equal(t.component_mask.sum(-1), t.num_components)
+
+
+def test_weights_in_range_sorted_and_padded(iso_task):
+    t = iso_task
+    for b in range(t.weights.shape[0]):
+        k = t.num_components[b]
+        w = t.weights[b, :k]
+        assert np.all(np.diff(w) >= 0), "weights must be ascending over real components"
+        np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-5)
+        # normalised U[0.2, 0.8]: ratios between weights are bounded by 0.8 / 0.2
+        assert w.max() / w.min() <= 4.0 + 1e-4
+        assert np.all(t.weights[b, k:] == 0) and np.all(t.means[b, k:] == 0)
+        assert np.all(t.scales[b, k:] == 1)
+    # the raw draws are U[0.2, 0.8]: for K=2 the smaller normalised weight lies in [0.2/1.0, 0.5]
+    w2 = t.weights[t.num_components == 2]
+    assert w2[:, 0].min() >= 0.2 - 1e-6 and w2[:, 0].max() <= 0.5 + 1e-6
+
+
+def test_means_in_box_and_cosine_filter(iso_task):
+    t = iso_task
+    assert np.all(np.abs(t.means) <= 5.0)
+    for b in range(t.means.shape[0]):
+        m = t.means[b, : t.num_components[b]]
+        u = m / np.linalg.norm(m, axis=-1, keepdims=True)
+        cos = u @ u.T
+        off = ~np.eye(len(m), dtype=bool)
+        assert cos[off].max() < 0.8
+    # means are spread over the whole box (not a degenerate corner): per-coordinate variance ~ 100/12
+    real = t.means[t.component_mask]
+    assert abs(real.mean()) < 0.3 and abs(real.var() - 100 / 12) < 1.0
+
+
+def test_points_follow_labels_and_unit_scale(iso_task):
+    t = iso_task
+    resid = t.points - np.take_along_axis(t.means, t.labels[..., None], axis=1)
+    assert abs(resid.var() - 1.0) < 0.02 and abs(resid.mean()) < 0.01
+    # labels only point at real components, with frequencies matching the weights
+    assert np.all(t.labels < t.num_components[:, None])
+    k5 = t.num_components == 5
+    freq = np.stack([(t.labels[k5] == j).mean(-1) for j in range(5)], -1)
+    np.testing.assert_allclose(freq.mean(0), t.weights[k5].mean(0), atol=0.01)
+
+
+def test_variable_n_within_bounds_and_prefix_mask(iso_task):
+    n = iso_task.point_mask.sum(-1)
+    assert n.min() >= 32 and n.max() <= 64
+    assert len(np.unique(n)) > 20  # really random, both ends reachable
+    # the mask is a prefix: real points first
+    for mask, length in zip(iso_task.point_mask, n):
+        assert mask[:length].all() and not mask[length:].any()
+
+
+def test_anisotropic_scales_and_residuals():
+    t = _np(sample_tasks(jax.random.key(2), TaskSpec(dim=4, ks=(3,), n_max=2000, variant="anisotropic"), 64))
+    s = t.scales
+    lo, hi = 2 * np.log1p(np.exp(-1.0)), 2 * np.log1p(np.exp(1.0))  # 2 softplus(+-5/5)
+    assert s.min() >= lo - 1e-5 and s.max() <= hi + 1e-5 and s.std() > 0.2
+    # per-component residual variance matches scale^2
+    for b in range(4):
+        for k in range(3):
+            sel = (t.labels[b] == k) & t.point_mask[b]
+            resid = t.points[b, sel] - t.means[b, k]
+            np.testing.assert_allclose(resid.var(0), s[b, k] ** 2, rtol=0.25)
+
+
+def test_mean_shift_moves_means_outside_box():
+    t = sample_tasks(jax.random.key(3), TaskSpec(dim=8, mean_shift=10.0), 32)
+    real = np.asarray(t.means)[np.asarray(t.component_mask)]
+    assert np.abs(real).max() > 10.0
+    # U[-5,5] + 10 N(0,1): variance 100/12 + 100
+    assert abs(real.var() / (100 / 12 + 100) - 1) < 0.15
+
+
+def test_d2_k5_fills_every_task():
+    # acceptance ~5%: the official 4x oversampling would shrink this batch; ours must not.
+    spec = TaskSpec(dim=2, ks=(5,), n_max=16)
+    assert acceptance_rate(2, 5, 0.8, (-5.0, 5.0), 0.0) < 0.1
+    t = _np(sample_tasks(jax.random.key(4), spec, 300))
+    assert t.means.shape == (300, 5, 2)
+    u = t.means / np.linalg.norm(t.means, axis=-1, keepdims=True)
+    cos = np.einsum("bkd,bjd->bkj", u, u) - 2 * np.eye(5)
+    assert cos.max() < 0.8
+    assert len({tuple(m.ravel()) for m in t.means}) == 300  # all distinct, none left as zeros
+
+
+def test_impossible_cell_raises_naming_dims():
+    # in D=1 any three vectors contain two of the same sign (cosine 1)
+    with pytest.raises(ValueError, match=r"D=1, K=3"):
+        sample_tasks(jax.random.key(0), TaskSpec(dim=1, ks=(3,), n_max=8), 2)
+
+
+def test_determinism_key_dependence_and_fixed_n():
+    spec = TaskSpec(dim=2, n_max=16, variable_n=False)
+    a = sample_tasks(jax.random.key(7), spec, 3)
+    assert bool(jnp.all(a.point_mask))  # evaluation specs use every point
+    b = sample_tasks(jax.random.key(7), spec, 3)
+    c = sample_tasks(jax.random.key(8), spec, 3)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.points, c.points) and not np.array_equal(a.means, c.means)
+
+
+def test_jit_and_vmap_equal_eager():
+    """sample_tasks (jit + vmap over tasks) == sample_task called op by op, task by task."""
+    spec = TaskSpec(dim=3, ks=(2, 4), n_max=6, variant="anisotropic")
+    key = jax.random.key(11)
+    batched = sample_tasks(key, spec, 2)
+    task_keys = jax.random.split(key, 4)
+    for b, k in [(0, 2), (3, 4)]:
+        eager = sample_task(task_keys[b], spec, k)
+        for e, j in zip(jax.tree.leaves(eager), jax.tree.leaves(batched)):
+            np.testing.assert_allclose(e, j[b], rtol=1e-6, atol=1e-6)
+    # vmapping the batched sampler over keys equals calling it per key
+    keys = jax.random.split(key, 2)
+    vmapped = jax.vmap(lambda k: sample_tasks(k, spec, 2))(keys)
+    for i in range(2):
+        for j, v in zip(jax.tree.leaves(sample_tasks(keys[i], spec, 2)), jax.tree.leaves(vmapped)):
+            np.testing.assert_allclose(j, v[i], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(dim=0), "dim"),
+        (dict(dim=2, ks=(0, 2)), "ks"),
+        (dict(dim=2, ks=()), "ks"),
+        (dict(dim=2, ks=(2, 2)), "ks"),
+        (dict(dim=2, n_max=10, n_min=11), "n_min"),
+        (dict(dim=2, ks=(2, 3), n_max=2), "n_max"),
+        (dict(dim=2, variant="spherical"), "variant"),
+        (dict(dim=2, mean_shift=-1.0), "mean_shift"),
+        (dict(dim=2, weight_range=(0.0, 0.8)), "weight_range"),
+        (dict(dim=2, weight_range=(0.8, 0.2)), "weight_range"),
+        (dict(dim=2, mean_range=(5, -5)), "mean_range"),
+        (dict(dim=2, cos_threshold=1.5), "cos_threshold"),
+        (dict(dim=2.5), "dim"),
+        (dict(dim=2, ks=4), "ks"),
+    ],
+)
+def test_bad_specs_rejected(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        TaskSpec(**kwargs)
+
+
+def test_bad_tasks_per_k_rejected():
+    with pytest.raises(ValueError, match="tasks_per_k"):
+        sample_tasks(jax.random.key(0), TaskSpec(dim=2), 0)
+
+
+def test_spec_is_hashable_and_defaults():
+    spec = TaskSpec(dim=8)
+    assert hash(spec) == hash(TaskSpec(dim=8, ks=[2, 3, 4, 5]))
+    assert spec.n_min == 64 and spec.k_max == 5 and spec.batch_size(64) == 256
+
+
+def test_phase_transition_family():
+    n, a, b = 64, 4.0, 0.05
+    t = _np(sample_phase_transition_tasks(jax.random.key(5), n, a, b, 256))
+    delta = np.sqrt((1 + np.sqrt(a)) * np.log(n))
+    dim = int(b * n * np.log(n))
+    assert t.points.shape == (256, n, dim)
+    sep = np.linalg.norm(t.means[:, 0] - t.means[:, 1], axis=-1)
+    np.testing.assert_allclose(sep, delta, rtol=1e-5)
+    centre = t.means.mean(1)
+    assert abs(centre.var() / delta**2 - 1) < 0.1
+    assert abs(t.labels.mean() - 0.5) < 0.02
+    np.testing.assert_allclose(t.weights, 0.5)
