@@ -1,0 +1,16 @@
+"""TGMM networks: read-in, backbones (gpt2, set, mamba2), per-K read-outs, and their configuration."""
+
+from tgmm_jax.models.config import BACKBONES, MODEL_SIZES, READOUTS, ModelConfig, model_config
+from tgmm_jax.models.tgmm import TGMM, TGMMOutput, check_num_components, make_model
+
+__all__ = [
+    "BACKBONES",
+    "MODEL_SIZES",
+    "READOUTS",
+    "TGMM",
+    "ModelConfig",
+    "TGMMOutput",
+    "check_num_components",
+    "make_model",
+    "model_config",
+]

@@ -1,0 +1,127 @@
+"""GPT-2 blocks and the two backbones built from them: `gpt2` (causal, learned positions) and `set`.
+
+The block is HF GPT-2's: pre-LayerNorm (eps 1e-5), multi-head self-attention, MLP 4E with GELU-tanh, final
+LayerNorm; init N(0, 0.02), zero biases, the two residual output projections scaled by 1/sqrt(2L); dropout 0.
+`set` is the same stack without positions and without the causal mask, so its token states are
+permutation-equivariant and a pooled read-out is invariant to the order of the points.
+
+Padded tokens (point_mask False) are masked as keys. The causal backbone assumes padding sits at the end
+(TGMM moves the real points to the front); then real tokens never see padded ones either way.
+Layers run under ``nn.scan`` (parameters stacked [L, ...]) so compile time does not grow with depth.
+The residual stream stays float32; matmuls run in the compute dtype and softmax in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tgmm_jax.models.config import ModelConfig
+
+_LN_EPS = 1e-5
+_INIT_STD = 0.02
+# Masked attention logits: finite, so a query with no visible key gets a uniform (not NaN) row.
+_MASKED_LOGIT = -1e30
+
+
+def _dense(features: int, config: ModelConfig, std: float, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=config.compute_dtype,
+        kernel_init=nn.initializers.normal(std),
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+def attention_mask(point_mask_BxN: jax.Array, causal: bool) -> jax.Array:
+    """allowed[b, q, k]: key k is a real token (and k <= q if causal): [B, N, N]."""
+    n = point_mask_BxN.shape[-1]
+    allowed_BxNxN = jnp.broadcast_to(point_mask_BxN[:, None, :], (point_mask_BxN.shape[0], n, n))
+    if causal:
+        allowed_BxNxN = allowed_BxNxN & jnp.tril(jnp.ones((n, n), bool))[None, :, :]
+    return allowed_BxNxN
+
+
+class SelfAttention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxNxE: jax.Array, allowed_BxNxN: jax.Array) -> jax.Array:
+        c = self.config
+        b, n, e = x_BxNxE.shape
+        h = c.num_heads
+        qkv_BxNx3E = _dense(3 * e, c, _INIT_STD, "qkv")(x_BxNxE)
+        q_BxNxHxF, k_BxNxHxF, v_BxNxHxF = jnp.split(qkv_BxNx3E.reshape(b, n, 3 * h, e // h), 3, axis=2)
+        logits_BxHxNxN = jnp.einsum("bqhf,bkhf->bhqk", q_BxNxHxF, k_BxNxHxF) / math.sqrt(e // h)
+        logits_BxHxNxN = jnp.where(
+            allowed_BxNxN[:, None, :, :], logits_BxHxNxN.astype(jnp.float32), _MASKED_LOGIT
+        )
+        probs_BxHxNxN = jax.nn.softmax(logits_BxHxNxN, axis=-1).astype(c.compute_dtype)
+        out_BxNxE = jnp.einsum("bhqk,bkhf->bqhf", probs_BxHxNxN, v_BxNxHxF).reshape(b, n, e)
+        return _dense(e, c, _INIT_STD / math.sqrt(2 * c.num_layers), "out")(out_BxNxE)
+
+
+class Mlp(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxNxE: jax.Array) -> jax.Array:
+        c = self.config
+        hidden = _dense(c.mlp_ratio * c.width, c, _INIT_STD, "fc")(x_BxNxE)
+        hidden = jax.nn.gelu(hidden, approximate=True)  # HF "gelu_new"
+        return _dense(c.width, c, _INIT_STD / math.sqrt(2 * c.num_layers), "out")(hidden)
+
+
+def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=_LN_EPS, dtype=config.compute_dtype, name=name)
+
+
+class Block(nn.Module):
+    """x + Attn(LN(x)), then x + MLP(LN(x)). Scan-compatible: returns (carry, None)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxNxE: jax.Array, allowed_BxNxN: jax.Array):
+        c = self.config
+        x_BxNxE = x_BxNxE + SelfAttention(c, name="attn")(
+            _layer_norm(c, "ln_1")(x_BxNxE), allowed_BxNxN
+        ).astype(jnp.float32)
+        x_BxNxE = x_BxNxE + Mlp(c, name="mlp")(_layer_norm(c, "ln_2")(x_BxNxE)).astype(jnp.float32)
+        return x_BxNxE, None
+
+
+class TransformerBackbone(nn.Module):
+    """GPT-2 block stack over tokens [B, N, E] -> states [B, N, E] (float32).
+
+    ``causal=True, positions=True`` is the paper's `gpt2`; ``causal=False, positions=False`` is `set`.
+    """
+
+    config: ModelConfig
+    causal: bool
+    positions: bool
+
+    @nn.compact
+    def __call__(self, tokens_BxNxE: jax.Array, point_mask_BxN: jax.Array) -> jax.Array:
+        c = self.config
+        n = tokens_BxNxE.shape[1]
+        x_BxNxE = tokens_BxNxE.astype(jnp.float32)
+        if self.positions:
+            if n > c.max_positions:
+                raise ValueError(f"{n} points exceed ModelConfig.max_positions={c.max_positions}")
+            table_PxE = self.param("positions", nn.initializers.normal(_INIT_STD), (c.max_positions, c.width))
+            x_BxNxE = x_BxNxE + table_PxE[None, :n, :]
+        allowed_BxNxN = attention_mask(point_mask_BxN, self.causal)
+        blocks = nn.scan(
+            Block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=nn.broadcast,
+            length=c.num_layers,
+        )
+        x_BxNxE, _ = blocks(c, name="blocks")(x_BxNxE, allowed_BxNxN)
+        return _layer_norm(c, "ln_f")(x_BxNxE).astype(jnp.float32)

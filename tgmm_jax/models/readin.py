@@ -1,0 +1,53 @@
+"""Read-in: one token per point, Dense(D + E_task -> E) on concat(point, embed(K))."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tgmm_jax.models.config import ModelConfig
+
+
+def torch_linear_init(fan_in_axis: int = -2, batch_axis: tuple[int, ...] = ()):
+    """PyTorch's default nn.Linear weight init, U(+-1/sqrt(fan_in)), as the official read-in and read-out use."""
+    return nn.initializers.variance_scaling(
+        1.0 / 3.0, "fan_in", "uniform", in_axis=fan_in_axis, out_axis=-1, batch_axis=batch_axis
+    )
+
+
+def torch_uniform_init(fan_in: int):
+    """U(+-1/sqrt(fan_in)): PyTorch's default nn.Linear bias and nn.Conv1d init."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class ReadIn(nn.Module):
+    """tokens[b, n] = W [x_bn ; e(K_b)] + c, with the K embedding shared by all tokens of a task.
+
+    Init follows the official PyTorch code: nn.Embedding N(0, 1), nn.Linear U(+-1/sqrt(fan_in)) for weight
+    and bias. The embedding is indexed by the position of K in the task set ``ks`` (``k_index_B``).
+    """
+
+    config: ModelConfig
+    num_ks: int
+
+    @nn.compact
+    def __call__(self, points_BxNxD: jax.Array, k_index_B: jax.Array) -> jax.Array:
+        c = self.config
+        embed_BxT = nn.Embed(
+            self.num_ks, c.task_embed_dim, embedding_init=nn.initializers.normal(1.0), name="task_embed"
+        )(k_index_B)
+        b, n, d = points_BxNxD.shape
+        embed_BxNxT = jnp.broadcast_to(embed_BxT[:, None, :], (b, n, c.task_embed_dim))
+        inputs_BxNxF = jnp.concatenate([points_BxNxD.astype(jnp.float32), embed_BxNxT], axis=-1)
+        fan_in = d + c.task_embed_dim
+        return nn.Dense(
+            c.width,
+            dtype=c.compute_dtype,
+            kernel_init=torch_linear_init(),
+            bias_init=torch_uniform_init(fan_in),
+            name="proj",
+        )(inputs_BxNxF)
