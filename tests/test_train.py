@@ -1,0 +1,197 @@
+"""Trainer: end to end, exact resume (also after SIGKILL), 8 devices == 1 device, clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests import train_config
+from tgmm_jax.train import checkpoint, train_and_evaluate
+from tgmm_jax.train.restore import load_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**overrides):
+    c = train_config.get_config()
+    for name, value in overrides.items():
+        target = c
+        *path, leaf = name.split(".")
+        for p in path:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def _lines(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    for row in rows:
+        row.pop("steps_per_sec", None)  # wall-clock: the only field allowed to differ
+    return rows
+
+
+def _assert_same_params(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """Uninterrupted 12-step run."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    train_and_evaluate(_config(), workdir)
+    return workdir
+
+
+def test_end_to_end_writes_config_metrics_checkpoints(reference_run):
+    files = set(os.listdir(reference_run))
+    assert {"config.json", "metrics.jsonl", "checkpoints"} <= files
+    steps = sorted(int(s) for s in os.listdir(os.path.join(reference_run, "checkpoints")) if s.isdigit())
+    assert steps == [10, 12]  # every 5 steps, keep the last 2, plus the final step
+    rows = _lines(reference_run)
+    assert [r["step"] for r in rows if "train" in r] == [2, 4, 6, 8, 10, 12]
+    assert [r["step"] for r in rows if "eval" in r] == [6, 12]
+    first = rows[0]["train"]
+    assert {"loss", "grad_norm", "means_mse"} <= set(first) and np.isfinite(first["loss"])
+    assert "tgmm/K=3/l2" in rows[-1]["eval"]
+    with open(os.path.join(reference_run, "config.json")) as f:
+        assert json.load(f)["objective"] == "est_matched"
+    run = load_run(reference_run)
+    assert run.step == 12 and run.spec.ks == (2, 3)
+
+
+def test_resume_equals_uninterrupted(reference_run, tmp_path):
+    workdir = str(tmp_path)
+    # A planned stop at step 6 (checkpoints 5 and 6), then the same command with the full budget resumes.
+    # (The SIGKILL test below covers stops in the middle of a logging window.)
+    train_and_evaluate(_config(total_steps=6), workdir)
+    train_and_evaluate(_config(), workdir)
+    assert _lines(workdir) == _lines(reference_run)
+    _assert_same_params(load_run(workdir).params, load_run(reference_run).params)
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    workdir = str(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "experiments.train", "--config=tests/train_config.py", f"--workdir={workdir}",
+           "--config.checkpoint_every=3", "--config.eval_every=0"]
+    proc = subprocess.Popen(cmd + ["--config.total_steps=1000000"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(ckpt_dir) and any(s.isdigit() and int(s) >= 6 for s in os.listdir(ckpt_dir)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint.Checkpoints(ckpt_dir, read_only=True).latest_step()
+    assert killed_at is not None and killed_at >= 3
+    total = killed_at + 7
+    subprocess.run(cmd + [f"--config.total_steps={total}"], cwd=ROOT, check=True, capture_output=True)
+    reference = str(tmp_path / "reference")
+    train_and_evaluate(_config(total_steps=total, checkpoint_every=3, eval_every=0), reference)
+    assert _lines(workdir) == _lines(reference)
+    _assert_same_params(load_run(workdir).params, load_run(reference).params)
+
+
+_EIGHT_DEVICES = r"""
+import json, sys
+import jax
+from tests import train_config
+from tgmm_jax.train import sharding, state as state_lib, train_and_evaluate
+from tgmm_jax.train.config import validate_config
+assert jax.device_count() == 8, jax.devices()
+config = train_config.get_config()
+spec, _ = validate_config(config)
+mesh = sharding.make_mesh()
+batch = jax.jit(lambda k: state_lib.sample_global_batch(k, spec, config.tasks_per_k, mesh))(jax.random.key(0))
+shards = [s.data.shape for s in batch.points.addressable_shards]
+try:
+    bad = train_config.get_config(); bad.tasks_per_k = 3
+    train_and_evaluate(bad, sys.argv[1] + "_bad")
+    error = None
+except ValueError as e:
+    error = str(e)
+train_and_evaluate(config, sys.argv[1])
+print(json.dumps({"shards": shards, "devices": len(batch.points.sharding.device_set), "error": error}))
+"""
+
+
+def test_eight_devices_match_one_device(reference_run, tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES, str(tmp_path / "w8")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 8 and report["shards"] == [[1, 8, 2]] * 8  # 8 tasks, one per device
+    assert "divide by the 8 devices" in report["error"]
+    one, eight = _lines(reference_run), _lines(str(tmp_path / "w8"))
+    assert [r["step"] for r in one] == [r["step"] for r in eight]
+    for a, b in zip(one, eight):
+        for name, value in a.get("train", {}).items():
+            np.testing.assert_allclose(b["train"][name], value, rtol=2e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"total_steps": 0}, "total_steps"),
+        ({"objective": "mle"}, "objective"),
+        ({"optim.learning_rate": -1.0}, "optim.learning_rate"),
+        ({"optim.schedule": "linear"}, "optim.schedule"),
+        ({"task.n_max": 1}, "config.task"),
+        ({"model.backbone": "lstm"}, "config.model"),
+        ({"eval.baselines": ("em", "nope")}, "eval.baselines"),
+    ],
+)
+def test_bad_config_values_are_named(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        train_and_evaluate(_config(**overrides), str(tmp_path))
+
+
+def test_unknown_config_field_is_named(tmp_path):
+    c = _config()
+    c.learning_rate = 1e-3  # a top-level typo of optim.learning_rate
+    with pytest.raises(ValueError, match="learning_rate"):
+        train_and_evaluate(c, str(tmp_path))
+
+
+def test_unknown_field_on_command_line_fails(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "experiments.train", "--config=tests/train_config.py",
+                          f"--workdir={tmp_path}", "--config.optim.lr=0.1"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and "lr" in out.stderr
+
+
+def test_corrupt_or_missing_checkpoints_give_clear_errors(reference_run, tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        load_run(str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    with pytest.raises(checkpoint.CheckpointError, match="no finished checkpoint"):
+        load_run(str(empty))
+    # truncate every array file of the latest step
+    import shutil
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(reference_run, corrupt)
+    state_dir = corrupt / "checkpoints" / "12" / "state"
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            if not name.startswith("_") and "metadata" not in name:
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="cannot restore step 12"):
+        load_run(str(corrupt))
+
+
+def test_different_config_in_workdir_is_refused(reference_run):
+    with pytest.raises(ValueError, match="different config"):
+        train_and_evaluate(_config(seed=99), reference_run)

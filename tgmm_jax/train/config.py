@@ -1,0 +1,183 @@
+"""Training configuration: the default ``ConfigDict``, its validation, and builders of the typed pieces.
+
+Top-level fields: ``seed``, ``total_steps``, ``tasks_per_k``, ``log_every``, ``eval_every`` (0 = off),
+``checkpoint_every``, ``keep_checkpoints``, ``objective``, ``lik_weight``, ``tensorboard``; groups
+``task.*`` (a TaskSpec), ``model.*`` (a ModelConfig), ``optim.*`` and ``eval.*``. Unknown fields and
+invalid values fail at start with a message naming them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import ml_collections
+from ml_collections import config_dict
+
+from tgmm_jax.losses import OBJECTIVES
+from tgmm_jax.models import MODEL_SIZES, ModelConfig
+from tgmm_jax.tasks import TaskSpec
+
+SCHEDULES = ("constant", "cosine")
+DEFAULT_EVAL_BASELINES = ("em", "em_kmeanspp", "spectral")
+
+
+def model_group(size: str = "paper", **overrides) -> ml_collections.ConfigDict:
+    """A ``model`` config group with every ModelConfig field explicit (size's values + overrides)."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}")
+    fields = ModelConfig.from_dict({**MODEL_SIZES[size], **overrides}).to_dict()
+    group = ml_collections.ConfigDict()
+    for name, value in fields.items():
+        group[name] = config_dict.placeholder(int) if value is None else value
+    return group
+
+
+def task_group(**overrides) -> ml_collections.ConfigDict:
+    """A ``task`` config group with every TaskSpec field; n_min None means n_max // 2."""
+    fields = {f.name: f.default for f in dataclasses.fields(TaskSpec)}
+    fields.update(dim=8)
+    fields.update(overrides)
+    group = ml_collections.ConfigDict()
+    for name, value in fields.items():
+        group[name] = config_dict.placeholder(int) if value is None else value
+    return group
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The paper's recipe (TGMM_NOTES §6) at d=8; config files start from this and change what differs."""
+    c = ml_collections.ConfigDict()
+    c.seed = 42
+    c.total_steps = 100_000
+    c.tasks_per_k = 64
+    c.log_every = 100
+    c.eval_every = 1000
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    c.objective = "est"
+    c.lik_weight = 1.0
+    c.tensorboard = True
+    c.task = task_group()
+    c.model = model_group("paper")
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            learning_rate=1e-3,
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            schedule="constant",  # the paper: constant LR, no warmup, no clipping
+            warmup_steps=0,
+            grad_clip_norm=0.0,  # 0 = off
+        )
+    )
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            tasks_per_k=128,  # fresh tasks per K per evaluation, as the official protocol's rounds
+            n=config_dict.placeholder(int),  # points per evaluation task; None = task.n_max
+            baselines=DEFAULT_EVAL_BASELINES,
+        )
+    )
+    return c
+
+
+_TOP_LEVEL = {
+    "seed", "total_steps", "tasks_per_k", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+    "objective", "lik_weight", "tensorboard", "task", "model", "optim", "eval",
+}
+_OPTIM = {"learning_rate", "weight_decay", "b1", "b2", "eps", "schedule", "warmup_steps", "grad_clip_norm"}
+_EVAL = {"tasks_per_k", "n", "baselines"}
+
+
+def _int_at_least(config, name, low):
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"config.{name} must be an integer >= {low}, got {value!r}")
+
+
+def _number(value, name, low=0.0, high=math.inf, low_open=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        raise ValueError(f"config.{name} must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}")
+
+
+def task_spec_from(task: ml_collections.ConfigDict) -> TaskSpec:
+    fields = task.to_dict()
+    known = {f.name for f in dataclasses.fields(TaskSpec)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown config.task field(s) {unknown}; known: {sorted(known)}")
+    try:
+        return TaskSpec(**fields)
+    except ValueError as e:
+        raise ValueError(f"config.task: {e}") from None
+
+
+def model_config_from(model: ml_collections.ConfigDict) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(model.to_dict())
+    except ValueError as e:
+        raise ValueError(f"config.model: {e}") from None
+
+
+def validate_config(config: ml_collections.ConfigDict) -> tuple[TaskSpec, ModelConfig]:
+    """Checks every field; returns the typed task spec and model config. Raises ValueError naming the field."""
+    unknown = sorted(set(config.keys()) - _TOP_LEVEL)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; known: {sorted(_TOP_LEVEL)}")
+    missing = sorted(_TOP_LEVEL - set(config.keys()))
+    if missing:
+        raise ValueError(f"config is missing field(s) {missing}")
+    _int_at_least(config, "seed", 0)
+    for name, low in (("total_steps", 1), ("tasks_per_k", 1), ("log_every", 1), ("eval_every", 0),
+                      ("checkpoint_every", 1), ("keep_checkpoints", 1)):
+        _int_at_least(config, name, low)
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
+    _number(config.lik_weight, "lik_weight")
+    if not isinstance(config.tensorboard, bool):
+        raise ValueError(f"config.tensorboard must be a bool, got {config.tensorboard!r}")
+
+    for group, known in (("optim", _OPTIM), ("eval", _EVAL)):
+        extra = sorted(set(config[group].keys()) - known)
+        if extra:
+            raise ValueError(f"unknown config.{group} field(s) {extra}; known: {sorted(known)}")
+    o = config.optim
+    _number(o.learning_rate, "optim.learning_rate", low_open=True)
+    _number(o.weight_decay, "optim.weight_decay")
+    _number(o.b1, "optim.b1", high=1.0)
+    _number(o.b2, "optim.b2", high=1.0)
+    _number(o.eps, "optim.eps", low_open=True)
+    _number(o.grad_clip_norm, "optim.grad_clip_norm")
+    if o.schedule not in SCHEDULES:
+        raise ValueError(f"config.optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}")
+    if isinstance(o.warmup_steps, bool) or not isinstance(o.warmup_steps, int) or not 0 <= o.warmup_steps <= config.total_steps:
+        raise ValueError(f"config.optim.warmup_steps must be an integer in [0, total_steps], got {o.warmup_steps!r}")
+
+    e = config.eval
+    if isinstance(e.tasks_per_k, bool) or not isinstance(e.tasks_per_k, int) or e.tasks_per_k < 1:
+        raise ValueError(f"config.eval.tasks_per_k must be an integer >= 1, got {e.tasks_per_k!r}")
+    if e.n is not None and (isinstance(e.n, bool) or not isinstance(e.n, int) or e.n < 1):
+        raise ValueError(f"config.eval.n must be None or an integer >= 1, got {e.n!r}")
+    names = (e.baselines,) if isinstance(e.baselines, str) else tuple(e.baselines)
+    if names:
+        from baselines import BASELINES  # imported here: the baselines import the library, not the trainer
+    bad = [b for b in names if b not in BASELINES]
+    if bad:
+        raise ValueError(f"config.eval.baselines has unknown name(s) {bad}; registered: {sorted(BASELINES)}")
+
+    spec = task_spec_from(config.task)
+    model_config = model_config_from(config.model)
+    if model_config.backbone == "gpt2" and max(spec.n_max, e.n or 0) > model_config.max_positions:
+        raise ValueError(
+            f"config.model.max_positions={model_config.max_positions} is smaller than the number of points "
+            f"{max(spec.n_max, e.n or 0)}"
+        )
+    return spec, model_config
+
+
+def eval_spec_from(spec: TaskSpec, eval_config: ml_collections.ConfigDict) -> TaskSpec:
+    """Evaluation tasks: the training family at a fixed N (eval.n, default n_max), no length mask."""
+    n = eval_config.n or spec.n_max
+    return dataclasses.replace(spec, n_max=n, n_min=n, variable_n=False)

@@ -1,0 +1,114 @@
+"""Train state, optimizer and the jitted train step (the batch is sampled inside the step)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+
+from tgmm_jax import losses
+from tgmm_jax.tasks import TaskSpec, sample_tasks
+from tgmm_jax.train import sharding
+
+# Per-step scalars accumulated in the state between log steps (window sums; exact across resume).
+_NONFINITE = "nonfinite_steps"
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: number of completed steps
+    params: dict
+    opt_state: optax.OptState
+    metric_sums: dict  # name -> float32 scalar, summed over the current log window
+    window_steps: jax.Array  # int32: steps in the current log window
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with an optional warmup/cosine schedule and optional global-norm clipping (both off by default)."""
+    lr = optim.learning_rate
+    if optim.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, optim.warmup_steps, total_steps, end_value=0.0)
+    elif optim.warmup_steps:
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, optim.warmup_steps), optax.constant_schedule(lr)], [optim.warmup_steps]
+        )
+    else:
+        schedule = lr
+    adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
+    if optim.grad_clip_norm:
+        return optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), adamw)
+    return adamw
+
+
+def sample_global_batch(key: jax.Array, spec: TaskSpec, tasks_per_k: int, mesh):
+    """The step's tasks, sharded over 'data' so each device samples and processes its own slice."""
+    task = sample_tasks(key, spec, tasks_per_k)
+    return jax.lax.with_sharding_constraint(task, sharding.batch_sharded(mesh))
+
+
+def _loss_fn(model, objective: str, lik_weight: float):
+    def loss_fn(params, task):
+        out = model.apply({"params": params}, task.points, task.point_mask, task.num_components)
+        return losses.compute_loss(objective, out, task, lik_weight=lik_weight)
+
+    return loss_fn
+
+
+def logged_metric_names(model, spec: TaskSpec, objective: str, lik_weight: float, params) -> tuple[str, ...]:
+    """Names of the per-step scalars the step accumulates: the loss terms, grad_norm, nonfinite_steps."""
+    dummy = jax.eval_shape(lambda: sample_tasks(jax.random.key(0), spec, 1))
+    _, terms = jax.eval_shape(_loss_fn(model, objective, lik_weight), params, dummy)
+    return tuple(sorted(terms)) + ("grad_norm", _NONFINITE)
+
+
+def create_train_state(key, model, tx, spec: TaskSpec, metric_names: tuple[str, ...], mesh) -> TrainState:
+    """Initialises parameters from ``key``, replicated on the mesh."""
+
+    def init(key):
+        dummy = sample_tasks(jax.random.key(0), spec, 1)
+        params = model.init(key, dummy.points, dummy.point_mask, dummy.num_components)["params"]
+        return TrainState(
+            step=jnp.int32(0),
+            params=params,
+            opt_state=tx.init(params),
+            metric_sums={name: jnp.float32(0.0) for name in metric_names},
+            window_steps=jnp.int32(0),
+        )
+
+    return jax.jit(init, out_shardings=sharding.replicated(mesh))(key)
+
+
+def init_params_shape(key, model, spec: TaskSpec):
+    """Abstract parameters (shapes only), for deriving metric names before the real init."""
+    dummy = jax.eval_shape(lambda: sample_tasks(jax.random.key(0), spec, 1))
+    return jax.eval_shape(lambda k, t: model.init(k, t.points, t.point_mask, t.num_components)["params"], key, dummy)
+
+
+def make_train_step(
+    model, tx, spec: TaskSpec, tasks_per_k: int, objective: str, lik_weight: float, log_every: int, mesh
+) -> Callable[[TrainState, jax.Array], TrainState]:
+    """The jitted step: sample tasks from fold_in(data_key, step), loss, grads, AdamW, window sums."""
+
+    loss_fn = _loss_fn(model, objective, lik_weight)
+
+    def step_fn(state: TrainState, data_key: jax.Array) -> TrainState:
+        task = sample_global_batch(jax.random.fold_in(data_key, state.step), spec, tasks_per_k, mesh)
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, task)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        scalars = dict(terms, grad_norm=optax.tree.norm(grads))
+        scalars[_NONFINITE] = (~jnp.isfinite(loss)).astype(jnp.float32)
+        new_window = state.step % log_every == 0
+        sums = {
+            name: jnp.where(new_window, 0.0, state.metric_sums[name]) + scalars[name].astype(jnp.float32)
+            for name in state.metric_sums
+        }
+        window_steps = jnp.where(new_window, 0, state.window_steps) + 1
+        return TrainState(state.step + 1, params, opt_state, sums, window_steps)
+
+    rep = sharding.replicated(mesh)
+    return jax.jit(step_fn, in_shardings=(rep, rep), out_shardings=rep, donate_argnums=0)

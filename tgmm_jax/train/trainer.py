@@ -1,0 +1,194 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``.
+
+Rerunning the same command on the same workdir resumes from the latest checkpoint; the data stream
+depends on (seed, step) only, so a resumed run equals an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from tgmm_jax import evaluation
+from tgmm_jax.models import make_model
+from tgmm_jax.tasks import sample_tasks
+from tgmm_jax.train import checkpoint, config as config_lib, sharding, state as state_lib
+from tgmm_jax.train.writer import MetricWriter
+
+# Config fields that may differ between the saved run and a resumed one (schedules of logging and saving).
+_RESUMABLE_CHANGES = {"total_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "tensorboard"}
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class _PreemptionFlag:
+    """Set by SIGTERM (what schedulers and TPU maintenance send) so the loop saves and exits cleanly."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not in the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_same_run(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
+    current = json.loads(config.to_json())
+    changed = sorted(k for k in set(saved) | set(current) if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        raise ValueError(
+            f"{workdir} holds a run with a different config (fields {changed}); "
+            "use a new --workdir, or restore the original values to resume"
+        )
+
+
+class PeriodicEvaluator:
+    """TGMM and the baselines on fixed evaluation tasks (their own key); baseline scores are computed once."""
+
+    def __init__(self, model, spec, eval_config, key, mesh):
+        self.model = model
+        self.spec = config_lib.eval_spec_from(spec, eval_config)
+        task_key, self.method_key = jax.random.split(key)
+        self.task = sample_tasks(task_key, self.spec, eval_config.tasks_per_k)
+        self.num_components = np.asarray(self.task.num_components)
+        self.baseline_names = (eval_config.baselines,) if isinstance(eval_config.baselines, str) else tuple(eval_config.baselines)
+        self._baselines: dict | None = None
+
+    def __call__(self, params) -> dict[str, dict]:
+        summaries = {}
+        per_task, _ = evaluation.score_method(evaluation.tgmm_method(self.model, params), self.method_key, self.task)
+        summaries["tgmm"] = evaluation.summarize(per_task, self.num_components)
+        if self._baselines is None:
+            self._baselines = {}
+            methods = evaluation.baseline_methods(self.baseline_names, self.spec.variant)
+            for name, fn in methods.items():
+                scores, _ = evaluation.score_method(fn, self.method_key, self.task)
+                self._baselines[name] = evaluation.summarize(scores, self.num_components)
+        summaries.update(self._baselines)
+        return summaries
+
+
+def _eval_record(summaries: dict) -> dict:
+    """Flat {method/K=k/metric: mean} for metrics.jsonl and TensorBoard."""
+    record = {}
+    for method, summary in summaries.items():
+        for k, entry in summary.items():
+            for metric in ("l2", "l2_means", "l2_weights", "cluster_acc", "oracle_gap", "l2_official"):
+                record[f"{method}/K={k}/{metric}"] = entry[metric]["mean"]
+            record[f"{method}/K={k}/not_applicable"] = entry["not_applicable"]
+    return record
+
+
+def _window_means(state) -> tuple[dict, float]:
+    sums = jax.device_get(state.metric_sums)
+    n = int(jax.device_get(state.window_steps))
+    means = {name: float(v) / n for name, v in sums.items() if name != state_lib._NONFINITE}
+    return means, float(sums[state_lib._NONFINITE])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distributed: str = "auto") -> dict:
+    """Trains (resuming from ``workdir`` if it holds checkpoints); returns the last evaluation summaries."""
+    spec, model_config = config_lib.validate_config(config)
+    sharding.maybe_initialize_distributed(distributed)
+    mesh = sharding.make_mesh()
+    sharding.check_divisible(spec.batch_size(config.tasks_per_k), mesh)
+    is_main = jax.process_index() == 0
+
+    os.makedirs(workdir, exist_ok=True)
+    config_json = json.loads(config.to_json())
+    ckpts = checkpoint.Checkpoints(
+        os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every, keep=config.keep_checkpoints
+    )
+    if ckpts.latest_step() is not None:
+        _check_same_run(ckpts.restore_config(), config, workdir)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config_json, f, indent=2, sort_keys=True)
+
+    model = make_model(model_config, spec)
+    init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+    tx = state_lib.make_optimizer(config.optim, config.total_steps)
+    abstract_params = state_lib.init_params_shape(init_key, model, spec)
+    names = state_lib.logged_metric_names(model, spec, config.objective, config.lik_weight, abstract_params)
+    state = state_lib.create_train_state(init_key, model, tx, spec, names, mesh)
+    writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
+
+    start_step = 0
+    if ckpts.latest_step() is not None:
+        state = ckpts.restore(state)
+        start_step = int(jax.device_get(state.step))
+        writer.truncate_after(start_step)
+        writer.message(f"resumed from step {start_step} in {ckpts.directory}")
+
+    step_fn = state_lib.make_train_step(
+        model, tx, spec, config.tasks_per_k, config.objective, config.lik_weight, config.log_every, mesh
+    )
+    evaluator = PeriodicEvaluator(model, spec, config.eval, eval_key, mesh) if config.eval_every else None
+    data_key = jax.device_put(data_key, sharding.replicated(mesh))
+    summaries: dict = {}
+
+    def stop_if_nonfinite(step):
+        means, nonfinite = _window_means(state)
+        if nonfinite or not np.isfinite(means["loss"]):
+            ckpts.wait()
+            writer.close()
+            raise NonFiniteLossError(
+                f"non-finite loss in steps {step - int(jax.device_get(state.window_steps)) + 1}..{step}; "
+                f"stopping without saving (the last good checkpoint, step {ckpts.latest_step()}, is intact)"
+            )
+        return means
+
+    step = start_step
+    with _PreemptionFlag() as preemption:
+        window_start, window_step0 = time.perf_counter(), start_step
+        for step in range(start_step + 1, config.total_steps + 1):
+            state = step_fn(state, data_key)
+            last = step == config.total_steps
+            record = {}
+            if step % config.log_every == 0 or last:
+                means = stop_if_nonfinite(step)
+                now = time.perf_counter()
+                steps_per_sec = (step - window_step0) / max(now - window_start, 1e-9)
+                window_start, window_step0 = now, step
+                record.update(train=means, steps_per_sec=steps_per_sec)
+                writer.progress(step, config.total_steps, means["loss"], steps_per_sec)
+            if evaluator is not None and (step % config.eval_every == 0 or last):
+                summaries = evaluator(state.params)
+                record["eval"] = _eval_record(summaries)
+            if record:
+                writer.write(step, record)
+            preempted = preemption.raised or ckpts.reached_preemption(step)
+            if step % config.checkpoint_every == 0 or last or preempted:
+                stop_if_nonfinite(step)
+                ckpts.save(step, state, config_json, force=True)
+            if preempted:
+                writer.message(f"preempted at step {step}: checkpoint saved, exiting; rerun the command to resume")
+                break
+    ckpts.wait()
+    ckpts.close()
+    if evaluator is not None and not summaries:  # nothing left to train: evaluate the restored state
+        summaries = evaluator(state.params)
+    writer.close()
+    if summaries and is_main:
+        writer.message(f"evaluation at step {step} on {evaluator.spec.n_max}-point tasks, l2 error (mean ± sem):")
+        writer.message(evaluation.format_table(summaries))
+    return summaries

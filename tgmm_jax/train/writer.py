@@ -1,0 +1,78 @@
+"""Training logs: ``metrics.jsonl`` (one JSON line per log step), optional TensorBoard, a progress line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+class MetricWriter:
+    """Writes on process 0 only. ``truncate_after(step)`` drops lines a killed run wrote past its checkpoint."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True, stream=None):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.stream = stream or sys.stdout
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # optional dependency
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(self.path, "w") as f:
+            f.writelines(lines)
+
+    def write(self, step: int, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **record}, sort_keys=True) + "\n")
+        if self._tb is not None:
+            for name, value in _flatten(record).items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(name, value, step)
+            self._tb.flush()
+
+    def progress(self, step: int, total: int, loss: float, steps_per_sec: float) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        done = int(width * step / total)
+        text = f"step {step}/{total} loss {loss:.4f} {steps_per_sec:.1f} steps/s"
+        if self.tty:
+            self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {text}")
+            if step >= total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(("\n" if self.tty else "") + text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for name, value in record.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, key + "/"))
+        else:
+            out[key] = value
+    return out
