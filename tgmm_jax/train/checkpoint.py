@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class CheckpointError(RuntimeError):
@@ -16,8 +16,9 @@ class Checkpoints:
     """``workdir/checkpoints``: save every n steps (async), keep the last k, restore the latest."""
 
     def __init__(self, directory: str, *, save_every: int = 1000, keep: int = 3, read_only: bool = False):
-        self.directory = os.path.abspath(directory)
-        if read_only and not os.path.isdir(self.directory):
+        path = epath.Path(directory)
+        self.directory = path if "://" in str(directory) else path.resolve()  # local paths made absolute
+        if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint directory at {self.directory}")
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=0 if read_only else save_every,

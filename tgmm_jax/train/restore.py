@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import ml_collections
+from etils import epath
 
 from tgmm_jax.models import ModelConfig, TGMM, make_model
 from tgmm_jax.tasks import TaskSpec
@@ -38,9 +38,9 @@ def abstract_train_state(config: ml_collections.ConfigDict, mesh):
 
 def load_run(workdir: str, step: int | None = None) -> TrainedRun:
     """The model and parameters of ``workdir``'s checkpoint at ``step`` (default: the latest)."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(workdir):
+    if not epath.Path(workdir).is_dir():
         raise checkpoint.CheckpointError(f"workdir {workdir} does not exist")
+    directory = epath.Path(workdir) / "checkpoints"
     ckpts = checkpoint.Checkpoints(directory, read_only=True)
     config = ml_collections.ConfigDict(ckpts.restore_config(step))
     spec, model_config = config_lib.validate_config(config)

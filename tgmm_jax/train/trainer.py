@@ -7,13 +7,13 @@ depends on (seed, step) only, so a resumed run equals an uninterrupted one bit f
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from tgmm_jax import evaluation
 from tgmm_jax.models import make_model
@@ -113,16 +113,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distr
     sharding.check_divisible(spec.batch_size(config.tasks_per_k), mesh)
     is_main = jax.process_index() == 0
 
-    os.makedirs(workdir, exist_ok=True)
+    workdir_path = epath.Path(workdir)  # local path or an object store such as gs://
+    workdir_path.mkdir(parents=True, exist_ok=True)
     config_json = json.loads(config.to_json())
     ckpts = checkpoint.Checkpoints(
-        os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every, keep=config.keep_checkpoints
+        workdir_path / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints
     )
     if ckpts.latest_step() is not None:
         _check_same_run(ckpts.restore_config(), config, workdir)
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config_json, f, indent=2, sort_keys=True)
+        (workdir_path / "config.json").write_text(json.dumps(config_json, indent=2, sort_keys=True))
 
     model = make_model(model_config, spec)
     init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)

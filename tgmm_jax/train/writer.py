@@ -6,13 +6,19 @@ import json
 import os
 import sys
 
+from etils import epath
+
 
 class MetricWriter:
-    """Writes on process 0 only. ``truncate_after(step)`` drops lines a killed run wrote past its checkpoint."""
+    """Writes on process 0 only. ``truncate_after(step)`` drops lines a killed run wrote past its checkpoint.
+
+    The file is rewritten whole at each write (object stores such as GCS cannot append); it stays small.
+    """
 
     def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True, stream=None):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self._lines: list[str] = self.path.read_text().splitlines(keepends=True) if enabled and self.path.exists() else []
         self.stream = stream or sys.stdout
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._tb = None
@@ -22,21 +28,19 @@ class MetricWriter:
             except ImportError:  # optional dependency
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
-        if not self.enabled or not os.path.exists(self.path):
+        if not self.enabled:
             return
-        with open(self.path) as f:
-            lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(self.path, "w") as f:
-            f.writelines(lines)
+        self._lines = [line for line in self._lines if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(self._lines))
 
     def write(self, step: int, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **record}, sort_keys=True) + "\n")
+        self._lines.append(json.dumps({"step": step, **record}, sort_keys=True) + "\n")
+        self.path.write_text("".join(self._lines))
         if self._tb is not None:
             for name, value in _flatten(record).items():
                 if isinstance(value, (int, float)):
