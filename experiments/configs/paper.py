@@ -1,21 +1,20 @@
 """The paper's main model (TGMM_NOTES §6): GPT-2 12 layers x 4 heads, E=128, 64 tasks per K, N_max=128.
 
-``--config=experiments/configs/paper.py:d=8`` selects the data dimension (default 8).
+``--config=experiments/configs/paper.py:d=8,n=128`` selects the data dimension (default 8) and N_max.
 Recipe conflict (TGMM_NOTES §6, §17): run_template.sh trains 100,001 steps with lr 1e-3 and no weight
 decay (run.py defaults); the example yaml uses lr 1e-4 and weight decay 1e-4; the paper notes say 1e6
 steps. We follow run_template.sh, the path the official README says reproduces the paper.
 """
 
+from experiments.configs import args
 from tgmm_jax.train.config import default_config
 
 
 def get_config(arg: str | None = None):
+    a = args.parse(arg, dict(d=8, n=128))
     config = default_config()
-    args = dict(kv.split("=", 1) for kv in arg.split(",")) if arg else {}
-    unknown = set(args) - {"d"}
-    if unknown:
-        raise ValueError(f"paper.py takes 'd=<dim>', got {sorted(unknown)}")
-    config.task.dim = int(args.get("d", 8))
+    config.task.dim = a["d"]
+    config.task.n_max = a["n"]
     config.total_steps = 100_001
     config.optim.learning_rate = 1e-3
     config.optim.weight_decay = 0.0

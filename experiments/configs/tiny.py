@@ -1,26 +1,28 @@
 """CPU-sized default: trains in a few minutes on 2 cores at d=2 and is compared with EM and spectral.
 
 Set-transformer backbone and the permutation-matched loss (est_matched): the combination the model
-issue's prototype found to beat EM-official at K >= 3 on d=2 within minutes.
+issue's prototype found to beat EM-official at K >= 3 on d=2 within minutes. Arguments for the CPU-scale
+studies: ``:d=8,n=128,steps=4000``.
 """
 
+from experiments.configs import args
 from tgmm_jax.train.config import default_config, model_group
 
 
 def get_config(arg: str | None = None):
-    del arg
+    a = args.parse(arg, dict(d=2, n=32, steps=4000))
     config = default_config()
     config.seed = 0
-    config.total_steps = 4000
+    config.total_steps = a["steps"]
     config.tasks_per_k = 16
     config.log_every = 100
     config.eval_every = 1000
     config.checkpoint_every = 1000
     config.objective = "est_matched"
-    config.task.dim = 2
-    config.task.n_max = 32
+    config.task.dim = a["d"]
+    config.task.n_max = a["n"]
     config.model = model_group("tiny", backbone="set", num_layers=2, width=64, num_heads=4)
     config.optim.learning_rate = 2e-3
-    config.eval.tasks_per_k = 256
+    config.eval.tasks_per_k = 128
     config.eval.baselines = ("em", "em_kmeanspp", "spectral")
     return config

@@ -76,6 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
             tasks_per_k=128,  # fresh tasks per K per evaluation, as the official protocol's rounds
             n=config_dict.placeholder(int),  # points per evaluation task; None = task.n_max
             baselines=DEFAULT_EVAL_BASELINES,
+            fresh_tasks=True,  # new tasks every round, as the official protocol (tail mean = 10 x 128 tasks)
         )
     )
     return c
@@ -86,7 +87,7 @@ _TOP_LEVEL = {
     "objective", "lik_weight", "tensorboard", "task", "model", "optim", "eval",
 }
 _OPTIM = {"learning_rate", "weight_decay", "b1", "b2", "eps", "schedule", "warmup_steps", "grad_clip_norm"}
-_EVAL = {"tasks_per_k", "n", "baselines"}
+_EVAL = {"tasks_per_k", "n", "baselines", "fresh_tasks"}
 
 
 def _int_at_least(config, name, low):
@@ -160,6 +161,8 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[TaskSpec, ModelC
         raise ValueError(f"config.eval.tasks_per_k must be an integer >= 1, got {e.tasks_per_k!r}")
     if e.n is not None and (isinstance(e.n, bool) or not isinstance(e.n, int) or e.n < 1):
         raise ValueError(f"config.eval.n must be None or an integer >= 1, got {e.n!r}")
+    if not isinstance(e.fresh_tasks, bool):
+        raise ValueError(f"config.eval.fresh_tasks must be a bool, got {e.fresh_tasks!r}")
     names = (e.baselines,) if isinstance(e.baselines, str) else tuple(e.baselines)
     if names:
         from baselines import BASELINES  # imported here: the baselines import the library, not the trainer

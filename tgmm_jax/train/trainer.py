@@ -62,28 +62,36 @@ def _check_same_run(saved: dict, config: ml_collections.ConfigDict, workdir: str
 
 
 class PeriodicEvaluator:
-    """TGMM and the baselines on fixed evaluation tasks (their own key); baseline scores are computed once."""
+    """TGMM and the baselines on the same evaluation tasks (their own key stream), every eval round.
 
-    def __init__(self, model, spec, eval_config, key, mesh):
+    With ``eval.fresh_tasks`` (the official protocol) each round draws new tasks from fold_in(key, step),
+    so the tail mean over the last 10 rounds covers 10x the tasks; otherwise the tasks stay fixed and the
+    baselines are scored once.
+    """
+
+    def __init__(self, model, spec, eval_config, key):
         self.model = model
         self.spec = config_lib.eval_spec_from(spec, eval_config)
-        task_key, self.method_key = jax.random.split(key)
-        self.task = sample_tasks(task_key, self.spec, eval_config.tasks_per_k)
-        self.num_components = np.asarray(self.task.num_components)
-        self.baseline_names = (eval_config.baselines,) if isinstance(eval_config.baselines, str) else tuple(eval_config.baselines)
-        self._baselines: dict | None = None
+        self.task_key, self.method_key = jax.random.split(key)
+        self.tasks_per_k = eval_config.tasks_per_k
+        self.fresh = eval_config.fresh_tasks
+        names = (eval_config.baselines,) if isinstance(eval_config.baselines, str) else tuple(eval_config.baselines)
+        self.baselines = evaluation.baseline_methods(names, self.spec.variant)
+        self._cached: dict | None = None
 
-    def __call__(self, params) -> dict[str, dict]:
+    def __call__(self, params, step: int) -> dict[str, dict]:
+        key = jax.random.fold_in(self.task_key, step) if self.fresh else self.task_key
+        task = sample_tasks(key, self.spec, self.tasks_per_k)
+        methods = {"tgmm": evaluation.tgmm_method(self.model, params)}
+        if self.fresh or self._cached is None:
+            methods.update(self.baselines)
         summaries = {}
-        per_task, _ = evaluation.score_method(evaluation.tgmm_method(self.model, params), self.method_key, self.task)
-        summaries["tgmm"] = evaluation.summarize(per_task, self.num_components)
-        if self._baselines is None:
-            self._baselines = {}
-            methods = evaluation.baseline_methods(self.baseline_names, self.spec.variant)
-            for name, fn in methods.items():
-                scores, _ = evaluation.score_method(fn, self.method_key, self.task)
-                self._baselines[name] = evaluation.summarize(scores, self.num_components)
-        summaries.update(self._baselines)
+        for name, fn in methods.items():
+            per_task, _ = evaluation.score_method(fn, self.method_key, task)
+            summaries[name] = evaluation.summarize(per_task, task.num_components)
+        if not self.fresh:
+            self._cached = self._cached or {n: s for n, s in summaries.items() if n != "tgmm"}
+            summaries.update(self._cached)
         return summaries
 
 
@@ -142,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distr
     step_fn = state_lib.make_train_step(
         model, tx, spec, config.tasks_per_k, config.objective, config.lik_weight, config.log_every, mesh
     )
-    evaluator = PeriodicEvaluator(model, spec, config.eval, eval_key, mesh) if config.eval_every else None
+    evaluator = PeriodicEvaluator(model, spec, config.eval, eval_key) if config.eval_every else None
     data_key = jax.device_put(data_key, sharding.replicated(mesh))
     summaries: dict = {}
 
@@ -172,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distr
                 record.update(train=means, steps_per_sec=steps_per_sec)
                 writer.progress(step, config.total_steps, means["loss"], steps_per_sec)
             if evaluator is not None and (step % config.eval_every == 0 or last):
-                summaries = evaluator(state.params)
+                summaries = evaluator(state.params, step)
                 record["eval"] = _eval_record(summaries)
             if record:
                 writer.write(step, record)
@@ -186,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distr
     ckpts.wait()
     ckpts.close()
     if evaluator is not None and not summaries:  # nothing left to train: evaluate the restored state
-        summaries = evaluator(state.params)
+        summaries = evaluator(state.params, step)
     writer.close()
     if summaries and is_main:
         writer.message(f"evaluation at step {step} on {evaluator.spec.n_max}-point tasks, l2 error (mean ± sem):")

@@ -1,0 +1,68 @@
+"""Shared steps of the study scripts: train (or resume) a model, evaluate it once, cache the JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; no display
+
+from experiments.configs import paper, tiny  # noqa: E402
+from tgmm_jax import evaluation  # noqa: E402
+from tgmm_jax.train import train_and_evaluate  # noqa: E402
+from tgmm_jax.train.restore import load_run  # noqa: E402
+
+
+SCALES = ("cpu", "paper")
+
+
+def train_config(scale: str, dim: int, n_max: int, steps: int | None = None):
+    """The study's training config: 'cpu' = the tiny recipe (4000 steps unless ``steps``), 'paper' = paper.py."""
+    if scale == "cpu":
+        return tiny.get_config(f"d={dim},n={n_max},steps={steps or 4000}")
+    if scale == "paper":
+        config = paper.get_config(f"d={dim},n={n_max}")
+        if steps:
+            config.total_steps = steps
+        return config
+    raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
+
+
+def train_model(train_config, workdir: str) -> None:
+    """Trains ``train_config`` in ``workdir``; resumes an interrupted run; a finished run is only re-evaluated."""
+    train_and_evaluate(train_config, workdir)
+
+
+def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed: int, mean_shift: float = 0.0,
+                    methods=None, force: bool = False) -> dict:
+    """``evaluation.evaluate_methods`` on the workdir's latest checkpoint, cached in ``output`` (JSON).
+
+    The cache is reused only when it was made from the same checkpoint step and evaluation settings.
+    """
+    run = load_run(workdir)
+    settings = dict(tasks_per_cell=tasks_per_cell, ns=list(ns), eval_seed=seed, mean_shift=float(mean_shift),
+                    step=run.step)
+    if not force and os.path.exists(output):
+        with open(output) as f:
+            cached = json.load(f)
+        if all(cached.get(k) == v for k, v in settings.items()):
+            return cached
+    results = evaluation.evaluate_methods(
+        evaluation.methods_for_run(run, methods), run.spec, tasks_per_cell=tasks_per_cell, ns=tuple(ns), seed=seed,
+        mean_shift=mean_shift,
+    )
+    results.update(workdir=workdir, step=run.step)
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    with open(output, "w") as f:
+        json.dump(results, f, indent=1)
+    return results
+
+
+def mean_sem(cells, method, metric="l2", **where):
+    """(mean, sem) of ``metric`` for the one cell of ``method`` matching ``where`` (e.g. K=3, N=128)."""
+    for cell in cells:
+        if cell["method"] == method and all(cell[k] == v for k, v in where.items()):
+            return cell[metric]["mean"], cell[metric]["sem"]
+    return float("nan"), float("nan")
