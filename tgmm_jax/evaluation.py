@@ -100,7 +100,7 @@ def summarize(per_task: dict[str, np.ndarray], num_components_B: np.ndarray) -> 
 def format_table(summaries: dict[str, dict[int, dict]], metric: str = "l2") -> str:
     """Markdown table: one row per method, one column per K, 'mean ± sem' of ``metric`` ('n/a' if none applied)."""
     ks = sorted({k for s in summaries.values() for k in s})
-    lines = [f"| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    lines = ["| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     for method, summary in summaries.items():
         cells = []
         for k in ks:

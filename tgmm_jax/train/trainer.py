@@ -21,8 +21,9 @@ from tgmm_jax.tasks import sample_tasks
 from tgmm_jax.train import checkpoint, config as config_lib, sharding, state as state_lib
 from tgmm_jax.train.writer import MetricWriter
 
-# Config fields that may differ between the saved run and a resumed one (schedules of logging and saving).
-_RESUMABLE_CHANGES = {"total_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "tensorboard"}
+# Config fields that may differ between the saved run and a resumed one: schedules of logging and saving,
+# the budget, and what periodic evaluation runs (none of them changes the trained parameters).
+_RESUMABLE_CHANGES = {"total_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "eval"}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -59,6 +60,19 @@ def _check_same_run(saved: dict, config: ml_collections.ConfigDict, workdir: str
             f"{workdir} holds a run with a different config (fields {changed}); "
             "use a new --workdir, or restore the original values to resume"
         )
+
+
+def _record_environment(workdir_path, start_step: int) -> None:
+    """Appends where this (re)start ran to ``environment.json``: reports say which device trained a model."""
+    path = workdir_path / "environment.json"
+    starts = json.loads(path.read_text()) if path.exists() else []
+    devices = jax.devices()
+    starts.append(dict(
+        start_step=start_step, time=time.strftime("%Y-%m-%dT%H:%M:%S"), jax=jax.__version__,
+        backend=jax.default_backend(), device_kind=devices[0].device_kind, device_count=len(devices),
+        process_count=jax.process_count(),
+    ))
+    path.write_text(json.dumps(starts, indent=1))
 
 
 class PeriodicEvaluator:
@@ -131,6 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distr
         _check_same_run(ckpts.restore_config(), config, workdir)
     if is_main:
         (workdir_path / "config.json").write_text(json.dumps(config_json, indent=2, sort_keys=True))
+        _record_environment(workdir_path, ckpts.latest_step() or 0)
 
     model = make_model(model_config, spec)
     init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)

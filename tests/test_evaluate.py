@@ -1,0 +1,106 @@
+"""experiments.evaluate on a tiny workdir: every field present, and every method sees identical tasks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tests import train_config
+from tgmm_jax import evaluation
+from tgmm_jax.tasks import TaskSpec
+from tgmm_jax.train import train_and_evaluate
+from tgmm_jax.train.restore import load_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ("l2", "l2_means", "l2_weights", "cluster_acc", "loglik", "oracle_gap", "l2_official")
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("tiny"))
+    config = train_config.get_config()
+    config.total_steps = 4
+    config.eval_every = 2
+    config.eval.baselines = ("em",)
+    train_and_evaluate(config, workdir)
+    return workdir
+
+
+def test_evaluate_cli_writes_every_field(tiny_workdir, tmp_path):
+    output = str(tmp_path / "results.json")
+    cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={tiny_workdir}", "--tasks_per_cell=6",
+           "--n=8,16", "--methods=tgmm,em,spectral", f"--output={output}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(output) as f:
+        results = json.load(f)
+    assert results["step"] == 4 and results["tasks_per_cell"] == 6 and results["ns"] == [8, 16]
+    assert "final checkpoint" in results["protocol"]
+    cells = results["cells"]
+    assert {(c["method"], c["K"], c["N"]) for c in cells} == {
+        (m, k, n) for m in ("tgmm", "em", "spectral") for k in (2, 3) for n in (8, 16)}
+    for cell in cells:
+        assert cell["num_tasks"] == 6 and 0.0 <= cell["not_applicable"] <= 1.0 and cell["seconds"] > 0
+        for metric in METRICS:
+            assert set(cell[metric]) == {"mean", "sem"}
+        if cell["method"] != "spectral":  # spectral does not apply for K > d = 2
+            assert cell["not_applicable"] == 0.0 and np.isfinite(cell["l2"]["mean"])
+    spectral_k3 = [c for c in cells if c["method"] == "spectral" and c["K"] == 3]
+    assert all(c["not_applicable"] == 1.0 for c in spectral_k3)
+    assert os.path.exists(output.removesuffix(".json") + ".md")
+    assert "l2 error" in out.stdout and "| tgmm |" in out.stdout
+
+
+def test_all_methods_see_identical_tasks():
+    seen = {}
+
+    def spy(name):
+        def fn(key, task):
+            seen.setdefault(name, []).append(jax.tree.map(np.asarray, task))
+            k = task.means.shape[1]
+            weights = jax.numpy.where(task.component_mask, 1.0 / task.num_components[:, None], 0.0)
+            from tgmm_jax.gmm import MixtureParams
+
+            return MixtureParams(weights, task.means * 0 + k, None, task.component_mask), {}
+
+        return fn
+
+    spec = TaskSpec(dim=2, ks=(2, 3), n_max=8)
+    results = evaluation.evaluate_methods({"a": spy("a"), "b": spy("b"), "c": spy("c")}, spec, tasks_per_cell=5,
+                                          ns=(8, 12), seed=3, chunk=None)
+    assert len(seen["a"]) == len(seen["b"]) == len(seen["c"]) == 2  # one call per N
+    for call in range(2):
+        for leaf_a, leaf_b, leaf_c in zip(*(jax.tree.leaves(seen[m][call]) for m in "abc")):
+            np.testing.assert_array_equal(leaf_a, leaf_b)
+            np.testing.assert_array_equal(leaf_a, leaf_c)
+    assert set(results["task_fingerprints"]) == {"8", "12"}
+    # the tasks depend on the seed only: another method set draws the same tasks
+    again = evaluation.evaluate_methods({"z": spy("z")}, spec, tasks_per_cell=5, ns=(8, 12), seed=3, chunk=None)
+    assert again["task_fingerprints"] == results["task_fingerprints"]
+
+
+def test_chunked_fit_equals_one_call(tiny_workdir):
+    run = load_run(tiny_workdir)
+    spec = TaskSpec(dim=2, ks=(2, 3), n_max=8, variable_n=False)
+    from tgmm_jax.tasks import sample_tasks
+
+    task = sample_tasks(jax.random.key(0), spec, 5)
+    fn = evaluation.tgmm_method(run.model, run.params)
+    whole = evaluation.fit_in_chunks(fn, jax.random.key(1), task, None)
+    chunked = evaluation.fit_in_chunks(fn, jax.random.key(1), task, 4)
+    np.testing.assert_allclose(np.asarray(chunked.means), np.asarray(whole.means), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(chunked.weights), np.asarray(whole.weights), rtol=1e-5, atol=1e-6)
+
+
+def test_training_tail_protocol_reads_the_logs(tiny_workdir):
+    results = evaluation.training_tail_protocol(tiny_workdir)
+    assert "training tail" in results["protocol"] and results["ns"] == [8]
+    methods = {c["method"] for c in results["cells"]}
+    assert methods == {"tgmm", "em"}
+    for cell in results["cells"]:
+        assert cell["rounds"] == 2 and np.isfinite(cell["l2"]["mean"])
+    assert "| tgmm |" in evaluation.markdown_report(results)
