@@ -17,7 +17,6 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -32,8 +31,17 @@ def _per_k(values_B: jax.Array, num_components_B: jax.Array, ks) -> dict[int, fl
     return {int(k): float(np.mean(values[k_of == k])) for k in ks}
 
 
-def train_and_evaluate(objective: str, *, steps: int, seed: int, eval_task, spec: TaskSpec, tasks_per_k: int,
-                       lr: float, log_every: int) -> dict:
+def train_and_evaluate(
+    objective: str,
+    *,
+    steps: int,
+    seed: int,
+    eval_task,
+    spec: TaskSpec,
+    tasks_per_k: int,
+    lr: float,
+    log_every: int,
+) -> dict:
     """Trains one tiny set-backbone model with ``objective``; returns per-K aligned l2 on ``eval_task``."""
     model = make_model(model_config("small", backbone="set", num_layers=2), spec)
     init_key, data_key = jax.random.split(jax.random.key(seed))
@@ -55,17 +63,20 @@ def train_and_evaluate(objective: str, *, steps: int, seed: int, eval_task, spec
         return optax.apply_updates(params, updates), opt_state, loss
 
     @jax.jit
-    def evaluate(params):
-        out = model.apply(params, eval_task.points, eval_task.point_mask, eval_task.num_components)
-        return metrics.evaluate_estimates(out.to_params(), eval_task)
+    def evaluate(params, task):  # the task is an argument, not a closed-over constant XLA would fold
+        out = model.apply(params, task.points, task.point_mask, task.num_components)
+        return metrics.evaluate_estimates(out.to_params(), task)
 
     start, history = time.time(), []
     for i in range(steps):
         params, opt_state, loss = step(params, opt_state, i)
         if (i + 1) % log_every == 0 or i + 1 == steps:
-            l2 = _per_k(evaluate(params)["l2"], eval_task.num_components, spec.ks)
+            l2 = _per_k(evaluate(params, eval_task)["l2"], eval_task.num_components, spec.ks)
             history.append({"step": i + 1, "loss": float(loss), "l2": l2, "seconds": time.time() - start})
-            print(f"[{objective}] step {i + 1} loss {float(loss):.3f} l2 {l2} ({time.time() - start:.0f}s)", flush=True)
+            print(
+                f"[{objective}] step {i + 1} loss {float(loss):.3f} l2 {l2} ({time.time() - start:.0f}s)",
+                flush=True,
+            )
     return {"final_l2": history[-1]["l2"], "history": history, "train_seconds": time.time() - start}
 
 
@@ -89,8 +100,16 @@ def main() -> None:
     train_spec = TaskSpec(dim=2, ks=(2, 3, 4, 5), n_max=32)
     eval_spec = TaskSpec(dim=2, ks=(2, 3, 4, 5), n_max=32, variable_n=False)
     eval_task = sample_tasks(jax.random.key(10_000 + args.seed), eval_spec, args.eval_tasks_per_k)
-    run = functools.partial(train_and_evaluate, steps=args.steps, seed=args.seed, eval_task=eval_task,
-                            spec=train_spec, tasks_per_k=16, lr=2e-3, log_every=args.log_every)
+    run = functools.partial(
+        train_and_evaluate,
+        steps=args.steps,
+        seed=args.seed,
+        eval_task=eval_task,
+        spec=train_spec,
+        tasks_per_k=16,
+        lr=2e-3,
+        log_every=args.log_every,
+    )
     results = {"args": vars(args)}
     for objective in args.objectives.split(","):
         results[objective] = run(objective)
