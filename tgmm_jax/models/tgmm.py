@@ -38,6 +38,12 @@ class TGMMOutput:
         )
 
 
+def _fill(x_BxKx: jax.Array, keep_BxK: jax.Array, value: float) -> jax.Array:
+    """x (as float32) where keep, else value; keep broadcast over x's trailing axes."""
+    keep = keep_BxK.reshape(keep_BxK.shape + (1,) * (x_BxKx.ndim - 2))
+    return jnp.where(keep, x_BxKx.astype(jnp.float32), value)
+
+
 def check_num_components(num_components, ks) -> None:
     """Eager check that every K is in the task set ``ks`` (inside jit, an unknown K gives NaN outputs)."""
     ks = tuple(int(k) for k in (ks.ks if isinstance(ks, TaskSpec) else ks))
@@ -106,18 +112,17 @@ class TGMM(nn.Module):
         )
 
         component_mask_BxK = jnp.arange(k_max)[None, :] < num_components_B[:, None]
-        row_ok_BxK = component_mask_BxK & known_B[:, None]
-        nan = jnp.float32(jnp.nan)
-        logits_BxK = jnp.where(component_mask_BxK, logits_BxK.astype(jnp.float32), PADDED_LOGIT)
-        logits_BxK = jnp.where(known_B[:, None], logits_BxK, nan)
-        means_BxKxD = jnp.where(row_ok_BxK[:, :, None], means_BxKxD.astype(jnp.float32), 0.0)
-        means_BxKxD = jnp.where(known_B[:, None, None], means_BxKxD, nan)
+        known_BxK = jnp.broadcast_to(known_B[:, None], component_mask_BxK.shape)
+
+        def finish(x, pad_value):  # pad value on padded components, NaN for a task whose K is unknown
+            return _fill(_fill(x, component_mask_BxK, pad_value), known_BxK, jnp.nan)
+
         scales_BxKxD = None
         if raw_scales_BxKxD is not None:
-            scales_BxKxD = jax.nn.softplus(raw_scales_BxKxD.astype(jnp.float32)) + MIN_SCALE
-            scales_BxKxD = jnp.where(row_ok_BxK[:, :, None], scales_BxKxD, 1.0)
-            scales_BxKxD = jnp.where(known_B[:, None, None], scales_BxKxD, nan)
-        return TGMMOutput(logits_BxK, means_BxKxD, scales_BxKxD, component_mask_BxK)
+            scales_BxKxD = finish(jax.nn.softplus(raw_scales_BxKxD.astype(jnp.float32)) + MIN_SCALE, 1.0)
+        return TGMMOutput(
+            finish(logits_BxK, PADDED_LOGIT), finish(means_BxKxD, 0.0), scales_BxKxD, component_mask_BxK
+        )
 
     def _check_shapes(self, points, point_mask, num_components) -> None:
         if points.ndim != 3 or points.shape[-1] != self.dim:
