@@ -115,6 +115,7 @@ def test_default_config_is_the_paper_model():
         ("num_heads", 3),  # does not divide width 128
         ("official_pooling_mask_bug", 1),
         ("mamba_chunk", 0),
+        ("scan_layers", "yes"),
     ],
 )
 def test_bad_config_values_raise_naming_the_field(field, value):
@@ -164,10 +165,14 @@ def test_output_shapes_and_types(backbone, readout, variant):
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("readout", READOUTS)
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize(
+    "backbone, readout",
+    [("gpt2", "attentive"), ("set", "attentive"), ("mamba2", "attentive"), ("gpt2", "naive")],
+)
 def test_outputs_are_finite_and_masked(backbone, readout):
-    """Real init, real values; the attentive models run the anisotropic variant, the naive ones isotropic."""
+    """Real init, real values, for every backbone, read-out and variant (each model init costs seconds of
+    compile, so not all 12 combinations: the naive read-out is the same module on every backbone).
+    The attentive models run the anisotropic variant, the naive one isotropic."""
     variant = "anisotropic" if readout == "attentive" else "isotropic"
     *_, out = _model_and_params(backbone, readout, variant)
     task = _task(variant)
@@ -232,22 +237,39 @@ def test_causal_backbones_do_not_look_ahead(backbone):
         module = Mamba2Backbone(config)
     else:
         module = TransformerBackbone(config, causal=backbone == "gpt2", positions=backbone == "gpt2")
+    _, params, *_ = _model_and_params(backbone)
+    backbone_params = {"params": params["params"]["backbone"]}  # the trained-model init, reused
     tokens = jax.random.normal(jax.random.key(0), (2, 9, config.width))
     t = 5
     changed = tokens.at[:, t].add(jax.random.normal(jax.random.key(1), (2, config.width)))
     mask = jnp.ones((2, 9), bool)
-
-    @jax.jit
-    def states_before_and_after(key):
-        params = module.init(key, tokens, mask)
-        return module.apply(params, tokens, mask), module.apply(params, changed, mask)
-
-    before, after = states_before_and_after(_key(1))
+    before, after = jax.jit(jax.vmap(module.apply, in_axes=(None, 0, None)))(
+        backbone_params, jnp.stack([tokens, changed]), mask
+    )
     if backbone == "set":
         assert not np.allclose(before[:, :t], after[:, :t], atol=1e-4)
     else:
         np.testing.assert_allclose(before[:, :t], after[:, :t], atol=1e-6)
     assert not np.allclose(before[:, t:], after[:, t:], atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["gpt2", "mamba2"])
+def test_scanned_and_unrolled_layers_compute_the_same(backbone):
+    config = _config(backbone, scan_layers=False)
+    _, params, *_ = _model_and_params(backbone)
+    unrolled = dict(params["params"]["backbone"])  # a copy: the params are shared by other tests
+    layers = [unrolled.pop(f"blocks_{i}") for i in range(config.num_layers)]
+    scanned = {**unrolled, "blocks": jax.tree.map(lambda *a: jnp.stack(a), *layers)}
+    tokens = jax.random.normal(jax.random.key(0), (2, 7, config.width))
+    mask = jnp.arange(7)[None, :] < jnp.array([[7], [4]])
+    outs = []
+    for scan, p in ((False, params["params"]["backbone"]), (True, scanned)):
+        c = dataclasses.replace(config, scan_layers=scan)
+        module = (
+            Mamba2Backbone(c) if backbone == "mamba2" else TransformerBackbone(c, causal=True, positions=True)
+        )
+        outs.append(jax.jit(module.apply)({"params": p}, tokens, mask))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_num_components_gives_nan_and_the_eager_check_raises():

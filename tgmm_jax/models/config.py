@@ -12,6 +12,9 @@ BACKBONES = ("gpt2", "set", "mamba2")
 READOUTS = ("attentive", "naive")
 DTYPES = ("float32", "bfloat16")
 
+# Unrolled shallow stacks compile faster; scanned deep ones compile in time independent of depth.
+SCAN_ABOVE_LAYERS = 8
+
 # Named sizes: (num_layers, width, num_heads, task_embed_dim). `paper` is the official default (TGMM_NOTES §4).
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"num_layers": 2, "width": 32, "num_heads": 2, "task_embed_dim": 16},  # CPU minutes; tests
@@ -38,6 +41,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; parameters are always float32
     official_pooling_mask_bug: bool = False  # True reproduces the official read-out mask (TGMM_NOTES §4)
     max_positions: int = 4096  # size of the gpt2 position table
+    scan_layers: bool | None = None  # nn.scan over layers; None: scan when num_layers > SCAN_ABOVE_LAYERS
     mamba_heads: int = 8
     mamba_head_dim: int | None = None  # None: mamba_expand * width // mamba_heads (64 for the paper size)
     mamba_state: int = 16
@@ -48,6 +52,10 @@ class ModelConfig:
 
     def __post_init__(self):
         _validate(self)
+
+    @property
+    def use_scan(self) -> bool:
+        return self.num_layers > SCAN_ABOVE_LAYERS if self.scan_layers is None else self.scan_layers
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -115,6 +123,8 @@ def _validate(c: ModelConfig) -> None:
         value = getattr(c, name)
         if not _is_int(value) or value < 1:
             raise ValueError(f"ModelConfig.{name} must be an integer >= 1, got {value!r}")
+    if c.scan_layers is not None and type(c.scan_layers) is not bool:
+        raise ValueError(f"ModelConfig.scan_layers must be None or a bool, got {c.scan_layers!r}")
     if type(c.official_pooling_mask_bug) is not bool:
         raise ValueError(
             f"ModelConfig.official_pooling_mask_bug must be a bool, got {c.official_pooling_mask_bug!r}"

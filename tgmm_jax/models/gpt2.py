@@ -7,7 +7,7 @@ permutation-equivariant and a pooled read-out is invariant to the order of the p
 
 Padded tokens (point_mask False) are masked as keys. The causal backbone assumes padding sits at the end
 (TGMM moves the real points to the front); then real tokens never see padded ones either way.
-Layers run under ``nn.scan`` (parameters stacked [L, ...]) so compile time does not grow with depth.
+Layers are scanned or unrolled per ``ModelConfig.scan_layers`` (see models/stack.py).
 The residual stream stays float32; matmuls run in the compute dtype and softmax in float32.
 """
 
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from tgmm_jax.models.config import ModelConfig
+from tgmm_jax.models.stack import apply_blocks
 
 _LN_EPS = 1e-5
 _INIT_STD = 0.02
@@ -81,7 +82,7 @@ def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
 
 
 class Block(nn.Module):
-    """x + Attn(LN(x)), then x + MLP(LN(x)). Scan-compatible: returns (carry, None)."""
+    """x + Attn(LN(x)), then x + MLP(LN(x)). Returns (x, None), the form nn.scan wants."""
 
     config: ModelConfig
 
@@ -115,13 +116,5 @@ class TransformerBackbone(nn.Module):
                 raise ValueError(f"{n} points exceed ModelConfig.max_positions={c.max_positions}")
             table_PxE = self.param("positions", nn.initializers.normal(_INIT_STD), (c.max_positions, c.width))
             x_BxNxE = x_BxNxE + table_PxE[None, :n, :]
-        allowed_BxNxN = attention_mask(point_mask_BxN, self.causal)
-        blocks = nn.scan(
-            Block,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=nn.broadcast,
-            length=c.num_layers,
-        )
-        x_BxNxE, _ = blocks(c, name="blocks")(x_BxNxE, allowed_BxNxN)
+        x_BxNxE = apply_blocks(Block, c, x_BxNxE, attention_mask(point_mask_BxN, self.causal))
         return _layer_norm(c, "ln_f")(x_BxNxE).astype(jnp.float32)

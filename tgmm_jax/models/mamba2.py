@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from tgmm_jax.models.config import ModelConfig
 from tgmm_jax.models.readin import torch_linear_init, torch_uniform_init
+from tgmm_jax.models.stack import apply_blocks
 
 _EPS = 1e-5
 _DT_MIN, _DT_MAX, _DT_FLOOR = 1e-3, 1e-1, 1e-4
@@ -148,7 +149,7 @@ class Mamba2Mixer(nn.Module):
 
 
 class Mamba2Block(nn.Module):
-    """h + Mixer(RMSNorm(h)). Scan-compatible: returns (carry, None)."""
+    """h + Mixer(RMSNorm(h)). Returns (h, None), the form nn.scan wants."""
 
     config: ModelConfig
 
@@ -168,11 +169,5 @@ class Mamba2Backbone(nn.Module):
     @nn.compact
     def __call__(self, tokens_BxNxE: jax.Array, point_mask_BxN: jax.Array) -> jax.Array:
         del point_mask_BxN  # causal: real tokens (a prefix) never see the padded suffix
-        blocks = nn.scan(
-            Mamba2Block,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            length=self.config.num_layers,
-        )
-        x_BxNxE, _ = blocks(self.config, name="blocks")(tokens_BxNxE.astype(jnp.float32))
+        x_BxNxE = apply_blocks(Mamba2Block, self.config, tokens_BxNxE.astype(jnp.float32))
         return _rms_norm(x_BxNxE, self.param("norm_f", nn.initializers.ones, (self.config.width,)))
