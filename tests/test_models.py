@@ -41,7 +41,7 @@ def _config(backbone, readout="attentive", **overrides):
         "num_heads": 2,
         "task_embed_dim": 8,
         "mamba_heads": 4,
-        "mamba_chunk": 4,
+        "mamba_chunk": 3,
     }
     return model_config("tiny", backbone=backbone, readout=readout, **{**base, **overrides})
 
@@ -270,6 +270,15 @@ def test_scanned_and_unrolled_layers_compute_the_same(backbone):
         )
         outs.append(jax.jit(module.apply)({"params": p}, tokens, mask))
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_mamba2_estimate_does_not_depend_on_the_chunk_length():
+    _, params, _, ref = _model_and_params("mamba2")  # chunk 3: N = 8 is 3 + 3 + 2 (a padded tail)
+    task = _task()
+    one_chunk = make_model(_config("mamba2", mamba_chunk=64), _spec())
+    _assert_same_output(
+        jax.jit(one_chunk.apply)(params, task.points, task.point_mask, task.num_components), ref
+    )
 
 
 def test_unknown_num_components_gives_nan_and_the_eager_check_raises():
