@@ -1,0 +1,146 @@
+"""Fused EM steps on chunks of padded tasks, with R fits (restarts) per task.
+
+The mixture math is the one of ``tgmm_jax.gmm`` (``log_joint``, ``responsibilities``,
+``mean_log_likelihood``), rewritten here in a fused form because it is the inner loop of every EM-type
+baseline and dominates their run time:
+  * the data are centred per task and turned into features once per fit (x for unit variance,
+    [x, x^2] for diagonal variances), so the E-step is ONE matmul and the M-step is ONE matmul;
+  * the log-likelihood used for the stopping rule comes out of the E-step's log-sum-exp (no second pass),
+    and per-point constants are dropped from it (they cancel in the change, and dropping them keeps
+    float32 resolution for large D);
+  * logits are laid out [C, R, K, N] (points minor), and the softmax over the few components is unrolled,
+    which XLA:CPU fuses into one elementwise pass (reductions over a short minor axis are slow there).
+Shapes: C tasks in a chunk, R fits per task, K components (padded), N points (padded), D dims, F features.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+HIGHEST = jax.lax.Precision.HIGHEST
+VARIANCE_REG = 1e-6  # added to every estimated variance (as the official code and sklearn's reg_covar)
+_LOG_2PI = math.log(2.0 * math.pi)
+_TINY = 1e-30
+# Above this many components the softmax uses XLA reductions instead of an unrolled elementwise pass.
+_MAX_UNROLLED_K = 8
+
+
+@struct.dataclass
+class ChunkData:
+    """Per-chunk data, centred on each task's mean of real points; padded points are zero."""
+
+    feats_CxNxF: jax.Array  # x, or [x, x^2] when variances are learned
+    feats_CxFxN: jax.Array  # the same, transposed once for the E-step matmul
+    mask_CxN: jax.Array  # float 1 = real point
+    num_points_C: jax.Array  # float
+    centre_CxD: jax.Array
+    sq_norm_mean_C: jax.Array  # mean over real points of ||x - centre||^2 (for the unit-variance constant)
+
+
+@struct.dataclass
+class FitState:
+    """R mixtures per task, in centred coordinates."""
+
+    weights_CxRxK: jax.Array
+    means_CxRxKxD: jax.Array
+    variances_CxRxKxD: jax.Array | None  # None: unit variance, known
+
+
+def centre_of(points_CxNxD: jax.Array, point_mask_CxN: jax.Array) -> jax.Array:
+    """Mean of each task's real points: [C, D]."""
+    # where() and not a product: padded rows may hold anything, even NaN, and must not leak in.
+    x_CxNxD = jnp.where(point_mask_CxN[..., None], points_CxNxD, 0.0)
+    count_C = jnp.maximum(jnp.sum(point_mask_CxN, axis=-1), 1).astype(x_CxNxD.dtype)
+    return jnp.sum(x_CxNxD, axis=1) / count_C[:, None]
+
+
+def prepare_chunk(points_CxNxD: jax.Array, point_mask_CxN: jax.Array, learn_variances: bool) -> ChunkData:
+    """Centres the points and builds the matmul features once for all iterations and restarts."""
+    mask_CxN = point_mask_CxN.astype(points_CxNxD.dtype)
+    num_points_C = jnp.maximum(jnp.sum(mask_CxN, axis=-1), 1.0)
+    centre_CxD = centre_of(points_CxNxD, point_mask_CxN)
+    x_CxNxD = jnp.where(point_mask_CxN[..., None], points_CxNxD - centre_CxD[:, None, :], 0.0)
+    sq_norm_mean_C = jnp.sum(x_CxNxD**2, axis=(1, 2)) / num_points_C
+    feats = jnp.concatenate([x_CxNxD, x_CxNxD**2], axis=-1) if learn_variances else x_CxNxD
+    return ChunkData(feats, jnp.swapaxes(feats, 1, 2), mask_CxN, num_points_C, centre_CxD, sq_norm_mean_C)
+
+
+def _log_weights(weights, component_mask):
+    """log pi with -inf on padded and dead (zero-weight) components."""
+    live = component_mask & (weights > 0)
+    return jnp.where(live, jnp.log(jnp.where(live, weights, 1.0)), -jnp.inf)
+
+
+def component_logits(data: ChunkData, state: FitState, component_mask_CxK: jax.Array) -> jax.Array:
+    """log pi_k + log N(x_n; mu_k, Sigma_k) up to a per-point constant: [C, R, K, N]."""
+    mask_Cx1xK = component_mask_CxK[:, None, :]
+    log_w_CxRxK = _log_weights(state.weights_CxRxK, mask_Cx1xK)
+    mu = state.means_CxRxKxD
+    if state.variances_CxRxKxD is None:
+        # -||x - mu||^2 / 2 = x.mu - ||mu||^2 / 2 - ||x||^2 / 2; the last term is per point: dropped.
+        coef_CxRxKxF = mu
+        bias_CxRxK = log_w_CxRxK - 0.5 * jnp.sum(mu**2, axis=-1)
+    else:
+        prec = 1.0 / state.variances_CxRxKxD
+        coef_CxRxKxF = jnp.concatenate([mu * prec, -0.5 * prec], axis=-1)
+        bias_CxRxK = log_w_CxRxK - 0.5 * jnp.sum(mu**2 * prec - jnp.log(prec), axis=-1)
+    logits = jnp.einsum("crkf,cfn->crkn", coef_CxRxKxF, data.feats_CxFxN, precision=HIGHEST)
+    return logits + bias_CxRxK[..., None]
+
+
+def softmax_components(logits_CxRxKxN: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(responsibilities [C, R, K, N], log-sum-exp over components [C, R, N])."""
+    k = logits_CxRxKxN.shape[2]
+    if k > _MAX_UNROLLED_K:
+        lse = jax.nn.logsumexp(logits_CxRxKxN, axis=2)
+        return jnp.exp(logits_CxRxKxN - lse[:, :, None, :]), lse
+    slices = [logits_CxRxKxN[:, :, j] for j in range(k)]
+    top = slices[0]
+    for s in slices[1:]:
+        top = jnp.maximum(top, s)
+    exps = [jnp.exp(s - top) for s in slices]
+    total = sum(exps[1:], exps[0])
+    inv = 1.0 / total
+    return jnp.stack([e * inv for e in exps], axis=2), top + jnp.log(total)
+
+
+def e_step(data: ChunkData, state: FitState, component_mask_CxK: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(responsibilities [C, R, K, N] zero on padded points, reduced mean log-likelihood [C, R])."""
+    resp, lse_CxRxN = softmax_components(component_logits(data, state, component_mask_CxK))
+    resp = resp * data.mask_CxN[:, None, None, :]
+    mask_Cx1xN = data.mask_CxN[:, None, :]
+    # where(): a padded point's lse may be -inf or NaN; it must not reach the sum.
+    loglik_CxR = jnp.sum(jnp.where(mask_Cx1xN > 0, lse_CxRxN, 0.0), axis=-1) / data.num_points_C[:, None]
+    return resp, loglik_CxR
+
+
+def m_step(data: ChunkData, resp_CxRxKxN: jax.Array, learn_variances: bool) -> FitState:
+    """Weights, means (and diagonal variances) from responsibilities.
+
+    A component with no mass gets weight 0 and mean 0 (the task's centre), and stays dead, as in
+    standard EM. Variances use E[x^2] - mu^2 (as sklearn does), clipped at 0, plus VARIANCE_REG.
+    """
+    nk_CxRxK = jnp.sum(resp_CxRxKxN, axis=-1)
+    sums_CxRxKxF = jnp.einsum("crkn,cnf->crkf", resp_CxRxKxN, data.feats_CxNxF, precision=HIGHEST)
+    inv_nk = 1.0 / jnp.maximum(nk_CxRxK, _TINY)
+    weights = nk_CxRxK / data.num_points_C[:, None, None]
+    d = data.centre_CxD.shape[-1]
+    means = sums_CxRxKxF[..., :d] * inv_nk[..., None]
+    variances = None
+    if learn_variances:
+        second = sums_CxRxKxF[..., d:] * inv_nk[..., None]
+        variances = jnp.maximum(second - means**2, 0.0) + VARIANCE_REG
+    return FitState(weights, means, variances)
+
+
+def log_likelihood_offset(data: ChunkData, learn_variances: bool) -> jax.Array:
+    """What to add to the reduced log-likelihood of ``e_step`` to get the true mean log-likelihood: [C]."""
+    d = data.centre_CxD.shape[-1]
+    const = -0.5 * d * _LOG_2PI
+    if learn_variances:
+        return jnp.full_like(data.num_points_C, const)
+    return const - 0.5 * data.sq_norm_mean_C
