@@ -53,8 +53,8 @@ def _methods(cells):
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 
 
-def _run_description(workdir):
-    """Config, steps, device and training speed of one workdir, from its own files."""
+def _run_description(workdir, step):
+    """Config, evaluated checkpoint step, device and training speed of one workdir, from its own files."""
     config = _load(os.path.join(workdir, "config.json"))
     if config is None:
         return f"`{workdir}`: not found"
@@ -67,9 +67,9 @@ def _run_description(workdir):
             speeds = [r["steps_per_sec"] for r in map(json.loads, f) if "steps_per_sec" in r][1:]  # skip compile
     m, t = config["model"], config["task"]
     speed = f"{np.median(speeds):.1f} steps/s (median)" if speeds else "n/a"
-    hours = config["total_steps"] / np.median(speeds) / 3600 if speeds else float("nan")
+    hours = step / np.median(speeds) / 3600 if speeds else float("nan")
     return (f"`{workdir}`: d={t['dim']}, N_max={t['n_max']}, {m['backbone']} {m['num_layers']}L x {m['width']}, "
-            f"objective {config['objective']}, {config['total_steps']} steps x {config['tasks_per_k']} tasks/K, "
+            f"objective {config['objective']}, checkpoint step {step} x {config['tasks_per_k']} tasks/K, "
             f"lr {config['optim']['learning_rate']}; trained on {device} at {speed} (~{hours:.2f} h)")
 
 
@@ -87,7 +87,7 @@ def rq1_section(rq1, figure):
         methods = _methods(cells)
         out += [f"### d = {d} ({res['tasks_per_cell']} tasks per cell, checkpoint step {res['step']})",
                 "l2 error (optimal alignment), mean ± sem:", "", _table(cells, ks, methods), "",
-                "l2 under the official code's inverse-permutation alignment (what the paper's figures used):", "",
+                "l2 under the official code's inverse-permutation alignment (how the official code scores; comparison only):", "",
                 _table(cells, ks, methods, "l2_official"), ""]
         for k in ks:
             t, e, s = (_cell(cells, m, K=k) for m in ("tgmm", "em", "spectral"))
@@ -180,13 +180,13 @@ def main(argv):
         s, c = rq1_section(rq1, f"rq1_effectiveness_{scale}.png")
         sections += s
         claims.update(c)
-        runs += [res["workdir"] for res in rq1["by_dim"].values()]
+        runs += [(res["workdir"], res["step"]) for res in rq1["by_dim"].values()]
     rq2 = _load(os.path.join(r, f"rq2_sample_size_{scale}.json"))
     if rq2:
         s, c = rq2_size_section(rq2, f"rq2_sample_size_{scale}.png")
         sections += s
         claims.update(c)
-        runs += [res["workdir"] for res in rq2["by_train_n"].values()]
+        runs += [(res["workdir"], res["step"]) for res in rq2["by_train_n"].values()]
     shift = _load(os.path.join(r, f"rq2_distribution_shift_{scale}.json"))
     if shift:
         s, c = rq2_shift_section(shift, f"rq2_distribution_shift_{scale}.png")
@@ -206,7 +206,7 @@ def main(argv):
     if scale == "cpu":
         lines += ["**Scale.** These are CPU-scale runs (2-core CPU, small models, thousands of steps), not the"
                   " paper's 12-layer models trained for 100k steps. They test the trends, not the paper's numbers.", ""]
-    lines += ["## What was run", ""] + [f"- {_run_description(w)}" for w in dict.fromkeys(runs)] + [""]
+    lines += ["## What was run", ""] + [f"- {_run_description(w, step)}" for w, step in dict.fromkeys(runs)] + [""]
     lines += ["## The paper's claims against our numbers", ""]
     for claim, text in claims.items():
         lines += [f"### {claim}", "", text, ""]

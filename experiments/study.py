@@ -66,3 +66,49 @@ def mean_sem(cells, method, metric="l2", **where):
         if cell["method"] == method and all(cell[k] == v for k, v in where.items()):
             return cell[metric]["mean"], cell[metric]["sem"]
     return float("nan"), float("nan")
+
+
+def define_common_flags(root: str, eval_seed: int) -> None:
+    """Flags every study takes: scale, steps, tasks per cell, evaluation seed, runs root, results dir."""
+    from absl import flags
+
+    flags.DEFINE_enum("scale", "cpu", list(SCALES), "Model and recipe: CPU-sized or the paper's.")
+    flags.DEFINE_integer("steps", None, "Override the training steps.")
+    flags.DEFINE_integer("tasks_per_cell", 1280, "Evaluation tasks per (K, N).")
+    flags.DEFINE_integer("eval_seed", eval_seed, "Seed of the evaluation tasks (the same for every method).")
+    flags.DEFINE_string("root", root, "Parent of the training workdirs.")
+    flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
+
+
+def write_json(results_dir: str, name: str, payload: dict) -> None:
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, name), "w") as f:
+        json.dump(payload, f, indent=1)
+
+
+def panel_figure(panels: list, path: str, *, xlabel: str, title, xlog: bool = False) -> None:
+    """One log-y panel per entry of ``panels``: a list of (panel key, [(label, xs, [(mean, sem)], style)]).
+
+    ``title(key)`` names a panel. Saves a PNG at ``path``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, (key, series) in zip(axes[0], panels):
+        for label, xs, stats, style in series:
+            ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=2, label=label,
+                        linestyle=style)
+        if xlog:
+            ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(title(key))
+        ax.set_xlabel(xlabel)
+    axes[0][0].set_ylabel("l2 error (mean ± sem)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def methods_in(cells) -> list[str]:
+    return list(dict.fromkeys(c["method"] for c in cells))
