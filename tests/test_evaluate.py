@@ -60,7 +60,8 @@ def test_all_methods_see_identical_tasks():
 
     def spy(name):
         def fn(key, task):
-            seen.setdefault(name, []).append(jax.tree.map(np.asarray, task))
+            # methods run under jit: record the concrete tasks on the host
+            jax.debug.callback(lambda t: seen.setdefault(name, []).append(jax.tree.map(np.asarray, t)), task)
             k = task.means.shape[1]
             weights = jax.numpy.where(task.component_mask, 1.0 / task.num_components[:, None], 0.0)
             from tgmm_jax.gmm import MixtureParams
