@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # figures are files; no display
 from experiments.configs import paper, tiny  # noqa: E402
 from tgmm_jax import evaluation  # noqa: E402
 from tgmm_jax.train import train_and_evaluate  # noqa: E402
+from tgmm_jax.train.checkpoint import Checkpoints  # noqa: E402
 from tgmm_jax.train.restore import load_run  # noqa: E402
 
 
@@ -31,7 +32,12 @@ def train_config(scale: str, dim: int, n_max: int, steps: int | None = None):
 
 
 def train_model(train_config, workdir: str) -> None:
-    """Trains ``train_config`` in ``workdir``; resumes an interrupted run; a finished run is only re-evaluated."""
+    """Trains ``train_config`` in ``workdir``, resuming an interrupted run; a finished run is left as it is."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(checkpoints):
+        latest = Checkpoints(checkpoints, read_only=True).latest_step()
+        if latest is not None and latest >= train_config.total_steps:
+            return
     train_and_evaluate(train_config, workdir)
 
 
