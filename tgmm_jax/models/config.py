@@ -62,11 +62,6 @@ class ModelConfig:
         return jnp.dtype(self.dtype)
 
     @property
-    def mamba_inner(self) -> int:
-        """Width of the Mamba2 inner stream, heads x head_dim."""
-        return self.mamba_heads * self.resolved_mamba_head_dim
-
-    @property
     def resolved_mamba_head_dim(self) -> int:
         if self.mamba_head_dim is None:
             return self.mamba_expand * self.width // self.mamba_heads
