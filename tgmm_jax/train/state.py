@@ -52,7 +52,8 @@ def sample_global_batch(key: jax.Array, spec: TaskSpec, tasks_per_k: int, mesh):
 
 def _loss_fn(model, objective: str, lik_weight: float):
     def loss_fn(params, task):
-        out = model.apply({"params": params}, task.points, task.point_mask, task.num_components)
+        # train=True: with config.official_pooling_mask_bug the official training-time mask is reproduced
+        out = model.apply({"params": params}, task.points, task.point_mask, task.num_components, train=True)
         return losses.compute_loss(objective, out, task, lik_weight=lik_weight)
 
     return loss_fn
