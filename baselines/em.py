@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from baselines import inits, mixture_steps
+from baselines import draws, inits, mixture_steps
 from baselines.chunking import default_chunk_size, map_task_chunks
 from baselines.mixture_steps import ChunkData, FitState
 from tgmm_jax.gmm import MixtureParams
@@ -130,6 +131,31 @@ def _gather(tree, idx):
     return jax.tree.map(lambda a: a[idx], tree)
 
 
+def _pack(state: FitState, progress: Progress) -> jax.Array:
+    """All per-fit numbers in one float32 row per fit: [F, P] (n_iter and the flag are exact as floats).
+
+    Why: the rounds gather and scatter fits by index; one array means one gather and one scatter kernel
+    instead of one per field, which matters for compile time on CPU (each kernel costs ~50 ms to build).
+    """
+    num_fits = progress.n_iter.shape[0]
+    fields = [state.weights_CxRxK, state.means_CxRxKxD, state.variances_CxRxKxD]
+    parts = [a.reshape(num_fits, -1) for a in fields if a is not None]
+    for a in (progress.last_ll, progress.n_iter, progress.converged):
+        parts.append(a.reshape(num_fits, 1).astype(jnp.float32))
+    return jnp.concatenate(parts, axis=-1)
+
+
+def _unpack(packed_FxP: jax.Array, k: int, d: int, learn_variances: bool) -> tuple[FitState, Progress]:
+    num_fits = packed_FxP.shape[0]
+    sizes = [k, k * d] + ([k * d] if learn_variances else []) + [1, 1, 1]
+    cols = jnp.split(packed_FxP, list(itertools.accumulate(sizes))[:-1], axis=-1)
+    weights = cols[0].reshape(num_fits, 1, k)
+    means = cols[1].reshape(num_fits, 1, k, d)
+    variances = cols[2].reshape(num_fits, 1, k, d) if learn_variances else None
+    last_ll, n_iter, converged = cols[-3], cols[-2].astype(jnp.int32), cols[-1] > 0.5
+    return FitState(weights, means, variances), Progress(last_ll, n_iter, converged)
+
+
 def run_em(task: GMMTask, state_F, progress_F, fits_per_task: int, *, max_iter, tol, group, steps):
     """EM on F fits (leaves [F, 1, ...]; fit f belongs to task f // fits_per_task) until none is running.
 
@@ -139,33 +165,26 @@ def run_em(task: GMMTask, state_F, progress_F, fits_per_task: int, *, max_iter, 
     num_fits = progress_F.n_iter.shape[0]
     group = min(group, num_fits)
     learn_variances = state_F.variances_CxRxKxD is not None
+    k, d = state_F.means_CxRxKxD.shape[-2:]
 
-    def body(carry):
-        state_F, progress_F = carry
-        idx_S = jnp.nonzero(progress_F.running(max_iter)[:, 0], size=group, fill_value=num_fits)[0]
+    def running_F(packed_FxP):
+        return _unpack(packed_FxP, k, d, learn_variances)[1].running(max_iter)[:, 0]
+
+    def body(packed_FxP):
+        idx_S = jnp.nonzero(running_F(packed_FxP), size=group, fill_value=num_fits)[0]
         live_Sx1 = (idx_S < num_fits)[:, None]
-        safe_S = jnp.minimum(idx_S, num_fits - 1)
-        task_S = safe_S // fits_per_task
+        task_S = jnp.minimum(idx_S, num_fits - 1) // fits_per_task
         data = mixture_steps.prepare_chunk(task.points[task_S], task.point_mask[task_S], learn_variances)
-        p = _gather(progress_F, safe_S)
+        state, p = _unpack(packed_FxP.at[idx_S].get(mode="clip"), k, d, learn_variances)
         # Empty slots of the group are marked converged: they neither run nor get written back.
         p = Progress(p.last_ll, p.n_iter, p.converged | ~live_Sx1)
         state, p = em_steps(
-            data,
-            _gather(state_F, safe_S),
-            p,
-            task.component_mask[task_S],
-            steps=steps,
-            max_iter=max_iter,
-            tol=tol,
+            data, state, p, task.component_mask[task_S], steps=steps, max_iter=max_iter, tol=tol
         )
+        return packed_FxP.at[idx_S].set(_pack(state, p), mode="drop")
 
-        def scatter(full, part):
-            return full.at[idx_S].set(part, mode="drop")
-
-        return jax.tree.map(scatter, state_F, state), jax.tree.map(scatter, progress_F, p)
-
-    return jax.lax.while_loop(lambda c: jnp.any(c[1].running(max_iter)), body, (state_F, progress_F))
+    packed_FxP = jax.lax.while_loop(lambda c: jnp.any(running_F(c)), body, _pack(state_F, progress_F))
+    return _unpack(packed_FxP, k, d, learn_variances)
 
 
 def _finish_chunk(args, learn_variances: bool):
@@ -263,11 +282,11 @@ def _fit_em(key: jax.Array, task: GMMTask, config: EMConfig = EMConfig()) -> tup
     """Fits every task of the batch. Returns (MixtureParams [B, K_max, ...], info of [B] arrays:
     n_iter, converged, loglik (mean per real point, of the returned parameters), valid)."""
 
-    def init_chunk(keys_C, data, task_C):
-        return inits.initial_state(config.init, keys_C, data, task_C, config.n_init, config.learn_variances)
+    def init_chunk(seeds_C, data, task_C):
+        return inits.initial_state(config.init, seeds_C, data, task_C, config.n_init, config.learn_variances)
 
-    keys_B = jax.random.split(key, task.points.shape[0])
-    return _fit(task, init_chunk, config, config.n_init, keys_B)
+    seeds_B = draws.task_seeds(key, task.points.shape[0])
+    return _fit(task, init_chunk, config, config.n_init, seeds_B)
 
 
 def _fit_em_from(

@@ -6,7 +6,7 @@
   random_points  K distinct real points drawn uniformly.
 For the two data-based inits the chosen centres define a hard partition whose M-step gives the initial
 weights, means (and variances), as ``sklearn.mixture.GaussianMixture`` does with its k-means++ init.
-Randomness is drawn per task from that task's own key, so a task's fit does not depend on the chunking
+Randomness comes from per-task seeds (``draws.task_seeds``), so a task's fit does not depend on the chunking
 or on the other tasks in the batch.
 """
 
@@ -65,12 +65,12 @@ def _gather_points(points_CxNxD: jax.Array, idx_CxRxT: jax.Array) -> jax.Array:
     return jax.vmap(lambda p, i: p[i])(points_CxNxD, idx_CxRxT)
 
 
-def kmeans_plusplus_indices(keys_C, data: ChunkData, num_components_C, k_max: int, num_fits: int):
+def kmeans_plusplus_indices(seeds_C, data: ChunkData, num_components_C, k_max: int, num_fits: int):
     """Indices of the K_max chosen points per fit: [C, R, K_max] (entries >= K of a task are unused)."""
     x = _points(data)
     mask_Cx1xN = data.mask_CxN[:, None, :]
     trials = 2 + int(math.log(k_max))
-    u_CxRxKxT = draws.per_task_uniform(keys_C, (num_fits, k_max, trials), minval=1e-7)
+    u_CxRxKxT = draws.uniform(seeds_C, (num_fits, k_max, trials))
     # trial t of step j is live only if t < 2 + floor(ln K) for the task's own K (sklearn's rule).
     own_trials_C = 2 + jnp.floor(jnp.log(num_components_C.astype(jnp.float32))).astype(jnp.int32)
     trial_live_CxT = jnp.arange(trials)[None, :] < own_trials_C[:, None]
@@ -106,10 +106,10 @@ def kmeans_plusplus_indices(keys_C, data: ChunkData, num_components_C, k_max: in
     return chosen_CxRxK
 
 
-def random_point_indices(keys_C, data: ChunkData, k_max: int, num_fits: int):
+def random_point_indices(seeds_C, data: ChunkData, k_max: int, num_fits: int):
     """K_max distinct real points per fit, uniformly (Gumbel top-k): [C, R, K_max]."""
     n = data.mask_CxN.shape[-1]
-    u_CxRxN = draws.per_task_uniform(keys_C, (num_fits, n))
+    u_CxRxN = draws.uniform(seeds_C, (num_fits, n))
     scores = jnp.where(data.mask_CxN[:, None, :] > 0, u_CxRxN, -1.0 - u_CxRxN)  # padded points last
     return jax.lax.top_k(scores, k_max)[1]
 
@@ -135,11 +135,11 @@ def partition_init(data: ChunkData, idx_CxRxK, component_mask_CxK, learn_varianc
     return FitState(weights, means, variances)
 
 
-def official_init(keys_C, data: ChunkData, component_mask_CxK, num_fits: int, learn_variances: bool):
+def official_init(seeds_C, data: ChunkData, component_mask_CxK, num_fits: int, learn_variances: bool):
     """pi = 1/K, mu ~ N(0, I) in the original coordinates, unit variances."""
     k_max = component_mask_CxK.shape[-1]
     d = data.centre_CxD.shape[-1]
-    z = draws.per_task_normal(keys_C, (num_fits, k_max, d))
+    z = draws.normal(seeds_C, (num_fits, k_max, d))
     means = z - data.centre_CxD[:, None, None, :]
     mask = component_mask_CxK[:, None, :].astype(z.dtype)
     weights = jnp.broadcast_to(mask / jnp.sum(mask, axis=-1, keepdims=True), z.shape[:3])
@@ -147,15 +147,15 @@ def official_init(keys_C, data: ChunkData, component_mask_CxK, num_fits: int, le
     return FitState(weights, means, variances)
 
 
-def initial_state(init: str, keys_C, data: ChunkData, task_chunk, num_fits: int, learn_variances: bool):
+def initial_state(init: str, seeds_C, data: ChunkData, task_chunk, num_fits: int, learn_variances: bool):
     """R initial fits per task of the chunk, in centred coordinates."""
     check_init(init)
     mask_CxK = task_chunk.component_mask
     if init == "official":
-        return official_init(keys_C, data, mask_CxK, num_fits, learn_variances)
+        return official_init(seeds_C, data, mask_CxK, num_fits, learn_variances)
     k_max = mask_CxK.shape[-1]
     if init == "kmeans++":
-        idx = kmeans_plusplus_indices(keys_C, data, task_chunk.num_components, k_max, num_fits)
+        idx = kmeans_plusplus_indices(seeds_C, data, task_chunk.num_components, k_max, num_fits)
     else:
-        idx = random_point_indices(keys_C, data, k_max, num_fits)
+        idx = random_point_indices(seeds_C, data, k_max, num_fits)
     return partition_init(data, idx, mask_CxK, learn_variances)

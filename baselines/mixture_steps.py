@@ -98,14 +98,16 @@ def softmax_components(logits_CxRxKxN: jax.Array) -> tuple[jax.Array, jax.Array]
     if k > _MAX_UNROLLED_K:
         lse = jax.nn.logsumexp(logits_CxRxKxN, axis=2)
         return jnp.exp(logits_CxRxKxN - lse[:, :, None, :]), lse
-    slices = [logits_CxRxKxN[:, :, j] for j in range(k)]
-    top = slices[0]
-    for s in slices[1:]:
-        top = jnp.maximum(top, s)
-    exps = [jnp.exp(s - top) for s in slices]
-    total = sum(exps[1:], exps[0])
-    inv = 1.0 / total
-    return jnp.stack([e * inv for e in exps], axis=2), top + jnp.log(total)
+    # Max and sum over the components: unrolled elementwise ops on [C, R, N] slices. The exp is one op on
+    # the whole array (one exp per component would make one large kernel each: slow to compile).
+    top = logits_CxRxKxN[:, :, 0]
+    for j in range(1, k):
+        top = jnp.maximum(top, logits_CxRxKxN[:, :, j])
+    exps = jnp.exp(logits_CxRxKxN - top[:, :, None, :])
+    total = exps[:, :, 0]
+    for j in range(1, k):
+        total = total + exps[:, :, j]
+    return exps * (1.0 / total)[:, :, None, :], top + jnp.log(total)
 
 
 def e_step(data: ChunkData, state: FitState, component_mask_CxK: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -88,7 +88,7 @@ def whitened_moments(points_BxNxD, point_mask_BxN, num_components_B, k_max: int)
     m2_BxDxD = (
         cov_BxDxD
         + mean_BxD[:, :, None] * mean_BxD[:, None, :]
-        - sigma2_B[:, None, None] * jnp.eye(d, dtype=dtype)
+        - sigma2_B[:, None, None] * jnp.eye(d, dtype=dtype)[None]
     )
 
     evals, evecs = jnp.linalg.eigh(m2_BxDxD)  # ascending
@@ -197,7 +197,7 @@ def tensor_power_method(key, m: Moments, config: SpectralConfig, implicit: bool)
     coord_KxBx1 = m.coord_mask_BxK.T[:, :, None]
     comp_mask_KxB = m.coord_mask_BxK.T  # component j is extracted only if j < K_b
     # Per-task keys: a task's draws do not depend on the other tasks of the batch.
-    init_BxKxKxL = draws.per_task_uniform(jax.random.split(key, batch), (k, k, restarts))
+    init_BxKxKxL = draws.uniform(draws.task_seeds(key, batch), (k, k, restarts))
     init_KxKxBxL = jnp.transpose(init_BxKxKxL, (1, 2, 0, 3))  # [stage, coordinate, task, restart]
 
     def stage(j, carry):

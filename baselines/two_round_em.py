@@ -22,7 +22,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from baselines import em, inits, mixture_steps
+from baselines import draws, em, inits, mixture_steps
 from baselines.chunking import default_chunk_size, map_task_chunks
 from baselines.mixture_steps import FitState
 from tgmm_jax.gmm import MixtureParams
@@ -69,7 +69,7 @@ def _farthest_first(means_CxLxD, weights_CxL, survivor_CxL, num_components_C, k_
 
 
 def _two_rounds(args, config: TwoRoundConfig):
-    keys_C, task_C = args
+    seeds_C, task_C = args
     learn = config.variant == "anisotropic"
     k_max = task_C.component_mask.shape[-1]
     n = task_C.points.shape[1]
@@ -81,7 +81,7 @@ def _two_rounds(args, config: TwoRoundConfig):
     l_C = jnp.minimum(l_C, l_max)
     centre_mask_CxL = jnp.arange(l_max)[None, :] < l_C[:, None]
 
-    idx_Cx1xL = inits.random_point_indices(keys_C, data, l_max, 1)
+    idx_Cx1xL = inits.random_point_indices(seeds_C, data, l_max, 1)
     means_CxLxD = inits.gather_points(data, idx_Cx1xL)[:, 0]
     weights_CxL = jnp.where(centre_mask_CxL, 1.0 / l_C[:, None], 0.0)
     variances = None
@@ -137,9 +137,9 @@ def _fit_two_round_em(key: jax.Array, task: GMMTask, config: TwoRoundConfig = Tw
     l_max = min(num_initial_centres(k_max, config.oversampling), n)
     feats = 2 * d if config.variant == "anisotropic" else d
     chunk = default_chunk_size(batch, n * (2 * feats + 3 * l_max))
-    keys_B = jax.random.split(key, batch)
+    seeds_B = draws.task_seeds(key, batch)
     (weights, means, scales), info = map_task_chunks(
-        functools.partial(_two_rounds, config=config), (keys_B, task), batch, chunk
+        functools.partial(_two_rounds, config=config), (seeds_B, task), batch, chunk
     )
     finite = jnp.all(jnp.isfinite(weights), axis=-1) & jnp.all(jnp.isfinite(means), axis=(-2, -1))
     if scales is not None:

@@ -8,10 +8,14 @@ Hungarian-aligned l2 computed with SciPy are also independent references for the
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from baselines import get_baseline
 from tgmm_jax.tasks import GMMTask
 
 
@@ -83,3 +87,20 @@ def aligned_l2_means(est_means, task: GMMTask) -> np.ndarray:
         rows, cols = linear_sum_assignment(cost)
         out[b] = cost[rows, cols].sum() / (k * est.shape[-1])
     return out
+
+
+# Tests check numbers, not speed: compiling without LLVM optimisations roughly halves the compile time of
+# each program (the arithmetic is the same; XLA does not reassociate floating point at any level).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def fast_jit(fn, **jit_kwargs):
+    """``jax.jit`` of the undecorated ``fn`` (a jitted function) with test compile options."""
+    return jax.jit(getattr(fn, "__wrapped__", fn), compiler_options=FAST_COMPILE, **jit_kwargs)
+
+
+def fast_baseline(name, variant="isotropic", **overrides):
+    """A registered baseline as ``fn(key, task)``, compiled with the test compile options."""
+    partial = get_baseline(name, variant=variant, **overrides)
+    fit = fast_jit(partial.func, static_argnames="config")
+    return functools.partial(fit, config=partial.keywords["config"])

@@ -1,0 +1,129 @@
+"""Spectral baseline against population moments, a NumPy + tensorly pipeline, and its own two tensor forms."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+from tensorly.decomposition import SymmetricCP
+
+from baselines import get_baseline, spectral
+from baselines.spectral import SpectralConfig, tensor_power_method, whitened_moments
+from tests.baseline_helpers import FAST_COMPILE, aligned_l2_means, fast_jit, make_tasks
+from tgmm_jax.metrics import applicable
+
+jax.config.update("jax_numpy_rank_promotion", "raise")  # also set by tests/conftest.py
+fit_spectral = fast_jit(spectral.fit_spectral, static_argnames="config")
+
+
+def _numpy_whitened_tensor(x, k):
+    """Hsu-Kakade whitened third moment in float64, as the official code computes it (TGMM_NOTES §10)."""
+    n, d = x.shape
+    mean = x.mean(0)
+    second = x.T @ x / n
+    evals, evecs = np.linalg.eigh(second - np.outer(mean, mean))
+    sigma2, v = evals[0], evecs[:, 0]
+    m1 = (x * (((x - mean) @ v) ** 2)[:, None]).mean(0)
+    e, u = np.linalg.eigh(second - sigma2 * np.eye(d))
+    e, u = e[::-1][:k], u[:, ::-1][:, :k]
+    w = u / np.sqrt(e)
+    y = x @ w
+    t = np.einsum("ni,nj,nk->ijk", y, y, y) / n
+    a, g = w.T @ m1, w.T @ w
+    t -= np.einsum("i,jk->ijk", a, g) + np.einsum("j,ik->ijk", a, g) + np.einsum("k,ij->ijk", a, g)
+    return t, u * np.sqrt(e)
+
+
+def _numpy_tensorly_spectral(x, k, seed):
+    """The official pipeline: NumPy moments + tensorly SymmetricCP (L = 10, 10 x 3 power updates)."""
+    t, unwhiten = _numpy_whitened_tensor(x, k)
+    np.random.seed(seed)  # tensorly draws its restarts from NumPy's global generator
+    lam, vecs = SymmetricCP(rank=k, n_repeat=10, n_iteration=10).fit_transform(t)
+    w = 1.0 / lam**2
+    return w / w.sum(), (unwhiten @ vecs * lam).T
+
+
+def test_recovers_parameters_from_population_size_samples():
+    task = make_tasks(0, [4] * 6, 8, 50_000)
+    est, info = fit_spectral(jax.random.key(0), task)
+    l2 = aligned_l2_means(est.means, task)
+    assert l2.max() < 0.05, l2
+    assert bool(jnp.all(info["valid"]))
+    np.testing.assert_allclose(np.asarray(info["sigma2"]), 1.0, atol=0.05)
+    # weights: ascending (tensorly's order: largest lambda = smallest weight first), close to the truth
+    np.testing.assert_allclose(np.sort(np.asarray(est.weights), -1), np.asarray(task.weights), atol=0.02)
+
+
+def test_whitened_tensor_eigenpairs_agree_with_tensorly():
+    task = make_tasks(1, [3, 4] * 6, 8, 128)
+    moments = fast_jit(whitened_moments, static_argnames="k_max")
+    power = fast_jit(tensor_power_method, static_argnames=("config", "implicit"))
+    m = moments(task.points, task.point_mask, task.num_components, k_max=4)
+    lams, vecs = power(jax.random.key(0), m, SpectralConfig(), implicit=False)
+    tensors = np.asarray(m.tensor_BxKxKxK, np.float64)
+    agree = 0
+    for b in range(tensors.shape[0]):
+        k = int(task.num_components[b])
+        np.random.seed(b)
+        lam_ref, vec_ref = SymmetricCP(rank=k, n_repeat=10, n_iteration=10).fit_transform(
+            tensors[b, :k, :k, :k]
+        )
+        ours_v = np.asarray(vecs[b, :k, :k])
+        cost = ((ours_v[:, None, :] - vec_ref.T[None, :, :]) ** 2).sum(-1)
+        rows, cols = linear_sum_assignment(cost)
+        if cost[rows, cols].max() < 1e-4:
+            agree += 1
+            np.testing.assert_allclose(np.asarray(lams[b, :k])[rows], lam_ref[cols], rtol=1e-3)
+        assert np.all(np.asarray(vecs[b, k:]) == 0) and np.all(np.asarray(lams[b, k:]) == 0)
+    # Both are randomised; on these tasks they find the same eigenpairs (almost) always.
+    assert agree >= tensors.shape[0] - 1
+
+
+def test_estimates_agree_with_numpy_tensorly_pipeline_and_implicit_form():
+    task = make_tasks(2, [2, 3, 4, 5] * 4, 8, 128)
+    est, info = fit_spectral(jax.random.key(1), task)
+    est_implicit, _ = fit_spectral(jax.random.key(1), task, SpectralConfig(tensor_form="implicit"))
+    # The implicit form applies the same tensor to the same restarts: same answer up to float32 rounding.
+    np.testing.assert_allclose(np.asarray(est_implicit.means), np.asarray(est.means), atol=2e-3)
+    close = 0
+    for b in range(task.points.shape[0]):
+        k = int(task.num_components[b])
+        w_ref, mu_ref = _numpy_tensorly_spectral(np.asarray(task.points[b], np.float64), k, b)
+        ours = np.asarray(est.means[b, :k])
+        cost = ((ours[:, None, :] - mu_ref[None, :, :]) ** 2).sum(-1)
+        rows, cols = linear_sum_assignment(cost)
+        if cost[rows, cols].max() / task.means.shape[-1] < 1e-3:
+            close += 1
+            np.testing.assert_allclose(np.asarray(est.weights[b, :k])[rows], w_ref[cols], atol=1e-3)
+    assert close >= task.points.shape[0] - 2
+
+
+def test_k_above_d_is_flagged_not_answered_and_compiles_once():
+    chex.clear_trace_counter()  # the counter is per function and global; other tests trace it too
+    traced = jax.jit(
+        chex.assert_max_traces(spectral._fit_spectral, n=1),
+        static_argnames="config",
+        compiler_options=FAST_COMPILE,
+    )
+    for seed in range(2):  # two batches of one shape: no retrace
+        task = make_tasks(seed, [2, 3, 4, 2], 2, 64, n_min=40)  # D = 2: only K = 2 applies
+        est, info = traced(jax.random.key(seed), task, SpectralConfig())
+        valid = np.asarray(info["valid"])
+        np.testing.assert_array_equal(valid, [True, False, False, True])
+        real = np.asarray(task.component_mask)
+        w, mu = np.asarray(est.weights), np.asarray(est.means)
+        assert np.all(np.isnan(w[~valid][real[~valid]])) and np.all(np.isnan(mu[~valid][real[~valid]]))
+        assert np.all(np.isfinite(w[valid])) and np.all(np.isfinite(mu[valid]))
+        np.testing.assert_array_equal(np.asarray(applicable(est, task)), valid)
+
+
+def test_anisotropic_and_bad_settings_raise():
+    with pytest.raises(ValueError, match="does not apply to the anisotropic"):
+        get_baseline("spectral", variant="anisotropic")
+    with pytest.raises(ValueError, match="tensor_form"):
+        SpectralConfig(tensor_form="dense")
+    with pytest.raises(ValueError, match="n_restarts"):
+        SpectralConfig(n_restarts=0)
+    with pytest.raises(ValueError, match="unknown setting"):
+        get_baseline("spectral", n_repeat=5)
