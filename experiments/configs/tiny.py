@@ -1,7 +1,9 @@
 """CPU-sized default: trains in a few minutes on 2 cores at d=2 and is compared with EM and spectral.
 
-Set-transformer backbone and the permutation-matched loss (est_matched): the combination the model
-issue's prototype found to beat EM-official at K >= 3 on d=2 within minutes. Arguments for the CPU-scale
+Set-transformer backbone (2 layers, width 64) and the permutation-matched loss (est_matched), Adam 2e-3,
+16 tasks per K, N in [16, 32], 4000 steps: the recipe of experiments/prototype_matched_loss.py, which
+measured aligned l2 0.63 / 0.92 / 1.07 against EM-official's 1.27 / 1.29 / 1.45 at K = 3 / 4 / 5 on d=2
+(results/prototype_matched_loss.json). Arguments for the CPU-scale
 studies: ``:d=8,n=128,steps=4000``.
 """
 
@@ -21,7 +23,8 @@ def get_config(arg: str | None = None):
     config.objective = "est_matched"
     config.task.dim = a["d"]
     config.task.n_max = a["n"]
-    config.model = model_group("tiny", backbone="set", num_layers=2, width=64, num_heads=4)
+    # the prototype's model (experiments/prototype_matched_loss.py): small size, set backbone, 2 layers
+    config.model = model_group("small", backbone="set", num_layers=2)
     config.optim.learning_rate = 2e-3
     config.eval.tasks_per_k = 128
     config.eval.baselines = ("em", "em_kmeanspp", "spectral")
