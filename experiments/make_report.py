@@ -194,23 +194,19 @@ def main(argv):
     del argv
     r, scale = FLAGS.results, FLAGS.scale
     sections, claims, runs = [], {}, []
-    rq1 = _load(os.path.join(r, f"rq1_{scale}.json"))
-    if rq1:
-        s, c = rq1_section(rq1, f"rq1_effectiveness_{scale}.png")
-        sections += s
-        claims.update(c)
-        runs += [(res["workdir"], res["step"]) for res in rq1["by_dim"].values()]
-    rq2 = _load(os.path.join(r, f"rq2_sample_size_{scale}.json"))
-    if rq2:
-        s, c = rq2_size_section(rq2, f"rq2_sample_size_{scale}.png")
-        sections += s
-        claims.update(c)
-        runs += [(res["workdir"], res["step"]) for res in rq2["by_train_n"].values()]
-    shift = _load(os.path.join(r, f"rq2_distribution_shift_{scale}.json"))
-    if shift:
-        s, c = rq2_shift_section(shift, f"rq2_distribution_shift_{scale}.png")
-        sections += s
-        claims.update(c)
+    studies = (  # (saved JSON, section builder, figure, key of the per-model results or None)
+        (f"rq1_{scale}.json", rq1_section, f"rq1_effectiveness_{scale}.png", "by_dim"),
+        (f"rq2_sample_size_{scale}.json", rq2_size_section, f"rq2_sample_size_{scale}.png", "by_train_n"),
+        (f"rq2_distribution_shift_{scale}.json", rq2_shift_section, f"rq2_distribution_shift_{scale}.png", None),
+    )
+    for name, build, figure, per_model in studies:
+        saved = _load(os.path.join(r, name))
+        if saved:
+            s, c = build(saved, figure)
+            sections += s
+            claims.update(c)
+            if per_model:
+                runs += [(res["workdir"], res["step"]) for res in saved[per_model].values()]
     proto = _load(os.path.join(r, "prototype_matched_loss.json"))
     if proto and scale == "cpu":
         s, c = prototype_section(proto)
