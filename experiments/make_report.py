@@ -79,6 +79,10 @@ def _ratio_rows(pairs):
 
 def rq1_section(rq1, figure):
     out = ["## RQ1: effectiveness (d x K, N = 128)", f"![RQ1]({figure})", ""]
+    missing = [d for d in ("2", "8", "32", "128") if d not in rq1["by_dim"]]
+    if missing:
+        out += [f"**Not run at this scale:** d = {', '.join(missing)} (the paper's grid is d in 2, 8, 32, 128); "
+                "rerun `experiments.rq1_effectiveness` with those `--dims` to add them.", ""]
     claims = {}
     em_pairs, spec_pairs, kd_pairs = [], [], []
     for d, res in sorted(rq1["by_dim"].items(), key=lambda kv: int(kv[0])):
