@@ -50,6 +50,30 @@ def _sq_dist_to(points_CxNxD: jax.Array, centres_CxRxTxD: jax.Array) -> jax.Arra
     return jnp.maximum(sq_x_Cx1x1xN - 2.0 * cross + sq_c_CxRxTx1, 0.0)
 
 
+def _point_distances(data: ChunkData, num_fits: int, k_max: int):
+    """``dist(idx_CxRxT) -> [C, R, T, N]``: squared distances from the points to the points ``idx``.
+
+    Every centre the data-based inits look at is one of the task's points. With many restarts it is
+    cheaper to form each task's Gram matrix once (N^2 D) and gather rows from it than to multiply
+    every fit's candidates with the points (R K (T + 1) N D); the cheaper way is taken.
+    """
+    x = _points(data)
+    n = x.shape[1]
+    trials = 2 + int(math.log(k_max))
+    if n > num_fits * k_max * (trials + 1):
+        return lambda idx_CxRxT: _sq_dist_to(x, _gather_points(x, idx_CxRxT))
+    gram_CxNxN = jnp.einsum("cnd,cmd->cnm", x, x, precision=HIGHEST)
+    sq_CxN = jnp.sum(x**2, axis=-1)
+
+    def dist(idx_CxRxT):
+        cross = _gather_points(gram_CxNxN, idx_CxRxT)  # rows of the Gram matrix: [C, R, T, N]
+        sq_c = jnp.take_along_axis(sq_CxN[:, None, :], idx_CxRxT.reshape(idx_CxRxT.shape[0], 1, -1), axis=2)
+        sq_c_CxRxTx1 = sq_c.reshape(idx_CxRxT.shape)[..., None]
+        return jnp.maximum(sq_CxN[:, None, None, :] - 2.0 * cross + sq_c_CxRxTx1, 0.0)
+
+    return dist
+
+
 def _cumsum_last(a: jax.Array) -> jax.Array:
     """Cumulative sum over the (short) last axis as a matmul with a triangular matrix.
 
@@ -65,9 +89,10 @@ def _gather_points(points_CxNxD: jax.Array, idx_CxRxT: jax.Array) -> jax.Array:
     return jax.vmap(lambda p, i: p[i])(points_CxNxD, idx_CxRxT)
 
 
-def kmeans_plusplus_indices(seeds_C, data: ChunkData, num_components_C, k_max: int, num_fits: int):
+def kmeans_plusplus_indices(seeds_C, data: ChunkData, num_components_C, k_max: int, num_fits: int, dist=None):
     """Indices of the K_max chosen points per fit: [C, R, K_max] (entries >= K of a task are unused)."""
     x = _points(data)
+    dist = dist or _point_distances(data, num_fits, k_max)
     mask_Cx1xN = data.mask_CxN[:, None, :]
     trials = 2 + int(math.log(k_max))
     u_CxRxKxT = draws.uniform(seeds_C, (num_fits, k_max, trials))
@@ -85,14 +110,14 @@ def kmeans_plusplus_indices(seeds_C, data: ChunkData, num_components_C, k_max: i
         return jnp.minimum(idx, x.shape[1] - 1)
 
     first_CxR = pick(u_CxRxKxT[:, :, 0, :1], jnp.broadcast_to(mask_Cx1xN, u_CxRxKxT.shape[:2] + x.shape[1:2]))
-    closest_CxRxN = _sq_dist_to(x, _gather_points(x, first_CxR))[:, :, 0] * mask_Cx1xN
+    closest_CxRxN = dist(first_CxR)[:, :, 0] * mask_Cx1xN
     chosen_CxRxK = jnp.zeros(u_CxRxKxT.shape[:3], jnp.int32).at[:, :, 0].set(first_CxR[..., 0])
 
     def step(j, carry):  # a loop, not unrolled: keeps the compiled program (and compile time) small
         chosen_CxRxK, closest_CxRxN = carry
         u_CxRxT = jax.lax.dynamic_index_in_dim(u_CxRxKxT, j, axis=2, keepdims=False)
         cand_CxRxT = pick(u_CxRxT, closest_CxRxN)
-        dist_CxRxTxN = jnp.minimum(closest_CxRxN[:, :, None], _sq_dist_to(x, _gather_points(x, cand_CxRxT)))
+        dist_CxRxTxN = jnp.minimum(closest_CxRxN[:, :, None], dist(cand_CxRxT))
         dist_CxRxTxN = dist_CxRxTxN * mask_Cx1xN[:, :, None]
         pot_CxRxT = jnp.where(trial_live_CxT[:, None, :], jnp.sum(dist_CxRxTxN, axis=-1), jnp.inf)
         best_CxR = jnp.argmin(pot_CxRxT, axis=-1)
@@ -114,12 +139,14 @@ def random_point_indices(seeds_C, data: ChunkData, k_max: int, num_fits: int):
     return jax.lax.top_k(scores, k_max)[1]
 
 
-def partition_init(data: ChunkData, idx_CxRxK, component_mask_CxK, learn_variances: bool) -> FitState:
+def partition_init(
+    data: ChunkData, idx_CxRxK, component_mask_CxK, learn_variances: bool, dist=None
+) -> FitState:
     """Hard partition around the chosen points, then one M-step (sklearn's init). Empty cells (duplicate
     points) keep their point as mean with a 1/N weight instead of dying at birth."""
     x = _points(data)
     centres = _gather_points(x, idx_CxRxK)
-    sq_CxRxKxN = _sq_dist_to(x, centres)
+    sq_CxRxKxN = (dist or _point_distances(data, idx_CxRxK.shape[1], idx_CxRxK.shape[2]))(idx_CxRxK)
     sq_CxRxKxN = jnp.where(component_mask_CxK[:, None, :, None], sq_CxRxKxN, jnp.inf)
     resp = jax.nn.one_hot(jnp.argmin(sq_CxRxKxN, axis=2), sq_CxRxKxN.shape[2], axis=2, dtype=x.dtype)
     resp = resp * data.mask_CxN[:, None, None, :]
@@ -154,8 +181,9 @@ def initial_state(init: str, seeds_C, data: ChunkData, task_chunk, num_fits: int
     if init == "official":
         return official_init(seeds_C, data, mask_CxK, num_fits, learn_variances)
     k_max = mask_CxK.shape[-1]
+    dist = _point_distances(data, num_fits, k_max)
     if init == "kmeans++":
-        idx = kmeans_plusplus_indices(seeds_C, data, task_chunk.num_components, k_max, num_fits)
+        idx = kmeans_plusplus_indices(seeds_C, data, task_chunk.num_components, k_max, num_fits, dist)
     else:
         idx = random_point_indices(seeds_C, data, k_max, num_fits)
-    return partition_init(data, idx, mask_CxK, learn_variances)
+    return partition_init(data, idx, mask_CxK, learn_variances, dist)

@@ -99,10 +99,12 @@ def softmax_components(logits_CxRxKxN: jax.Array) -> tuple[jax.Array, jax.Array]
         lse = jax.nn.logsumexp(logits_CxRxKxN, axis=2)
         return jnp.exp(logits_CxRxKxN - lse[:, :, None, :]), lse
     # Max and sum over the components: unrolled elementwise ops on [C, R, N] slices. The exp is one op on
-    # the whole array (one exp per component would make one large kernel each: slow to compile).
+    # the whole array (one exp per component would make one large kernel each: slow to compile). The
+    # barrier materialises the max: fused into the exp kernel, it was recomputed for every component.
     top = logits_CxRxKxN[:, :, 0]
     for j in range(1, k):
         top = jnp.maximum(top, logits_CxRxKxN[:, :, j])
+    logits_CxRxKxN, top = jax.lax.optimization_barrier((logits_CxRxKxN, top))
     exps = jnp.exp(logits_CxRxKxN - top[:, :, None, :])
     total = exps[:, :, 0]
     for j in range(1, k):
