@@ -142,7 +142,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distr
         workdir_path / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints
     )
     if ckpts.latest_step() is not None:
-        _check_same_run(ckpts.restore_config(), config, workdir)
+        try:
+            _check_same_run(ckpts.restore_config(), config, workdir)
+        except ValueError:
+            ckpts.close()  # no orbax threads left behind by a refused run
+            raise
     if is_main:
         (workdir_path / "config.json").write_text(json.dumps(config_json, indent=2, sort_keys=True))
         _record_environment(workdir_path, ckpts.latest_step() or 0)
@@ -173,6 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distr
         means, nonfinite = _window_means(state)
         if nonfinite or not np.isfinite(means["loss"]):
             ckpts.wait()
+            ckpts.close()
             writer.close()
             raise NonFiniteLossError(
                 f"non-finite loss in steps {step - int(jax.device_get(state.window_steps)) + 1}..{step}; "
