@@ -25,10 +25,6 @@ from tgmm_jax.tasks import GMMTask
 
 OBJECTIVES = ("est", "est_matched", "lik", "est+lik", "est_matched+lik")
 
-# Matching cost of a padded prediction slot for a real target: never chosen.
-_FORBIDDEN = 1e30
-
-
 def _masked_log_softmax(logits_BxK: jax.Array, mask_BxK: jax.Array) -> jax.Array:
     """log softmax over the real components; 0 on padded ones (so 0 * it stays 0)."""
     log_p_BxK = jax.nn.log_softmax(jnp.where(mask_BxK, logits_BxK, -jnp.inf), axis=-1)
@@ -77,11 +73,6 @@ def match_components(output: TGMMOutput, task: GMMTask) -> jax.Array:
     (+ scales), because the softmax normaliser is shared by all real slots. Real targets only go to real
     slots; all K_max! permutations are scored (K_max <= metrics.MAX_BRUTE_FORCE_K).
     """
-    k_max = task.component_mask.shape[-1]
-    if k_max > metrics.MAX_BRUTE_FORCE_K:
-        raise ValueError(
-            f"est_matched scores all K_max! permutations; K_max={k_max} exceeds {metrics.MAX_BRUTE_FORCE_K}"
-        )
     mask_BxK = task.component_mask
     out = jax.lax.stop_gradient(output)
     log_p_BxK = _masked_log_softmax(out.weight_logits, mask_BxK)
@@ -96,24 +87,7 @@ def match_components(output: TGMMOutput, task: GMMTask) -> jax.Array:
     cost_BxKxK = cost_BxKxK + pair_sq(out.means, task.means) * scale_B[:, None, None]
     if out.scales is not None:
         cost_BxKxK = cost_BxKxK + pair_sq(out.scales, task.scales) * scale_B[:, None, None]
-    real_target = mask_BxK[:, None, :]
-    cost_BxKxK = jnp.where(real_target & ~mask_BxK[:, :, None], _FORBIDDEN, cost_BxKxK)
-    cost_BxKxK = jnp.where(real_target, cost_BxKxK, 0.0)
-
-    perms_PxK = jnp.asarray(metrics.permutations(k_max))
-    total_BxP = jnp.sum(cost_BxKxK[:, perms_PxK, jnp.arange(k_max)], axis=-1)  # sum_j cost[perm[p, j], j]
-    return perms_PxK[jnp.argmin(total_BxP, axis=-1)]
-
-
-def permute_output(output: TGMMOutput, pred_index_BxK: jax.Array) -> TGMMOutput:
-    """Reorders predicted components so that slot j holds ``pred_index_BxK[:, j]``."""
-    take = jax.vmap(lambda a, idx: a[idx])
-    return TGMMOutput(
-        weight_logits=take(output.weight_logits, pred_index_BxK),
-        means=take(output.means, pred_index_BxK),
-        scales=None if output.scales is None else take(output.scales, pred_index_BxK),
-        component_mask=take(output.component_mask, pred_index_BxK),
-    )
+    return metrics.best_permutation(metrics.masked_match_cost(cost_BxKxK, mask_BxK))
 
 
 def negative_log_likelihood(output: TGMMOutput, task: GMMTask) -> jax.Array:
@@ -149,7 +123,7 @@ def compute_loss(
     loss = jnp.float32(0.0)
     if parts[0] in ("est", "est_matched"):
         if parts[0] == "est_matched":
-            output = permute_output(output, match_components(output, task))
+            output = metrics.gather_components(output, match_components(output, task))
         terms.update(est_terms(output, task))
         loss = loss + terms["est"]
     if "lik" in parts:

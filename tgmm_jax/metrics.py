@@ -30,14 +30,30 @@ def permutations(k: int) -> np.ndarray:
     return np.asarray(list(itertools.permutations(range(k))), np.int32).reshape(math.factorial(k), k)
 
 
-def _match_cost(est_means_BxKxD, true_means_BxKxD, component_mask_BxK):
-    """cost[b, i, j] = ||mu_hat_i - mu_j||^2 for real true j; 0 for padded j; forbidden for padded i, real j."""
-    diff = est_means_BxKxD[:, :, None, :] - true_means_BxKxD[:, None, :, :]
-    cost_BxKxK = jnp.sum(diff**2, axis=-1)
+def masked_match_cost(cost_BxKxK: jax.Array, component_mask_BxK: jax.Array) -> jax.Array:
+    """cost[b, i = estimated slot, j = true component] restricted to valid matches: a padded slot for a
+    real component is forbidden, and padded components cost 0 (they go to padded slots)."""
     real_true = component_mask_BxK[:, None, :]
-    real_est = component_mask_BxK[:, :, None]
-    cost_BxKxK = jnp.where(real_true & ~real_est, _FORBIDDEN, cost_BxKxK)
+    cost_BxKxK = jnp.where(real_true & ~component_mask_BxK[:, :, None], _FORBIDDEN, cost_BxKxK)
     return jnp.where(real_true, cost_BxKxK, 0.0)
+
+
+def best_permutation(cost_BxKxK: jax.Array) -> jax.Array:
+    """``index_BxK`` minimising sum_j cost[b, index[b, j], j], scoring all K! permutations inside jit."""
+    k = cost_BxKxK.shape[-1]
+    if k > MAX_BRUTE_FORCE_K:
+        raise ValueError(f"brute-force matching scores all K! permutations; K={k} exceeds {MAX_BRUTE_FORCE_K}")
+    perms_PxK = jnp.asarray(permutations(k))
+    total_BxP = jnp.sum(cost_BxKxK[:, perms_PxK, jnp.arange(k)], axis=-1)  # sum_j cost[b, perms[p, j], j]
+    total_BxP = jnp.where(jnp.isnan(total_BxP), jnp.inf, total_BxP)
+    return perms_PxK[jnp.argmin(total_BxP, axis=-1)]
+
+
+def gather_components(components, index_BxK: jax.Array):
+    """Reorders every [B, K, ...] leaf of ``components`` (MixtureParams, TGMMOutput, ...) so that slot j
+    holds slot ``index_BxK[:, j]``."""
+    take = jax.vmap(lambda a, idx: a[idx])
+    return jax.tree.map(lambda a: take(a, index_BxK), components)
 
 
 def _host_assignment(cost_BxKxK: np.ndarray) -> np.ndarray:
@@ -54,27 +70,12 @@ def align_components(est_means_BxKxD, true_means_BxKxD, component_mask_BxK) -> j
     Real true components are matched to real estimated slots only (the estimate shares the task's
     component mask); padded slots map to padded slots.
     """
-    cost_BxKxK = _match_cost(est_means_BxKxD, true_means_BxKxD, component_mask_BxK)
-    k = cost_BxKxK.shape[-1]
-    if k <= MAX_BRUTE_FORCE_K:
-        perms_PxK = jnp.asarray(permutations(k))
-        # total[b, p] = sum_j cost[b, perms[p, j], j]
-        total_BxP = jnp.sum(cost_BxKxK[:, perms_PxK, jnp.arange(k)], axis=-1)
-        total_BxP = jnp.where(jnp.isnan(total_BxP), jnp.inf, total_BxP)
-        return perms_PxK[jnp.argmin(total_BxP, axis=-1)]
+    sq_dist_BxKxK = jnp.sum((est_means_BxKxD[:, :, None, :] - true_means_BxKxD[:, None, :, :]) ** 2, axis=-1)
+    cost_BxKxK = masked_match_cost(sq_dist_BxKxK, component_mask_BxK)
+    if cost_BxKxK.shape[-1] <= MAX_BRUTE_FORCE_K:
+        return best_permutation(cost_BxKxK)
     shape = jax.ShapeDtypeStruct(cost_BxKxK.shape[:2], jnp.int32)
     return jax.pure_callback(_host_assignment, shape, cost_BxKxK, vmap_method="sequential")
-
-
-def permute_components(params: MixtureParams, est_index_BxK: jax.Array) -> MixtureParams:
-    """Reorders estimated components so that slot j holds the estimate of true component j."""
-    take = jax.vmap(lambda a, idx: a[idx])
-    return MixtureParams(
-        weights=take(params.weights, est_index_BxK),
-        means=take(params.means, est_index_BxK),
-        scales=None if params.scales is None else take(params.scales, est_index_BxK),
-        component_mask=take(params.component_mask, est_index_BxK),
-    )
 
 
 def _l2_terms(est: MixtureParams, task: GMMTask) -> tuple[jax.Array, jax.Array]:
@@ -121,9 +122,9 @@ def evaluate_estimates(estimate: MixtureParams, task: GMMTask) -> dict[str, jax.
         raise ValueError(f"estimate weights {estimate.weights.shape} do not match task weights {task.weights.shape}")
     est = MixtureParams(estimate.weights, estimate.means, estimate.scales, task.component_mask)
     est_index_BxK = align_components(est.means, task.means, task.component_mask)
-    aligned = permute_components(est, est_index_BxK)
+    aligned = gather_components(est, est_index_BxK)
     l2_means, l2_weights = _l2_terms(aligned, task)
-    official = permute_components(est, _inverse_permutation(est_index_BxK))
+    official = gather_components(est, _inverse_permutation(est_index_BxK))
     off_means, off_weights = _l2_terms(official, task)
 
     labels_hat_BxN = jnp.argmax(gmm.log_joint(task.points, aligned), axis=-1)
