@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from baselines import get_baseline
+from benchmarks.references import numpy_whitened_tensor, tensorly_decompose
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.metrics import evaluate_estimates
 from tgmm_jax.tasks import TaskSpec, sample_tasks
@@ -86,39 +87,17 @@ def _sklearn_loop(points, k, n_init, init, seed):
     return seconds, weights, means, iters
 
 
-def _whitened_tensor(x, k):
-    """The official code's moments (TGMM_NOTES §10), NumPy float64."""
-    n, d = x.shape
-    mean = x.mean(0)
-    second = x.T @ x / n
-    evals, evecs = np.linalg.eigh(second - np.outer(mean, mean))
-    sigma2, v = evals[0], evecs[:, 0]
-    m1 = (x * (((x - mean) @ v) ** 2)[:, None]).mean(0)
-    e, u = np.linalg.eigh(second - sigma2 * np.eye(d))
-    e, u = e[::-1][:k], u[:, ::-1][:, :k]
-    w = u / np.sqrt(e)
-    y = x @ w
-    t = np.einsum("ni,nj,nk->ijk", y, y, y) / n
-    a, g = w.T @ m1, w.T @ w
-    t -= np.einsum("i,jk->ijk", a, g) + np.einsum("j,ik->ijk", a, g) + np.einsum("k,ij->ijk", a, g)
-    return t, u * np.sqrt(e)
-
-
 def _tensorly_loop(points, k, seed):
-    from tensorly.decomposition import SymmetricCP
-
     b, _, d = points.shape
     weights, means = np.zeros((b, k)), np.zeros((b, k, d))
     np.random.seed(seed)  # tensorly draws its restarts from NumPy's global generator
     cp_seconds = 0.0
     start = time.perf_counter()
     for i in range(b):
-        t, unwhiten = _whitened_tensor(points[i], k)
+        t, unwhiten = numpy_whitened_tensor(points[i], k)
         cp_start = time.perf_counter()
-        lam, vecs = SymmetricCP(rank=k, n_repeat=10, n_iteration=10).fit_transform(t)
+        weights[i], means[i] = tensorly_decompose(t, unwhiten, k)
         cp_seconds += time.perf_counter() - cp_start
-        w = 1.0 / lam**2
-        weights[i], means[i] = w / w.sum(), (unwhiten @ vecs * lam).T
     return time.perf_counter() - start, cp_seconds, weights, means
 
 

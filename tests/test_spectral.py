@@ -9,6 +9,7 @@ from scipy.optimize import linear_sum_assignment
 from tensorly.decomposition import SymmetricCP
 
 from baselines import get_baseline, spectral
+from benchmarks.references import numpy_whitened_tensor, tensorly_decompose
 from baselines.spectral import SpectralConfig, tensor_power_method, whitened_moments
 from tests.baseline_helpers import FAST_COMPILE, aligned_l2_means, fast_jit, make_tasks
 from tgmm_jax.metrics import applicable
@@ -17,31 +18,11 @@ jax.config.update("jax_numpy_rank_promotion", "raise")  # also set by tests/conf
 fit_spectral = fast_jit(spectral.fit_spectral, static_argnames="config")
 
 
-def _numpy_whitened_tensor(x, k):
-    """Hsu-Kakade whitened third moment in float64, as the official code computes it (TGMM_NOTES §10)."""
-    n, d = x.shape
-    mean = x.mean(0)
-    second = x.T @ x / n
-    evals, evecs = np.linalg.eigh(second - np.outer(mean, mean))
-    sigma2, v = evals[0], evecs[:, 0]
-    m1 = (x * (((x - mean) @ v) ** 2)[:, None]).mean(0)
-    e, u = np.linalg.eigh(second - sigma2 * np.eye(d))
-    e, u = e[::-1][:k], u[:, ::-1][:, :k]
-    w = u / np.sqrt(e)
-    y = x @ w
-    t = np.einsum("ni,nj,nk->ijk", y, y, y) / n
-    a, g = w.T @ m1, w.T @ w
-    t -= np.einsum("i,jk->ijk", a, g) + np.einsum("j,ik->ijk", a, g) + np.einsum("k,ij->ijk", a, g)
-    return t, u * np.sqrt(e)
-
-
 def _numpy_tensorly_spectral(x, k, seed):
     """The official pipeline: NumPy moments + tensorly SymmetricCP (L = 10, 10 x 3 power updates)."""
-    t, unwhiten = _numpy_whitened_tensor(x, k)
+    t, unwhiten = numpy_whitened_tensor(x, k)
     np.random.seed(seed)  # tensorly draws its restarts from NumPy's global generator
-    lam, vecs = SymmetricCP(rank=k, n_repeat=10, n_iteration=10).fit_transform(t)
-    w = 1.0 / lam**2
-    return w / w.sum(), (unwhiten @ vecs * lam).T
+    return tensorly_decompose(t, unwhiten, k)
 
 
 def test_recovers_parameters_from_population_size_samples():
