@@ -303,9 +303,7 @@ def _fit(
     # before its last M-step (for a converged fit, within tol of the returned parameters').
     loglik = progress.last_ll[best_B, 0] + offset_B
     params = MixtureParams(weights, means, scales, mask_BxK)
-    finite = jnp.all(jnp.isfinite(weights), axis=-1) & jnp.all(jnp.isfinite(means), axis=(-2, -1))
-    if scales is not None:
-        finite &= jnp.all(jnp.isfinite(scales), axis=(-2, -1))
+    finite = mixture_steps.finite_estimates(weights, means, scales)
     info = dict(
         n_iter=progress.n_iter[best_B, 0],
         converged=progress.converged[best_B, 0],

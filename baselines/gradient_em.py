@@ -143,9 +143,7 @@ def _fit_gradient_em(key: jax.Array, task: GMMTask, config: GradientEMConfig = G
     (weights, means, scales), info = map_task_chunks(
         functools.partial(_fit_chunk, config=config), (seeds_B, task), batch, chunk
     )
-    finite = jnp.all(jnp.isfinite(weights), axis=-1) & jnp.all(jnp.isfinite(means), axis=(-2, -1))
-    if scales is not None:
-        finite &= jnp.all(jnp.isfinite(scales), axis=(-2, -1))
+    finite = mixture_steps.finite_estimates(weights, means, scales)
     return MixtureParams(weights, means, scales, task.component_mask), dict(info, valid=finite)
 
 

@@ -148,3 +148,11 @@ def log_likelihood_offset(data: ChunkData, learn_variances: bool) -> jax.Array:
     if learn_variances:
         return jnp.full_like(data.num_points_C, const)
     return const - 0.5 * data.sq_norm_mean_C
+
+
+def finite_estimates(weights_BxK, means_BxKxD, scales_BxKxD=None) -> jax.Array:
+    """Per task, whether every estimated number is finite: [B] bool (``info['valid']`` of the EM-type fits)."""
+    finite_B = jnp.all(jnp.isfinite(weights_BxK), axis=-1) & jnp.all(jnp.isfinite(means_BxKxD), axis=(-2, -1))
+    if scales_BxKxD is not None:
+        finite_B &= jnp.all(jnp.isfinite(scales_BxKxD), axis=(-2, -1))
+    return finite_B

@@ -141,9 +141,7 @@ def _fit_two_round_em(key: jax.Array, task: GMMTask, config: TwoRoundConfig = Tw
     (weights, means, scales), info = map_task_chunks(
         functools.partial(_two_rounds, config=config), (seeds_B, task), batch, chunk
     )
-    finite = jnp.all(jnp.isfinite(weights), axis=-1) & jnp.all(jnp.isfinite(means), axis=(-2, -1))
-    if scales is not None:
-        finite &= jnp.all(jnp.isfinite(scales), axis=(-2, -1))
+    finite = mixture_steps.finite_estimates(weights, means, scales)
     info = dict(info, n_iter=jnp.full((batch,), 2, jnp.int32), valid=finite)
     return MixtureParams(weights, means, scales, task.component_mask), info
 
