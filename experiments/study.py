@@ -31,14 +31,27 @@ def train_config(scale: str, dim: int, n_max: int, steps: int | None = None):
     raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
 
 
-def train_model(train_config, workdir: str) -> None:
-    """Trains ``train_config`` in ``workdir``, resuming an interrupted run; a finished run is left as it is."""
+def _latest_step(workdir: str) -> int | None:
     checkpoints = os.path.join(workdir, "checkpoints")
-    if os.path.isdir(checkpoints):
-        latest = Checkpoints(checkpoints, read_only=True).latest_step()
-        if latest is not None and latest >= train_config.total_steps:
-            return
+    return Checkpoints(checkpoints, read_only=True).latest_step() if os.path.isdir(checkpoints) else None
+
+
+def train_model(train_config, workdir: str) -> None:
+    """Trains ``train_config`` in ``workdir``, resuming an interrupted run; a finished run is left as it is.
+
+    A run that stops early (SIGTERM: the trainer saves and returns) ends the study with SystemExit, so
+    that a half-trained model is never evaluated as if it were finished; rerunning resumes it.
+    """
+    latest = _latest_step(workdir)
+    if latest is not None and latest >= train_config.total_steps:
+        return
     train_and_evaluate(train_config, workdir)
+    latest = _latest_step(workdir)
+    if latest is None or latest < train_config.total_steps:
+        raise SystemExit(
+            f"training in {workdir} stopped at step {latest} of {train_config.total_steps} (preempted?); "
+            "rerun the same command to resume"
+        )
 
 
 def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed: int, mean_shift: float = 0.0,

@@ -105,3 +105,24 @@ def test_training_tail_protocol_reads_the_logs(tiny_workdir):
     for cell in results["cells"]:
         assert cell["rounds"] == 2 and np.isfinite(cell["l2"]["mean"])
     assert "| tgmm |" in evaluation.markdown_report(results)
+
+
+def test_study_does_not_evaluate_a_preempted_run(tmp_path, monkeypatch):
+    """A study whose training returns early (SIGTERM saved a checkpoint) stops instead of evaluating it."""
+    from experiments import study
+
+    config = train_config.get_config()
+    config.total_steps = 6
+    config.eval_every = 0
+
+    def preempted_at_step_5(cfg, workdir):  # what the trainer leaves after SIGTERM at step 5
+        early = cfg.copy_and_resolve_references()
+        early.total_steps = 5
+        train_and_evaluate(early, workdir)
+
+    monkeypatch.setattr(study, "train_and_evaluate", preempted_at_step_5)
+    with pytest.raises(SystemExit, match="stopped at step 5 of 6"):
+        study.train_model(config, str(tmp_path))
+    monkeypatch.setattr(study, "train_and_evaluate", train_and_evaluate)
+    study.train_model(config, str(tmp_path))  # rerunning resumes to the end
+    assert load_run(str(tmp_path)).step == 6
