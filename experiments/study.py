@@ -58,21 +58,31 @@ def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed:
                     methods=None, force: bool = False) -> dict:
     """``evaluation.evaluate_methods`` on the workdir's latest checkpoint, cached in ``output`` (JSON).
 
-    The cache is reused only when it was made from the same checkpoint step and evaluation settings.
+    The cache is reused only when it was made from the same checkpoint step and evaluation settings. Tasks
+    of one N come from (seed, N) alone, so a cache missing some of ``ns`` is completed with those only.
     """
     run = load_run(workdir)
-    settings = dict(tasks_per_cell=tasks_per_cell, ns=list(ns), eval_seed=seed, mean_shift=float(mean_shift),
-                    step=run.step)
+    settings = dict(tasks_per_cell=tasks_per_cell, eval_seed=seed, mean_shift=float(mean_shift), step=run.step)
+    cached = None
     if not force and os.path.exists(output):
         with open(output) as f:
             cached = json.load(f)
-        if all(cached.get(k) == v for k, v in settings.items()):
-            return cached
+        if not all(cached.get(k) == v for k, v in settings.items()):
+            cached = None
+    done = set(cached["ns"]) if cached else set()
+    missing = tuple(n for n in ns if n not in done)
+    if not missing:
+        return cached
     results = evaluation.evaluate_methods(
-        evaluation.methods_for_run(run, methods), run.spec, tasks_per_cell=tasks_per_cell, ns=tuple(ns), seed=seed,
+        evaluation.methods_for_run(run, methods), run.spec, tasks_per_cell=tasks_per_cell, ns=missing, seed=seed,
         mean_shift=mean_shift,
     )
+    if cached:
+        results["cells"] = cached["cells"] + results["cells"]
+        results["task_fingerprints"] = {**cached["task_fingerprints"], **results["task_fingerprints"]}
+        results["ns"] = sorted(done | set(missing))
     results.update(workdir=workdir, step=run.step)
+    results = json.loads(json.dumps(results))  # what a later call reads back from the cache
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     with open(output, "w") as f:
         json.dump(results, f, indent=1)

@@ -126,3 +126,21 @@ def test_study_does_not_evaluate_a_preempted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "train_and_evaluate", train_and_evaluate)
     study.train_model(config, str(tmp_path))  # rerunning resumes to the end
     assert load_run(str(tmp_path)).step == 6
+
+
+def test_study_cache_adds_missing_n_only_and_equals_a_full_evaluation(tiny_workdir, tmp_path):
+    from experiments import study
+
+    kw = dict(tasks_per_cell=4, seed=7, methods=["tgmm", "em"])
+    out = str(tmp_path / "cached.json")
+    study.evaluate_cached(tiny_workdir, out, ns=(8,), **kw)
+    merged = study.evaluate_cached(tiny_workdir, out, ns=(8, 6), **kw)
+    full = study.evaluate_cached(tiny_workdir, str(tmp_path / "full.json"), ns=(6, 8), **kw)
+    assert merged["ns"] == [6, 8] and merged["task_fingerprints"] == full["task_fingerprints"]
+
+    def key(c):
+        return c["method"], c["K"], c["N"]
+
+    strip = lambda cells: sorted(({k: v for k, v in c.items() if not k.startswith("seconds")} for c in cells), key=key)  # noqa: E731
+    assert strip(merged["cells"]) == strip(full["cells"])
+    assert study.evaluate_cached(tiny_workdir, out, ns=(6,), **kw) == merged  # a subset: served from the cache
