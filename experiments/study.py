@@ -54,34 +54,57 @@ def train_model(train_config, workdir: str) -> None:
         )
 
 
+MODEL_METHOD = "tgmm"  # the only method whose results depend on the checkpoint
+
+
 def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed: int, mean_shift: float = 0.0,
                     methods=None, force: bool = False) -> dict:
     """``evaluation.evaluate_methods`` on the workdir's latest checkpoint, cached in ``output`` (JSON).
 
-    The cache is reused only when it was made from the same checkpoint step and evaluation settings. Tasks
-    of one N come from (seed, N) alone, so a cache missing some of ``ns`` is completed with those only.
+    Tasks of one N come from (seed, N) alone and the baselines do not depend on the model, so a cache made
+    with the same evaluation settings is reused as far as it goes: all of it for the same checkpoint step
+    (only the missing N are evaluated), and the baselines' cells for another step, when the tasks'
+    fingerprints match (only TGMM is evaluated again).
     """
     run = load_run(workdir)
-    settings = dict(tasks_per_cell=tasks_per_cell, eval_seed=seed, mean_shift=float(mean_shift), step=run.step)
+    settings = dict(tasks_per_cell=tasks_per_cell, eval_seed=seed, mean_shift=float(mean_shift))
+    all_methods = evaluation.methods_for_run(run, methods)
     cached = None
     if not force and os.path.exists(output):
         with open(output) as f:
             cached = json.load(f)
         if not all(cached.get(k) == v for k, v in settings.items()):
             cached = None
-    done = set(cached["ns"]) if cached else set()
-    missing = tuple(n for n in ns if n not in done)
-    if not missing:
-        return cached
-    results = evaluation.evaluate_methods(
-        evaluation.methods_for_run(run, methods), run.spec, tasks_per_cell=tasks_per_cell, ns=missing, seed=seed,
-        mean_shift=mean_shift,
-    )
+    same_step = cached is not None and cached.get("step") == run.step
+    cells, fingerprints, results, evaluated = [], {}, dict(cached or {}), False
     if cached:
-        results["cells"] = cached["cells"] + results["cells"]
-        results["task_fingerprints"] = {**cached["task_fingerprints"], **results["task_fingerprints"]}
-        results["ns"] = sorted(done | set(missing))
-    results.update(workdir=workdir, step=run.step)
+        keep = lambda c: same_step or c["method"] != MODEL_METHOD  # noqa: E731
+        cells = [c for c in cached["cells"] if keep(c) and c["method"] in all_methods]
+        fingerprints = dict(cached["task_fingerprints"])
+    for n in ns:
+        have = {c["method"] for c in cells if c["N"] == n}
+        todo = {name: fn for name, fn in all_methods.items() if name not in have}
+        if not todo:
+            continue
+        part = evaluation.evaluate_methods(todo, run.spec, tasks_per_cell=tasks_per_cell, ns=(n,), seed=seed,
+                                           mean_shift=mean_shift)
+        if str(n) in fingerprints and part["task_fingerprints"][str(n)] != fingerprints[str(n)]:
+            # the cached cells were made on other tasks: evaluate every method again
+            cells = [c for c in cells if c["N"] != n]
+            part = evaluation.evaluate_methods(all_methods, run.spec, tasks_per_cell=tasks_per_cell, ns=(n,),
+                                               seed=seed, mean_shift=mean_shift)
+        cells += part["cells"]
+        fingerprints.update(part["task_fingerprints"])
+        results, evaluated = part, True
+    if not evaluated and same_step:
+        return cached
+    results.update(
+        ns=sorted({c["N"] for c in cells}),
+        cells=cells,
+        task_fingerprints={str(n): fingerprints[str(n)] for n in sorted({c["N"] for c in cells})},
+        workdir=workdir,
+        step=run.step,
+    )
     results = json.loads(json.dumps(results))  # what a later call reads back from the cache
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     with open(output, "w") as f:

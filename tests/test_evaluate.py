@@ -144,3 +144,17 @@ def test_study_cache_adds_missing_n_only_and_equals_a_full_evaluation(tiny_workd
     strip = lambda cells: sorted(({k: v for k, v in c.items() if not k.startswith("seconds")} for c in cells), key=key)  # noqa: E731
     assert strip(merged["cells"]) == strip(full["cells"])
     assert study.evaluate_cached(tiny_workdir, out, ns=(6,), **kw) == merged  # a subset: served from the cache
+
+    # A cache from another checkpoint step: the baselines' cells are kept (marked here), TGMM is evaluated again.
+    with open(out) as f:
+        stale = json.load(f)
+    stale["step"] = -1
+    for c in stale["cells"]:
+        c["l2"]["mean"] = -1.0
+    with open(out, "w") as f:
+        json.dump(stale, f)
+    again = study.evaluate_cached(tiny_workdir, out, ns=(6, 8), **kw)
+    assert again["step"] == full["step"]
+    assert all((c["l2"]["mean"] == -1.0) == (c["method"] != "tgmm") for c in again["cells"])
+    tgmm_only = lambda r: [c for c in strip(r["cells"]) if c["method"] == "tgmm"]  # noqa: E731
+    assert tgmm_only(again) == tgmm_only(full)
