@@ -33,7 +33,10 @@ def train_config(scale: str, dim: int, n_max: int, steps: int | None = None):
 
 def _latest_step(workdir: str) -> int | None:
     checkpoints = os.path.join(workdir, "checkpoints")
-    return Checkpoints(checkpoints, read_only=True).latest_step() if os.path.isdir(checkpoints) else None
+    if not os.path.isdir(checkpoints):
+        return None
+    with Checkpoints(checkpoints, read_only=True) as ckpts:
+        return ckpts.latest_step()
 
 
 def train_model(train_config, workdir: str) -> None:

@@ -92,7 +92,8 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = checkpoint.Checkpoints(ckpt_dir, read_only=True).latest_step()
+    with checkpoint.Checkpoints(ckpt_dir, read_only=True) as ckpts:
+        killed_at = ckpts.latest_step()
     assert killed_at is not None and killed_at >= 3
     total = killed_at + 7
     subprocess.run(cmd + [f"--config.total_steps={total}"], cwd=ROOT, check=True, capture_output=True)

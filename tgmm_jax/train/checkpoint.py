@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Self
 
 import orbax.checkpoint as ocp
 from etils import epath
@@ -69,3 +70,9 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

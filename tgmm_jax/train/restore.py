@@ -41,10 +41,9 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
     if not epath.Path(workdir).is_dir():
         raise checkpoint.CheckpointError(f"workdir {workdir} does not exist")
     directory = epath.Path(workdir) / "checkpoints"
-    ckpts = checkpoint.Checkpoints(directory, read_only=True)
-    config = ml_collections.ConfigDict(ckpts.restore_config(step))
-    spec, model_config = config_lib.validate_config(config)
-    mesh = sharding.make_mesh()
-    state = ckpts.restore(abstract_train_state(config, mesh), step)
-    ckpts.close()
+    with checkpoint.Checkpoints(directory, read_only=True) as ckpts:
+        config = ml_collections.ConfigDict(ckpts.restore_config(step))
+        spec, model_config = config_lib.validate_config(config)
+        mesh = sharding.make_mesh()
+        state = ckpts.restore(abstract_train_state(config, mesh), step)
     return TrainedRun(config, spec, model_config, make_model(model_config, spec), state.params, int(state.step))

@@ -141,78 +141,75 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distr
     ckpts = checkpoint.Checkpoints(
         workdir_path / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints
     )
-    if ckpts.latest_step() is not None:
-        try:
+    try:  # the orbax manager's threads are closed on every way out, errors included
+        if ckpts.latest_step() is not None:
             _check_same_run(ckpts.restore_config(), config, workdir)
-        except ValueError:
-            ckpts.close()  # no orbax threads left behind by a refused run
-            raise
-    if is_main:
-        (workdir_path / "config.json").write_text(json.dumps(config_json, indent=2, sort_keys=True))
-        _record_environment(workdir_path, ckpts.latest_step() or 0)
+        if is_main:
+            (workdir_path / "config.json").write_text(json.dumps(config_json, indent=2, sort_keys=True))
+            _record_environment(workdir_path, ckpts.latest_step() or 0)
 
-    model = make_model(model_config, spec)
-    init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
-    tx = state_lib.make_optimizer(config.optim, config.total_steps)
-    abstract_params = state_lib.init_params_shape(init_key, model, spec)
-    names = state_lib.logged_metric_names(model, spec, config.objective, config.lik_weight, abstract_params)
-    state = state_lib.create_train_state(init_key, model, tx, spec, names, mesh)
-    writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
+        model = make_model(model_config, spec)
+        init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+        tx = state_lib.make_optimizer(config.optim, config.total_steps)
+        abstract_params = state_lib.init_params_shape(init_key, model, spec)
+        names = state_lib.logged_metric_names(model, spec, config.objective, config.lik_weight, abstract_params)
+        state = state_lib.create_train_state(init_key, model, tx, spec, names, mesh)
+        writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
 
-    start_step = 0
-    if ckpts.latest_step() is not None:
-        state = ckpts.restore(state)
-        start_step = int(jax.device_get(state.step))
-        writer.truncate_after(start_step)
-        writer.message(f"resumed from step {start_step} in {ckpts.directory}")
+        start_step = 0
+        if ckpts.latest_step() is not None:
+            state = ckpts.restore(state)
+            start_step = int(jax.device_get(state.step))
+            writer.truncate_after(start_step)
+            writer.message(f"resumed from step {start_step} in {ckpts.directory}")
 
-    step_fn = state_lib.make_train_step(
-        model, tx, spec, config.tasks_per_k, config.objective, config.lik_weight, config.log_every, mesh
-    )
-    evaluator = PeriodicEvaluator(model, spec, config.eval, eval_key) if config.eval_every else None
-    data_key = jax.device_put(data_key, sharding.replicated(mesh))
-    summaries: dict = {}
+        step_fn = state_lib.make_train_step(
+            model, tx, spec, config.tasks_per_k, config.objective, config.lik_weight, config.log_every, mesh
+        )
+        evaluator = PeriodicEvaluator(model, spec, config.eval, eval_key) if config.eval_every else None
+        data_key = jax.device_put(data_key, sharding.replicated(mesh))
+        summaries: dict = {}
 
-    def stop_if_nonfinite(step):
-        means, nonfinite = _window_means(state)
-        if nonfinite or not np.isfinite(means["loss"]):
-            ckpts.wait()
-            ckpts.close()
-            writer.close()
-            raise NonFiniteLossError(
-                f"non-finite loss in steps {step - int(jax.device_get(state.window_steps)) + 1}..{step}; "
-                f"stopping without saving (the last good checkpoint, step {ckpts.latest_step()}, is intact)"
-            )
-        return means
+        def stop_if_nonfinite(step):
+            means, nonfinite = _window_means(state)
+            if nonfinite or not np.isfinite(means["loss"]):
+                ckpts.wait()
+                writer.close()
+                raise NonFiniteLossError(
+                    f"non-finite loss in steps {step - int(jax.device_get(state.window_steps)) + 1}..{step}; "
+                    f"stopping without saving (the last good checkpoint, step {ckpts.latest_step()}, is intact)"
+                )
+            return means
 
-    step = start_step
-    with _PreemptionFlag() as preemption:
-        window_start, window_step0 = time.perf_counter(), start_step
-        for step in range(start_step + 1, config.total_steps + 1):
-            state = step_fn(state, data_key)
-            last = step == config.total_steps
-            record = {}
-            if step % config.log_every == 0 or last:
-                means = stop_if_nonfinite(step)
-                now = time.perf_counter()
-                steps_per_sec = (step - window_step0) / max(now - window_start, 1e-9)
-                window_start, window_step0 = now, step
-                record.update(train=means, steps_per_sec=steps_per_sec)
-                writer.progress(step, config.total_steps, means["loss"], steps_per_sec)
-            if evaluator is not None and (step % config.eval_every == 0 or last):
-                summaries = evaluator(state.params, step)
-                record["eval"] = _eval_record(summaries)
-            if record:
-                writer.write(step, record)
-            preempted = preemption.raised or ckpts.reached_preemption(step)
-            if step % config.checkpoint_every == 0 or last or preempted:
-                stop_if_nonfinite(step)
-                ckpts.save(step, state, config_json, force=True)
-            if preempted:
-                writer.message(f"preempted at step {step}: checkpoint saved, exiting; rerun the command to resume")
-                break
-    ckpts.wait()
-    ckpts.close()
+        step = start_step
+        with _PreemptionFlag() as preemption:
+            window_start, window_step0 = time.perf_counter(), start_step
+            for step in range(start_step + 1, config.total_steps + 1):
+                state = step_fn(state, data_key)
+                last = step == config.total_steps
+                record = {}
+                if step % config.log_every == 0 or last:
+                    means = stop_if_nonfinite(step)
+                    now = time.perf_counter()
+                    steps_per_sec = (step - window_step0) / max(now - window_start, 1e-9)
+                    window_start, window_step0 = now, step
+                    record.update(train=means, steps_per_sec=steps_per_sec)
+                    writer.progress(step, config.total_steps, means["loss"], steps_per_sec)
+                if evaluator is not None and (step % config.eval_every == 0 or last):
+                    summaries = evaluator(state.params, step)
+                    record["eval"] = _eval_record(summaries)
+                if record:
+                    writer.write(step, record)
+                preempted = preemption.raised or ckpts.reached_preemption(step)
+                if step % config.checkpoint_every == 0 or last or preempted:
+                    stop_if_nonfinite(step)
+                    ckpts.save(step, state, config_json, force=True)
+                if preempted:
+                    writer.message(f"preempted at step {step}: checkpoint saved, exiting; rerun the command to resume")
+                    break
+        ckpts.wait()
+    finally:
+        ckpts.close()
     if evaluator is not None and not summaries:  # nothing left to train: evaluate the restored state
         summaries = evaluator(state.params, step)
     writer.close()
