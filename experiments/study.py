@@ -148,22 +148,33 @@ def panel_figure(panels: list, path: str, *, xlabel: str, title, xlog: bool = Fa
     """
     import matplotlib.pyplot as plt
 
+    labels = list(dict.fromkeys(label for _, series in panels for label, *_ in series))
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one colour per method in every panel
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
     for ax, (key, series) in zip(axes[0], panels):
         for label, xs, stats, style in series:
             ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=2, label=label,
-                        linestyle=style)
+                        linestyle=style, color=colors[label])
         if xlog:
             ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(title(key))
         ax.set_xlabel(xlabel)
     axes[0][0].set_ylabel("l2 error (mean ± sem)")
-    axes[0][-1].legend(fontsize=7)
+    handles = {}
+    for ax in axes[0]:  # every method once, even one that is missing from the last panel
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0][-1].legend(list(handles.values()), list(handles), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def methods_in(cells) -> list[str]:
-    return list(dict.fromkeys(c["method"] for c in cells))
+    """The methods of ``cells`` in a fixed order (TGMM, then the registry's baselines), whatever the cells' order."""
+    from baselines import NAMES
+
+    order = [MODEL_METHOD, *NAMES]
+    present = dict.fromkeys(c["method"] for c in cells)
+    return sorted(present, key=lambda m: (order.index(m) if m in order else len(order), m))
