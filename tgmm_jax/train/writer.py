@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from etils import epath
@@ -42,7 +43,8 @@ class MetricWriter:
         self.path.write_text("".join(self._lines))
         if self._tb is not None:
             for name, value in _flatten(record).items():
-                if isinstance(value, (int, float)):
+                # NaN marks "not applicable" (e.g. spectral at K > d): kept in metrics.jsonl, not plotted
+                if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(name, value, step)
             self._tb.flush()
 
