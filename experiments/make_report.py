@@ -14,12 +14,11 @@ import os
 import numpy as np
 from absl import app, flags
 
+from tgmm_jax import evaluation
+
 flags.DEFINE_string("results", "results", "Directory holding the studies' JSON and figures.")
 flags.DEFINE_string("scale", "cpu", "Which scale's results to report (cpu or paper).")
 FLAGS = flags.FLAGS
-
-METHOD_ORDER = ("tgmm", "em", "em_kmeanspp", "spectral", "two_round_em", "gradient_em")
-
 
 def _load(path):
     if not os.path.exists(path):
@@ -46,11 +45,6 @@ def _table(cells, ks, methods, metric="l2", **where):
     for m in methods:
         lines.append(f"| {m} | " + " | ".join(_fmt(_cell(cells, m, K=k, **where), metric) for k in ks) + " |")
     return "\n".join(lines)
-
-
-def _methods(cells):
-    present = {c["method"] for c in cells}
-    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 
 
 def _run_description(workdir, step):
@@ -88,7 +82,7 @@ def rq1_section(rq1, figure):
     for d, res in sorted(rq1["by_dim"].items(), key=lambda kv: int(kv[0])):
         cells = res["cells"]
         ks = sorted({c["K"] for c in cells})
-        methods = _methods(cells)
+        methods = evaluation.ordered_methods(cells)
         out += [f"### d = {d} ({res['tasks_per_cell']} tasks per cell, checkpoint step {res['step']})",
                 "l2 error (optimal alignment), mean ± sem:", "", _table(cells, ks, methods), "",
                 "l2 under the official code's inverse-permutation alignment (how the official code scores; comparison only):", "",
@@ -104,12 +98,12 @@ def rq1_section(rq1, figure):
             if k > int(d) and e is not None:
                 kd_pairs.append((f"d={d}, K={k}", t["l2"]["mean"], e["l2"]["mean"]))
     if any(int(d) in {c["K"] for c in res["cells"]} for d, res in rq1["by_dim"].items()):
-        out += ["Note on K = d: the moment method needs the K means to be linearly independent. At K = d the"
+        out += [("Note on K = d: the moment method needs the K means to be linearly independent. At K = d the"
                 " sampler's pairwise-cosine filter (< 0.8) still allows means in nearly opposite directions,"
                 " which are nearly collinear; M2 is then close to rank-deficient, whitening amplifies the noise"
                 " of N = 128 points, and a few tasks get huge estimates (checked by hand on the worst d = 2,"
                 " K = 2 tasks: their true means have cosine near -1, and the official NumPy + tensorly"
-                " pipeline, benchmarks/references.py, returns the same huge means as ours).", ""]
+                " pipeline, benchmarks/references.py, returns the same huge means as ours)."), ""]
     header = "| cell | TGMM l2 | other l2 | ratio TGMM/other |\n|---|---|---|---|\n"
     if spec_pairs:
         close = sum(a <= 2 * b for _, a, b in spec_pairs)
@@ -140,7 +134,7 @@ def rq2_size_section(rq2, figure):
         rows = ["| model | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
         for train_n, res in sorted(by_n.items(), key=lambda kv: int(kv[0])):
             rows.append(f"| TGMM N_train={train_n} | " + " | ".join(_fmt(_cell(res["cells"], "tgmm", K=k, N=n)) for k in ks) + " |")
-        for m in _methods(by_n[largest]["cells"]):
+        for m in evaluation.ordered_methods(by_n[largest]["cells"]):
             if m != "tgmm":
                 rows.append(f"| {m} | " + " | ".join(_fmt(_cell(by_n[largest]["cells"], m, K=k, N=n)) for k in ks) + " |")
         out += [f"test N = {n}, l2 mean ± sem:", "", "\n".join(rows), ""]
@@ -167,7 +161,7 @@ def rq2_shift_section(shift, figure):
     by_s = shift["by_sigma_p"]
     sigmas = sorted(by_s, key=float)
     ks = sorted({c["K"] for c in by_s[sigmas[0]]["cells"]})
-    methods = _methods(by_s[sigmas[0]]["cells"])
+    methods = evaluation.ordered_methods(by_s[sigmas[0]]["cells"])
     for s in sigmas:
         out += [f"sigma_p = {s}, l2 mean ± sem:", "", _table(by_s[s]["cells"], ks, methods), ""]
     top = sigmas[-1]

@@ -12,6 +12,7 @@ import os
 from absl import app, flags, logging
 
 from experiments import study
+from tgmm_jax import evaluation
 
 study.define_common_flags(root="runs/rq2", eval_seed=20260402)
 flags.DEFINE_integer("dim", 8, "Data dimension.")
@@ -30,7 +31,7 @@ def plot(by_train_n: dict, path: str) -> None:
         for train_n, results in by_train_n.items():
             cells = results["cells"]
             ns = sorted({c["N"] for c in cells})
-            for method in study.methods_in(cells):
+            for method in evaluation.ordered_methods(cells):
                 if method != "tgmm" and train_n != largest:
                     continue  # baselines do not depend on the training N: plot them once
                 label = f"TGMM (N_train={train_n})" if method == "tgmm" else method

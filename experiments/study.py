@@ -57,9 +57,6 @@ def train_model(train_config, workdir: str) -> None:
         )
 
 
-MODEL_METHOD = "tgmm"  # the only method whose results depend on the checkpoint
-
-
 def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed: int, mean_shift: float = 0.0,
                     methods=None, force: bool = False) -> dict:
     """``evaluation.evaluate_methods`` on the workdir's latest checkpoint, cached in ``output`` (JSON).
@@ -79,9 +76,9 @@ def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed:
         if not all(cached.get(k) == v for k, v in settings.items()):
             cached = None
     same_step = cached is not None and cached.get("step") == run.step
-    cells, fingerprints, results, evaluated = [], {}, dict(cached or {}), False
+    cells, fingerprints, results = [], {}, None
     if cached:
-        keep = lambda c: same_step or c["method"] != MODEL_METHOD  # noqa: E731
+        keep = lambda c: same_step or c["method"] != evaluation.MODEL_METHOD
         cells = [c for c in cached["cells"] if keep(c) and c["method"] in all_methods]
         fingerprints = dict(cached["task_fingerprints"])
     for n in ns:
@@ -98,9 +95,11 @@ def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed:
                                                seed=seed, mean_shift=mean_shift)
         cells += part["cells"]
         fingerprints.update(part["task_fingerprints"])
-        results, evaluated = part, True
-    if not evaluated and same_step:
-        return cached
+        results = part
+    if results is None:  # nothing was missing
+        if same_step:
+            return cached
+        results = dict(cached)  # only baselines asked for: the cache holds them all, now for this step
     results.update(
         ns=sorted({c["N"] for c in cells}),
         cells=cells,
@@ -169,12 +168,3 @@ def panel_figure(panels: list, path: str, *, xlabel: str, title, xlog: bool = Fa
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def methods_in(cells) -> list[str]:
-    """The methods of ``cells`` in a fixed order (TGMM, then the registry's baselines), whatever the cells' order."""
-    from baselines import NAMES
-
-    order = [MODEL_METHOD, *NAMES]
-    present = dict.fromkeys(c["method"] for c in cells)
-    return sorted(present, key=lambda m: (order.index(m) if m in order else len(order), m))

@@ -131,7 +131,7 @@ def test_study_does_not_evaluate_a_preempted_run(tmp_path, monkeypatch):
 def test_study_cache_adds_missing_n_only_and_equals_a_full_evaluation(tiny_workdir, tmp_path):
     from experiments import study
 
-    kw = dict(tasks_per_cell=4, seed=7, methods=["tgmm", "em"])
+    kw = {"tasks_per_cell": 4, "seed": 7, "methods": ["tgmm", "em"]}
     out = str(tmp_path / "cached.json")
     study.evaluate_cached(tiny_workdir, out, ns=(8,), **kw)
     merged = study.evaluate_cached(tiny_workdir, out, ns=(8, 6), **kw)
@@ -141,7 +141,7 @@ def test_study_cache_adds_missing_n_only_and_equals_a_full_evaluation(tiny_workd
     def key(c):
         return c["method"], c["K"], c["N"]
 
-    strip = lambda cells: sorted(({k: v for k, v in c.items() if not k.startswith("seconds")} for c in cells), key=key)  # noqa: E731
+    strip = lambda cells: sorted(({k: v for k, v in c.items() if not k.startswith("seconds")} for c in cells), key=key)
     assert strip(merged["cells"]) == strip(full["cells"])
     assert study.evaluate_cached(tiny_workdir, out, ns=(6,), **kw) == merged  # a subset: served from the cache
 
@@ -156,5 +156,5 @@ def test_study_cache_adds_missing_n_only_and_equals_a_full_evaluation(tiny_workd
     again = study.evaluate_cached(tiny_workdir, out, ns=(6, 8), **kw)
     assert again["step"] == full["step"]
     assert all((c["l2"]["mean"] == -1.0) == (c["method"] != "tgmm") for c in again["cells"])
-    tgmm_only = lambda r: [c for c in strip(r["cells"]) if c["method"] == "tgmm"]  # noqa: E731
+    tgmm_only = lambda r: [c for c in strip(r["cells"]) if c["method"] == "tgmm"]
     assert tgmm_only(again) == tgmm_only(full)

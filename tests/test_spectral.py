@@ -9,8 +9,8 @@ from scipy.optimize import linear_sum_assignment
 from tensorly.decomposition import SymmetricCP
 
 from baselines import get_baseline, spectral
-from benchmarks.references import numpy_whitened_tensor, tensorly_decompose
 from baselines.spectral import SpectralConfig, tensor_power_method, whitened_moments
+from benchmarks.references import numpy_whitened_tensor, tensorly_decompose
 from tests.baseline_helpers import FAST_COMPILE, aligned_l2_means, fast_jit, make_tasks
 from tgmm_jax.metrics import applicable
 

@@ -24,6 +24,9 @@ SUMMARY_METRICS = ("l2", "l2_means", "l2_weights", "cluster_acc", "loglik", "ora
 Method = Callable[[jax.Array, GMMTask], tuple]
 
 
+MODEL_METHOD = "tgmm"  # the trained model, among the baselines; the only method that depends on a checkpoint
+
+
 def tgmm_method(model, params) -> Method:
     """TGMM as a method with the baselines' signature (the key is unused: the forward is deterministic)."""
 
@@ -230,16 +233,25 @@ def training_tail_protocol(workdir: str, rounds: int = 10) -> dict:
     )
 
 
+def ordered_methods(cells) -> list[str]:
+    """The methods of result ``cells`` in a fixed order: TGMM, the registered baselines, then others sorted."""
+    from baselines import NAMES
+
+    order = [MODEL_METHOD, *NAMES]
+    present = dict.fromkeys(c["method"] for c in cells)
+    return sorted(present, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+
 def methods_for_run(run, names=None) -> dict[str, Method]:
     """TGMM of a trained run (``train.restore.load_run``) and the baselines: all that apply, or ``names``."""
     from baselines import BASELINES, applies_to
 
-    available = ["tgmm"] + [b for b in BASELINES if applies_to(b, run.spec.variant)]
+    available = [MODEL_METHOD] + [b for b in BASELINES if applies_to(b, run.spec.variant)]
     names = list(names or available)
     unknown = [m for m in names if m not in available]
     if unknown:
         raise ValueError(f"unknown or inapplicable method(s) {unknown} for the {run.spec.variant} variant; "
                          f"available: {available}")
-    methods = {"tgmm": tgmm_method(run.model, run.params)} if "tgmm" in names else {}
-    methods.update(baseline_methods([m for m in names if m != "tgmm"], run.spec.variant))
+    methods = {MODEL_METHOD: tgmm_method(run.model, run.params)} if MODEL_METHOD in names else {}
+    methods.update(baseline_methods([m for m in names if m != MODEL_METHOD], run.spec.variant))
     return methods

@@ -4,7 +4,7 @@ Set-transformer backbone (2 layers, width 64) and the permutation-matched loss (
 16 tasks per K, N in [16, 32], 4000 steps: the recipe of experiments/prototype_matched_loss.py, which
 measured aligned l2 0.63 / 0.92 / 1.07 against EM-official's 1.27 / 1.29 / 1.45 at K = 3 / 4 / 5 on d=2
 (results/prototype_matched_loss.json). Arguments for the CPU-scale
-studies: ``:d=8,n=128,steps=4000``.
+studies (experiments/study.py): ``:d=8,n=128,steps=3000``.
 """
 
 from experiments.configs import args
