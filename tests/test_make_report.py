@@ -1,0 +1,39 @@
+"""The report's baseline-speed verdicts and its run descriptions on a checkout without runs/."""
+
+from experiments import make_report
+
+
+def _bench(ratio_em, ratio_spectral):
+    def row(ratio):
+        return {
+            "ours_s": 0.1,
+            "reference_s": 0.1 * ratio,
+            "ratio": ratio,
+            "ours_l2_means": 0.5,
+            "reference_l2_means": 0.6,
+        }
+
+    return {
+        "machine": {"cpus": 2, "device": "cpu:0", "jax": "0.0"},
+        "settings": {"max_iter": 100, "tol": 1e-5, "repeats": 3},
+        "shapes": [
+            {"N": 128, "D": 8, "K": 4, "results": {"em": row(ratio_em), "spectral": row(ratio_spectral)}}
+        ],
+    }
+
+
+def test_speed_section_marks_each_cell_against_its_target():
+    text = "\n".join(make_report.speed_section(_bench(99.0, 250.0), "cpu"))
+    assert "| N=128 D=8 K=4 | em | 0.100 | 9.90 | 99x | 100x (NOT met) |" in text
+    assert "| N=128 D=8 K=4 | spectral | 0.100 | 25.00 | 250x | 200x (met) |" in text
+    assert "Targets met in 1 of 2 cells." in text
+
+
+def test_missing_workdir_keeps_its_previous_description(tmp_path):
+    report = tmp_path / "REPORT.md"
+    report.write_text("# r\n\n- `runs/a`: d=2, trained on 1x cpu\n- `runs/b`: not found\n")
+    previous = make_report._previous_descriptions(str(report))
+    assert make_report._run_description(str(tmp_path / "runs/a"), 10, {str(tmp_path / "runs/a"): "x"}) == "x"
+    assert make_report._run_description("runs/a", 10, previous) == "`runs/a`: d=2, trained on 1x cpu"
+    assert make_report._run_description("runs/b", 10, previous) == "`runs/b`: not found"
+    assert make_report._run_description("runs/c", 10, previous) == "`runs/c`: not found"
