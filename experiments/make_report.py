@@ -63,8 +63,7 @@ def _run_description(workdir, step, previous=None):
     report's descriptions) is kept rather than lost."""
     config = _load(os.path.join(workdir, "config.json"))
     if config is None:
-        kept = (previous or {}).get(workdir)
-        return kept if kept and "not found" not in kept else f"`{workdir}`: not found"
+        return (previous or {}).get(workdir, f"`{workdir}`: not found")
     env = _load(os.path.join(workdir, "environment.json")) or []
     device = ", ".join(sorted({f"{e['device_count']}x {e['device_kind']} ({e['backend']})" for e in env})) or "not recorded"
     speeds = []
@@ -233,8 +232,8 @@ def speed_section(bench, scale):
             out.append(f"| N={shape['N']} D={shape['D']} K={shape['K']} | {name} | {row['ours_s']:.3f} | "
                        f"{row['reference_s']:.2f} | {row['ratio']:.0f}x | {verdict} | "
                        f"{row['ours_l2_means']:.4f} / {row['reference_l2_means']:.4f} |")
-    out += ["", (f"Targets met in {met} of {total} cells. Timings on a shared 2-core machine vary by about"
-                 " 15% from run to run, so a ratio within that of its target can fall either side of it."), ""]
+    out += ["", (f"Targets met in {met} of {total} cells. Timings on a shared 2-core machine vary by 15%"
+                 " or more from run to run, so a ratio within that of its target can fall either side of it."), ""]
     return out
 
 
