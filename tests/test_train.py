@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from tests import train_config
-from tgmm_jax.train import checkpoint, train_and_evaluate
+from tgmm_jax.models import make_model
+from tgmm_jax.train import checkpoint, sharding, state as state_lib, train_and_evaluate
+from tgmm_jax.train.config import validate_config
 from tgmm_jax.train.restore import load_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,3 +198,28 @@ def test_corrupt_or_missing_checkpoints_give_clear_errors(reference_run, tmp_pat
 def test_different_config_in_workdir_is_refused(reference_run):
     with pytest.raises(ValueError, match="different config"):
         train_and_evaluate(_config(seed=99), reference_run)
+
+
+# Produced once by running this test's body at commit fdeec3c (before issue 11's changes) on CPU and
+# printing float(sums["loss"]) and float(sums["grad_norm"]): the first step of tests/train_config.py.
+_GOLDEN_LOSS = 10.375337600708008
+_GOLDEN_GRAD_NORM = 4.57652473449707
+
+
+def test_golden_first_step_loss():
+    """An accidental change to the model, its init, the loss or the sampler changes this number."""
+    config = _config()
+    spec, model_config = validate_config(config)
+    mesh = sharding.make_mesh()
+    model = make_model(model_config, spec)
+    init_key, data_key, _ = jax.random.split(jax.random.key(config.seed), 3)
+    tx = state_lib.make_optimizer(config.optim, config.total_steps)
+    abstract = state_lib.init_params_shape(init_key, model, spec)
+    names = state_lib.logged_metric_names(model, spec, config.objective, config.lik_weight, abstract)
+    state = state_lib.create_train_state(init_key, model, tx, spec, names, mesh)
+    step = state_lib.make_train_step(
+        model, tx, spec, config.tasks_per_k, config.objective, config.lik_weight, config.log_every, mesh
+    )
+    sums = jax.device_get(step(state, data_key).metric_sums)  # one step: the sums are that step's values
+    np.testing.assert_allclose(float(sums["loss"]), _GOLDEN_LOSS, rtol=1e-5)
+    np.testing.assert_allclose(float(sums["grad_norm"]), _GOLDEN_GRAD_NORM, rtol=1e-5)
