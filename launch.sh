@@ -14,7 +14,8 @@
 # A multi-host slice needs a WORKDIR every host can reach (a gs:// bucket): orbax writes the checkpoints
 # there, and jax.distributed.initialize() is called on TPU pods automatically (--distributed=auto).
 #
-# DRY_RUN=1 (or --dry-run as the first argument) prints the gcloud commands instead of running them.
+# DRY_RUN=1 (or --dry-run, in any position) prints the gcloud commands instead of running them. An unknown
+# command, option or extra argument is refused (exit 2) before any gcloud call.
 set -euo pipefail
 
 usage() {
@@ -27,10 +28,39 @@ a name derived from CONFIG, stable across reruns); EXTRA_ARGS (run: more flags f
 TXT
 }
 
+fail() {  # fail MESSAGE: refuse before anything runs
+  echo "launch.sh: $1" >&2
+  echo "Run './launch.sh help' for the commands and variables." >&2
+  exit 2
+}
+
+# Parse every argument before anything runs: --dry-run counts in any position, and a word or flag this
+# script does not know stops it here, so a mistyped command line never reaches gcloud.
 DRY_RUN="${DRY_RUN:-0}"
-if [ "${1:-}" = "--dry-run" ]; then DRY_RUN=1; shift; fi
-CMD="${1:-help}"
-shift || true
+CMD=""
+HELP=0
+ARGS=()
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) HELP=1 ;;  # help in any position only prints help: 'create --help' creates nothing
+    -*) fail "unknown option '$arg'" ;;
+    *) if [ -z "$CMD" ]; then CMD="$arg"; else ARGS+=("$arg"); fi ;;
+  esac
+done
+if [ "$HELP" = 1 ]; then CMD=help; ARGS=(); fi
+CMD="${CMD:-help}"
+case "$CMD" in
+  create|setup|run|kill|delete|help)
+    if [ "${#ARGS[@]}" -gt 0 ]; then fail "'$CMD' takes no arguments, got '${ARGS[*]}'"; fi ;;
+  logs)
+    if [ "${#ARGS[@]}" -gt 1 ]; then fail "'logs' takes at most one argument (a worker), got '${ARGS[*]}'"; fi
+    if [ "${#ARGS[@]}" -eq 1 ] && ! [[ "${ARGS[0]}" =~ ^([0-9]+|all)$ ]]; then
+      fail "'logs' takes a worker number or 'all', got '${ARGS[0]}'"
+    fi ;;
+  *) fail "unknown command '$CMD' (commands: create | setup | run | logs [worker] | kill | delete | help)" ;;
+esac
+if [ "$DRY_RUN" != "0" ] && [ "$DRY_RUN" != "1" ]; then fail "DRY_RUN must be 0 or 1, got '$DRY_RUN'"; fi
 
 run_cmd() {
   if [ "$DRY_RUN" = "1" ]; then
@@ -86,7 +116,7 @@ case "$CMD" in
     ;;
   logs)
     id="$(stable_run_id)"
-    remote "${1:-0}" "tail -n 50 -f ~/tgmm_logs/$id/host_*.log"
+    remote "${ARGS[0]:-0}" "tail -n 50 -f ~/tgmm_logs/$id/host_*.log"
     ;;
   kill)
     remote all "pkill -f experiments.train || true"
@@ -94,12 +124,7 @@ case "$CMD" in
   delete)
     gcloud_tpu delete "${TPU_NAME:?set TPU_NAME}" --quiet
     ;;
-  help|-h|--help)
+  help)
     usage
-    ;;
-  *)
-    echo "launch.sh: unknown command '$CMD'" >&2
-    usage >&2
-    exit 2
     ;;
 esac
