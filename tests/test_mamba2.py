@@ -93,7 +93,10 @@ def _mixer_numpy(p, x, heads, head_dim, state, groups, conv):
 
 def test_mixer_layer_equals_sequential_numpy_reference():
     config = model_config(
-        "tiny", backbone="mamba2", width=16, mamba_heads=4, mamba_groups=2, mamba_state=3, mamba_chunk=4
+        "tiny",
+        backbone="mamba2",
+        width=16,
+        backbone_options={"heads": 4, "groups": 2, "state": 3, "chunk": 4},
     )
     mixer = Mamba2Mixer(config)
     x = jax.random.normal(jax.random.key(0), (2, 10, 16))
@@ -102,5 +105,7 @@ def test_mixer_layer_equals_sequential_numpy_reference():
     shapes = jax.eval_shape(mixer.init, jax.random.key(1), x)
     params = jax.tree.map(lambda a: rng.normal(0.0, 0.5, a.shape).astype(np.float32), shapes)
     got = jax.jit(mixer.apply)(params, x)
-    expected = _mixer_numpy(params["params"], np.asarray(x, np.float64), 4, 16, 3, 2, config.mamba_conv)
+    expected = _mixer_numpy(
+        params["params"], np.asarray(x, np.float64), 4, 16, 3, 2, config.backbone_options.conv
+    )
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)

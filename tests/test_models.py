@@ -8,6 +8,7 @@ import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -18,13 +19,15 @@ from tgmm_jax.models import (
     BACKBONES,
     MODEL_SIZES,
     READOUTS,
+    Backbone,
+    BackboneOptions,
     ModelConfig,
     TGMMOutput,
     check_num_components,
     make_model,
     model_config,
 )
-from tgmm_jax.models.gpt2 import TransformerBackbone
+from tgmm_jax.models.gpt2 import Gpt2Options, TransformerBackbone
 from tgmm_jax.models.mamba2 import Mamba2Backbone
 from tgmm_jax.models.readout import AttentiveReadout
 from tgmm_jax.tasks import VARIANTS, GMMTask, TaskSpec
@@ -35,15 +38,12 @@ DIM = 2
 
 def _config(backbone, readout="attentive", **overrides):
     # Smaller than `tiny`, to keep compile times low; mamba2 inner width 4 * 16 = 64 = 4 heads x 16.
-    base = {
-        "num_layers": 2,
-        "width": 16,
-        "num_heads": 2,
-        "task_embed_dim": 8,
-        "mamba_heads": 4,
-        "mamba_chunk": 3,
-    }
-    return model_config("tiny", backbone=backbone, readout=readout, **{**base, **overrides})
+    base = {"num_layers": 2, "width": 16, "num_heads": 2, "task_embed_dim": 8}
+    options = {"mamba2": {"heads": 4, "chunk": 3}}.get(backbone, {})
+    options = {**options, **overrides.pop("backbone_options", {})}
+    return model_config(
+        "tiny", backbone=backbone, readout=readout, backbone_options=options, **{**base, **overrides}
+    )
 
 
 def _spec(variant="anisotropic", n_max=8):
@@ -120,9 +120,10 @@ def test_default_config_is_the_paper_model():
         4,
         128,
     )
-    assert (c.mlp_ratio, c.dtype, c.official_pooling_mask_bug, c.max_positions) == (4, "float32", False, 4096)
-    assert (c.mamba_heads, c.resolved_mamba_head_dim, c.mamba_state, c.mamba_groups) == (8, 64, 16, 2)
-    assert (c.mamba_expand, c.mamba_conv) == (4, 4)
+    assert (c.mlp_ratio, c.dtype, c.official_pooling_mask_bug) == (4, "float32", False)
+    assert c.backbone_options == Gpt2Options(max_positions=4096)
+    m = ModelConfig(backbone="mamba2").backbone_options
+    assert (m.heads, m.resolved_head_dim(128), m.state, m.groups, m.expand, m.conv) == (8, 64, 16, 2, 4, 4)
     assert model_config("paper") == c
     assert set(MODEL_SIZES) >= {"tiny", "small", "paper"}
     assert ModelConfig.from_dict(c.to_dict()) == c
@@ -138,7 +139,6 @@ def test_default_config_is_the_paper_model():
         ("width", 2.5),
         ("num_heads", 3),  # does not divide width 128
         ("official_pooling_mask_bug", 1),
-        ("mamba_chunk", 0),
         ("scan_layers", "yes"),
     ],
 )
@@ -147,11 +147,49 @@ def test_bad_config_values_raise_naming_the_field(field, value):
         ModelConfig(**{field: value})
 
 
-def test_bad_mamba_shapes_raise():
-    with pytest.raises(ValueError, match="mamba_head_dim"):
-        ModelConfig(backbone="mamba2", mamba_head_dim=32)  # 8 x 32 != 4 x 128
-    with pytest.raises(ValueError, match="mamba_groups"):
-        ModelConfig(backbone="mamba2", mamba_groups=3)
+@pytest.mark.parametrize(
+    "backbone, options, message",
+    [
+        ("mamba2", {"head_dim": 32}, "backbone_options.head_dim"),  # 8 x 32 != 4 x 128
+        ("mamba2", {"groups": 3}, "backbone_options.groups"),
+        ("mamba2", {"chunk": 0}, "backbone_options.chunk"),
+        ("gpt2", {"max_positions": 0}, "backbone_options.max_positions"),
+        ("set", {"max_positions": 64}, "unknown field"),  # gpt2's option on another backbone
+        ("mamba2", Gpt2Options(), "Mamba2Options"),
+    ],
+)
+def test_bad_backbone_options_raise_naming_the_field(backbone, options, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(backbone=backbone, backbone_options=options)
+
+
+def test_a_new_backbone_is_one_registry_entry(monkeypatch):
+    """A backbone registered by name alone is configured, validated and built by the generic code."""
+
+    @dataclasses.dataclass(frozen=True)
+    class ScaleOptions(BackboneOptions):
+        factor: float = 2.0
+
+        def validate(self, config):
+            if self.factor <= 0:
+                raise ValueError("backbone_options.factor must be > 0")
+
+    class ScaleBackbone(nn.Module):
+        config: ModelConfig
+
+        def __call__(self, tokens_BxNxE, point_mask_BxN):
+            return tokens_BxNxE.astype(jnp.float32) * self.config.backbone_options.factor
+
+    monkeypatch.setitem(BACKBONES, "scale", Backbone(ScaleBackbone, ScaleOptions))
+    config = model_config("tiny", backbone="scale", backbone_options={"factor": 3.0})
+    assert config.backbone_options == ScaleOptions(3.0)
+    with pytest.raises(ValueError, match="factor"):
+        model_config("tiny", backbone="scale", backbone_options={"factor": -1.0})
+    task = _task()
+    shapes = jax.eval_shape(
+        make_model(config, _spec()).init, _key(0), task.points, task.point_mask, task.num_components
+    )
+    assert "backbone" not in shapes["params"] and set(shapes["params"]) == {"read_in", "read_out"}
 
 
 def test_unknown_fields_and_sizes_raise():
@@ -298,7 +336,7 @@ def test_scanned_and_unrolled_layers_compute_the_same():
 def test_mamba2_estimate_does_not_depend_on_the_chunk_length():
     _, params, _, ref = _model_and_params("mamba2")  # chunk 3: N = 8 is 3 + 3 + 2 (a padded tail)
     task = _task()
-    one_chunk = make_model(_config("mamba2", mamba_chunk=64), _spec())
+    one_chunk = make_model(_config("mamba2", backbone_options={"chunk": 64}), _spec())
     _assert_same_output(
         jax.jit(one_chunk.apply)(params, task.points, task.point_mask, task.num_components), ref
     )
@@ -327,7 +365,7 @@ def test_bad_input_shapes_raise():
     with pytest.raises(ValueError, match="num_components"):
         model.apply(params, task.points, task.point_mask, task.num_components[:2])
     with pytest.raises(ValueError, match="max_positions"):
-        small = make_model(_config("gpt2", max_positions=4), _spec())
+        small = make_model(_config("gpt2", backbone_options={"max_positions": 4}), _spec())
         jax.eval_shape(small.init, _key(0), task.points, task.point_mask, task.num_components)
 
 

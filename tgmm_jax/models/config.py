@@ -1,14 +1,20 @@
-"""Model configuration: one frozen dataclass, validated on construction, and the named model sizes."""
+"""Model configuration: one frozen dataclass, validated on construction, and the named model sizes.
+
+The fields every backbone shares live here; each backbone's own options are its ``BackboneOptions`` dataclass
+(models/backbones.py), held as ``ModelConfig.backbone_options``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 
-BACKBONES = ("gpt2", "set", "mamba2")
+from tgmm_jax.models.backbones import BACKBONES
+from tgmm_jax.models.options import BackboneOptions, check_positive_ints
+
 READOUTS = ("attentive", "naive")
 DTYPES = ("float32", "bfloat16")
 
@@ -27,8 +33,9 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 class ModelConfig:
     """Everything that defines a TGMM network except the task (dim, ks, variant come from the TaskSpec).
 
-    Defaults are the paper's model (GPT-2, 12 layers, width 128, 4 heads, task embedding 128) and the
-    official Mamba2 config (8 heads of 64 = 4 x 128, state 16, 2 groups, conv 4).
+    Defaults are the paper's model (GPT-2, 12 layers, width 128, 4 heads, task embedding 128).
+    ``backbone_options`` is the backbone's options dataclass (``BACKBONES[backbone].options``); given as None it
+    becomes that class's defaults, given as a dict (fields to change) that class built from it.
     """
 
     backbone: str = "gpt2"
@@ -40,15 +47,8 @@ class ModelConfig:
     mlp_ratio: int = 4
     dtype: str = "float32"  # compute dtype; parameters are always float32
     official_pooling_mask_bug: bool = False  # True reproduces the official read-out mask (TGMM_NOTES §4)
-    max_positions: int = 4096  # size of the gpt2 position table
     scan_layers: bool | None = None  # nn.scan over layers; None: scan when num_layers > SCAN_ABOVE_LAYERS
-    mamba_heads: int = 8
-    mamba_head_dim: int | None = None  # None: mamba_expand * width // mamba_heads (64 for the paper size)
-    mamba_state: int = 16
-    mamba_groups: int = 2
-    mamba_expand: int = 4
-    mamba_conv: int = 4
-    mamba_chunk: int = 64  # chunk length of the SSD scan (a speed knob; the result does not depend on it)
+    backbone_options: BackboneOptions | Mapping[str, Any] | None = None
 
     def __post_init__(self):
         _validate(self)
@@ -61,15 +61,9 @@ class ModelConfig:
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
 
-    @property
-    def resolved_mamba_head_dim(self) -> int:
-        if self.mamba_head_dim is None:
-            return self.mamba_expand * self.width // self.mamba_heads
-        return self.mamba_head_dim
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Builds a config from a dict; unknown field names raise ValueError."""
+        """Builds a config from a dict (``backbone_options`` a dict too); unknown field names raise ValueError."""
         if not isinstance(d, dict):
             raise TypeError(f"ModelConfig.from_dict expects a dict, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -89,60 +83,31 @@ def model_config(size: str = "tiny", **overrides) -> ModelConfig:
     return ModelConfig.from_dict({**MODEL_SIZES[size], **overrides})
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
 def _validate(c: ModelConfig) -> None:
     def choice(name, options):
         if getattr(c, name) not in options:
-            raise ValueError(f"ModelConfig.{name} must be one of {options}, got {getattr(c, name)!r}")
+            raise ValueError(f"ModelConfig.{name} must be one of {tuple(options)}, got {getattr(c, name)!r}")
 
     choice("backbone", BACKBONES)
     choice("readout", READOUTS)
     choice("dtype", DTYPES)
-    for name in (
-        "num_layers",
-        "width",
-        "num_heads",
-        "task_embed_dim",
-        "mlp_ratio",
-        "max_positions",
-        "mamba_heads",
-        "mamba_state",
-        "mamba_groups",
-        "mamba_expand",
-        "mamba_conv",
-        "mamba_chunk",
-    ):
-        value = getattr(c, name)
-        if not _is_int(value) or value < 1:
-            raise ValueError(f"ModelConfig.{name} must be an integer >= 1, got {value!r}")
+    check_positive_ints(c, ("num_layers", "width", "num_heads", "task_embed_dim", "mlp_ratio"), "ModelConfig")
     if c.scan_layers is not None and type(c.scan_layers) is not bool:
         raise ValueError(f"ModelConfig.scan_layers must be None or a bool, got {c.scan_layers!r}")
     if type(c.official_pooling_mask_bug) is not bool:
         raise ValueError(
             f"ModelConfig.official_pooling_mask_bug must be a bool, got {c.official_pooling_mask_bug!r}"
         )
-    if c.backbone in ("gpt2", "set") and c.width % c.num_heads:
-        raise ValueError(f"ModelConfig.width={c.width} is not divisible by num_heads={c.num_heads}")
-    if c.backbone == "mamba2":
-        inner = c.mamba_expand * c.width
-        if c.mamba_head_dim is None:
-            if inner % c.mamba_heads:
-                raise ValueError(
-                    f"ModelConfig.mamba_heads={c.mamba_heads} does not divide mamba_expand * width = {inner}"
-                )
-        elif not _is_int(c.mamba_head_dim) or c.mamba_head_dim < 1:
-            raise ValueError(
-                f"ModelConfig.mamba_head_dim must be None or an integer >= 1, got {c.mamba_head_dim!r}"
-            )
-        elif c.mamba_heads * c.mamba_head_dim != inner:
-            raise ValueError(
-                f"ModelConfig.mamba_head_dim: mamba_heads * mamba_head_dim = {c.mamba_heads * c.mamba_head_dim} "
-                f"must equal mamba_expand * width = {inner}"
-            )
-        if c.mamba_heads % c.mamba_groups:
-            raise ValueError(
-                f"ModelConfig.mamba_groups={c.mamba_groups} does not divide mamba_heads={c.mamba_heads}"
-            )
+    options_cls = BACKBONES[c.backbone].options
+    options = c.backbone_options
+    if options is None:
+        options = options_cls()
+    elif isinstance(options, Mapping):
+        options = options_cls.from_dict(options, c.backbone)
+    elif type(options) is not options_cls:
+        raise ValueError(
+            f"ModelConfig.backbone_options of backbone {c.backbone!r} must be a {options_cls.__name__} "
+            f"(or a dict of its fields), got {type(options).__name__}"
+        )
+    object.__setattr__(c, "backbone_options", options)  # frozen: set once, before anyone reads it
+    options.validate(c)

@@ -7,25 +7,59 @@ permutation-equivariant and a pooled read-out is invariant to the order of the p
 
 Padded tokens (point_mask False) are masked as keys. The causal backbone assumes padding sits at the end
 (TGMM moves the real points to the front); then real tokens never see padded ones either way.
-Layers are scanned or unrolled per ``ModelConfig.scan_layers`` (see models/stack.py).
+Layers are scanned or unrolled per ``ModelConfig.scan_layers`` (see models/stack.py). Options: none for `set`
+(``TransformerOptions``), the size of the position table for `gpt2` (``Gpt2Options``).
 The residual stream stays float32; matmuls run in the compute dtype and softmax in float32.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tgmm_jax.models.config import ModelConfig
+from tgmm_jax.models.options import BackboneOptions, check_positive_ints
 from tgmm_jax.models.stack import apply_blocks
+
+if TYPE_CHECKING:  # config.py imports the backbone registry, which imports this file
+    from tgmm_jax.models.config import ModelConfig
 
 _LN_EPS = 1e-5
 _INIT_STD = 0.02
 # Masked attention logits: finite, so a query with no visible key gets a uniform (not NaN) row.
 _MASKED_LOGIT = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerOptions(BackboneOptions):
+    """The `set` backbone: no options of its own; the heads must split the width."""
+
+    def validate(self, config: ModelConfig) -> None:
+        if config.width % config.num_heads:
+            raise ValueError(
+                f"ModelConfig.width={config.width} is not divisible by num_heads={config.num_heads}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpt2Options(TransformerOptions):
+    """The `gpt2` backbone: a learned position table of ``max_positions`` rows bounds the number of points."""
+
+    max_positions: int = 4096
+
+    def validate(self, config: ModelConfig) -> None:
+        check_positive_ints(self, ("max_positions",), "ModelConfig.backbone_options")
+        super().validate(config)
+
+    def check_num_points(self, num_points: int) -> None:
+        if num_points > self.max_positions:
+            raise ValueError(
+                f"backbone_options.max_positions={self.max_positions} is smaller than the number of points {num_points}"
+            )
 
 
 def _dense(features: int, config: ModelConfig, std: float, name: str) -> nn.Dense:
@@ -112,9 +146,10 @@ class TransformerBackbone(nn.Module):
         n = tokens_BxNxE.shape[1]
         x_BxNxE = tokens_BxNxE.astype(jnp.float32)
         if self.positions:
-            if n > c.max_positions:
-                raise ValueError(f"{n} points exceed ModelConfig.max_positions={c.max_positions}")
-            table_PxE = self.param("positions", nn.initializers.normal(_INIT_STD), (c.max_positions, c.width))
+            c.backbone_options.check_num_points(n)
+            table_PxE = self.param(
+                "positions", nn.initializers.normal(_INIT_STD), (c.backbone_options.max_positions, c.width)
+            )
             x_BxNxE = x_BxNxE + table_PxE[None, :n, :]
         x_BxNxE = apply_blocks(Block, c, x_BxNxE, attention_mask(point_mask_BxN, self.causal))
         return _layer_norm(c, "ln_f")(x_BxNxE).astype(jnp.float32)

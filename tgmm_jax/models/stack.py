@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import flax.linen as nn
 import jax
 
-from tgmm_jax.models.config import ModelConfig
+if TYPE_CHECKING:  # config.py imports the backbone registry, which imports this file
+    from tgmm_jax.models.config import ModelConfig
 
 
 def apply_blocks(block_cls: type[nn.Module], config: ModelConfig, x: jax.Array, *shared) -> jax.Array:

@@ -9,9 +9,8 @@ import numpy as np
 from flax import struct
 
 from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.models.backbones import BACKBONES
 from tgmm_jax.models.config import ModelConfig
-from tgmm_jax.models.gpt2 import TransformerBackbone
-from tgmm_jax.models.mamba2 import Mamba2Backbone
 from tgmm_jax.models.readin import ReadIn
 from tgmm_jax.models.readout import AttentiveReadout, NaiveReadout
 from tgmm_jax.tasks import VARIANTS, TaskSpec
@@ -78,11 +77,7 @@ class TGMM(nn.Module):
             raise ValueError(f"TGMM.variant must be one of {VARIANTS}, got {self.variant!r}")
         c = self.config
         self.read_in = ReadIn(c, len(self.ks))
-        if c.backbone == "mamba2":
-            self.backbone = Mamba2Backbone(c)
-        else:
-            causal = c.backbone == "gpt2"
-            self.backbone = TransformerBackbone(c, causal=causal, positions=causal)
+        self.backbone = BACKBONES[c.backbone].module(c)
         readout_cls = AttentiveReadout if c.readout == "attentive" else NaiveReadout
         self.read_out = readout_cls(len(self.ks), max(self.ks), self.dim, self.variant == "anisotropic")
 

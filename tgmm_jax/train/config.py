@@ -23,13 +23,22 @@ DEFAULT_EVAL_BASELINES = ("em", "em_kmeanspp", "spectral")
 
 
 def model_group(size: str = "paper", **overrides) -> ml_collections.ConfigDict:
-    """A ``model`` config group with every ModelConfig field explicit (size's values + overrides)."""
+    """A ``model`` config group with every ModelConfig field explicit (size's values + overrides), the
+    backbone's options as the group ``model.backbone_options``, e.g. ``model_group('paper', backbone='mamba2')``."""
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}")
-    fields = ModelConfig.from_dict({**MODEL_SIZES[size], **overrides}).to_dict()
+    return _group(ModelConfig.from_dict({**MODEL_SIZES[size], **overrides}).to_dict())
+
+
+def _group(fields: dict) -> ml_collections.ConfigDict:
+    """A ConfigDict of ``fields`` (nested dicts become groups); None becomes an int placeholder, so that
+    ``--config.group.field=3`` can set it."""
     group = ml_collections.ConfigDict()
     for name, value in fields.items():
-        group[name] = config_dict.placeholder(int) if value is None else value
+        if isinstance(value, dict):
+            group[name] = _group(value)
+        else:
+            group[name] = config_dict.placeholder(int) if value is None else value
     return group
 
 
@@ -38,10 +47,7 @@ def task_group(**overrides) -> ml_collections.ConfigDict:
     fields = {f.name: f.default for f in dataclasses.fields(TaskSpec)}
     fields.update(dim=8)
     fields.update(overrides)
-    group = ml_collections.ConfigDict()
-    for name, value in fields.items():
-        group[name] = config_dict.placeholder(int) if value is None else value
-    return group
+    return _group(fields)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -172,11 +178,10 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[TaskSpec, ModelC
 
     spec = task_spec_from(config.task)
     model_config = model_config_from(config.model)
-    if model_config.backbone == "gpt2" and max(spec.n_max, e.n or 0) > model_config.max_positions:
-        raise ValueError(
-            f"config.model.max_positions={model_config.max_positions} is smaller than the number of points "
-            f"{max(spec.n_max, e.n or 0)}"
-        )
+    try:
+        model_config.backbone_options.check_num_points(max(spec.n_max, e.n or 0))
+    except ValueError as err:
+        raise ValueError(f"config.model: {err}") from None
     return spec, model_config
 
 

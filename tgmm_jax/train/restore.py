@@ -1,4 +1,7 @@
-"""Rebuilding a trained model from a workdir alone: the config saved in the checkpoint + its parameters."""
+"""Rebuilding a trained model from a workdir alone: the config saved in the checkpoint + its parameters.
+
+Configs saved by older code are upgraded to today's layout (``upgrade_saved_config``) before validation.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,40 @@ import jax
 import ml_collections
 from etils import epath
 
-from tgmm_jax.models import ModelConfig, TGMM, make_model
+from tgmm_jax.models import TGMM, ModelConfig, make_model
 from tgmm_jax.tasks import TaskSpec
-from tgmm_jax.train import checkpoint, config as config_lib, sharding, state as state_lib
+from tgmm_jax.train import checkpoint, sharding
+from tgmm_jax.train import config as config_lib
+from tgmm_jax.train import state as state_lib
+
+# Before the backbone registry (fdeec3c and earlier), the backbone options were flat ModelConfig fields:
+# old name -> the option's name, per backbone. History only: new backbones never appear here.
+_FLAT_BACKBONE_FIELDS = {
+    "gpt2": {"max_positions": "max_positions"},
+    "set": {},
+    "mamba2": {
+        "mamba_heads": "heads",
+        "mamba_head_dim": "head_dim",
+        "mamba_state": "state",
+        "mamba_groups": "groups",
+        "mamba_expand": "expand",
+        "mamba_conv": "conv",
+        "mamba_chunk": "chunk",
+    },
+}
+
+
+def upgrade_saved_config(config: dict) -> dict:
+    """A saved config dict in today's layout: flat ``model.max_positions`` / ``model.mamba_*`` fields become
+    ``model.backbone_options`` (the other backbones' flat fields are dropped). The parameter tree did not change."""
+    model = config.get("model")
+    if not isinstance(model, dict) or "backbone_options" in model:
+        return config
+    renames = _FLAT_BACKBONE_FIELDS.get(model.get("backbone"), {})
+    flat = {old for fields in _FLAT_BACKBONE_FIELDS.values() for old in fields}
+    options = {new: model[old] for old, new in renames.items() if old in model}
+    shared = {name: value for name, value in model.items() if name not in flat}
+    return {**config, "model": {**shared, "backbone_options": options}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +65,9 @@ def abstract_train_state(config: ml_collections.ConfigDict, mesh):
     init_key = jax.random.key(0)
     params = state_lib.init_params_shape(init_key, model, spec)
     names = state_lib.logged_metric_names(model, spec, config.objective, config.lik_weight, params)
-    abstract = jax.eval_shape(lambda k: state_lib.create_train_state(k, model, tx, spec, names, mesh), init_key)
+    abstract = jax.eval_shape(
+        lambda k: state_lib.create_train_state(k, model, tx, spec, names, mesh), init_key
+    )
     rep = sharding.replicated(mesh)
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
 
@@ -42,8 +78,10 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
         raise checkpoint.CheckpointError(f"workdir {workdir} does not exist")
     directory = epath.Path(workdir) / "checkpoints"
     with checkpoint.Checkpoints(directory, read_only=True) as ckpts:
-        config = ml_collections.ConfigDict(ckpts.restore_config(step))
+        config = ml_collections.ConfigDict(upgrade_saved_config(ckpts.restore_config(step)))
         spec, model_config = config_lib.validate_config(config)
         mesh = sharding.make_mesh()
         state = ckpts.restore(abstract_train_state(config, mesh), step)
-    return TrainedRun(config, spec, model_config, make_model(model_config, spec), state.params, int(state.step))
+    return TrainedRun(
+        config, spec, model_config, make_model(model_config, spec), state.params, int(state.step)
+    )

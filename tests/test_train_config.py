@@ -1,0 +1,70 @@
+"""The training config's model group: the paper configs validate, backbone options are a nested group that
+the command line can set, and the backbone's own check on the number of points runs from validate_config."""
+
+import importlib
+
+import jax
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from tgmm_jax.models import BACKBONES
+from tgmm_jax.models.mamba2 import Mamba2Options
+from tgmm_jax.train.config import model_group, validate_config
+
+
+@pytest.mark.parametrize("name", ["paper", "mamba2", "tiny", "lik", "anisotropic"])
+def test_paper_configs_validate(name):
+    config = importlib.import_module(f"experiments.configs.{name}").get_config()
+    _, model_config = validate_config(config)
+    assert model_config.backbone == {"mamba2": "mamba2", "tiny": "set"}.get(name, "gpt2")
+    if name == "mamba2":
+        assert model_config.backbone_options == Mamba2Options()  # 8 heads of 64, state 16, 2 groups
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_model_group_round_trips_every_backbone(backbone):
+    config = importlib.import_module("experiments.configs.paper").get_config()
+    config.model = model_group("tiny", backbone=backbone)
+    assert validate_config(config)[1].backbone_options == BACKBONES[backbone].options()
+
+
+def test_command_line_sets_common_fields_and_backbone_options():
+    argv = [
+        "prog",
+        "--config=experiments/configs/mamba2.py",
+        "--config.model.num_layers=2",
+        "--config.model.width=32",
+        "--config.model.backbone_options.heads=4",
+        "--config.model.backbone_options.head_dim=32",
+    ]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)  # as experiments/train.py
+    values(argv)
+    _, model_config = validate_config(values.config)
+    assert (model_config.num_layers, model_config.width) == (2, 32)
+    assert model_config.backbone_options == Mamba2Options(heads=4, head_dim=32)
+
+
+def test_the_backbone_checks_the_number_of_points():
+    config = importlib.import_module("experiments.configs.paper").get_config()
+    config.model.backbone_options.max_positions = 64  # n_max is 128
+    with pytest.raises(ValueError, match=r"config\.model: backbone_options\.max_positions=64"):
+        validate_config(config)
+    config.task.n_max = 64
+    validate_config(config)
+    config.eval.n = 65
+    with pytest.raises(ValueError, match="max_positions"):
+        validate_config(config)
+
+
+def test_options_of_another_backbone_are_refused_with_a_hint():
+    config = importlib.import_module("experiments.configs.paper").get_config()
+    config.model.backbone = "set"  # the group still holds gpt2's max_positions
+    with pytest.raises(
+        ValueError, match=r"config\.model: .*unknown field\(s\) \['max_positions'\].*model_group"
+    ):
+        validate_config(config)
