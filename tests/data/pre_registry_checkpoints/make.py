@@ -20,8 +20,8 @@ from tgmm_jax.train.restore import load_run
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Options away from their defaults, so a converter that dropped one would fail to restore the parameters.
 MODELS = {
-    "gpt2": dict(backbone="gpt2", max_positions=16),
-    "mamba2": dict(backbone="mamba2", mamba_heads=4, mamba_state=4, mamba_groups=2, mamba_chunk=4),
+    "gpt2": {"backbone": "gpt2", "max_positions": 16},
+    "mamba2": {"backbone": "mamba2", "mamba_heads": 4, "mamba_state": 4, "mamba_groups": 2, "mamba_chunk": 4},
 }
 
 
