@@ -12,7 +12,9 @@ import json
 
 from absl import app, flags, logging
 
-from tgmm_jax import evaluation
+from experiments import reporting
+from experiments.methods import methods_for_run
+from tgmm_jax import scoring
 from tgmm_jax.train.restore import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config + checkpoints).")
@@ -34,18 +36,19 @@ def main(argv):
     if _TASKS.value < 2:
         raise app.UsageError("--tasks_per_cell must be >= 2 (standard errors need two tasks)")
     if _PROTOCOL.value == "training_tail":
-        results = evaluation.training_tail_protocol(_WORKDIR.value)
+        results = reporting.training_tail_protocol(_WORKDIR.value)
     else:
         run = load_run(_WORKDIR.value)
         ns = tuple(int(n) for n in _N.value) if _N.value else (run.spec.n_max,)
         if min(ns) < run.spec.k_max:
             raise app.UsageError(f"--n must be at least the largest K ({run.spec.k_max}), got {ns}")
-        results = evaluation.evaluate_methods(
-            evaluation.methods_for_run(run, _METHODS.value), run.spec, tasks_per_cell=_TASKS.value, ns=ns, seed=_SEED.value,
+        methods, params = methods_for_run(run, _METHODS.value)
+        results = scoring.evaluate_methods(
+            methods, run.spec, params=params, tasks_per_cell=_TASKS.value, ns=ns, seed=_SEED.value,
             mean_shift=_SHIFT.value, chunk=_CHUNK.value,
         )
         results.update(workdir=_WORKDIR.value, step=run.step)
-    tables = evaluation.markdown_report(results)
+    tables = reporting.markdown_report(results)
     print(tables)
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:

@@ -14,7 +14,8 @@ import os
 import numpy as np
 from absl import app, flags
 
-from tgmm_jax import evaluation
+from experiments.reporting import format_stat, ordered_methods
+from tgmm_jax.scoring import MODEL_METHOD
 
 flags.DEFINE_string("results", "results", "Directory holding the studies' JSON and figures.")
 flags.DEFINE_string("scale", "cpu", "Which scale's results to report (cpu or paper).")
@@ -37,7 +38,7 @@ def _cell(cells, method, **where):
 def _fmt(cell, metric="l2"):
     if cell is None or cell["not_applicable"] == 1.0 or not np.isfinite(cell[metric]["mean"]):
         return "n/a"
-    return f"{cell[metric]['mean']:.3f} ± {cell[metric]['sem']:.3f}"
+    return format_stat(cell[metric])
 
 
 def _table(cells, ks, methods, metric="l2", **where):
@@ -94,13 +95,13 @@ def rq1_section(rq1, figure):
     for d, res in sorted(rq1["by_dim"].items(), key=lambda kv: int(kv[0])):
         cells = res["cells"]
         ks = sorted({c["K"] for c in cells})
-        methods = evaluation.ordered_methods(cells)
+        methods = ordered_methods(cells)
         out += [f"### d = {d} ({res['tasks_per_cell']} tasks per cell, checkpoint step {res['step']})",
                 "l2 error (optimal alignment), mean ± sem:", "", _table(cells, ks, methods), "",
                 "l2 under the official code's inverse-permutation alignment (how the official code scores; comparison only):", "",
                 _table(cells, ks, methods, "l2_official"), ""]
         for k in ks:
-            t, e, s = (_cell(cells, m, K=k) for m in ("tgmm", "em", "spectral"))
+            t, e, s = (_cell(cells, m, K=k) for m in (MODEL_METHOD, "em", "spectral"))
             if t is None:
                 continue
             if e is not None and k > 2:
@@ -145,9 +146,9 @@ def rq2_size_section(rq2, figure):
     for n in ns:
         rows = ["| model | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
         for train_n, res in sorted(by_n.items(), key=lambda kv: int(kv[0])):
-            rows.append(f"| TGMM N_train={train_n} | " + " | ".join(_fmt(_cell(res["cells"], "tgmm", K=k, N=n)) for k in ks) + " |")
-        for m in evaluation.ordered_methods(by_n[largest]["cells"]):
-            if m != "tgmm":
+            rows.append(f"| TGMM N_train={train_n} | " + " | ".join(_fmt(_cell(res["cells"], MODEL_METHOD, K=k, N=n)) for k in ks) + " |")
+        for m in ordered_methods(by_n[largest]["cells"]):
+            if m != MODEL_METHOD:
                 rows.append(f"| {m} | " + " | ".join(_fmt(_cell(by_n[largest]["cells"], m, K=k, N=n)) for k in ks) + " |")
         out += [f"test N = {n}, l2 mean ± sem:", "", "\n".join(rows), ""]
     pairs = []
@@ -155,8 +156,8 @@ def rq2_size_section(rq2, figure):
         if train_n == largest:
             continue
         for k in ks:
-            a = _cell(by_n[train_n]["cells"], "tgmm", K=k, N=int(largest))
-            b = _cell(by_n[largest]["cells"], "tgmm", K=k, N=int(largest))
+            a = _cell(by_n[train_n]["cells"], MODEL_METHOD, K=k, N=int(largest))
+            b = _cell(by_n[largest]["cells"], MODEL_METHOD, K=k, N=int(largest))
             if a and b:
                 pairs.append((f"N_train={train_n}, K={k}", a["l2"]["mean"], b["l2"]["mean"]))
     claims = {}
@@ -173,11 +174,11 @@ def rq2_shift_section(shift, figure):
     by_s = shift["by_sigma_p"]
     sigmas = sorted(by_s, key=float)
     ks = sorted({c["K"] for c in by_s[sigmas[0]]["cells"]})
-    methods = evaluation.ordered_methods(by_s[sigmas[0]]["cells"])
+    methods = ordered_methods(by_s[sigmas[0]]["cells"])
     for s in sigmas:
         out += [f"sigma_p = {s}, l2 mean ± sem:", "", _table(by_s[s]["cells"], ks, methods), ""]
     top = sigmas[-1]
-    pairs = [(f"sigma_p={top}, K={k}", _cell(by_s[top]["cells"], "tgmm", K=k)["l2"]["mean"],
+    pairs = [(f"sigma_p={top}, K={k}", _cell(by_s[top]["cells"], MODEL_METHOD, K=k)["l2"]["mean"],
               _cell(by_s[top]["cells"], "em", K=k)["l2"]["mean"]) for k in ks if k > 2 and _cell(by_s[top]["cells"], "em", K=k)]
     claims = {}
     if pairs:

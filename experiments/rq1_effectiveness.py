@@ -13,7 +13,7 @@ import os
 from absl import app, flags, logging
 
 from experiments import study
-from tgmm_jax import evaluation
+from experiments.reporting import ordered_methods
 
 study.define_common_flags(root="runs/rq1", eval_seed=20260401)
 flags.DEFINE_list("dims", ["2", "8", "32", "128"], "Data dimensions.")
@@ -25,7 +25,7 @@ def plot(results_by_d: dict, path: str) -> None:
     for d in sorted(results_by_d, key=int):
         cells = results_by_d[d]["cells"]
         series = []
-        for method in evaluation.ordered_methods(cells):
+        for method in ordered_methods(cells):
             ks = sorted({c["K"] for c in cells if c["method"] == method})
             series.append((method, ks, [study.mean_sem(cells, method, K=k) for k in ks], "-"))
         panels.append((d, series))

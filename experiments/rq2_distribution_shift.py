@@ -11,7 +11,7 @@ import os
 from absl import app, flags, logging
 
 from experiments import study
-from tgmm_jax import evaluation
+from experiments.reporting import ordered_methods
 
 study.define_common_flags(root="runs/rq1", eval_seed=20260403)  # the d = 8 model of RQ1
 flags.DEFINE_list("sigma_p", ["0", "1", "2", "5", "10"], "Mean-shift scales.")
@@ -24,7 +24,7 @@ def plot(by_shift: dict, path: str) -> None:
     panels = []
     for k in sorted({c["K"] for c in cells0}):
         series = [(method, [float(s) for s in shifts], [study.mean_sem(by_shift[s]["cells"], method, K=k) for s in shifts], "-")
-                  for method in evaluation.ordered_methods(cells0)]
+                  for method in ordered_methods(cells0)]
         panels.append((k, series))
     study.panel_figure(panels, path, xlabel="sigma_p", title=lambda k: f"K = {k}")
 

@@ -12,13 +12,14 @@ import os
 from absl import app, flags, logging
 
 from experiments import study
-from tgmm_jax import evaluation
+from experiments.reporting import ordered_methods
+from tgmm_jax.scoring import MODEL_METHOD
 
 study.define_common_flags(root="runs/rq2", eval_seed=20260402)
 flags.DEFINE_integer("dim", 8, "Data dimension.")
 flags.DEFINE_list("train_n", ["32", "64", "128"], "N_max of the trained models.")
 flags.DEFINE_list("test_n", ["16", "32", "64", "128", "256", "512"], "Test sample sizes.")
-flags.DEFINE_list("methods", ["tgmm", "em", "em_kmeanspp"], "Methods to compare.")
+flags.DEFINE_list("methods", [MODEL_METHOD, "em", "em_kmeanspp"], "Methods to compare.")
 FLAGS = flags.FLAGS
 
 
@@ -31,12 +32,12 @@ def plot(by_train_n: dict, path: str) -> None:
         for train_n, results in by_train_n.items():
             cells = results["cells"]
             ns = sorted({c["N"] for c in cells})
-            for method in evaluation.ordered_methods(cells):
-                if method != "tgmm" and train_n != largest:
+            for method in ordered_methods(cells):
+                if method != MODEL_METHOD and train_n != largest:
                     continue  # baselines do not depend on the training N: plot them once
-                label = f"TGMM (N_train={train_n})" if method == "tgmm" else method
+                label = f"TGMM (N_train={train_n})" if method == MODEL_METHOD else method
                 stats = [study.mean_sem(cells, method, K=k, N=n) for n in ns]
-                series.append((label, ns, stats, "-" if method == "tgmm" else "--"))
+                series.append((label, ns, stats, "-" if method == MODEL_METHOD else "--"))
         panels.append((k, series))
     study.panel_figure(panels, path, xlabel="test N", title=lambda k: f"K = {k}", xlog=True)
 
@@ -48,7 +49,7 @@ def main(argv):
     for n in FLAGS.train_n:
         workdir = os.path.join(FLAGS.root, f"{FLAGS.scale}_d={FLAGS.dim}_nmax={n}")
         study.train_model(study.train_config(FLAGS.scale, FLAGS.dim, int(n), FLAGS.steps), workdir)
-        methods = FLAGS.methods if n == max(FLAGS.train_n, key=int) else ["tgmm"]
+        methods = FLAGS.methods if n == max(FLAGS.train_n, key=int) else [MODEL_METHOD]
         by_train_n[n] = study.evaluate_cached(
             workdir, os.path.join(FLAGS.results, "rq2", f"{FLAGS.scale}_nmax={n}.json"),
             tasks_per_cell=FLAGS.tasks_per_cell, ns=tuple(int(t) for t in FLAGS.test_n), seed=FLAGS.eval_seed,

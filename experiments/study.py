@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # figures are files; no display
-
-from experiments.configs import paper, tiny  # noqa: E402
-from tgmm_jax import evaluation  # noqa: E402
-from tgmm_jax.train import train_and_evaluate  # noqa: E402
-from tgmm_jax.train.checkpoint import Checkpoints  # noqa: E402
-from tgmm_jax.train.restore import load_run  # noqa: E402
+from experiments import methods as methods_lib
+from experiments.configs import paper, tiny
+from tgmm_jax import scoring
+from tgmm_jax.train.checkpoint import Checkpoints
+from tgmm_jax.train.restore import load_run
 
 
 SCALES = ("cpu", "paper")
@@ -48,7 +46,7 @@ def train_model(train_config, workdir: str) -> None:
     latest = _latest_step(workdir)
     if latest is not None and latest >= train_config.total_steps:
         return
-    train_and_evaluate(train_config, workdir)
+    methods_lib.train(train_config, workdir)
     latest = _latest_step(workdir)
     if latest is None or latest < train_config.total_steps:
         raise SystemExit(
@@ -59,7 +57,7 @@ def train_model(train_config, workdir: str) -> None:
 
 def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed: int, mean_shift: float = 0.0,
                     methods=None, force: bool = False) -> dict:
-    """``evaluation.evaluate_methods`` on the workdir's latest checkpoint, cached in ``output`` (JSON).
+    """``scoring.evaluate_methods`` on the workdir's latest checkpoint, cached in ``output`` (JSON).
 
     Tasks of one N come from (seed, N) alone and the baselines do not depend on the model, so a cache made
     with the same evaluation settings is reused as far as it goes: all of it for the same checkpoint step
@@ -68,7 +66,7 @@ def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed:
     """
     run = load_run(workdir)
     settings = dict(tasks_per_cell=tasks_per_cell, eval_seed=seed, mean_shift=float(mean_shift))
-    all_methods = evaluation.methods_for_run(run, methods)
+    all_methods, params = methods_lib.methods_for_run(run, methods)
     cached = None
     if not force and os.path.exists(output):
         with open(output) as f:
@@ -78,7 +76,7 @@ def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed:
     same_step = cached is not None and cached.get("step") == run.step
     cells, fingerprints, results = [], {}, None
     if cached:
-        keep = lambda c: same_step or c["method"] != evaluation.MODEL_METHOD
+        keep = lambda c: same_step or c["method"] != scoring.MODEL_METHOD
         cells = [c for c in cached["cells"] if keep(c) and c["method"] in all_methods]
         fingerprints = dict(cached["task_fingerprints"])
     for n in ns:
@@ -86,13 +84,13 @@ def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed:
         todo = {name: fn for name, fn in all_methods.items() if name not in have}
         if not todo:
             continue
-        part = evaluation.evaluate_methods(todo, run.spec, tasks_per_cell=tasks_per_cell, ns=(n,), seed=seed,
-                                           mean_shift=mean_shift)
+        part = scoring.evaluate_methods(todo, run.spec, params=params, tasks_per_cell=tasks_per_cell, ns=(n,),
+                                        seed=seed, mean_shift=mean_shift)
         if str(n) in fingerprints and part["task_fingerprints"][str(n)] != fingerprints[str(n)]:
             # the cached cells were made on other tasks: evaluate every method again
             cells = [c for c in cells if c["N"] != n]
-            part = evaluation.evaluate_methods(all_methods, run.spec, tasks_per_cell=tasks_per_cell, ns=(n,),
-                                               seed=seed, mean_shift=mean_shift)
+            part = scoring.evaluate_methods(all_methods, run.spec, params=params, tasks_per_cell=tasks_per_cell,
+                                            ns=(n,), seed=seed, mean_shift=mean_shift)
         cells += part["cells"]
         fingerprints.update(part["task_fingerprints"])
         results = part
@@ -145,11 +143,10 @@ def panel_figure(panels: list, path: str, *, xlabel: str, title, xlog: bool = Fa
 
     ``title(key)`` names a panel. Saves a PNG at ``path``.
     """
-    import matplotlib.pyplot as plt
-
     labels = list(dict.fromkeys(label for _, series in panels for label, *_ in series))
     colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one colour per method in every panel
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    fig = Figure(figsize=(4 * len(panels), 3.4))  # the object-oriented API: no pyplot state, no display backend
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (key, series) in zip(axes[0], panels):
         for label, xs, stats, style in series:
             ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=2, label=label,
@@ -167,4 +164,3 @@ def panel_figure(panels: list, path: str, *, xlabel: str, title, xlog: bool = Fa
     axes[0][-1].legend(list(handles.values()), list(handles), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -7,7 +7,7 @@ field. Rerunning the same command on the same workdir resumes from its latest ch
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tgmm_jax.train import train_and_evaluate
+from experiments.methods import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, config.json and metrics.jsonl.")
@@ -21,7 +21,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO; our progress goes to stdout
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value, distributed=_DISTRIBUTED.value)
+    train(_CONFIG.value, _WORKDIR.value, distributed=_DISTRIBUTED.value)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
-"""experiments.evaluate on a tiny workdir: every field present, and every method sees identical tasks."""
+"""Scoring (tgmm_jax.scoring) and experiments.evaluate / study on a tiny workdir: every field present,
+every method sees identical tasks, and each method compiles once across evaluation rounds."""
 
 import json
 import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
 
+from baselines import get_baseline
+from experiments import methods as methods_lib, reporting
 from tests import train_config
-from tgmm_jax import evaluation
-from tgmm_jax.tasks import TaskSpec
-from tgmm_jax.train import train_and_evaluate
+from tgmm_jax import scoring
+from tgmm_jax.tasks import TaskSpec, sample_tasks
+from tgmm_jax.train import config as config_lib, train_and_evaluate
 from tgmm_jax.train.restore import load_run
+from tgmm_jax.train.trainer import PeriodicEvaluator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("l2", "l2_means", "l2_weights", "cluster_acc", "loglik", "oracle_gap", "l2_official")
@@ -26,7 +31,7 @@ def tiny_workdir(tmp_path_factory):
     config.total_steps = 4
     config.eval_every = 2
     config.eval.baselines = ("em",)
-    train_and_evaluate(config, workdir)
+    methods_lib.train(config, workdir)  # as experiments/train.py: the baselines from the registry
     return workdir
 
 
@@ -46,20 +51,20 @@ def test_evaluate_cli_writes_every_field(tiny_workdir, tmp_path):
     for cell in cells:
         assert cell["num_tasks"] == 6 and 0.0 <= cell["not_applicable"] <= 1.0 and cell["seconds"] > 0
         for metric in METRICS:
-            assert set(cell[metric]) == {"mean", "sem"}
+            assert set(cell[metric]) == {"mean", "sem", "median"}
         if cell["method"] != "spectral":  # spectral does not apply for K > d = 2
             assert cell["not_applicable"] == 0.0 and np.isfinite(cell["l2"]["mean"])
     spectral_k3 = [c for c in cells if c["method"] == "spectral" and c["K"] == 3]
     assert all(c["not_applicable"] == 1.0 for c in spectral_k3)
     assert os.path.exists(output.removesuffix(".json") + ".md")
-    assert "l2 error" in out.stdout and "| tgmm |" in out.stdout
+    assert "l2 error" in out.stdout and "| tgmm |" in out.stdout and "(median " in out.stdout
 
 
 def test_all_methods_see_identical_tasks():
     seen = {}
 
     def spy(name):
-        def fn(key, task):
+        def fn(params, key, task):
             # methods run under jit: record the concrete tasks on the host
             jax.debug.callback(lambda t: seen.setdefault(name, []).append(jax.tree.map(np.asarray, t)), task)
             k = task.means.shape[1]
@@ -71,7 +76,7 @@ def test_all_methods_see_identical_tasks():
         return fn
 
     spec = TaskSpec(dim=2, ks=(2, 3), n_max=8)
-    results = evaluation.evaluate_methods({"a": spy("a"), "b": spy("b"), "c": spy("c")}, spec, tasks_per_cell=5,
+    results = scoring.evaluate_methods({"a": spy("a"), "b": spy("b"), "c": spy("c")}, spec, tasks_per_cell=5,
                                           ns=(8, 12), seed=3, chunk=None)
     assert len(seen["a"]) == len(seen["b"]) == len(seen["c"]) == 2  # one call per N
     for call in range(2):
@@ -80,31 +85,29 @@ def test_all_methods_see_identical_tasks():
             np.testing.assert_array_equal(leaf_a, leaf_c)
     assert set(results["task_fingerprints"]) == {"8", "12"}
     # the tasks depend on the seed only: another method set draws the same tasks
-    again = evaluation.evaluate_methods({"z": spy("z")}, spec, tasks_per_cell=5, ns=(8, 12), seed=3, chunk=None)
+    again = scoring.evaluate_methods({"z": spy("z")}, spec, tasks_per_cell=5, ns=(8, 12), seed=3, chunk=None)
     assert again["task_fingerprints"] == results["task_fingerprints"]
 
 
 def test_chunked_fit_equals_one_call(tiny_workdir):
     run = load_run(tiny_workdir)
     spec = TaskSpec(dim=2, ks=(2, 3), n_max=8, variable_n=False)
-    from tgmm_jax.tasks import sample_tasks
-
     task = sample_tasks(jax.random.key(0), spec, 5)
-    fn = evaluation.tgmm_method(run.model, run.params)
-    whole = evaluation.fit_in_chunks(fn, jax.random.key(1), task, None)
-    chunked = evaluation.fit_in_chunks(fn, jax.random.key(1), task, 4)
+    fn = scoring.model_method(run.model)
+    whole = scoring.fit_in_chunks(fn, run.params, jax.random.key(1), task, None)
+    chunked = scoring.fit_in_chunks(fn, run.params, jax.random.key(1), task, 4)
     np.testing.assert_allclose(np.asarray(chunked.means), np.asarray(whole.means), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(chunked.weights), np.asarray(whole.weights), rtol=1e-5, atol=1e-6)
 
 
 def test_training_tail_protocol_reads_the_logs(tiny_workdir):
-    results = evaluation.training_tail_protocol(tiny_workdir)
+    results = reporting.training_tail_protocol(tiny_workdir)
     assert "training tail" in results["protocol"] and results["ns"] == [8]
     methods = {c["method"] for c in results["cells"]}
     assert methods == {"tgmm", "em"}
     for cell in results["cells"]:
         assert cell["rounds"] == 2 and np.isfinite(cell["l2"]["mean"])
-    assert "| tgmm |" in evaluation.markdown_report(results)
+    assert "| tgmm |" in reporting.markdown_report(results)
 
 
 def test_study_does_not_evaluate_a_preempted_run(tmp_path, monkeypatch):
@@ -120,10 +123,11 @@ def test_study_does_not_evaluate_a_preempted_run(tmp_path, monkeypatch):
         early.total_steps = 5
         train_and_evaluate(early, workdir)
 
-    monkeypatch.setattr(study, "train_and_evaluate", preempted_at_step_5)
+    train = methods_lib.train
+    monkeypatch.setattr(methods_lib, "train", preempted_at_step_5)
     with pytest.raises(SystemExit, match="stopped at step 5 of 6"):
         study.train_model(config, str(tmp_path))
-    monkeypatch.setattr(study, "train_and_evaluate", train_and_evaluate)
+    monkeypatch.setattr(methods_lib, "train", train)
     study.train_model(config, str(tmp_path))  # rerunning resumes to the end
     assert load_run(str(tmp_path)).step == 6
 
@@ -158,3 +162,22 @@ def test_study_cache_adds_missing_n_only_and_equals_a_full_evaluation(tiny_workd
     assert all((c["l2"]["mean"] == -1.0) == (c["method"] != "tgmm") for c in again["cells"])
     tgmm_only = lambda r: [c for c in strip(r["cells"]) if c["method"] == "tgmm"]
     assert tgmm_only(again) == tgmm_only(full)
+
+
+def test_periodic_evaluation_compiles_each_method_once(tiny_workdir, monkeypatch):
+    """Three rounds of the trainer's evaluator, new params and new tasks each round: one trace per method."""
+    run = load_run(tiny_workdir)
+    monkeypatch.setattr(scoring, "_FITS", {})  # methods compiled by earlier tests do not count
+    monkeypatch.setattr(scoring, "_apply_model", chex.assert_max_traces(scoring._apply_model, n=1))
+    em_fit = get_baseline("em", max_iter=5)
+    em = chex.assert_max_traces(lambda key, task: em_fit(key, task), n=1)
+    eval_config = config_lib.default_config().eval
+    eval_config.tasks_per_k, eval_config.baselines = 4, ("em",)
+    evaluator = PeriodicEvaluator(run.model, run.spec, eval_config, jax.random.key(0), {"em": scoring.param_free(em)})
+    for step in range(3):
+        params = jax.tree.map(lambda a, s=step: a * (1.0 + 0.1 * s), run.params)
+        summaries = evaluator(params, step)
+        assert set(summaries) == {"tgmm", "em"}
+    # a rebuilt but equal method (as each study call builds) reuses the compiled fit
+    task = sample_tasks(jax.random.key(1), evaluator.spec, 4)
+    scoring.score_method(scoring.model_method(run.model), run.params, jax.random.key(2), task)

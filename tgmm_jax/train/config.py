@@ -169,12 +169,8 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[TaskSpec, ModelC
         raise ValueError(f"config.eval.n must be None or an integer >= 1, got {e.n!r}")
     if not isinstance(e.fresh_tasks, bool):
         raise ValueError(f"config.eval.fresh_tasks must be a bool, got {e.fresh_tasks!r}")
-    names = (e.baselines,) if isinstance(e.baselines, str) else tuple(e.baselines)
-    if names:
-        from baselines import BASELINES  # imported here: the baselines import the library, not the trainer
-    bad = [b for b in names if b not in BASELINES]
-    if bad:
-        raise ValueError(f"config.eval.baselines has unknown name(s) {bad}; registered: {sorted(BASELINES)}")
+    if not all(isinstance(name, str) for name in eval_baseline_names(e)):
+        raise ValueError(f"config.eval.baselines must be a tuple of method names, got {e.baselines!r}")
 
     spec = task_spec_from(config.task)
     model_config = model_config_from(config.model)
@@ -183,6 +179,22 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[TaskSpec, ModelC
     except ValueError as err:
         raise ValueError(f"config.model: {err}") from None
     return spec, model_config
+
+
+def eval_baseline_names(eval_config: ml_collections.ConfigDict) -> tuple:
+    names = eval_config.baselines
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def check_eval_baselines(eval_config: ml_collections.ConfigDict, available) -> None:
+    """Every name in ``eval.baselines`` must be among the methods handed to the trainer (``available``)."""
+    missing = [name for name in eval_baseline_names(eval_config) if name not in available]
+    if missing:
+        raise ValueError(
+            f"config.eval.baselines names {missing}, but the trainer was handed methods for {sorted(available)}: "
+            "pass baselines={name: method} (experiments/methods.py builds them from the baselines registry) "
+            "or drop those names"
+        )
 
 
 def eval_spec_from(spec: TaskSpec, eval_config: ml_collections.ConfigDict) -> TaskSpec:

@@ -1,4 +1,4 @@
-"""The training loop: ``train_and_evaluate(config, workdir)``.
+"""The training loop: ``train_and_evaluate(config, workdir, baselines=...)``.
 
 Rerunning the same command on the same workdir resumes from the latest checkpoint; the data stream
 depends on (seed, step) only, so a resumed run equals an uninterrupted one bit for bit.
@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Mapping
 
 import jax
 import ml_collections
 import numpy as np
 from etils import epath
 
-from tgmm_jax import evaluation
+from tgmm_jax import scoring
 from tgmm_jax.models import make_model
 from tgmm_jax.tasks import sample_tasks
 from tgmm_jax.train import checkpoint, config as config_lib, sharding, state as state_lib
@@ -83,30 +84,27 @@ class PeriodicEvaluator:
     baselines are scored once.
     """
 
-    def __init__(self, model, spec, eval_config, key):
-        self.model = model
+    def __init__(self, model, spec, eval_config, key, baselines: Mapping[str, scoring.Method]):
+        self.model = scoring.model_method(model)
         self.spec = config_lib.eval_spec_from(spec, eval_config)
         self.task_key, self.method_key = jax.random.split(key)
         self.tasks_per_k = eval_config.tasks_per_k
         self.fresh = eval_config.fresh_tasks
-        names = (eval_config.baselines,) if isinstance(eval_config.baselines, str) else tuple(eval_config.baselines)
-        self.baselines = evaluation.baseline_methods(names, self.spec.variant)
+        self.baselines = {name: baselines[name] for name in config_lib.eval_baseline_names(eval_config)}
         self._cached: dict | None = None
 
     def __call__(self, params, step: int) -> dict[str, dict]:
         key = jax.random.fold_in(self.task_key, step) if self.fresh else self.task_key
         task = sample_tasks(key, self.spec, self.tasks_per_k)
-        methods = {"tgmm": evaluation.tgmm_method(self.model, params)}
+        summaries = {scoring.MODEL_METHOD: self._score(self.model, params, task)}
         if self.fresh or self._cached is None:
-            methods.update(self.baselines)
-        summaries = {}
-        for name, fn in methods.items():
-            per_task, _ = evaluation.score_method(fn, self.method_key, task)
-            summaries[name] = evaluation.summarize(per_task, task.num_components)
-        if not self.fresh:
-            self._cached = self._cached or {n: s for n, s in summaries.items() if n != "tgmm"}
-            summaries.update(self._cached)
+            self._cached = {name: self._score(fn, None, task) for name, fn in self.baselines.items()}
+        summaries.update(self._cached)
         return summaries
+
+    def _score(self, fn, params, task):
+        per_task, _ = scoring.score_method(fn, params, self.method_key, task)
+        return scoring.summarize(per_task, task.num_components)
 
 
 def _eval_record(summaries: dict) -> dict:
@@ -127,9 +125,21 @@ def _window_means(state) -> tuple[dict, float]:
     return means, float(sums[state_lib._NONFINITE])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distributed: str = "auto") -> dict:
-    """Trains (resuming from ``workdir`` if it holds checkpoints); returns the last evaluation summaries."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    baselines: Mapping[str, scoring.Method] | None = None,
+    distributed: str = "auto",
+) -> dict:
+    """Trains (resuming from ``workdir`` if it holds checkpoints); returns the last evaluation summaries.
+
+    ``baselines`` ({name: method}, see ``tgmm_jax.scoring``) must hold every name of ``config.eval.baselines``
+    when periodic evaluation is on; ``experiments/methods.py`` builds them from the baselines registry.
+    """
     spec, model_config = config_lib.validate_config(config)
+    if config.eval_every:
+        config_lib.check_eval_baselines(config.eval, baselines or {})
     sharding.maybe_initialize_distributed(distributed)
     mesh = sharding.make_mesh()
     sharding.check_divisible(spec.batch_size(config.tasks_per_k), mesh)
@@ -166,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distr
         step_fn = state_lib.make_train_step(
             model, tx, spec, config.tasks_per_k, config.objective, config.lik_weight, config.log_every, mesh
         )
-        evaluator = PeriodicEvaluator(model, spec, config.eval, eval_key) if config.eval_every else None
+        evaluator = PeriodicEvaluator(model, spec, config.eval, eval_key, baselines or {}) if config.eval_every else None
         data_key = jax.device_put(data_key, sharding.replicated(mesh))
         summaries: dict = {}
 
@@ -213,7 +223,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, distr
     if evaluator is not None and not summaries:  # nothing left to train: evaluate the restored state
         summaries = evaluator(state.params, step)
     writer.close()
-    if summaries and is_main:
-        writer.message(f"evaluation at step {step} on {evaluator.spec.n_max}-point tasks, l2 error (mean ± sem):")
-        writer.message(evaluation.format_table(summaries))
     return summaries

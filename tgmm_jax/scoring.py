@@ -1,0 +1,198 @@
+"""Scoring estimation methods on identical tasks, and summarising the per-task metrics per K.
+
+A method is ``fn(params, key, task) -> (MixtureParams, info)``: the trained model takes its parameters,
+a parameter-free method (a baseline) takes ``None``. Each method is jitted once (keyed on its value, see
+``_compiled_fit``) with the parameters as an argument, so new weights or a rebuilt but equal method reuse
+the compiled program; only a new shape traces again. The library builds no baselines: whoever composes a
+run hands them in (``experiments/methods.py`` builds them from the ``baselines`` registry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from tgmm_jax.metrics import evaluate_estimates
+from tgmm_jax.tasks import GMMTask, TaskSpec, sample_tasks
+
+# Per-task metrics summarised in tables and logs (besides 'applicable').
+SUMMARY_METRICS = ("l2", "l2_means", "l2_weights", "cluster_acc", "loglik", "oracle_gap", "l2_official")
+
+Method = Callable[[Any, jax.Array, GMMTask], tuple]
+
+MODEL_METHOD = "tgmm"  # the trained model, among the baselines; the only method that takes parameters
+
+
+def _apply_model(model, params, key, task):
+    del key  # the forward is deterministic
+    out = model.apply({"params": params}, task.points, task.point_mask, task.num_components)
+    return out.to_params(), {}
+
+
+def _without_params(fn, params, key, task):
+    del params
+    return fn(key, task)
+
+
+def model_method(model) -> Method:
+    """The TGMM ``model`` (a Flax module) as a method; equal models give equal methods (one compilation)."""
+    return functools.partial(_apply_model, model)
+
+
+def param_free(fn: Callable[[jax.Array, GMMTask], tuple]) -> Method:
+    """A method from ``fn(key, task)`` (the baselines' signature); its params argument is ignored."""
+    return functools.partial(_without_params, fn)
+
+
+def _method_key(fn):
+    """``fn`` by value where it is a partial of hashable parts (a rebuilt baseline or model), else by identity."""
+    if not isinstance(fn, functools.partial):
+        return fn
+    key = (fn.func, tuple(_method_key(a) for a in fn.args), tuple(sorted(fn.keywords.items())))
+    try:
+        hash(key)
+    except TypeError:
+        return fn
+    return key
+
+
+_FITS: dict = {}  # method key -> its jitted fit; holds each method, so an identity key is never reused
+
+
+def _compiled_fit(fn: Method):
+    key = _method_key(fn)
+    if key not in _FITS:
+        _FITS[key] = jax.jit(lambda params, k, task: fn(params, k, task)[0])
+    return _FITS[key]
+
+
+_evaluate_estimates = jax.jit(evaluate_estimates)
+
+
+def fit_in_chunks(fn: Method, params, key: jax.Array, task: GMMTask, chunk: int | None = None):
+    """Runs ``fn`` on slices of at most ``chunk`` tasks (one compiled shape) and concatenates the estimates.
+
+    The last slice is padded with copies of the first tasks so every call has the same shape.
+    """
+    fit = _compiled_fit(fn)
+    total = task.points.shape[0]
+    if chunk is None or chunk >= total:
+        return fit(params, key, task)
+    parts = []
+    for i, start in enumerate(range(0, total, chunk)):
+        idx, end = np.arange(start, start + chunk) % total, min(chunk, total - start)
+        part = fit(params, jax.random.fold_in(key, i), jax.tree.map(lambda a, idx=idx: a[idx], task))
+        parts.append(jax.tree.map(lambda a, end=end: a[:end], part))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
+def score_method(
+    fn: Method, params, key: jax.Array, task: GMMTask, chunk: int | None = None
+) -> tuple[dict[str, np.ndarray], float]:
+    """Per-task metrics of one method on ``task`` (NumPy, [B] each) and its wall time in seconds.
+
+    The wall time covers fitting only and includes compilation on first use of a shape.
+    """
+    start = time.perf_counter()
+    estimate = jax.block_until_ready(fit_in_chunks(fn, params, key, task, chunk))
+    seconds = time.perf_counter() - start
+    metrics = _evaluate_estimates(jax.tree.map(jax.numpy.asarray, estimate), task)
+    return {name: np.asarray(value) for name, value in metrics.items()}, seconds
+
+
+def summarize(per_task: dict[str, np.ndarray], num_components_B: np.ndarray) -> dict[int, dict]:
+    """Per K: mean, standard error and median of each metric over the tasks where the method applied.
+
+    Returns {K: {metric: {'mean', 'sem', 'median'}, 'num_tasks', 'not_applicable' (fraction)}}.
+    """
+    num_components_B = np.asarray(num_components_B)
+    applicable_B = np.asarray(per_task["applicable"], bool)
+    out = {}
+    for k in np.unique(num_components_B):
+        cell = num_components_B == k
+        ok = cell & applicable_B
+        entry = {"num_tasks": int(cell.sum()), "not_applicable": float(1.0 - ok.sum() / cell.sum())}
+        for name in SUMMARY_METRICS + (("l2_scales",) if "l2_scales" in per_task else ()):
+            values = np.asarray(per_task[name], np.float64)[ok]
+            if values.size == 0:
+                entry[name] = {"mean": float("nan"), "sem": float("nan"), "median": float("nan")}
+            else:
+                sem = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else float("nan")
+                entry[name] = {
+                    "mean": float(values.mean()),
+                    "sem": float(sem),
+                    "median": float(np.median(values)),
+                }
+        out[int(k)] = entry
+    return out
+
+
+def task_fingerprint(task: GMMTask) -> str:
+    """A short hash of a task batch's points and parameters (to show methods saw identical tasks)."""
+    digest = hashlib.sha256()
+    for leaf in (task.points, task.point_mask, task.means, task.weights, task.scales):
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def evaluate_methods(
+    methods: Mapping[str, Method],
+    spec: TaskSpec,
+    *,
+    tasks_per_cell: int,
+    ns: tuple[int, ...],
+    seed: int,
+    params: Mapping[str, Any] | None = None,
+    mean_shift: float = 0.0,
+    chunk: int | None = 512,
+) -> dict:
+    """Every method on the same fresh tasks: ``tasks_per_cell`` tasks per (K, N), K in spec.ks, N in ``ns``.
+
+    ``params`` maps a method's name to its parameters (absent: None, as for the baselines). Tasks come
+    from ``seed`` only (not from the methods or their order), with the training family's parameters except
+    N (fixed, no length mask) and the mean shift. Returns a JSON-ready dict with one entry per
+    (method, K, N): mean, standard error and median of each metric, the fraction of tasks where the
+    method did not apply, and the method's wall time for the N-batch (all K together).
+    """
+    params = params or {}
+    cells, fingerprints = [], {}
+    for n in ns:
+        cell_spec = dataclasses.replace(
+            spec, n_max=n, n_min=n, variable_n=False, mean_shift=float(mean_shift)
+        )
+        task_key = jax.random.fold_in(jax.random.key(seed), n)
+        task = sample_tasks(task_key, cell_spec, tasks_per_cell)
+        fingerprints[str(n)] = task_fingerprint(task)
+        for name, fn in methods.items():
+            per_task, seconds = score_method(
+                fn, params.get(name), jax.random.fold_in(task_key, 1), task, chunk
+            )
+            for k, entry in summarize(per_task, task.num_components).items():
+                seconds_per_task = seconds / task.points.shape[0]
+                cells.append(
+                    {
+                        "method": name,
+                        "K": k,
+                        "N": n,
+                        "seconds": seconds,
+                        "seconds_per_task": seconds_per_task,
+                        **entry,
+                    }
+                )
+    return {
+        "protocol": "final checkpoint on fresh tasks",
+        "eval_seed": seed,
+        "tasks_per_cell": tasks_per_cell,
+        "ns": list(ns),
+        "mean_shift": float(mean_shift),
+        "task_spec": dataclasses.asdict(spec),
+        "task_fingerprints": fingerprints,
+        "cells": cells,
+    }
