@@ -109,10 +109,6 @@ class GMMTask:
     component_mask: jax.Array  # [B, K] bool
     num_components: jax.Array  # [B] int32
 
-    @property
-    def num_points(self) -> jax.Array:
-        return jnp.sum(self.point_mask, axis=-1)
-
     def params(self):
         """The true mixture as ``MixtureParams`` (scales always given)."""
         from tgmm_jax.gmm import MixtureParams

@@ -42,10 +42,10 @@ def batch_sharded(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("data"))
 
 
-def check_divisible(global_batch: int, mesh, what: str = "global batch") -> None:
+def check_divisible(global_batch: int, mesh) -> None:
     devices = mesh.devices.size
     if global_batch % devices:
         raise ValueError(
-            f"the {what} of {global_batch} tasks does not divide by the {devices} devices of the mesh; "
+            f"the global batch of {global_batch} tasks does not divide by the {devices} devices of the mesh; "
             f"choose tasks_per_k so that tasks_per_k * len(task.ks) is a multiple of {devices}"
         )
