@@ -37,3 +37,10 @@ def test_missing_workdir_keeps_its_previous_description(tmp_path):
     assert make_report._run_description("runs/a", 10, previous) == "`runs/a`: d=2, trained on 1x cpu"
     assert make_report._run_description("runs/b", 10, previous) == "`runs/b`: not found"
     assert make_report._run_description("runs/c", 10, previous) == "`runs/c`: not found"
+
+
+def test_cells_show_the_median_only_where_saved():
+    cell = {"not_applicable": 0.0, "l2": {"mean": 0.5, "sem": 0.01}}  # JSON saved before medians
+    assert make_report._fmt(cell) == "0.500 ± 0.010"
+    cell["l2"]["median"] = 0.25
+    assert make_report._fmt(cell) == "0.500 ± 0.010 (median 0.250)"
