@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from baselines import get_baseline
-from experiments import methods as methods_lib, reporting
+from experiments import methods as methods_lib
+from experiments import reporting
 from tests import train_config
 from tgmm_jax import scoring
 from tgmm_jax.tasks import TaskSpec, sample_tasks
-from tgmm_jax.train import config as config_lib, train_and_evaluate
+from tgmm_jax.train import config as config_lib
+from tgmm_jax.train import train_and_evaluate
 from tgmm_jax.train.restore import load_run
 from tgmm_jax.train.trainer import PeriodicEvaluator
 

@@ -19,6 +19,7 @@ print(len(names))
 
 
 def test_library_imports_nothing_from_baselines_experiments_benchmarks():
-    out = subprocess.run([sys.executable, "-c", _IMPORT_ALL], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-c", _IMPORT_ALL]
+    out = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert int(out.stdout.split()[-1]) >= 10  # the walk found the package's modules
