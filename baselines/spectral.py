@@ -12,10 +12,26 @@ Per task (its own K = num_components, its own real points):
   weights = 1 / lambda^2 (renormalised), means = lambda B theta.
 Components come out in tensorly's order (largest lambda first, i.e. ascending weight, as the truth).
 
-Tasks with K > D (the moments do not identify the mixture) come back with NaN parameters and
-info['valid'] = False. The power updates either use the K^3 tensor ('explicit') or apply
-T(I, theta, theta) directly to the whitened points ('implicit', O(N K) per update); 'auto' picks the
-cheaper one (explicit unless K^2 > N).
+Tasks the method cannot answer come back with NaN parameters and info['valid'] = False (scored as
+"not applicable"):
+  * K > D: the moments do not identify the mixture;
+  * an ill-conditioned whitening: lambda_K, the K-th eigenvalue of M2 = sum_k w_k mu_k mu_k^T, is
+    indistinguishable from zero at this N, e.g. means (nearly) on one line through the origin, or one
+    mean near the origin. Whitening divides the K-th direction by sqrt(lambda_K) and the third-moment
+    tensor carries that factor cubed, so noise in a near-zero lambda_K turns into arbitrarily large
+    means (l2 errors of 1e3..1e7 at D = 2, K = 2, N = 128 before this rule).
+    Rule: flag when lambda_K <= 2 s0, s0 = 2 sigma^2 / sqrt(N) the standard error of lambda_K along a
+    direction that holds no signal: there u.M2 u = mean_n (u.x_n)^2 - sigma^2 is a difference of two
+    means of N squared N(0, sigma^2) projections, each with standard deviation sigma^2 sqrt(2 / N).
+    2: the usual two-standard-error test (a signal-free direction passes it ~2% of the time). s0 uses
+    sigma^2 and not lambda_K's own standard error on purpose: the latter also holds the sampling noise of
+    the weights, which grows with lambda_K and would flag well-separated mixtures with a light component.
+    The rule is scale-free. On Algorithm-1 tasks at N = 128 it flags ~20% of the D = 2, K = 2 tasks
+    (their l2 would have had a median of ~3, max ~1e7) and none of 1000 at D = 8.
+    info['lambda_k_z'] = lambda_K / s0.
+
+The power updates either use the K^3 tensor ('explicit') or apply T(I, theta, theta) directly to the
+whitened points ('implicit', O(N K) per update); 'auto' picks the cheaper one (explicit unless K^2 > N).
 Only the isotropic (common-variance) model is covered: the method does not apply to the anisotropic variant.
 """
 
@@ -34,6 +50,8 @@ HIGHEST = jax.lax.Precision.HIGHEST
 TENSOR_FORMS = ("auto", "explicit", "implicit")
 # Eigenvalues of M2 below this fraction of the largest are noise: clamped so whitening stays finite.
 _EIG_FLOOR = 1e-6
+# A task is answered only if lambda_K > this many standard errors of M2's noise floor (module docstring).
+WHITENING_MIN_Z = 2.0
 _TINY = 1e-30
 
 
@@ -67,7 +85,8 @@ class Moments:
     sigma2_B: jax.Array
     num_points_B: jax.Array
     coord_mask_BxK: jax.Array  # bool, k < K_b
-    valid_B: jax.Array  # K_b <= D
+    lambda_k_z_B: jax.Array  # lambda_K / its noise floor 2 sigma^2 / sqrt(N) (module docstring)
+    valid_B: jax.Array  # K_b <= D and lambda_k_z_B > WHITENING_MIN_Z
 
 
 def whitened_moments(points_BxNxD, point_mask_BxN, num_components_B, k_max: int) -> Moments:
@@ -92,6 +111,7 @@ def whitened_moments(points_BxNxD, point_mask_BxN, num_components_B, k_max: int)
     )
 
     evals, evecs = jnp.linalg.eigh(m2_BxDxD)  # ascending
+    lambda_k_z_B = _kth_eigenvalue_z(evals, sigma2_B, n_B, num_components_B)
     top = min(k_max, d)
     evals_BxK = evals[:, ::-1][:, :top]
     evecs_BxDxK = evecs[:, :, ::-1][:, :, :top]
@@ -119,7 +139,8 @@ def whitened_moments(points_BxNxD, point_mask_BxN, num_components_B, k_max: int)
         + a_BxK[:, None, :, None] * gram_BxKxK[:, :, None, :]
         + a_BxK[:, None, None, :] * gram_BxKxK[:, :, :, None]
     )
-    valid_B = num_components_B <= d
+    # not (z <= c) rather than z > c: a NaN z (0 / 0: all points equal) is flagged too.
+    valid_B = (num_components_B <= d) & ~(lambda_k_z_B <= WHITENING_MIN_Z)
     return Moments(
         m3_BxKxKxK - correction,
         y_BxNxK,
@@ -129,8 +150,21 @@ def whitened_moments(points_BxNxD, point_mask_BxN, num_components_B, k_max: int)
         sigma2_B,
         n_B,
         coord_mask_BxK,
+        lambda_k_z_B,
         valid_B,
     )
+
+
+def _kth_eigenvalue_z(evals_BxD, sigma2_B, n_B, num_components_B):
+    """lambda_K / (2 sigma^2 / sqrt(N)) per task (module docstring); ``evals`` are M2's, ascending.
+
+    Tasks with K > D use lambda_D (they are invalid anyway).
+    """
+    d = evals_BxD.shape[-1]
+    index_B = jnp.clip(d - num_components_B, 0, d - 1)  # the K-th largest
+    lam_k_B = jnp.take_along_axis(evals_BxD, index_B[:, None], axis=1)[:, 0]
+    # sigma^2 = 0 (points on a subspace, exactly) leaves a positive lambda_K valid: inf, not a negative z.
+    return lam_k_B / (2.0 * jnp.maximum(sigma2_B, 0.0) / jnp.sqrt(n_B))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -251,7 +285,7 @@ def _fit_spectral(key: jax.Array, task: GMMTask, config: SpectralConfig = Spectr
     bad_Bx1 = ~m.valid_B[:, None]
     weights = jnp.where(bad_Bx1 & mask_BxK, jnp.nan, weights)
     means = jnp.where((bad_Bx1 & mask_BxK)[..., None], jnp.nan, means)
-    info = dict(valid=m.valid_B, sigma2=m.sigma2_B, lambdas=lams_BxK)
+    info = {"valid": m.valid_B, "sigma2": m.sigma2_B, "lambdas": lams_BxK, "lambda_k_z": m.lambda_k_z_B}
     return MixtureParams(weights, means, None, mask_BxK), info
 
 
