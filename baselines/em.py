@@ -32,9 +32,8 @@ from baselines import draws, inits, mixture_steps
 from baselines.chunking import default_chunk_size, map_task_chunks
 from baselines.mixture_steps import ChunkData, FitState
 from tgmm_jax.gmm import MixtureParams
-from tgmm_jax.tasks import GMMTask
+from tgmm_jax.tasks import VARIANTS, GMMTask
 
-VARIANTS = ("isotropic", "anisotropic")
 _STEPS_PER_TRIP = 2
 
 
@@ -294,11 +293,7 @@ def _fit(
     best_B = jnp.arange(batch) * fits_per_task + jnp.argmax(score_BxR, axis=-1)
     best = _gather(state, best_B)
     mask_BxK = task.component_mask
-    weights = jnp.where(mask_BxK, best.weights_CxRxK[:, 0], 0.0)
-    means = jnp.where(mask_BxK[..., None], best.means_CxRxKxD[:, 0] + centre_BxD[:, None, :], 0.0)
-    scales = None
-    if learn_variances:
-        scales = jnp.where(mask_BxK[..., None], jnp.sqrt(best.variances_CxRxKxD[:, 0]), 1.0)
+    weights, means, scales = mixture_steps.final_estimates(best, centre_BxD, mask_BxK)
     # As sklearn's lower_bound_: the log-likelihood at the kept fit's last E-step, i.e. of the parameters
     # before its last M-step (for a converged fit, within tol of the returned parameters').
     loglik = progress.last_ll[best_B, 0] + offset_B

@@ -124,12 +124,8 @@ def _fit_chunk(args, config: GradientEMConfig):
     _, params, _, done, n_steps = jax.lax.while_loop(cond, body, carry)
     state = _to_state(params, mask_CxK)
     loglik_C = _mean_loglik_C(params, data, mask_CxK) + mixture_steps.log_likelihood_offset(data, learn)
-    weights = jnp.where(mask_CxK, state.weights_CxRxK[:, 0], 0.0)
-    means = jnp.where(mask_CxK[..., None], state.means_CxRxKxD[:, 0] + data.centre_CxD[:, None, :], 0.0)
-    scales = None
-    if learn:
-        scales = jnp.where(mask_CxK[..., None], jnp.sqrt(state.variances_CxRxKxD[:, 0]), 1.0)
-    return (weights, means, scales), dict(n_iter=n_steps, converged=done, loglik=loglik_C)
+    estimates = mixture_steps.final_estimates(state, data.centre_CxD, mask_CxK)
+    return estimates, {"n_iter": n_steps, "converged": done, "loglik": loglik_C}
 
 
 def _fit_gradient_em(key: jax.Array, task: GMMTask, config: GradientEMConfig = GradientEMConfig()):

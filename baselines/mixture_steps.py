@@ -150,6 +150,17 @@ def log_likelihood_offset(data: ChunkData, learn_variances: bool) -> jax.Array:
     return const - 0.5 * data.sq_norm_mean_C
 
 
+def final_estimates(state: FitState, centre_CxD: jax.Array, component_mask_CxK: jax.Array):
+    """(weights [C, K], means [C, K, D], scales [C, K, D] or None) of each task's first fit (R = 1),
+    in data coordinates: 0 on padded components (scales 1), scales = sqrt(variances) when learned."""
+    weights = jnp.where(component_mask_CxK, state.weights_CxRxK[:, 0], 0.0)
+    means = jnp.where(component_mask_CxK[..., None], state.means_CxRxKxD[:, 0] + centre_CxD[:, None, :], 0.0)
+    scales = None
+    if state.variances_CxRxKxD is not None:
+        scales = jnp.where(component_mask_CxK[..., None], jnp.sqrt(state.variances_CxRxKxD[:, 0]), 1.0)
+    return weights, means, scales
+
+
 def finite_estimates(weights_BxK, means_BxKxD, scales_BxKxD=None) -> jax.Array:
     """Per task, whether every estimated number is finite: [B] bool (``info['valid']`` of the EM-type fits)."""
     finite_B = jnp.all(jnp.isfinite(weights_BxK), axis=-1) & jnp.all(jnp.isfinite(means_BxKxD), axis=(-2, -1))

@@ -120,14 +120,8 @@ def _two_rounds(args, config: TwoRoundConfig):
     state = mixture_steps.m_step(data, resp, learn)
     _, ll_Cx1 = mixture_steps.e_step(data, state, mask_CxK)
     loglik_C = ll_Cx1[:, 0] + mixture_steps.log_likelihood_offset(data, learn)
-    weights = jnp.where(mask_CxK, state.weights_CxRxK[:, 0], 0.0)
-    means = jnp.where(mask_CxK[..., None], state.means_CxRxKxD[:, 0] + data.centre_CxD[:, None, :], 0.0)
-    scales = None
-    if learn:
-        scales = jnp.where(mask_CxK[..., None], jnp.sqrt(state.variances_CxRxKxD[:, 0]), 1.0)
-    return (weights, means, scales), dict(
-        loglik=loglik_C, num_initial_centres=l_C, num_survivors=jnp.sum(keep_CxL, -1)
-    )
+    estimates = mixture_steps.final_estimates(state, data.centre_CxD, mask_CxK)
+    return estimates, {"loglik": loglik_C, "num_initial_centres": l_C, "num_survivors": jnp.sum(keep_CxL, -1)}
 
 
 def _fit_two_round_em(key: jax.Array, task: GMMTask, config: TwoRoundConfig = TwoRoundConfig()):
