@@ -23,9 +23,9 @@ from baselines.em import EMConfig, fit_em
 from baselines.gradient_em import GradientEMConfig, fit_gradient_em
 from baselines.spectral import SpectralConfig, fit_spectral
 from baselines.two_round_em import TwoRoundConfig, fit_two_round_em
+from tgmm_jax.tasks import VARIANTS
 
 NAMES = ("em", "em_kmeanspp", "spectral", "two_round_em", "gradient_em")
-VARIANTS = ("isotropic", "anisotropic")
 
 # name -> (fit function, config class, default settings)
 _REGISTRY = {
