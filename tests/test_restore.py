@@ -43,7 +43,14 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
     upgraded = upgrade_saved_config(saved)
     assert upgraded == {
         "seed": 1,
+        "resp_weight": 0.0,  # fields added since: the values that reproduce the older runs
+        "train_dims": (),
         "model": {
+            "readin": "raw",
+            "project_rank": 6,
+            "cluster_iters": 3,
+            "slot_attention": True,
+            "em_logits": True,
             "backbone": "mamba2",
             "width": 16,
             "backbone_options": {
@@ -58,9 +65,11 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
         },
     }
     assert saved["model"]["mamba_heads"] == 4  # the input is not changed
+    added = {k: upgraded["model"][k] for k in ("readin", "project_rank", "cluster_iters", "slot_attention", "em_logits")}
     gpt2 = upgrade_saved_config({"model": {"backbone": "gpt2", **flat}})
-    assert gpt2["model"] == {"backbone": "gpt2", "backbone_options": {"max_positions": 64}}
+    assert gpt2["model"] == {**added, "backbone": "gpt2", "backbone_options": {"max_positions": 64}}
     assert upgrade_saved_config({"model": {"backbone": "set", **flat}})["model"] == {
+        **added,
         "backbone": "set",
         "backbone_options": {},
     }

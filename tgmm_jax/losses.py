@@ -7,6 +7,8 @@ est_matched  the same terms after matching each task's targets to the predicted 
              permutation of smallest loss (exact, all K_max! permutations inside jit, as a DETR set loss).
 lik          mean negative log-likelihood of each task's real points under the predicted mixture.
 a+lik        a + lik_weight * lik.
+resp_weight  (any objective) + resp_weight * the clustering read-out's responsibility cross-entropy against
+             the true labels, under the est-matched permutation (``responsibility_loss``).
 
 Every function is jit-able and masked (padded components and points never contribute).
 """
@@ -109,18 +111,34 @@ def negative_log_likelihood(output: TGMMOutput, task: GMMTask) -> jax.Array:
     return -jnp.mean(mean_log_p_B)
 
 
+def responsibility_loss(output: TGMMOutput, task: GMMTask) -> jax.Array:
+    """Mean over real points of -log resp[n, slot matched to n's true component] (the est-matched slots)."""
+    if output.log_responsibilities is None:
+        raise ValueError("responsibility_loss needs a read-out with responsibilities (readout='cluster')")
+    index_BxK = match_components(output.components_only(), task)  # [b, j]: slot matched to target j
+    slot_BxN = jnp.take_along_axis(index_BxK, task.labels, axis=1)
+    log_p_BxN = jnp.take_along_axis(output.log_responsibilities, slot_BxN[..., None], axis=-1)[..., 0]
+    mask_BxN = task.point_mask.astype(jnp.float32)
+    return -jnp.sum(log_p_BxN * mask_BxN) / jnp.maximum(jnp.sum(mask_BxN), 1.0)
+
+
 def compute_loss(
-    objective: str, output: TGMMOutput, task: GMMTask, *, lik_weight: float = 1.0
+    objective: str, output: TGMMOutput, task: GMMTask, *, lik_weight: float = 1.0, resp_weight: float = 0.0
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(scalar loss, named scalar terms for logging, including 'loss') for one of OBJECTIVES."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     _check_compatible(output, task)
-    if isinstance(lik_weight, (int, float)) and not (math.isfinite(lik_weight) and lik_weight >= 0):
-        raise ValueError(f"lik_weight must be a finite number >= 0, got {lik_weight!r}")
+    for name, weight in (("lik_weight", lik_weight), ("resp_weight", resp_weight)):
+        if isinstance(weight, (int, float)) and not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {weight!r}")
     parts = objective.split("+")
     terms: dict[str, jax.Array] = {}
     loss = jnp.float32(0.0)
+    if resp_weight:
+        terms["resp_ce"] = responsibility_loss(output, task)
+        loss = loss + resp_weight * terms["resp_ce"]
+    output = output.components_only()
     if parts[0] in ("est", "est_matched"):
         if parts[0] == "est_matched":
             output = metrics.gather_components(output, match_components(output, task))

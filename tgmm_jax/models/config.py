@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from tgmm_jax.models.backbones import BACKBONES
 from tgmm_jax.models.options import BackboneOptions, check_positive_ints
 
-READOUTS = ("attentive", "naive")
+READOUTS = ("attentive", "naive", "cluster")
+READINS = ("raw", "normalized")
 DTYPES = ("float32", "bfloat16")
 
 # Unrolled shallow stacks compile faster; scanned deep ones compile in time independent of depth.
@@ -49,6 +50,15 @@ class ModelConfig:
     official_pooling_mask_bug: bool = False  # True reproduces the official read-out mask (TGMM_NOTES §4)
     scan_layers: bool | None = None  # nn.scan over layers; None: scan when num_layers > SCAN_ABOVE_LAYERS
     backbone_options: BackboneOptions | Mapping[str, Any] | None = None
+    # Read-in: "raw" points (the paper's), or "normalized": each task centred, projected on its top
+    # ``project_rank`` principal directions and rescaled (models/normalize.py); then one parameter set
+    # serves every data dimension.
+    readin: str = "raw"
+    project_rank: int = 6
+    # The clustering read-out (models/cluster_readout.py): slots refined over ``cluster_iters`` iterations.
+    cluster_iters: int = 3
+    slot_attention: bool = True
+    em_logits: bool = True
 
     def __post_init__(self):
         _validate(self)
@@ -56,6 +66,11 @@ class ModelConfig:
     @property
     def use_scan(self) -> bool:
         return self.num_layers > SCAN_ABOVE_LAYERS if self.scan_layers is None else self.scan_layers
+
+    @property
+    def dimension_free(self) -> bool:
+        """Whether the parameters are independent of the data dimension D (normalised read-in)."""
+        return self.readin == "normalized"
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -91,7 +106,15 @@ def _validate(c: ModelConfig) -> None:
     choice("backbone", BACKBONES)
     choice("readout", READOUTS)
     choice("dtype", DTYPES)
-    check_positive_ints(c, ("num_layers", "width", "num_heads", "task_embed_dim", "mlp_ratio"), "ModelConfig")
+    choice("readin", READINS)
+    check_positive_ints(
+        c, ("num_layers", "width", "num_heads", "task_embed_dim", "mlp_ratio", "project_rank"), "ModelConfig"
+    )
+    if isinstance(c.cluster_iters, bool) or not isinstance(c.cluster_iters, int) or c.cluster_iters < 0:
+        raise ValueError(f"ModelConfig.cluster_iters must be an integer >= 0, got {c.cluster_iters!r}")
+    for name in ("slot_attention", "em_logits"):
+        if type(getattr(c, name)) is not bool:
+            raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(c, name)!r}")
     if c.scan_layers is not None and type(c.scan_layers) is not bool:
         raise ValueError(f"ModelConfig.scan_layers must be None or a bool, got {c.scan_layers!r}")
     if type(c.official_pooling_mask_bug) is not bool:

@@ -1,4 +1,4 @@
-"""Read-in: one token per point, Dense(D + E_task -> E) on concat(point, embed(K))."""
+"""Read-in: one token per point, Dense(D + E_task (+ F) -> E) on concat(point, embed(K) (, task features))."""
 
 from __future__ import annotations
 
@@ -39,15 +39,18 @@ class ReadIn(nn.Module):
     num_ks: int
 
     @nn.compact
-    def __call__(self, points_BxNxD: jax.Array, k_index_B: jax.Array) -> jax.Array:
+    def __call__(self, points_BxNxD: jax.Array, k_index_B: jax.Array, task_features_BxF=None) -> jax.Array:
+        """``task_features_BxF`` (the normalised read-in's per-task features) join every token when given."""
         c = self.config
         embed_BxT = nn.Embed(
             self.num_ks, c.task_embed_dim, embedding_init=nn.initializers.normal(1.0), name="task_embed"
         )(k_index_B)
+        if task_features_BxF is not None:
+            embed_BxT = jnp.concatenate([embed_BxT, task_features_BxF.astype(jnp.float32)], axis=-1)
         b, n, d = points_BxNxD.shape
-        embed_BxNxT = jnp.broadcast_to(embed_BxT[:, None, :], (b, n, c.task_embed_dim))
+        embed_BxNxT = jnp.broadcast_to(embed_BxT[:, None, :], (b, n, embed_BxT.shape[-1]))
         inputs_BxNxF = jnp.concatenate([points_BxNxD.astype(jnp.float32), embed_BxNxT], axis=-1)
-        fan_in = d + c.task_embed_dim
+        fan_in = inputs_BxNxF.shape[-1]
         return nn.Dense(
             c.width,
             dtype=c.compute_dtype,

@@ -10,7 +10,9 @@ from flax import struct
 
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.models.backbones import BACKBONES
+from tgmm_jax.models.cluster_readout import ClusterReadout
 from tgmm_jax.models.config import ModelConfig
+from tgmm_jax.models.normalize import normalize_tasks
 from tgmm_jax.models.readin import ReadIn
 from tgmm_jax.models.readout import AttentiveReadout, NaiveReadout
 from tgmm_jax.tasks import VARIANTS, TaskSpec
@@ -29,6 +31,13 @@ class TGMMOutput:
     means: jax.Array  # [B, K, D], 0 on padded components
     scales: jax.Array | None  # [B, K, D] standard deviations (anisotropic), 1 on padding; None if isotropic
     component_mask: jax.Array  # [B, K] bool
+    # [B, N, K] log p(slot k | point n) of the clustering read-out, points in the caller's order; else None.
+    # Not a per-component leaf: drop it before gathering components (``components_only``).
+    log_responsibilities: jax.Array | None = None
+
+    def components_only(self) -> TGMMOutput:
+        """The same estimate without the per-point responsibilities (every leaf [B, K, ...])."""
+        return self.replace(log_responsibilities=None)
 
     def to_params(self) -> MixtureParams:
         """Softmax weights (exactly 0 on padded components) and the rest as they are."""
@@ -76,10 +85,24 @@ class TGMM(nn.Module):
         if self.variant not in VARIANTS:
             raise ValueError(f"TGMM.variant must be one of {VARIANTS}, got {self.variant!r}")
         c = self.config
+        anisotropic = self.variant == "anisotropic"
+        if c.readin == "normalized" and anisotropic and c.readout != "cluster":
+            raise ValueError(
+                "the normalized read-in with an attentive or naive read-out predicts means in the projected "
+                "coordinates, which cannot carry per-dimension scales; use readout='cluster' for anisotropic tasks"
+            )
         self.read_in = ReadIn(c, len(self.ks))
         self.backbone = BACKBONES[c.backbone].module(c)
-        readout_cls = AttentiveReadout if c.readout == "attentive" else NaiveReadout
-        self.read_out = readout_cls(len(self.ks), max(self.ks), self.dim, self.variant == "anisotropic")
+        if c.readout == "cluster":
+            self.read_out = ClusterReadout(
+                len(self.ks), max(self.ks), c.cluster_iters, anisotropic, c.slot_attention, c.em_logits,
+                num_heads=c.num_heads,
+            )
+        else:
+            readout_cls = AttentiveReadout if c.readout == "attentive" else NaiveReadout
+            # normalized read-in: means come out in the task's projected coordinates (project_rank of them)
+            out_dim = c.project_rank if c.readin == "normalized" else self.dim
+            self.read_out = readout_cls(len(self.ks), max(self.ks), out_dim, anisotropic)
 
     def __call__(self, points_BxNxD, point_mask_BxN, num_components_B, *, train: bool = False) -> TGMMOutput:
         points_BxNxD, point_mask_BxN, num_components_B = map(
@@ -100,28 +123,54 @@ class TGMM(nn.Module):
         if not mask_bug:  # with the bug, pooling reads the padded tokens, which must then keep their points
             points_BxNxD = jnp.where(point_mask_BxN[:, :, None], points_BxNxD, 0.0)
 
-        tokens_BxNxE = self.read_in(points_BxNxD, k_index_B)
-        states_BxNxE = self.backbone(tokens_BxNxE, point_mask_BxN)
-        logits_BxK, means_BxKxD, raw_scales_BxKxD = self.read_out(
-            states_BxNxE, point_mask_BxN, k_index_B, mask_bug
-        )
-
         component_mask_BxK = jnp.arange(k_max)[None, :] < num_components_B[:, None]
+        norm = None
+        if c.readin == "normalized" or c.readout == "cluster":
+            norm = normalize_tasks(points_BxNxD, point_mask_BxN, c.project_rank)
+        if c.readin == "normalized":
+            tokens_BxNxE = self.read_in(norm.coords_BxNxR, k_index_B, norm.features_BxF)
+        else:
+            tokens_BxNxE = self.read_in(points_BxNxD, k_index_B)
+        states_BxNxE = self.backbone(tokens_BxNxE, point_mask_BxN)
+        log_resp_BxNxK = None
+        if c.readout == "cluster":
+            logits_BxK, means_BxKxD, scales_BxKxD, log_resp_BxNxK = self.read_out(
+                states_BxNxE, norm.coords_BxNxR, norm.scale_B, points_BxNxD, point_mask_BxN, k_index_B,
+                component_mask_BxK,
+            )
+            inverse_BxN = jnp.argsort(order_BxN, axis=-1)  # back to the caller's point order
+            log_resp_BxNxK = jnp.take_along_axis(log_resp_BxNxK, inverse_BxN[:, :, None], axis=1)
+        else:
+            logits_BxK, means_BxKxD, raw_scales_BxKxD = self.read_out(
+                states_BxNxE, point_mask_BxN, k_index_B, mask_bug
+            )
+            scales_BxKxD = None
+            if raw_scales_BxKxD is not None:
+                scales_BxKxD = jax.nn.softplus(raw_scales_BxKxD.astype(jnp.float32)) + MIN_SCALE
+            if c.readin == "normalized":  # projected coordinates -> the data space
+                means_BxKxD = norm.centre_BxD[:, None, :] + norm.scale_B[:, None, None] * jnp.einsum(
+                    "bkr,bdr->bkd", means_BxKxD.astype(jnp.float32), norm.basis_BxDxR
+                )
         known_BxK = jnp.broadcast_to(known_B[:, None], component_mask_BxK.shape)
 
         def finish(x, pad_value):  # pad value on padded components, NaN for a task whose K is unknown
             return _fill(_fill(x, component_mask_BxK, pad_value), known_BxK, jnp.nan)
 
-        scales_BxKxD = None
-        if raw_scales_BxKxD is not None:
-            scales_BxKxD = finish(jax.nn.softplus(raw_scales_BxKxD.astype(jnp.float32)) + MIN_SCALE, 1.0)
+        if scales_BxKxD is not None:
+            scales_BxKxD = finish(scales_BxKxD, 1.0)
         return TGMMOutput(
-            finish(logits_BxK, PADDED_LOGIT), finish(means_BxKxD, 0.0), scales_BxKxD, component_mask_BxK
+            finish(logits_BxK, PADDED_LOGIT), finish(means_BxKxD, 0.0), scales_BxKxD, component_mask_BxK,
+            log_resp_BxNxK,
         )
 
     def _check_shapes(self, points, point_mask, num_components) -> None:
-        if points.ndim != 3 or points.shape[-1] != self.dim:
-            raise ValueError(f"points must be [B, N, D={self.dim}], got shape {points.shape}")
+        if points.ndim != 3:
+            raise ValueError(f"points must be [B, N, D], got shape {points.shape}")
+        if points.shape[-1] != self.dim and not self.config.dimension_free:
+            raise ValueError(
+                f"points must be [B, N, D={self.dim}] for this model (its read-in is fixed to D={self.dim}), "
+                f"got shape {points.shape}"
+            )
         if point_mask.shape != points.shape[:2]:
             raise ValueError(f"point_mask must be [B, N] = {points.shape[:2]}, got {point_mask.shape}")
         if num_components.shape != points.shape[:1]:

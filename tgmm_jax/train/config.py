@@ -16,7 +16,7 @@ from ml_collections import config_dict
 
 from tgmm_jax.losses import OBJECTIVES
 from tgmm_jax.models import MODEL_SIZES, ModelConfig
-from tgmm_jax.tasks import TaskSpec
+from tgmm_jax.tasks import TaskSpec, candidates_per_round
 
 SCHEDULES = ("constant", "cosine")
 DEFAULT_EVAL_BASELINES = ("em", "em_kmeanspp", "spectral")
@@ -62,6 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.objective = "est"
     c.lik_weight = 1.0
+    c.resp_weight = 0.0  # weight of the clustering read-out's responsibility cross-entropy (readout='cluster')
+    c.train_dims = ()  # data dimensions to cycle through per step (a dimension-free model); () = task.dim only
     c.tensorboard = True
     c.task = task_group()
     c.model = model_group("paper")
@@ -90,7 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 _TOP_LEVEL = {
     "seed", "total_steps", "tasks_per_k", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-    "objective", "lik_weight", "tensorboard", "task", "model", "optim", "eval",
+    "objective", "lik_weight", "resp_weight", "train_dims", "tensorboard", "task", "model", "optim", "eval",
 }
 _OPTIM = {"learning_rate", "weight_decay", "b1", "b2", "eps", "schedule", "warmup_steps", "grad_clip_norm"}
 _EVAL = {"tasks_per_k", "n", "baselines", "fresh_tasks"}
@@ -143,6 +145,7 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[TaskSpec, ModelC
     if config.objective not in OBJECTIVES:
         raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
     _number(config.lik_weight, "lik_weight")
+    _number(config.resp_weight, "resp_weight")
     if not isinstance(config.tensorboard, bool):
         raise ValueError(f"config.tensorboard must be a bool, got {config.tensorboard!r}")
 
@@ -178,7 +181,27 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[TaskSpec, ModelC
         model_config.backbone_options.check_num_points(max(spec.n_max, e.n or 0))
     except ValueError as err:
         raise ValueError(f"config.model: {err}") from None
+    if config.resp_weight and model_config.readout != "cluster":
+        raise ValueError(
+            f"config.resp_weight={config.resp_weight} needs responsibilities: set config.model.readout='cluster'"
+        )
+    for dim_spec in train_specs(spec, config):
+        if dim_spec.dim != spec.dim and not model_config.dimension_free:
+            raise ValueError(
+                f"config.train_dims={tuple(config.train_dims)} needs a dimension-free model "
+                "(config.model.readin='normalized'); this one is fixed to config.task.dim"
+            )
+        candidates_per_round(dim_spec, dim_spec.mean_shift)  # an impossible (D, K) cell fails here, named
     return spec, model_config
+
+
+def train_specs(spec: TaskSpec, config: ml_collections.ConfigDict) -> list[TaskSpec]:
+    """The task spec of each training step kind: one per entry of ``train_dims`` (step t uses entry
+    (t - 1) mod len), or just ``spec``."""
+    dims = config.train_dims
+    if isinstance(dims, (int, str)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+        raise ValueError(f"config.train_dims must be a tuple of integers >= 1, got {dims!r}")
+    return [dataclasses.replace(spec, dim=d) for d in dims] or [spec]
 
 
 def eval_baseline_names(eval_config: ml_collections.ConfigDict) -> tuple:

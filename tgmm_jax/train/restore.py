@@ -35,16 +35,26 @@ _FLAT_BACKBONE_FIELDS = {
 
 
 def upgrade_saved_config(config: dict) -> dict:
-    """A saved config dict in today's layout: flat ``model.max_positions`` / ``model.mamba_*`` fields become
-    ``model.backbone_options`` (the other backbones' flat fields are dropped). The parameter tree did not change."""
+    """A saved config dict in today's layout: fields added since get the values that reproduce the older runs,
+    and flat ``model.max_positions`` / ``model.mamba_*`` fields become ``model.backbone_options`` (the other
+    backbones' flat fields are dropped). The parameter tree did not change."""
+    config = {**_ADDED_FIELDS, **config}
     model = config.get("model")
-    if not isinstance(model, dict) or "backbone_options" in model:
+    if not isinstance(model, dict):
         return config
-    renames = _FLAT_BACKBONE_FIELDS.get(model.get("backbone"), {})
-    flat = {old for fields in _FLAT_BACKBONE_FIELDS.values() for old in fields}
-    options = {new: model[old] for old, new in renames.items() if old in model}
-    shared = {name: value for name, value in model.items() if name not in flat}
-    return {**config, "model": {**shared, "backbone_options": options}}
+    if "backbone_options" not in model:
+        renames = _FLAT_BACKBONE_FIELDS.get(model.get("backbone"), {})
+        flat = {old for fields in _FLAT_BACKBONE_FIELDS.values() for old in fields}
+        options = {new: model[old] for old, new in renames.items() if old in model}
+        model = {**{n: v for n, v in model.items() if n not in flat}, "backbone_options": options}
+    added = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name in _ADDED_MODEL_FIELDS}
+    return {**config, "model": {**added, **model}}
+
+
+# Top-level fields added after checkpoints were first saved, with the value that reproduces the older runs.
+_ADDED_FIELDS = {"resp_weight": 0.0, "train_dims": ()}
+# ModelConfig fields added since (their defaults are the earlier behaviour).
+_ADDED_MODEL_FIELDS = ("readin", "project_rank", "cluster_iters", "slot_attention", "em_logits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +74,7 @@ def abstract_train_state(config: ml_collections.ConfigDict, mesh):
     tx = state_lib.make_optimizer(config.optim, config.total_steps)
     init_key = jax.random.key(0)
     params = state_lib.init_params_shape(init_key, model, spec)
-    names = state_lib.logged_metric_names(model, spec, config.objective, config.lik_weight, params)
+    names = state_lib.logged_metric_names(model, spec, state_lib.Objective.from_config(config), params)
     abstract = jax.eval_shape(
         lambda k: state_lib.create_train_state(k, model, tx, spec, names, mesh), init_key
     )

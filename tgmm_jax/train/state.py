@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -50,19 +51,34 @@ def sample_global_batch(key: jax.Array, spec: TaskSpec, tasks_per_k: int, mesh):
     return jax.lax.with_sharding_constraint(task, sharding.batch_sharded(mesh))
 
 
-def _loss_fn(model, objective: str, lik_weight: float):
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What the step minimises (config fields ``objective``, ``lik_weight``, ``resp_weight``)."""
+
+    name: str
+    lik_weight: float = 1.0
+    resp_weight: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Objective:
+        return cls(config.objective, config.lik_weight, config.resp_weight)
+
+
+def _loss_fn(model, objective: Objective):
     def loss_fn(params, task):
         # train=True: with config.official_pooling_mask_bug the official training-time mask is reproduced
         out = model.apply({"params": params}, task.points, task.point_mask, task.num_components, train=True)
-        return losses.compute_loss(objective, out, task, lik_weight=lik_weight)
+        return losses.compute_loss(
+            objective.name, out, task, lik_weight=objective.lik_weight, resp_weight=objective.resp_weight
+        )
 
     return loss_fn
 
 
-def logged_metric_names(model, spec: TaskSpec, objective: str, lik_weight: float, params) -> tuple[str, ...]:
+def logged_metric_names(model, spec: TaskSpec, objective: Objective, params) -> tuple[str, ...]:
     """Names of the per-step scalars the step accumulates: the loss terms, grad_norm, nonfinite_steps."""
     dummy = jax.eval_shape(lambda: sample_tasks(jax.random.key(0), spec, 1))
-    _, terms = jax.eval_shape(_loss_fn(model, objective, lik_weight), params, dummy)
+    _, terms = jax.eval_shape(_loss_fn(model, objective), params, dummy)
     return tuple(sorted(terms)) + ("grad_norm", _NONFINITE)
 
 
@@ -90,11 +106,11 @@ def init_params_shape(key, model, spec: TaskSpec):
 
 
 def make_train_step(
-    model, tx, spec: TaskSpec, tasks_per_k: int, objective: str, lik_weight: float, log_every: int, mesh
+    model, tx, spec: TaskSpec, tasks_per_k: int, objective: Objective, log_every: int, mesh
 ) -> Callable[[TrainState, jax.Array], TrainState]:
     """The jitted step: sample tasks from fold_in(data_key, step), loss, grads, AdamW, window sums."""
 
-    loss_fn = _loss_fn(model, objective, lik_weight)
+    loss_fn = _loss_fn(model, objective)
 
     def step_fn(state: TrainState, data_key: jax.Array) -> TrainState:
         task = sample_global_batch(jax.random.fold_in(data_key, state.step), spec, tasks_per_k, mesh)

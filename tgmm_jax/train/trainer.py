@@ -19,7 +19,7 @@ from etils import epath
 from tgmm_jax import scoring
 from tgmm_jax.models import make_model
 from tgmm_jax.tasks import sample_tasks
-from tgmm_jax.train import checkpoint, config as config_lib, sharding, state as state_lib
+from tgmm_jax.train import checkpoint, config as config_lib, restore, sharding, state as state_lib
 from tgmm_jax.train.writer import MetricWriter
 
 # Config fields that may differ between the saved run and a resumed one: schedules of logging and saving,
@@ -153,7 +153,7 @@ def train_and_evaluate(
     )
     try:  # the orbax manager's threads are closed on every way out, errors included
         if ckpts.latest_step() is not None:
-            _check_same_run(ckpts.restore_config(), config, workdir)
+            _check_same_run(restore.upgrade_saved_config(ckpts.restore_config()), config, workdir)
         if is_main:
             (workdir_path / "config.json").write_text(json.dumps(config_json, indent=2, sort_keys=True))
             _record_environment(workdir_path, ckpts.latest_step() or 0)
@@ -162,7 +162,8 @@ def train_and_evaluate(
         init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
         tx = state_lib.make_optimizer(config.optim, config.total_steps)
         abstract_params = state_lib.init_params_shape(init_key, model, spec)
-        names = state_lib.logged_metric_names(model, spec, config.objective, config.lik_weight, abstract_params)
+        objective = state_lib.Objective.from_config(config)
+        names = state_lib.logged_metric_names(model, spec, objective, abstract_params)
         state = state_lib.create_train_state(init_key, model, tx, spec, names, mesh)
         writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
 
@@ -173,9 +174,11 @@ def train_and_evaluate(
             writer.truncate_after(start_step)
             writer.message(f"resumed from step {start_step} in {ckpts.directory}")
 
-        step_fn = state_lib.make_train_step(
-            model, tx, spec, config.tasks_per_k, config.objective, config.lik_weight, config.log_every, mesh
-        )
+        # One compiled step per training dimension (config.train_dims); step t uses entry (t - 1) mod len.
+        step_fns = [
+            state_lib.make_train_step(model, tx, step_spec, config.tasks_per_k, objective, config.log_every, mesh)
+            for step_spec in config_lib.train_specs(spec, config)
+        ]
         evaluator = PeriodicEvaluator(model, spec, config.eval, eval_key, baselines or {}) if config.eval_every else None
         data_key = jax.device_put(data_key, sharding.replicated(mesh))
         summaries: dict = {}
@@ -195,7 +198,7 @@ def train_and_evaluate(
         with _PreemptionFlag() as preemption:
             window_start, window_step0 = time.perf_counter(), start_step
             for step in range(start_step + 1, config.total_steps + 1):
-                state = step_fn(state, data_key)
+                state = step_fns[(step - 1) % len(step_fns)](state, data_key)
                 last = step == config.total_steps
                 record = {}
                 if step % config.log_every == 0 or last:

@@ -1,0 +1,169 @@
+"""The dimension-free clustering TGMM (normalised read-in + clustering read-out) and EM refinement."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from baselines.em import fit_em_from
+from tgmm_jax import losses
+from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.models import check_num_components, make_model, model_config
+from tgmm_jax.models.normalize import normalize_tasks
+from tgmm_jax.refine import em_refine
+from tgmm_jax.tasks import TaskSpec, sample_tasks
+
+KS = (2, 3, 4, 5)
+
+
+def _config(**overrides):
+    fields = dict(backbone="set", num_layers=1, width=32, num_heads=2, readin="normalized", readout="cluster",
+                  project_rank=6, cluster_iters=2)
+    fields.update(overrides)
+    return model_config("tiny", **fields)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    spec = TaskSpec(dim=5, ks=KS, n_max=40, n_min=20)
+    model = make_model(_config(), spec)
+    task = sample_tasks(jax.random.key(0), spec, 2)
+    params = model.init(jax.random.key(1), task.points, task.point_mask, task.num_components)["params"]
+    # move the parameters off their init so the checks do not pass by a symmetric start
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(p.size), p.shape), params)
+    apply = jax.jit(lambda p, x, m, k: model.apply({"params": p}, x, m, k))
+    return model, params, task, apply
+
+
+def test_translation_moves_means_exactly(setup):
+    _, params, task, apply = setup
+    shift_D = jnp.asarray([3.0, -7.0, 11.0, 0.5, -2.0])
+    a = apply(params, task.points, task.point_mask, task.num_components)
+    b = apply(params, task.points + shift_D[None, None, :], task.point_mask, task.num_components)
+    real = np.asarray(task.component_mask)
+    # exact up to float32 rounding: the shifted inputs x + c are themselves rounded (~1e-6 of |x + c|), and a
+    # point near a soft boundary passes that on; measured max deviation 1.2e-4 (one of 140), the rest ~1e-6
+    moved = np.asarray(b.means - a.means)[real]
+    np.testing.assert_allclose(moved, np.broadcast_to(np.asarray(shift_D), moved.shape), atol=2e-4)
+    assert np.median(np.abs(moved - np.asarray(shift_D))) < 1e-5
+    np.testing.assert_allclose(np.asarray(b.to_params().weights), np.asarray(a.to_params().weights), atol=1e-5)
+    assert float(jnp.max(jnp.abs(b.means - a.means))) > 1.0  # the means did move
+
+
+def test_rotation_rotates_means(setup):
+    _, params, task, apply = setup
+    q_DxD, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((5, 5)))
+    q_DxD = jnp.asarray(q_DxD, jnp.float32)
+    a = apply(params, task.points, task.point_mask, task.num_components)
+    b = apply(params, task.points @ q_DxD, task.point_mask, task.num_components)
+    real = np.asarray(task.component_mask)
+    np.testing.assert_allclose(np.asarray(b.means)[real], np.asarray(a.means @ q_DxD)[real], atol=2e-3)
+    np.testing.assert_allclose(np.asarray(b.to_params().weights), np.asarray(a.to_params().weights), atol=1e-4)
+
+
+def test_point_order_and_padding_change_nothing(setup):
+    _, params, task, apply = setup
+    a = apply(params, task.points, task.point_mask, task.num_components)
+    rng = np.random.default_rng(1)
+    perm = rng.permutation(task.points.shape[1])
+    # extra padded points holding garbage, interleaved with the real ones
+    pad = 7
+    points = jnp.concatenate([task.points[:, perm], jnp.full((task.points.shape[0], pad, 5), 1e3)], axis=1)
+    mask = jnp.concatenate([task.point_mask[:, perm], jnp.zeros((task.points.shape[0], pad), bool)], axis=1)
+    order = rng.permutation(points.shape[1])
+    b = apply(params, points[:, order], mask[:, order], task.num_components)
+    np.testing.assert_allclose(np.asarray(b.means), np.asarray(a.means), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(b.to_params().weights), np.asarray(a.to_params().weights), atol=1e-5)
+
+
+def test_one_parameter_set_serves_every_dimension(setup):
+    model, params, _, _ = setup
+    for dim in (1, 3, 100):
+        spec = TaskSpec(dim=dim, ks=(2,), n_max=30)
+        task = sample_tasks(jax.random.key(dim), spec, 2)
+        out = model.apply({"params": params}, task.points, task.point_mask, task.num_components)
+        assert out.means.shape == (2, max(KS), dim)
+        assert bool(jnp.all(jnp.isfinite(out.means)))
+
+
+def test_parameters_do_not_depend_on_dimension():
+    shapes = []
+    for dim in (3, 100):
+        spec = TaskSpec(dim=dim, ks=KS, n_max=20)
+        task = sample_tasks(jax.random.key(0), spec, 1)
+        params = make_model(_config(), spec).init(jax.random.key(0), task.points, task.point_mask, task.num_components)
+        shapes.append(jax.tree.map(lambda p: p.shape, params))
+    assert shapes[0] == shapes[1]
+
+
+def test_fixed_dimension_model_refuses_other_dimensions():
+    spec = TaskSpec(dim=4, ks=KS, n_max=20)
+    model = make_model(model_config("tiny", backbone="set"), spec)
+    task = sample_tasks(jax.random.key(0), spec, 1)
+    params = model.init(jax.random.key(0), task.points, task.point_mask, task.num_components)
+    with pytest.raises(ValueError, match="D=4"):
+        model.apply(params, task.points[..., :3], task.point_mask, task.num_components)
+
+
+def test_unknown_k_is_refused():
+    with pytest.raises(ValueError, match=r"\[7\] not in"):
+        check_num_components(np.array([2, 7]), KS)
+
+
+def test_responsibilities_are_a_distribution_over_real_components(setup):
+    _, params, task, apply = setup
+    out = apply(params, task.points, task.point_mask, task.num_components)
+    resp = np.exp(np.asarray(out.log_responsibilities))
+    np.testing.assert_allclose(resp.sum(-1), 1.0, atol=1e-5)
+    padded = ~np.asarray(task.component_mask)
+    assert np.all(resp.transpose(0, 2, 1)[padded] < 1e-12)
+
+
+def test_responsibility_loss_matches_brute_force(setup):
+    _, params, task, apply = setup
+    out = apply(params, task.points, task.point_mask, task.num_components)
+    index_BxK = np.asarray(losses.match_components(out, task))
+    log_resp = np.asarray(out.log_responsibilities)
+    labels, mask = np.asarray(task.labels), np.asarray(task.point_mask)
+    total = count = 0.0
+    for b in range(labels.shape[0]):
+        for n in range(labels.shape[1]):
+            if mask[b, n]:
+                total -= log_resp[b, n, index_BxK[b, labels[b, n]]]
+                count += 1
+    np.testing.assert_allclose(float(losses.responsibility_loss(out, task)), total / count, rtol=1e-5)
+
+
+def test_normalisation_pads_small_dimensions_and_centres():
+    spec = TaskSpec(dim=2, ks=(3,), n_max=50)
+    task = sample_tasks(jax.random.key(2), spec, 3)
+    norm = normalize_tasks(task.points, task.point_mask, rank=4)
+    assert norm.coords_BxNxR.shape == (3, 50, 4)
+    np.testing.assert_array_equal(np.asarray(norm.coords_BxNxR[..., 2:]), 0.0)
+    mask = np.asarray(task.point_mask)[..., None]
+    mean = (np.asarray(norm.coords_BxNxR) * mask).sum(1) / mask.sum(1)
+    np.testing.assert_allclose(mean, 0.0, atol=1e-5)
+    # the top coordinate has unit variance after scaling (scale = sqrt of the top eigenvalue)
+    var = (np.asarray(norm.coords_BxNxR[..., 0]) ** 2 * mask[..., 0]).sum(1) / mask[..., 0].sum(1)
+    np.testing.assert_allclose(var, 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["isotropic", "anisotropic"])
+def test_em_refine_equals_baselines_em(variant):
+    spec = TaskSpec(dim=5, ks=KS, n_max=64, variant=variant)
+    task = sample_tasks(jax.random.key(3), spec, 4)
+    noise = jax.random.normal(jax.random.key(1), task.means.shape)
+    weights = jnp.where(task.component_mask, 1.0, 0.0)
+    weights = weights / weights.sum(-1, keepdims=True)
+    means = jnp.where(task.component_mask[..., None], task.means + 2.0 * noise, 0.0)
+    init = MixtureParams(weights, means, task.scales if variant == "anisotropic" else None, task.component_mask)
+    ours = em_refine(task.points, task.point_mask, init, 5)
+    ref, info = fit_em_from(task, init, max_iter=5, tol=0.0, variant=variant)
+    assert np.all(np.asarray(info["n_iter"]) == 5)
+    tol = 1e-5 if variant == "isotropic" else 1e-3  # variances: E[x^2] - mu^2 in float32
+    np.testing.assert_allclose(np.asarray(ours.means), np.asarray(ref.means), atol=tol * 10, rtol=tol)
+    np.testing.assert_allclose(np.asarray(ours.weights), np.asarray(ref.weights), atol=tol)
+    if variant == "anisotropic":
+        np.testing.assert_allclose(np.asarray(ours.scales), np.asarray(ref.scales), rtol=tol)
+    moved = float(jnp.max(jnp.abs(ours.means - means)))
+    assert moved > 0.5  # the steps did something
