@@ -19,10 +19,18 @@ from tgmm_jax.train.restore import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config + checkpoints).")
 _TASKS = flags.DEFINE_integer("tasks_per_cell", 1280, "Fresh tasks per (K, N) cell.")
-_N = flags.DEFINE_list("n", None, "Points per task; comma-separated for several (default: the training n_max).")
-_SHIFT = flags.DEFINE_float("mean_shift", 0.0, "sigma_p: test means += sigma_p * N(0, I) (distribution shift).")
-_OUTPUT = flags.DEFINE_string("output", None, "JSON output path (a Markdown table is written beside it, .md).")
-_METHODS = flags.DEFINE_list("methods", None, "Methods to run (default: tgmm and every baseline that applies).")
+_N = flags.DEFINE_list(
+    "n", None, "Points per task; comma-separated for several (default: the training n_max)."
+)
+_SHIFT = flags.DEFINE_float(
+    "mean_shift", 0.0, "sigma_p: test means += sigma_p * N(0, I) (distribution shift)."
+)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "JSON output path (a Markdown table is written beside it, .md)."
+)
+_METHODS = flags.DEFINE_list(
+    "methods", None, "Methods to run (default: tgmm and every baseline that applies)."
+)
 _SEED = flags.DEFINE_integer("eval_seed", 20260401, "Seed of the evaluation tasks (same for every method).")
 _CHUNK = flags.DEFINE_integer("chunk", 512, "Tasks per compiled call (memory bound).")
 _PROTOCOL = flags.DEFINE_enum("protocol", "final", ["final", "training_tail"], "See the module docstring.")
@@ -44,8 +52,14 @@ def main(argv):
             raise app.UsageError(f"--n must be at least the largest K ({run.spec.k_max}), got {ns}")
         methods, params = methods_for_run(run, _METHODS.value)
         results = scoring.evaluate_methods(
-            methods, run.spec, params=params, tasks_per_cell=_TASKS.value, ns=ns, seed=_SEED.value,
-            mean_shift=_SHIFT.value, chunk=_CHUNK.value,
+            methods,
+            run.spec,
+            params=params,
+            tasks_per_cell=_TASKS.value,
+            ns=ns,
+            seed=_SEED.value,
+            mean_shift=_SHIFT.value,
+            chunk=_CHUNK.value,
         )
         results.update(workdir=_WORKDIR.value, step=run.step)
     tables = reporting.markdown_report(results)

@@ -14,12 +14,14 @@ import os
 import numpy as np
 from absl import app, flags
 
+from experiments.cluster_report import cluster_section
 from experiments.reporting import format_stat, ordered_methods
 from tgmm_jax.scoring import MODEL_METHOD
 
 flags.DEFINE_string("results", "results", "Directory holding the studies' JSON and figures.")
 flags.DEFINE_string("scale", "cpu", "Which scale's results to report (cpu or paper).")
 FLAGS = flags.FLAGS
+
 
 def _load(path):
     if not os.path.exists(path):
@@ -66,18 +68,25 @@ def _run_description(workdir, step, previous=None):
     if config is None:
         return (previous or {}).get(workdir, f"`{workdir}`: not found")
     env = _load(os.path.join(workdir, "environment.json")) or []
-    device = ", ".join(sorted({f"{e['device_count']}x {e['device_kind']} ({e['backend']})" for e in env})) or "not recorded"
+    device = (
+        ", ".join(sorted({f"{e['device_count']}x {e['device_kind']} ({e['backend']})" for e in env}))
+        or "not recorded"
+    )
     speeds = []
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
-            speeds = [r["steps_per_sec"] for r in map(json.loads, f) if "steps_per_sec" in r][1:]  # skip compile
+            speeds = [r["steps_per_sec"] for r in map(json.loads, f) if "steps_per_sec" in r][
+                1:
+            ]  # skip compile
     m, t = config["model"], config["task"]
     speed = f"{np.median(speeds):.1f} steps/s (median)" if speeds else "n/a"
     hours = step / np.median(speeds) / 3600 if speeds else float("nan")
-    return (f"`{workdir}`: d={t['dim']}, N_max={t['n_max']}, {m['backbone']} {m['num_layers']}L x {m['width']}, "
-            f"objective {config['objective']}, checkpoint step {step} x {config['tasks_per_k']} tasks/K, "
-            f"lr {config['optim']['learning_rate']}; trained on {device} at {speed} (~{hours:.2f} h)")
+    return (
+        f"`{workdir}`: d={t['dim']}, N_max={t['n_max']}, {m['backbone']} {m['num_layers']}L x {m['width']}, "
+        f"objective {config['objective']}, checkpoint step {step} x {config['tasks_per_k']} tasks/K, "
+        f"lr {config['optim']['learning_rate']}; trained on {device} at {speed} (~{hours:.2f} h)"
+    )
 
 
 def _ratio_rows(pairs):
@@ -88,18 +97,30 @@ def rq1_section(rq1, figure):
     out = ["## RQ1: effectiveness (d x K, N = 128)", f"![RQ1]({figure})", ""]
     missing = [d for d in ("2", "8", "32", "128") if d not in rq1["by_dim"]]
     if missing:
-        out += [f"**Not run at this scale:** d = {', '.join(missing)} (the paper's grid is d in 2, 8, 32, 128); "
-                "rerun `experiments.rq1_effectiveness` with those `--dims` to add them.", ""]
+        out += [
+            (
+                f"**Not run at this scale:** d = {', '.join(missing)} (the paper's grid is d in 2, 8, 32, 128); "
+                "rerun `experiments.rq1_effectiveness` with those `--dims` to add them."
+            ),
+            "",
+        ]
     claims = {}
     em_pairs, spec_pairs, kd_pairs = [], [], []
     for d, res in sorted(rq1["by_dim"].items(), key=lambda kv: int(kv[0])):
         cells = res["cells"]
         ks = sorted({c["K"] for c in cells})
         methods = ordered_methods(cells)
-        out += [f"### d = {d} ({res['tasks_per_cell']} tasks per cell, checkpoint step {res['step']})",
-                "l2 error (optimal alignment), mean ± sem:", "", _table(cells, ks, methods), "",
-                "l2 under the official code's inverse-permutation alignment (how the official code scores; comparison only):", "",
-                _table(cells, ks, methods, "l2_official"), ""]
+        out += [
+            f"### d = {d} ({res['tasks_per_cell']} tasks per cell, checkpoint step {res['step']})",
+            "l2 error (optimal alignment), mean ± sem:",
+            "",
+            _table(cells, ks, methods),
+            "",
+            "l2 under the official code's inverse-permutation alignment (how the official code scores; comparison only):",
+            "",
+            _table(cells, ks, methods, "l2_official"),
+            "",
+        ]
         for k in ks:
             t, e, s = (_cell(cells, m, K=k) for m in (MODEL_METHOD, "em", "spectral"))
             if t is None:
@@ -111,29 +132,41 @@ def rq1_section(rq1, figure):
             if k > int(d) and e is not None:
                 kd_pairs.append((f"d={d}, K={k}", t["l2"]["mean"], e["l2"]["mean"]))
     if any(int(d) in {c["K"] for c in res["cells"]} for d, res in rq1["by_dim"].items()):
-        out += [("Note on K = d: the moment method needs the K means to be linearly independent. At K = d the"
+        out += [
+            (
+                "Note on K = d: the moment method needs the K means to be linearly independent. At K = d the"
                 " sampler's pairwise-cosine filter (< 0.8) still allows means in nearly opposite directions,"
                 " which are nearly collinear; M2 is then close to rank-deficient, whitening amplifies the noise"
                 " of N = 128 points, and a few tasks get huge estimates (checked by hand on the worst d = 2,"
                 " K = 2 tasks: their true means have cosine near -1, and the official NumPy + tensorly"
-                " pipeline, benchmarks/references.py, returns the same huge means as ours)."), ""]
+                " pipeline, benchmarks/references.py, returns the same huge means as ours)."
+            ),
+            "",
+        ]
     header = "| cell | TGMM l2 | other l2 | ratio TGMM/other |\n|---|---|---|---|\n"
     if spec_pairs:
         close = sum(a <= 2 * b for _, a, b in spec_pairs)
         claims["TGMM is comparable to the spectral method where it applies (d >= K)"] = (
             f"rule: TGMM l2 at most 2x spectral's. Holds in {close} of {len(spec_pairs)} cells.\n\n"
-            + header + _ratio_rows(spec_pairs))
+            + header
+            + _ratio_rows(spec_pairs)
+        )
     if em_pairs:
         better = sum(a < b for _, a, b in em_pairs)
         much = sum(a < 0.5 * b for _, a, b in em_pairs)
         claims["TGMM is much better than EM (official initialisation) for K > 2"] = (
             f"rule: under the correct alignment, TGMM l2 below EM's (better) and below half of EM's (much better). "
-            f"Better in {better} of {len(em_pairs)} cells, much better in {much}.\n\n" + header + _ratio_rows(em_pairs))
+            f"Better in {better} of {len(em_pairs)} cells, much better in {much}.\n\n"
+            + header
+            + _ratio_rows(em_pairs)
+        )
     if kd_pairs:
         better = sum(a < b for _, a, b in kd_pairs)
         claims["TGMM works for K > d, where the spectral method does not apply"] = (
             f"rule: TGMM l2 below EM's (official init) in the K > d cells. Holds in {better} of {len(kd_pairs)}.\n\n"
-            + header + _ratio_rows(kd_pairs))
+            + header
+            + _ratio_rows(kd_pairs)
+        )
     return out, claims
 
 
@@ -146,10 +179,18 @@ def rq2_size_section(rq2, figure):
     for n in ns:
         rows = ["| model | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
         for train_n, res in sorted(by_n.items(), key=lambda kv: int(kv[0])):
-            rows.append(f"| TGMM N_train={train_n} | " + " | ".join(_fmt(_cell(res["cells"], MODEL_METHOD, K=k, N=n)) for k in ks) + " |")
+            rows.append(
+                f"| TGMM N_train={train_n} | "
+                + " | ".join(_fmt(_cell(res["cells"], MODEL_METHOD, K=k, N=n)) for k in ks)
+                + " |"
+            )
         for m in ordered_methods(by_n[largest]["cells"]):
             if m != MODEL_METHOD:
-                rows.append(f"| {m} | " + " | ".join(_fmt(_cell(by_n[largest]["cells"], m, K=k, N=n)) for k in ks) + " |")
+                rows.append(
+                    f"| {m} | "
+                    + " | ".join(_fmt(_cell(by_n[largest]["cells"], m, K=k, N=n)) for k in ks)
+                    + " |"
+                )
         out += [f"test N = {n}, l2 mean ± sem:", "", "\n".join(rows), ""]
     pairs = []
     for train_n in sorted(by_n, key=int):
@@ -165,12 +206,18 @@ def rq2_size_section(rq2, figure):
         graceful = sum(a <= 2 * b for _, a, b in pairs)
         claims[f"TGMM degrades gracefully when tested at N = {largest} after training with smaller N"] = (
             f"rule: l2 at most 2x that of the model trained at N_max = {largest}. Holds in {graceful} of {len(pairs)} cells.\n\n"
-            "| cell | TGMM (small N_train) l2 | TGMM (N_train = test N) l2 | ratio |\n|---|---|---|---|\n" + _ratio_rows(pairs))
+            "| cell | TGMM (small N_train) l2 | TGMM (N_train = test N) l2 | ratio |\n|---|---|---|---|\n"
+            + _ratio_rows(pairs)
+        )
     return out, claims
 
 
 def rq2_shift_section(shift, figure):
-    out = ["## RQ2: distribution shift (d = 8, N = 128, means + sigma_p N(0, I))", f"![RQ2 shift]({figure})", ""]
+    out = [
+        "## RQ2: distribution shift (d = 8, N = 128, means + sigma_p N(0, I))",
+        f"![RQ2 shift]({figure})",
+        "",
+    ]
     by_s = shift["by_sigma_p"]
     sigmas = sorted(by_s, key=float)
     ks = sorted({c["K"] for c in by_s[sigmas[0]]["cells"]})
@@ -178,14 +225,22 @@ def rq2_shift_section(shift, figure):
     for s in sigmas:
         out += [f"sigma_p = {s}, l2 mean ± sem:", "", _table(by_s[s]["cells"], ks, methods), ""]
     top = sigmas[-1]
-    pairs = [(f"sigma_p={top}, K={k}", _cell(by_s[top]["cells"], MODEL_METHOD, K=k)["l2"]["mean"],
-              _cell(by_s[top]["cells"], "em", K=k)["l2"]["mean"]) for k in ks if k > 2 and _cell(by_s[top]["cells"], "em", K=k)]
+    pairs = [
+        (
+            f"sigma_p={top}, K={k}",
+            _cell(by_s[top]["cells"], MODEL_METHOD, K=k)["l2"]["mean"],
+            _cell(by_s[top]["cells"], "em", K=k)["l2"]["mean"],
+        )
+        for k in ks
+        if k > 2 and _cell(by_s[top]["cells"], "em", K=k)
+    ]
     claims = {}
     if pairs:
         better = sum(a < b for _, a, b in pairs)
         claims["TGMM stays better than EM (official init) for K > 2 under the mean shift"] = (
             f"rule: TGMM l2 below EM's at the largest sigma_p. Holds in {better} of {len(pairs)} cells.\n\n"
-            "| cell | TGMM l2 | EM l2 | ratio |\n|---|---|---|---|\n" + _ratio_rows(pairs))
+            "| cell | TGMM l2 | EM l2 | ratio |\n|---|---|---|---|\n" + _ratio_rows(pairs)
+        )
     return out, claims
 
 
@@ -195,16 +250,25 @@ def prototype_section(proto):
     l2["em_official_init"] = proto["em_official_init"]
     ks = sorted(l2["est_matched"], key=int)
     rows = [f"| {name} | " + " | ".join(f"{l2[name][k]:.3f}" for k in ks) + " |" for name in l2]
-    out = ["## d = 2 (K > d): paper loss vs matched loss vs EM", "",
-           f"From `results/prototype_matched_loss.json` ({proto['metric']}; {proto['machine']}).", "",
-           "| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|", *rows, ""]
+    out = [
+        "## d = 2 (K > d): paper loss vs matched loss vs EM",
+        "",
+        f"From `results/prototype_matched_loss.json` ({proto['metric']}; {proto['machine']}).",
+        "",
+        "| method | " + " | ".join(f"K={k}" for k in ks) + " |",
+        "|---" * (len(ks) + 1) + "|",
+        *rows,
+        "",
+    ]
     big = [k for k in ks if int(k) > 2]
     pairs = [(f"d=2, K={k}", l2["est_matched"][k], l2["em_official_init"][k]) for k in big]
     better = sum(a < b for _, a, b in pairs)
     paper_loss = sum(l2["est"][k] < l2["em_official_init"][k] for k in big)
-    claim = (f"rule: TGMM (est_matched, N = 32, 4000 steps) l2 below EM's (official init) for K > d = 2. "
-             f"Holds in {better} of {len(pairs)} cells; with the paper's own loss (est) in {paper_loss} of "
-             f"{len(pairs)}.\n\n| cell | TGMM l2 | EM l2 | ratio |\n|---|---|---|---|\n" + _ratio_rows(pairs))
+    claim = (
+        f"rule: TGMM (est_matched, N = 32, 4000 steps) l2 below EM's (official init) for K > d = 2. "
+        f"Holds in {better} of {len(pairs)} cells; with the paper's own loss (est) in {paper_loss} of "
+        f"{len(pairs)}.\n\n| cell | TGMM l2 | EM l2 | ratio |\n|---|---|---|---|\n" + _ratio_rows(pairs)
+    )
     return out, {"TGMM works for K > d (d = 2), where the spectral method does not apply": claim}
 
 
@@ -215,14 +279,20 @@ SPEED_TARGETS = {"em": 100.0, "em_kmeanspp": 100.0, "spectral": 200.0}
 def speed_section(bench, scale):
     """Baseline speed (benchmarks/baselines.py) against SPEED_TARGETS, with the quality both sides reached."""
     machine = bench["machine"]
-    out = ["## Baseline speed against the per-task tools", "",
-           (f"From `results/benchmark_baselines_{scale}.json` (`python -m benchmarks.baselines`; "
+    out = [
+        "## Baseline speed against the per-task tools",
+        "",
+        (
+            f"From `results/benchmark_baselines_{scale}.json` (`python -m benchmarks.baselines`; "
             f"{machine['cpus']} CPUs, {machine['device']}, jax {machine['jax']}; max_iter "
             f"{bench['settings']['max_iter']}, tol {bench['settings']['tol']}). Ours: best of "
             f"{bench['settings']['repeats']} calls after the compiling one; reference: sklearn GaussianMixture "
-            "or NumPy moments + tensorly SymmetricCP, one task at a time, on the same tasks."), "",
-           "| shape | method | ours (s) | reference (s) | ratio | target | mean aligned l2 ours / reference |",
-           "|---|---|---|---|---|---|---|"]
+            "or NumPy moments + tensorly SymmetricCP, one task at a time, on the same tasks."
+        ),
+        "",
+        "| shape | method | ours (s) | reference (s) | ratio | target | mean aligned l2 ours / reference |",
+        "|---|---|---|---|---|---|---|",
+    ]
     met, total = 0, 0
     for shape in bench["shapes"]:
         for name, row in shape["results"].items():
@@ -230,11 +300,19 @@ def speed_section(bench, scale):
             ok = target is not None and row["ratio"] >= target
             met, total = met + ok, total + (target is not None)
             verdict = "n/a" if target is None else f"{target:.0f}x ({'met' if ok else 'NOT met'})"
-            out.append(f"| N={shape['N']} D={shape['D']} K={shape['K']} | {name} | {row['ours_s']:.3f} | "
-                       f"{row['reference_s']:.2f} | {row['ratio']:.0f}x | {verdict} | "
-                       f"{row['ours_l2_means']:.4f} / {row['reference_l2_means']:.4f} |")
-    out += ["", (f"Targets met in {met} of {total} cells. Timings on a shared 2-core machine vary by 15%"
-                 " or more from run to run, so a ratio within that of its target can fall either side of it."), ""]
+            out.append(
+                f"| N={shape['N']} D={shape['D']} K={shape['K']} | {name} | {row['ours_s']:.3f} | "
+                f"{row['reference_s']:.2f} | {row['ratio']:.0f}x | {verdict} | "
+                f"{row['ours_l2_means']:.4f} / {row['reference_l2_means']:.4f} |"
+            )
+    out += [
+        "",
+        (
+            f"Targets met in {met} of {total} cells. Timings on a shared 2-core machine vary by 15%"
+            " or more from run to run, so a ratio within that of its target can fall either side of it."
+        ),
+        "",
+    ]
     return out
 
 
@@ -245,7 +323,12 @@ def main(argv):
     studies = (  # (saved JSON, section builder, figure, key of the per-model results or None)
         (f"rq1_{scale}.json", rq1_section, f"rq1_effectiveness_{scale}.png", "by_dim"),
         (f"rq2_sample_size_{scale}.json", rq2_size_section, f"rq2_sample_size_{scale}.png", "by_train_n"),
-        (f"rq2_distribution_shift_{scale}.json", rq2_shift_section, f"rq2_distribution_shift_{scale}.png", None),
+        (
+            f"rq2_distribution_shift_{scale}.json",
+            rq2_shift_section,
+            f"rq2_distribution_shift_{scale}.png",
+            None,
+        ),
     )
     for name, build, figure, per_model in studies:
         saved = _load(os.path.join(r, name))
@@ -260,6 +343,11 @@ def main(argv):
         s, c = prototype_section(proto)
         sections += s
         claims.update(c)
+    cluster = _load(os.path.join(r, "cluster_study.json"))
+    if cluster and scale == "cpu":
+        sections += cluster_section(cluster, "cluster_study.png")
+        runs += [(cluster["workdir"], cluster["step"])] if "step" in cluster else []
+        runs += [(stage["workdir"], stage["step"]) for stage in cluster.get("ablation", [])]
     if not sections:
         raise app.UsageError(f"no study results for scale {scale!r} in {r}")
     bench = _load(os.path.join(r, f"benchmark_baselines_{scale}.json"))
@@ -268,15 +356,22 @@ def main(argv):
     lines = [
         f"# tgmm-jax: reproduction report ({scale} scale)",
         "",
-        "Generated by `python -m experiments.make_report` from the JSON the study scripts wrote; rerun it to"
-        " regenerate. Protocol: the final checkpoint of each model, evaluated on fresh tasks from a fixed"
-        " evaluation seed, every method on identical tasks (not the official tail-10 protocol, which"
-        " `experiments.evaluate --protocol=training_tail` reproduces from the training logs).",
+        (
+            "Generated by `python -m experiments.make_report` from the JSON the study scripts wrote; rerun it to"
+            " regenerate. Protocol: the final checkpoint of each model, evaluated on fresh tasks from a fixed"
+            " evaluation seed, every method on identical tasks (not the official tail-10 protocol, which"
+            " `experiments.evaluate --protocol=training_tail` reproduces from the training logs)."
+        ),
         "",
     ]
     if scale == "cpu":
-        lines += ["**Scale.** These are CPU-scale runs (2-core CPU, small models, thousands of steps), not the"
-                  " paper's 12-layer models trained for 100k steps. They test the trends, not the paper's numbers.", ""]
+        lines += [
+            (
+                "**Scale.** These are CPU-scale runs (2-core CPU, small models, thousands of steps), not the"
+                " paper's 12-layer models trained for 100k steps. They test the trends, not the paper's numbers."
+            ),
+            "",
+        ]
     previous = _previous_descriptions(os.path.join(r, "REPORT.md"))
     lines += ["## What was run", ""]
     lines += [f"- {_run_description(w, step, previous)}" for w, step in dict.fromkeys(runs)] + [""]

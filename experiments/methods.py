@@ -6,9 +6,13 @@ the trainer (``train``) and to ``tgmm_jax.scoring.evaluate_methods`` (``methods_
 
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
 
 from baselines import NAMES, applies_to, get_baseline
+from baselines.em import fit_em_from
 from experiments import reporting
 from tgmm_jax import scoring
 from tgmm_jax.train import train_and_evaluate
@@ -56,3 +60,26 @@ def methods_for_run(run, names=None) -> tuple[dict[str, scoring.Method], dict]:
         params[scoring.MODEL_METHOD] = run.params
     methods.update(baseline_methods([m for m in names if m != scoring.MODEL_METHOD], run.spec.variant))
     return methods, params
+
+
+def _model_then_restarts(model, n_init: int, params, key, task):
+    fitted, fitted_info = fit_em_from(
+        task, model.apply({"params": params}, task.points, task.point_mask, task.num_components).to_params()
+    )
+    restarts, restarts_info = get_baseline("em_kmeanspp", n_init=n_init)(key, task)
+    keep_B = fitted_info["valid"] & ~(
+        restarts_info["valid"] & (restarts_info["loglik"] > fitted_info["loglik"])
+    )
+
+    def pick(a, b):
+        return None if a is None else jnp.where(keep_B.reshape(keep_B.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, fitted, restarts, is_leaf=lambda x: x is None), {
+        "valid": keep_B | restarts_info["valid"]
+    }
+
+
+def model_with_restarts(model, n_init: int = 3) -> scoring.Method:
+    """TGMM as the first restart of EM: EM to convergence from the network's estimate and from ``n_init``
+    k-means++ starts; each task keeps the fit of highest log-likelihood (isotropic variant)."""
+    return functools.partial(_model_then_restarts, model, int(n_init))

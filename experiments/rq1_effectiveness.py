@@ -41,8 +41,11 @@ def main(argv):
         workdir = os.path.join(FLAGS.root, f"{FLAGS.scale}_d={d}")
         study.train_model(config, workdir)
         results_by_d[d] = study.evaluate_cached(
-            workdir, os.path.join(FLAGS.results, "rq1", f"{FLAGS.scale}_d={d}.json"),
-            tasks_per_cell=FLAGS.tasks_per_cell, ns=(128,), seed=FLAGS.eval_seed,
+            workdir,
+            os.path.join(FLAGS.results, "rq1", f"{FLAGS.scale}_d={d}.json"),
+            tasks_per_cell=FLAGS.tasks_per_cell,
+            ns=(128,),
+            seed=FLAGS.eval_seed,
         )
     study.write_json(FLAGS.results, f"rq1_{FLAGS.scale}.json", {"scale": FLAGS.scale, "by_dim": results_by_d})
     plot(results_by_d, os.path.join(FLAGS.results, f"rq1_effectiveness_{FLAGS.scale}.png"))

@@ -23,8 +23,15 @@ def plot(by_shift: dict, path: str) -> None:
     cells0 = by_shift[shifts[0]]["cells"]
     panels = []
     for k in sorted({c["K"] for c in cells0}):
-        series = [(method, [float(s) for s in shifts], [study.mean_sem(by_shift[s]["cells"], method, K=k) for s in shifts], "-")
-                  for method in ordered_methods(cells0)]
+        series = [
+            (
+                method,
+                [float(s) for s in shifts],
+                [study.mean_sem(by_shift[s]["cells"], method, K=k) for s in shifts],
+                "-",
+            )
+            for method in ordered_methods(cells0)
+        ]
         panels.append((k, series))
     study.panel_figure(panels, path, xlabel="sigma_p", title=lambda k: f"K = {k}")
 
@@ -37,11 +44,18 @@ def main(argv):
     by_shift = {}
     for s in FLAGS.sigma_p:
         by_shift[s] = study.evaluate_cached(
-            workdir, os.path.join(FLAGS.results, "rq2_shift", f"{FLAGS.scale}_sigma={s}.json"),
-            tasks_per_cell=FLAGS.tasks_per_cell, ns=(128,), seed=FLAGS.eval_seed, mean_shift=float(s),
+            workdir,
+            os.path.join(FLAGS.results, "rq2_shift", f"{FLAGS.scale}_sigma={s}.json"),
+            tasks_per_cell=FLAGS.tasks_per_cell,
+            ns=(128,),
+            seed=FLAGS.eval_seed,
+            mean_shift=float(s),
         )
-    study.write_json(FLAGS.results, f"rq2_distribution_shift_{FLAGS.scale}.json",
-                     {"scale": FLAGS.scale, "by_sigma_p": by_shift})
+    study.write_json(
+        FLAGS.results,
+        f"rq2_distribution_shift_{FLAGS.scale}.json",
+        {"scale": FLAGS.scale, "by_sigma_p": by_shift},
+    )
     plot(by_shift, os.path.join(FLAGS.results, f"rq2_distribution_shift_{FLAGS.scale}.png"))
 
 

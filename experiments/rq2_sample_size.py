@@ -51,12 +51,18 @@ def main(argv):
         study.train_model(study.train_config(FLAGS.scale, FLAGS.dim, int(n), FLAGS.steps), workdir)
         methods = FLAGS.methods if n == max(FLAGS.train_n, key=int) else [MODEL_METHOD]
         by_train_n[n] = study.evaluate_cached(
-            workdir, os.path.join(FLAGS.results, "rq2", f"{FLAGS.scale}_nmax={n}.json"),
-            tasks_per_cell=FLAGS.tasks_per_cell, ns=tuple(int(t) for t in FLAGS.test_n), seed=FLAGS.eval_seed,
+            workdir,
+            os.path.join(FLAGS.results, "rq2", f"{FLAGS.scale}_nmax={n}.json"),
+            tasks_per_cell=FLAGS.tasks_per_cell,
+            ns=tuple(int(t) for t in FLAGS.test_n),
+            seed=FLAGS.eval_seed,
             methods=methods,
         )
-    study.write_json(FLAGS.results, f"rq2_sample_size_{FLAGS.scale}.json",
-                     {"scale": FLAGS.scale, "dim": FLAGS.dim, "by_train_n": by_train_n})
+    study.write_json(
+        FLAGS.results,
+        f"rq2_sample_size_{FLAGS.scale}.json",
+        {"scale": FLAGS.scale, "dim": FLAGS.dim, "by_train_n": by_train_n},
+    )
     plot(by_train_n, os.path.join(FLAGS.results, f"rq2_sample_size_{FLAGS.scale}.png"))
 
 

@@ -13,7 +13,6 @@ from tgmm_jax import scoring
 from tgmm_jax.train.checkpoint import Checkpoints
 from tgmm_jax.train.restore import load_run
 
-
 SCALES = ("cpu", "paper")
 
 
@@ -55,8 +54,17 @@ def train_model(train_config, workdir: str) -> None:
         )
 
 
-def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed: int, mean_shift: float = 0.0,
-                    methods=None, force: bool = False) -> dict:
+def evaluate_cached(
+    workdir: str,
+    output: str,
+    *,
+    tasks_per_cell: int,
+    ns,
+    seed: int,
+    mean_shift: float = 0.0,
+    methods=None,
+    force: bool = False,
+) -> dict:
     """``scoring.evaluate_methods`` on the workdir's latest checkpoint, cached in ``output`` (JSON).
 
     Tasks of one N come from (seed, N) alone and the baselines do not depend on the model, so a cache made
@@ -84,13 +92,27 @@ def evaluate_cached(workdir: str, output: str, *, tasks_per_cell: int, ns, seed:
         todo = {name: fn for name, fn in all_methods.items() if name not in have}
         if not todo:
             continue
-        part = scoring.evaluate_methods(todo, run.spec, params=params, tasks_per_cell=tasks_per_cell, ns=(n,),
-                                        seed=seed, mean_shift=mean_shift)
+        part = scoring.evaluate_methods(
+            todo,
+            run.spec,
+            params=params,
+            tasks_per_cell=tasks_per_cell,
+            ns=(n,),
+            seed=seed,
+            mean_shift=mean_shift,
+        )
         if str(n) in fingerprints and part["task_fingerprints"][str(n)] != fingerprints[str(n)]:
             # the cached cells were made on other tasks: evaluate every method again
             cells = [c for c in cells if c["N"] != n]
-            part = scoring.evaluate_methods(all_methods, run.spec, params=params, tasks_per_cell=tasks_per_cell,
-                                            ns=(n,), seed=seed, mean_shift=mean_shift)
+            part = scoring.evaluate_methods(
+                all_methods,
+                run.spec,
+                params=params,
+                tasks_per_cell=tasks_per_cell,
+                ns=(n,),
+                seed=seed,
+                mean_shift=mean_shift,
+            )
         cells += part["cells"]
         fingerprints.update(part["task_fingerprints"])
         results = part
@@ -145,12 +167,22 @@ def panel_figure(panels: list, path: str, *, xlabel: str, title, xlog: bool = Fa
     """
     labels = list(dict.fromkeys(label for _, series in panels for label, *_ in series))
     colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one colour per method in every panel
-    fig = Figure(figsize=(4 * len(panels), 3.4))  # the object-oriented API: no pyplot state, no display backend
+    fig = Figure(
+        figsize=(4 * len(panels), 3.4)
+    )  # the object-oriented API: no pyplot state, no display backend
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (key, series) in zip(axes[0], panels):
         for label, xs, stats, style in series:
-            ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=2, label=label,
-                        linestyle=style, color=colors[label])
+            ax.errorbar(
+                xs,
+                [m for m, _ in stats],
+                yerr=[s for _, s in stats],
+                marker="o",
+                capsize=2,
+                label=label,
+                linestyle=style,
+                color=colors[label],
+            )
         if xlog:
             ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -12,7 +12,10 @@ from experiments.methods import train
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, config.json and metrics.jsonl.")
 _DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"], "jax.distributed.initialize(): auto-detect multi-host, force, or skip."
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "jax.distributed.initialize(): auto-detect multi-host, force, or skip.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -17,8 +17,16 @@ KS = (2, 3, 4, 5)
 
 
 def _config(**overrides):
-    fields = dict(backbone="set", num_layers=1, width=32, num_heads=2, readin="normalized", readout="cluster",
-                  project_rank=6, cluster_iters=2)
+    fields = dict(
+        backbone="set",
+        num_layers=1,
+        width=32,
+        num_heads=2,
+        readin="normalized",
+        readout="cluster",
+        project_rank=6,
+        cluster_iters=2,
+    )
     fields.update(overrides)
     return model_config("tiny", **fields)
 
@@ -46,7 +54,9 @@ def test_translation_moves_means_exactly(setup):
     moved = np.asarray(b.means - a.means)[real]
     np.testing.assert_allclose(moved, np.broadcast_to(np.asarray(shift_D), moved.shape), atol=2e-4)
     assert np.median(np.abs(moved - np.asarray(shift_D))) < 1e-5
-    np.testing.assert_allclose(np.asarray(b.to_params().weights), np.asarray(a.to_params().weights), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(b.to_params().weights), np.asarray(a.to_params().weights), atol=1e-5
+    )
     assert float(jnp.max(jnp.abs(b.means - a.means))) > 1.0  # the means did move
 
 
@@ -58,7 +68,9 @@ def test_rotation_rotates_means(setup):
     b = apply(params, task.points @ q_DxD, task.point_mask, task.num_components)
     real = np.asarray(task.component_mask)
     np.testing.assert_allclose(np.asarray(b.means)[real], np.asarray(a.means @ q_DxD)[real], atol=2e-3)
-    np.testing.assert_allclose(np.asarray(b.to_params().weights), np.asarray(a.to_params().weights), atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(b.to_params().weights), np.asarray(a.to_params().weights), atol=1e-4
+    )
 
 
 def test_point_order_and_padding_change_nothing(setup):
@@ -73,7 +85,9 @@ def test_point_order_and_padding_change_nothing(setup):
     order = rng.permutation(points.shape[1])
     b = apply(params, points[:, order], mask[:, order], task.num_components)
     np.testing.assert_allclose(np.asarray(b.means), np.asarray(a.means), atol=1e-4)
-    np.testing.assert_allclose(np.asarray(b.to_params().weights), np.asarray(a.to_params().weights), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(b.to_params().weights), np.asarray(a.to_params().weights), atol=1e-5
+    )
 
 
 def test_one_parameter_set_serves_every_dimension(setup):
@@ -91,7 +105,9 @@ def test_parameters_do_not_depend_on_dimension():
     for dim in (3, 100):
         spec = TaskSpec(dim=dim, ks=KS, n_max=20)
         task = sample_tasks(jax.random.key(0), spec, 1)
-        params = make_model(_config(), spec).init(jax.random.key(0), task.points, task.point_mask, task.num_components)
+        params = make_model(_config(), spec).init(
+            jax.random.key(0), task.points, task.point_mask, task.num_components
+        )
         shapes.append(jax.tree.map(lambda p: p.shape, params))
     assert shapes[0] == shapes[1]
 
@@ -156,7 +172,9 @@ def test_em_refine_equals_baselines_em(variant):
     weights = jnp.where(task.component_mask, 1.0, 0.0)
     weights = weights / weights.sum(-1, keepdims=True)
     means = jnp.where(task.component_mask[..., None], task.means + 2.0 * noise, 0.0)
-    init = MixtureParams(weights, means, task.scales if variant == "anisotropic" else None, task.component_mask)
+    init = MixtureParams(
+        weights, means, task.scales if variant == "anisotropic" else None, task.component_mask
+    )
     ours = em_refine(task.points, task.point_mask, init, 5)
     ref, info = fit_em_from(task, init, max_iter=5, tol=0.0, variant=variant)
     assert np.all(np.asarray(info["n_iter"]) == 5)

@@ -39,9 +39,17 @@ def tiny_workdir(tmp_path_factory):
 
 def test_evaluate_cli_writes_every_field(tiny_workdir, tmp_path):
     output = str(tmp_path / "results.json")
-    cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={tiny_workdir}", "--tasks_per_cell=6",
-           "--n=8,16", "--methods=tgmm,em,spectral", f"--output={output}"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.evaluate",
+        f"--workdir={tiny_workdir}",
+        "--tasks_per_cell=6",
+        "--n=8,16",
+        "--methods=tgmm,em,spectral",
+        f"--output={output}",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     with open(output) as f:
         results = json.load(f)
@@ -49,7 +57,8 @@ def test_evaluate_cli_writes_every_field(tiny_workdir, tmp_path):
     assert "final checkpoint" in results["protocol"]
     cells = results["cells"]
     assert {(c["method"], c["K"], c["N"]) for c in cells} == {
-        (m, k, n) for m in ("tgmm", "em", "spectral") for k in (2, 3) for n in (8, 16)}
+        (m, k, n) for m in ("tgmm", "em", "spectral") for k in (2, 3) for n in (8, 16)
+    }
     for cell in cells:
         assert cell["num_tasks"] == 6 and 0.0 <= cell["not_applicable"] <= 1.0 and cell["seconds"] > 0
         for metric in METRICS:
@@ -78,8 +87,9 @@ def test_all_methods_see_identical_tasks():
         return fn
 
     spec = TaskSpec(dim=2, ks=(2, 3), n_max=8)
-    results = scoring.evaluate_methods({"a": spy("a"), "b": spy("b"), "c": spy("c")}, spec, tasks_per_cell=5,
-                                          ns=(8, 12), seed=3, chunk=None)
+    results = scoring.evaluate_methods(
+        {"a": spy("a"), "b": spy("b"), "c": spy("c")}, spec, tasks_per_cell=5, ns=(8, 12), seed=3, chunk=None
+    )
     assert len(seen["a"]) == len(seen["b"]) == len(seen["c"]) == 2  # one call per N
     for call in range(2):
         for leaf_a, leaf_b, leaf_c in zip(*(jax.tree.leaves(seen[m][call]) for m in "abc")):
@@ -147,9 +157,13 @@ def test_study_cache_adds_missing_n_only_and_equals_a_full_evaluation(tiny_workd
     def key(c):
         return c["method"], c["K"], c["N"]
 
-    strip = lambda cells: sorted(({k: v for k, v in c.items() if not k.startswith("seconds")} for c in cells), key=key)
+    strip = lambda cells: sorted(
+        ({k: v for k, v in c.items() if not k.startswith("seconds")} for c in cells), key=key
+    )
     assert strip(merged["cells"]) == strip(full["cells"])
-    assert study.evaluate_cached(tiny_workdir, out, ns=(6,), **kw) == merged  # a subset: served from the cache
+    assert (
+        study.evaluate_cached(tiny_workdir, out, ns=(6,), **kw) == merged
+    )  # a subset: served from the cache
 
     # A cache from another checkpoint step: the baselines' cells are kept (marked here), TGMM is evaluated again.
     with open(out) as f:
@@ -175,7 +189,9 @@ def test_periodic_evaluation_compiles_each_method_once(tiny_workdir, monkeypatch
     em = chex.assert_max_traces(lambda key, task: em_fit(key, task), n=1)
     eval_config = config_lib.default_config().eval
     eval_config.tasks_per_k, eval_config.baselines = 4, ("em",)
-    evaluator = PeriodicEvaluator(run.model, run.spec, eval_config, jax.random.key(0), {"em": scoring.param_free(em)})
+    evaluator = PeriodicEvaluator(
+        run.model, run.spec, eval_config, jax.random.key(0), {"em": scoring.param_free(em)}
+    )
     for step in range(3):
         params = jax.tree.map(lambda a, s=step: a * (1.0 + 0.1 * s), run.params)
         summaries = evaluator(params, step)

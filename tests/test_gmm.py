@@ -19,17 +19,26 @@ def _random_mixture(rng, b, k, d, n, k_real, scales=True, offset=0.0):
     means = (rng.normal(size=(b, k, d)) * 3 + offset).astype(np.float32)
     sc = rng.uniform(0.5, 2.0, size=(b, k, d)).astype(np.float32) if scales else None
     points = (rng.normal(size=(b, n, d)) * 2 + offset).astype(np.float32)
-    return MixtureParams(jnp.asarray(weights), jnp.asarray(means), None if sc is None else jnp.asarray(sc),
-                         jnp.asarray(mask)), points
+    return MixtureParams(
+        jnp.asarray(weights), jnp.asarray(means), None if sc is None else jnp.asarray(sc), jnp.asarray(mask)
+    ), points
 
 
 def _reference_log_density(points, params, b):
     k_real = int(np.asarray(params.component_mask[b]).sum())
     comps = []
     for k in range(k_real):
-        cov = np.ones(points.shape[-1]) if params.scales is None else np.asarray(params.scales[b, k], np.float64) ** 2
-        comps.append(np.log(float(params.weights[b, k])) + stats.multivariate_normal(
-            np.asarray(params.means[b, k], np.float64), np.diag(cov)).logpdf(points[b].astype(np.float64)))
+        cov = (
+            np.ones(points.shape[-1])
+            if params.scales is None
+            else np.asarray(params.scales[b, k], np.float64) ** 2
+        )
+        comps.append(
+            np.log(float(params.weights[b, k]))
+            + stats.multivariate_normal(np.asarray(params.means[b, k], np.float64), np.diag(cov)).logpdf(
+                points[b].astype(np.float64)
+            )
+        )
     return logsumexp(np.stack(comps, -1), axis=-1)
 
 
@@ -67,8 +76,12 @@ def test_mean_log_likelihood_ignores_padded_points():
 
 
 def test_sample_points_moments():
-    params = MixtureParams(jnp.array([0.25, 0.75, 0.0]), jnp.array([[-4.0, 0.0], [3.0, 1.0], [0.0, 0.0]]),
-                           jnp.array([[0.5, 0.5], [1.5, 1.0], [1.0, 1.0]]), jnp.array([True, True, False]))
+    params = MixtureParams(
+        jnp.array([0.25, 0.75, 0.0]),
+        jnp.array([[-4.0, 0.0], [3.0, 1.0], [0.0, 0.0]]),
+        jnp.array([[0.5, 0.5], [1.5, 1.0], [1.0, 1.0]]),
+        jnp.array([True, True, False]),
+    )
     x, z = gmm.sample_points(jax.random.key(0), params, 40000)
     x, z = np.asarray(x), np.asarray(z)
     assert set(np.unique(z)) == {0, 1}

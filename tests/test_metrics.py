@@ -22,7 +22,7 @@ def task():
 def _noisy_shuffled_estimate(task, key, noise=1.5):
     """Estimates with noise and a random order of the real components per task."""
     k_key, n_key, w_key = jax.random.split(key, 3)
-    b, k_max, d = task.means.shape
+    _, k_max, _ = task.means.shape
     perms = []
     for i, k in enumerate(np.asarray(task.num_components)):
         p = np.asarray(jax.random.permutation(jax.random.fold_in(k_key, i), k))
@@ -37,7 +37,9 @@ def _noisy_shuffled_estimate(task, key, noise=1.5):
 
 def _reference(est, task):
     """Per-task metrics with SciPy's linear_sum_assignment and float64 loops."""
-    out = {name: [] for name in ("l2_means", "l2_weights", "l2_official", "cluster_acc", "loglik", "loglik_true")}
+    out = {
+        name: [] for name in ("l2_means", "l2_weights", "l2_official", "cluster_acc", "loglik", "loglik_true")
+    }
     for b in range(task.means.shape[0]):
         k = int(task.num_components[b])
         d = task.means.shape[-1]
@@ -56,7 +58,7 @@ def _reference(est, task):
         n = int(task.point_mask[b].sum())
         x = np.asarray(task.points[b, :n], np.float64)
 
-        def log_joint(means, weights):
+        def log_joint(means, weights, x=x, d=d):
             sq = ((x[:, None, :] - means[None]) ** 2).sum(-1)
             return np.log(weights)[None] - 0.5 * sq - 0.5 * d * np.log(2 * np.pi)
 
@@ -78,7 +80,9 @@ def test_evaluate_matches_scipy_reference(task):
     assert bool(jnp.all(got["applicable"]))
     # the shuffles make the official alignment wrong on many K >= 3 tasks
     k3plus = np.asarray(task.num_components) >= 3
-    assert np.mean(ref["l2_official"][k3plus] > ref["l2_means"][k3plus] + ref["l2_weights"][k3plus] + 1e-3) > 0.3
+    assert (
+        np.mean(ref["l2_official"][k3plus] > ref["l2_means"][k3plus] + ref["l2_weights"][k3plus] + 1e-3) > 0.3
+    )
 
 
 def test_alignment_is_exact_on_random_k5_costs():
@@ -131,9 +135,16 @@ def test_official_alignment_toy_example():
     est_means = np.stack([b_, c, a])[None].astype(np.float32)
     w = np.full((1, 3), 1 / 3, np.float32)
     points = jnp.asarray(true_means[:, [0, 1, 2, 0]])
-    task = GMMTask(points=points, point_mask=jnp.ones((1, 4), bool), labels=jnp.asarray([[0, 1, 2, 0]]),
-                   weights=jnp.asarray(w), means=jnp.asarray(true_means), scales=jnp.ones_like(points[:, :3]),
-                   component_mask=jnp.ones((1, 3), bool), num_components=jnp.asarray([3]))
+    task = GMMTask(
+        points=points,
+        point_mask=jnp.ones((1, 4), bool),
+        labels=jnp.asarray([[0, 1, 2, 0]]),
+        weights=jnp.asarray(w),
+        means=jnp.asarray(true_means),
+        scales=jnp.ones_like(points[:, :3]),
+        component_mask=jnp.ones((1, 3), bool),
+        num_components=jnp.asarray([3]),
+    )
     est = MixtureParams(jnp.asarray(w), jnp.asarray(est_means), None, task.component_mask)
     got = evaluate_estimates(est, task)
     assert float(got["l2"][0]) < 1e-6

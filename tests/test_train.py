@@ -80,10 +80,18 @@ def test_resume_equals_uninterrupted(reference_run, tmp_path):
 
 def test_resume_after_sigkill_is_exact(tmp_path):
     workdir = str(tmp_path / "killed")
-    cmd = [sys.executable, "-m", "experiments.train", "--config=tests/train_config.py", f"--workdir={workdir}",
-           "--config.checkpoint_every=3", "--config.eval_every=0"]
-    proc = subprocess.Popen(cmd + ["--config.total_steps=1000000"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--config=tests/train_config.py",
+        f"--workdir={workdir}",
+        "--config.checkpoint_every=3",
+        "--config.eval_every=0",
+    ]
+    proc = subprocess.Popen(
+        cmd + ["--config.total_steps=1000000"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     ckpt_dir = os.path.join(workdir, "checkpoints")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -129,8 +137,15 @@ print(json.dumps({"shards": shards, "devices": len(batch.points.sharding.device_
 
 def test_eight_devices_match_one_device(reference_run, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES, str(tmp_path / "w8")], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", _EIGHT_DEVICES, str(tmp_path / "w8")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["devices"] == 8 and report["shards"] == [[1, 8, 2]] * 8  # 8 tasks, one per device
@@ -167,8 +182,20 @@ def test_unknown_config_field_is_named(tmp_path):
 
 
 def test_unknown_field_on_command_line_fails(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "experiments.train", "--config=tests/train_config.py",
-                          f"--workdir={tmp_path}", "--config.optim.lr=0.1"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            "--config=tests/train_config.py",
+            f"--workdir={tmp_path}",
+            "--config.optim.lr=0.1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode != 0 and "lr" in out.stderr
 
 
@@ -190,7 +217,10 @@ def test_corrupt_or_missing_checkpoints_give_clear_errors(reference_run, tmp_pat
             if not name.startswith("_") and "metadata" not in name:
                 with open(os.path.join(root, name), "wb") as f:
                     f.write(b"garbage")
-    with _orbax_stray_reads_swallowed(), pytest.raises(checkpoint.CheckpointError, match="cannot restore step 12"):
+    with (
+        _orbax_stray_reads_swallowed(),
+        pytest.raises(checkpoint.CheckpointError, match="cannot restore step 12"),
+    ):
         load_run(str(corrupt))
 
 
@@ -202,7 +232,10 @@ def _orbax_stray_reads_swallowed(quiet_s=0.5, timeout_s=10.0):
     previous, seen = sys.unraisablehook, []
 
     def hook(unraisable):
-        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        if (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+        ):
             seen.append(time.monotonic())
         else:
             previous(unraisable)

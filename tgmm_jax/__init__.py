@@ -10,4 +10,11 @@ A suffix such as ``points_BxNxD`` gives a tensor's shape; masks mark the real en
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.tasks import GMMTask, TaskSpec, sample_phase_transition_tasks, sample_task, sample_tasks
 
-__all__ = ["GMMTask", "MixtureParams", "TaskSpec", "sample_phase_transition_tasks", "sample_task", "sample_tasks"]
+__all__ = [
+    "GMMTask",
+    "MixtureParams",
+    "TaskSpec",
+    "sample_phase_transition_tasks",
+    "sample_task",
+    "sample_tasks",
+]

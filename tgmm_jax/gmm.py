@@ -41,7 +41,9 @@ def component_log_density(points_NxD: jax.Array, params: MixtureParams) -> jax.A
     """
     real_w_K = jnp.where(params.component_mask, params.weights, 0.0)
     real_w_K = real_w_K / jnp.maximum(jnp.sum(real_w_K, axis=-1, keepdims=True), 1e-30)
-    centre = jnp.einsum("...k,...kd->...d", real_w_K, jnp.where(params.component_mask[..., None], params.means, 0.0))
+    centre = jnp.einsum(
+        "...k,...kd->...d", real_w_K, jnp.where(params.component_mask[..., None], params.means, 0.0)
+    )
     centre = jax.lax.stop_gradient(centre)[..., None, :]  # [..., 1, D]
     x_NxD = points_NxD - centre
     mu_KxD = params.means - centre

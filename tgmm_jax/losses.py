@@ -27,6 +27,7 @@ from tgmm_jax.tasks import GMMTask
 
 OBJECTIVES = ("est", "est_matched", "lik", "est+lik", "est_matched+lik")
 
+
 def _masked_log_softmax(logits_BxK: jax.Array, mask_BxK: jax.Array) -> jax.Array:
     """log softmax over the real components; 0 on padded ones (so 0 * it stays 0)."""
     log_p_BxK = jax.nn.log_softmax(jnp.where(mask_BxK, logits_BxK, -jnp.inf), axis=-1)

@@ -42,7 +42,9 @@ def best_permutation(cost_BxKxK: jax.Array) -> jax.Array:
     """``index_BxK`` minimising sum_j cost[b, index[b, j], j], scoring all K! permutations inside jit."""
     k = cost_BxKxK.shape[-1]
     if k > MAX_BRUTE_FORCE_K:
-        raise ValueError(f"brute-force matching scores all K! permutations; K={k} exceeds {MAX_BRUTE_FORCE_K}")
+        raise ValueError(
+            f"brute-force matching scores all K! permutations; K={k} exceeds {MAX_BRUTE_FORCE_K}"
+        )
     perms_PxK = jnp.asarray(permutations(k))
     total_BxP = jnp.sum(cost_BxKxK[:, perms_PxK, jnp.arange(k)], axis=-1)  # sum_j cost[b, perms[p, j], j]
     total_BxP = jnp.where(jnp.isnan(total_BxP), jnp.inf, total_BxP)
@@ -119,7 +121,9 @@ def evaluate_estimates(estimate: MixtureParams, task: GMMTask) -> dict[str, jax.
     if estimate.means.shape != task.means.shape:
         raise ValueError(f"estimate means {estimate.means.shape} do not match task means {task.means.shape}")
     if estimate.weights.shape != task.weights.shape:
-        raise ValueError(f"estimate weights {estimate.weights.shape} do not match task weights {task.weights.shape}")
+        raise ValueError(
+            f"estimate weights {estimate.weights.shape} do not match task weights {task.weights.shape}"
+        )
     est = MixtureParams(estimate.weights, estimate.means, estimate.scales, task.component_mask)
     est_index_BxK = align_components(est.means, task.means, task.component_mask)
     aligned = gather_components(est, est_index_BxK)
@@ -147,5 +151,7 @@ def evaluate_estimates(estimate: MixtureParams, task: GMMTask) -> dict[str, jax.
     if estimate.scales is not None:
         k_B = jnp.sum(task.component_mask, axis=-1)
         sq_BxK = jnp.sum((aligned.scales - task.scales) ** 2, axis=-1)
-        out["l2_scales"] = jnp.sum(jnp.where(task.component_mask, sq_BxK, 0.0), axis=-1) / (k_B * task.means.shape[-1])
+        out["l2_scales"] = jnp.sum(jnp.where(task.component_mask, sq_BxK, 0.0), axis=-1) / (
+            k_B * task.means.shape[-1]
+        )
     return out

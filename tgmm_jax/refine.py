@@ -27,7 +27,9 @@ def em_step(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, params: MixtureP
     count_B = jnp.maximum(jnp.sum(mask_BxN, axis=-1), 1).astype(jnp.float32)
     centre_BxD = jnp.sum(points_BxNxD, axis=1) / count_B[:, None]
     x_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None, :], 0.0)
-    centred = MixtureParams(params.weights, params.means - centre_BxD[:, None, :], params.scales, params.component_mask)
+    centred = MixtureParams(
+        params.weights, params.means - centre_BxD[:, None, :], params.scales, params.component_mask
+    )
     resp_BxNxK = gmm.responsibilities(x_BxNxD, centred) * mask_BxN[..., None]
     mass_BxK = jnp.sum(resp_BxNxK, axis=1)
     inv_mass_BxK = 1.0 / jnp.maximum(mass_BxK, _TINY)
@@ -35,7 +37,9 @@ def em_step(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, params: MixtureP
     means_BxKxD = jnp.einsum("bnk,bnd->bkd", resp_BxNxK, x_BxNxD, precision=hi) * inv_mass_BxK[..., None]
     scales = None
     if params.scales is not None:
-        second_BxKxD = jnp.einsum("bnk,bnd->bkd", resp_BxNxK, x_BxNxD**2, precision=hi) * inv_mass_BxK[..., None]
+        second_BxKxD = (
+            jnp.einsum("bnk,bnd->bkd", resp_BxNxK, x_BxNxD**2, precision=hi) * inv_mass_BxK[..., None]
+        )
         variances_BxKxD = jnp.maximum(second_BxKxD - means_BxKxD**2, 0.0) + VARIANCE_REG
         scales = jnp.where(params.component_mask[..., None], jnp.sqrt(variances_BxKxD), 1.0)
     mask_BxK = params.component_mask
@@ -45,7 +49,9 @@ def em_step(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, params: MixtureP
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
-def em_refine(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, params: MixtureParams, steps: int) -> MixtureParams:
+def em_refine(
+    points_BxNxD: jax.Array, point_mask_BxN: jax.Array, params: MixtureParams, steps: int
+) -> MixtureParams:
     """``steps`` EM iterations from ``params`` (weights [B, K], means [B, K, D], scales or None)."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from tgmm_jax.metrics import evaluate_estimates
+from tgmm_jax.refine import em_refine
 from tgmm_jax.tasks import GMMTask, TaskSpec, sample_tasks
 
 # Per-task metrics summarised in tables and logs (besides 'applicable').
@@ -30,10 +31,13 @@ Method = Callable[[Any, jax.Array, GMMTask], tuple]
 MODEL_METHOD = "tgmm"  # the trained model, among the baselines; the only method that takes parameters
 
 
-def _apply_model(model, params, key, task):
+def _apply_model(model, params, key, task, refine_steps=0):
     del key  # the forward is deterministic
     out = model.apply({"params": params}, task.points, task.point_mask, task.num_components)
-    return out.to_params(), {}
+    estimate = out.to_params()
+    if refine_steps:
+        estimate = em_refine(task.points, task.point_mask, estimate, refine_steps)
+    return estimate, {}
 
 
 def _without_params(fn, params, key, task):
@@ -41,8 +45,11 @@ def _without_params(fn, params, key, task):
     return fn(key, task)
 
 
-def model_method(model) -> Method:
-    """The TGMM ``model`` (a Flax module) as a method; equal models give equal methods (one compilation)."""
+def model_method(model, refine_steps: int = 0) -> Method:
+    """The TGMM ``model`` (a Flax module) as a method, followed by ``refine_steps`` parameter-free EM steps
+    (``refine.em_refine``); equal models give equal methods (one compilation)."""
+    if refine_steps:
+        return functools.partial(_apply_model, model, refine_steps=int(refine_steps))
     return functools.partial(_apply_model, model)
 
 

@@ -83,13 +83,17 @@ def _validate(spec: TaskSpec) -> None:
         raise ValueError(f"TaskSpec.n_min={spec.n_min} is larger than n_max={spec.n_max}")
     if spec.variant not in VARIANTS:
         raise ValueError(f"TaskSpec.variant must be one of {VARIANTS}, got {spec.variant!r}")
-    if not (isinstance(spec.mean_shift, (int, float)) and math.isfinite(spec.mean_shift) and spec.mean_shift >= 0):
+    if not (
+        isinstance(spec.mean_shift, (int, float)) and math.isfinite(spec.mean_shift) and spec.mean_shift >= 0
+    ):
         raise ValueError(f"TaskSpec.mean_shift must be a finite number >= 0, got {spec.mean_shift!r}")
     if not (isinstance(spec.cos_threshold, (int, float)) and -1.0 < spec.cos_threshold <= 1.0):
         raise ValueError(f"TaskSpec.cos_threshold must lie in (-1, 1], got {spec.cos_threshold!r}")
     wr = spec.weight_range
     if len(wr) != 2 or not (0.0 < wr[0] <= wr[1] < math.inf):
-        raise ValueError(f"TaskSpec.weight_range must be (lo, hi) with 0 < lo <= hi, got {spec.weight_range!r}")
+        raise ValueError(
+            f"TaskSpec.weight_range must be (lo, hi) with 0 < lo <= hi, got {spec.weight_range!r}"
+        )
     if len(spec.mean_range) != 2 or not (-math.inf < spec.mean_range[0] < spec.mean_range[1] < math.inf):
         raise ValueError(f"TaskSpec.mean_range must be (lo, hi) with lo < hi, got {spec.mean_range!r}")
     if not isinstance(spec.variable_n, bool):
@@ -120,7 +124,7 @@ class GMMTask:
 # Vectors with the cosine filter.
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def acceptance_rate(dim: int, k: int, threshold: float, mean_range: tuple, mean_shift: float) -> float:
     """Monte Carlo estimate (NumPy, fixed seed) of the cosine filter's acceptance rate for (D, K)."""
     if k == 1:
@@ -186,7 +190,7 @@ def sample_filtered_vectors(
     lo, hi = value_range
 
     def body(state):
-        round_idx, _, out = state
+        round_idx, _, _ = state
         u_key, n_key = jax.random.split(jax.random.fold_in(key, round_idx))
         cand_RxKxD = jax.random.uniform(u_key, (candidates, k_max, dim), minval=lo, maxval=hi)
         if shift:
@@ -219,9 +223,15 @@ def sample_task(key: jax.Array, spec: TaskSpec, num_components: jax.Array) -> GM
     weights_K = jnp.where(mask_K, raw_K, 0.0)
     weights_K = weights_K / jnp.sum(weights_K)
 
-    filt = functools.partial(sample_filtered_vectors, component_mask_K=mask_K, dim=d, threshold=spec.cos_threshold)
-    means_KxD = filt(m_key, candidates=candidates_per_round(spec, spec.mean_shift),
-                     value_range=spec.mean_range, shift=spec.mean_shift)
+    filt = functools.partial(
+        sample_filtered_vectors, component_mask_K=mask_K, dim=d, threshold=spec.cos_threshold
+    )
+    means_KxD = filt(
+        m_key,
+        candidates=candidates_per_round(spec, spec.mean_shift),
+        value_range=spec.mean_range,
+        shift=spec.mean_shift,
+    )
     if spec.variant == "anisotropic":
         # Official AnisotropicGaussianMixtureTask: scale = 2 softplus(m / 5), m another filtered draw.
         m_KxD = filt(s_key, candidates=candidates_per_round(spec, 0.0), value_range=spec.mean_range)
@@ -271,7 +281,9 @@ def sample_phase_transition_tasks(key: jax.Array, n: int, a: float, b: float, ba
     offset_BxD = delta * jax.random.normal(o_key, (batch, dim))
     means_BxKxD = offset_BxD[:, None, :] + (delta / 2.0) * jnp.stack([u_BxD, -u_BxD], axis=1)
     labels_BxN = jax.random.bernoulli(z_key, 0.5, (batch, n)).astype(jnp.int32)
-    points_BxNxD = jax.vmap(lambda m, z: m[z])(means_BxKxD, labels_BxN) + jax.random.normal(e_key, (batch, n, dim))
+    points_BxNxD = jax.vmap(lambda m, z: m[z])(means_BxKxD, labels_BxN) + jax.random.normal(
+        e_key, (batch, n, dim)
+    )
     return GMMTask(
         points=points_BxNxD,
         point_mask=jnp.ones((batch, n), bool),

@@ -41,12 +41,16 @@ class ClusterReadout(nn.Module):
     mlp_ratio: int = 2
 
     @nn.compact
-    def __call__(self, states_BxNxE, coords_BxNxR, scale_B, points_BxNxD, point_mask_BxN, k_index_B, component_mask_BxK):
+    def __call__(
+        self, states_BxNxE, coords_BxNxR, scale_B, points_BxNxD, point_mask_BxN, k_index_B, component_mask_BxK
+    ):
         e = states_BxNxE.shape[-1]
         mask_BxN = point_mask_BxN.astype(bool)
         weight_BxN = mask_BxN.astype(jnp.float32)
         count_B = jnp.maximum(jnp.sum(weight_BxN, axis=-1), 1.0)
-        slots_BxKxE = self.param("slots", nn.initializers.normal(1.0), (self.num_ks, self.k_max, e))[k_index_B]
+        slots_BxKxE = self.param("slots", nn.initializers.normal(1.0), (self.num_ks, self.k_max, e))[
+            k_index_B
+        ]
 
         tokens_BxNxE = nn.LayerNorm(name="ln_tokens")(states_BxNxE)
         keys_BxNxE = nn.Dense(e, use_bias=False, name="key")(tokens_BxNxE)
@@ -57,7 +61,11 @@ class ClusterReadout(nn.Module):
         update_in = nn.Dense(self.mlp_ratio * e, name="update_in")
         update_out = nn.Dense(e, kernel_init=nn.initializers.zeros, name="update_out")
         ln_attn = nn.LayerNorm(name="ln_slot_attn")
-        slot_attn = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="slot_attn") if self.slot_attention else None
+        slot_attn = (
+            nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="slot_attn")
+            if self.slot_attention
+            else None
+        )
         alpha = self.param("em_logit_scale", nn.initializers.ones, ()) if self.em_logits else None
         slot_mask_BxKxK = component_mask_BxK[:, :, None] & component_mask_BxK[:, None, :]
         scale2_B = jnp.square(scale_B)
@@ -66,8 +74,12 @@ class ClusterReadout(nn.Module):
         for t in range(self.iters + 1):
             logits_BxNxK = jnp.einsum("bne,bke->bnk", keys_BxNxE, query(ln_query(slots_BxKxE))) / math.sqrt(e)
             if alpha is not None and t > 0:
-                sq_BxNxK = jnp.sum(jnp.square(coords_BxNxR[:, :, None, :] - centre_mean_BxKxR[:, None, :, :]), -1)
-                logits_BxNxK = logits_BxNxK + alpha * (log_w_BxK[:, None, :] - 0.5 * scale2_B[:, None, None] * sq_BxNxK)
+                sq_BxNxK = jnp.sum(
+                    jnp.square(coords_BxNxR[:, :, None, :] - centre_mean_BxKxR[:, None, :, :]), -1
+                )
+                logits_BxNxK = logits_BxNxK + alpha * (
+                    log_w_BxK[:, None, :] - 0.5 * scale2_B[:, None, None] * sq_BxNxK
+                )
             logits_BxNxK = jnp.where(component_mask_BxK[:, None, :], logits_BxNxK, _MASKED)
             log_resp_BxNxK = jax.nn.log_softmax(logits_BxNxK, axis=-1)
             resp_BxNxK = jnp.exp(log_resp_BxNxK) * weight_BxN[:, :, None]
@@ -78,7 +90,9 @@ class ClusterReadout(nn.Module):
             centre_mean_BxKxR = jnp.einsum("bnk,bnr->bkr", resp_BxNxK, coords_BxNxR) * inv_mass_BxK[..., None]
             log_w_BxK = jnp.log(mass_BxK / count_B[:, None] + _MIN_MASS)
             attended_BxKxE = jnp.einsum("bnk,bne->bke", resp_BxNxK, values_BxNxE) * inv_mass_BxK[..., None]
-            inputs = jnp.concatenate([slots_BxKxE, attended_BxKxE, centre_mean_BxKxR, log_w_BxK[..., None]], -1)
+            inputs = jnp.concatenate(
+                [slots_BxKxE, attended_BxKxE, centre_mean_BxKxR, log_w_BxK[..., None]], -1
+            )
             slots_BxKxE = slots_BxKxE + update_out(jax.nn.gelu(update_in(ln_update(inputs))))
             if slot_attn is not None:
                 normed = ln_attn(slots_BxKxE)

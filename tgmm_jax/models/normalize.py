@@ -46,7 +46,9 @@ def normalize_tasks(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, rank: in
     centre_BxD = jnp.sum(points_BxNxD, axis=1) / count_B[:, None]
     centred_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None, :], 0.0)
     hi = jax.lax.Precision.HIGHEST
-    cov_BxDxD = jnp.einsum("bnd,bne->bde", centred_BxNxD, centred_BxNxD, precision=hi) / count_B[:, None, None]
+    cov_BxDxD = (
+        jnp.einsum("bnd,bne->bde", centred_BxNxD, centred_BxNxD, precision=hi) / count_B[:, None, None]
+    )
     dim = points_BxNxD.shape[-1]
     evals_BxD, evecs_BxDxD = jnp.linalg.eigh(cov_BxDxD)  # ascending
     keep = min(rank, dim)
@@ -61,6 +63,7 @@ def normalize_tasks(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, rank: in
     scale_B = jnp.sqrt(jnp.maximum(evals_BxR[:, 0], _MIN_SCALE**2))
     coords_BxNxR = coords_BxNxR * (sign_BxR / scale_B[:, None])[:, None, :]
     features_BxF = jnp.concatenate(
-        [jnp.log(scale_B)[:, None], evals_BxR / jnp.square(scale_B)[:, None], jnp.log(count_B)[:, None]], axis=-1
+        [jnp.log(scale_B)[:, None], evals_BxR / jnp.square(scale_B)[:, None], jnp.log(count_B)[:, None]],
+        axis=-1,
     )
     return NormalizedTasks(centre_BxD, basis_BxDxR, scale_B, coords_BxNxR, features_BxF)

@@ -47,7 +47,7 @@ class ReadIn(nn.Module):
         )(k_index_B)
         if task_features_BxF is not None:
             embed_BxT = jnp.concatenate([embed_BxT, task_features_BxF.astype(jnp.float32)], axis=-1)
-        b, n, d = points_BxNxD.shape
+        b, n, _ = points_BxNxD.shape
         embed_BxNxT = jnp.broadcast_to(embed_BxT[:, None, :], (b, n, embed_BxT.shape[-1]))
         inputs_BxNxF = jnp.concatenate([points_BxNxD.astype(jnp.float32), embed_BxNxT], axis=-1)
         fan_in = inputs_BxNxF.shape[-1]

@@ -95,7 +95,12 @@ class TGMM(nn.Module):
         self.backbone = BACKBONES[c.backbone].module(c)
         if c.readout == "cluster":
             self.read_out = ClusterReadout(
-                len(self.ks), max(self.ks), c.cluster_iters, anisotropic, c.slot_attention, c.em_logits,
+                len(self.ks),
+                max(self.ks),
+                c.cluster_iters,
+                anisotropic,
+                c.slot_attention,
+                c.em_logits,
                 num_heads=c.num_heads,
             )
         else:
@@ -135,7 +140,12 @@ class TGMM(nn.Module):
         log_resp_BxNxK = None
         if c.readout == "cluster":
             logits_BxK, means_BxKxD, scales_BxKxD, log_resp_BxNxK = self.read_out(
-                states_BxNxE, norm.coords_BxNxR, norm.scale_B, points_BxNxD, point_mask_BxN, k_index_B,
+                states_BxNxE,
+                norm.coords_BxNxR,
+                norm.scale_B,
+                points_BxNxD,
+                point_mask_BxN,
+                k_index_B,
                 component_mask_BxK,
             )
             inverse_BxN = jnp.argsort(order_BxN, axis=-1)  # back to the caller's point order
@@ -159,7 +169,10 @@ class TGMM(nn.Module):
         if scales_BxKxD is not None:
             scales_BxKxD = finish(scales_BxKxD, 1.0)
         return TGMMOutput(
-            finish(logits_BxK, PADDED_LOGIT), finish(means_BxKxD, 0.0), scales_BxKxD, component_mask_BxK,
+            finish(logits_BxK, PADDED_LOGIT),
+            finish(means_BxKxD, 0.0),
+            scales_BxKxD,
+            component_mask_BxK,
             log_resp_BxNxK,
         )
 

@@ -48,9 +48,13 @@ class Checkpoints:
         """Restores the state at ``step`` (default: latest) into the structure and shardings of ``target_state``."""
         step = self._step_or_latest(step)
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target_state)))
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target_state))
+            )
         except Exception as e:  # orbax raises many types for truncated or foreign files
-            raise CheckpointError(f"cannot restore step {step} from {self.directory}: {type(e).__name__}: {e}") from e
+            raise CheckpointError(
+                f"cannot restore step {step} from {self.directory}: {type(e).__name__}: {e}"
+            ) from e
         return restored.state
 
     def restore_config(self, step: int | None = None) -> dict:

@@ -62,7 +62,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.objective = "est"
     c.lik_weight = 1.0
-    c.resp_weight = 0.0  # weight of the clustering read-out's responsibility cross-entropy (readout='cluster')
+    c.resp_weight = (
+        0.0  # weight of the clustering read-out's responsibility cross-entropy (readout='cluster')
+    )
     c.train_dims = ()  # data dimensions to cycle through per step (a dimension-free model); () = task.dim only
     c.tensorboard = True
     c.task = task_group()
@@ -91,8 +93,22 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 _TOP_LEVEL = {
-    "seed", "total_steps", "tasks_per_k", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-    "objective", "lik_weight", "resp_weight", "train_dims", "tensorboard", "task", "model", "optim", "eval",
+    "seed",
+    "total_steps",
+    "tasks_per_k",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "objective",
+    "lik_weight",
+    "resp_weight",
+    "train_dims",
+    "tensorboard",
+    "task",
+    "model",
+    "optim",
+    "eval",
 }
 _OPTIM = {"learning_rate", "weight_decay", "b1", "b2", "eps", "schedule", "warmup_steps", "grad_clip_norm"}
 _EVAL = {"tasks_per_k", "n", "baselines", "fresh_tasks"}
@@ -108,7 +124,9 @@ def _number(value, name, low=0.0, high=math.inf, low_open=False):
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
-        raise ValueError(f"config.{name} must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}")
+        raise ValueError(
+            f"config.{name} must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}"
+        )
 
 
 def task_spec_from(task: ml_collections.ConfigDict) -> TaskSpec:
@@ -139,8 +157,14 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[TaskSpec, ModelC
     if missing:
         raise ValueError(f"config is missing field(s) {missing}")
     _int_at_least(config, "seed", 0)
-    for name, low in (("total_steps", 1), ("tasks_per_k", 1), ("log_every", 1), ("eval_every", 0),
-                      ("checkpoint_every", 1), ("keep_checkpoints", 1)):
+    for name, low in (
+        ("total_steps", 1),
+        ("tasks_per_k", 1),
+        ("log_every", 1),
+        ("eval_every", 0),
+        ("checkpoint_every", 1),
+        ("keep_checkpoints", 1),
+    ):
         _int_at_least(config, name, low)
     if config.objective not in OBJECTIVES:
         raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
@@ -162,8 +186,14 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[TaskSpec, ModelC
     _number(o.grad_clip_norm, "optim.grad_clip_norm")
     if o.schedule not in SCHEDULES:
         raise ValueError(f"config.optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}")
-    if isinstance(o.warmup_steps, bool) or not isinstance(o.warmup_steps, int) or not 0 <= o.warmup_steps <= config.total_steps:
-        raise ValueError(f"config.optim.warmup_steps must be an integer in [0, total_steps], got {o.warmup_steps!r}")
+    if (
+        isinstance(o.warmup_steps, bool)
+        or not isinstance(o.warmup_steps, int)
+        or not 0 <= o.warmup_steps <= config.total_steps
+    ):
+        raise ValueError(
+            f"config.optim.warmup_steps must be an integer in [0, total_steps], got {o.warmup_steps!r}"
+        )
 
     e = config.eval
     if isinstance(e.tasks_per_k, bool) or not isinstance(e.tasks_per_k, int) or e.tasks_per_k < 1:
@@ -199,7 +229,9 @@ def train_specs(spec: TaskSpec, config: ml_collections.ConfigDict) -> list[TaskS
     """The task spec of each training step kind: one per entry of ``train_dims`` (step t uses entry
     (t - 1) mod len), or just ``spec``."""
     dims = config.train_dims
-    if isinstance(dims, (int, str)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+    if isinstance(dims, (int, str)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims
+    ):
         raise ValueError(f"config.train_dims must be a tuple of integers >= 1, got {dims!r}")
     return [dataclasses.replace(spec, dim=d) for d in dims] or [spec]
 

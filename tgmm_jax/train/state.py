@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,8 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
         schedule = optax.warmup_cosine_decay_schedule(0.0, lr, optim.warmup_steps, total_steps, end_value=0.0)
     elif optim.warmup_steps:
         schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, optim.warmup_steps), optax.constant_schedule(lr)], [optim.warmup_steps]
+            [optax.linear_schedule(0.0, lr, optim.warmup_steps), optax.constant_schedule(lr)],
+            [optim.warmup_steps],
         )
     else:
         schedule = lr
@@ -102,7 +103,9 @@ def create_train_state(key, model, tx, spec: TaskSpec, metric_names: tuple[str, 
 def init_params_shape(key, model, spec: TaskSpec):
     """Abstract parameters (shapes only), for deriving metric names before the real init."""
     dummy = jax.eval_shape(lambda: sample_tasks(jax.random.key(0), spec, 1))
-    return jax.eval_shape(lambda k, t: model.init(k, t.points, t.point_mask, t.num_components)["params"], key, dummy)
+    return jax.eval_shape(
+        lambda k, t: model.init(k, t.points, t.point_mask, t.num_components)["params"], key, dummy
+    )
 
 
 def make_train_step(

@@ -19,12 +19,22 @@ from etils import epath
 from tgmm_jax import scoring
 from tgmm_jax.models import make_model
 from tgmm_jax.tasks import sample_tasks
-from tgmm_jax.train import checkpoint, config as config_lib, restore, sharding, state as state_lib
+from tgmm_jax.train import checkpoint, restore, sharding
+from tgmm_jax.train import config as config_lib
+from tgmm_jax.train import state as state_lib
 from tgmm_jax.train.writer import MetricWriter
 
 # Config fields that may differ between the saved run and a resumed one: schedules of logging and saving,
 # the budget, and what periodic evaluation runs (none of them changes the trained parameters).
-_RESUMABLE_CHANGES = {"total_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "eval"}
+_RESUMABLE_CHANGES = {
+    "total_steps",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "tensorboard",
+    "eval",
+}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,7 +65,9 @@ class _PreemptionFlag:
 
 def _check_same_run(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
     current = json.loads(config.to_json())
-    changed = sorted(k for k in set(saved) | set(current) if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    changed = sorted(
+        k for k in set(saved) | set(current) if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+    )
     if changed:
         raise ValueError(
             f"{workdir} holds a run with a different config (fields {changed}); "
@@ -68,11 +80,17 @@ def _record_environment(workdir_path, start_step: int) -> None:
     path = workdir_path / "environment.json"
     starts = json.loads(path.read_text()) if path.exists() else []
     devices = jax.devices()
-    starts.append(dict(
-        start_step=start_step, time=time.strftime("%Y-%m-%dT%H:%M:%S"), jax=jax.__version__,
-        backend=jax.default_backend(), device_kind=devices[0].device_kind, device_count=len(devices),
-        process_count=jax.process_count(),
-    ))
+    starts.append(
+        dict(
+            start_step=start_step,
+            time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            jax=jax.__version__,
+            backend=jax.default_backend(),
+            device_kind=devices[0].device_kind,
+            device_count=len(devices),
+            process_count=jax.process_count(),
+        )
+    )
     path.write_text(json.dumps(starts, indent=1))
 
 
@@ -176,10 +194,16 @@ def train_and_evaluate(
 
         # One compiled step per training dimension (config.train_dims); step t uses entry (t - 1) mod len.
         step_fns = [
-            state_lib.make_train_step(model, tx, step_spec, config.tasks_per_k, objective, config.log_every, mesh)
+            state_lib.make_train_step(
+                model, tx, step_spec, config.tasks_per_k, objective, config.log_every, mesh
+            )
             for step_spec in config_lib.train_specs(spec, config)
         ]
-        evaluator = PeriodicEvaluator(model, spec, config.eval, eval_key, baselines or {}) if config.eval_every else None
+        evaluator = (
+            PeriodicEvaluator(model, spec, config.eval, eval_key, baselines or {})
+            if config.eval_every
+            else None
+        )
         data_key = jax.device_put(data_key, sharding.replicated(mesh))
         summaries: dict = {}
 
@@ -218,7 +242,9 @@ def train_and_evaluate(
                     stop_if_nonfinite(step)
                     ckpts.save(step, state, config_json, force=True)
                 if preempted:
-                    writer.message(f"preempted at step {step}: checkpoint saved, exiting; rerun the command to resume")
+                    writer.message(
+                        f"preempted at step {step}: checkpoint saved, exiting; rerun the command to resume"
+                    )
                     break
         ckpts.wait()
     finally:

@@ -18,7 +18,9 @@ class MetricWriter:
     def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True, stream=None):
         self.enabled = enabled
         self.path = epath.Path(workdir) / "metrics.jsonl"
-        self._lines: list[str] = self.path.read_text().splitlines(keepends=True) if enabled and self.path.exists() else []
+        self._lines: list[str] = (
+            self.path.read_text().splitlines(keepends=True) if enabled and self.path.exists() else []
+        )
         self.stream = stream or sys.stdout
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._tb = None
