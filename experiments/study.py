@@ -87,13 +87,10 @@ def evaluate_cached(
         keep = lambda c: same_step or c["method"] != scoring.MODEL_METHOD
         cells = [c for c in cached["cells"] if keep(c) and c["method"] in all_methods]
         fingerprints = dict(cached["task_fingerprints"])
-    for n in ns:
-        have = {c["method"] for c in cells if c["N"] == n}
-        todo = {name: fn for name, fn in all_methods.items() if name not in have}
-        if not todo:
-            continue
-        part = scoring.evaluate_methods(
-            todo,
+
+    def evaluate(methods, n):
+        return scoring.evaluate_methods(
+            methods,
             run.spec,
             params=params,
             tasks_per_cell=tasks_per_cell,
@@ -101,18 +98,17 @@ def evaluate_cached(
             seed=seed,
             mean_shift=mean_shift,
         )
+
+    for n in ns:
+        have = {c["method"] for c in cells if c["N"] == n}
+        todo = {name: fn for name, fn in all_methods.items() if name not in have}
+        if not todo:
+            continue
+        part = evaluate(todo, n)
         if str(n) in fingerprints and part["task_fingerprints"][str(n)] != fingerprints[str(n)]:
             # the cached cells were made on other tasks: evaluate every method again
             cells = [c for c in cells if c["N"] != n]
-            part = scoring.evaluate_methods(
-                all_methods,
-                run.spec,
-                params=params,
-                tasks_per_cell=tasks_per_cell,
-                ns=(n,),
-                seed=seed,
-                mean_shift=mean_shift,
-            )
+            part = evaluate(all_methods, n)
         cells += part["cells"]
         fingerprints.update(part["task_fingerprints"])
         results = part

@@ -59,5 +59,5 @@ def get_config(arg: str | None = None):
     config.optim.weight_decay = 1e-4
     config.optim.grad_clip_norm = 1.0
     config.eval.tasks_per_k = 64
-    config.eval.baselines = ("em", "em_kmeanspp")
+    config.eval.baselines = ("em", "em_kmeanspp", "spectral")
     return config
