@@ -1,0 +1,154 @@
+"""TGMMEstimator against sklearn's GaussianMixture on the same held-out tasks: l2 error, accuracy, wall time,
+and how often ``n_components="auto"`` picks the true K (against sklearn's BIC loop over the same Ks).
+
+    python -m benchmarks.estimator --json results/benchmark_estimator_cpu.json
+    python -m benchmarks.estimator --checkpoint=runs/cluster --dims=2,8 --tasks_per_k=16   # quick look
+
+Tasks: ``sample_tasks`` of the checkpoint's task family (its Ks, U[-5, 5] means, unit noise) at each d and N,
+from ``--seed``. TGMM fits every task of a d in one ``fit_batch`` call (timed warm: a first call on the same
+shapes compiles); sklearn fits task by task (``covariance_type="spherical"``, its default k-means init,
+``n_init=1``). Errors are ``tgmm_jax.metrics.evaluate_estimates`` for every method.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from sklearn.mixture import GaussianMixture
+
+from tgmm_jax.estimator import TGMMEstimator, load_checkpoint
+from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.metrics import evaluate_estimates
+from tgmm_jax.tasks import TaskSpec, sample_tasks
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "pretrained", "'pretrained', a shipped name, or a path.")
+_DIMS = flags.DEFINE_list("dims", ["2", "8", "32"], "Data dimensions.")
+_N = flags.DEFINE_integer("n", 128, "Points per task.")
+_TASKS = flags.DEFINE_integer("tasks_per_k", 64, "Tasks per K per d.")
+_SEED = flags.DEFINE_integer("seed", 20261202, "Seed of the tasks and of sklearn.")
+_JSON = flags.DEFINE_string("json", None, "Output path (JSON); a Markdown table is printed.")
+
+
+def _metrics(estimate: MixtureParams, task) -> dict[str, np.ndarray]:
+    est = MixtureParams(
+        jnp.asarray(estimate.weights, jnp.float32),
+        jnp.asarray(estimate.means, jnp.float32),
+        None,
+        jnp.asarray(task.component_mask),
+    )
+    return {k: np.asarray(v) for k, v in jax.jit(evaluate_estimates)(est, task).items()}
+
+
+def _sklearn_fit(points, k, seed):
+    gm = GaussianMixture(k, covariance_type="spherical", random_state=seed).fit(points)
+    return gm
+
+
+def _pad(weights, means, k_max):
+    k = means.shape[0]
+    return np.pad(weights, (0, k_max - k)), np.pad(means, ((0, k_max - k), (0, 0)))
+
+
+def _summary(per_task, k_B, seconds, ks) -> dict:
+    out = {"seconds": seconds, "seconds_per_task": seconds / len(k_B)}
+    for k in ks:
+        cell = k_B == k
+        out[f"K={k}"] = {
+            name: {
+                "mean": float(np.mean(per_task[name][cell])),
+                "median": float(np.median(per_task[name][cell])),
+            }
+            for name in ("l2", "cluster_acc", "oracle_gap")
+        }
+    return out
+
+
+def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int) -> dict:
+    ckpt = load_checkpoint(ckpt_arg)
+    ks = tuple(int(k) for k in ckpt.spec.ks)
+    spec = TaskSpec(dim=d, ks=ks, n_max=n, n_min=n, variable_n=False)
+    task = sample_tasks(jax.random.fold_in(jax.random.key(seed), d), spec, tasks_per_k)
+    points, k_B = np.asarray(task.points, np.float64), np.asarray(task.num_components)
+    result = {"d": d, "n": n, "tasks": len(k_B), "methods": {}, "auto": {}}
+
+    for refine in ("none", "em"):
+        est = TGMMEstimator(checkpoint=ckpt_arg, refine=refine)
+        est.fit_batch(points, n_components=k_B)  # compile
+        start = time.perf_counter()
+        fitted = est.fit_batch(points, n_components=k_B)
+        seconds = time.perf_counter() - start
+        name = "tgmm" if refine == "none" else "tgmm+em5"
+        result["methods"][name] = _summary(_metrics(fitted, task), k_B, seconds, ks)
+
+    weights, means = np.zeros((len(k_B), max(ks))), np.zeros((len(k_B), max(ks), d))
+    start = time.perf_counter()
+    for b, (x, k) in enumerate(zip(points, k_B)):
+        gm = _sklearn_fit(x, int(k), seed)
+        weights[b], means[b] = _pad(gm.weights_, gm.means_, max(ks))
+    seconds = time.perf_counter() - start
+    sk = MixtureParams(weights, means, None, np.asarray(task.component_mask))
+    result["methods"]["sklearn_gmm"] = _summary(_metrics(sk, task), k_B, seconds, ks)
+
+    auto = TGMMEstimator("auto", checkpoint=ckpt_arg)
+    auto.fit_batch(points)  # compile
+    start = time.perf_counter()
+    picked_B = auto.fit_batch(points).component_mask.sum(axis=1)
+    tgmm_seconds = time.perf_counter() - start
+    sk_picked, start = [], time.perf_counter()
+    for x in points:
+        bics = [_sklearn_fit(x, k, seed).bic(x) for k in ks]
+        sk_picked.append(ks[int(np.argmin(bics))])
+    sk_seconds = time.perf_counter() - start
+    for name, picks, seconds in (
+        ("tgmm_auto", picked_B, tgmm_seconds),
+        ("sklearn_bic", np.asarray(sk_picked), sk_seconds),
+    ):
+        result["auto"][name] = {
+            "pick_rate": float(np.mean(picks == k_B)),
+            **{f"K={k}": float(np.mean(picks[k_B == k] == k)) for k in ks},
+            "seconds": seconds,
+        }
+    return result
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "| d | method | l2 (mean over K) | cluster acc | seconds / task | auto: true K picked |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        autos = {"tgmm": r["auto"]["tgmm_auto"], "sklearn_gmm": r["auto"]["sklearn_bic"]}
+        for name, m in r["methods"].items():
+            cells = [v for key, v in m.items() if key.startswith("K=")]
+            l2 = np.mean([c["l2"]["mean"] for c in cells])
+            acc = np.mean([c["cluster_acc"]["mean"] for c in cells])
+            pick = f"{autos[name]['pick_rate']:.0%}" if name in autos else ""
+            lines.append(
+                f"| {r['d']} | {name} | {l2:.3f} | {acc:.3f} | {m['seconds_per_task'] * 1e3:.2f} ms | {pick} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    results = [run_dim(_CHECKPOINT.value, int(d), _N.value, _TASKS.value, _SEED.value) for d in _DIMS.value]
+    out = {
+        "checkpoint": _CHECKPOINT.value,
+        "seed": _SEED.value,
+        "backend": jax.default_backend(),
+        "results": results,
+    }
+    print(markdown(results))
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,137 @@
+"""Exports a training workdir's checkpoint as package data: ``tgmm_jax/pretrained/NAME/`` (parameters only).
+
+    python -m experiments.export_pretrained --workdir=runs/cluster --name=cluster \
+        --card_results=results/cluster_eval.json \
+        --command="python -m experiments.train --config=experiments/configs/cluster.py:steps=8000 --workdir=runs/cluster"
+
+Writes params.msgpack (float32 parameter pytree), config.json (ModelConfig + TaskSpec + step) and MODEL_CARD.md
+(config, steps, device, wall time, and the evaluation table of ``--card_results``, a JSON written by
+``experiments.evaluate --output``). ``tgmm_jax.pretrained.load_pretrained(NAME)`` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from absl import app, flags
+
+from tgmm_jax import pretrained
+from tgmm_jax.train.restore import load_run
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (orbax checkpoints + config).")
+_NAME = flags.DEFINE_string("name", None, "Checkpoint name, e.g. 'cluster' (the estimator's default).")
+_OUT = flags.DEFINE_string("out_dir", None, "Parent directory (default: the package's tgmm_jax/pretrained).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_RESULTS = flags.DEFINE_string("card_results", None, "experiments.evaluate JSON for the card's table.")
+_COMMAND = flags.DEFINE_string("command", None, "The training command, quoted in the card.")
+flags.mark_flags_as_required(["workdir", "name"])
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def training_facts(workdir: str) -> dict:
+    """Device and wall time of a training run, from its environment.json and metrics.jsonl (if present)."""
+    env = _read_json(os.path.join(workdir, "environment.json")) or []
+    devices = sorted({f"{e.get('device_count')} x {e.get('device_kind')} ({e.get('backend')})" for e in env})
+    seconds, last, rows = 0.0, 0, []
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.isfile(path):
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    # steps_per_sec of each log window times its steps: the training time, evaluation excluded
+    for row in rows:
+        if row.get("steps_per_sec"):
+            seconds += (row["step"] - last) / row["steps_per_sec"]
+        last = row.get("step", last)
+    return {"device": ", ".join(devices) or "not recorded", "train_seconds": seconds or None, "starts": env}
+
+
+def model_card(
+    name: str, run, workdir: str, results: dict | None, command: str | None, results_source: str | None = None
+) -> str:
+    facts = training_facts(workdir)
+    hours = (
+        f"{facts['train_seconds'] / 3600:.2f} h (sum of logged step times)"
+        if facts["train_seconds"]
+        else "n/a"
+    )
+    lines = [
+        f"# TGMM checkpoint `{name}`",
+        "",
+        f"- source workdir: `{workdir}`, step {run.step} of {run.config.total_steps}",
+        f"- training command: `{command or 'not recorded'}`",
+        f"- device: {facts['device']}; wall time: {hours}; training starts: {len(facts['starts'])}",
+        f"- dimension-free: {run.model_config.dimension_free} (trained d = {run.spec.dim}"
+        + (f", mixed d {tuple(run.config.train_dims)}" if run.config.get("train_dims") else "")
+        + f"); trained K: {run.spec.ks}; variant: {run.spec.variant}",
+        f"- objective: {run.config.objective}, resp_weight {run.config.get('resp_weight', 0.0)}",
+        "",
+        "## Model config",
+        "",
+        "```json",
+        json.dumps(run.model_config.to_dict(), indent=1, sort_keys=True, default=str),
+        "```",
+        "",
+        "## Task spec",
+        "",
+        "```json",
+        json.dumps(dataclasses.asdict(run.spec), indent=1, sort_keys=True, default=str),
+        "```",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    if results:
+        from experiments import reporting
+
+        lines += [
+            f"From `{results_source or 'the results JSON'}` (step {results.get('step')}):",
+            "",
+            reporting.markdown_report(results),
+        ]
+    else:
+        lines.append("No evaluation results were given to the export (--card_results).")
+    return "\n".join(lines) + "\n"
+
+
+def export(
+    workdir: str,
+    name: str,
+    out_dir: str | None = None,
+    step: int | None = None,
+    results: dict | None = None,
+    command: str | None = None,
+    results_source: str | None = None,
+) -> str:
+    """Writes ``out_dir/name`` from ``workdir``'s checkpoint; returns the directory."""
+    run = load_run(workdir, step)
+    directory = os.path.join(out_dir or os.path.dirname(os.path.abspath(pretrained.__file__)), name)
+    card = model_card(name, run, workdir, results, command, results_source)
+    return pretrained.save_exported(
+        directory, run.model_config, run.spec, run.params, step=run.step, source=workdir, card=card
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    results = None
+    if _RESULTS.value:
+        with open(_RESULTS.value) as f:
+            results = json.load(f)
+    directory = export(
+        _WORKDIR.value, _NAME.value, _OUT.value, _STEP.value, results, _COMMAND.value, _RESULTS.value
+    )
+    size = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
+    print(f"wrote {directory} ({size / 1e6:.2f} MB): {sorted(os.listdir(directory))}")
+
+
+if __name__ == "__main__":
+    app.run(main)

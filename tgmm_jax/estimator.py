@@ -1,0 +1,408 @@
+"""A scikit-learn-style Gaussian-mixture estimator on a trained TGMM: ``TGMMEstimator``.
+
+    from tgmm_jax.estimator import TGMMEstimator
+    gm = TGMMEstimator(n_components=3).fit(X)          # X: [n_samples, n_features], any n_features
+    labels = gm.predict(X); gm.means_, gm.weights_, gm.covariances_
+
+The default checkpoint is the dimension-free clustering model shipped in ``tgmm_jax/pretrained/`` (nothing
+downloads). Fitting runs the same method function as ``tgmm_jax.scoring`` (``scoring.model_method``: the
+network's forward, then ``refine.em_refine`` EM steps when ``refine="em"``), jitted once per shape; predictions
+on a fitted estimator are float64 NumPy, like ``sklearn.mixture.GaussianMixture``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import logsumexp
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from tgmm_jax import gmm, pretrained, scoring
+from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.pretrained import load_checkpoint
+from tgmm_jax.refine import em_refine, em_step
+from tgmm_jax.tasks import GMMTask
+
+REFINES = ("none", "em")
+# Mean per-feature variance of the training tasks (U[-5, 5] means, unit noise, K in 2..5): 6.4-7.4 for
+# d = 2, 8, 32 (256 tasks per K of sample_tasks). ``standardize=True`` rescales data to it.
+TRAINING_VARIANCE = 6.5
+TOL = 1e-3  # converged_: one more EM step changes the mean log-likelihood by less (sklearn's default tol)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The batched fit: one jitted call per (model, steps, restarts, shapes).
+
+
+def _kmeanspp_start(key, points_NxD, mask_N, k, k_max: int, with_scales: bool) -> MixtureParams:
+    """k-means++ seeding (D^2 sampling over real points) and the hard-assignment M-step of its centres."""
+    mask_N = mask_N.astype(bool)
+
+    def pick(j, state):
+        centres_KxD, d2_N = state
+        logits_N = jnp.where(mask_N, jnp.log(jnp.maximum(d2_N, 1e-30)), -jnp.inf)
+        c_D = points_NxD[jax.random.categorical(jax.random.fold_in(key, j), logits_N)]
+        return centres_KxD.at[j].set(c_D), jnp.minimum(d2_N, jnp.sum((points_NxD - c_D[None]) ** 2, axis=-1))
+
+    init = (
+        jnp.zeros((k_max, points_NxD.shape[-1]), points_NxD.dtype),
+        jnp.ones(mask_N.shape, points_NxD.dtype),
+    )
+    centres_KxD, _ = jax.lax.fori_loop(0, k_max, pick, init)
+    comp_K = jnp.arange(k_max) < k
+    sq_NxK = jnp.sum((points_NxD[:, None, :] - centres_KxD[None]) ** 2, axis=-1)
+    hard_NxK = (
+        jax.nn.one_hot(jnp.argmin(jnp.where(comp_K[None], sq_NxK, jnp.inf), axis=-1), k_max) * mask_N[:, None]
+    )
+    count_K = jnp.sum(hard_NxK, axis=0)
+    means_KxD = jnp.where(
+        count_K[:, None] > 0, hard_NxK.T @ points_NxD / jnp.maximum(count_K, 1)[:, None], centres_KxD
+    )
+    weights_K = jnp.where(comp_K, count_K / jnp.maximum(jnp.sum(mask_N), 1), 0.0)
+    scales = jnp.ones_like(means_KxD) if with_scales else None
+    return MixtureParams(weights_K, jnp.where(comp_K[:, None], means_KxD, 0.0), scales, comp_K)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "refine_steps", "n_restarts"))
+def _fit_tasks(model, refine_steps: int, n_restarts: int, params, key, points_BxNxD, mask_BxN, k_B):
+    """The method ``scoring.model_method(model, refine_steps)`` on the tasks, then (``n_restarts`` > 0) as many
+    EM runs of ``refine_steps`` steps from k-means++ starts; per task the fit of highest log-likelihood wins
+    (the network's on ties). Returns the estimate, its mean log-likelihood and that after one more EM step."""
+    k_max = max(model.ks)
+    b, n, d = points_BxNxD.shape
+    comp_BxK = jnp.arange(k_max)[None, :] < k_B[:, None]
+    zeros = jnp.zeros((b, k_max), points_BxNxD.dtype)
+    task = GMMTask(
+        points_BxNxD, mask_BxN, jnp.zeros((b, n), jnp.int32), zeros, jnp.zeros((b, k_max, d)),
+        jnp.ones((b, k_max, d)), comp_BxK, k_B,
+    )  # fmt: skip
+    estimate, _ = scoring.model_method(model, refine_steps)(params, key, task)
+    loglik_B = gmm.mean_log_likelihood(points_BxNxD, mask_BxN, estimate)
+    if n_restarts:
+        keys_RxB = jax.vmap(lambda r: jax.random.split(jax.random.fold_in(key, r), b))(jnp.arange(n_restarts))
+        start = jax.vmap(  # over restarts, then tasks
+            jax.vmap(lambda kk, x, m, k: _kmeanspp_start(kk, x, m, k, k_max, estimate.scales is not None)),
+            in_axes=(0, None, None, None),
+        )(keys_RxB, points_BxNxD, mask_BxN, k_B)
+        fits = jax.vmap(lambda p: em_refine(points_BxNxD, mask_BxN, p, refine_steps))(start)
+        ll_RxB = jax.vmap(lambda p: gmm.mean_log_likelihood(points_BxNxD, mask_BxN, p))(fits)
+        all_ll = jnp.concatenate([loglik_B[None], ll_RxB])
+        best_B = jnp.argmax(jnp.where(jnp.isnan(all_ll), -jnp.inf, all_ll), axis=0)
+        stacked = jax.tree.map(lambda a, f: jnp.concatenate([a[None], f]), estimate, fits)
+        estimate = jax.tree.map(lambda a: jax.vmap(lambda x, i: x[i], in_axes=(1, 0))(a, best_B), stacked)
+        loglik_B = jnp.take_along_axis(all_ll, best_B[None], axis=0)[0]
+    next_B = gmm.mean_log_likelihood(points_BxNxD, mask_BxN, em_step(points_BxNxD, mask_BxN, estimate))
+    return estimate, loglik_B, next_B
+
+
+def n_parameters(k, d: int, diag_scales: bool):
+    """Free parameters of a K-component fit: K - 1 weights, K d means, K d scales when estimated (the
+    isotropic model fixes unit variance; ``standardize``'s one scale is the same for every K and left out)."""
+    return (k - 1) + k * d + (k * d if diag_scales else 0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input checks: every message names the problem.
+
+
+def check_points(X, name: str = "X") -> np.ndarray:
+    """``X`` as a finite float64 [n_samples, n_features] array, or a ValueError saying what is wrong."""
+    arr = np.asarray(X)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must hold real numbers (float32/float64); got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        raise ValueError(
+            f"{name} must be 2-D [n_samples, n_features]; got a 1-D array of shape {arr.shape} "
+            "(for one feature pass X.reshape(-1, 1))"
+        )
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n_samples, n_features]; got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {arr.shape}")
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(
+            f"{name} contains NaN or infinity ({int(bad.sum())} entries; first in row {int(np.argwhere(bad)[0, 0])})"
+        )
+    return arr
+
+
+def _check_k(k, trained: tuple[int, ...], name: str) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) not in trained:
+        raise ValueError(
+            f"n_components={k!r} is not in the trained set of checkpoint {name!r}: {trained} "
+            "(or use n_components='auto')"
+        )
+
+
+class TGMMEstimator(DensityMixin, BaseEstimator):
+    """Gaussian mixture fitted in context by a trained TGMM, with scikit-learn's API and attribute names.
+
+    Parameters
+      n_components  K, one of the checkpoint's trained set (2..5 for the shipped model), or ``"auto"``: every
+                    trained K in one batched call, the lowest BIC kept (``bic_by_k_`` holds them all).
+      checkpoint    ``"pretrained"`` (``$TGMM_CHECKPOINT_DIR`` if set, else the shipped dimension-free model,
+                    which serves every n_features), a shipped name, or a path to an orbax training workdir or
+                    an exported checkpoint directory. Nothing is downloaded.
+      refine        ``"none"``: the network's estimate; ``"em"``: then ``em_steps`` EM steps from it.
+      em_steps      EM iterations when ``refine="em"`` (also those of each restart).
+      n_restarts    with ``refine="em"``: this many extra EM runs (``em_steps`` each) from k-means++ starts
+                    (seeded by ``random_state``); per dataset the fit of highest log-likelihood is kept, the
+                    network's start on ties (TGMM is the first restart).
+      standardize   the models assume unit component variance at the training scale (means in [-5, 5]).
+                    True maps each dataset by x -> (x - mean) / s, s^2 = (mean per-feature variance) /
+                    TRAINING_VARIANCE, fits, and maps the parameters back (covariances_ become s^2). Use it
+                    for data in other units; it keeps the ratio of noise to spread, which no rescaling can fix.
+      random_state  int, RandomState or None: seeds the k-means++ restarts and ``sample`` (as in sklearn).
+
+    Fitted attributes: ``weights_`` [K], ``means_`` [K, d], ``covariances_`` ([K] spherical variances for an
+    isotropic model, [K, d] diagonal for an anisotropic one), ``precisions_cholesky_``, ``converged_``
+    (one more EM step would change the mean log-likelihood by less than ``TOL``), ``n_iter_`` (EM steps
+    run), ``lower_bound_`` (mean log-likelihood of X), ``n_components_``, ``n_features_in_``.
+    """
+
+    def __init__(
+        self,
+        n_components=3,
+        *,
+        checkpoint="pretrained",
+        refine="none",
+        em_steps=5,
+        n_restarts=0,
+        standardize=False,
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.checkpoint = checkpoint
+        self.refine = refine
+        self.em_steps = em_steps
+        self.n_restarts = n_restarts
+        self.standardize = standardize
+        self.random_state = random_state
+
+    # -- configuration ---------------------------------------------------------------------------------
+
+    def _setup(self, d: int) -> tuple[pretrained.Checkpoint, tuple[int, ...]]:
+        if self.refine not in REFINES:
+            raise ValueError(f"refine must be one of {REFINES}, got {self.refine!r}")
+        for name in ("em_steps", "n_restarts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.n_restarts and self.refine != "em":
+            raise ValueError("n_restarts > 0 needs refine='em' (the restarts are EM runs)")
+        ckpt = load_checkpoint(self.checkpoint)
+        trained = tuple(int(k) for k in ckpt.spec.ks)
+        if not ckpt.model_config.dimension_free and d != ckpt.spec.dim:
+            raise ValueError(
+                f"X has {d} features but checkpoint {ckpt.name!r} was trained for d={ckpt.spec.dim} only "
+                f"(its read-in is fixed); use the dimension-free checkpoint '{pretrained.DEFAULT}'"
+            )
+        k = self.n_components
+        if isinstance(k, str) and k == "auto":
+            return ckpt, trained
+        _check_k(k, trained, ckpt.name)
+        return ckpt, (int(k),)
+
+    def _key(self):
+        return jax.random.key(int(check_random_state(self.random_state).randint(2**31 - 1)))
+
+    # -- fitting ----------------------------------------------------------------------------------------
+
+    def fit_batch(self, X, mask=None, n_components=None) -> MixtureParams:
+        """Fits every dataset of ``X`` [B, N, d] (``mask`` [B, N], True = real point; default all) in one
+        jitted call; ``n_components`` [B] optionally gives each dataset its own K (default: the estimator's,
+        ``"auto"`` included). Returns ``MixtureParams`` (NumPy float64; weights [B, K_max], means [B, K_max, d],
+        scales None for unit variance, ``component_mask`` marking each dataset's K). The estimator is unchanged."""
+        return self._fit_batch(X, mask, n_components)[0]
+
+    def _fit_batch(self, X, mask, n_components=None):
+        arr = np.asarray(X)
+        if arr.ndim != 3:
+            raise ValueError(f"fit_batch expects X of shape [B, N, d]; got shape {arr.shape}")
+        mask_BxN = np.ones(arr.shape[:2], bool) if mask is None else np.asarray(mask).astype(bool)
+        if mask_BxN.shape != arr.shape[:2]:
+            raise ValueError(f"mask must be [B, N] = {arr.shape[:2]}, got shape {mask_BxN.shape}")
+        b, _, d = arr.shape
+        if b == 0:
+            raise ValueError(f"fit_batch got no datasets: X has shape {arr.shape}")
+        real = np.where(mask_BxN[..., None], arr, 0) if arr.dtype.kind in "fiu" else arr  # padding may be NaN
+        points_BxNxD = check_points(real.reshape(-1, d), "X").reshape(arr.shape)
+        ckpt, ks = self._setup(d)
+        cand_BxS = np.tile(np.asarray(ks, np.int32), (b, 1))  # candidate Ks: one, or the trained set ("auto")
+        if n_components is not None:
+            k_B = np.asarray(n_components)
+            if k_B.shape != (b,):
+                raise ValueError(f"n_components must be [B] = ({b},) in fit_batch, got shape {k_B.shape}")
+            for k in np.unique(k_B):
+                _check_k(k.item(), tuple(int(k) for k in ckpt.spec.ks), ckpt.name)
+            cand_BxS = k_B.astype(np.int32)[:, None]
+        count_B = mask_BxN.sum(axis=1)
+        short_B = count_B < cand_BxS.min(axis=1)
+        if short_B.any():
+            i = int(np.argmax(short_B))
+            raise ValueError(
+                f"dataset {i} has {int(count_B[i])} samples but n_components={int(cand_BxS[i].min())} "
+                f"needs at least {int(cand_BxS[i].min())}"
+            )
+        # float64 centring (the models are translation invariant) and the optional rescaling
+        centre_BxD = (points_BxNxD * mask_BxN[..., None]).sum(axis=1) / count_B[:, None]
+        x_BxNxD = np.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None], 0.0)
+        scale_B = np.ones(b)
+        if self.standardize:
+            var_B = (x_BxNxD**2).sum(axis=(1, 2)) / (count_B * d)
+            scale_B = np.sqrt(np.maximum(var_B, 1e-300) / TRAINING_VARIANCE)
+        x_BxNxD = x_BxNxD / scale_B[:, None, None]
+        s = cand_BxS.shape[
+            1
+        ]  # every candidate K of every dataset in one call: task (b, j) has K = cand[b, j]
+        k_T = cand_BxS.reshape(-1)
+        estimate, loglik_T, next_T = _fit_tasks(
+            ckpt.model,
+            self.em_steps if self.refine == "em" else 0,
+            int(self.n_restarts),
+            ckpt.params,
+            self._key(),
+            jnp.asarray(np.repeat(x_BxNxD, s, axis=0), jnp.float32),
+            jnp.asarray(np.repeat(mask_BxN, s, axis=0)),
+            jnp.asarray(k_T),
+        )
+        estimate = jax.tree.map(lambda a: np.asarray(a, np.float64), estimate)
+        loglik_BxS = np.asarray(loglik_T, np.float64).reshape(b, s) - d * np.log(scale_B)[:, None]
+        diag = estimate.scales is not None
+        p_BxS = n_parameters(cand_BxS, d, diag)
+        bic_BxS = -2.0 * loglik_BxS * count_B[:, None] + p_BxS * np.log(count_B)[:, None]
+        bic_BxS = np.where(cand_BxS <= count_B[:, None], bic_BxS, np.inf)
+        bic_BxS = np.where(np.isnan(bic_BxS), np.inf, bic_BxS)
+        pick_B = np.argmin(bic_BxS, axis=1)
+        rows = np.arange(b) * s + pick_B
+        chosen = jax.tree.map(lambda a: a[rows], estimate)
+        means = chosen.means * scale_B[:, None, None] + centre_BxD[:, None]
+        means = np.where(chosen.component_mask[..., None], means, 0.0)
+        scales = chosen.scales
+        if self.standardize:
+            base = np.ones_like(means) if scales is None else scales
+            scales = np.where(chosen.component_mask[..., None], base * scale_B[:, None, None], 1.0)
+        fitted = MixtureParams(chosen.weights, means, scales, chosen.component_mask)
+        change_B = np.abs(np.asarray(next_T, np.float64)[rows] - np.asarray(loglik_T, np.float64)[rows])
+        info = dict(
+            loglik=loglik_BxS[np.arange(b), pick_B],
+            converged=change_B < TOL,
+            bic={int(k): bic_BxS[:, j] for j, k in enumerate(cand_BxS[0])},
+            checkpoint=ckpt,
+        )
+        return fitted, info
+
+    def fit(self, X, y=None):
+        """Fits one dataset ``X`` [n_samples, n_features]; returns self."""
+        del y
+        X = check_points(X)
+        fitted, info = self._fit_batch(X[None], None)
+        k = int(fitted.component_mask[0].sum())
+        self.weights_ = fitted.weights[0, :k]
+        self.means_ = fitted.means[0, :k]
+        ckpt = info["checkpoint"]
+        if ckpt.spec.variant == "anisotropic":
+            self.covariance_type_ = "diag"
+            self.covariances_ = (
+                np.square(fitted.scales[0, :k]) if fitted.scales is not None else np.ones((k, X.shape[1]))
+            )
+        else:
+            self.covariance_type_ = "spherical"
+            var = 1.0 if fitted.scales is None else float(fitted.scales[0, 0, 0]) ** 2
+            self.covariances_ = np.full(k, var)
+        self.precisions_cholesky_ = 1.0 / np.sqrt(self.covariances_)
+        self.converged_ = bool(info["converged"][0])
+        self.n_iter_ = int(self.em_steps) if self.refine == "em" else 0
+        self.lower_bound_ = float(info["loglik"][0])
+        self.n_components_ = k
+        self.n_features_in_ = X.shape[1]
+        self.bic_by_k_ = {kk: float(v[0]) for kk, v in info["bic"].items()}
+        self.checkpoint_name_ = ckpt.name
+        return self
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X, y).predict(X)
+
+    # -- the fitted mixture (float64 NumPy) ---------------------------------------------------------------
+
+    def _check_X(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = check_points(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but the mixture was fitted on {self.n_features_in_}"
+            )
+        return X
+
+    def _log_joint(self, X) -> np.ndarray:
+        var_KxD = np.broadcast_to(
+            self.covariances_[:, None] if self.covariances_.ndim == 1 else self.covariances_,
+            self.means_.shape,
+        )
+        sq_NxK = np.sum((X[:, None, :] - self.means_[None]) ** 2 / var_KxD[None], axis=-1)
+        log_det_K = np.sum(np.log(2.0 * np.pi * var_KxD), axis=-1)
+        with np.errstate(divide="ignore"):
+            return np.log(self.weights_)[None] - 0.5 * (sq_NxK + log_det_K[None])
+
+    def score_samples(self, X) -> np.ndarray:
+        """log p(x) of each sample: [n_samples]."""
+        return logsumexp(self._log_joint(self._check_X(X)), axis=1)
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood per sample."""
+        del y
+        return float(np.mean(self.score_samples(X)))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Posterior p(component | x): [n_samples, n_components_]."""
+        log_joint = self._log_joint(self._check_X(X))
+        return np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+
+    def predict(self, X) -> np.ndarray:
+        return np.argmax(self._log_joint(self._check_X(X)), axis=1)
+
+    def _n_parameters(self) -> int:
+        return n_parameters(self.n_components_, self.n_features_in_, self.covariance_type_ == "diag")
+
+    def bic(self, X) -> float:
+        """-2 log L + p log N with p = ``n_parameters`` (unit variances are fixed, not counted)."""
+        X = self._check_X(X)
+        return -2.0 * self.score(X) * X.shape[0] + self._n_parameters() * np.log(X.shape[0])
+
+    def aic(self, X) -> float:
+        X = self._check_X(X)
+        return -2.0 * self.score(X) * X.shape[0] + 2.0 * self._n_parameters()
+
+    def sample(self, n_samples: int = 1):
+        """(X [n_samples, d], component labels [n_samples]) drawn from the fitted mixture (``random_state``)."""
+        check_is_fitted(self)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+        rng = check_random_state(self.random_state)
+        counts = rng.multinomial(n_samples, self.weights_ / self.weights_.sum())
+        y = np.repeat(np.arange(self.n_components_), counts)
+        std = np.sqrt(self.covariances_[:, None] if self.covariances_.ndim == 1 else self.covariances_)
+        X = self.means_[y] + std[y] * rng.standard_normal((n_samples, self.n_features_in_))
+        return X, y
+
+    def to_sklearn(self):
+        """A fitted ``sklearn.mixture.GaussianMixture`` holding these parameters (spherical or diag)."""
+        from sklearn.mixture import GaussianMixture
+
+        check_is_fitted(self)
+        out = GaussianMixture(self.n_components_, covariance_type=self.covariance_type_)
+        out.weights_ = self.weights_.copy()
+        out.means_ = self.means_.copy()
+        out.covariances_ = self.covariances_.copy()
+        out.precisions_cholesky_ = 1.0 / np.sqrt(self.covariances_)
+        out.precisions_ = 1.0 / self.covariances_
+        out.converged_, out.n_iter_, out.lower_bound_ = self.converged_, self.n_iter_, self.lower_bound_
+        out.n_features_in_ = self.n_features_in_
+        return out
