@@ -277,3 +277,18 @@ def test_readme_example_runs_as_written():
     if pretrained.DEFAULT not in pretrained.available():
         pytest.skip(f"the shipped checkpoint tgmm_jax/pretrained/{pretrained.DEFAULT} is not exported yet")
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 -- the README's own example, as written
+
+
+def test_shipped_checkpoints_load_offline_and_fit_in_the_size_budget():
+    names = pretrained.available()
+    if not names:
+        pytest.skip("no checkpoint is shipped in tgmm_jax/pretrained yet")
+    here = os.path.dirname(os.path.abspath(pretrained.__file__))
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(here) for f in fs)
+    assert size <= 10e6, f"tgmm_jax/pretrained holds {size / 1e6:.1f} MB (budget 10 MB)"
+    for name in names:
+        ckpt = pretrained.load_pretrained(name)
+        assert os.path.isfile(os.path.join(here, name, pretrained.CARD_FILE)), f"{name} has no model card"
+        assert ckpt.spec.ks and ckpt.model_config is not None
+    if pretrained.DEFAULT in names:
+        assert pretrained.load_pretrained(pretrained.DEFAULT).model_config.dimension_free
