@@ -16,6 +16,7 @@ from absl import app, flags
 
 from experiments.cluster_report import cluster_section
 from experiments.reporting import format_stat, ordered_methods
+from experiments.theory_report import theory_section
 from tgmm_jax.scoring import MODEL_METHOD
 
 flags.DEFINE_string("results", "results", "Directory holding the studies' JSON and figures.")
@@ -348,6 +349,9 @@ def main(argv):
         sections += cluster_section(cluster, "cluster_study.png")
         runs += [(cluster["workdir"], cluster["step"])] if "step" in cluster else []
         runs += [(stage["workdir"], stage["step"]) for stage in cluster.get("ablation", [])]
+    theory = _load(os.path.join(r, "theory_em.json"))
+    if theory and scale == "cpu":
+        sections += theory_section(theory, "theory_em.png")
     if not sections:
         raise app.UsageError(f"no study results for scale {scale!r} in {r}")
     bench = _load(os.path.join(r, f"benchmark_baselines_{scale}.json"))
