@@ -268,3 +268,34 @@ def test_golden_first_step_loss(tmp_path):
     (first,) = [row["train"] for row in _lines(str(tmp_path)) if "train" in row]
     np.testing.assert_allclose(first["loss"], _GOLDEN_LOSS, rtol=1e-5)
     np.testing.assert_allclose(first["grad_norm"], _GOLDEN_GRAD_NORM, rtol=1e-5)
+
+
+def _cluster_config(**overrides):
+    c = _config(eval_every=0, resp_weight=0.5, **overrides)
+    for name, value in dict(readin="normalized", readout="cluster", project_rank=3, cluster_iters=1).items():
+        c.model[name] = value
+    return c
+
+
+def test_mixed_dimension_training_of_the_clustering_model(tmp_path):
+    """train_dims: one parameter set trained on d = 2 and d = 5 in turn, with the responsibility loss logged;
+    the trained model then applies at a third d."""
+    train_and_evaluate(_cluster_config(total_steps=4, checkpoint_every=4, train_dims=(2, 5)), str(tmp_path))
+    rows = [r for r in _lines(str(tmp_path)) if "train" in r]
+    assert rows and all(np.isfinite(r["train"]["resp_ce"]) and r["train"]["resp_ce"] > 0 for r in rows)
+    run = load_run(str(tmp_path))
+    points = np.random.default_rng(0).normal(size=(2, 8, 7)).astype(np.float32)
+    out = run.model.apply({"params": run.params}, points, np.ones((2, 8), bool), np.array([2, 3]))
+    assert out.means.shape == (2, 3, 7) and np.all(np.isfinite(np.asarray(out.means)))
+
+
+def test_train_dims_picks_the_dimension_of_each_step(tmp_path):
+    """Step t samples at train_dims[(t - 1) % len]: (2, 2) equals the default (task.dim = 2), (2, 5) differs."""
+    params = {}
+    for name, dims in (("default", ()), ("same", (2, 2)), ("mixed", (2, 5))):
+        train_and_evaluate(
+            _cluster_config(total_steps=2, checkpoint_every=2, train_dims=dims), str(tmp_path / name)
+        )
+        params[name] = jax.tree.leaves(load_run(str(tmp_path / name)).params)
+    assert all(np.array_equal(a, b) for a, b in zip(params["default"], params["same"]))
+    assert any(not np.allclose(a, b) for a, b in zip(params["same"], params["mixed"]))

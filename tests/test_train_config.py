@@ -68,3 +68,29 @@ def test_options_of_another_backbone_are_refused_with_a_hint():
         ValueError, match=r"config\.model: .*unknown field\(s\) \['max_positions'\].*model_group"
     ):
         validate_config(config)
+
+
+def test_cluster_config_validates_and_checks_its_new_fields():
+    config = importlib.import_module("experiments.configs.cluster").get_config()
+    spec, model_config = validate_config(config)
+    assert model_config.dimension_free and model_config.readout == "cluster"
+    assert tuple(config.train_dims) == (2, 8, 32) and config.resp_weight == 1.0
+    from tgmm_jax.train.config import train_specs
+
+    assert [s.dim for s in train_specs(spec, config)] == [2, 8, 32]
+
+    fixed = importlib.import_module("experiments.configs.cluster").get_config()
+    fixed.model.readin = "raw"
+    with pytest.raises(ValueError, match="train_dims.*dimension-free"):
+        validate_config(fixed)
+    attentive = importlib.import_module("experiments.configs.cluster").get_config("dims=")
+    attentive.model.readout = "attentive"
+    with pytest.raises(ValueError, match="resp_weight.*cluster"):
+        validate_config(attentive)
+    impossible = importlib.import_module("experiments.configs.cluster").get_config("dims=1/8")
+    with pytest.raises(ValueError, match=r"D=1, K=3"):
+        validate_config(impossible)
+    bad = importlib.import_module("experiments.configs.cluster").get_config()
+    bad.train_dims = (2, 0)
+    with pytest.raises(ValueError, match="train_dims"):
+        validate_config(bad)
