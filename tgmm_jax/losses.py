@@ -112,11 +112,13 @@ def negative_log_likelihood(output: TGMMOutput, task: GMMTask) -> jax.Array:
     return -jnp.mean(mean_log_p_B)
 
 
-def responsibility_loss(output: TGMMOutput, task: GMMTask) -> jax.Array:
-    """Mean over real points of -log resp[n, slot matched to n's true component] (the est-matched slots)."""
+def responsibility_loss(output: TGMMOutput, task: GMMTask, index_BxK: jax.Array | None = None) -> jax.Array:
+    """Mean over real points of -log resp[n, slot matched to n's true component] (the est-matched slots;
+    ``index_BxK``, from ``match_components``, when the caller has it already)."""
     if output.log_responsibilities is None:
         raise ValueError("responsibility_loss needs a read-out with responsibilities (readout='cluster')")
-    index_BxK = match_components(output.components_only(), task)  # [b, j]: slot matched to target j
+    if index_BxK is None:
+        index_BxK = match_components(output.components_only(), task)  # [b, j]: slot matched to target j
     slot_BxN = jnp.take_along_axis(index_BxK, task.labels, axis=1)
     log_p_BxN = jnp.take_along_axis(output.log_responsibilities, slot_BxN[..., None], axis=-1)[..., 0]
     mask_BxN = task.point_mask.astype(jnp.float32)
@@ -136,13 +138,16 @@ def compute_loss(
     parts = objective.split("+")
     terms: dict[str, jax.Array] = {}
     loss = jnp.float32(0.0)
+    log_responsibilities, output = output.log_responsibilities, output.components_only()
+    # one matching serves the responsibility loss and est_matched
+    index_BxK = match_components(output, task) if resp_weight or parts[0] == "est_matched" else None
     if resp_weight:
-        terms["resp_ce"] = responsibility_loss(output, task)
+        with_resp = output.replace(log_responsibilities=log_responsibilities)
+        terms["resp_ce"] = responsibility_loss(with_resp, task, index_BxK)
         loss = loss + resp_weight * terms["resp_ce"]
-    output = output.components_only()
     if parts[0] in ("est", "est_matched"):
         if parts[0] == "est_matched":
-            output = metrics.gather_components(output, match_components(output, task))
+            output = metrics.gather_components(output, index_BxK)
         terms.update(est_terms(output, task))
         loss = loss + terms["est"]
     if "lik" in parts:

@@ -21,16 +21,23 @@ VARIANCE_REG = 1e-6  # as sklearn's reg_covar and baselines.mixture_steps
 _TINY = 1e-30
 
 
-def em_step(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, params: MixtureParams) -> MixtureParams:
-    """One EM iteration on every task of the batch (padded points and components never contribute)."""
+def _centred(points_BxNxD: jax.Array, point_mask_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(centre [B, D] of the real points, points minus it with padded points 0 [B, N, D])."""
     mask_BxN = point_mask_BxN.astype(bool)
     count_B = jnp.maximum(jnp.sum(mask_BxN, axis=-1), 1).astype(jnp.float32)
-    centre_BxD = jnp.sum(points_BxNxD, axis=1) / count_B[:, None]
-    x_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None, :], 0.0)
-    centred = MixtureParams(
-        params.weights, params.means - centre_BxD[:, None, :], params.scales, params.component_mask
-    )
-    resp_BxNxK = gmm.responsibilities(x_BxNxD, centred) * mask_BxN[..., None]
+    centre_BxD = jnp.sum(jnp.where(mask_BxN[..., None], points_BxNxD, 0.0), axis=1) / count_B[:, None]
+    return centre_BxD, jnp.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None, :], 0.0)
+
+
+def _shift_means(params: MixtureParams, shift_BxD: jax.Array) -> MixtureParams:
+    means_BxKxD = jnp.where(params.component_mask[..., None], params.means + shift_BxD[:, None, :], 0.0)
+    return params.replace(means=means_BxKxD)
+
+
+def _centred_em_step(x_BxNxD: jax.Array, mask_BxN: jax.Array, params: MixtureParams) -> MixtureParams:
+    """One EM iteration on centred points ``x`` (padded points 0) and a mixture in the same coordinates."""
+    count_B = jnp.maximum(jnp.sum(mask_BxN, axis=-1), 1).astype(jnp.float32)
+    resp_BxNxK = gmm.responsibilities(x_BxNxD, params) * mask_BxN[..., None]
     mass_BxK = jnp.sum(resp_BxNxK, axis=1)
     inv_mass_BxK = 1.0 / jnp.maximum(mass_BxK, _TINY)
     hi = jax.lax.Precision.HIGHEST
@@ -44,8 +51,15 @@ def em_step(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, params: MixtureP
         scales = jnp.where(params.component_mask[..., None], jnp.sqrt(variances_BxKxD), 1.0)
     mask_BxK = params.component_mask
     weights_BxK = jnp.where(mask_BxK, mass_BxK / count_B[:, None], 0.0)
-    means_BxKxD = jnp.where(mask_BxK[..., None], means_BxKxD + centre_BxD[:, None, :], 0.0)
+    means_BxKxD = jnp.where(mask_BxK[..., None], means_BxKxD, 0.0)
     return MixtureParams(weights_BxK, means_BxKxD, scales, mask_BxK)
+
+
+def em_step(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, params: MixtureParams) -> MixtureParams:
+    """One EM iteration on every task of the batch (padded points and components never contribute)."""
+    centre_BxD, x_BxNxD = _centred(points_BxNxD, point_mask_BxN)
+    step = _centred_em_step(x_BxNxD, point_mask_BxN.astype(bool), _shift_means(params, -centre_BxD))
+    return _shift_means(step, centre_BxD)
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
@@ -55,5 +69,10 @@ def em_refine(
     """``steps`` EM iterations from ``params`` (weights [B, K], means [B, K, D], scales or None)."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    points_BxNxD = jnp.where(point_mask_BxN[..., None], points_BxNxD, 0.0)
-    return jax.lax.fori_loop(0, steps, lambda _, p: em_step(points_BxNxD, point_mask_BxN, p), params)
+    # centred once: the EM state lives in coordinates centred on each task's mean (as in baselines)
+    centre_BxD, x_BxNxD = _centred(points_BxNxD, point_mask_BxN)
+    mask_BxN = point_mask_BxN.astype(bool)
+    centred = jax.lax.fori_loop(
+        0, steps, lambda _, p: _centred_em_step(x_BxNxD, mask_BxN, p), _shift_means(params, -centre_BxD)
+    )
+    return _shift_means(centred, centre_BxD) if steps else params

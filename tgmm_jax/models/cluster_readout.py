@@ -42,8 +42,17 @@ class ClusterReadout(nn.Module):
 
     @nn.compact
     def __call__(
-        self, states_BxNxE, coords_BxNxR, scale_B, points_BxNxD, point_mask_BxN, k_index_B, component_mask_BxK
+        self,
+        states_BxNxE,
+        coords_BxNxR,
+        scale_B,
+        centre_BxD,
+        points_BxNxD,
+        point_mask_BxN,
+        k_index_B,
+        component_mask_BxK,
     ):
+        """``coords``, ``scale`` and ``centre`` (the mean of the real points) come from ``normalize_tasks``."""
         e = states_BxNxE.shape[-1]
         mask_BxN = point_mask_BxN.astype(bool)
         weight_BxN = mask_BxN.astype(jnp.float32)
@@ -100,8 +109,7 @@ class ClusterReadout(nn.Module):
 
         inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
         # Weighted means of the points centred on the task's mean (translation-exact in float32); a slot with
-        # no mass falls back to the centre. Padded points are zeroed by the caller.
-        centre_BxD = jnp.sum(points_BxNxD, axis=1) / count_B[:, None]
+        # no mass falls back to the centre.
         centred_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None, :], 0.0)
         offsets_BxKxD = jnp.einsum("bnk,bnd->bkd", resp_BxNxK, centred_BxNxD) * inv_mass_BxK[..., None]
         means_BxKxD = centre_BxD[:, None, :] + offsets_BxKxD

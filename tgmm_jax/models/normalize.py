@@ -32,10 +32,6 @@ class NormalizedTasks:
     features_BxF: jax.Array
 
 
-def num_task_features(rank: int) -> int:
-    return rank + 2
-
-
 def normalize_tasks(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, rank: int) -> NormalizedTasks:
     """See the module docstring. Padded points may hold anything; they are zeroed first."""
     points_BxNxD = jax.lax.stop_gradient(jnp.asarray(points_BxNxD, jnp.float32))

@@ -143,6 +143,7 @@ class TGMM(nn.Module):
                 states_BxNxE,
                 norm.coords_BxNxR,
                 norm.scale_B,
+                norm.centre_BxD,
                 points_BxNxD,
                 point_mask_BxN,
                 k_index_B,

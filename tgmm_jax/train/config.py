@@ -62,9 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.objective = "est"
     c.lik_weight = 1.0
-    c.resp_weight = (
-        0.0  # weight of the clustering read-out's responsibility cross-entropy (readout='cluster')
-    )
+    # weight of the clustering read-out's responsibility cross-entropy (readout='cluster')
+    c.resp_weight = 0.0
     c.train_dims = ()  # data dimensions to cycle through per step (a dimension-free model); () = task.dim only
     c.tensorboard = True
     c.task = task_group()
