@@ -90,13 +90,17 @@ class SelfAttention(nn.Module):
         b, n, e = x_BxNxE.shape
         h = c.num_heads
         qkv_BxNx3E = _dense(3 * e, c, _INIT_STD, "qkv")(x_BxNxE)
-        q_BxNxHxF, k_BxNxHxF, v_BxNxHxF = jnp.split(qkv_BxNx3E.reshape(b, n, 3 * h, e // h), 3, axis=2)
-        logits_BxHxNxN = jnp.einsum("bqhf,bkhf->bhqk", q_BxNxHxF, k_BxNxHxF) / math.sqrt(e // h)
+        # Heads-major layout [3, B, H, N, F] before the two batched matmuls: XLA:CPU runs them with leading
+        # batch dimensions about 3x faster than the einsum over [B, N, H, F] (same numbers, same params).
+        qkv_3xBxHxNxF = qkv_BxNx3E.reshape(b, n, 3, h, e // h).transpose(2, 0, 3, 1, 4)
+        q_BxHxNxF, k_BxHxNxF, v_BxHxNxF = qkv_3xBxHxNxF[0], qkv_3xBxHxNxF[1], qkv_3xBxHxNxF[2]
+        logits_BxHxNxN = jnp.einsum("bhqf,bhkf->bhqk", q_BxHxNxF, k_BxHxNxF) / math.sqrt(e // h)
         logits_BxHxNxN = jnp.where(
             allowed_BxNxN[:, None, :, :], logits_BxHxNxN.astype(jnp.float32), _MASKED_LOGIT
         )
         probs_BxHxNxN = jax.nn.softmax(logits_BxHxNxN, axis=-1).astype(c.compute_dtype)
-        out_BxNxE = jnp.einsum("bhqk,bkhf->bqhf", probs_BxHxNxN, v_BxNxHxF).reshape(b, n, e)
+        out_BxHxNxF = jnp.einsum("bhqk,bhkf->bhqf", probs_BxHxNxN, v_BxHxNxF)
+        out_BxNxE = out_BxHxNxF.transpose(0, 2, 1, 3).reshape(b, n, e)
         return _dense(e, c, _INIT_STD / math.sqrt(2 * c.num_layers), "out")(out_BxNxE)
 
 
