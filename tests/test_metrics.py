@@ -171,3 +171,19 @@ def test_anisotropic_scales_metric_and_shape_errors(task):
     np.testing.assert_allclose(got["l2_scales"], 0.25, rtol=1e-5)
     with pytest.raises(ValueError, match="means"):
         evaluate_estimates(est.replace(means=est.means[:, :3]), task)
+
+
+def test_scales_error_matches_brute_force_alignment(task):
+    """l2_scales on shuffled noisy estimates: every permutation scored in float64 loops (the means decide)."""
+    est = _noisy_shuffled_estimate(task, jax.random.key(7), noise=0.7)
+    scales = jnp.exp(0.4 * jax.random.normal(jax.random.key(8), est.means.shape))
+    got = np.asarray(evaluate_estimates(est.replace(scales=scales), task)["l2_scales"])
+    means, true_means = np.asarray(est.means, np.float64), np.asarray(task.means, np.float64)
+    s_hat, s_true = np.asarray(scales, np.float64), np.asarray(task.scales, np.float64)
+    for b, k in enumerate(np.asarray(task.num_components)):
+        best = min(
+            itertools.permutations(range(k)),
+            key=lambda p: sum(np.sum((means[b, p[j]] - true_means[b, j]) ** 2) for j in range(k)),
+        )
+        want = sum(np.sum((s_hat[b, best[j]] - s_true[b, j]) ** 2) for j in range(k)) / (k * means.shape[-1])
+        np.testing.assert_allclose(got[b], want, rtol=1e-5)
