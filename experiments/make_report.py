@@ -17,6 +17,7 @@ from absl import app, flags
 from experiments.cluster_report import cluster_section
 from experiments.reporting import format_stat, ordered_methods
 from experiments.theory_report import theory_section
+from experiments.training_studies_report import training_studies_sections
 from tgmm_jax.scoring import MODEL_METHOD
 
 flags.DEFINE_string("results", "results", "Directory holding the studies' JSON and figures.")
@@ -352,6 +353,10 @@ def main(argv):
     theory = _load(os.path.join(r, "theory_em.json"))
     if theory and scale == "cpu":
         sections += theory_section(theory, "theory_em.png")
+    if scale == "cpu":  # issue 15: depth x N, objectives, seeds (experiments/training_studies_report.py)
+        more_sections, more_runs = training_studies_sections(r)
+        sections += more_sections
+        runs += more_runs
     if not sections:
         raise app.UsageError(f"no study results for scale {scale!r} in {r}")
     bench = _load(os.path.join(r, f"benchmark_baselines_{scale}.json"))
