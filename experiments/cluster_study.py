@@ -59,6 +59,8 @@ ABLATION = (
     ("+b clustering read-out", dict(dims="", resp=0.0), {}),
     ("+c responsibility loss", dict(dims=""), {}),
     ("+e mixed-d training", {}, {}),
+    ("+f farthest-first slot seeds", dict(init="farthest"), {}),
+    ("+f, 2 heads", dict(init="farthest", heads=2), {}),
 )
 
 

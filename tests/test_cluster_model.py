@@ -9,6 +9,7 @@ from baselines.em import fit_em_from
 from tgmm_jax import losses
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.models import check_num_components, make_model, model_config
+from tgmm_jax.models.cluster_readout import farthest_first
 from tgmm_jax.models.normalize import normalize_tasks
 from tgmm_jax.refine import em_refine
 from tgmm_jax.tasks import TaskSpec, sample_tasks
@@ -31,10 +32,10 @@ def _config(**overrides):
     return model_config("tiny", **fields)
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="module", params=["learned", "farthest"])
+def setup(request):
     spec = TaskSpec(dim=5, ks=KS, n_max=40, n_min=20)
-    model = make_model(_config(), spec)
+    model = make_model(_config(slot_init=request.param), spec)
     task = sample_tasks(jax.random.key(0), spec, 2)
     params = model.init(jax.random.key(1), task.points, task.point_mask, task.num_components)["params"]
     # move the parameters off their init so the checks do not pass by a symmetric start
@@ -185,3 +186,25 @@ def test_em_refine_equals_baselines_em(variant):
         np.testing.assert_allclose(np.asarray(ours.scales), np.asarray(ref.scales), rtol=tol)
     moved = float(jnp.max(jnp.abs(ours.means - means)))
     assert moved > 0.5  # the steps did something
+
+
+def test_farthest_first_seeds_match_brute_force():
+    rng = np.random.default_rng(3)
+    coords_BxNxR = rng.standard_normal((4, 25, 3)).astype(np.float32)
+    mask_BxN = rng.random((4, 25)) < 0.7
+    coords_BxNxR[~mask_BxN] = 1e3  # padded points hold garbage far away; they must never be picked
+    seeds_BxKxR = np.asarray(farthest_first(jnp.asarray(coords_BxNxR), jnp.asarray(mask_BxN), 4))
+    for b in range(4):
+        real_MxR = coords_BxNxR[b][mask_BxN[b]]
+        dist_M = np.sum(real_MxR**2, -1)
+        expected = []
+        for _ in range(4):
+            i = int(np.argmax(dist_M))
+            expected.append(real_MxR[i])
+            dist_M = np.minimum(dist_M, np.sum((real_MxR - real_MxR[i]) ** 2, -1))
+        np.testing.assert_allclose(seeds_BxKxR[b], np.stack(expected), rtol=1e-6)
+
+
+def test_unknown_slot_init_is_refused():
+    with pytest.raises(ValueError, match="slot_init"):
+        _config(slot_init="kmeans")

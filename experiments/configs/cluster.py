@@ -28,6 +28,8 @@ def get_config(arg: str | None = None):
             dims="2/8/32",
             tasks_per_k=16,
             lr=1e-3,
+            init="learned",
+            heads=4,
         ),
     )
     config = default_config()
@@ -52,6 +54,8 @@ def get_config(arg: str | None = None):
         project_rank=a["rank"],
         readout="cluster",
         cluster_iters=a["iters"],
+        slot_init=a["init"],
+        num_heads=a["heads"],
     )
     config.optim.learning_rate = a["lr"]
     config.optim.schedule = "cosine"

@@ -15,6 +15,12 @@ The second logit term is the exact E-step of a unit-variance mixture written in 
 EM steps from a learned start: the learned version of the paper's Theorem 1 (attention computing EM steps).
 Means are convex combinations of the points, so they move with the data exactly (translation-equivariant)
 and D costs nothing.
+
+``slot_init='farthest'`` also seeds the slots by a farthest-first traversal of the normalised points (the
+point farthest from the task's mean, then repeatedly the point farthest from the seeds so far; deterministic,
+invariant to the order of the points): each slot adds a projection of its seed, and iteration 0 gets the E-step
+term of equal-weight components centred on the seeds. Seeds in different clusters are what keeps slots from
+sharing a cluster, the failure that restarts otherwise repair.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class ClusterReadout(nn.Module):
     em_logits: bool = True
     num_heads: int = 4
     mlp_ratio: int = 2
+    slot_init: str = "learned"
 
     @nn.compact
     def __call__(
@@ -79,9 +86,21 @@ class ClusterReadout(nn.Module):
         slot_mask_BxKxK = component_mask_BxK[:, :, None] & component_mask_BxK[:, None, :]
         scale2_B = jnp.square(scale_B)
 
-        centre_mean_BxKxR = log_w_BxK = None
+        centre_mean_BxKxR = log_w_BxK = seed_term_BxNxK = None
+        if self.slot_init == "farthest":
+            seeds_BxKxR = farthest_first(coords_BxNxR, mask_BxN, self.k_max)
+            slots_BxKxE = slots_BxKxE + nn.Dense(e, name="seed_embed")(seeds_BxKxR)
+            seed_scale = self.param("seed_logit_scale", nn.initializers.ones, ())
+            seed_sq_BxNxK = jnp.sum(jnp.square(coords_BxNxR[:, :, None, :] - seeds_BxKxR[:, None, :, :]), -1)
+            seed_term_BxNxK = -0.5 * seed_scale * scale2_B[:, None, None] * seed_sq_BxNxK
+        elif self.slot_init != "learned":
+            raise ValueError(
+                f"ClusterReadout.slot_init must be 'learned' or 'farthest', got {self.slot_init!r}"
+            )
         for t in range(self.iters + 1):
             logits_BxNxK = jnp.einsum("bne,bke->bnk", keys_BxNxE, query(ln_query(slots_BxKxE))) / math.sqrt(e)
+            if seed_term_BxNxK is not None and t == 0:
+                logits_BxNxK = logits_BxNxK + seed_term_BxNxK
             if alpha is not None and t > 0:
                 sq_BxNxK = jnp.sum(
                     jnp.square(coords_BxNxR[:, :, None, :] - centre_mean_BxKxR[:, None, :, :]), -1
@@ -120,3 +139,18 @@ class ClusterReadout(nn.Module):
             var_BxKxD = jnp.einsum("bnk,bnkd->bkd", resp_BxNxK, sq_BxNxKxD) * inv_mass_BxK[..., None]
             scales_BxKxD = jnp.sqrt(jnp.maximum(var_BxKxD, _MIN_STD**2))
         return weight_logits_BxK, means_BxKxD, scales_BxKxD, log_resp_BxNxK
+
+
+def farthest_first(coords_BxNxR: jax.Array, mask_BxN: jax.Array, k: int) -> jax.Array:
+    """k seeds per task [B, k, R]: the real point farthest from the origin (the task mean), then repeatedly the
+    real point farthest from every seed chosen so far. Ties resolve to the first index (measure zero)."""
+    coords_BxNxR = jax.lax.stop_gradient(coords_BxNxR)
+    gather = jax.vmap(lambda c_NxR, i: c_NxR[i])
+    dist_BxN = jnp.where(mask_BxN, jnp.sum(jnp.square(coords_BxNxR), -1), -jnp.inf)
+    seeds = []
+    for _ in range(k):
+        seed_BxR = gather(coords_BxNxR, jnp.argmax(dist_BxN, axis=-1))
+        seeds.append(seed_BxR)
+        to_seed_BxN = jnp.sum(jnp.square(coords_BxNxR - seed_BxR[:, None, :]), -1)
+        dist_BxN = jnp.where(mask_BxN, jnp.minimum(dist_BxN, to_seed_BxN), -jnp.inf)
+    return jnp.stack(seeds, axis=1)

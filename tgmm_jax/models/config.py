@@ -17,6 +17,7 @@ from tgmm_jax.models.options import BackboneOptions, check_positive_ints
 
 READOUTS = ("attentive", "naive", "cluster")
 READINS = ("raw", "normalized")
+SLOT_INITS = ("learned", "farthest")
 DTYPES = ("float32", "bfloat16")
 
 # Unrolled shallow stacks compile faster; scanned deep ones compile in time independent of depth.
@@ -59,6 +60,10 @@ class ModelConfig:
     cluster_iters: int = 3
     slot_attention: bool = True
     em_logits: bool = True
+    # Slot starts: "learned" (one learned vector per slot and K), or "farthest": also a farthest-first
+    # traversal of the task's normalised points (deterministic k-means++-like seeds), fed to the slots and to
+    # the first iteration's E-step term (models/cluster_readout.py).
+    slot_init: str = "learned"
 
     def __post_init__(self):
         _validate(self)
@@ -107,6 +112,7 @@ def _validate(c: ModelConfig) -> None:
     choice("readout", READOUTS)
     choice("dtype", DTYPES)
     choice("readin", READINS)
+    choice("slot_init", SLOT_INITS)
     check_positive_ints(
         c, ("num_layers", "width", "num_heads", "task_embed_dim", "mlp_ratio", "project_rank"), "ModelConfig"
     )

@@ -102,6 +102,7 @@ class TGMM(nn.Module):
                 c.slot_attention,
                 c.em_logits,
                 num_heads=c.num_heads,
+                slot_init=c.slot_init,
             )
         else:
             readout_cls = AttentiveReadout if c.readout == "attentive" else NaiveReadout

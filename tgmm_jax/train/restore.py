@@ -52,9 +52,9 @@ def upgrade_saved_config(config: dict) -> dict:
 
 
 # Top-level fields added after checkpoints were first saved, with the value that reproduces the older runs.
-_ADDED_FIELDS = {"resp_weight": 0.0, "train_dims": ()}
+_ADDED_FIELDS = {"resp_weight": 0.0, "train_dims": (), "grad_accum_steps": 1}
 # ModelConfig fields added since (their defaults are the earlier behaviour).
-_ADDED_MODEL_FIELDS = ("readin", "project_rank", "cluster_iters", "slot_attention", "em_logits")
+_ADDED_MODEL_FIELDS = ("readin", "project_rank", "cluster_iters", "slot_attention", "em_logits", "slot_init")
 
 
 @dataclasses.dataclass(frozen=True)
