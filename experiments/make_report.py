@@ -15,6 +15,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments.cluster_report import cluster_section
+from experiments.phase_transition_report import phase_transition_section
+from experiments.real_data_report import real_data_section
 from experiments.reporting import format_stat, ordered_methods
 from experiments.theory_report import theory_section
 from experiments.training_studies_report import training_studies_sections
@@ -357,6 +359,10 @@ def main(argv):
         more_sections, more_runs = training_studies_sections(r)
         sections += more_sections
         runs += more_runs
+    for name, build in (("phase_transition", phase_transition_section), ("real_data", real_data_section)):
+        saved = _load(os.path.join(r, f"{name}.json"))  # issue 15: evaluation-only studies, shipped models
+        if saved and scale == "cpu":
+            sections += build(saved, f"{name}.png")
     if not sections:
         raise app.UsageError(f"no study results for scale {scale!r} in {r}")
     bench = _load(os.path.join(r, f"benchmark_baselines_{scale}.json"))

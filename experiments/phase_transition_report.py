@@ -1,0 +1,118 @@
+"""The REPORT section of the phase-transition study (``experiments/phase_transition.py``), from its saved JSON.
+
+The rebuttal's claim is qualitative (its table did not survive in the text we have); the verdict on it is
+computed here with the rule stated next to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tgmm_jax.scoring import MODEL_METHOD
+
+METHODS = ("oracle", MODEL_METHOD, "tgmm+em", "tgmm_paper", "em", "em_kmeanspp", "spectral")
+CLAIM = (
+    "Rebuttal to Reviewer 4R4H, Q4 (OpenReview): on K = 2 tasks of Ndaoud's (a, b, n) configuration, four"
+    ' configurations "right on the line", "TGMM performs on par with EM near the recovery threshold under the'
+    ' recovery metric (cluster accuracy), while performing worse than the spectral method"; l2 errors of the'
+    ' three are "similar in general"; "when the underlying problem is hard, TGMM doesn\'t show extra benefits'
+    ' but performs on par with baselines". Their numbers are not in the text we have.'
+)
+
+
+def _cell(cells, method, rho):
+    for c in cells:
+        if c["method"] == method and c["rho"] == rho:
+            return c
+    return None
+
+
+def _acc(cell):
+    if cell is None or cell["not_applicable"] == 1.0:
+        return "n/a"
+    return (
+        f"{cell['cluster_acc']['mean']:.3f} ± {cell['cluster_acc']['sem']:.3f} ({cell['exact_recovery']:.0%})"
+    )
+
+
+def _l2(cell):
+    if cell is None or cell["not_applicable"] == 1.0 or not np.isfinite(cell["l2"]["mean"]):
+        return "n/a"
+    return f"{cell['l2']['mean']:.3g} ± {cell['l2']['sem']:.2g}"
+
+
+def _table(cells, rhos, fmt):
+    lines = ["| method | " + " | ".join(f"rho={r:g}" for r in rhos) + " |", "|---" * (len(rhos) + 1) + "|"]
+    for m in METHODS:
+        if any(c["method"] == m for c in cells):
+            lines.append(f"| {m} | " + " | ".join(fmt(_cell(cells, m, r)) for r in rhos) + " |")
+    return "\n".join(lines)
+
+
+def _compare(cells, a, b):
+    """'on par' where |acc_a - acc_b| <= 2 combined sem, else which is higher; None when one is missing."""
+    ca, cb = _cell(cells, a, 1.0), _cell(cells, b, 1.0)
+    if ca is None or cb is None:
+        return None
+    diff = ca["cluster_acc"]["mean"] - cb["cluster_acc"]["mean"]
+    sem = float(np.hypot(ca["cluster_acc"]["sem"], cb["cluster_acc"]["sem"]))
+    word = "on par" if abs(diff) <= 2 * sem else ("higher" if diff > 0 else "lower")
+    return word, diff, sem
+
+
+def phase_transition_section(saved: dict, figure: str) -> list[str]:
+    cells, rhos = saved["cells"], saved["rhos"]
+    out = [
+        "## Phase transition near the exact-recovery threshold (rebuttal Q4, Ndaoud 2018)",
+        f"![accuracy against separation]({figure})",
+        "",
+        (
+            "`python -m experiments.phase_transition`: tasks from `sample_phase_transition_tasks` (the official"
+            " `abn_config`: n points, D = int(b n log n), weights 1/2, means ±(Δ/2)u plus a shared offset Δ N(0, I),"
+            f" unit noise), {saved['tasks_per_cell']} tasks per (setting, ρ), the same tasks for every method."
+            " The sweep is ρ = Δ / Δ_line with Δ_line² = (1 + √(1 + 2b)) log n. **Two thresholds:** the official"
+            " configuration's line a = 1 + 2b (ρ = 1) puts Ndaoud's value on Δ², the squared *distance between the"
+            " means*; Ndaoud's exact-recovery threshold is on ‖θ‖² for means ±θ, i.e. on (Δ/2)², which is ρ = 2."
+            " On the official line even the true parameters (the `oracle` row, the Bayes classifier) miss"
+            " about Φ(−Δ/2) of the points, so no method can recover every label there; ρ = 2 is where exact recovery"
+            " becomes possible. No training: `tgmm` is the shipped dimension-free `cluster` model (trained on"
+            f" d in (2, 8, 32), N ≤ 128), `tgmm+em` adds {saved['refine_steps']} EM steps, `tgmm_paper` is the shipped"
+            " paper-architecture model where its d matches (paper_d2 at D = 2, trained on N ≤ 32; paper_d8 at D = 8)."
+            " Neither was trained on these tasks (nor was the rebuttal's: it used the standard task sampler)."
+        ),
+        "",
+        f"**The paper's claim.** {CLAIM}",
+        "",
+    ]
+    verdicts = []
+    for setting, info in saved["settings"].items():
+        mine = [c for c in cells if c["setting"] == setting]
+        if not mine:
+            continue
+        out += [
+            f"### {setting}: n = {info['n']}, b = {info['b']}, D = {info['dim']}",
+            "",
+            "Cluster accuracy (best label permutation), mean ± sem over tasks (exact-recovery rate):",
+            "",
+            _table(mine, rhos, _acc),
+            "",
+            "l2 error (means + weights, optimal alignment), mean ± sem:",
+            "",
+            _table(mine, rhos, _l2),
+            "",
+        ]
+        for ref in ("em", "spectral"):
+            got = _compare(mine, MODEL_METHOD, ref)
+            if got:
+                verdicts.append(f"| {setting} | tgmm vs {ref} | {got[0]} | {got[1]:+.3f} ± {got[2]:.3f} |")
+    out += [
+        "### Verdict on the official line (ρ = 1)",
+        "",
+        "Rule: 'on par' where the accuracy difference is within 2 combined standard errors.",
+        "",
+        "| setting | comparison | verdict | accuracy difference ± combined sem |",
+        "|---|---|---|---|",
+        *verdicts,
+        "",
+    ]
+    return out
