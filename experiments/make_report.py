@@ -14,6 +14,7 @@ import os
 import numpy as np
 from absl import app, flags
 
+from experiments.architecture_report import architecture_section
 from experiments.cluster_report import cluster_section
 from experiments.phase_transition_report import phase_transition_section
 from experiments.real_data_report import real_data_section
@@ -359,6 +360,16 @@ def main(argv):
         more_sections, more_runs = training_studies_sections(r)
         sections += more_sections
         runs += more_runs
+    arch = _load(os.path.join(r, "architecture_study.json"))  # issue 15: RQ3 and architecture ablations
+    if arch and scale == "cpu":
+        s, c = architecture_section(arch, "architecture_study.png")
+        sections += s
+        claims.update(c)
+        runs += [
+            (v["workdir"], v["step"])
+            for part in ("isotropic", "anisotropic")
+            for v in arch.get(part, {}).get("variants", [])
+        ]
     for name, build in (("phase_transition", phase_transition_section), ("real_data", real_data_section)):
         saved = _load(os.path.join(r, f"{name}.json"))  # issue 15: evaluation-only studies, shipped models
         if saved and scale == "cpu":

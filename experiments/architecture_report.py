@@ -1,0 +1,263 @@
+"""The REPORT section of the architecture study (``experiments/architecture_study.py``), from its saved JSON.
+
+Each paper claim (RQ3: anisotropic mixtures, Mamba2) and each of our ablation hypotheses gets a rule and a
+verdict computed here, next to the numbers. A difference counts as clear only where it exceeds twice the
+combined standard error of the two means (same tasks for every variant).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from experiments.reporting import format_stat
+
+REFERENCE = "set-2x64"
+TRIVIAL_L2 = 25.0 / 3.0  # the zero estimator's l2 on means ~ U[-5, 5]^d: E[mu^2] = 8.33 per coordinate
+NON_TRIVIAL = 0.25  # 'non-trivial' = l2 at most a quarter of the trivial estimator's, in every K
+SCALE_DEPTH = ("set-1x64", REFERENCE, "set-4x64")
+SCALE_WIDTH = ("set-2x32", REFERENCE, "set-2x128")
+
+
+def _cell(cells, k):
+    for c in cells:
+        if c["K"] == k:
+            return c
+    return None
+
+
+def _stat(cells, k, metric="l2"):
+    c = _cell(cells, k)
+    if c is None or c["not_applicable"] == 1.0 or metric not in c:
+        return float("nan"), float("nan")
+    return c[metric]["mean"], c[metric]["sem"]
+
+
+def _fmt(cells, k, metric="l2"):
+    c = _cell(cells, k)
+    if c is None or c["not_applicable"] == 1.0 or metric not in c or not np.isfinite(c[metric]["mean"]):
+        return "n/a"
+    return format_stat(c[metric])
+
+
+def _rows(section: dict) -> list[tuple[str, str, list]]:
+    """(name, description, cells) of every variant, then every baseline."""
+    rows = [(v["name"], v["tests"], v["cells"]) for v in section["variants"]]
+    return rows + [(b, "baseline", cells) for b, cells in section["baselines"].items()]
+
+
+def _ks(section: dict) -> list[int]:
+    return sorted({c["K"] for _, _, cells in _rows(section) for c in cells})
+
+
+def _table(section: dict, metric: str, extra=None) -> list[str]:
+    ks = _ks(section)
+    head = "| method | tests | " + " | ".join(f"K={k}" for k in ks) + " |"
+    lines = [head, "|---" * (len(ks) + 2) + "|"]
+    for name, what, cells in _rows(section):
+        lines.append(f"| {name} | {what} | " + " | ".join(_fmt(cells, k, metric) for k in ks) + " |")
+    return lines
+
+
+def _variant(section: dict, name: str):
+    for v in section.get("variants", []):
+        if v["name"] == name:
+            return v
+    return None
+
+
+def _compare(a_cells, b_cells, ks, metric="l2"):
+    """Per K: (K, mean a, mean b, 'lower'/'higher'/'tie' of a against b by the 2-sem rule)."""
+    out = []
+    for k in ks:
+        (ma, sa), (mb, sb) = _stat(a_cells, k, metric), _stat(b_cells, k, metric)
+        if not (np.isfinite(ma) and np.isfinite(mb)):
+            continue
+        margin = 2.0 * np.hypot(sa, sb)
+        out.append((k, ma, mb, "lower" if ma < mb - margin else "higher" if ma > mb + margin else "tie"))
+    return out
+
+
+def _pairs_table(rows, a: str, b: str) -> str:
+    lines = [f"| K | {a} l2 | {b} l2 | ratio | {a} vs {b} (2 sem) |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {ma:.3f} | {mb:.3f} | {ma / mb:.2f} | {v} |" for k, ma, mb, v in rows]
+    return "\n".join(lines)
+
+
+def _count(rows, verdict):
+    return sum(v == verdict for *_, v in rows)
+
+
+def _mean_over_k(cells, metric="l2") -> float:
+    means = [c[metric]["mean"] for c in cells if c["not_applicable"] < 1.0 and metric in c]
+    return float(np.mean(means)) if means else float("nan")
+
+
+def _claims_isotropic(iso: dict) -> dict:
+    ks = _ks(iso)
+    claims = {}
+    ref, gpt2, mamba = (_variant(iso, n) for n in (REFERENCE, "gpt2-2x64", "mamba2-2x64"))
+    if mamba and gpt2:
+        limit = NON_TRIVIAL * TRIVIAL_L2
+        nontrivial = sum(_stat(mamba["cells"], k)[0] <= limit for k in ks)
+        rows = _compare(mamba["cells"], gpt2["cells"], ks)
+        worse = _count(rows, "higher")
+        verdict = "holds" if nontrivial == len(ks) and worse == len(rows) else "does not hold in full"
+        claims["RQ3: a Mamba2 backbone is non-trivial but worse than the transformer"] = (
+            f"rule: non-trivial = l2 at most {NON_TRIVIAL} x the zero estimator's {TRIVIAL_L2:.2f} (<= {limit:.2f}) "
+            f"in every K; worse = l2 above the transformer's (the paper's causal gpt2 backbone, same size and "
+            f"budget) by more than 2 sem. Non-trivial in {nontrivial} of {len(ks)} K; worse in {worse} of "
+            f"{len(rows)}: **{verdict}** at this scale.\n\n" + _pairs_table(rows, "mamba2", "gpt2")
+        )
+    if ref and gpt2:
+        rows = _compare(ref["cells"], gpt2["cells"], ks)
+        better = _count(rows, "lower")
+        claims[
+            "Ablation (our hypothesis): the order-invariant set backbone beats the causal gpt2 backbone"
+        ] = (
+            f"rule: set l2 below gpt2's by more than 2 sem (same size, budget, read-out and tasks). Clearly "
+            f"better in {better} of {len(rows)} K, clearly worse in {_count(rows, 'higher')}, within noise in "
+            f"{_count(rows, 'tie')}.\n\n" + _pairs_table(rows, "set", "gpt2")
+        )
+    ours = _variant(iso, "cluster-3x64")
+    if ref and ours:
+        rows = _compare(ours["cells"], ref["cells"], ks)
+        claims["Ours: the clustering TGMM against the paper's read-out at the same budget"] = (
+            f"rule: cluster-3x64 l2 below the reference's ({REFERENCE}) by more than 2 sem. Clearly lower in "
+            f"{_count(rows, 'lower')} of {len(rows)} K, clearly higher in {_count(rows, 'higher')}.\n\n"
+            + _pairs_table(rows, "cluster", "reference")
+        )
+    naive = _variant(iso, "set-2x64-naive")
+    if ref and naive:
+        rows = _compare(naive["cells"], ref["cells"], ks)
+        worse = _count(rows, "higher")
+        claims["Ablation: the naive last-token read-out is worse than attentive pooling"] = (
+            "The paper's code notes that a read-out on the last hidden state was tried (for Mamba2) and found worse."
+            f" rule: naive l2 above attentive pooling's by more than 2 sem (set backbone, 2L x 64). Worse in {worse}"
+            f" of {len(rows)} K.\n\n" + _pairs_table(rows, "naive", "attentive")
+        )
+    return claims
+
+
+def _scale_lines(iso: dict) -> list[str]:
+    lines = [
+        "| variant | layers x width | parameters | ms/step | train minutes | mean l2 over K | mean cluster acc over K |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(SCALE_DEPTH + SCALE_WIDTH):
+        v = _variant(iso, name)
+        if v is None:
+            continue
+        m = v["model"]
+        lines.append(
+            f"| {name} | {m['num_layers']} x {m['width']} | {v['num_params']:,} | {v['ms_per_step']:.0f} | "
+            f"{v['train_seconds'] / 60:.1f} | "
+            f"{_mean_over_k(v['cells']):.3f} | {_mean_over_k(v['cells'], 'cluster_acc'):.3f} |"
+        )
+    return lines
+
+
+def _aniso_lines(aniso: dict) -> tuple[list[str], dict]:
+    ks = _ks(aniso)
+    out = []
+    for metric, title in (
+        ("l2", "l2 (means + weights), mean ± sem (median)"),
+        ("l2_scales", "l2 of the scales (standard deviations), 1/(K d) sum ||s_hat - s||^2 after alignment"),
+        ("l2_means", "l2 of the means"),
+        ("l2_weights", "l2 of the weights"),
+    ):
+        out += [f"{title}:", "", *_table(aniso, metric), ""]
+    out += [
+        "spectral: not applicable (the moment method assumes one shared isotropic variance); not run.",
+        "",
+    ]
+    claims = {}
+    big = [k for k in ks if k > 2]
+    lines = []
+    for ref in ("em", "em_kmeanspp"):
+        ref_cells = aniso["baselines"].get(ref)
+        for v in aniso["variants"] if ref_cells else ():
+            for metric in ("l2", "l2_scales"):
+                rows = _compare(v["cells"], ref_cells, big, metric)
+                lines.append(
+                    f"| {v['name']} | {ref} | {metric} | {_count(rows, 'lower')} of {len(rows)} | "
+                    f"{_count(rows, 'higher')} | "
+                    + ", ".join(f"K={k}: {a:.3f} vs {b:.3f}" for k, a, b, _ in rows)
+                    + " |"
+                )
+    if lines:
+        claims["RQ3: on anisotropic mixtures TGMM (with a scale head) beats EM (official init) for K > 2"] = (
+            "rule: TGMM's error below diagonal EM's (official init) by more than 2 sem, K > 2, for the means + weights"
+            " (l2) and for the scales; EM with k-means++ (10 restarts) beside it, which the paper does not compare."
+            "\n\n| variant | against | metric | TGMM clearly lower | TGMM clearly higher | TGMM vs baseline |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(lines)
+        )
+    return out, claims
+
+
+def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
+    """The REPORT lines and the claims (title -> text with rule and verdict) of the architecture study."""
+    b = payload["budget"]
+    out = [
+        "## RQ3 and architecture ablations at one CPU budget",
+        f"![architecture study]({figure})",
+        "",
+        (
+            f"`python -m experiments.architecture_study` (CPU scale): every variant trained for {b['steps']} steps"
+            f" x {b['tasks_per_k']} tasks per K (K = 2..5, so {4 * b['tasks_per_k']} tasks per step), the same data"
+            f" seed, d = {b['dim']}, N from {b['n'] // 2} to {b['n']}; evaluated once on the same"
+            f" {b['tasks_per_cell']} fresh tasks per K at N = {b['n_eval']} (evaluation seed {b['eval_seed']}), l2"
+            " = aligned means + weights error, mean ± sem (median). Reference network: set backbone, 2 layers x"
+            " width 64, attentive-pooling read-out, est_matched loss, Adam 2e-3 (configs/tiny.py); every other"
+            " variant changes one thing. `cluster-*` is the clustering TGMM (configs/cluster.py at one d: normalised"
+            " read-in, 3 layers, clustering read-out, its own cosine schedule and responsibility loss)."
+        ),
+        "",
+        (
+            "**Deviations from the paper.** The paper trains 12-layer, width-128 networks (GPT-2 or Mamba2) for"
+            f" 100k steps with 64 tasks per K; here 1-4 layers of width 32-128 for {b['steps']} steps with"
+            f" {b['tasks_per_k']} tasks per K on a shared 2-core CPU, d = {b['dim']} only. Mamba2 keeps the"
+            " paper's 8 heads, state 16, 2 groups, expand 4 at width 64 (head dim 32 instead of 64). The"
+            " reference uses the matched loss and the fixed pooling mask, not the paper's est loss and its"
+            " pooling-mask bug. Conclusions hold for this budget only; longer training may reorder close variants."
+        ),
+        "",
+    ]
+    variants = [v for part in ("isotropic", "anisotropic") for v in payload.get(part, {}).get("variants", [])]
+    if variants:
+        out += [
+            "Milliseconds per training step (median of the logged windows after compilation; the 2-core machine"
+            " was shared with other jobs, so the ratios mean more than the values) and training wall minutes: "
+            + ", ".join(
+                f"{v['name']} {v['ms_per_step']:.0f} ms ({v['train_seconds'] / 60:.1f} min)" for v in variants
+            )
+            + ".",
+            "",
+        ]
+    claims = {}
+    iso = payload.get("isotropic")
+    if iso and iso["variants"]:
+        out += [
+            "### Isotropic tasks: backbones, read-outs, width and depth",
+            "",
+            "l2, mean ± sem (median):",
+            "",
+        ]
+        out += [*_table(iso, "l2"), "", "cluster accuracy:", "", *_table(iso, "cluster_acc"), ""]
+        out += ["Width and depth (set backbone, attentive read-out):", "", *_scale_lines(iso), ""]
+        claims.update(_claims_isotropic(iso))
+    aniso = payload.get("anisotropic")
+    if aniso and aniso["variants"]:
+        out += [
+            "### Anisotropic tasks (RQ3): per-component diagonal scales",
+            "",
+            (
+                "TGMM predicts a standard deviation per component and coordinate (paper read-out: softplus scale"
+                " head; clustering read-out: responsibility-weighted standard deviations); EM learns diagonal"
+                " variances (official init, and k-means++ with 10 restarts)."
+            ),
+            "",
+        ]
+        lines, c = _aniso_lines(aniso)
+        out += lines
+        claims.update(c)
+    return out, claims
