@@ -170,3 +170,17 @@ def test_preprocess_is_fitted_on_the_fitting_half():
         real_data.preprocess(x_fit[:, :4], x_eval[:, :4], "pca8")
     with pytest.raises(ValueError, match="unknown view"):
         real_data.preprocess(x_fit, x_eval, "whiten")
+
+
+def test_real_data_reads_the_rebuttals_mnist_tasks_from_idx_files(tmp_path):
+    rng = np.random.default_rng(5)
+    images, labels = _mnist_like(rng, 60)
+    datasets.write_idx(str(tmp_path / "t10k-images-idx3-ubyte"), images)
+    datasets.write_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz"), labels)
+    data = real_data.load_all(["iris"], mnist_dir=str(tmp_path))
+    assert list(data) == ["iris", "mnist01", "mnist04"]
+    for name, digits in datasets.MNIST_TASKS.items():
+        x, y = data[name]
+        keep = np.isin(labels, digits)
+        assert x.shape == (keep.sum(), 784) and set(y.tolist()) <= set(range(len(digits)))
+        np.testing.assert_allclose(x, images[keep].reshape(-1, 784) / 255.0)
