@@ -114,5 +114,38 @@ def phase_transition_section(saved: dict, figure: str) -> list[str]:
         "|---|---|---|---|",
         *verdicts,
         "",
+        *_observations(saved),
     ]
     return out
+
+
+def _observations(saved: dict) -> list[str]:
+    """Computed statements: where exact recovery is possible, and how the fixed-d paper model fares."""
+    cells, rhos = saved["cells"], saved["rhos"]
+    lines = []
+    for rho in (1.0, 2.0):
+        oracle = [c for c in cells if c["method"] == "oracle" and c["rho"] == rho]
+        if oracle:
+            acc = [c["cluster_acc"]["mean"] for c in oracle]
+            exact = [c["exact_recovery"] for c in oracle]
+            lines.append(
+                f"- ρ = {rho:g}: the true parameters label {min(acc):.3f}-{max(acc):.3f} of the points correctly and"
+                f" recover every label in {min(exact):.0%}-{max(exact):.0%} of the tasks (across settings)."
+            )
+    lo, hi = min(rhos), max(rhos)
+    for setting in saved["settings"]:
+        a, b = _cell_in(cells, setting, "tgmm_paper", lo), _cell_in(cells, setting, "tgmm_paper", hi)
+        t = _cell_in(cells, setting, MODEL_METHOD, hi)
+        if a and b and t:
+            lines.append(
+                f"- {setting}: the paper-architecture model's l2 goes from {a['l2']['mean']:.3g} at ρ = {lo:g} to"
+                f" {b['l2']['mean']:.3g} at ρ = {hi:g} (the dimension-free model: {t['l2']['mean']:.3g}). Likely"
+                " cause (not isolated here): its raw read-in sees the shared offset Δ N(0, I), whose per-coordinate"
+                " spread Δ grows with ρ past the training means' range [-5, 5]; the clustering model centres each"
+                " task first."
+            )
+    return ["What the numbers show:", "", *lines, ""] if lines else []
+
+
+def _cell_in(cells, setting, method, rho):
+    return _cell([c for c in cells if c["setting"] == setting], method, rho)

@@ -95,4 +95,41 @@ def real_data_section(saved: dict, figure: str) -> list[str]:
                     f" {best_ll['method']} ({best_ll['ll_test']['mean']:.2f})"
                 )
         out += ["", "; ".join(summary) + ".", ""]
+    out += _subset_effect(cells, saved["subset"])
     return out
+
+
+def _subset_effect(cells, subset: int) -> list[str]:
+    """How much the fitting-half accuracy changes when the models see only ``subset`` points instead of all."""
+    rows = []
+    for c in cells:
+        if not c["method"].endswith(f"_sub{subset}"):
+            continue
+        full = next(
+            (
+                f
+                for f in cells
+                if f["dataset"] == c["dataset"]
+                and f["view"] == c["view"]
+                and f["method"] == c["method"][: -len(f"_sub{subset}")]
+            ),
+            None,
+        )
+        if full:
+            rows.append(
+                f"| {c['dataset']} | {c['view']} | {full['method']} | {full['acc_fit']['mean']:.3f} |"
+                f" {c['acc_fit']['mean']:.3f} | {full['ll_test']['mean']:.2f} | {c['ll_test']['mean']:.2f} |"
+            )
+    if not rows:
+        return []
+    return [
+        f"### All points or a {subset}-point subset (the models' training N)",
+        "",
+        (
+            f"| dataset | view | model | accuracy, all N | accuracy, {subset} points | held-out LL, all N |"
+            f" held-out LL, {subset} points |"
+        ),
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
