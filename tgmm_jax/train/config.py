@@ -1,9 +1,9 @@
 """Training configuration: the default ``ConfigDict``, its validation, and builders of the typed pieces.
 
 Top-level fields: ``seed``, ``total_steps``, ``tasks_per_k``, ``log_every``, ``eval_every`` (0 = off),
-``checkpoint_every``, ``keep_checkpoints``, ``objective``, ``lik_weight``, ``tensorboard``; groups
-``task.*`` (a TaskSpec), ``model.*`` (a ModelConfig), ``optim.*`` and ``eval.*``. Unknown fields and
-invalid values fail at start with a message naming them.
+``checkpoint_every``, ``keep_checkpoints``, ``objective``, ``lik_weight``, ``grad_accum_steps``,
+``tensorboard``; groups ``task.*`` (a TaskSpec), ``model.*`` (a ModelConfig), ``optim.*`` and ``eval.*``.
+Unknown fields and invalid values fail at start with a message naming them.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
     # weight of the clustering read-out's responsibility cross-entropy (readout='cluster')
     c.resp_weight = 0.0
     c.train_dims = ()  # data dimensions to cycle through per step (a dimension-free model); () = task.dim only
+    c.grad_accum_steps = 1  # micro-batches per step (divides tasks_per_k); the same gradient, less memory
     c.tensorboard = True
     c.task = task_group()
     c.model = model_group("paper")
@@ -103,6 +104,7 @@ _TOP_LEVEL = {
     "lik_weight",
     "resp_weight",
     "train_dims",
+    "grad_accum_steps",
     "tensorboard",
     "task",
     "model",
@@ -163,8 +165,14 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[TaskSpec, ModelC
         ("eval_every", 0),
         ("checkpoint_every", 1),
         ("keep_checkpoints", 1),
+        ("grad_accum_steps", 1),
     ):
         _int_at_least(config, name, low)
+    if config.tasks_per_k % config.grad_accum_steps:
+        raise ValueError(
+            f"config.grad_accum_steps={config.grad_accum_steps} must divide config.tasks_per_k="
+            f"{config.tasks_per_k} (each micro-batch holds tasks_per_k / grad_accum_steps tasks of every K)"
+        )
     if config.objective not in OBJECTIVES:
         raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
     _number(config.lik_weight, "lik_weight")

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec
 
 from tgmm_jax import losses
 from tgmm_jax.tasks import TaskSpec, sample_tasks
@@ -109,19 +110,34 @@ def init_params_shape(key, model, spec: TaskSpec):
 
 
 def make_train_step(
-    model, tx, spec: TaskSpec, tasks_per_k: int, objective: Objective, log_every: int, mesh
+    model,
+    tx,
+    spec: TaskSpec,
+    tasks_per_k: int,
+    objective: Objective,
+    log_every: int,
+    mesh,
+    grad_accum_steps: int = 1,
 ) -> Callable[[TrainState, jax.Array], TrainState]:
-    """The jitted step: sample tasks from fold_in(data_key, step), loss, grads, AdamW, window sums."""
+    """The jitted step: sample tasks from fold_in(data_key, step), loss, grads, AdamW, window sums.
+
+    With ``grad_accum_steps`` A > 1 the same global batch is split into A micro-batches (A divides
+    tasks_per_k) whose gradients are summed in a ``lax.scan`` with the weights that make the sum the full
+    batch's gradient; only one micro-batch's activations are live at a time.
+    """
 
     loss_fn = _loss_fn(model, objective)
 
     def step_fn(state: TrainState, data_key: jax.Array) -> TrainState:
         task = sample_global_batch(jax.random.fold_in(data_key, state.step), spec, tasks_per_k, mesh)
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, task)
+        if grad_accum_steps == 1:
+            (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, task)
+        else:
+            terms, grads = _accumulated(loss_fn, state.params, task, grad_accum_steps, objective, mesh)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         scalars = dict(terms, grad_norm=optax.tree.norm(grads))
-        scalars[_NONFINITE] = (~jnp.isfinite(loss)).astype(jnp.float32)
+        scalars[_NONFINITE] = (~jnp.isfinite(terms["loss"])).astype(jnp.float32)
         new_window = state.step % log_every == 0
         sums = {
             name: jnp.where(new_window, 0.0, state.metric_sums[name]) + scalars[name].astype(jnp.float32)
@@ -132,3 +148,54 @@ def make_train_step(
 
     rep = sharding.replicated(mesh)
     return jax.jit(step_fn, in_shardings=(rep, rep), out_shardings=rep, donate_argnums=0)
+
+
+# Loss terms that are means over the batch's real points (losses.responsibility_loss) rather than over its
+# tasks, with the Objective field that weighs them in the loss. A micro-batch's value of such a term counts
+# by its share of the batch's real points, not by 1 / A.
+_POINT_MEAN_TERMS = {"resp_ce": "resp_weight"}
+
+
+def micro_batches(task, num: int, mesh):
+    """[B, ...] -> [num, B / num, ...]: micro-batch m holds tasks m, m + num, m + 2 num, ... (tasks_per_k / num
+    of every K when num divides tasks_per_k), sharded over 'data' as the batch is, so no task changes device
+    when num divides each device's share."""
+
+    def split(x):
+        return x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.lax.with_sharding_constraint(
+        jax.tree.map(split, task), NamedSharding(mesh, PartitionSpec(None, "data"))
+    )
+
+
+def _accumulated(loss_fn, params, task, num: int, objective: Objective, mesh):
+    """(terms, grads) of the whole batch, from ``num`` micro-batches in a scan: task-mean terms average the
+    micro-batch values, point-mean terms weigh them by point counts (exact with variable N too)."""
+    micro = micro_batches(task, num, mesh)
+    points_A = jnp.sum(micro.point_mask, axis=(1, 2)).astype(jnp.float32)
+    point_share_A = points_A / jnp.maximum(jnp.sum(points_A), 1.0)
+
+    def micro_loss(params, micro_task, point_share):
+        loss, terms = loss_fn(params, micro_task)
+        # The loss is linear in its terms: a point-mean term's weight moves from 1 / A to its point share.
+        scaled = loss / num
+        for name, coef in _POINT_MEAN_TERMS.items():
+            if name in terms:
+                scaled = scaled + getattr(objective, coef) * terms[name] * (point_share - 1.0 / num)
+        weighted = {n: v * (point_share if n in _POINT_MEAN_TERMS else 1.0 / num) for n, v in terms.items()}
+        return scaled, dict(weighted, loss=scaled)
+
+    grad_fn = jax.grad(micro_loss, has_aux=True)
+
+    def body(carry, xs):
+        grads, terms = grad_fn(params, *xs)
+        return jax.tree.map(jnp.add, carry, (terms, grads)), None
+
+    terms0 = jax.eval_shape(lambda: micro_loss(params, jax.tree.map(lambda x: x[0], micro), 0.0)[1])
+    zeros = (
+        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), terms0),
+        jax.tree.map(jnp.zeros_like, params),
+    )
+    (terms, grads), _ = jax.lax.scan(body, zeros, (micro, point_share_A))
+    return terms, grads

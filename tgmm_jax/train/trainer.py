@@ -34,6 +34,7 @@ _RESUMABLE_CHANGES = {
     "keep_checkpoints",
     "tensorboard",
     "eval",
+    "grad_accum_steps",  # the same batch and gradient, summed in pieces: changes parameters by rounding only
 }
 
 
@@ -42,13 +43,21 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _PreemptionFlag:
-    """Set by SIGTERM (what schedulers and TPU maintenance send) so the loop saves and exits cleanly."""
+    """Set by SIGTERM (what schedulers and TPU maintenance send) so the loop saves and exits cleanly.
 
-    def __init__(self):
+    Not installed with several processes: JAX's preemption sync manager owns SIGTERM there and names one
+    step at which every process saves (``Checkpoints.reached_preemption``); a Python handler would replace
+    its handler, and a process that stopped alone would leave the others waiting in a collective.
+    """
+
+    def __init__(self, install: bool = True):
         self.raised = False
+        self._install = install
         self._previous = None
 
     def __enter__(self):
+        if not self._install:
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not in the main thread
@@ -160,7 +169,7 @@ def train_and_evaluate(
         config_lib.check_eval_baselines(config.eval, baselines or {})
     sharding.maybe_initialize_distributed(distributed)
     mesh = sharding.make_mesh()
-    sharding.check_divisible(spec.batch_size(config.tasks_per_k), mesh)
+    sharding.check_divisible(spec.batch_size(config.tasks_per_k), mesh, config.grad_accum_steps)
     is_main = jax.process_index() == 0
 
     workdir_path = epath.Path(workdir)  # local path or an object store such as gs://
@@ -195,7 +204,14 @@ def train_and_evaluate(
         # One compiled step per training dimension (config.train_dims); step t uses entry (t - 1) mod len.
         step_fns = [
             state_lib.make_train_step(
-                model, tx, step_spec, config.tasks_per_k, objective, config.log_every, mesh
+                model,
+                tx,
+                step_spec,
+                config.tasks_per_k,
+                objective,
+                config.log_every,
+                mesh,
+                config.grad_accum_steps,
             )
             for step_spec in config_lib.train_specs(spec, config)
         ]
@@ -204,7 +220,7 @@ def train_and_evaluate(
             if config.eval_every
             else None
         )
-        data_key = jax.device_put(data_key, sharding.replicated(mesh))
+        data_key = sharding.replicate(data_key, mesh)
         summaries: dict = {}
 
         def stop_if_nonfinite(step):
@@ -219,7 +235,8 @@ def train_and_evaluate(
             return means
 
         step = start_step
-        with _PreemptionFlag() as preemption:
+        multi_process = jax.process_count() > 1
+        with _PreemptionFlag(install=not multi_process) as preemption:
             window_start, window_step0 = time.perf_counter(), start_step
             for step in range(start_step + 1, config.total_steps + 1):
                 state = step_fns[(step - 1) % len(step_fns)](state, data_key)
@@ -237,7 +254,8 @@ def train_and_evaluate(
                     record["eval"] = _eval_record(summaries)
                 if record:
                     writer.write(step, record)
-                preempted = preemption.raised or ckpts.reached_preemption(step)
+                # host-local checks, no device sync: a flag, and the sync manager's agreed step
+                preempted = preemption.raised or (multi_process and ckpts.reached_preemption(step))
                 if step % config.checkpoint_every == 0 or last or preempted:
                     stop_if_nonfinite(step)
                     ckpts.save(step, state, config_json, force=True)
