@@ -53,14 +53,15 @@ RESTARTS = "tgmm+kpp3"  # TGMM as the first restart: EM from it and from 3 k-mea
 BASELINES = ("em", "em_kmeanspp", "spectral")
 
 # name -> config arguments of configs/cluster.py and model overrides; each adds one part to the previous.
+_LEARNED = dict(init="learned", heads=4)  # the stages before the farthest-first seeds
 ABLATION = (
-    ("paper read-out", dict(dims="", resp=0.0), dict(readin="raw", readout="attentive")),
-    ("+a normalised read-in", dict(dims="", resp=0.0), dict(readout="attentive")),
-    ("+b clustering read-out", dict(dims="", resp=0.0), {}),
-    ("+c responsibility loss", dict(dims=""), {}),
-    ("+e mixed-d training", {}, {}),
-    ("+f farthest-first slot seeds", dict(init="farthest"), {}),
-    ("+f, 2 heads", dict(init="farthest", heads=2), {}),
+    ("paper read-out", dict(dims="", resp=0.0, **_LEARNED), dict(readin="raw", readout="attentive")),
+    ("+a normalised read-in", dict(dims="", resp=0.0, **_LEARNED), dict(readout="attentive")),
+    ("+b clustering read-out", dict(dims="", resp=0.0, **_LEARNED), {}),
+    ("+c responsibility loss", dict(dims="", **_LEARNED), {}),
+    ("+e mixed-d training", dict(_LEARNED), {}),
+    ("+f farthest-first slot seeds", dict(init="farthest", heads=4), {}),
+    ("+f, 2 heads (cluster.py)", dict(init="farthest", heads=2), {}),
 )
 
 

@@ -1,8 +1,9 @@
 """The dimension-free clustering TGMM (issue 12): one checkpoint for every d, trained on a CPU budget.
 
 Normalised read-in (each task centred, projected on its top ``rank`` principal directions, rescaled), a 3-layer
-set-transformer backbone (width 64), the clustering read-out (K slots refined over ``iters`` iterations with an
-exact E-step logit term), est_matched + the responsibility cross-entropy, and mixed-d training (d cycles through
+set-transformer backbone (width 64, ``heads`` 2), the clustering read-out (K slots seeded by a farthest-first
+traversal of the points (``init=farthest``; ``init=learned`` is the earlier learned-only start) and refined over
+``iters`` iterations with an exact E-step logit term), est_matched + the responsibility cross-entropy, and mixed-d training (d cycles through
 2, 8, 32 step by step). Evaluation during training is at ``d`` (default 8).
 
     python -m experiments.train --config=experiments/configs/cluster.py --workdir=runs/cluster
@@ -28,8 +29,8 @@ def get_config(arg: str | None = None):
             dims="2/8/32",
             tasks_per_k=16,
             lr=1e-3,
-            init="learned",
-            heads=4,
+            init="farthest",
+            heads=2,
         ),
     )
     config = default_config()
