@@ -57,7 +57,44 @@ def _verdict(pairs, limit, what):
     return f"| {what} | {ok} of {len(held)} cells | {status} | worst {worst[0]}: ratio {worst[1]:.2f} (limit {limit}) |"
 
 
-def cluster_section(payload: dict, figure: str) -> list[str]:
+def _previous_table(payload: dict, previous: dict) -> list[str]:
+    """TGMM alone (and + EM) of the previous checkpoint beside this one, per (d, K), with em_kmeanspp."""
+    lines = [
+        (
+            f"### Against the previous checkpoint (`{previous['workdir']}`: learned slot starts, 4 heads, "
+            f"step {previous.get('step')})"
+        ),
+        "",
+        (
+            "l2 mean per cell, same evaluation seed and tasks per cell; the shift row is d = 8 at "
+            f"sigma_p = {payload.get('shift', {}).get('mean_shift', float('nan')):g}."
+        ),
+        "",
+        f"| cell | previous {MODEL_METHOD} | this {MODEL_METHOD} | previous {REFINED} | this {REFINED} | em_kmeanspp |",
+        "|---|---|---|---|---|---|",
+    ]
+    sources = [
+        (f"d={d}", payload["grid"][d]["cells"], previous.get("grid", {}).get(d, {}).get("cells"))
+        for d in sorted(payload.get("grid", {}), key=int)
+    ]
+    if payload.get("shift") and previous.get("shift"):
+        sources.append(("shift", payload["shift"]["cells"], previous["shift"]["cells"]))
+    for label, cells, old in sources:
+        if not old:
+            continue
+        for k in sorted({c["K"] for c in cells}):
+            values = (
+                _mean(old, MODEL_METHOD, k),
+                _mean(cells, MODEL_METHOD, k),
+                _mean(old, REFINED, k),
+                _mean(cells, REFINED, k),
+                _mean(cells, "em_kmeanspp", k),
+            )
+            lines.append(f"| {label} K={k} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    return lines + [""]
+
+
+def cluster_section(payload: dict, figure: str, previous: dict | None = None) -> list[str]:
     grid = payload.get("grid", {})
     config = payload.get("config", {})
     model = config.get("model", {})
@@ -136,6 +173,8 @@ def cluster_section(payload: dict, figure: str) -> list[str]:
             )
         )
     out += ["### Targets", "", *targets, ""]
+    if previous and grid:
+        out += _previous_table(payload, previous)
     if timing:
         out += [
             "Warm wall time on one batch per d (best of 3 after a compiling call, seconds):",
