@@ -218,7 +218,11 @@ def plot(cells: list[dict], path: str) -> None:
         axes[0][j].set_title(f"{setting}: n = {first['n']}, b = {first['b']}, D = {first['dim']}")
     axes[0][0].set_ylabel("cluster accuracy (best permutation)")
     axes[1][0].set_ylabel("exact recovery rate")
-    axes[0][-1].legend(fontsize=7)
+    handles = {}
+    for ax in axes[0]:  # every method once, also one missing from the last panel (tgmm_paper)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0][-1].legend(list(handles.values()), list(handles), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -207,33 +207,46 @@ def run_dataset(name: str, x_NxD, y_N, view: str, splits: int, seed: int, n_pad:
 
 
 def plot(cells: list[dict], path: str) -> None:
-    """Per dataset: fitting-half accuracy (top) and held-out log-likelihood (bottom), one bar per method and view."""
-    names = list(dict.fromkeys(c["dataset"] for c in cells))
-    fig = Figure(figsize=(4.6 * len(names), 7.0))
-    axes = fig.subplots(2, len(names), squeeze=False)
-    for j, name in enumerate(names):
-        mine = [c for c in cells if c["dataset"] == name]
-        labels = [f"{c['method']} [{c['view']}]" for c in mine]
+    """Per (dataset, view): fitting-half accuracy (top) and held-out log-likelihood (bottom), one bar per method."""
+    panels = list(dict.fromkeys((c["dataset"], c["view"]) for c in cells))
+    fig = Figure(figsize=(3.2 * len(panels), 6.4))
+    axes = fig.subplots(2, len(panels), squeeze=False)
+    for j, (name, view) in enumerate(panels):
+        mine = [c for c in cells if c["dataset"] == name and c["view"] == view]
         ys = np.arange(len(mine))
         for row, metric, xlabel in (
             (0, "acc_fit", "cluster accuracy (fit half)"),
             (1, "ll_test", "held-out log-lik / point"),
         ):
             ax = axes[row][j]
-            colors = ["C0" if c["view"] == "std" else "C1" for c in mine]
+            colors = [
+                f"C{0 if c['method'].startswith('tgmm') else 1 if c['method'].startswith('sklearn') else 2}"
+                for c in mine
+            ]
             ax.barh(
                 ys, [c[metric]["mean"] for c in mine], xerr=[c[metric]["std"] for c in mine], color=colors
             )
-            ax.set_yticks(ys, labels, fontsize=6)
-            ax.set_xlabel(xlabel)
+            ax.set_yticks(ys, [c["method"] for c in mine], fontsize=6)
+            ax.set_xlabel(xlabel, fontsize=8)
             if metric == "ll_test":
-                finite = [c[metric]["mean"] for c in mine if np.isfinite(c[metric]["mean"])]
-                if finite:  # unit-variance fits can be far below: keep the informative range
-                    best = max(finite)
-                    ax.set_xlim(min(min(finite), best - 10) - 1, best + 1)
-        axes[0][j].set_title(f"{name} (K = {mine[0]['K']})")
+                _clip_outliers(ax, [c[metric]["mean"] for c in mine], ys)
+        axes[0][j].set_title(f"{name} [{view}] (K = {mine[0]['K']}, D = {mine[0]['dim']})", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _clip_outliers(ax, means, ys) -> None:
+    """x range from the best mean down to 4x its distance to the median; bars beyond it are marked off scale
+    (a diagonal-covariance fit on z-scored digit pixels reaches -1e5 and would hide every other bar)."""
+    finite = np.asarray([m for m in means if np.isfinite(m)])
+    if finite.size == 0:
+        return
+    best, median = finite.max(), np.median(finite)
+    low = best - 4.0 * max(best - median, 1.0) - 5.0
+    ax.set_xlim(low, best + 0.05 * (best - low))
+    for y, m in zip(ys, means):
+        if np.isfinite(m) and m < low:
+            ax.text(low, y, f" off scale: {m:.3g}", va="center", fontsize=6, color="red")
 
 
 def load_all(names, mnist_dir=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
