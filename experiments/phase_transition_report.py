@@ -69,7 +69,7 @@ def phase_transition_section(saved: dict, figure: str) -> list[str]:
         (
             "`python -m experiments.phase_transition`: tasks from `sample_phase_transition_tasks` (the official"
             " `abn_config`: n points, D = int(b n log n), weights 1/2, means ±(Δ/2)u plus a shared offset Δ N(0, I),"
-            f" unit noise), {saved['tasks_per_cell']} tasks per (setting, ρ), the same tasks for every method."
+            " unit noise); tasks per (setting, ρ) as in each heading, the same tasks for every method."
             " The sweep is ρ = Δ / Δ_line with Δ_line² = (1 + √(1 + 2b)) log n. **Two thresholds:** the official"
             " configuration's line a = 1 + 2b (ρ = 1) puts Ndaoud's value on Δ², the squared *distance between the"
             " means*; Ndaoud's exact-recovery threshold is on ‖θ‖² for means ±θ, i.e. on (Δ/2)², which is ρ = 2."
@@ -90,7 +90,10 @@ def phase_transition_section(saved: dict, figure: str) -> list[str]:
         if not mine:
             continue
         out += [
-            f"### {setting}: n = {info['n']}, b = {info['b']}, D = {info['dim']}",
+            (
+                f"### {setting}: n = {info['n']}, b = {info['b']}, D = {info['dim']},"
+                f" {info.get('tasks_per_cell', saved['tasks_per_cell'])} tasks per ρ"
+            ),
             "",
             "Cluster accuracy (best label permutation), mean ± sem over tasks (exact-recovery rate):",
             "",

@@ -30,7 +30,9 @@ def test_phase_transition_script(tmp_path):
     )
     saved = json.loads((results / "phase_transition.json").read_text())
     assert (results / "phase_transition.png").stat().st_size > 0
-    assert saved["settings"] == {"d2": {"n": 32, "b": 0.0185, "dim": 2, "paper_checkpoint": "paper_d2"}}
+    assert saved["settings"] == {
+        "d2": {"n": 32, "b": 0.0185, "dim": 2, "paper_checkpoint": "paper_d2", "tasks_per_cell": 4}
+    }
     assert saved["rhos"] == [1.0, 3.0] and saved["tasks_per_cell"] == 4
     cells = saved["cells"]
     assert {(c["method"], c["rho"]) for c in cells} == {
