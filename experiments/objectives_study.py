@@ -1,7 +1,7 @@
 """Objectives (issue 15, study 6; the rebuttal's Table 3 and ours): TGMM trained on est (the paper's),
 est_matched (permutation-matched), lik (the mixture's negative log-likelihood alone) and est+lik.
 
-    python -m experiments.objectives_study --steps=300
+    python -m experiments.objectives_study --steps=150
 
 One model per objective, the paper's architecture at CPU size (``tiny.py:d=8,n=128``; lik.py's switch on the
 tiny recipe instead of the paper-size model), the same seed, data stream and budget; resumable under
@@ -22,7 +22,7 @@ from tgmm_jax.losses import OBJECTIVES
 from tgmm_jax.scoring import MODEL_METHOD
 
 flags.DEFINE_list("objectives", ["est", "est_matched", "lik", "est+lik"], "Training objectives.")
-flags.DEFINE_integer("steps", 300, "Training steps per model.")
+flags.DEFINE_integer("steps", 150, "Training steps per model.")
 flags.DEFINE_integer("dim", 8, "Data dimension.")
 flags.DEFINE_integer("n", 128, "N_max of training; the evaluation is at N = n.")
 flags.DEFINE_integer("seed", 0, "Training seed (the same for every objective).")
@@ -91,9 +91,10 @@ def plot(payload: dict, path: str) -> None:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    unknown = [o for o in FLAGS.objectives if o not in OBJECTIVES]
-    if unknown:
-        raise app.UsageError(f"unknown --objectives {unknown}; choose from {OBJECTIVES}")
+    try:
+        ts.check_names("--objectives", FLAGS.objectives, OBJECTIVES)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     payload = dict(
         dim=FLAGS.dim,
         n=FLAGS.n,

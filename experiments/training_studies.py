@@ -72,6 +72,13 @@ def learning_curve(workdir: str) -> list[dict]:
     return [points[s] for s in sorted(points)]
 
 
+def check_names(flag: str, names, allowed) -> None:
+    """Raises ValueError naming the entries of ``names`` that are not in ``allowed``."""
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {flag} {unknown}; choose from {tuple(allowed)}")
+
+
 def across_seeds(values) -> dict:
     """Mean, sample standard deviation, min and max of one number across training seeds."""
     v = np.asarray(values, dtype=float)
