@@ -41,7 +41,15 @@ def _fmt(cells, k, metric="l2"):
 
 def _rows(section: dict) -> list[tuple[str, str, list]]:
     """(name, description, cells) of every variant, then every baseline."""
-    rows = [(v["name"], v["tests"], v["cells"]) for v in section["variants"]]
+    steps = max(v["step"] for v in section["variants"])
+    rows = [
+        (
+            v["name"],
+            v["tests"] + (f"; **step {v['step']} of {steps}**" if v["step"] < steps else ""),
+            v["cells"],
+        )
+        for v in section["variants"]
+    ]
     return rows + [(b, "baseline", cells) for b, cells in section["baselines"].items()]
 
 
@@ -92,6 +100,16 @@ def _mean_over_k(cells, metric="l2") -> float:
     return float(np.mean(means)) if means else float("nan")
 
 
+def _loss_at(a: dict, b: dict, window: int = 200) -> str:
+    """Mean training loss of runs a and b over the last ``window`` steps that both logged (same batches)."""
+    last = min(a["step"], b["step"])
+    mean = lambda v: np.mean([loss for step, loss in v["loss_curve"] if last - window < step <= last])
+    return (
+        f"mean est_matched loss over steps {last - window + 1}-{last}: {a['name']} {mean(a):.3f}, "
+        f"{b['name']} {mean(b):.3f}"
+    )
+
+
 def _claims_isotropic(iso: dict) -> dict:
     ks = _ks(iso)
     claims = {}
@@ -130,10 +148,17 @@ def _claims_isotropic(iso: dict) -> dict:
     if ref and naive:
         rows = _compare(naive["cells"], ref["cells"], ks)
         worse = _count(rows, "higher")
+        early = ""
+        if naive["step"] < ref["step"]:
+            early = (
+                f" **Unequal budget:** the naive run was stopped at step {naive['step']} (CPU time), the reference"
+                f" ran {ref['step']} steps, so the l2 rows favour the reference; the equal-step comparison is the"
+                f" training loss on the same batches: {_loss_at(naive, ref)}."
+            )
         claims["Ablation: the naive last-token read-out is worse than attentive pooling"] = (
             "The paper's code notes that a read-out on the last hidden state was tried (for Mamba2) and found worse."
             f" rule: naive l2 above attentive pooling's by more than 2 sem (set backbone, 2L x 64). Worse in {worse}"
-            f" of {len(rows)} K.\n\n" + _pairs_table(rows, "naive", "attentive")
+            f" of {len(rows)} K.{early}\n\n" + _pairs_table(rows, "naive", "attentive")
         )
     return claims
 
@@ -194,6 +219,17 @@ def _aniso_lines(aniso: dict) -> tuple[list[str], dict]:
     return out, claims
 
 
+def _sizes(payload: dict) -> str:
+    """'L1-L2 layers of width W1-W2' over the variants that ran."""
+    models = [
+        v["model"] for part in ("isotropic", "anisotropic") for v in payload.get(part, {}).get("variants", [])
+    ]
+    if not models:
+        return "small networks"
+    span = lambda xs: f"{min(xs)}" if min(xs) == max(xs) else f"{min(xs)}-{max(xs)}"
+    return f"{span([m['num_layers'] for m in models])} layers of width {span([m['width'] for m in models])}"
+
+
 def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
     """The REPORT lines and the claims (title -> text with rule and verdict) of the architecture study."""
     b = payload["budget"]
@@ -202,8 +238,9 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
         f"![architecture study]({figure})",
         "",
         (
-            f"`python -m experiments.architecture_study` (CPU scale): every variant trained for {b['steps']} steps"
-            f" x {b['tasks_per_k']} tasks per K (K = 2..5, so {4 * b['tasks_per_k']} tasks per step), the same data"
+            f"`python -m experiments.architecture_study` (CPU scale): planned budget {b['steps']} training steps"
+            " per variant (a variant evaluated at an earlier checkpoint, stopped for CPU time, is marked in the"
+            f" tables with its step) x {b['tasks_per_k']} tasks per K (K = 2..5, so {4 * b['tasks_per_k']} tasks per step), the same data"
             f" seed, d = {b['dim']}, N from {b['n'] // 2} to {b['n']}; evaluated once on the same"
             f" {b['tasks_per_cell']} fresh tasks per K at N = {b['n_eval']} (evaluation seed {b['eval_seed']}), l2"
             " = aligned means + weights error, mean ± sem (median). Reference network: set backbone, 2 layers x"
@@ -214,7 +251,7 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
         "",
         (
             "**Deviations from the paper.** The paper trains 12-layer, width-128 networks (GPT-2 or Mamba2) for"
-            f" 100k steps with 64 tasks per K; here 1-4 layers of width 32-128 for {b['steps']} steps with"
+            f" 100k steps with 64 tasks per K; here {_sizes(payload)} for {b['steps']} steps with"
             f" {b['tasks_per_k']} tasks per K on a shared 2-core CPU, d = {b['dim']} only. Mamba2 keeps the"
             " paper's 8 heads, state 16, 2 groups, expand 4 at width 64 (head dim 32 instead of 64). The"
             " reference uses the matched loss and the fixed pooling mask, not the paper's est loss and its"
@@ -223,6 +260,14 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
         "",
     ]
     variants = [v for part in ("isotropic", "anisotropic") for v in payload.get(part, {}).get("variants", [])]
+    ran = {v["name"] for v in variants}
+    skipped = [f"`{n}` ({t})" for n, (_, t) in payload.get("variants_defined", {}).items() if n not in ran]
+    if skipped:
+        out += [
+            "**Defined but not run** at this budget (the shared CPU was too slow to train them before the"
+            " deadline; `--variants` runs them): " + ", ".join(skipped) + ".",
+            "",
+        ]
     if variants:
         out += [
             "Milliseconds per training step (median of the logged windows after compilation; the 2-core machine"
@@ -257,6 +302,17 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
             ),
             "",
         ]
+        steps = sorted({v["step"] for v in aniso["variants"]})
+        if steps and steps[-1] < b["steps"]:
+            out += [
+                (
+                    f"**Shorter budget here:** the anisotropic runs were evaluated at step"
+                    f" {', '.join(map(str, steps))} of the planned {b['steps']} (the shared CPU was too slow); the"
+                    f" clustering recipe's cosine schedule was set for {b['steps']} steps, so its learning rate had"
+                    " not decayed yet."
+                ),
+                "",
+            ]
         lines, c = _aniso_lines(aniso)
         out += lines
         claims.update(c)

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import numpy as np
 from absl import app, flags, logging
@@ -45,6 +46,14 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list("variants", [], "Only these variants (default: all of the sections').")
 flags.DEFINE_bool("train_only", False, "Train (or resume) the selected variants and stop (parallel runs).")
+flags.DEFINE_bool(
+    "eval_only", False, "Never train: wait for each variant's run (trained elsewhere) to finish."
+)
+flags.DEFINE_integer(
+    "min_steps",
+    None,
+    "With --eval_only: evaluate a run's latest checkpoint once it reaches this step (default --steps).",
+)
 flags.DEFINE_list(
     "baselines", [], "Only these baselines (default: em, em_kmeanspp and, isotropic only, spectral)."
 )
@@ -59,13 +68,13 @@ ANISO_BASELINES = ("em", "em_kmeanspp")  # diagonal EM; spectral does not apply 
 VARIANTS = {
     REFERENCE: ("isotropic", "reference (tiny recipe)", "tiny", {}),
     "gpt2-2x64": ("isotropic", "backbone: causal gpt2", "tiny", dict(backbone="gpt2")),
-    "mamba2-2x64": ("isotropic", "backbone: mamba2 (8 heads, state 16)", "tiny", dict(backbone="mamba2")),
     "set-2x64-naive": ("isotropic", "read-out: naive last token", "tiny", dict(readout="naive")),
     "set-2x32": ("isotropic", "width 32", "tiny", dict(width=32, num_heads=2)),
     "set-2x128": ("isotropic", "width 128", "tiny", dict(width=128)),
     "set-1x64": ("isotropic", "depth 1", "tiny", dict(num_layers=1)),
     "set-4x64": ("isotropic", "depth 4", "tiny", dict(num_layers=4)),
     "cluster-3x64": ("isotropic", "ours: clustering TGMM (one d)", "cluster", {}),
+    "mamba2-2x64": ("isotropic", "backbone: mamba2 (8 heads, state 16)", "tiny", dict(backbone="mamba2")),
     "aniso-set-2x64": ("anisotropic", "paper read-out with scale head", "tiny", {}),
     "aniso-cluster-3x64": ("anisotropic", "ours: clustering read-out (scales too)", "cluster", {}),
 }
@@ -180,7 +189,11 @@ def run_section(section: str, baselines: tuple) -> dict:
         baselines = tuple(b for b in baselines if b in FLAGS.baselines)
     for name in _selected(section):
         workdir = os.path.join(FLAGS.root, name)
-        study.train_model(variant_config(name, **_budget()), workdir)
+        if FLAGS.eval_only:
+            while (study._latest_step(workdir) or 0) < (FLAGS.min_steps or FLAGS.steps):
+                time.sleep(30)
+        else:
+            study.train_model(variant_config(name, **_budget()), workdir)
         variants.append(_evaluate(name, workdir, baselines, baseline_cells))
         print(f"{section}: {name} done", flush=True)
     fingerprints = {v["fingerprint"] for v in variants}
@@ -209,31 +222,38 @@ def timing(names) -> dict:
     return out
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    path = os.path.join(FLAGS.results, "architecture_study.json")
-    payload = {}
+def _saved(path: str, budget: dict) -> dict:
+    """The saved JSON if it was made with ``budget``, else a new payload."""
     if os.path.exists(path):
         with open(path) as f:
             payload = json.load(f)
+        if payload.get("budget") == budget:
+            return payload
+    return dict(budget=budget)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
     if FLAGS.train_only:
         for section in ("isotropic", "anisotropic"):
             for name in _selected(section) if section in FLAGS.sections else ():
                 study.train_model(variant_config(name, **_budget()), os.path.join(FLAGS.root, name))
                 print(f"trained {name}", flush=True)
         return
+    path = os.path.join(FLAGS.results, "architecture_study.json")
     budget = dict(_budget(), tasks_per_cell=FLAGS.tasks_per_cell, eval_seed=FLAGS.eval_seed, n_eval=FLAGS.n)
-    if payload.get("budget") != budget:
-        payload = {}
-    payload["budget"] = budget
+    computed = {}
     if "timing" in FLAGS.sections:
         names = FLAGS.variants or list(VARIANTS)
-        payload.setdefault("ms_per_step", {}).update(timing(names))
+        computed["ms_per_step"] = timing(names)
     if "isotropic" in FLAGS.sections:
-        payload["isotropic"] = run_section("isotropic", ISO_BASELINES)
+        computed["isotropic"] = run_section("isotropic", ISO_BASELINES)
     if "anisotropic" in FLAGS.sections:
-        payload["anisotropic"] = run_section("anisotropic", ANISO_BASELINES)
+        computed["anisotropic"] = run_section("anisotropic", ANISO_BASELINES)
+    payload = _saved(path, budget)  # read now: another section may have been saved meanwhile
+    payload.update(computed)
+    payload["variants_defined"] = {name: [section, tests] for name, (section, tests, *_) in VARIANTS.items()}
     study.write_json(FLAGS.results, "architecture_study.json", payload)
     plot(payload, os.path.join(FLAGS.results, "architecture_study.png"))
 
@@ -253,9 +273,20 @@ def plot(payload: dict, path: str) -> None:
         if not res or not res["variants"]:
             continue
         ks = sorted({c["K"] for v in res["variants"] for c in v["cells"]})
-        series = [(v["name"], ks, [_stats(v["cells"], k) for k in ks], "-") for v in res["variants"]]
-        series += [(b, ks, [_stats(cells, k) for k in ks], "--") for b, cells in res["baselines"].items()]
-        panels.append((section, series))
+        baselines = [(b, ks, [_stats(cells, k) for k in ks], "--") for b, cells in res["baselines"].items()]
+        groups = {section: [v["name"] for v in res["variants"]]}
+        if section == "isotropic":  # two panels: backbones and read-outs; width and depth
+            scale = [
+                v
+                for v in ("set-1x64", REFERENCE, "set-4x64", "set-2x32", "set-2x128")
+                if v in groups[section]
+            ]
+            groups = {"backbone, read-out": [v for v in groups[section] if v == REFERENCE or v not in scale]}
+            groups["width, depth"] = scale
+        for title, names in groups.items():
+            chosen = [v for v in res["variants"] if v["name"] in names]
+            series = [(v["name"], ks, [_stats(v["cells"], k) for k in ks], "-") for v in chosen]
+            panels.append((title, series + baselines))
         if section == "anisotropic":
             series = [
                 (v["name"], ks, [_stats(v["cells"], k, "l2_scales") for k in ks], "-")
@@ -267,13 +298,39 @@ def plot(payload: dict, path: str) -> None:
             ]
             panels.append(("anisotropic: scales", series))
     if panels:
-        budget = payload["budget"]
-        study.panel_figure(
-            panels,
-            path,
-            xlabel="K",
-            title=lambda key: f"{key} (d={budget['dim']}, N={budget['n']}, {budget['steps']} steps)",
-        )
+        _figure(panels, path, payload["budget"])
+
+
+def _figure(panels, path: str, budget: dict) -> None:
+    """Log-y panels of (mean ± sem) against K, each with its own legend; one colour per label everywhere."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    labels = list(dict.fromkeys(label for _, series in panels for label, *_ in series))
+    colors = {label: colormaps["tab20"](i % 20) for i, label in enumerate(labels)}
+    fig = Figure(figsize=(4.2 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, series) in zip(axes, panels):
+        for label, xs, stats, style in series:
+            ax.errorbar(
+                xs,
+                [m for m, _ in stats],
+                yerr=[e for _, e in stats],
+                marker="o",
+                capsize=2,
+                linestyle=style,
+                color=colors[label],
+                label=label,
+            )
+        ax.set_yscale("log")
+        ax.set_xticks(sorted({x for _, xs, _, _ in series for x in xs}))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("K")
+        ax.legend(fontsize=6)
+        ax.set_ylabel("l2 of the scales" if "scales" in title else "l2 (mean ± sem)", fontsize=8)
+    fig.suptitle(f"d = {budget['dim']}, N = {budget['n']}, {budget['steps']} steps (CPU scale)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

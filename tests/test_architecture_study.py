@@ -49,6 +49,7 @@ def test_json_fields_and_figure(study):
     assert "l2_scales" in aniso["cells"][0] and "l2_scales" not in iso["cells"][0]
     assert set(payload["isotropic"]["baselines"]) == set(payload["anisotropic"]["baselines"]) == {"em"}
     assert "l2_scales" in payload["anisotropic"]["baselines"]["em"][0]
+    assert payload["variants_defined"]["mamba2-2x64"] == ["isotropic", "backbone: mamba2 (8 heads, state 16)"]
     assert os.path.getsize(tmp / "results" / "architecture_study.png") > 1000
 
 
@@ -57,6 +58,6 @@ def test_report_section_reads_the_json(study):
     lines, claims = architecture_section(payload, "architecture_study.png")
     text = "\n".join(lines)
     assert "5 steps x 2 tasks per K" in text and "| set-2x64 | reference (tiny recipe) |" in text
-    assert "spectral: not applicable" in text
+    assert "spectral: not applicable" in text and "**Defined but not run**" in text and "`gpt2-2x64`" in text
     assert any(title.startswith("RQ3: on anisotropic mixtures") for title in claims)
     assert hasattr(make_report, "architecture_section")  # the report includes the section
