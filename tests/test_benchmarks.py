@@ -1,0 +1,91 @@
+"""The benchmark scripts run end to end on a minimal setting, with torch blocked, so they cannot rot.
+
+Checks the JSON's fields and the cost model's consistency, never speeds.
+"""
+
+import json
+import math
+import sys
+
+import pytest
+
+import benchmarks
+from benchmarks import evaluate, train_step
+
+
+@pytest.fixture
+def no_torch(monkeypatch):
+    for name in ("torch", "transformers", "benchmarks.torch_reference"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing any of them raises ImportError
+    monkeypatch.delattr(benchmarks, "torch_reference", raising=False)  # an earlier import left on the package
+
+
+def test_train_step_runs_without_torch(tmp_path, no_torch, capsys):
+    out = tmp_path / "train_step.json"
+    train_step.main(
+        ["--json", str(out), "--sizes", "tiny", "--tasks-per-k", "1", "--n", "8", "--repeats", "2"]
+        + ["--budget-s", "0", "--peak-size", "64"]
+    )
+    printed = capsys.readouterr().out
+    assert "PyTorch side skipped" in printed and "pip install -e '.[bench]'" in printed
+    report = json.loads(out.read_text())
+    assert report["torch"] is None and "PyTorch side skipped" in report["torch_skipped"]
+    assert report["peak"]["jax"]["best_gflops_per_s"] > 0
+    assert set(report["machine"]) >= {"cpu_model", "cpus", "jax", "backend", "load_at_end"}
+    (row,) = report["sizes"]
+    assert row["size"] == "tiny" and "torch" not in row and "speedup_vs_torch" not in row
+    ours = row["ours"]
+    assert ours["timed_steps"] == 2 and len(ours["ms_per_step_all"]) == 2
+    for field in ("ms_per_step_median", "first_call_s", "sampling_ms_median", "achieved_gflops_per_s"):
+        assert ours[field] > 0, field
+    assert len(ours["load_before"]) == 3 and len(ours["load_after"]) == 3
+    # the cost model: the analytic parts add up to the step's count (3 x forward), and XLA's count is of
+    # the same order (it also counts the elementwise work the analytic count leaves out)
+    parts = ours["analytic_forward_parts"]
+    assert math.isclose(3 * sum(parts.values()), ours["flops_per_step_analytic"], rel_tol=1e-9)
+    assert 0.2 < ours["analytic_over_xla"] < 1.5
+    assert math.isclose(
+        ours["fraction_of_peak"], ours["achieved_gflops_per_s"] / report["peak"]["used_gflops_per_s"]
+    )
+
+
+def test_analytic_flops_of_the_backbone_by_hand():
+    config = train_step.size_config("small", d=8, n=16, tasks_per_k=2)
+    spec, model_config = train_step.config_lib.validate_config(config)
+    parts = train_step.analytic_step_flops(model_config, spec, 2, readin_inputs=72)["forward_parts"]
+    b, n, e, layers = 8, 16, 64, 4
+    matmuls = 2 * b * n * (e * 3 * e + e * e + e * 4 * e + 4 * e * e)  # qkv, out, fc, proj
+    attention = 2 * 2 * b * n * n * e  # q k^T and p v over all heads
+    assert parts["backbone"] == layers * (matmuls + attention)
+    assert parts["read_in"] == 2 * b * n * 72 * e
+
+
+def test_evaluate_runs(tmp_path, no_torch):
+    out = tmp_path / "evaluate.json"
+    evaluate.main(
+        [
+            "--json",
+            str(out),
+            "--tasks-per-cell",
+            "2",
+            "--n",
+            "8",
+            "--repeats",
+            "1",
+            "--methods",
+            "tgmm,spectral",
+        ]
+    )
+    report = json.loads(out.read_text())
+    assert report["settings"]["tasks_per_cell"] == 2 and report["settings"]["ks"] == [2, 3, 4, 5]
+    assert list(report["methods"]) == ["tgmm", "spectral"]
+    for row in report["methods"].values():
+        assert row["first_call_s"] > 0 and row["compile_s_estimate"] >= 0
+        assert list(row["cells"]) == ["K=2", "K=3", "K=4", "K=5"]
+        for cell in row["cells"].values():
+            assert cell["seconds_median"] > 0 and math.isfinite(cell["l2_mean"])
+
+
+def test_evaluate_refuses_an_unknown_method(tmp_path):
+    with pytest.raises(ValueError, match="unknown method.*'emm'"):
+        evaluate.main(["--json", str(tmp_path / "e.json"), "--methods", "tgmm,emm"])
