@@ -1,7 +1,7 @@
 """Markdown tables of the benchmark JSONs (the tables of results/PERFORMANCE.md), and the H100 estimate.
 
     python -m benchmarks.tables --train-step results/benchmark_train_step_cpu.json \
-        --evaluate results/benchmark_evaluate_cpu.json --profile results/profile_step_cpu.json
+        --evaluate results/benchmark_evaluate_cpu.json
 """
 
 from __future__ import annotations
@@ -74,25 +74,6 @@ def evaluate_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def profile_table(report: dict) -> str:
-    lines = [
-        (
-            "| size | forward ms | loss+grads ms | step ms | backward (est.) ms | rest of step ms | "
-            "attention share of dot FLOPs | entry instructions | XLA GFLOP | GB accessed |"
-        ),
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["rows"]:
-        ms, cost = r["ms_median"], r["xla_cost"]
-        lines.append(
-            f"| {r['size']} | {ms['forward_loss']:.0f} | {ms['loss_and_gradients']:.0f} | "
-            f"{ms['training_step']:.0f} | {r['backward_ms_estimate']:.0f} | {r['outside_gradients_ms_estimate']:.0f} | "
-            f"{100 * r['attention_share_of_dot_flops']:.0f}% | {r['entry_instructions']} | "
-            f"{cost.get('flops', float('nan')) / 1e9:.1f} | {cost.get('bytes accessed', float('nan')) / 1e9:.2f} |"
-        )
-    return "\n".join(lines)
-
-
 def h100_estimate(report: dict, steps: int = 100_000) -> str:
     rows = [r for r in report["sizes"] if r["size"] == "paper"]
     if not rows:
@@ -122,15 +103,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-step")
     parser.add_argument("--evaluate")
-    parser.add_argument("--profile")
     args = parser.parse_args(argv)
     if args.train_step:
         report = _read(args.train_step)
         print(train_step_table(report), "\n", h100_estimate(report), sep="\n")
     if args.evaluate:
         print("", evaluate_table(_read(args.evaluate)), sep="\n")
-    if args.profile:
-        print("", profile_table(_read(args.profile)), sep="\n")
 
 
 if __name__ == "__main__":
