@@ -20,9 +20,9 @@ def _load(load) -> str:
 def train_step_table(report: dict) -> str:
     peak = report["peak"]
     lines = [
-        f"float32 matmul peak {peak['jax']['size']}^2: JAX {peak['jax']['best_gflops_per_s']:.0f} GFLOP/s"
-        + (f", torch {peak['torch']['best_gflops_per_s']:.0f} GFLOP/s" if "torch" in peak else "")
-        + f"; fractions below use {peak['used_gflops_per_s']:.0f}.",
+        f"float32 matmul peak {peak['jax']['size']}^2: JAX {peak['jax']['best_gflops_per_s']:.1f} GFLOP/s"
+        + (f", torch {peak['torch']['best_gflops_per_s']:.1f} GFLOP/s" if "torch" in peak else "")
+        + f"; fractions below use {peak['used_gflops_per_s']:.1f}.",
         "",
         (
             "| size | ours ms/step | torch ms/step (2 thr) | torch ms (1 thr) | ours/torch time | speed-up | "
