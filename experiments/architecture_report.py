@@ -337,3 +337,119 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
         out += lines
         claims.update(c)
     return out, claims
+
+
+def _curve_stat(run: dict, last: int, window: int) -> tuple[float, float]:
+    values = np.asarray(
+        [loss for step, loss in run["loss_curve"] if last - window < step <= last], np.float64
+    )
+    if values.size < 2:
+        return float("nan"), float("nan")
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
+
+
+def _curve_pair(runs, a, b, last, window):
+    (ma, sa), (mb, sb) = _curve_stat(runs[a], last, window), _curve_stat(runs[b], last, window)
+    margin = 2.0 * np.hypot(sa, sb)
+    verdict = "lower" if ma < mb - margin else "higher" if ma > mb + margin else "within 2 sem"
+    return (
+        f"| {a} vs {b} | {last - window + 1}-{last} | {ma:.3f} ± {sa:.3f} | {mb:.3f} ± {sb:.3f} | {verdict} |",
+        verdict,
+    )
+
+
+def curves_section(curves: dict, figure: str) -> tuple[list[str], dict]:
+    """The training-loss comparison (``experiments/architecture_curves.py``): same batch stream, equal steps."""
+    runs = {n: r for n, r in curves["runs"].items() if r["variant"] == "isotropic" and not r["resp_weight"]}
+    out = [
+        "## Architecture ablations by training loss (same batches, equal steps)",
+        f"![training loss]({figure})",
+        "",
+        (
+            "Read from the runs' logs by `python -m experiments.architecture_curves` (no evaluation). Every run"
+            " of `experiments/architecture_study.py` trains on the same batch stream (seed 0; each step's tasks"
+            " are fresh draws from (seed, step), d = 8, N from 16 to 32, 8 tasks per K, K = 2..5), and the logged"
+            " loss of a step is measured on that step's fresh batch before the update: an estimate of the"
+            " population est_matched loss (matched means MSE + weights cross-entropy) at that step. Values: mean"
+            " ± sem over the logged 50-step windows in the stated step range. This is a training objective, not"
+            " the l2 metric of the other sections; the evaluation on held-out tasks with EM and spectral beside"
+            " it did not finish on the shared CPU before the deadline (`python -m experiments.architecture_study`"
+            " with the budget below runs it)."
+        ),
+        "",
+        (
+            "**Deviations from the paper.** CPU scale: 1-4 layers of width 64-128 (paper: 12 x 128), 2000 steps"
+            " (paper: 100k) of 32 tasks (paper: 256), N <= 32 (paper: 128), d = 8 only; est_matched loss and the"
+            " fixed pooling mask. Mamba2 keeps the paper's 8 heads, state 16, 2 groups, expand 4 at width 64."
+            " The naive read-out run stopped at step 600 (CPU time), so it is compared at steps 401-600 only;"
+            " ms/step were measured on a 2-core machine shared with many other jobs (ratios only, and loosely)."
+        ),
+        "",
+        "| run | backbone | read-out | layers x width | steps run | ms/step | loss 401-600 | loss 1501-2000 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in runs.items():
+        m = r["model"]
+        early, late = _curve_stat(r, 600, 200), _curve_stat(r, 2000, 500)
+        fmt = lambda s: "n/a" if not np.isfinite(s[0]) else f"{s[0]:.3f} ± {s[1]:.3f}"
+        out.append(
+            f"| {name} | {m['backbone']} | {m['readout']} | {m['num_layers']} x {m['width']} | {r['step']} | "
+            f"{r['ms_per_step']:.0f} | {fmt(early)} | {fmt(late)} |"
+        )
+    other = [n for n, r in curves["runs"].items() if n not in runs]
+    if other:
+        out += [
+            "",
+            f"Not in the table (another objective or task variant, or too few steps): {', '.join(other)}.",
+        ]
+    out.append("")
+    claims = {}
+    header = "| comparison | steps | first | second | first vs second (2 sem) |\n|---|---|---|---|---|\n"
+    if {"mamba2-2x64", "gpt2-2x64"} <= set(runs):
+        row, verdict = _curve_pair(runs, "mamba2-2x64", "gpt2-2x64", 2000, 500)
+        first = runs["mamba2-2x64"]["loss_curve"][0][1]
+        final = _curve_stat(runs["mamba2-2x64"], 2000, 500)[0]
+        claims["RQ3: a Mamba2 backbone is non-trivial but worse than the transformer (training loss)"] = (
+            f"rule: non-trivial = the loss falls clearly (here from {first:.2f} in the first 50 steps to {final:.2f});"
+            f" worse = final loss above the gpt2 transformer's (same size, budget and batches) by more than 2 sem."
+            f" Mamba2's loss is **{verdict}** than gpt2's: the claim "
+            f"{'holds' if verdict == 'higher' else 'is not shown'} at this scale (Mamba2 also ran"
+            f" {runs['mamba2-2x64']['ms_per_step'] / runs['gpt2-2x64']['ms_per_step']:.0f}x slower per step on"
+            " this CPU).\n\n" + header + row
+        )
+    if {"set-2x64", "gpt2-2x64"} <= set(runs):
+        row, verdict = _curve_pair(runs, "set-2x64", "gpt2-2x64", 2000, 500)
+        row2, _ = _curve_pair(runs, "set-2x64", "gpt2-2x64", 600, 200)
+        claims[
+            "Ablation (our hypothesis): the order-invariant set backbone beats the causal gpt2 backbone"
+        ] = (
+            f"rule: set's loss below gpt2's by more than 2 sem. At the end of training set's loss is **{verdict}**"
+            " than gpt2's: the hypothesis "
+            f"{'holds' if verdict == 'lower' else 'is not supported'} at this budget.\n\n"
+            + header
+            + row
+            + "\n"
+            + row2
+        )
+    if {"set-2x64-naive", "set-2x64"} <= set(runs):
+        row, verdict = _curve_pair(runs, "set-2x64-naive", "set-2x64", 600, 200)
+        claims["Ablation: the naive last-token read-out is worse than attentive pooling (training loss)"] = (
+            "The paper's code notes that a read-out on the last hidden state was tried (for Mamba2) and found worse."
+            f" rule: naive loss above attentive pooling's by more than 2 sem at equal steps (the naive run stopped at"
+            f" step {runs['set-2x64-naive']['step']}). Naive is **{verdict}**.\n\n" + header + row
+        )
+    scale = [n for n in ("set-2x64", "set-2x128", "set-4x64") if n in runs]
+    if len(scale) > 1:
+        rows = [_curve_pair(runs, n, "set-2x64", 2000, 500) for n in scale[1:]]
+        claims["Scale: wider or deeper set networks reach a lower loss at the same step budget"] = (
+            "rule: loss below the 2 x 64 reference's by more than 2 sem over steps 1501-2000. "
+            + "; ".join(f"{n}: **{v}**" for n, (_, v) in zip(scale[1:], rows))
+            + " (time per step against the reference on this shared CPU: "
+            + ", ".join(
+                f"{n} {runs[n]['ms_per_step'] / runs['set-2x64']['ms_per_step']:.1f}x" for n in scale[1:]
+            )
+            + ").\n\n"
+            + header
+            + "\n".join(r for r, _ in rows)
+        )
+    return out, claims

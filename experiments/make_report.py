@@ -14,7 +14,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from experiments.architecture_report import architecture_section
+from experiments.architecture_report import architecture_section, curves_section
 from experiments.cluster_report import cluster_section
 from experiments.phase_transition_report import phase_transition_section
 from experiments.real_data_report import real_data_section
@@ -371,6 +371,12 @@ def main(argv):
             for part in ("isotropic", "anisotropic")
             for v in arch.get(part, {}).get("variants", [])
         ]
+    curves = _load(os.path.join(r, "architecture_curves.json"))  # issue 15: the same runs by training loss
+    if curves and scale == "cpu":
+        s, c = curves_section(curves, "architecture_curves.png")
+        sections += s
+        claims.update(c)
+        runs += [(run["workdir"], run["step"]) for run in curves["runs"].values()]
     for name, build in (("phase_transition", phase_transition_section), ("real_data", real_data_section)):
         saved = _load(os.path.join(r, f"{name}.json"))  # issue 15: evaluation-only studies, shipped models
         if saved and scale == "cpu":
