@@ -32,6 +32,9 @@ flags.DEFINE_list(
 flags.DEFINE_integer("tasks_per_cell", 256, "Evaluation tasks per K.")
 flags.DEFINE_integer("eval_seed", 20260417, "Seed of the evaluation tasks (the same for every model).")
 flags.DEFINE_string("root", "runs/training_studies", "Parent of the training workdirs.")
+flags.DEFINE_bool(
+    "partial", False, "Evaluate runs stopped early (SIGTERM) at their latest step; the report says so."
+)
 flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
 FLAGS = flags.FLAGS
 
@@ -113,7 +116,8 @@ def main(argv):
         workdir = ts.paper_cpu_workdir(
             FLAGS.root, objective=objective, steps=FLAGS.steps, seed=FLAGS.seed, d=FLAGS.dim, n=FLAGS.n
         )
-        study.train_model(config, workdir)
+        if not (FLAGS.partial and os.path.isdir(os.path.join(workdir, "checkpoints"))):
+            study.train_model(config, workdir)
         methods = [MODEL_METHOD] + (list(FLAGS.baselines) if i == 0 else [])
         result = study.evaluate_cached(
             workdir,
