@@ -57,6 +57,13 @@ def _verdict(pairs, limit, what):
     return f"| {what} | {ok} of {len(held)} cells | {status} | worst {worst[0]}: ratio {worst[1]:.2f} (limit {limit}) |"
 
 
+def _load(timing: dict) -> str:
+    """The 1-minute load average around a timing, or what is known of it."""
+    if "load_average_before" in timing:
+        return f"{timing['load_average_before'][0]:.1f} -> {timing['load_average_after'][0]:.1f}"
+    return timing.get("load_note", "not recorded")
+
+
 def _previous_table(payload: dict, previous: dict) -> list[str]:
     """TGMM alone (and + EM) of the previous checkpoint beside this one, per (d, K), with em_kmeanspp."""
     lines = [
@@ -177,15 +184,19 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
         out += _previous_table(payload, previous)
     if timing:
         out += [
-            "Warm wall time on one batch per d (best of 3 after a compiling call, seconds):",
+            (
+                "Warm wall time on one batch per d (best of 3 after a compiling call, seconds). The machine is a"
+                " shared 2-core CPU; the load average (1 min) during the measurement is in the last column, and a"
+                " load above 2 inflates every time (the ratio compares methods timed back to back):"
+            ),
             "",
-            f"| d | tasks | {MODEL_METHOD} | {REFINED} | {RESTARTS} | em_kmeanspp | em_kmeanspp / {REFINED} |",
-            "|---|---|---|---|---|---|---|",
+            f"| d | tasks | {MODEL_METHOD} | {REFINED} | {RESTARTS} | em_kmeanspp | em_kmeanspp / {REFINED} | load |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for d, t in sorted(timing.items(), key=lambda kv: int(kv[0])):
             out.append(
                 f"| {d} | {t['tasks']} | {t[MODEL_METHOD]:.3f} | {t[REFINED]:.3f} | {t.get(RESTARTS, float('nan')):.3f} | "
-                f"{t['em_kmeanspp']:.3f} | {t['em_kmeanspp'] / t[REFINED]:.2f}x |"
+                f"{t['em_kmeanspp']:.3f} | {t['em_kmeanspp'] / t[REFINED]:.2f}x | {_load(t)} |"
             )
         out.append("")
     if shift:

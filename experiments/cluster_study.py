@@ -104,7 +104,7 @@ def _timing(run, dim: int) -> dict:
     methods, params = _methods(run, FLAGS.refine_steps)
     spec = dataclasses.replace(run.spec, dim=dim, n_max=128, n_min=128, variable_n=False)
     task = sample_tasks(jax.random.key(FLAGS.eval_seed + dim), spec, FLAGS.tasks_per_cell)
-    out = {"tasks": int(task.points.shape[0])}
+    out = {"tasks": int(task.points.shape[0]), "load_average_before": list(os.getloadavg())}
     for name in (scoring.MODEL_METHOD, REFINED, RESTARTS, "em_kmeanspp"):
         fit = scoring._compiled_fit(methods[name])
         key = jax.random.key(0)
@@ -115,6 +115,7 @@ def _timing(run, dim: int) -> dict:
             jax.block_until_ready(fit(params.get(name), key, task))
             best = min(best, time.perf_counter() - start)
         out[name] = best
+    out["load_average_after"] = list(os.getloadavg())
     return out
 
 
