@@ -130,6 +130,8 @@ def phase_transition_section(saved: dict, figure: str) -> list[str]:
         "",
         *_observations(saved),
     ]
+    if "shipped_cluster_checkpoint" in saved:
+        out += [f"Checkpoint: {saved['shipped_cluster_checkpoint']}.", ""]
     return out
 
 

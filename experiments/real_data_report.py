@@ -120,6 +120,8 @@ def real_data_section(saved: dict, figure: str) -> list[str]:
             ),
             "",
         ]
+    if "shipped_cluster_checkpoint" in saved:
+        out += [f"Checkpoint: {saved['shipped_cluster_checkpoint']}.", ""]
     return out
 
 
