@@ -9,7 +9,8 @@ Padded tokens (point_mask False) are masked as keys. The causal backbone assumes
 (TGMM moves the real points to the front); then real tokens never see padded ones either way.
 Layers are scanned or unrolled per ``ModelConfig.scan_layers`` (see models/stack.py). Options: none for `set`
 (``TransformerOptions``), the size of the position table for `gpt2` (``Gpt2Options``).
-The residual stream stays float32; matmuls run in the compute dtype and softmax in float32.
+The residual stream stays float32; matmuls run in the compute dtype and softmax in float32. ``attention`` is
+the same core with a hand-written backward (equal to the autodiff of ``plain_attention`` to rounding).
 """
 
 from __future__ import annotations
@@ -81,11 +82,79 @@ def attention_mask(point_mask_BxN: jax.Array, causal: bool) -> jax.Array:
     return allowed_BxNxN
 
 
+def attention_bias(point_mask_BxN: jax.Array, causal: bool) -> jax.Array:
+    """The mask as an additive float32 bias: 0 where allowed, _MASKED_LOGIT elsewhere: [B, N, N].
+
+    Adding it gives the same logits as masking them (a logit plus -1e30 rounds to -1e30 in float32).
+    """
+    return jnp.where(attention_mask(point_mask_BxN, causal), 0.0, _MASKED_LOGIT).astype(jnp.float32)
+
+
+def _probs(q_BxHxNxF: jax.Array, k_BxHxNxF: jax.Array, bias_BxNxN: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(F) + bias) over the keys, in float32: [B, H, N, N]."""
+    logits_BxHxNxN = jnp.einsum("bhqf,bhkf->bhqk", q_BxHxNxF, k_BxHxNxF) / math.sqrt(q_BxHxNxF.shape[-1])
+    return jax.nn.softmax(logits_BxHxNxN.astype(jnp.float32) + bias_BxNxN[:, None], axis=-1)
+
+
+def plain_attention(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, bias_BxNxN) -> jax.Array:
+    """softmax(q k^T / sqrt(F) + bias) v, differentiated by autodiff (the reference of ``attention``)."""
+    probs_BxHxNxN = _probs(q_BxHxNxF, k_BxHxNxF, bias_BxNxN).astype(q_BxHxNxF.dtype)
+    return jnp.einsum("bhqk,bhkf->bhqf", probs_BxHxNxN, v_BxHxNxF)
+
+
+def _fold(x_BxHx___: jax.Array) -> jax.Array:
+    return x_BxHx___.reshape((-1,) + x_BxHx___.shape[2:])
+
+
+@jax.custom_vjp
+def attention(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, bias_BxNxN) -> jax.Array:
+    """``plain_attention`` with a hand-written backward (the same numbers as its autodiff, to rounding).
+
+    Why: XLA:CPU runs the autodiff backward's matmuls (which contract over non-minor or middle axes) 2-3x
+    slower than the forward's; written out as leading-batch matmuls over [B*H, N, .] it runs faster.
+    The bias gets no gradient (it is built from the masks).
+    """
+    return _attention_fwd(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, bias_BxNxN)[0]
+
+
+def _attention_fwd(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, bias_BxNxN):
+    probs_XxNxN = _fold(_probs(q_BxHxNxF, k_BxHxNxF, bias_BxNxN))  # X = B * H
+    out_XxNxF = jnp.einsum("xqk,xkf->xqf", probs_XxNxN.astype(v_BxHxNxF.dtype), _fold(v_BxHxNxF))
+    return out_XxNxF.reshape(q_BxHxNxF.shape), (q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, probs_XxNxN, bias_BxNxN)
+
+
+def _attention_bwd(residuals, g_BxHxNxF):
+    q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, probs_XxNxN, bias_BxNxN = residuals
+    dtype = q_BxHxNxF.dtype
+    q_XxNxF, k_XxNxF, v_XxNxF, g_XxNxF = map(_fold, (q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, g_BxHxNxF))
+    dv_XxNxF = jnp.einsum("xqk,xqf->xkf", probs_XxNxN.astype(dtype), g_XxNxF)
+    dprobs_XxNxN = jnp.einsum("xqf,xkf->xqk", g_XxNxF, v_XxNxF).astype(jnp.float32)
+    # softmax backward in float32, then the logits' cast and 1/sqrt(F) as autodiff of _probs does them
+    dlogits_XxNxN = probs_XxNxN * (dprobs_XxNxN - jnp.sum(dprobs_XxNxN * probs_XxNxN, axis=-1, keepdims=True))
+    dlogits_XxNxN = dlogits_XxNxN.astype(dtype) / math.sqrt(q_BxHxNxF.shape[-1])
+    dq_XxNxF = jnp.einsum("xqk,xkf->xqf", dlogits_XxNxN, k_XxNxF)
+    dk_XxNxF = jnp.einsum("xqk,xqf->xkf", dlogits_XxNxN, q_XxNxF)
+    shape = q_BxHxNxF.shape
+    return (
+        dq_XxNxF.reshape(shape),
+        dk_XxNxF.reshape(shape),
+        dv_XxNxF.reshape(shape),
+        jnp.zeros_like(bias_BxNxN),
+    )
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
+# What SelfAttention calls. The plain formulation stays the default until benchmarks/attention.py shows a
+# clear train-step gain for ``attention`` on a quiet machine (one layer's forward+backward: 1.30x; the train
+# step was inconclusive at load 30-40 on 2 cores). Both give the same forward and, to rounding, gradients.
+attention_core = plain_attention
+
+
 class SelfAttention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxNxE: jax.Array, allowed_BxNxN: jax.Array) -> jax.Array:
+    def __call__(self, x_BxNxE: jax.Array, bias_BxNxN: jax.Array) -> jax.Array:
         c = self.config
         b, n, e = x_BxNxE.shape
         h = c.num_heads
@@ -94,12 +163,7 @@ class SelfAttention(nn.Module):
         # batch dimensions about 3x faster than the einsum over [B, N, H, F] (same numbers, same params).
         qkv_3xBxHxNxF = qkv_BxNx3E.reshape(b, n, 3, h, e // h).transpose(2, 0, 3, 1, 4)
         q_BxHxNxF, k_BxHxNxF, v_BxHxNxF = qkv_3xBxHxNxF[0], qkv_3xBxHxNxF[1], qkv_3xBxHxNxF[2]
-        logits_BxHxNxN = jnp.einsum("bhqf,bhkf->bhqk", q_BxHxNxF, k_BxHxNxF) / math.sqrt(e // h)
-        logits_BxHxNxN = jnp.where(
-            allowed_BxNxN[:, None, :, :], logits_BxHxNxN.astype(jnp.float32), _MASKED_LOGIT
-        )
-        probs_BxHxNxN = jax.nn.softmax(logits_BxHxNxN, axis=-1).astype(c.compute_dtype)
-        out_BxHxNxF = jnp.einsum("bhqk,bhkf->bhqf", probs_BxHxNxN, v_BxHxNxF)
+        out_BxHxNxF = attention_core(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, bias_BxNxN)
         out_BxNxE = out_BxHxNxF.transpose(0, 2, 1, 3).reshape(b, n, e)
         return _dense(e, c, _INIT_STD / math.sqrt(2 * c.num_layers), "out")(out_BxNxE)
 
@@ -125,11 +189,11 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxNxE: jax.Array, allowed_BxNxN: jax.Array):
+    def __call__(self, x_BxNxE: jax.Array, bias_BxNxN: jax.Array):
         c = self.config
-        x_BxNxE = x_BxNxE + SelfAttention(c, name="attn")(
-            _layer_norm(c, "ln_1")(x_BxNxE), allowed_BxNxN
-        ).astype(jnp.float32)
+        x_BxNxE = x_BxNxE + SelfAttention(c, name="attn")(_layer_norm(c, "ln_1")(x_BxNxE), bias_BxNxN).astype(
+            jnp.float32
+        )
         x_BxNxE = x_BxNxE + Mlp(c, name="mlp")(_layer_norm(c, "ln_2")(x_BxNxE)).astype(jnp.float32)
         return x_BxNxE, None
 
@@ -155,5 +219,5 @@ class TransformerBackbone(nn.Module):
                 "positions", nn.initializers.normal(_INIT_STD), (c.backbone_options.max_positions, c.width)
             )
             x_BxNxE = x_BxNxE + table_PxE[None, :n, :]
-        x_BxNxE = apply_blocks(Block, c, x_BxNxE, attention_mask(point_mask_BxN, self.causal))
+        x_BxNxE = apply_blocks(Block, c, x_BxNxE, attention_bias(point_mask_BxN, self.causal))
         return _layer_norm(c, "ln_f")(x_BxNxE).astype(jnp.float32)
