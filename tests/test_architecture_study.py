@@ -57,7 +57,11 @@ def test_report_section_reads_the_json(study):
     _, payload = study
     lines, claims = architecture_section(payload, "architecture_study.png")
     text = "\n".join(lines)
-    assert "5 steps x 2 tasks per K" in text and "| set-2x64 | reference (tiny recipe) |" in text
+    assert (
+        "planned budget 5 training steps" in text
+        and "x 2 tasks per K" in text
+        and "| set-2x64 | reference (tiny recipe) |" in text
+    )
     assert "spectral: not applicable" in text and "**Defined but not run**" in text and "`gpt2-2x64`" in text
     assert any(title.startswith("RQ3: on anisotropic mixtures") for title in claims)
     assert hasattr(make_report, "architecture_section")  # the report includes the section
