@@ -77,7 +77,7 @@ def plot(payload: dict, path: str) -> None:
         steps, losses = zip(*run["loss_curve"])
         ax.plot(steps, losses, label=f"{name} ({run['step']} steps)", color=colormaps["tab10"](i % 10))
     ax.set_xlabel("training step")
-    ax.set_ylabel("est_matched loss on the step's fresh batch (log window mean)")
+    ax.set_ylabel("training loss (est_matched, 50-step means)")
     ax.set_yscale("log")
     ax.set_title("architecture study: training loss, same batch stream (CPU scale)", fontsize=9)
     ax.legend(fontsize=7)
