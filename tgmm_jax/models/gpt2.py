@@ -144,10 +144,10 @@ def _attention_bwd(residuals, g_BxHxNxF):
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
-# What SelfAttention calls. The plain formulation stays the default until benchmarks/attention.py shows a
-# clear train-step gain for ``attention`` on a quiet machine (one layer's forward+backward: 1.30x; the train
-# step was inconclusive at load 30-40 on 2 cores). Both give the same forward and, to rounding, gradients.
-attention_core = plain_attention
+# What SelfAttention calls (benchmarks/attention.py swaps in plain_attention to time the old step). Measured
+# at load 30-40 on 2 cores (results/benchmark_attention_cpu.json): tiny.py train step 1.36x (3 of 3 rounds
+# faster), one layer fwd+bwd 1.30x; cluster.py's step inconclusive (per-round 0.98x, 1.67x, 0.82x).
+attention_core = attention
 
 
 class SelfAttention(nn.Module):
