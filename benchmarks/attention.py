@@ -47,10 +47,7 @@ def _train_steps(config, core):
     init_key, data_key, _ = jax.random.split(jax.random.key(config.seed), 3)
     tx = state_lib.make_optimizer(config.optim, config.total_steps)
     objective = state_lib.Objective.from_config(config)
-    names = state_lib.logged_metric_names(
-        model, spec, objective, state_lib.init_params_shape(init_key, model, spec)
-    )
-    state = state_lib.create_train_state(init_key, model, tx, spec, names, mesh)
+    state = state_lib.init_train_state(init_key, model, tx, spec, objective, mesh)
     fns = [
         state_lib.make_train_step(model, tx, s, config.tasks_per_k, objective, config.log_every, mesh)
         for s in config_lib.train_specs(spec, config)

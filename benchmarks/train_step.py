@@ -98,10 +98,8 @@ def _build_ours(config):
     model = make_model(model_config, spec)
     init_key, data_key, _ = jax.random.split(jax.random.key(config.seed), 3)
     tx = state_lib.make_optimizer(config.optim, config.total_steps)
-    abstract = state_lib.init_params_shape(init_key, model, spec)
     objective = state_lib.Objective.from_config(config)
-    names = state_lib.logged_metric_names(model, spec, objective, abstract)
-    state = state_lib.create_train_state(init_key, model, tx, spec, names, mesh)
+    state = state_lib.init_train_state(init_key, model, tx, spec, objective, mesh)
     step = state_lib.make_train_step(model, tx, spec, config.tasks_per_k, objective, config.log_every, mesh)
     return spec, model_config, model, state, step, jax.device_put(data_key, sharding.replicated(mesh))
 

@@ -73,10 +73,9 @@ def abstract_train_state(config: ml_collections.ConfigDict, mesh):
     model = make_model(model_config, spec)
     tx = state_lib.make_optimizer(config.optim, config.total_steps)
     init_key = jax.random.key(0)
-    params = state_lib.init_params_shape(init_key, model, spec)
-    names = state_lib.logged_metric_names(model, spec, state_lib.Objective.from_config(config), params)
+    objective = state_lib.Objective.from_config(config)
     abstract = jax.eval_shape(
-        lambda k: state_lib.create_train_state(k, model, tx, spec, names, mesh), init_key
+        lambda k: state_lib.init_train_state(k, model, tx, spec, objective, mesh), init_key
     )
     rep = sharding.replicated(mesh)
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)

@@ -84,6 +84,12 @@ def logged_metric_names(model, spec: TaskSpec, objective: Objective, params) -> 
     return tuple(sorted(terms)) + ("grad_norm", _NONFINITE)
 
 
+def init_train_state(key, model, tx, spec: TaskSpec, objective: Objective, mesh) -> TrainState:
+    """``create_train_state`` with the metric names the step of ``objective`` logs for this model."""
+    names = logged_metric_names(model, spec, objective, init_params_shape(key, model, spec))
+    return create_train_state(key, model, tx, spec, names, mesh)
+
+
 def create_train_state(key, model, tx, spec: TaskSpec, metric_names: tuple[str, ...], mesh) -> TrainState:
     """Initialises parameters from ``key``, replicated on the mesh."""
 

@@ -188,10 +188,8 @@ def train_and_evaluate(
         model = make_model(model_config, spec)
         init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
         tx = state_lib.make_optimizer(config.optim, config.total_steps)
-        abstract_params = state_lib.init_params_shape(init_key, model, spec)
         objective = state_lib.Objective.from_config(config)
-        names = state_lib.logged_metric_names(model, spec, objective, abstract_params)
-        state = state_lib.create_train_state(init_key, model, tx, spec, names, mesh)
+        state = state_lib.init_train_state(init_key, model, tx, spec, objective, mesh)
         writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
 
         start_step = 0
