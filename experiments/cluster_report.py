@@ -57,7 +57,7 @@ def _verdict(pairs, limit, what):
     return f"| {what} | {ok} of {len(held)} cells | {status} | worst {worst[0]}: ratio {worst[1]:.2f} (limit {limit}) |"
 
 
-def _load(timing: dict) -> str:
+def _load_text(timing: dict) -> str:
     """The 1-minute load average around a timing, or what is known of it."""
     if "load_average_before" in timing:
         return f"{timing['load_average_before'][0]:.1f} -> {timing['load_average_after'][0]:.1f}"
@@ -196,7 +196,7 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
         for d, t in sorted(timing.items(), key=lambda kv: int(kv[0])):
             out.append(
                 f"| {d} | {t['tasks']} | {t[MODEL_METHOD]:.3f} | {t[REFINED]:.3f} | {t.get(RESTARTS, float('nan')):.3f} | "
-                f"{t['em_kmeanspp']:.3f} | {t['em_kmeanspp'] / t[REFINED]:.2f}x | {_load(t)} |"
+                f"{t['em_kmeanspp']:.3f} | {t['em_kmeanspp'] / t[REFINED]:.2f}x | {_load_text(t)} |"
             )
         out.append("")
     if shift:
