@@ -9,7 +9,7 @@ from baselines.em import fit_em_from
 from tgmm_jax import losses
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.models import check_num_components, make_model, model_config
-from tgmm_jax.models.cluster_readout import farthest_first
+from tgmm_jax.models.cluster_readout import farthest_first, greedy_seeds, mixture_loglik
 from tgmm_jax.models.normalize import normalize_tasks
 from tgmm_jax.refine import em_refine
 from tgmm_jax.tasks import TaskSpec, sample_tasks
@@ -32,7 +32,7 @@ def _config(**overrides):
     return model_config("tiny", **fields)
 
 
-@pytest.fixture(scope="module", params=["learned", "farthest"])
+@pytest.fixture(scope="module", params=["learned", "farthest+greedy"])
 def setup(request):
     spec = TaskSpec(dim=5, ks=KS, n_max=40, n_min=20)
     model = make_model(_config(slot_init=request.param), spec)
@@ -208,3 +208,85 @@ def test_farthest_first_seeds_match_brute_force():
 def test_unknown_slot_init_is_refused():
     with pytest.raises(ValueError, match="slot_init"):
         _config(slot_init="kmeans")
+
+
+def test_greedy_seeds_match_brute_force():
+    rng = np.random.default_rng(4)
+    coords_BxNxR = rng.standard_normal((4, 25, 3)).astype(np.float32)
+    mask_BxN = rng.random((4, 25)) < 0.7
+    coords_BxNxR[~mask_BxN] = 0.0  # padded points sit at the centre, the best seed if they were counted
+    seeds_BxKxR = np.asarray(greedy_seeds(jnp.asarray(coords_BxNxR), jnp.asarray(mask_BxN), 4))
+    for b in range(4):
+        real_MxR = coords_BxNxR[b][mask_BxN[b]].astype(np.float64)
+        chosen = []
+        for _ in range(4):
+            costs = [
+                np.sum(np.min(((real_MxR[:, None] - real_MxR[chosen + [c]][None]) ** 2).sum(-1), axis=1))
+                for c in range(len(real_MxR))
+            ]
+            chosen.append(int(np.argmin(costs)))
+        np.testing.assert_allclose(seeds_BxKxR[b], real_MxR[chosen], rtol=1e-6)
+
+
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_mixture_loglik_matches_scipy(anisotropic):
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(5)
+    points_BxNxD = rng.standard_normal((2, 9, 3))
+    mask_BxN = np.arange(9)[None] < np.array([[9], [6]])
+    component_mask_BxK = np.arange(4)[None] < np.array([[4], [2]])
+    logits_BxK = rng.standard_normal((2, 4))
+    means_BxKxD = rng.standard_normal((2, 4, 3))
+    scales_BxKxD = np.exp(0.3 * rng.standard_normal((2, 4, 3))) if anisotropic else np.ones((2, 4, 3))
+    ours = mixture_loglik(
+        jnp.asarray(points_BxNxD, jnp.float32),
+        jnp.asarray(mask_BxN),
+        jnp.asarray(component_mask_BxK),
+        jnp.asarray(logits_BxK, jnp.float32),
+        jnp.asarray(means_BxKxD, jnp.float32),
+        jnp.asarray(scales_BxKxD, jnp.float32) if anisotropic else None,
+    )
+    for b in range(2):
+        k = int(component_mask_BxK[b].sum())
+        w = np.exp(logits_BxK[b, :k]) / np.exp(logits_BxK[b, :k]).sum()
+        x = points_BxNxD[b][mask_BxN[b]]
+        dens = sum(
+            w[j] * multivariate_normal(means_BxKxD[b, j], np.diag(scales_BxKxD[b, j] ** 2)).pdf(x)
+            for j in range(k)
+        )
+        constant = 1.5 * np.log(2 * np.pi)  # the read-out drops -D/2 log(2 pi), the same for every seeding
+        np.testing.assert_allclose(float(ours[b]), np.mean(np.log(dens)) + constant, rtol=1e-5)
+
+
+def test_best_of_two_seedings_keeps_the_likelier_estimate_per_task():
+    spec = TaskSpec(dim=4, ks=KS, n_max=40)
+    task = sample_tasks(jax.random.key(2), spec, 3)  # 3 tasks per K
+    b_total = task.points.shape[0]
+    models = {
+        init: make_model(_config(slot_init=init), spec) for init in ("farthest", "greedy", "farthest+greedy")
+    }
+    params = models["farthest+greedy"].init(
+        jax.random.key(1), task.points, task.point_mask, task.num_components
+    )
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(p.size), p.shape), params)
+    outs = {
+        init: m.apply(params, task.points, task.point_mask, task.num_components) for init, m in models.items()
+    }
+    from scipy.special import logsumexp
+
+    lik = {}
+    for init in ("farthest", "greedy"):  # mean log-likelihood of the real points, unit variance
+        est = outs[init].to_params()
+        sq_BxNxK = np.sum((np.asarray(task.points)[:, :, None] - np.asarray(est.means)[:, None]) ** 2, -1)
+        log_w_BxK = np.log(np.maximum(np.asarray(est.weights), 1e-30))
+        point_BxN = logsumexp(log_w_BxK[:, None] - 0.5 * sq_BxNxK, axis=-1)
+        mask_BxN = np.asarray(task.point_mask)
+        lik[init] = np.sum(point_BxN * mask_BxN, -1) / mask_BxN.sum(-1)
+    pick_B = np.where(lik["greedy"] > lik["farthest"] + 1e-4, 1, 0)  # ties keep the first seeding
+    assert 0 < pick_B.sum() < b_total, "both seedings should win somewhere, or the check is vacuous"
+    for b in range(b_total):
+        expected = outs[("farthest", "greedy")[pick_B[b]]]
+        np.testing.assert_allclose(
+            np.asarray(outs["farthest+greedy"].means[b]), np.asarray(expected.means[b]), rtol=1e-5, atol=1e-5
+        )

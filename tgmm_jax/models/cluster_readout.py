@@ -34,6 +34,7 @@ import jax.numpy as jnp
 _MASKED = -1e30
 _MIN_MASS = 1e-6
 _MIN_STD = 1e-3
+_TIE_NATS = 1e-4  # per point: log-likelihoods closer than this are a tie, kept by the earlier seeding
 
 
 class ClusterReadout(nn.Module):
@@ -86,58 +87,103 @@ class ClusterReadout(nn.Module):
         slot_mask_BxKxK = component_mask_BxK[:, :, None] & component_mask_BxK[:, None, :]
         scale2_B = jnp.square(scale_B)
 
-        centre_mean_BxKxR = log_w_BxK = seed_term_BxNxK = None
-        if self.slot_init == "farthest":
-            seeds_BxKxR = farthest_first(coords_BxNxR, mask_BxN, self.k_max)
-            slots_BxKxE = slots_BxKxE + nn.Dense(e, name="seed_embed")(seeds_BxKxR)
-            seed_scale = self.param("seed_logit_scale", nn.initializers.ones, ())
-            seed_sq_BxNxK = jnp.sum(jnp.square(coords_BxNxR[:, :, None, :] - seeds_BxKxR[:, None, :, :]), -1)
-            seed_term_BxNxK = -0.5 * seed_scale * scale2_B[:, None, None] * seed_sq_BxNxK
-        elif self.slot_init != "learned":
+        seedings = self.slot_init.split("+")
+        if seedings != ["learned"] and not all(s in SEEDINGS for s in seedings):
             raise ValueError(
-                f"ClusterReadout.slot_init must be 'learned' or 'farthest', got {self.slot_init!r}"
+                f"ClusterReadout.slot_init must be 'learned' or seedings from {tuple(SEEDINGS)} joined by '+', "
+                f"got {self.slot_init!r}"
             )
-        for t in range(self.iters + 1):
-            logits_BxNxK = jnp.einsum("bne,bke->bnk", keys_BxNxE, query(ln_query(slots_BxKxE))) / math.sqrt(e)
-            if seed_term_BxNxK is not None and t == 0:
-                logits_BxNxK = logits_BxNxK + seed_term_BxNxK
-            if alpha is not None and t > 0:
-                sq_BxNxK = jnp.sum(
-                    jnp.square(coords_BxNxR[:, :, None, :] - centre_mean_BxKxR[:, None, :, :]), -1
-                )
-                logits_BxNxK = logits_BxNxK + alpha * (
-                    log_w_BxK[:, None, :] - 0.5 * scale2_B[:, None, None] * sq_BxNxK
-                )
-            logits_BxNxK = jnp.where(component_mask_BxK[:, None, :], logits_BxNxK, _MASKED)
-            log_resp_BxNxK = jax.nn.log_softmax(logits_BxNxK, axis=-1)
-            resp_BxNxK = jnp.exp(log_resp_BxNxK) * weight_BxN[:, :, None]
-            mass_BxK = jnp.sum(resp_BxNxK, axis=1)
-            if t == self.iters:
-                break
-            inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
-            centre_mean_BxKxR = jnp.einsum("bnk,bnr->bkr", resp_BxNxK, coords_BxNxR) * inv_mass_BxK[..., None]
-            log_w_BxK = jnp.log(mass_BxK / count_B[:, None] + _MIN_MASS)
-            attended_BxKxE = jnp.einsum("bnk,bne->bke", resp_BxNxK, values_BxNxE) * inv_mass_BxK[..., None]
-            inputs = jnp.concatenate(
-                [slots_BxKxE, attended_BxKxE, centre_mean_BxKxR, log_w_BxK[..., None]], -1
-            )
-            slots_BxKxE = slots_BxKxE + update_out(jax.nn.gelu(update_in(ln_update(inputs))))
-            if slot_attn is not None:
-                normed = ln_attn(slots_BxKxE)
-                slots_BxKxE = slots_BxKxE + slot_attn(normed, normed, mask=slot_mask_BxKxK[:, None])
+        if seedings != ["learned"]:
+            seed_embed = nn.Dense(e, name="seed_embed")
+            seed_scale = self.param("seed_logit_scale", nn.initializers.ones, ())
 
-        inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
-        # Weighted means of the points centred on the task's mean (translation-exact in float32); a slot with
-        # no mass falls back to the centre.
+        def refine(slots_BxKxE, seed_term_BxNxK):
+            """The T + 1 iterations from ``slots``: the last responsibilities (log and weighted) and masses."""
+            centre_mean_BxKxR = log_w_BxK = None
+            for t in range(self.iters + 1):
+                logits_BxNxK = jnp.einsum(
+                    "bne,bke->bnk", keys_BxNxE, query(ln_query(slots_BxKxE))
+                ) / math.sqrt(e)
+                if seed_term_BxNxK is not None and t == 0:
+                    logits_BxNxK = logits_BxNxK + seed_term_BxNxK
+                if alpha is not None and t > 0:
+                    sq_BxNxK = jnp.sum(
+                        jnp.square(coords_BxNxR[:, :, None, :] - centre_mean_BxKxR[:, None, :, :]), -1
+                    )
+                    logits_BxNxK = logits_BxNxK + alpha * (
+                        log_w_BxK[:, None, :] - 0.5 * scale2_B[:, None, None] * sq_BxNxK
+                    )
+                logits_BxNxK = jnp.where(component_mask_BxK[:, None, :], logits_BxNxK, _MASKED)
+                log_resp_BxNxK = jax.nn.log_softmax(logits_BxNxK, axis=-1)
+                resp_BxNxK = jnp.exp(log_resp_BxNxK) * weight_BxN[:, :, None]
+                mass_BxK = jnp.sum(resp_BxNxK, axis=1)
+                if t == self.iters:
+                    return log_resp_BxNxK, resp_BxNxK, mass_BxK
+                inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
+                centre_mean_BxKxR = (
+                    jnp.einsum("bnk,bnr->bkr", resp_BxNxK, coords_BxNxR) * inv_mass_BxK[..., None]
+                )
+                log_w_BxK = jnp.log(mass_BxK / count_B[:, None] + _MIN_MASS)
+                attended_BxKxE = (
+                    jnp.einsum("bnk,bne->bke", resp_BxNxK, values_BxNxE) * inv_mass_BxK[..., None]
+                )
+                inputs = jnp.concatenate(
+                    [slots_BxKxE, attended_BxKxE, centre_mean_BxKxR, log_w_BxK[..., None]], -1
+                )
+                slots_BxKxE = slots_BxKxE + update_out(jax.nn.gelu(update_in(ln_update(inputs))))
+                if slot_attn is not None:
+                    normed = ln_attn(slots_BxKxE)
+                    slots_BxKxE = slots_BxKxE + slot_attn(normed, normed, mask=slot_mask_BxKxK[:, None])
+
+        def estimate(log_resp_BxNxK, resp_BxNxK, mass_BxK):
+            """Weights, means (the points centred on the task's mean: translation-exact in float32; a slot
+            with no mass falls back to the centre) and, anisotropic, per-dimension scales."""
+            inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
+            offsets_BxKxD = jnp.einsum("bnk,bnd->bkd", resp_BxNxK, centred_BxNxD) * inv_mass_BxK[..., None]
+            weight_logits_BxK = jnp.log(mass_BxK / count_B[:, None] + _MIN_MASS)
+            scales_BxKxD = None
+            if self.anisotropic:
+                sq_BxNxKxD = jnp.square(centred_BxNxD[:, :, None, :] - offsets_BxKxD[:, None, :, :])
+                var_BxKxD = jnp.einsum("bnk,bnkd->bkd", resp_BxNxK, sq_BxNxKxD) * inv_mass_BxK[..., None]
+                scales_BxKxD = jnp.sqrt(jnp.maximum(var_BxKxD, _MIN_STD**2))
+            return weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK
+
         centred_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None, :], 0.0)
-        offsets_BxKxD = jnp.einsum("bnk,bnd->bkd", resp_BxNxK, centred_BxNxD) * inv_mass_BxK[..., None]
+        if seedings == ["learned"]:
+            best = estimate(*refine(slots_BxKxE, None))
+        else:
+            best = best_loglik = None
+            for seeding in seedings:
+                seeds_BxKxR = SEEDINGS[seeding](coords_BxNxR, mask_BxN, self.k_max)
+                seed_sq_BxNxK = jnp.sum(
+                    jnp.square(coords_BxNxR[:, :, None, :] - seeds_BxKxR[:, None, :, :]), -1
+                )
+                out = estimate(
+                    *refine(
+                        slots_BxKxE + seed_embed(seeds_BxKxR),
+                        -0.5 * seed_scale * scale2_B[:, None, None] * seed_sq_BxNxK,
+                    )
+                )
+                if len(seedings) == 1:
+                    best = out
+                    break
+                loglik_B = mixture_loglik(centred_BxNxD, mask_BxN, component_mask_BxK, *out[:3])
+                if best is None:
+                    best, best_loglik = out, loglik_B
+                else:
+                    # a later seeding must win by a margin: two seedings often reach the same mixture with the
+                    # slots in another order, and a float32 near-tie must not flip the order (e.g. on translation)
+                    take_B = loglik_B > best_loglik + _TIE_NATS
+                    best = jax.tree.map(
+                        lambda new, old, take_B=take_B: jnp.where(
+                            take_B.reshape((-1,) + (1,) * (new.ndim - 1)), new, old
+                        ),
+                        out,
+                        best,
+                    )
+                    best_loglik = jnp.maximum(loglik_B, best_loglik)
+        weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK = best
         means_BxKxD = centre_BxD[:, None, :] + offsets_BxKxD
-        weight_logits_BxK = jnp.log(mass_BxK / count_B[:, None] + _MIN_MASS)
-        scales_BxKxD = None
-        if self.anisotropic:
-            sq_BxNxKxD = jnp.square(centred_BxNxD[:, :, None, :] - offsets_BxKxD[:, None, :, :])
-            var_BxKxD = jnp.einsum("bnk,bnkd->bkd", resp_BxNxK, sq_BxNxKxD) * inv_mass_BxK[..., None]
-            scales_BxKxD = jnp.sqrt(jnp.maximum(var_BxKxD, _MIN_STD**2))
         return weight_logits_BxK, means_BxKxD, scales_BxKxD, log_resp_BxNxK
 
 
@@ -154,3 +200,50 @@ def farthest_first(coords_BxNxR: jax.Array, mask_BxN: jax.Array, k: int) -> jax.
         to_seed_BxN = jnp.sum(jnp.square(coords_BxNxR - seed_BxR[:, None, :]), -1)
         dist_BxN = jnp.where(mask_BxN, jnp.minimum(dist_BxN, to_seed_BxN), -jnp.inf)
     return jnp.stack(seeds, axis=1)
+
+
+def greedy_seeds(coords_BxNxR: jax.Array, mask_BxN: jax.Array, k: int) -> jax.Array:
+    """k seeds per task [B, k, R], chosen greedily among the real points: each is the point whose addition
+    lowers the k-means cost (the summed squared distance of the real points to their nearest seed) the most, so
+    the first is the most central point (the BUILD step of PAM, with squared distances). Unlike the
+    farthest-first traversal it does not seed outliers. Deterministic and invariant to point order, translation
+    and rotation; O(k N^2 R) per task."""
+    coords_BxNxR = jax.lax.stop_gradient(coords_BxNxR)
+    sq_BxNxN = jnp.sum(jnp.square(coords_BxNxR[:, :, None, :] - coords_BxNxR[:, None, :, :]), -1)
+    weight_BxN = mask_BxN.astype(coords_BxNxR.dtype)
+    nearest_BxN = jnp.full(mask_BxN.shape, jnp.inf, coords_BxNxR.dtype)
+    gather = jax.vmap(lambda c_NxR, i: c_NxR[i])
+    seeds = []
+    for _ in range(k):
+        # cost_BxC[b, c]: the k-means cost with point c added to the seeds
+        cost_BxC = jnp.einsum("bn,bnc->bc", weight_BxN, jnp.minimum(nearest_BxN[:, :, None], sq_BxNxN))
+        index_B = jnp.argmin(jnp.where(mask_BxN, cost_BxC, jnp.inf), axis=-1)
+        seeds.append(gather(coords_BxNxR, index_B))
+        nearest_BxN = jnp.minimum(
+            nearest_BxN, jnp.take_along_axis(sq_BxNxN, index_B[:, None, None], 2)[..., 0]
+        )
+    return jnp.stack(seeds, axis=1)
+
+
+def mixture_loglik(
+    centred_BxNxD, mask_BxN, component_mask_BxK, weight_logits_BxK, offsets_BxKxD, scales_BxKxD
+):
+    """Mean log-likelihood per real point of a mixture of Gaussians (unit variance, or diagonal ``scales``)
+    over the real components, without the constant -D/2 log(2 pi); how the read-out picks among its seedings."""
+    log_w_BxK = jax.nn.log_softmax(jnp.where(component_mask_BxK, weight_logits_BxK, _MASKED), axis=-1)
+    diff_BxNxKxD = centred_BxNxD[:, :, None, :] - offsets_BxKxD[:, None, :, :]
+    if scales_BxKxD is None:
+        log_pdf_BxNxK = -0.5 * jnp.sum(jnp.square(diff_BxNxKxD), -1)
+    else:
+        log_pdf_BxNxK = (
+            -0.5 * jnp.sum(jnp.square(diff_BxNxKxD / scales_BxKxD[:, None]), -1)
+            - jnp.sum(jnp.log(scales_BxKxD), -1)[:, None, :]
+        )
+    point_BxN = jax.nn.logsumexp(
+        jnp.where(component_mask_BxK[:, None, :], log_w_BxK[:, None, :] + log_pdf_BxNxK, _MASKED), -1
+    )
+    weight_BxN = mask_BxN.astype(point_BxN.dtype)
+    return jnp.sum(point_BxN * weight_BxN, -1) / jnp.maximum(jnp.sum(weight_BxN, -1), 1.0)
+
+
+SEEDINGS = {"farthest": farthest_first, "greedy": greedy_seeds}

@@ -17,7 +17,7 @@ from tgmm_jax.models.options import BackboneOptions, check_positive_ints
 
 READOUTS = ("attentive", "naive", "cluster")
 READINS = ("raw", "normalized")
-SLOT_INITS = ("learned", "farthest")
+SLOT_INITS = ("learned", "farthest", "greedy", "farthest+greedy")
 DTYPES = ("float32", "bfloat16")
 
 # Unrolled shallow stacks compile faster; scanned deep ones compile in time independent of depth.
@@ -60,9 +60,11 @@ class ModelConfig:
     cluster_iters: int = 3
     slot_attention: bool = True
     em_logits: bool = True
-    # Slot starts: "learned" (one learned vector per slot and K), or "farthest": also a farthest-first
-    # traversal of the task's normalised points (deterministic k-means++-like seeds), fed to the slots and to
-    # the first iteration's E-step term (models/cluster_readout.py).
+    # Slot starts: "learned" (one learned vector per slot and K), or seeds from the task's normalised points,
+    # fed to the slots and to the first iteration's E-step term (models/cluster_readout.py): "farthest" (a
+    # farthest-first traversal), "greedy" (greedy k-means-cost seeds, PAM's BUILD), or "farthest+greedy" (the
+    # read-out runs from both and keeps, per task, the estimate of higher likelihood). The seedings have no
+    # parameters, so a checkpoint trained with one can be evaluated with another.
     slot_init: str = "learned"
 
     def __post_init__(self):
