@@ -9,7 +9,12 @@ from baselines.em import fit_em_from
 from tgmm_jax import losses
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.models import check_num_components, make_model, model_config
-from tgmm_jax.models.cluster_readout import farthest_first, greedy_seeds, mixture_loglik
+from tgmm_jax.models.cluster_readout import (
+    farthest_first,
+    greedy_seeds,
+    mixture_loglik,
+    smoothed_farthest_first,
+)
 from tgmm_jax.models.normalize import normalize_tasks
 from tgmm_jax.refine import em_refine
 from tgmm_jax.tasks import TaskSpec, sample_tasks
@@ -32,7 +37,7 @@ def _config(**overrides):
     return model_config("tiny", **fields)
 
 
-@pytest.fixture(scope="module", params=["learned", "farthest+greedy"])
+@pytest.fixture(scope="module", params=["learned", "farthest+greedy+smooth3"])
 def setup(request):
     spec = TaskSpec(dim=5, ks=KS, n_max=40, n_min=20)
     model = make_model(_config(slot_init=request.param), spec)
@@ -205,9 +210,28 @@ def test_farthest_first_seeds_match_brute_force():
         np.testing.assert_allclose(seeds_BxKxR[b], np.stack(expected), rtol=1e-6)
 
 
-def test_unknown_slot_init_is_refused():
+@pytest.mark.parametrize("slot_init", ["kmeans", "smooth1", "smooth", "farthest+learned", "farthest+"])
+def test_unknown_slot_init_is_refused(slot_init):
     with pytest.raises(ValueError, match="slot_init"):
-        _config(slot_init="kmeans")
+        _config(slot_init=slot_init)
+
+
+def test_smoothed_seeds_match_brute_force():
+    rng = np.random.default_rng(6)
+    coords_BxNxR = rng.standard_normal((3, 20, 2)).astype(np.float32)
+    mask_BxN = rng.random((3, 20)) < 0.8
+    coords_BxNxR[~mask_BxN] = 0.0  # padded points near everything: never a neighbour
+    seeds_BxKxR = np.asarray(smoothed_farthest_first(jnp.asarray(coords_BxNxR), jnp.asarray(mask_BxN), 3, 4))
+    for b in range(3):
+        real_MxR = coords_BxNxR[b][mask_BxN[b]].astype(np.float64)
+        sq_MxM = ((real_MxR[:, None] - real_MxR[None]) ** 2).sum(-1)
+        smooth_MxR = np.stack([real_MxR[np.argsort(row)[:4]].mean(0) for row in sq_MxM])
+        dist_M, expected = (smooth_MxR**2).sum(-1), []
+        for _ in range(3):
+            i = int(np.argmax(dist_M))
+            expected.append(smooth_MxR[i])
+            dist_M = np.minimum(dist_M, ((smooth_MxR - smooth_MxR[i]) ** 2).sum(-1))
+        np.testing.assert_allclose(seeds_BxKxR[b], np.stack(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_greedy_seeds_match_brute_force():

@@ -25,6 +25,7 @@ sharing a cluster, the failure that restarts otherwise repair.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -87,13 +88,8 @@ class ClusterReadout(nn.Module):
         slot_mask_BxKxK = component_mask_BxK[:, :, None] & component_mask_BxK[:, None, :]
         scale2_B = jnp.square(scale_B)
 
-        seedings = self.slot_init.split("+")
-        if seedings != ["learned"] and not all(s in SEEDINGS for s in seedings):
-            raise ValueError(
-                f"ClusterReadout.slot_init must be 'learned' or seedings from {tuple(SEEDINGS)} joined by '+', "
-                f"got {self.slot_init!r}"
-            )
-        if seedings != ["learned"]:
+        seedings = seeding_functions(self.slot_init)
+        if seedings:
             seed_embed = nn.Dense(e, name="seed_embed")
             seed_scale = self.param("seed_logit_scale", nn.initializers.ones, ())
 
@@ -149,12 +145,12 @@ class ClusterReadout(nn.Module):
             return weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK
 
         centred_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None, :], 0.0)
-        if seedings == ["learned"]:
+        if not seedings:
             best = estimate(*refine(slots_BxKxE, None))
         else:
             best = best_loglik = None
             for seeding in seedings:
-                seeds_BxKxR = SEEDINGS[seeding](coords_BxNxR, mask_BxN, self.k_max)
+                seeds_BxKxR = seeding(coords_BxNxR, mask_BxN, self.k_max)
                 seed_sq_BxNxK = jnp.sum(
                     jnp.square(coords_BxNxR[:, :, None, :] - seeds_BxKxR[:, None, :, :]), -1
                 )
@@ -246,4 +242,43 @@ def mixture_loglik(
     return jnp.sum(point_BxN * weight_BxN, -1) / jnp.maximum(jnp.sum(weight_BxN, -1), 1.0)
 
 
+def smoothed_farthest_first(
+    coords_BxNxR: jax.Array, mask_BxN: jax.Array, k: int, neighbours: int
+) -> jax.Array:
+    """The farthest-first traversal of the points each averaged with its nearest real points (``neighbours`` of
+    them, itself included): outliers are pulled towards their cluster, so the seeds sit nearer cluster centres.
+    The seeds are these averages. Deterministic and invariant like ``farthest_first``."""
+    coords_BxNxR = jax.lax.stop_gradient(coords_BxNxR)
+    sq_BxNxN = jnp.sum(jnp.square(coords_BxNxR[:, :, None, :] - coords_BxNxR[:, None, :, :]), -1)
+    sq_BxNxN = jnp.where(mask_BxN[:, None, :], sq_BxNxN, jnp.inf)
+    _, near_BxNxM = jax.lax.top_k(-sq_BxNxN, min(neighbours, coords_BxNxR.shape[1]))
+    near_mask_BxNxM = jnp.take_along_axis(mask_BxN[:, None, :], near_BxNxM, axis=2)  # tasks with few points
+    near_BxNxMxR = jax.vmap(lambda c_NxR, i_NxM: c_NxR[i_NxM])(coords_BxNxR, near_BxNxM)
+    smooth_BxNxR = jnp.sum(near_BxNxMxR * near_mask_BxNxM[..., None], 2) / jnp.maximum(
+        jnp.sum(near_mask_BxNxM, 2, keepdims=True), 1
+    )
+    return farthest_first(smooth_BxNxR, mask_BxN, k)
+
+
 SEEDINGS = {"farthest": farthest_first, "greedy": greedy_seeds}
+SMOOTH_PREFIX = "smooth"  # "smooth<M>": smoothed_farthest_first over M >= 2 nearest points
+
+
+def seeding_functions(slot_init: str) -> list:
+    """The seedings ``slot_init`` names, each ``fn(coords, mask, k) -> seeds``; [] for "learned". Names are
+    joined by '+': "farthest", "greedy", "smooth<M>" (M >= 2). Anything else raises ValueError."""
+    if slot_init == "learned":
+        return []
+    functions = []
+    for name in str(slot_init).split("+"):
+        digits = name[len(SMOOTH_PREFIX) :] if name.startswith(SMOOTH_PREFIX) else ""
+        if name in SEEDINGS:
+            functions.append(SEEDINGS[name])
+        elif digits.isdigit() and int(digits) >= 2:
+            functions.append(functools.partial(smoothed_farthest_first, neighbours=int(digits)))
+        else:
+            raise ValueError(
+                f"slot_init must be 'learned' or seedings joined by '+' (each 'farthest', 'greedy' or "
+                f"'smooth<M>' with M >= 2), got {slot_init!r}: {name!r} is not a seeding"
+            )
+    return functions

@@ -13,11 +13,11 @@ from typing import Any
 import jax.numpy as jnp
 
 from tgmm_jax.models.backbones import BACKBONES
+from tgmm_jax.models.cluster_readout import seeding_functions
 from tgmm_jax.models.options import BackboneOptions, check_positive_ints
 
 READOUTS = ("attentive", "naive", "cluster")
 READINS = ("raw", "normalized")
-SLOT_INITS = ("learned", "farthest", "greedy", "farthest+greedy")
 DTYPES = ("float32", "bfloat16")
 
 # Unrolled shallow stacks compile faster; scanned deep ones compile in time independent of depth.
@@ -62,9 +62,11 @@ class ModelConfig:
     em_logits: bool = True
     # Slot starts: "learned" (one learned vector per slot and K), or seeds from the task's normalised points,
     # fed to the slots and to the first iteration's E-step term (models/cluster_readout.py): "farthest" (a
-    # farthest-first traversal), "greedy" (greedy k-means-cost seeds, PAM's BUILD), or "farthest+greedy" (the
-    # read-out runs from both and keeps, per task, the estimate of higher likelihood). The seedings have no
-    # parameters, so a checkpoint trained with one can be evaluated with another.
+    # farthest-first traversal), "greedy" (greedy k-means-cost seeds, PAM's BUILD), "smooth<M>" (farthest-first
+    # on the points averaged over their M nearest points), or several joined by '+', e.g. "farthest+greedy":
+    # the read-out runs from each on the same backbone states and keeps, per task, the estimate of highest
+    # likelihood (deterministic restarts). The seedings have no parameters, so a checkpoint trained with one
+    # can be evaluated with another.
     slot_init: str = "learned"
 
     def __post_init__(self):
@@ -114,7 +116,12 @@ def _validate(c: ModelConfig) -> None:
     choice("readout", READOUTS)
     choice("dtype", DTYPES)
     choice("readin", READINS)
-    choice("slot_init", SLOT_INITS)
+    if not isinstance(c.slot_init, str):
+        raise ValueError(f"ModelConfig.slot_init must be a string, got {c.slot_init!r}")
+    try:
+        seeding_functions(c.slot_init)
+    except ValueError as err:
+        raise ValueError(f"ModelConfig.{err}") from None
     check_positive_ints(
         c, ("num_layers", "width", "num_heads", "task_embed_dim", "mlp_ratio", "project_rank"), "ModelConfig"
     )
