@@ -64,12 +64,24 @@ def _load_text(timing: dict) -> str:
     return timing.get("load_note", "not recorded")
 
 
+def _seeding_text(payload: dict) -> str:
+    """How the slots were seeded in training and in this evaluation (they differ where the study overrode it)."""
+    model = payload.get("config", {}).get("model", {})
+    trained = payload.get("trained_slot_init", model.get("slot_init", "learned"))
+    evaluated = payload.get("slot_init", trained)
+    text = f"slot_init {trained!r}"
+    if evaluated != trained:
+        text += f" in training, {evaluated!r} in this evaluation (same weights)"
+    return text
+
+
 def _previous_table(payload: dict, previous: dict) -> list[str]:
     """TGMM alone (and + EM) of the previous checkpoint beside this one, per (d, K), with em_kmeanspp."""
+    heads = previous.get("config", {}).get("model", {}).get("num_heads")
     lines = [
         (
-            f"### Against the previous checkpoint (`{previous['workdir']}`: learned slot starts, 4 heads, "
-            f"step {previous.get('step')})"
+            f"### Against the previous checkpoint (`{previous['workdir']}`: {_seeding_text(previous)}, "
+            f"{heads} heads, step {previous.get('step')})"
         ),
         "",
         (
@@ -112,7 +124,8 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
         (
             f"One checkpoint (`{payload['workdir']}`, step {payload.get('step')}): normalised read-in (rank "
             f"{model.get('project_rank')}), {model.get('backbone')} backbone {model.get('num_layers')}L x "
-            f"{model.get('width')}, clustering read-out ({model.get('cluster_iters')} iterations), objective "
+            f"{model.get('width')}, {model.get('num_heads')} heads, clustering read-out "
+            f"({model.get('cluster_iters')} iterations, {_seeding_text(payload)}), objective "
             f"{config.get('objective')} + {config.get('resp_weight')} x responsibility cross-entropy, trained on "
             f"d cycling through {tuple(config.get('train_dims', ()))}, {config.get('tasks_per_k')} tasks per K "
             f"per step, N_max = {config.get('task', {}).get('n_max')} (N from N_max / 2 to N_max). "
@@ -220,7 +233,7 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
             "|---" * (2 + 2 * len(ks)) + "|",
         ]
         for stage in ablation:
-            row = [stage["name"], str(stage["step"])]
+            row = [f"{stage['name']} (`{stage['workdir']}`)", str(stage["step"])]
             for d in ("8", "32"):
                 cells = stage["by_dim"].get(d, {}).get("cells", [])
                 row += [f"{_mean(cells, MODEL_METHOD, k):.3f}" if cells else "n/a (fixed d)" for k in ks]

@@ -32,6 +32,7 @@ from experiments import methods as methods_lib
 from experiments import study
 from experiments.configs import cluster
 from tgmm_jax import scoring
+from tgmm_jax.models import make_model
 from tgmm_jax.tasks import sample_tasks
 from tgmm_jax.train.restore import load_run
 
@@ -46,6 +47,11 @@ flags.DEFINE_string("ablation_root", "runs/cluster_ablation", "Parent of the abl
 flags.DEFINE_integer("ablation_steps", 1000, "Training steps of each ablation run.")
 flags.DEFINE_integer("ablation_tasks_per_cell", 128, "Evaluation tasks per K of the ablation.")
 flags.DEFINE_list("sections", ["grid", "shift", "timing", "ablation"], "Sections to run.")
+flags.DEFINE_string(
+    "slot_init",
+    "",
+    "Evaluate the checkpoint with this slot_init instead of the trained one (the seedings have no parameters).",
+)
 FLAGS = flags.FLAGS
 
 REFINED = "tgmm+em"
@@ -61,8 +67,24 @@ ABLATION = (
     ("+c responsibility loss", dict(dims="", **_LEARNED), {}),
     ("+e mixed-d training", dict(_LEARNED), {}),
     ("+f farthest-first slot seeds", dict(init="farthest", heads=4), {}),
-    ("+f, 2 heads (cluster.py)", dict(init="farthest", heads=2), {}),
+    ("+f, 2 heads", dict(init="farthest", heads=2), {}),
+    # evaluation only: the weights of the previous stage, the read-out run from both seedings (best likelihood)
+    (
+        "+g best of farthest and greedy seeds (same weights)",
+        dict(init="farthest", heads=2),
+        {},
+        "farthest+greedy",
+    ),
+    ("+g trained with both seedings (cluster.py)", dict(init="farthest+greedy", heads=2), {}),
 )
+
+
+def with_slot_init(run, slot_init: str):
+    """``run`` evaluated with another (parameter-free) slot seeding; ``''`` keeps the trained one."""
+    if not slot_init or slot_init == run.model_config.slot_init:
+        return run
+    model_config = dataclasses.replace(run.model_config, slot_init=slot_init)
+    return dataclasses.replace(run, model_config=model_config, model=make_model(model_config, run.spec))
 
 
 def _methods(run, refine_steps: int):
@@ -97,6 +119,25 @@ def _evaluate(run, dim: int, tasks_per_cell: int, seed: int, shift: float = 0.0,
     return scoring.evaluate_methods(
         methods, spec, tasks_per_cell=tasks_per_cell, ns=(128,), seed=seed, params=params, mean_shift=shift
     )
+
+
+def _cell_results(out_dir: str, name: str, model_settings: dict, run, dim: int, shift: float = 0.0) -> dict:
+    """The model's cells (cached per checkpoint and seeding) and the baselines' (cached per task set, so a new
+    checkpoint reuses them) on the same tasks; the task fingerprints must agree."""
+    task_settings = dict(seed=FLAGS.eval_seed, dim=dim, tasks_per_cell=FLAGS.tasks_per_cell, shift=shift)
+    model_names = (scoring.MODEL_METHOD, REFINED, RESTARTS)
+
+    def evaluate(names):
+        return lambda: _evaluate(run, dim, FLAGS.tasks_per_cell, FLAGS.eval_seed, shift, names)
+
+    model_settings = dict(model_settings, **task_settings)
+    ours = _cached(os.path.join(out_dir, f"{name}_model.json"), model_settings, evaluate(model_names))
+    base = _cached(os.path.join(out_dir, f"{name}_baselines.json"), task_settings, evaluate(BASELINES))
+    if ours["task_fingerprints"] != base["task_fingerprints"]:
+        raise RuntimeError(
+            f"{name}: the model's and the baselines' cached cells were scored on different tasks"
+        )
+    return dict(ours, settings=model_settings, cells=ours["cells"] + base["cells"])
 
 
 def _timing(run, dim: int) -> dict:
@@ -157,27 +198,28 @@ def main(argv):
     )
     if {"grid", "shift", "timing"} & set(FLAGS.sections):
         run = load_run(FLAGS.workdir)
+        trained_slot_init = run.model_config.slot_init
+        run = with_slot_init(run, FLAGS.slot_init)
         base = dict(
-            workdir=FLAGS.workdir, step=run.step, seed=FLAGS.eval_seed, refine_steps=FLAGS.refine_steps
+            workdir=FLAGS.workdir,
+            step=run.step,
+            seed=FLAGS.eval_seed,
+            refine_steps=FLAGS.refine_steps,
+            slot_init=run.model_config.slot_init,
         )
-        payload.update(step=run.step, config=json.loads(run.config.to_json()))
+        payload.update(
+            step=run.step,
+            config=json.loads(run.config.to_json()),
+            trained_slot_init=trained_slot_init,
+            slot_init=run.model_config.slot_init,
+        )
     if "grid" in FLAGS.sections:
         payload["grid"] = {}
         for d in map(int, FLAGS.dims):
-            settings = dict(base, dim=d, tasks_per_cell=FLAGS.tasks_per_cell)
-            payload["grid"][str(d)] = _cached(
-                os.path.join(out_dir, f"grid_d={d}.json"),
-                settings,
-                lambda d=d: _evaluate(run, d, FLAGS.tasks_per_cell, FLAGS.eval_seed),
-            )
+            payload["grid"][str(d)] = _cell_results(out_dir, f"grid_d={d}", base, run, d)
             print(f"grid d={d} done", flush=True)
     if "shift" in FLAGS.sections:
-        settings = dict(base, dim=8, shift=FLAGS.shift, tasks_per_cell=FLAGS.tasks_per_cell)
-        payload["shift"] = _cached(
-            os.path.join(out_dir, "shift_d=8.json"),
-            settings,
-            lambda: _evaluate(run, 8, FLAGS.tasks_per_cell, FLAGS.eval_seed, FLAGS.shift),
-        )
+        payload["shift"] = _cell_results(out_dir, "shift_d=8", base, run, 8, FLAGS.shift)
         print("shift done", flush=True)
     if "timing" in FLAGS.sections:
         payload["timing"] = {str(d): _timing(run, d) for d in map(int, FLAGS.dims)}
@@ -185,15 +227,18 @@ def main(argv):
     payload["curves"] = {"main": _curve(FLAGS.workdir)}
     if "ablation" in FLAGS.sections:
         payload["ablation"] = []
-        for i, (name, args, model) in enumerate(ABLATION):
-            workdir = os.path.join(FLAGS.ablation_root, f"{i}")
+        trained = {}  # config arguments -> workdir: an evaluation-only stage reuses the stage it names
+        for i, (name, args, model, *evaluate_with) in enumerate(ABLATION):
+            key = json.dumps([args, model], sort_keys=True)
+            workdir = trained.setdefault(key, os.path.join(FLAGS.ablation_root, f"{i}"))
             study.train_model(_ablation_config(args, model), workdir)
-            ab_run = load_run(workdir)
+            ab_run = with_slot_init(load_run(workdir), evaluate_with[0] if evaluate_with else "")
             dims = (8, 32) if ab_run.model_config.dimension_free else (8,)
             cells = {}
             for d in dims:
                 settings = dict(
                     workdir=workdir,
+                    slot_init=ab_run.model_config.slot_init,
                     step=ab_run.step,
                     seed=FLAGS.eval_seed,
                     dim=d,
@@ -210,8 +255,17 @@ def main(argv):
                         names=(scoring.MODEL_METHOD,),
                     ),
                 )
-            payload["ablation"].append(dict(name=name, workdir=workdir, step=ab_run.step, by_dim=cells))
-            payload["curves"][name] = _curve(workdir)
+            payload["ablation"].append(
+                dict(
+                    name=name,
+                    workdir=workdir,
+                    step=ab_run.step,
+                    slot_init=ab_run.model_config.slot_init,
+                    by_dim=cells,
+                )
+            )
+            if not evaluate_with:
+                payload["curves"][name] = _curve(workdir)
             print(f"ablation {name} done", flush=True)
     study.write_json(FLAGS.results, "cluster_study.json", payload)
     plot(payload, os.path.join(FLAGS.results, "cluster_study.png"))

@@ -350,7 +350,7 @@ def main(argv):
         claims.update(c)
     cluster = _load(os.path.join(r, "cluster_study.json"))
     if cluster and scale == "cpu":
-        previous = _load(os.path.join(r, "cluster_study_learned_init.json"))
+        previous = _load(os.path.join(r, "cluster_study_farthest_init.json"))
         sections += cluster_section(cluster, "cluster_study.png", previous)
         runs += [(cluster["workdir"], cluster["step"])] if "step" in cluster else []
         runs += [(stage["workdir"], stage["step"]) for stage in cluster.get("ablation", [])]
