@@ -32,9 +32,8 @@ from experiments import methods as methods_lib
 from experiments import study
 from experiments.configs import cluster
 from tgmm_jax import scoring
-from tgmm_jax.models import make_model
 from tgmm_jax.tasks import sample_tasks
-from tgmm_jax.train.restore import load_run
+from tgmm_jax.train.restore import load_run, with_slot_init
 
 flags.DEFINE_string("workdir", "runs/cluster", "The trained clustering TGMM (configs/cluster.py).")
 flags.DEFINE_list("dims", ["2", "8", "32", "128"], "Data dimensions of the grid.")
@@ -58,6 +57,7 @@ REFINED = "tgmm+em"
 RESTARTS = "tgmm+kpp3"  # TGMM as the first restart: EM from it and from 3 k-means++ starts, best likelihood
 BASELINES = ("em", "em_kmeanspp", "spectral")
 
+FOUR_SEEDINGS = "farthest+greedy+smooth3+smooth12"
 # name -> config arguments of configs/cluster.py and model overrides; each adds one part to the previous.
 _LEARNED = dict(init="learned", heads=4)  # the stages before the farthest-first seeds
 ABLATION = (
@@ -68,23 +68,22 @@ ABLATION = (
     ("+e mixed-d training", dict(_LEARNED), {}),
     ("+f farthest-first slot seeds", dict(init="farthest", heads=4), {}),
     ("+f, 2 heads", dict(init="farthest", heads=2), {}),
-    # evaluation only: the weights of the previous stage, the read-out run from both seedings (best likelihood)
+    # a 4th element: evaluation only, the weights of the stage with the same arguments, read out from these
+    # seedings (best likelihood per task)
     (
         "+g best of farthest and greedy seeds (same weights)",
         dict(init="farthest", heads=2),
         {},
         "farthest+greedy",
     ),
-    ("+g trained with both seedings (cluster.py)", dict(init="farthest+greedy", heads=2), {}),
+    ("+g trained with both seedings", dict(init="farthest+greedy", heads=2), {}),
+    (
+        f"+h best of 4 seedings ({FOUR_SEEDINGS}), +f weights",
+        dict(init="farthest", heads=2),
+        {},
+        FOUR_SEEDINGS,
+    ),
 )
-
-
-def with_slot_init(run, slot_init: str):
-    """``run`` evaluated with another (parameter-free) slot seeding; ``''`` keeps the trained one."""
-    if not slot_init or slot_init == run.model_config.slot_init:
-        return run
-    model_config = dataclasses.replace(run.model_config, slot_init=slot_init)
-    return dataclasses.replace(run, model_config=model_config, model=make_model(model_config, run.spec))
 
 
 def _methods(run, refine_steps: int):

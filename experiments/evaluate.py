@@ -15,7 +15,7 @@ from absl import app, flags, logging
 from experiments import reporting
 from experiments.methods import methods_for_run
 from tgmm_jax import scoring
-from tgmm_jax.train.restore import load_run
+from tgmm_jax.train.restore import load_run, with_slot_init
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config + checkpoints).")
 _TASKS = flags.DEFINE_integer("tasks_per_cell", 1280, "Fresh tasks per (K, N) cell.")
@@ -30,6 +30,9 @@ _OUTPUT = flags.DEFINE_string(
 )
 _METHODS = flags.DEFINE_list(
     "methods", None, "Methods to run (default: tgmm and every baseline that applies)."
+)
+_SLOT_INIT = flags.DEFINE_string(
+    "slot_init", None, "Clustering read-out only: evaluate with these slot seedings (ModelConfig.slot_init)."
 )
 _SEED = flags.DEFINE_integer("eval_seed", 20260401, "Seed of the evaluation tasks (same for every method).")
 _CHUNK = flags.DEFINE_integer("chunk", 512, "Tasks per compiled call (memory bound).")
@@ -46,7 +49,7 @@ def main(argv):
     if _PROTOCOL.value == "training_tail":
         results = reporting.training_tail_protocol(_WORKDIR.value)
     else:
-        run = load_run(_WORKDIR.value)
+        run = with_slot_init(load_run(_WORKDIR.value), _SLOT_INIT.value)
         ns = tuple(int(n) for n in _N.value) if _N.value else (run.spec.n_max,)
         if min(ns) < run.spec.k_max:
             raise app.UsageError(f"--n must be at least the largest K ({run.spec.k_max}), got {ns}")
@@ -61,7 +64,7 @@ def main(argv):
             mean_shift=_SHIFT.value,
             chunk=_CHUNK.value,
         )
-        results.update(workdir=_WORKDIR.value, step=run.step)
+        results.update(workdir=_WORKDIR.value, step=run.step, slot_init=run.model_config.slot_init)
     tables = reporting.markdown_report(results)
     print(tables)
     if _OUTPUT.value:

@@ -18,7 +18,7 @@ import os
 from absl import app, flags
 
 from tgmm_jax import pretrained
-from tgmm_jax.train.restore import load_run
+from tgmm_jax.train.restore import load_run, with_slot_init
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (orbax checkpoints + config).")
 _NAME = flags.DEFINE_string("name", None, "Checkpoint name, e.g. 'cluster' (the estimator's default).")
@@ -26,6 +26,11 @@ _OUT = flags.DEFINE_string("out_dir", None, "Parent directory (default: the pack
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _RESULTS = flags.DEFINE_string("card_results", None, "experiments.evaluate JSON for the card's table.")
 _COMMAND = flags.DEFINE_string("command", None, "The training command, quoted in the card.")
+_SLOT_INIT = flags.DEFINE_string(
+    "slot_init",
+    None,
+    "Clustering read-out only: ship with these slot seedings instead of the trained ones (no parameters).",
+)
 flags.mark_flags_as_required(["workdir", "name"])
 
 
@@ -54,7 +59,13 @@ def training_facts(workdir: str) -> dict:
 
 
 def model_card(
-    name: str, run, workdir: str, results: dict | None, command: str | None, results_source: str | None = None
+    name: str,
+    run,
+    workdir: str,
+    results: dict | None,
+    command: str | None,
+    results_source: str | None = None,
+    trained_slot_init: str | None = None,
 ) -> str:
     facts = training_facts(workdir)
     hours = (
@@ -72,6 +83,13 @@ def model_card(
         + (f", mixed d {tuple(run.config.train_dims)}" if run.config.get("train_dims") else "")
         + f"); trained K: {run.spec.ks}; variant: {run.spec.variant}",
         f"- objective: {run.config.objective}, resp_weight {run.config.get('resp_weight', 0.0)}",
+    ]
+    if trained_slot_init and trained_slot_init != run.model_config.slot_init:
+        lines.append(
+            f"- slot seedings: trained with {trained_slot_init!r}, shipped with {run.model_config.slot_init!r} "
+            "(the seedings have no parameters; the model config below is the shipped one)"
+        )
+    lines += [
         "",
         "## Model config",
         "",
@@ -109,11 +127,14 @@ def export(
     results: dict | None = None,
     command: str | None = None,
     results_source: str | None = None,
+    slot_init: str | None = None,
 ) -> str:
-    """Writes ``out_dir/name`` from ``workdir``'s checkpoint; returns the directory."""
-    run = load_run(workdir, step)
+    """Writes ``out_dir/name`` from ``workdir``'s checkpoint (read out with ``slot_init`` where given); returns
+    the directory."""
+    trained = load_run(workdir, step)
+    run = with_slot_init(trained, slot_init)
     directory = os.path.join(out_dir or os.path.dirname(os.path.abspath(pretrained.__file__)), name)
-    card = model_card(name, run, workdir, results, command, results_source)
+    card = model_card(name, run, workdir, results, command, results_source, trained.model_config.slot_init)
     return pretrained.save_exported(
         directory, run.model_config, run.spec, run.params, step=run.step, source=workdir, card=card
     )
@@ -127,7 +148,14 @@ def main(argv):
         with open(_RESULTS.value) as f:
             results = json.load(f)
     directory = export(
-        _WORKDIR.value, _NAME.value, _OUT.value, _STEP.value, results, _COMMAND.value, _RESULTS.value
+        _WORKDIR.value,
+        _NAME.value,
+        _OUT.value,
+        _STEP.value,
+        results,
+        _COMMAND.value,
+        _RESULTS.value,
+        _SLOT_INIT.value,
     )
     size = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
     print(f"wrote {directory} ({size / 1e6:.2f} MB): {sorted(os.listdir(directory))}")

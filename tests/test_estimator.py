@@ -37,7 +37,7 @@ def ckpts(tmp_path_factory):
     c.task.dim, c.task.ks, c.task.n_max = 2, KS, 32
     c.model = model_group(
         "tiny", backbone="set", num_layers=1, width=16, num_heads=2, task_embed_dim=8,
-        readin="normalized", readout="cluster", project_rank=2, cluster_iters=2,
+        readin="normalized", readout="cluster", project_rank=2, cluster_iters=2, slot_init="farthest",
     )  # fmt: skip
     workdir = str(base / "run")
     train_and_evaluate(c, workdir)
@@ -70,6 +70,29 @@ def test_exported_checkpoint_equals_the_workdir(ckpts):
     a = TGMMEstimator(2, checkpoint=ckpts["workdir"]).fit(X)
     b = TGMMEstimator(2, checkpoint=ckpts["exported"]).fit(X)
     np.testing.assert_array_equal(a.means_, b.means_)
+
+
+def test_export_with_other_seedings_keeps_the_weights(ckpts, tmp_path):
+    from tgmm_jax.train.restore import load_run, with_slot_init
+
+    shipped = export_pretrained.export(
+        ckpts["workdir"], "seeded", out_dir=str(tmp_path), slot_init="farthest+greedy+smooth3"
+    )
+    exp = load_checkpoint(shipped)
+    run = with_slot_init(load_run(ckpts["workdir"]), "farthest+greedy+smooth3")
+    assert exp.model_config.slot_init == run.model_config.slot_init == "farthest+greedy+smooth3"
+    for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(exp.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with open(os.path.join(shipped, pretrained.CARD_FILE)) as f:
+        assert "trained with 'farthest', shipped with 'farthest+greedy+smooth3'" in f.read()
+    task = sample_tasks(jax.random.key(4), TaskSpec(dim=3, ks=KS, n_max=24), 4)
+    ours = exp.model.apply({"params": exp.params}, task.points, task.point_mask, task.num_components)
+    ref = run.model.apply({"params": run.params}, task.points, task.point_mask, task.num_components)
+    np.testing.assert_array_equal(np.asarray(ours.means), np.asarray(ref.means))
+    with pytest.raises(ValueError, match="seed parameters"):
+        with_slot_init(run, "learned")
+    with pytest.raises(ValueError, match="not a seeding"):
+        with_slot_init(run, "farthest+kmeans")
 
 
 def test_env_var_selects_the_users_workdir(ckpts, monkeypatch):

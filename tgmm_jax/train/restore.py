@@ -67,6 +67,24 @@ class TrainedRun:
     step: int
 
 
+def with_slot_init(run: TrainedRun, slot_init: str | None) -> TrainedRun:
+    """``run`` with its clustering read-out seeded by ``slot_init`` (ModelConfig.slot_init) instead of the trained
+    seeding; the seedings have no parameters, so the weights are unchanged. None or '' keeps the trained one."""
+    if not slot_init or slot_init == run.model_config.slot_init:
+        return run
+    if run.model_config.readout != "cluster":
+        raise ValueError(
+            f"slot_init applies to the clustering read-out; this run's is {run.model_config.readout!r}"
+        )
+    if (run.model_config.slot_init == "learned") != (slot_init == "learned"):
+        raise ValueError(
+            f"slot_init {slot_init!r} needs the seed parameters of a seeded checkpoint; this run was trained with "
+            f"{run.model_config.slot_init!r}"
+        )
+    model_config = dataclasses.replace(run.model_config, slot_init=slot_init)
+    return dataclasses.replace(run, model_config=model_config, model=make_model(model_config, run.spec))
+
+
 def abstract_train_state(config: ml_collections.ConfigDict, mesh):
     """Shapes, dtypes and (replicated) shardings of the train state that ``config`` trains."""
     spec, model_config = config_lib.validate_config(config)
