@@ -185,6 +185,7 @@ def _ablation_config(args: dict, model: dict):
         config.model[name] = value
     config.eval_every = max(FLAGS.ablation_steps // 4, 1)
     config.eval.baselines = ()  # the curves need TGMM only; the baselines are in the grid
+    config.eval.slot_init = None  # the curves evaluate each stage as trained (the +g/+h stages reseed after)
     return config
 
 

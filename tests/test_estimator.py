@@ -89,7 +89,7 @@ def test_export_with_other_seedings_keeps_the_weights(ckpts, tmp_path):
     ours = exp.model.apply({"params": exp.params}, task.points, task.point_mask, task.num_components)
     ref = run.model.apply({"params": run.params}, task.points, task.point_mask, task.num_components)
     np.testing.assert_array_equal(np.asarray(ours.means), np.asarray(ref.means))
-    with pytest.raises(ValueError, match="seed parameters"):
+    with pytest.raises(ValueError, match="different parameters"):
         with_slot_init(run, "learned")
     with pytest.raises(ValueError, match="not a seeding"):
         with_slot_init(run, "farthest+kmeans")

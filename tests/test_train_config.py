@@ -74,6 +74,14 @@ def test_cluster_config_validates_and_checks_its_new_fields():
     config = importlib.import_module("experiments.configs.cluster").get_config()
     spec, model_config = validate_config(config)
     assert model_config.dimension_free and model_config.readout == "cluster"
+    assert (model_config.slot_init, config.eval.slot_init) == (
+        "farthest+greedy",
+        "farthest+greedy+smooth3+smooth12",
+    )
+    assert (
+        importlib.import_module("experiments.configs.cluster").get_config("init=learned").eval.slot_init
+        is None
+    )
     assert tuple(config.train_dims) == (2, 8, 32) and config.resp_weight == 1.0
     from tgmm_jax.train.config import train_specs
 
@@ -83,7 +91,7 @@ def test_cluster_config_validates_and_checks_its_new_fields():
     fixed.model.readin = "raw"
     with pytest.raises(ValueError, match="train_dims.*dimension-free"):
         validate_config(fixed)
-    attentive = importlib.import_module("experiments.configs.cluster").get_config("dims=")
+    attentive = importlib.import_module("experiments.configs.cluster").get_config("dims=,eval_init=")
     attentive.model.readout = "attentive"
     with pytest.raises(ValueError, match="resp_weight.*cluster"):
         validate_config(attentive)
@@ -94,3 +102,31 @@ def test_cluster_config_validates_and_checks_its_new_fields():
     bad.train_dims = (2, 0)
     with pytest.raises(ValueError, match="train_dims"):
         validate_config(bad)
+
+
+def test_eval_slot_init_reseeds_only_a_seeded_cluster_readout():
+    from tgmm_jax.train.config import eval_model_config
+    from tgmm_jax.train.restore import upgrade_saved_config
+
+    config = importlib.import_module("experiments.configs.cluster").get_config("init=farthest,eval_init=")
+    assert config.eval.slot_init is None
+    _, model_config = validate_config(config)
+    assert eval_model_config(model_config, config.eval) is model_config  # None: evaluated as trained
+    config.eval.slot_init = "farthest+greedy+smooth3"
+    _, model_config = validate_config(config)
+    evaluated = eval_model_config(model_config, config.eval)
+    assert evaluated.slot_init == "farthest+greedy+smooth3" and model_config.slot_init == "farthest"
+    assert evaluated == type(model_config)(**{**model_config.to_dict(), "slot_init": evaluated.slot_init})
+    for model_changes, slot_init, message in [
+        ({"slot_init": "learned"}, "farthest", "different parameters"),  # a learned start has no seed_embed
+        ({}, "learned", "different parameters"),
+        ({}, "farthest+kmeans", "not a seeding"),
+        ({"readout": "attentive"}, "farthest", "clustering read-out"),
+    ]:
+        bad = importlib.import_module("experiments.configs.cluster").get_config("dims=,resp=0.0")
+        bad.model.update(model_changes)
+        bad.eval.slot_init = slot_init
+        with pytest.raises(ValueError, match=rf"config.eval.slot_init: .*{message}"):
+            validate_config(bad)
+    # checkpoints saved before the field existed are read as "evaluate as trained"
+    assert upgrade_saved_config({"eval": {"tasks_per_k": 4}})["eval"] == {"tasks_per_k": 4, "slot_init": None}

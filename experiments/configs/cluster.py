@@ -1,10 +1,13 @@
 """The dimension-free clustering TGMM (issue 12): one checkpoint for every d, trained on a CPU budget.
 
 Normalised read-in (each task centred, projected on its top ``rank`` principal directions, rescaled), a 3-layer
-set-transformer backbone (width 64, ``heads`` 2), the clustering read-out (K slots seeded by a farthest-first
-traversal of the points (``init=farthest``; ``init=learned`` is the earlier learned-only start) and refined over
-``iters`` iterations with an exact E-step logit term), est_matched + the responsibility cross-entropy, and mixed-d training (d cycles through
-2, 8, 32 step by step). Evaluation during training is at ``d`` (default 8).
+set-transformer backbone (width 64, ``heads`` 2), the clustering read-out (K slots refined over ``iters``
+iterations with an exact E-step logit term), est_matched + the responsibility cross-entropy, and mixed-d training
+(d cycles through 2, 8, 32 step by step). The slots start from seeds of the task's points (ModelConfig.slot_init):
+trained from ``init`` (default farthest+greedy: a farthest-first traversal and greedy k-means-cost seeds, best
+likelihood per task; ``init=learned`` is the earlier learned-only start) and evaluated from ``eval_init`` (default
+four seedings, adding farthest-first on 3- and 12-nearest-neighbour averages; the seedings have no parameters,
+and ``eval_init=`` evaluates as trained). Evaluation during training is at ``d`` (default 8).
 
     python -m experiments.train --config=experiments/configs/cluster.py --workdir=runs/cluster
     --config=experiments/configs/cluster.py:steps=4000,layers=2,iters=3,rank=6,resp=1.0,dims=2/8/32
@@ -29,7 +32,8 @@ def get_config(arg: str | None = None):
             dims="2/8/32",
             tasks_per_k=16,
             lr=1e-3,
-            init="farthest",
+            init="farthest+greedy",
+            eval_init="farthest+greedy+smooth3+smooth12",
             heads=2,
         ),
     )
@@ -65,4 +69,5 @@ def get_config(arg: str | None = None):
     config.optim.grad_clip_norm = 1.0
     config.eval.tasks_per_k = 64
     config.eval.baselines = ("em", "em_kmeanspp", "spectral")
+    config.eval.slot_init = a["eval_init"] if a["init"] != "learned" and a["eval_init"] else None
     return config

@@ -100,6 +100,22 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+def reseeded(config: ModelConfig, slot_init: str | None) -> ModelConfig:
+    """``config`` with its clustering read-out seeded by ``slot_init`` (None or '' keeps it). The seedings have
+    no parameters, so the same weights serve; refused for other read-outs and across learned / seeded starts
+    (only the seeded ones have the seed parameters)."""
+    if not slot_init or slot_init == config.slot_init:
+        return config
+    if config.readout != "cluster":
+        raise ValueError(f"slot_init applies to the clustering read-out; this model's is {config.readout!r}")
+    if (config.slot_init == "learned") != (slot_init == "learned"):
+        raise ValueError(
+            f"slot_init {slot_init!r} and {config.slot_init!r} have different parameters (only seeded starts "
+            "have the seed parameters): a model can be reseeded from one seeding to another, not to or from 'learned'"
+        )
+    return dataclasses.replace(config, slot_init=slot_init)
+
+
 def model_config(size: str = "tiny", **overrides) -> ModelConfig:
     """The named size from MODEL_SIZES with field overrides, e.g. ``model_config('tiny', backbone='set')``."""
     if size not in MODEL_SIZES:

@@ -16,6 +16,7 @@ from ml_collections import config_dict
 
 from tgmm_jax.losses import OBJECTIVES
 from tgmm_jax.models import MODEL_SIZES, ModelConfig
+from tgmm_jax.models.config import reseeded
 from tgmm_jax.tasks import TaskSpec, candidates_per_round
 
 SCHEDULES = ("constant", "cosine")
@@ -87,6 +88,8 @@ def default_config() -> ml_collections.ConfigDict:
             n=config_dict.placeholder(int),  # points per evaluation task; None = task.n_max
             baselines=DEFAULT_EVAL_BASELINES,
             fresh_tasks=True,  # new tasks every round, as the official protocol (tail mean = 10 x 128 tasks)
+            # clustering read-out: evaluate with these slot seedings (ModelConfig.slot_init); None = as trained
+            slot_init=config_dict.placeholder(str),
         )
     )
     return c
@@ -112,7 +115,7 @@ _TOP_LEVEL = {
     "eval",
 }
 _OPTIM = {"learning_rate", "weight_decay", "b1", "b2", "eps", "schedule", "warmup_steps", "grad_clip_norm"}
-_EVAL = {"tasks_per_k", "n", "baselines", "fresh_tasks"}
+_EVAL = {"tasks_per_k", "n", "baselines", "fresh_tasks", "slot_init"}
 
 
 def _int_at_least(config, name, low):
@@ -214,6 +217,7 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[TaskSpec, ModelC
 
     spec = task_spec_from(config.task)
     model_config = model_config_from(config.model)
+    eval_model_config(model_config, e)
     try:
         model_config.backbone_options.check_num_points(max(spec.n_max, e.n or 0))
     except ValueError as err:
@@ -241,6 +245,14 @@ def train_specs(spec: TaskSpec, config: ml_collections.ConfigDict) -> list[TaskS
     ):
         raise ValueError(f"config.train_dims must be a tuple of integers >= 1, got {dims!r}")
     return [dataclasses.replace(spec, dim=d) for d in dims] or [spec]
+
+
+def eval_model_config(model_config: ModelConfig, eval_config: ml_collections.ConfigDict) -> ModelConfig:
+    """The model config the periodic evaluation runs: ``model_config`` seeded by ``eval.slot_init`` if set."""
+    try:
+        return reseeded(model_config, eval_config.get("slot_init"))
+    except ValueError as err:
+        raise ValueError(f"config.eval.slot_init: {err}") from None
 
 
 def eval_baseline_names(eval_config: ml_collections.ConfigDict) -> tuple:

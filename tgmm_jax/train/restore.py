@@ -12,6 +12,7 @@ import ml_collections
 from etils import epath
 
 from tgmm_jax.models import TGMM, ModelConfig, make_model
+from tgmm_jax.models.config import reseeded
 from tgmm_jax.tasks import TaskSpec
 from tgmm_jax.train import checkpoint, sharding
 from tgmm_jax.train import config as config_lib
@@ -39,6 +40,8 @@ def upgrade_saved_config(config: dict) -> dict:
     and flat ``model.max_positions`` / ``model.mamba_*`` fields become ``model.backbone_options`` (the other
     backbones' flat fields are dropped). The parameter tree did not change."""
     config = {**_ADDED_FIELDS, **config}
+    if isinstance(config.get("eval"), dict):
+        config["eval"] = {**_ADDED_EVAL_FIELDS, **config["eval"]}
     model = config.get("model")
     if not isinstance(model, dict):
         return config
@@ -53,6 +56,8 @@ def upgrade_saved_config(config: dict) -> dict:
 
 # Top-level fields added after checkpoints were first saved, with the value that reproduces the older runs.
 _ADDED_FIELDS = {"resp_weight": 0.0, "train_dims": (), "grad_accum_steps": 1}
+# eval.* fields added since.
+_ADDED_EVAL_FIELDS = {"slot_init": None}
 # ModelConfig fields added since (their defaults are the earlier behaviour).
 _ADDED_MODEL_FIELDS = ("readin", "project_rank", "cluster_iters", "slot_attention", "em_logits", "slot_init")
 
@@ -70,18 +75,9 @@ class TrainedRun:
 def with_slot_init(run: TrainedRun, slot_init: str | None) -> TrainedRun:
     """``run`` with its clustering read-out seeded by ``slot_init`` (ModelConfig.slot_init) instead of the trained
     seeding; the seedings have no parameters, so the weights are unchanged. None or '' keeps the trained one."""
-    if not slot_init or slot_init == run.model_config.slot_init:
+    model_config = reseeded(run.model_config, slot_init)
+    if model_config is run.model_config:
         return run
-    if run.model_config.readout != "cluster":
-        raise ValueError(
-            f"slot_init applies to the clustering read-out; this run's is {run.model_config.readout!r}"
-        )
-    if (run.model_config.slot_init == "learned") != (slot_init == "learned"):
-        raise ValueError(
-            f"slot_init {slot_init!r} needs the seed parameters of a seeded checkpoint; this run was trained with "
-            f"{run.model_config.slot_init!r}"
-        )
-    model_config = dataclasses.replace(run.model_config, slot_init=slot_init)
     return dataclasses.replace(run, model_config=model_config, model=make_model(model_config, run.spec))
 
 

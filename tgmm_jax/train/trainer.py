@@ -214,7 +214,13 @@ def train_and_evaluate(
             for step_spec in config_lib.train_specs(spec, config)
         ]
         evaluator = (
-            PeriodicEvaluator(model, spec, config.eval, eval_key, baselines or {})
+            PeriodicEvaluator(
+                make_model(config_lib.eval_model_config(model_config, config.eval), spec),
+                spec,
+                config.eval,
+                eval_key,
+                baselines or {},
+            )
             if config.eval_every
             else None
         )
