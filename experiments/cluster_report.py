@@ -54,7 +54,7 @@ def _verdict(pairs, limit, what):
     ok = sum(r <= limit for _, r in held)
     worst = max(held, key=lambda x: x[1]) if held else ("-", float("nan"))
     status = "met" if held and ok == len(held) else "NOT met"
-    return f"| {what} | {ok} of {len(held)} cells | {status} | worst {worst[0]}: ratio {worst[1]:.2f} (limit {limit}) |"
+    return f"| {what} | {ok} of {len(held)} cells | {status} | worst {worst[0]}: ratio {worst[1]:.3f} (limit {limit}) |"
 
 
 def _load_text(timing: dict) -> str:
