@@ -120,11 +120,7 @@ def _why_missed(pairs: dict, timing: dict) -> list[str]:
     missed = [(lab, r) for lab, r in refined if r > 1.0]
     if missed:
         worst = max(r for _, r in missed)
-        kind = (
-            "ties: EM from the network and k-means++ with restarts reach the same fixed point"
-            if worst < 1.001
-            else "real misses"
-        )
+        kind = "equal to 3 significant digits, a tie in effect" if worst < 1.001 else "real misses"
         lines.append(
             f"- network + EM above em_kmeanspp in {len(missed)} cells ({', '.join(lab for lab, _ in missed)}), "
             f"by at most {100 * (worst - 1):.2f}%: {kind}."
