@@ -198,7 +198,7 @@ def main(argv):
     )
     if {"grid", "shift", "timing"} & set(FLAGS.sections):
         run = load_run(FLAGS.workdir)
-        trained_slot_init = run.model_config.slot_init
+        trained_slot_init = run.config.model.slot_init
         run = with_slot_init(run, FLAGS.slot_init)
         base = dict(
             workdir=FLAGS.workdir,

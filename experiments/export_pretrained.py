@@ -134,7 +134,7 @@ def export(
     trained = load_run(workdir, step)
     run = with_slot_init(trained, slot_init)
     directory = os.path.join(out_dir or os.path.dirname(os.path.abspath(pretrained.__file__)), name)
-    card = model_card(name, run, workdir, results, command, results_source, trained.model_config.slot_init)
+    card = model_card(name, run, workdir, results, command, results_source, trained.config.model.slot_init)
     return pretrained.save_exported(
         directory, run.model_config, run.spec, run.params, step=run.step, source=workdir, card=card
     )

@@ -34,6 +34,7 @@ def ckpts(tmp_path_factory):
     c.seed, c.total_steps, c.tasks_per_k = 3, 4, 4
     c.log_every, c.eval_every, c.checkpoint_every = 2, 0, 4
     c.objective, c.resp_weight, c.tensorboard = "est_matched", 1.0, False
+    c.eval.slot_init = "farthest+greedy"  # the workdir's model is read out as its evaluation ran it
     c.task.dim, c.task.ks, c.task.n_max = 2, KS, 32
     c.model = model_group(
         "tiny", backbone="set", num_layers=1, width=16, num_heads=2, task_embed_dim=8,
@@ -79,7 +80,12 @@ def test_export_with_other_seedings_keeps_the_weights(ckpts, tmp_path):
         ckpts["workdir"], "seeded", out_dir=str(tmp_path), slot_init="farthest+greedy+smooth3"
     )
     exp = load_checkpoint(shipped)
-    run = with_slot_init(load_run(ckpts["workdir"]), "farthest+greedy+smooth3")
+    as_evaluated = load_run(ckpts["workdir"])
+    assert (as_evaluated.config.model.slot_init, as_evaluated.model_config.slot_init) == (
+        "farthest",
+        "farthest+greedy",
+    )
+    run = with_slot_init(as_evaluated, "farthest+greedy+smooth3")
     assert exp.model_config.slot_init == run.model_config.slot_init == "farthest+greedy+smooth3"
     for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(exp.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -96,7 +96,9 @@ def abstract_train_state(config: ml_collections.ConfigDict, mesh):
 
 
 def load_run(workdir: str, step: int | None = None) -> TrainedRun:
-    """The model and parameters of ``workdir``'s checkpoint at ``step`` (default: the latest)."""
+    """The model and parameters of ``workdir``'s checkpoint at ``step`` (default: the latest), the model as the
+    run's periodic evaluation ran it: a clustering read-out is seeded by ``eval.slot_init`` where the config sets
+    it (``config.model.slot_init`` keeps the trained seeding)."""
     if not epath.Path(workdir).is_dir():
         raise checkpoint.CheckpointError(f"workdir {workdir} does not exist")
     directory = epath.Path(workdir) / "checkpoints"
@@ -105,6 +107,7 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
         spec, model_config = config_lib.validate_config(config)
         mesh = sharding.make_mesh()
         state = ckpts.restore(abstract_train_state(config, mesh), step)
+    model_config = config_lib.eval_model_config(model_config, config.eval)
     return TrainedRun(
         config, spec, model_config, make_model(model_config, spec), state.params, int(state.step)
     )
