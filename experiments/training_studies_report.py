@@ -17,6 +17,14 @@ from tgmm_jax.scoring import MODEL_METHOD
 FALLS = 0.8  # "the error falls with N": l2 at the largest test N <= FALLS x l2 at the training N
 
 
+def _side(ours: dict, baseline: dict) -> str:
+    """'below', 'above', or 'tied' (means closer than their combined standard error) for two l2 summaries."""
+    diff = ours["mean"] - baseline["mean"]
+    if abs(diff) <= (ours["sem"] ** 2 + baseline["sem"] ** 2) ** 0.5:
+        return "tied"
+    return "below" if diff < 0 else "above"
+
+
 def _load(path):
     if not os.path.exists(path):
         return None
@@ -309,8 +317,8 @@ def seeds_section(p: dict, figure: str) -> list[str]:
             f"the paper's architecture at CPU size, `tiny.py:d={part['d']},n={part['N']}` with {steps} steps"
             " (the shipped `paper_d8` has 3000; the budget here is reduced)"
             if name == "paper"
-            else f"the README's main job, `cluster.py:steps={steps}` (the README runs 1000 steps; reduced to fit"
-            " this session's CPU budget: 2 cores shared by several agents)"
+            else f"the README's main job, `cluster.py:steps={steps}`"
+            + ("" if steps >= 1000 else " (the README runs 1000 steps; the budget here is reduced)")
         )
         ks = part["ks"]
         out += [
@@ -343,7 +351,10 @@ def seeds_section(p: dict, figure: str) -> list[str]:
             )
         out += [
             "",
-            "Orderings against the baselines that every seed shares (TGMM's l2 below or above the baseline's):",
+            (
+                "Orderings against the baselines that every seed shares (TGMM's l2 below or above the baseline's;"
+                " 'tied' where the two means differ by less than their combined standard error):"
+            ),
             "",
         ]
         out += ["| baseline | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
@@ -354,16 +365,13 @@ def seeds_section(p: dict, figure: str) -> list[str]:
                 if b is None or b["not_applicable"] >= 1.0:
                     row.append("n/a")
                     continue
-                below = sum(
-                    cell(r["cells"], MODEL_METHOD, K=k)["l2"]["mean"] < b["l2"]["mean"] for r in part["runs"]
-                )
-                n = len(part["runs"])
+                sides = [_side(cell(r["cells"], MODEL_METHOD, K=k)["l2"], b["l2"]) for r in part["runs"]]
+                n = len(sides)
+                counts = {side: sides.count(side) for side in ("below", "tied", "above") if side in sides}
                 row.append(
-                    "below in all"
-                    if below == n
-                    else "above in all"
-                    if below == 0
-                    else f"below in {below} of {n}"
+                    f"{next(iter(counts))} in all"
+                    if len(counts) == 1
+                    else ", ".join(f"{side} in {c}" for side, c in counts.items()) + f" of {n}"
                 )
             out.append(f"| {m} | " + " | ".join(row) + " |")
         job = [part["spread"][str(k)]["training_job_l2"] for k in ks]
