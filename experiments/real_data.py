@@ -42,7 +42,7 @@ from absl import app, flags, logging
 from matplotlib.figure import Figure
 from sklearn.mixture import GaussianMixture
 
-from experiments import datasets, label_metrics
+from experiments import datasets, label_metrics, study
 from experiments import methods as methods_lib
 from tgmm_jax import gmm, scoring
 from tgmm_jax.estimator import TRAINING_VARIANCE
@@ -284,6 +284,7 @@ def main(argv):
         training_variance=TRAINING_VARIANCE,
         refine_steps=REFINE_STEPS,
         device=jax.devices()[0].platform,
+        shipped_cluster_checkpoint=study.shipped_checkpoint_text("cluster"),
         cells=cells,
     )
     os.makedirs(FLAGS.results, exist_ok=True)

@@ -150,6 +150,19 @@ def define_common_flags(root: str, eval_seed: int) -> None:
     flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
 
 
+def shipped_checkpoint_text(name: str) -> str:
+    """Which shipped checkpoint ``name`` a study used: its source workdir, step and slot seedings (for the JSON)."""
+    from tgmm_jax import pretrained
+
+    with open(os.path.join(pretrained.pretrained_path(name), pretrained.CONFIG_FILE)) as f:
+        meta = json.load(f)
+    model = meta.get("model", {})
+    return (
+        f"computed with the shipped `{name}` checkpoint ({meta.get('source')}, step {meta.get('step')}, "
+        f"read out with slot_init {model.get('slot_init', 'learned')!r})"
+    )
+
+
 def write_json(results_dir: str, name: str, payload: dict) -> None:
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, name), "w") as f:
