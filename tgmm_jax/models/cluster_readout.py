@@ -20,7 +20,11 @@ and D costs nothing.
 point farthest from the task's mean, then repeatedly the point farthest from the seeds so far; deterministic,
 invariant to the order of the points): each slot adds a projection of its seed, and iteration 0 gets the E-step
 term of equal-weight components centred on the seeds. Seeds in different clusters are what keeps slots from
-sharing a cluster, the failure that restarts otherwise repair.
+sharing a cluster, the failure that restarts otherwise repair. Other seedings: ``greedy`` (greedy k-means-cost
+seeds, PAM's BUILD step) and ``smooth<M>`` (farthest-first on the points averaged with their M nearest points).
+Several joined by '+' (e.g. ``farthest+greedy+smooth3+smooth12``) are deterministic restarts: the read-out runs
+from each on the same backbone states and keeps, per task, the estimate of highest likelihood
+(``mixture_loglik``).
 """
 
 from __future__ import annotations
@@ -167,8 +171,9 @@ class ClusterReadout(nn.Module):
                 if best is None:
                     best, best_loglik = out, loglik_B
                 else:
-                    # a later seeding must win by a margin: two seedings often reach the same mixture with the
-                    # slots in another order, and a float32 near-tie must not flip the order (e.g. on translation)
+                    # a later seeding replaces the kept estimate only if it beats every earlier seeding by a
+                    # margin: two seedings often reach the same mixture with the slots in another order, and a
+                    # float32 near-tie must not flip the order (e.g. on translation)
                     take_B = loglik_B > best_loglik + _TIE_NATS
                     best = jax.tree.map(
                         lambda new, old, take_B=take_B: jnp.where(
