@@ -38,7 +38,7 @@ import numpy as np
 from absl import app, flags, logging
 from matplotlib.figure import Figure
 
-from experiments import label_metrics
+from experiments import label_metrics, study
 from experiments import methods as methods_lib
 from tgmm_jax import scoring
 from tgmm_jax.metrics import evaluate_estimates
@@ -247,6 +247,7 @@ def main(argv):
             tasks_per_cell=tasks[setting],
             seed=FLAGS.eval_seed,
             methods=FLAGS.methods,
+            checkpoint=study.shipped_checkpoint_text("cluster"),  # a new shipped model invalidates the cache
         )
         path = os.path.join(FLAGS.cache, f"{setting}.json")
         saved = None
@@ -272,6 +273,7 @@ def main(argv):
         tasks_per_cell=FLAGS.tasks_per_cell,
         eval_seed=FLAGS.eval_seed,
         refine_steps=REFINE_STEPS,
+        shipped_cluster_checkpoint=study.shipped_checkpoint_text("cluster"),
         thresholds=dict(
             official_line="Delta^2 = (1 + sqrt(1 + 2b)) log n (a = 1 + 2b), rho = 1",
             ndaoud="(Delta / 2)^2 = (1 + sqrt(1 + 2b)) log n, rho = 2",
