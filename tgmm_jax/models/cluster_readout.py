@@ -24,7 +24,7 @@ sharing a cluster, the failure that restarts otherwise repair. Other seedings: `
 seeds, PAM's BUILD step) and ``smooth<M>`` (farthest-first on the points averaged with their M nearest points).
 Several joined by '+' (e.g. ``farthest+greedy+smooth3+smooth12``) are deterministic restarts: the read-out runs
 from each on the same backbone states and keeps, per task, the estimate of highest likelihood
-(``mixture_loglik``).
+(``gmm.mean_log_likelihood``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from tgmm_jax.gmm import MixtureParams, mean_log_likelihood
 
 _MASKED = -1e30
 _MIN_MASS = 1e-6
@@ -167,7 +169,13 @@ class ClusterReadout(nn.Module):
                 if len(seedings) == 1:
                     best = out
                     break
-                loglik_B = mixture_loglik(centred_BxNxD, mask_BxN, component_mask_BxK, *out[:3])
+                weight_logits_BxK, offsets_BxKxD, scales_BxKxD, _ = out
+                weights_BxK = jax.nn.softmax(jnp.where(component_mask_BxK, weight_logits_BxK, _MASKED), -1)
+                loglik_B = mean_log_likelihood(
+                    centred_BxNxD,
+                    mask_BxN,
+                    MixtureParams(weights_BxK, offsets_BxKxD, scales_BxKxD, component_mask_BxK),
+                )
                 if best is None:
                     best, best_loglik = out, loglik_B
                 else:
@@ -224,27 +232,6 @@ def greedy_seeds(coords_BxNxR: jax.Array, mask_BxN: jax.Array, k: int) -> jax.Ar
             nearest_BxN, jnp.take_along_axis(sq_BxNxN, index_B[:, None, None], 2)[..., 0]
         )
     return jnp.stack(seeds, axis=1)
-
-
-def mixture_loglik(
-    centred_BxNxD, mask_BxN, component_mask_BxK, weight_logits_BxK, offsets_BxKxD, scales_BxKxD
-):
-    """Mean log-likelihood per real point of a mixture of Gaussians (unit variance, or diagonal ``scales``)
-    over the real components, without the constant -D/2 log(2 pi); how the read-out picks among its seedings."""
-    log_w_BxK = jax.nn.log_softmax(jnp.where(component_mask_BxK, weight_logits_BxK, _MASKED), axis=-1)
-    diff_BxNxKxD = centred_BxNxD[:, :, None, :] - offsets_BxKxD[:, None, :, :]
-    if scales_BxKxD is None:
-        log_pdf_BxNxK = -0.5 * jnp.sum(jnp.square(diff_BxNxKxD), -1)
-    else:
-        log_pdf_BxNxK = (
-            -0.5 * jnp.sum(jnp.square(diff_BxNxKxD / scales_BxKxD[:, None]), -1)
-            - jnp.sum(jnp.log(scales_BxKxD), -1)[:, None, :]
-        )
-    point_BxN = jax.nn.logsumexp(
-        jnp.where(component_mask_BxK[:, None, :], log_w_BxK[:, None, :] + log_pdf_BxNxK, _MASKED), -1
-    )
-    weight_BxN = mask_BxN.astype(point_BxN.dtype)
-    return jnp.sum(point_BxN * weight_BxN, -1) / jnp.maximum(jnp.sum(weight_BxN, -1), 1.0)
 
 
 def smoothed_farthest_first(
