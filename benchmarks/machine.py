@@ -61,12 +61,15 @@ def jax_matmul_peak(size: int = 2048, repeats: int = 5) -> dict:
     jax.block_until_ready(matmul(a, b))
     before = load()
     seconds = timed(lambda: jax.block_until_ready(matmul(a, b)), repeats)
+    return {**matmul_rates(size, seconds), "load_before": before, "load_after": load()}
+
+
+def matmul_rates(size: int, seconds: list[float]) -> dict:
+    """Best and median float32 GFLOP/s of a size x size matmul from its timed calls (both peaks' record)."""
     flops = 2.0 * size**3
     return {
         "size": size,
         "dtype": "float32",
         "best_gflops_per_s": flops / min(seconds) / 1e9,
         "median_gflops_per_s": flops / float(np.median(seconds)) / 1e9,
-        "load_before": before,
-        "load_after": load(),
     }

@@ -123,19 +123,8 @@ def versions() -> dict:
 
 def matmul_peak(size: int = 2048, repeats: int = 5) -> dict:
     """Best float32 GFLOP/s of a size x size matmul in torch (same threads as the step)."""
-    import time
+    from benchmarks import machine
 
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        seconds.append(time.perf_counter() - start)
-    flops = 2.0 * size**3
-    return {
-        "size": size,
-        "dtype": "float32",
-        "best_gflops_per_s": flops / min(seconds) / 1e9,
-        "median_gflops_per_s": flops / float(np.median(seconds)) / 1e9,
-    }
+    return machine.matmul_rates(size, machine.timed(lambda: torch.mm(a, b), repeats))
