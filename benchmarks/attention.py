@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
-import platform
 import statistics
 import time
 from unittest import mock
@@ -25,7 +22,8 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 
-from tgmm_jax.models import gpt2, make_model
+from benchmarks import machine
+from tgmm_jax.models import gpt2
 from tgmm_jax.train import config as config_lib
 from tgmm_jax.train import sharding
 from tgmm_jax.train import state as state_lib
@@ -41,17 +39,8 @@ CORES = {"old": gpt2.plain_attention, "new": gpt2.attention}
 
 def _train_steps(config, core):
     """(initial state, the step functions compiled with ``core``, data key)."""
-    spec, model_config = config_lib.validate_config(config)
-    mesh = sharding.make_mesh()
-    model = make_model(model_config, spec)
-    init_key, data_key, _ = jax.random.split(jax.random.key(config.seed), 3)
-    tx = state_lib.make_optimizer(config.optim, config.total_steps)
-    objective = state_lib.Objective.from_config(config)
-    state = state_lib.init_train_state(init_key, model, tx, spec, objective, mesh)
-    fns = [
-        state_lib.make_train_step(model, tx, s, config.tasks_per_k, objective, config.log_every, mesh)
-        for s in config_lib.train_specs(spec, config)
-    ]
+    training = state_lib.build_training(config, sharding.make_mesh())
+    state, fns, data_key = training.state, training.step_fns, training.data_key
     with mock.patch.object(gpt2, "attention_core", core):  # jit traces on the first call
         for fn in fns:
             state = jax.block_until_ready(fn(state, data_key))
@@ -112,21 +101,23 @@ def _train_dims(config):
 
 
 def bench_layer(batch: int, n: int, width: int, heads: int, rounds: int, calls: int = 5) -> dict:
-    """One attention core alone (q, k, v [B, H, N, F], padding bias): forward and forward+backward."""
+    """One attention core alone (q, k, v [B, H, N, F], padded keys): forward and forward+backward."""
     f = width // heads
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v, g = (jax.random.normal(key, (batch, heads, n, f)) for key in keys)
     lengths_Bx1 = jax.random.randint(keys[0], (batch, 1), n // 2, n + 1)
-    bias = gpt2.attention_bias(jnp.arange(n)[None, :] < lengths_Bx1, causal=False)
+    point_mask_BxN = jnp.arange(n)[None, :] < lengths_Bx1
     row = {"B": batch, "N": n, "width": width, "heads": heads}
     for what in ("forward", "forward_backward"):
         fns = {}
         for name, core in CORES.items():
             if what == "forward":
-                fns[name] = jax.jit(lambda q, k, v, core=core: core(q, k, v, bias))
+                fns[name] = jax.jit(lambda q, k, v, core=core: core(q, k, v, point_mask_BxN, False))
             else:
                 fns[name] = jax.jit(
-                    lambda q, k, v, core=core: jax.vjp(lambda *a: core(*a, bias), q, k, v)[1](g)
+                    lambda q, k, v, core=core: jax.vjp(lambda *a: core(*a, point_mask_BxN, False), q, k, v)[
+                        1
+                    ](g)
                 )
             jax.block_until_ready(fns[name](q, k, v))
 
@@ -151,16 +142,11 @@ def main(argv=None):
     parser.add_argument("--configs", default=",".join(name for name, _, _ in CONFIGS))
     args = parser.parse_args(argv)
     report = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "jax": jax.__version__,
-            "device": str(jax.devices()[0]),
-            "load_average_before": os.getloadavg(),
-        },
+        "machine": machine.report_header(),
         "settings": {"steps": args.steps, "rounds": args.rounds},
         "old": "gpt2.plain_attention: softmax(q k^T / sqrt(F) + bias) v differentiated by autodiff",
-        "new": "gpt2.attention: the same forward, hand-written backward as [B*H, N, .] batched matmuls",
+        "new": "gpt2.attention: the same forward and a hand-written backward that recomputes the probabilities, "
+        "both in a loop over chunks of tasks on CPU (gpt2.attention_chunks)",
         "layer": bench_layer(64, 128, 64, 4, args.rounds),
         "train_step": {},
     }
@@ -183,9 +169,7 @@ def main(argv=None):
             f"ratio {row['ratio_old_over_new']:.2f}x",
             flush=True,
         )
-    report["machine"]["load_average_after"] = os.getloadavg()
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
+    machine.write_report(report, args.json)
 
 
 if __name__ == "__main__":

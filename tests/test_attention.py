@@ -1,5 +1,6 @@
 """The attention core with the hand-written backward (gpt2.attention) against a NumPy forward and the
-autodiff of the plain formulation (gpt2.plain_attention), with padding and causal masks, float32 and bf16."""
+autodiff of the plain formulation (gpt2.plain_attention), with padding and causal masks, float32 and bf16,
+over the whole batch at once and in a loop of one-task chunks (the CPU path)."""
 
 import jax
 
@@ -18,7 +19,7 @@ def _inputs(causal: bool, dtype=jnp.float32):
     keys = jax.random.split(jax.random.key(1), 4)
     q, k, v, g = (2.0 * jax.random.normal(key, (B, H, N, F)).astype(dtype) for key in keys)
     point_mask_BxN = jnp.arange(N)[None, :] < jnp.array([[N], [5], [2]])  # full, padded, mostly padded
-    return q, k, v, g, point_mask_BxN, gpt2.attention_bias(point_mask_BxN, causal)
+    return q, k, v, g, point_mask_BxN
 
 
 def _numpy_attention(q, k, v, point_mask, causal):
@@ -35,25 +36,50 @@ def _numpy_attention(q, k, v, point_mask, causal):
     return out
 
 
+# _CHUNK_SCORES of one task's scores (H * N * N = 98): three chunks of one task each, the loop on CPU
+CHUNKINGS = {"whole_batch": None, "one_task_per_chunk": H * N * N}
+
+
+@pytest.fixture(params=list(CHUNKINGS))
+def chunking(request, monkeypatch):
+    if CHUNKINGS[request.param] is not None:
+        monkeypatch.setattr(gpt2, "_CHUNK_SCORES", CHUNKINGS[request.param])
+    expected = B if CHUNKINGS[request.param] is not None and jax.default_backend() == "cpu" else 1
+    assert gpt2.attention_chunks(B, H, N) == expected
+    return request.param
+
+
+def test_chunks_divide_the_batch_and_hold_about_a_mebibyte_of_scores():
+    if jax.default_backend() != "cpu":
+        assert gpt2.attention_chunks(256, 2, 128) == 1
+        return
+    assert gpt2.attention_chunks(256, 2, 128) == 32  # 8 tasks x 2 heads x 128 x 128 = 2^18 scores
+    assert gpt2.attention_chunks(256, 4, 128) == 64
+    assert gpt2.attention_chunks(100, 2, 128) == 10  # 12 chunks do not divide 100: 10 chunks of 10 tasks
+    assert gpt2.attention_chunks(7, 2, 128) == 1  # fewer tasks than one chunk holds
+    assert gpt2.attention_chunks(5, 1, 1024) == 5  # one task's scores exceed a chunk: one task each
+
+
 @pytest.mark.parametrize("causal", [False, True])
-def test_forward_matches_numpy_and_plain(causal):
-    q, k, v, _, point_mask, bias = _inputs(causal)
+def test_forward_matches_numpy_and_plain(causal, chunking):
+    q, k, v, _, point_mask = _inputs(causal)
     ref = _numpy_attention(q, k, v, np.asarray(point_mask), causal)
-    out = gpt2.attention(q, k, v, bias)
+    out = gpt2.attention(q, k, v, point_mask, causal)
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(gpt2.plain_attention(q, k, v, bias)))
+    plain = gpt2.plain_attention(q, k, v, point_mask, causal)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(plain), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_gradients_equal_autodiff_of_plain(causal):
-    q, k, v, g, _, bias = _inputs(causal)
-    _, vjp_new = jax.vjp(lambda *a: gpt2.attention(*a, bias), q, k, v)
-    _, vjp_old = jax.vjp(lambda *a: gpt2.plain_attention(*a, bias), q, k, v)
+def test_gradients_equal_autodiff_of_plain(causal, chunking):
+    q, k, v, g, point_mask = _inputs(causal)
+    _, vjp_new = jax.vjp(lambda *a: gpt2.attention(*a, point_mask, causal), q, k, v)
+    _, vjp_old = jax.vjp(lambda *a: gpt2.plain_attention(*a, point_mask, causal), q, k, v)
     for new, old in zip(vjp_new(g), vjp_old(g), strict=True):
         assert float(jnp.max(jnp.abs(old))) > 0.1  # not a vacuous comparison
         np.testing.assert_allclose(np.asarray(new), np.asarray(old), atol=1e-5, rtol=1e-5)
     # and both against the old formulation (where() on the logits instead of an additive bias)
-    allowed = gpt2.attention_mask(_inputs(causal)[4], causal)
+    allowed = gpt2.attention_mask(point_mask, causal)
 
     def masked_where(q, k, v):
         logits = jnp.einsum("bhqf,bhkf->bhqk", q, k) / np.sqrt(F)
@@ -65,15 +91,17 @@ def test_gradients_equal_autodiff_of_plain(causal):
         np.testing.assert_allclose(np.asarray(new), np.asarray(old), atol=1e-5, rtol=1e-5)
 
 
-def test_gradient_is_exact_by_finite_differences():
+def test_gradient_is_exact_by_finite_differences(chunking):
     """Directional derivative of <g, attention> against a central difference in float64-free terms."""
-    q, k, v, g, _, bias = _inputs(causal=True)
-    dq, dk, dv = jax.vjp(lambda *a: gpt2.attention(*a, bias), q, k, v)[1](g)
+    q, k, v, g, point_mask = _inputs(causal=True)
+    dq, dk, dv = jax.vjp(lambda *a: gpt2.attention(*a, point_mask, True), q, k, v)[1](g)
     dirs = [jax.random.normal(jax.random.key(i), q.shape) for i in range(3)]
     eps = 1e-2
 
     def f(s):
-        return float(jnp.sum(g * gpt2.attention(q + s * dirs[0], k + s * dirs[1], v + s * dirs[2], bias)))
+        return float(
+            jnp.sum(g * gpt2.attention(q + s * dirs[0], k + s * dirs[1], v + s * dirs[2], point_mask, True))
+        )
 
     numeric = (f(eps) - f(-eps)) / (2 * eps)
     analytic = float(sum(jnp.sum(d * t) for d, t in zip((dq, dk, dv), dirs, strict=True)))
@@ -81,11 +109,11 @@ def test_gradient_is_exact_by_finite_differences():
 
 
 def test_bfloat16_gradients_follow_plain():
-    q, k, v, g, _, bias = _inputs(causal=False, dtype=jnp.bfloat16)
-    out = gpt2.attention(q, k, v, bias)
+    q, k, v, g, point_mask = _inputs(causal=False, dtype=jnp.bfloat16)
+    out = gpt2.attention(q, k, v, point_mask, False)
     assert out.dtype == jnp.bfloat16
-    new = jax.vjp(lambda *a: gpt2.attention(*a, bias), q, k, v)[1](g)
-    old = jax.vjp(lambda *a: gpt2.plain_attention(*a, bias), q, k, v)[1](g)
+    new = jax.vjp(lambda *a: gpt2.attention(*a, point_mask, False), q, k, v)[1](g)
+    old = jax.vjp(lambda *a: gpt2.plain_attention(*a, point_mask, False), q, k, v)[1](g)
     for a, b in zip(new, old, strict=True):
         assert a.dtype == jnp.bfloat16
         scale = float(jnp.max(jnp.abs(b.astype(jnp.float32))))

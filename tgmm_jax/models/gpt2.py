@@ -10,12 +10,14 @@ Padded tokens (point_mask False) are masked as keys. The causal backbone assumes
 Layers are scanned or unrolled per ``ModelConfig.scan_layers`` (see models/stack.py). Options: none for `set`
 (``TransformerOptions``), the size of the position table for `gpt2` (``Gpt2Options``).
 The residual stream stays float32; matmuls run in the compute dtype and softmax in float32. ``attention`` is
-the same core with a hand-written backward (equal to the autodiff of ``plain_attention`` to rounding).
+the same core with a hand-written backward (equal to the autodiff of ``plain_attention`` to rounding) that, on
+CPU, loops over cache-sized chunks of tasks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -90,71 +92,117 @@ def attention_bias(point_mask_BxN: jax.Array, causal: bool) -> jax.Array:
     return jnp.where(attention_mask(point_mask_BxN, causal), 0.0, _MASKED_LOGIT).astype(jnp.float32)
 
 
-def _probs(q_BxHxNxF: jax.Array, k_BxHxNxF: jax.Array, bias_BxNxN: jax.Array) -> jax.Array:
-    """softmax(q k^T / sqrt(F) + bias) over the keys, in float32: [B, H, N, N]."""
-    logits_BxHxNxN = jnp.einsum("bhqf,bhkf->bhqk", q_BxHxNxF, k_BxHxNxF) / math.sqrt(q_BxHxNxF.shape[-1])
-    return jax.nn.softmax(logits_BxHxNxN.astype(jnp.float32) + bias_BxNxN[:, None], axis=-1)
+def _probs(q_BxHxNxF: jax.Array, k_BxHxNxF: jax.Array, point_mask_BxN: jax.Array, causal: bool) -> jax.Array:
+    """softmax((q / sqrt(F)) k^T + bias) over the keys, in float32: [B, H, N, N].
+
+    The scale multiplies q, the [.., N, F] operand, rather than the [.., N, N] logits: XLA:CPU
+    materialised the scale broadcast to the logits' shape (15 ms per tiny step).
+    """
+    scaled_q_BxHxNxF = q_BxHxNxF * jnp.asarray(1.0 / math.sqrt(q_BxHxNxF.shape[-1]), q_BxHxNxF.dtype)
+    logits_BxHxNxN = jnp.einsum("bhqf,bhkf->bhqk", scaled_q_BxHxNxF, k_BxHxNxF).astype(jnp.float32)
+    return jax.nn.softmax(logits_BxHxNxN + attention_bias(point_mask_BxN, causal)[:, None], axis=-1)
 
 
-def plain_attention(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, bias_BxNxN) -> jax.Array:
-    """softmax(q k^T / sqrt(F) + bias) v, differentiated by autodiff (the reference of ``attention``)."""
-    probs_BxHxNxN = _probs(q_BxHxNxF, k_BxHxNxF, bias_BxNxN).astype(q_BxHxNxF.dtype)
+def plain_attention(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, point_mask_BxN, causal: bool) -> jax.Array:
+    """softmax(q k^T / sqrt(F) + bias) v, differentiated by autodiff (the reference of ``attention``).
+
+    Keys with ``point_mask_BxN`` False are masked, and with ``causal`` keys after the query too.
+    """
+    probs_BxHxNxN = _probs(q_BxHxNxF, k_BxHxNxF, point_mask_BxN, causal).astype(q_BxHxNxF.dtype)
     return jnp.einsum("bhqk,bhkf->bhqf", probs_BxHxNxN, v_BxHxNxF)
 
 
-def _fold(x_BxHx___: jax.Array) -> jax.Array:
-    return x_BxHx___.reshape((-1,) + x_BxHx___.shape[2:])
+# Scores per chunk of the CPU attention loop: 2^18 float32 (1 MiB), e.g. 16 heads of 128 x 128. Measured
+# on this 2-core CPU (one layer's forward + backward, 256 tasks x 128 points): chunks of 8-32 heads of
+# 128 x 128 ran 1.3x (2 heads of 16) and 1.1x (4 heads of 32) faster than the whole batch at once.
+_CHUNK_SCORES = 1 << 18
 
 
-@jax.custom_vjp
-def attention(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, bias_BxNxN) -> jax.Array:
-    """``plain_attention`` with a hand-written backward (the same numbers as its autodiff, to rounding).
+def attention_chunks(batch: int, heads: int, num_points: int) -> int:
+    """How many chunks of tasks ``attention`` loops over: 1 off CPU; on CPU, the largest divisor of
+    ``batch`` that keeps about _CHUNK_SCORES scores per chunk, so a chunk's [., H, N, N] tensors stay
+    in cache through the softmax and both matmuls."""
+    if jax.default_backend() != "cpu":
+        return 1
+    tasks_per_chunk = max(1, _CHUNK_SCORES // (heads * num_points * num_points))
+    chunks = max(1, batch // tasks_per_chunk)
+    while batch % chunks:
+        chunks -= 1
+    return chunks
 
-    Why: XLA:CPU runs the autodiff backward's matmuls (which contract over non-minor or middle axes) 2-3x
-    slower than the forward's; written out as leading-batch matmuls over [B*H, N, .] it runs faster.
-    The bias gets no gradient (it is built from the masks).
+
+def _chunked(fn, chunks: int, *args_Bx___):
+    """fn over ``chunks`` consecutive slices of the batch axis, in a loop; outputs re-joined on that axis."""
+    if chunks == 1:
+        return fn(*args_Bx___)
+    split = [a.reshape((chunks, a.shape[0] // chunks) + a.shape[1:]) for a in args_Bx___]
+    outs = jax.lax.map(lambda xs: fn(*xs), split)
+    return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:]), outs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def attention(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, point_mask_BxN, causal: bool) -> jax.Array:
+    """``plain_attention`` with a hand-written backward that recomputes the probabilities (the same numbers
+    as its autodiff, to rounding).
+
+    Why: XLA:CPU materialises every [B, H, N, N] tensor of the whole batch, so the step ran at memory
+    bandwidth. Here, on CPU, forward and backward loop over chunks of tasks (``attention_chunks``) whose
+    scores fit in cache, and the backward recomputes each chunk's probabilities from q and k instead of
+    storing them (one extra [N, F] x [F, N] matmul per head). The mask gets no gradient.
     """
-    return _attention_fwd(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, bias_BxNxN)[0]
+    return _attention_fwd(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, point_mask_BxN, causal)[0]
 
 
-def _attention_fwd(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, bias_BxNxN):
-    probs_XxNxN = _fold(_probs(q_BxHxNxF, k_BxHxNxF, bias_BxNxN))  # X = B * H
-    out_XxNxF = jnp.einsum("xqk,xkf->xqf", probs_XxNxN.astype(v_BxHxNxF.dtype), _fold(v_BxHxNxF))
-    return out_XxNxF.reshape(q_BxHxNxF.shape), (q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, probs_XxNxN, bias_BxNxN)
+def _attention_fwd(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, point_mask_BxN, causal):
+    def forward(q, k, v, mask):
+        probs_BxHxNxN = _probs(q, k, mask, causal).astype(v.dtype)
+        return jnp.einsum("bhqk,bhkf->bhqf", probs_BxHxNxN, v)
+
+    b, h, n, _ = q_BxHxNxF.shape
+    out = _chunked(forward, attention_chunks(b, h, n), q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, point_mask_BxN)
+    return out, (q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, point_mask_BxN)
 
 
-def _attention_bwd(residuals, g_BxHxNxF):
-    q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, probs_XxNxN, bias_BxNxN = residuals
+def _transposed(x_BxHxNxM: jax.Array) -> jax.Array:
+    """x with its last two axes swapped, materialised: behind an optimization barrier XLA cannot fold the
+    transpose into the next dot, which XLA:CPU would then run outside its fast (YNNPACK) path, 3x slower
+    (10 vs 3.4 ms per product per tiny layer)."""
+    return jax.lax.optimization_barrier(jnp.swapaxes(x_BxHxNxM, -1, -2))
+
+
+def _attention_bwd(causal, residuals, g_BxHxNxF):
+    q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, point_mask_BxN = residuals
     dtype = q_BxHxNxF.dtype
-    q_XxNxF, k_XxNxF, v_XxNxF, g_XxNxF = map(_fold, (q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, g_BxHxNxF))
-    dv_XxNxF = jnp.einsum("xqk,xqf->xkf", probs_XxNxN.astype(dtype), g_XxNxF)
-    dprobs_XxNxN = jnp.einsum("xqf,xkf->xqk", g_XxNxF, v_XxNxF).astype(jnp.float32)
-    # softmax backward in float32, then the logits' cast and 1/sqrt(F) as autodiff of _probs does them
-    dlogits_XxNxN = probs_XxNxN * (dprobs_XxNxN - jnp.sum(dprobs_XxNxN * probs_XxNxN, axis=-1, keepdims=True))
-    dlogits_XxNxN = dlogits_XxNxN.astype(dtype) / math.sqrt(q_BxHxNxF.shape[-1])
-    dq_XxNxF = jnp.einsum("xqk,xkf->xqf", dlogits_XxNxN, k_XxNxF)
-    dk_XxNxF = jnp.einsum("xqk,xqf->xkf", dlogits_XxNxN, q_XxNxF)
-    shape = q_BxHxNxF.shape
-    return (
-        dq_XxNxF.reshape(shape),
-        dk_XxNxF.reshape(shape),
-        dv_XxNxF.reshape(shape),
-        jnp.zeros_like(bias_BxNxN),
-    )
+    scale = jnp.asarray(1.0 / math.sqrt(q_BxHxNxF.shape[-1]), dtype)
+
+    def backward(q, k, v, mask, g):
+        # the two products that contract over the queries take their [., N_k, N_q] operand materialised
+        probs = _probs(q, k, mask, causal)
+        dv = jnp.einsum("bhkq,bhqf->bhkf", _transposed(probs.astype(dtype)), g)
+        dprobs = jnp.einsum("bhqf,bhkf->bhqk", g, v).astype(jnp.float32)
+        # softmax backward in float32, then the logits' cast, as autodiff of _probs does them
+        dlogits = (probs * (dprobs - jnp.sum(dprobs * probs, axis=-1, keepdims=True))).astype(dtype)
+        dq = jnp.einsum("bhqk,bhkf->bhqf", dlogits, k) * scale
+        dk = jnp.einsum("bhkq,bhqf->bhkf", _transposed(dlogits), q * scale)
+        return dq, dk, dv
+
+    b, h, n, _ = q_BxHxNxF.shape
+    args = (q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, point_mask_BxN, g_BxHxNxF)
+    dq, dk, dv = _chunked(backward, attention_chunks(b, h, n), *args)
+    return dq, dk, dv, None
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
-# What SelfAttention calls (benchmarks/attention.py swaps in plain_attention to time the old step). Measured
-# at load 30-40 on 2 cores (results/benchmark_attention_cpu.json): tiny.py train step 1.36x (3 of 3 rounds
-# faster), one layer fwd+bwd 1.30x; cluster.py's step inconclusive (per-round 0.98x, 1.67x, 0.82x).
+# What SelfAttention calls (benchmarks/attention.py swaps in plain_attention to time the autodiff step).
 attention_core = attention
 
 
 class SelfAttention(nn.Module):
     config: ModelConfig
+    causal: bool = False
 
     @nn.compact
-    def __call__(self, x_BxNxE: jax.Array, bias_BxNxN: jax.Array) -> jax.Array:
+    def __call__(self, x_BxNxE: jax.Array, point_mask_BxN: jax.Array) -> jax.Array:
         c = self.config
         b, n, e = x_BxNxE.shape
         h = c.num_heads
@@ -163,7 +211,7 @@ class SelfAttention(nn.Module):
         # batch dimensions about 3x faster than the einsum over [B, N, H, F] (same numbers, same params).
         qkv_3xBxHxNxF = qkv_BxNx3E.reshape(b, n, 3, h, e // h).transpose(2, 0, 3, 1, 4)
         q_BxHxNxF, k_BxHxNxF, v_BxHxNxF = qkv_3xBxHxNxF[0], qkv_3xBxHxNxF[1], qkv_3xBxHxNxF[2]
-        out_BxHxNxF = attention_core(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, bias_BxNxN)
+        out_BxHxNxF = attention_core(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, point_mask_BxN, self.causal)
         out_BxNxE = out_BxHxNxF.transpose(0, 2, 1, 3).reshape(b, n, e)
         return _dense(e, c, _INIT_STD / math.sqrt(2 * c.num_layers), "out")(out_BxNxE)
 
@@ -187,13 +235,13 @@ class Block(nn.Module):
     """x + Attn(LN(x)), then x + MLP(LN(x)). Returns (x, None), the form nn.scan wants."""
 
     config: ModelConfig
+    causal: bool = False
 
     @nn.compact
-    def __call__(self, x_BxNxE: jax.Array, bias_BxNxN: jax.Array):
+    def __call__(self, x_BxNxE: jax.Array, point_mask_BxN: jax.Array):
         c = self.config
-        x_BxNxE = x_BxNxE + SelfAttention(c, name="attn")(_layer_norm(c, "ln_1")(x_BxNxE), bias_BxNxN).astype(
-            jnp.float32
-        )
+        attn = SelfAttention(c, self.causal, name="attn")
+        x_BxNxE = x_BxNxE + attn(_layer_norm(c, "ln_1")(x_BxNxE), point_mask_BxN).astype(jnp.float32)
         x_BxNxE = x_BxNxE + Mlp(c, name="mlp")(_layer_norm(c, "ln_2")(x_BxNxE)).astype(jnp.float32)
         return x_BxNxE, None
 
@@ -219,5 +267,5 @@ class TransformerBackbone(nn.Module):
                 "positions", nn.initializers.normal(_INIT_STD), (c.backbone_options.max_positions, c.width)
             )
             x_BxNxE = x_BxNxE + table_PxE[None, :n, :]
-        x_BxNxE = apply_blocks(Block, c, x_BxNxE, attention_bias(point_mask_BxN, self.causal))
+        x_BxNxE = apply_blocks(Block, c, x_BxNxE, point_mask_BxN, causal=self.causal)
         return _layer_norm(c, "ln_f")(x_BxNxE).astype(jnp.float32)

@@ -11,8 +11,12 @@ if TYPE_CHECKING:  # config.py imports the backbone registry, which imports this
     from tgmm_jax.models.config import ModelConfig
 
 
-def apply_blocks(block_cls: type[nn.Module], config: ModelConfig, x: jax.Array, *shared) -> jax.Array:
+def apply_blocks(
+    block_cls: type[nn.Module], config: ModelConfig, x: jax.Array, *shared, **block_fields
+) -> jax.Array:
     """x -> block_L(... block_1(x, *shared) ..., *shared); call inside a compact method.
+
+    ``block_fields`` are extra fields of every block (static, e.g. ``causal``).
 
     Each block returns (x, None). Scanned, the parameters are stacked [L, ...] under ``blocks`` and compile
     time does not grow with depth; unrolled, they sit under ``blocks_0 .. blocks_{L-1}``. Measured on CPU
@@ -27,8 +31,8 @@ def apply_blocks(block_cls: type[nn.Module], config: ModelConfig, x: jax.Array, 
             in_axes=nn.broadcast,
             length=config.num_layers,
         )
-        x, _ = blocks(config, name="blocks")(x, *shared)
+        x, _ = blocks(config, name="blocks", **block_fields)(x, *shared)
         return x
     for i in range(config.num_layers):
-        x, _ = block_cls(config, name=f"blocks_{i}")(x, *shared)
+        x, _ = block_cls(config, name=f"blocks_{i}", **block_fields)(x, *shared)
     return x
