@@ -21,9 +21,6 @@ scales the time to the full batch (reported as such). Quality: mean aligned l2 o
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 import warnings
 
@@ -32,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from baselines import get_baseline
+from benchmarks import machine
 from benchmarks.references import numpy_whitened_tensor, tensorly_decompose
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.metrics import evaluate_estimates
@@ -164,13 +162,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     num_ref = min(args.reference_tasks or args.tasks, args.tasks)
     report = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "jax": jax.__version__,
-            "device": str(jax.devices()[0]),
-            "load_average_before": os.getloadavg(),
-        },
+        "machine": machine.report_header(),
         "settings": {"max_iter": MAX_ITER, "tol": TOL, "repeats": args.repeats},
         "shapes": [],
     }
@@ -183,9 +175,7 @@ def main(argv=None):
                 f"ratio {r['ratio']:7.1f}x  l2 ours {r['ours_l2_means']:.4f} ref {r['reference_l2_means']:.4f}",
                 flush=True,
             )
-    report["machine"]["load_average_after"] = os.getloadavg()
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
+    machine.write_report(report, args.json)
 
 
 if __name__ == "__main__":

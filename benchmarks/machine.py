@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -41,6 +42,18 @@ def machine_info() -> dict:
         "device_count": len(devices),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def report_header() -> dict:
+    """The "machine" record a benchmark's JSON starts with: ``machine_info`` and the load before the run."""
+    return {**machine_info(), "load_average_before": load()}
+
+
+def write_report(report: dict, path: str) -> None:
+    """Adds the load after the run to ``report["machine"]`` and writes the report as JSON to ``path``."""
+    report["machine"]["load_average_after"] = load()
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
 
 
 def timed(fn, repeats: int) -> list[float]:

@@ -36,7 +36,6 @@ import numpy as np
 
 from benchmarks import machine
 from experiments.configs import cluster as cluster_config
-from tgmm_jax.models import make_model
 from tgmm_jax.tasks import sample_tasks
 from tgmm_jax.train import config as config_lib
 from tgmm_jax.train import sharding
@@ -93,15 +92,11 @@ def _xla_flops(compiled) -> float:
 
 
 def _build_ours(config):
-    spec, model_config = config_lib.validate_config(config)
     mesh = sharding.make_mesh()
-    model = make_model(model_config, spec)
-    init_key, data_key, _ = jax.random.split(jax.random.key(config.seed), 3)
-    tx = state_lib.make_optimizer(config.optim, config.total_steps)
-    objective = state_lib.Objective.from_config(config)
-    state = state_lib.init_train_state(init_key, model, tx, spec, objective, mesh)
-    step = state_lib.make_train_step(model, tx, spec, config.tasks_per_k, objective, config.log_every, mesh)
-    return spec, model_config, model, state, step, jax.device_put(data_key, sharding.replicated(mesh))
+    training = state_lib.build_training(config, mesh)
+    (step,) = training.step_fns  # size_config trains one dimension
+    data_key = jax.device_put(training.data_key, sharding.replicated(mesh))
+    return training.spec, training.model_config, training.model, training.state, step, data_key
 
 
 def prepare_ours(config) -> tuple:

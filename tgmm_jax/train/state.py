@@ -13,7 +13,9 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tgmm_jax import losses
+from tgmm_jax.models import ModelConfig, make_model
 from tgmm_jax.tasks import TaskSpec, sample_tasks
+from tgmm_jax.train import config as config_lib
 from tgmm_jax.train import sharding
 
 # Per-step scalars accumulated in the state between log steps (window sums; exact across resume).
@@ -205,3 +207,42 @@ def _accumulated(loss_fn, params, task, num: int, objective: Objective, mesh):
     )
     (terms, grads), _ = jax.lax.scan(body, zeros, (micro, point_share_A))
     return terms, grads
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """What a training config builds: its model, optimizer, objective, initial state, keys and steps."""
+
+    spec: TaskSpec
+    model_config: ModelConfig
+    model: object  # the flax module of make_model
+    tx: optax.GradientTransformation
+    objective: Objective
+    state: TrainState  # freshly initialised, replicated on the mesh
+    step_fns: tuple  # one jitted step per training dimension (config.train_dims); step t uses (t - 1) mod len
+    data_key: jax.Array  # the steps' data key (not yet replicated)
+    eval_key: jax.Array
+
+
+def build_training(config: ml_collections.ConfigDict, mesh) -> Training:
+    """The trainer's setup from ``config`` (validated here), shared with the benchmarks that time its step."""
+    spec, model_config = config_lib.validate_config(config)
+    model = make_model(model_config, spec)
+    init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+    tx = make_optimizer(config.optim, config.total_steps)
+    objective = Objective.from_config(config)
+    state = init_train_state(init_key, model, tx, spec, objective, mesh)
+    step_fns = tuple(
+        make_train_step(
+            model,
+            tx,
+            step_spec,
+            config.tasks_per_k,
+            objective,
+            config.log_every,
+            mesh,
+            config.grad_accum_steps,
+        )
+        for step_spec in config_lib.train_specs(spec, config)
+    )
+    return Training(spec, model_config, model, tx, objective, state, step_fns, data_key, eval_key)

@@ -185,11 +185,8 @@ def train_and_evaluate(
             (workdir_path / "config.json").write_text(json.dumps(config_json, indent=2, sort_keys=True))
             _record_environment(workdir_path, ckpts.latest_step() or 0)
 
-        model = make_model(model_config, spec)
-        init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
-        tx = state_lib.make_optimizer(config.optim, config.total_steps)
-        objective = state_lib.Objective.from_config(config)
-        state = state_lib.init_train_state(init_key, model, tx, spec, objective, mesh)
+        training = state_lib.build_training(config, mesh)
+        state, step_fns, eval_key = training.state, training.step_fns, training.eval_key
         writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
 
         start_step = 0
@@ -199,20 +196,6 @@ def train_and_evaluate(
             writer.truncate_after(start_step)
             writer.message(f"resumed from step {start_step} in {ckpts.directory}")
 
-        # One compiled step per training dimension (config.train_dims); step t uses entry (t - 1) mod len.
-        step_fns = [
-            state_lib.make_train_step(
-                model,
-                tx,
-                step_spec,
-                config.tasks_per_k,
-                objective,
-                config.log_every,
-                mesh,
-                config.grad_accum_steps,
-            )
-            for step_spec in config_lib.train_specs(spec, config)
-        ]
         evaluator = (
             PeriodicEvaluator(
                 make_model(config_lib.eval_model_config(model_config, config.eval), spec),
@@ -224,7 +207,7 @@ def train_and_evaluate(
             if config.eval_every
             else None
         )
-        data_key = sharding.replicate(data_key, mesh)
+        data_key = sharding.replicate(training.data_key, mesh)
         summaries: dict = {}
 
         def stop_if_nonfinite(step):
