@@ -3,9 +3,10 @@
     python -m benchmarks.train_step --json results/benchmark_train_step_cpu.json
     python -m benchmarks.train_step --json /tmp/t.json --sizes tiny --tasks-per-k 4 --n 16 --no-torch   # quick
 
-Sizes: ``tiny``, ``small``, ``paper`` (MODEL_SIZES with the paper's recipe: `gpt2` backbone, attentive read-out,
-est loss, AdamW) and ``cluster`` (experiments/configs/cluster.py at d only: `set` backbone, normalised read-in,
-clustering read-out, est_matched + responsibility loss). The batch is the paper's: ``--tasks-per-k`` tasks per
+Sizes: ``tiny``, ``small`` (MODEL_SIZES with the paper's recipe: `gpt2` backbone, attentive read-out, est loss,
+AdamW), ``paper`` (experiments/configs/paper.py: the same at 12 x 128, layers unrolled) and ``cluster``
+(experiments/configs/cluster.py at d only: `set` backbone, normalised read-in, clustering read-out, est_matched +
+responsibility loss). The batch is the paper's: ``--tasks-per-k`` tasks per
 K = 2..5, N = ``--n`` (variable length, N/2..N), D = ``--d``.
 
 Ours: the step ``tgmm_jax.train.state.make_train_step`` builds, as the trainer does (tasks sampled inside the
@@ -16,8 +17,8 @@ fixed batch of the same shape drawn by our sampler. For ``cluster`` the referenc
 
 Timing: one compiling call (reported), one warm call, then up to ``--repeats`` calls, fewer when a step is slow
 (at most ``--budget-s`` seconds per side and size, at least 2); the median is reported with every time.
-Cost model: FLOPs per step from XLA's compiled ``cost_analysis()`` (the analytic count when the model scans its
-layers, as `paper` does: XLA counts a loop body once; its count is kept beside), an analytic count of the matmuls and attention
+Cost model: FLOPs per step from XLA's compiled ``cost_analysis()`` (the analytic count when a model scans its
+layers: XLA counts a loop body once; its count is kept beside), an analytic count of the matmuls and attention
 (3 x forward), torch's FlopCounterMode for the reference; achieved FLOP/s against a float32 matmul peak
 measured in the same run. The load average is noted around every measurement: other jobs share the cores.
 Without torch (the ``[bench]`` extra) the PyTorch side is skipped with a message and ours still runs.
@@ -36,6 +37,7 @@ import numpy as np
 
 from benchmarks import machine
 from experiments.configs import cluster as cluster_config
+from experiments.configs import paper as paper_config
 from tgmm_jax.tasks import sample_tasks
 from tgmm_jax.train import config as config_lib
 from tgmm_jax.train import sharding
@@ -49,6 +51,8 @@ def size_config(name: str, d: int, n: int, tasks_per_k: int):
     if name == "cluster":
         config = cluster_config.get_config()
         config.train_dims = ()  # one dimension, d, like the reference
+    elif name == "paper":
+        config = paper_config.get_config()  # the paper's model as experiments/configs/paper.py trains it
     elif name in config_lib.MODEL_SIZES:
         config = config_lib.default_config()
         config.model = config_lib.model_group(name)

@@ -18,4 +18,9 @@ def get_config(arg: str | None = None):
     config.total_steps = 100_001
     config.optim.learning_rate = 1e-3
     config.optim.weight_decay = 0.0
+    # Unrolled, not scanned (the default above 8 layers): scanning stacks each layer's residuals in buffers
+    # that XLA zero-fills and copies every step. Measured on the idle 2-core CPU at the benchmark batch
+    # (256 tasks x 128 points, 3 interleaved steps): 13.1 s per step unrolled vs 14.3 s scanned; compile
+    # 11.4 s vs 9.0 s.
+    config.model.scan_layers = False
     return config
