@@ -42,6 +42,7 @@ CHUNKINGS = {"whole_batch": None, "one_task_per_chunk": H * N * N}
 
 @pytest.fixture(params=list(CHUNKINGS))
 def chunking(request, monkeypatch):
+    monkeypatch.setattr(jax, "device_count", lambda: 1)  # chunks count per device; these inputs are unsharded
     if CHUNKINGS[request.param] is not None:
         monkeypatch.setattr(gpt2, "_CHUNK_SCORES", CHUNKINGS[request.param])
     expected = B if CHUNKINGS[request.param] is not None and jax.default_backend() == "cpu" else 1
@@ -49,15 +50,19 @@ def chunking(request, monkeypatch):
     return request.param
 
 
-def test_chunks_divide_the_batch_and_hold_about_a_mebibyte_of_scores():
+def test_chunks_divide_each_devices_share_and_hold_about_a_mebibyte_of_scores(monkeypatch):
     if jax.default_backend() != "cpu":
         assert gpt2.attention_chunks(256, 2, 128) == 1
         return
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
     assert gpt2.attention_chunks(256, 2, 128) == 32  # 8 tasks x 2 heads x 128 x 128 = 2^18 scores
     assert gpt2.attention_chunks(256, 4, 128) == 64
     assert gpt2.attention_chunks(100, 2, 128) == 10  # 12 chunks do not divide 100: 10 chunks of 10 tasks
     assert gpt2.attention_chunks(7, 2, 128) == 1  # fewer tasks than one chunk holds
     assert gpt2.attention_chunks(5, 1, 1024) == 5  # one task's scores exceed a chunk: one task each
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    assert gpt2.attention_chunks(256, 2, 128) == 4  # 32 tasks per device, 8 per device and chunk
+    assert gpt2.attention_chunks(12, 2, 128) == 1  # the batch does not split evenly over the devices
 
 
 @pytest.mark.parametrize("causal", [False, True])

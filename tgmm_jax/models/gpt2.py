@@ -112,31 +112,50 @@ def plain_attention(q_BxHxNxF, k_BxHxNxF, v_BxHxNxF, point_mask_BxN, causal: boo
     return jnp.einsum("bhqk,bhkf->bhqf", probs_BxHxNxN, v_BxHxNxF)
 
 
-# Scores per chunk of the CPU attention loop: 2^18 float32 (1 MiB), e.g. 16 heads of 128 x 128. Measured
-# on this 2-core CPU (one layer's forward + backward, 256 tasks x 128 points): chunks of 8-32 heads of
-# 128 x 128 ran 1.3x (2 heads of 16) and 1.1x (4 heads of 32) faster than the whole batch at once.
+# Scores per device per chunk of the CPU attention loop: 2^18 float32 (1 MiB), e.g. 16 heads of 128 x 128.
+# Measured on this 2-core CPU against the previous core (whole batch at once): one layer's forward +
+# backward at 256 tasks x 128 points ran 1.3x (2 heads of 16) and 1.1x (4 heads of 32) faster; in the
+# `small` step, 2^16 scores per chunk was slower (2312 vs 1747 ms) and 2^20 no faster.
 _CHUNK_SCORES = 1 << 18
 
 
 def attention_chunks(batch: int, heads: int, num_points: int) -> int:
-    """How many chunks of tasks ``attention`` loops over: 1 off CPU; on CPU, the largest divisor of
-    ``batch`` that keeps about _CHUNK_SCORES scores per chunk, so a chunk's [., H, N, N] tensors stay
-    in cache through the softmax and both matmuls."""
-    if jax.default_backend() != "cpu":
+    """How many chunks of tasks ``attention`` loops over: 1 off CPU; on CPU, the largest divisor of each
+    device's share of ``batch`` that keeps about _CHUNK_SCORES scores per device and chunk, so a chunk's
+    [., H, N, N] tensors stay in cache through the softmax and both matmuls. The count divides the share
+    (``batch`` / ``jax.device_count()``), so every chunk holds the same number of tasks of every device."""
+    devices = jax.device_count()
+    if jax.default_backend() != "cpu" or batch % devices:
         return 1
+    share = batch // devices
     tasks_per_chunk = max(1, _CHUNK_SCORES // (heads * num_points * num_points))
-    chunks = max(1, batch // tasks_per_chunk)
-    while batch % chunks:
+    chunks = max(1, share // tasks_per_chunk)
+    while share % chunks:
         chunks -= 1
     return chunks
 
 
 def _chunked(fn, chunks: int, *args_Bx___):
-    """fn over ``chunks`` consecutive slices of the batch axis, in a loop; outputs re-joined on that axis."""
+    """fn over ``chunks`` interleaved slices of the batch axis, in a loop; outputs re-joined on that axis.
+
+    Chunk c holds tasks c, c + chunks, c + 2 chunks, ...: the batch axis is split as [B / chunks, chunks]
+    and the loop indexes the second axis, so a batch sharded over devices in contiguous blocks stays on its
+    devices (consecutive slices would put the device axis in the loop and make XLA gather the batch).
+    """
     if chunks == 1:
         return fn(*args_Bx___)
-    split = [a.reshape((chunks, a.shape[0] // chunks) + a.shape[1:]) for a in args_Bx___]
-    outs = jax.lax.map(lambda xs: fn(*xs), split)
+    split = [a.reshape((a.shape[0] // chunks, chunks) + a.shape[1:]) for a in args_Bx___]
+
+    def chunk(c, a):
+        return jax.lax.dynamic_index_in_dim(a, c, axis=1, keepdims=False)
+
+    def body(c, outs):
+        ys = fn(*(chunk(c, a) for a in split))
+        return jax.tree.map(lambda o, y: jax.lax.dynamic_update_index_in_dim(o, y, c, axis=1), outs, ys)
+
+    shapes = jax.eval_shape(lambda *xs: fn(*(chunk(0, a) for a in xs)), *split)
+    outs = jax.tree.map(lambda s: jnp.zeros((s.shape[0], chunks) + s.shape[1:], s.dtype), shapes)
+    outs = jax.lax.fori_loop(0, chunks, body, outs)
     return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:]), outs)
 
 
