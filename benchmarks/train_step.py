@@ -101,11 +101,9 @@ def _xla_flops(compiled) -> float:
 
 
 def _build_ours(config):
-    mesh = sharding.make_mesh()
-    training = state_lib.build_training(config, mesh)
+    training = state_lib.build_training(config, sharding.make_mesh())
     (step,) = training.step_fns  # size_config trains one dimension
-    data_key = jax.device_put(training.data_key, sharding.replicated(mesh))
-    return training.spec, training.model_config, training.model, training.state, step, data_key
+    return training.spec, training.model_config, training.model, training.state, step, training.data_key
 
 
 def prepare_ours(config) -> tuple:

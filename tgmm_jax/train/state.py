@@ -220,7 +220,7 @@ class Training:
     objective: Objective
     state: TrainState  # freshly initialised, replicated on the mesh
     step_fns: tuple  # one jitted step per training dimension (config.train_dims); step t uses (t - 1) mod len
-    data_key: jax.Array  # the steps' data key (not yet replicated)
+    data_key: jax.Array  # the steps' data key, replicated on the mesh
     eval_key: jax.Array
 
 
@@ -245,4 +245,5 @@ def build_training(config: ml_collections.ConfigDict, mesh) -> Training:
         )
         for step_spec in config_lib.train_specs(spec, config)
     )
+    data_key = sharding.replicate(data_key, mesh)
     return Training(spec, model_config, model, tx, objective, state, step_fns, data_key, eval_key)

@@ -207,7 +207,7 @@ def train_and_evaluate(
             if config.eval_every
             else None
         )
-        data_key = sharding.replicate(training.data_key, mesh)
+        data_key = training.data_key
         summaries: dict = {}
 
         def stop_if_nonfinite(step):
