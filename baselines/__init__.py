@@ -9,6 +9,7 @@ arrays (always 'valid'; 'n_iter', 'converged', 'loglik' where they apply).
   spectral      Hsu-Kakade moments + robust tensor power method, isotropic only       (baselines.spectral)
   two_round_em  Dasgupta-Schulman two-round EM                                         (baselines.two_round_em)
   gradient_em   Adam on the log-likelihood, k-means++ start                            (baselines.gradient_em)
+  em_seeded     the clustering read-out's skeleton: 4 deterministic seedings, 4 EM steps (baselines.seeded_em)
 
 ``BASELINES`` holds the isotropic defaults (unit known variance, the paper's setting);
 ``get_baseline(name, variant, **overrides)`` builds any variant with changed settings.
@@ -21,11 +22,12 @@ from collections.abc import Callable
 
 from baselines.em import EMConfig, fit_em
 from baselines.gradient_em import GradientEMConfig, fit_gradient_em
+from baselines.seeded_em import SeededEMConfig, fit_seeded_em
 from baselines.spectral import SpectralConfig, fit_spectral
 from baselines.two_round_em import TwoRoundConfig, fit_two_round_em
 from tgmm_jax.tasks import VARIANTS
 
-NAMES = ("em", "em_kmeanspp", "spectral", "two_round_em", "gradient_em")
+NAMES = ("em", "em_kmeanspp", "spectral", "two_round_em", "gradient_em", "em_seeded")
 
 # name -> (fit function, config class, default settings)
 _REGISTRY = {
@@ -34,6 +36,7 @@ _REGISTRY = {
     "spectral": (fit_spectral, SpectralConfig, {}),
     "two_round_em": (fit_two_round_em, TwoRoundConfig, {}),
     "gradient_em": (fit_gradient_em, GradientEMConfig, {}),
+    "em_seeded": (fit_seeded_em, SeededEMConfig, {}),
 }
 _ISOTROPIC_ONLY = ("spectral",)
 

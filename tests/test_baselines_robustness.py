@@ -87,8 +87,8 @@ def test_dimension_128(name):
 
 
 def test_registry_names_variants_and_errors():
-    assert tuple(BASELINES) == ("em", "em_kmeanspp", "spectral", "two_round_em", "gradient_em")
-    assert [applies_to(n, "anisotropic") for n in NAMES] == [True, True, False, True, True]
+    assert tuple(BASELINES) == ("em", "em_kmeanspp", "spectral", "two_round_em", "gradient_em", "em_seeded")
+    assert [applies_to(n, "anisotropic") for n in NAMES] == [True, True, False, True, True, True]
     assert get_baseline("em_kmeanspp", variant="anisotropic", n_init=3).keywords["config"].n_init == 3
     assert BASELINES["em"].keywords["config"].init == "official"
     assert BASELINES["em_kmeanspp"].keywords["config"].n_init == 10

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from tgmm_jax.gmm import MixtureParams, mean_log_likelihood
+from tgmm_jax.models.normalize import normalize_tasks
 
 _MASKED = -1e30
 _MIN_MASS = 1e-6
@@ -70,8 +71,6 @@ class ClusterReadout(nn.Module):
         """``coords``, ``scale`` and ``centre`` (the mean of the real points) come from ``normalize_tasks``."""
         e = states_BxNxE.shape[-1]
         mask_BxN = point_mask_BxN.astype(bool)
-        weight_BxN = mask_BxN.astype(jnp.float32)
-        count_B = jnp.maximum(jnp.sum(weight_BxN, axis=-1), 1.0)
         slots_BxKxE = self.param("slots", nn.initializers.normal(1.0), (self.num_ks, self.k_max, e))[
             k_index_B
         ]
@@ -99,101 +98,202 @@ class ClusterReadout(nn.Module):
             seed_embed = nn.Dense(e, name="seed_embed")
             seed_scale = self.param("seed_logit_scale", nn.initializers.ones, ())
 
-        def refine(slots_BxKxE, seed_term_BxNxK):
-            """The T + 1 iterations from ``slots``: the last responsibilities (log and weighted) and masses."""
-            centre_mean_BxKxR = log_w_BxK = None
-            for t in range(self.iters + 1):
-                logits_BxNxK = jnp.einsum(
-                    "bne,bke->bnk", keys_BxNxE, query(ln_query(slots_BxKxE))
-                ) / math.sqrt(e)
-                if seed_term_BxNxK is not None and t == 0:
-                    logits_BxNxK = logits_BxNxK + seed_term_BxNxK
-                if alpha is not None and t > 0:
-                    sq_BxNxK = jnp.sum(
-                        jnp.square(coords_BxNxR[:, :, None, :] - centre_mean_BxKxR[:, None, :, :]), -1
-                    )
-                    logits_BxNxK = logits_BxNxK + alpha * (
-                        log_w_BxK[:, None, :] - 0.5 * scale2_B[:, None, None] * sq_BxNxK
-                    )
-                logits_BxNxK = jnp.where(component_mask_BxK[:, None, :], logits_BxNxK, _MASKED)
-                log_resp_BxNxK = jax.nn.log_softmax(logits_BxNxK, axis=-1)
-                resp_BxNxK = jnp.exp(log_resp_BxNxK) * weight_BxN[:, :, None]
-                mass_BxK = jnp.sum(resp_BxNxK, axis=1)
-                if t == self.iters:
-                    return log_resp_BxNxK, resp_BxNxK, mass_BxK
-                inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
-                centre_mean_BxKxR = (
-                    jnp.einsum("bnk,bnr->bkr", resp_BxNxK, coords_BxNxR) * inv_mass_BxK[..., None]
-                )
-                log_w_BxK = jnp.log(mass_BxK / count_B[:, None] + _MIN_MASS)
-                attended_BxKxE = (
-                    jnp.einsum("bnk,bne->bke", resp_BxNxK, values_BxNxE) * inv_mass_BxK[..., None]
-                )
-                inputs = jnp.concatenate(
-                    [slots_BxKxE, attended_BxKxE, centre_mean_BxKxR, log_w_BxK[..., None]], -1
-                )
-                slots_BxKxE = slots_BxKxE + update_out(jax.nn.gelu(update_in(ln_update(inputs))))
-                if slot_attn is not None:
-                    normed = ln_attn(slots_BxKxE)
-                    slots_BxKxE = slots_BxKxE + slot_attn(normed, normed, mask=slot_mask_BxKxK[:, None])
+        def learned_logits(slots_BxKxE):
+            return jnp.einsum("bne,bke->bnk", keys_BxNxE, query(ln_query(slots_BxKxE))) / math.sqrt(e)
 
-        def estimate(log_resp_BxNxK, resp_BxNxK, mass_BxK):
-            """Weights, means (the points centred on the task's mean: translation-exact in float32; a slot
-            with no mass falls back to the centre) and, anisotropic, per-dimension scales."""
-            inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
-            offsets_BxKxD = jnp.einsum("bnk,bnd->bkd", resp_BxNxK, centred_BxNxD) * inv_mass_BxK[..., None]
-            weight_logits_BxK = jnp.log(mass_BxK / count_B[:, None] + _MIN_MASS)
-            scales_BxKxD = None
-            if self.anisotropic:
-                sq_BxNxKxD = jnp.square(centred_BxNxD[:, :, None, :] - offsets_BxKxD[:, None, :, :])
-                var_BxKxD = jnp.einsum("bnk,bnkd->bkd", resp_BxNxK, sq_BxNxKxD) * inv_mass_BxK[..., None]
-                scales_BxKxD = jnp.sqrt(jnp.maximum(var_BxKxD, _MIN_STD**2))
-            return weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK
+        def update_slots(slots_BxKxE, resp_BxNxK, inv_mass_BxK, centre_mean_BxKxR, log_w_BxK):
+            attended_BxKxE = jnp.einsum("bnk,bne->bke", resp_BxNxK, values_BxNxE) * inv_mass_BxK[..., None]
+            inputs = jnp.concatenate(
+                [slots_BxKxE, attended_BxKxE, centre_mean_BxKxR, log_w_BxK[..., None]], -1
+            )
+            slots_BxKxE = slots_BxKxE + update_out(jax.nn.gelu(update_in(ln_update(inputs))))
+            if slot_attn is not None:
+                normed = ln_attn(slots_BxKxE)
+                slots_BxKxE = slots_BxKxE + slot_attn(normed, normed, mask=slot_mask_BxKxK[:, None])
+            return slots_BxKxE
 
         centred_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None, :], 0.0)
+
+        def run(slots_BxKxE, seed_term_BxNxK):
+            responsibilities = iterate_responsibilities(
+                coords_BxNxR,
+                scale2_B,
+                mask_BxN,
+                component_mask_BxK,
+                self.iters,
+                seed_term_BxNxK,
+                alpha,
+                learned=(learned_logits, update_slots, slots_BxKxE),
+            )
+            return estimate_mixture(*responsibilities, centred_BxNxD, mask_BxN, self.anisotropic)
+
         if not seedings:
-            best = estimate(*refine(slots_BxKxE, None))
+            best = run(slots_BxKxE, None)
         else:
-            best = best_loglik = None
+            outs = []
             for seeding in seedings:
                 seeds_BxKxR = seeding(coords_BxNxR, mask_BxN, self.k_max)
-                seed_sq_BxNxK = jnp.sum(
-                    jnp.square(coords_BxNxR[:, :, None, :] - seeds_BxKxR[:, None, :, :]), -1
-                )
-                out = estimate(
-                    *refine(
+                outs.append(
+                    run(
                         slots_BxKxE + seed_embed(seeds_BxKxR),
-                        -0.5 * seed_scale * scale2_B[:, None, None] * seed_sq_BxNxK,
+                        seed_logits(coords_BxNxR, seeds_BxKxR, scale2_B, seed_scale),
                     )
                 )
-                if len(seedings) == 1:
-                    best = out
-                    break
-                weight_logits_BxK, offsets_BxKxD, scales_BxKxD, _ = out
-                weights_BxK = jax.nn.softmax(jnp.where(component_mask_BxK, weight_logits_BxK, _MASKED), -1)
-                loglik_B = mean_log_likelihood(
-                    centred_BxNxD,
-                    mask_BxN,
-                    MixtureParams(weights_BxK, offsets_BxKxD, scales_BxKxD, component_mask_BxK),
-                )
-                if best is None:
-                    best, best_loglik = out, loglik_B
-                else:
-                    # a later seeding replaces the kept estimate only if it beats every earlier seeding by a
-                    # margin: two seedings often reach the same mixture with the slots in another order, and a
-                    # float32 near-tie must not flip the order (e.g. on translation)
-                    take_B = loglik_B > best_loglik + _TIE_NATS
-                    best = jax.tree.map(
-                        lambda new, old, take_B=take_B: jnp.where(
-                            take_B.reshape((-1,) + (1,) * (new.ndim - 1)), new, old
-                        ),
-                        out,
-                        best,
-                    )
-                    best_loglik = jnp.maximum(loglik_B, best_loglik)
+            best = best_of_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK)
         weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK = best
         means_BxKxD = centre_BxD[:, None, :] + offsets_BxKxD
         return weight_logits_BxK, means_BxKxD, scales_BxKxD, log_resp_BxNxK
+
+
+# ----------------------------------------------------------------------------------------------------
+# The read-out's parameter-free machinery, shared with its skeleton (``seeded_em``).
+
+
+def seed_logits(coords_BxNxR, seeds_BxKxR, scale2_B, seed_scale=1.0) -> jax.Array:
+    """The first iteration's E-step term: equal-weight unit-variance components (in the data's units) centred
+    on the seeds, times ``seed_scale`` (1 in the skeleton, learned in the read-out): [B, N, K]."""
+    seed_sq_BxNxK = jnp.sum(jnp.square(coords_BxNxR[:, :, None, :] - seeds_BxKxR[:, None, :, :]), -1)
+    return -0.5 * seed_scale * scale2_B[:, None, None] * seed_sq_BxNxK
+
+
+def iterate_responsibilities(
+    coords_BxNxR,
+    scale2_B,
+    mask_BxN,
+    component_mask_BxK,
+    iters: int,
+    seed_term_BxNxK=None,
+    em_scale=1.0,
+    learned=None,
+):
+    """The ``iters`` + 1 responsibility iterations of the read-out, in the normalised coordinates.
+
+    Iteration t's logits are the sum of: the learned slot-point term (``learned``, if given), the seed term
+    (t = 0, if given) and ``em_scale`` x the exact E-step of a unit-variance mixture (t >= 1; None: off).
+    Between iterations an M-step gives each slot's mean and log weight (and ``learned`` updates its slots).
+    ``learned`` = (logits_fn(slots) -> [B, N, K], update_fn(slots, resp, inv_mass, means, log_w) -> slots,
+    initial slots); None is the parameter-free skeleton, which runs ``iters`` + 1 E-steps (the first from the
+    seeds) with an M-step after each. Returns the last (log_resp [B, N, K], resp x point mask, mass [B, K]).
+    """
+    weight_BxN = mask_BxN.astype(jnp.float32)
+    count_B = jnp.maximum(jnp.sum(weight_BxN, axis=-1), 1.0)
+    logits_fn, update_fn, slots_BxKxE = learned if learned is not None else (None, None, None)
+    centre_mean_BxKxR = log_w_BxK = None
+    for t in range(iters + 1):
+        logits_BxNxK = jnp.zeros(mask_BxN.shape + component_mask_BxK.shape[-1:], jnp.float32)
+        if logits_fn is not None:
+            logits_BxNxK = logits_fn(slots_BxKxE)
+        if seed_term_BxNxK is not None and t == 0:
+            logits_BxNxK = logits_BxNxK + seed_term_BxNxK
+        if em_scale is not None and t > 0:
+            sq_BxNxK = jnp.sum(jnp.square(coords_BxNxR[:, :, None, :] - centre_mean_BxKxR[:, None, :, :]), -1)
+            logits_BxNxK = logits_BxNxK + em_scale * (
+                log_w_BxK[:, None, :] - 0.5 * scale2_B[:, None, None] * sq_BxNxK
+            )
+        logits_BxNxK = jnp.where(component_mask_BxK[:, None, :], logits_BxNxK, _MASKED)
+        log_resp_BxNxK = jax.nn.log_softmax(logits_BxNxK, axis=-1)
+        resp_BxNxK = jnp.exp(log_resp_BxNxK) * weight_BxN[:, :, None]
+        mass_BxK = jnp.sum(resp_BxNxK, axis=1)
+        if t == iters:
+            return log_resp_BxNxK, resp_BxNxK, mass_BxK
+        inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
+        centre_mean_BxKxR = jnp.einsum("bnk,bnr->bkr", resp_BxNxK, coords_BxNxR) * inv_mass_BxK[..., None]
+        log_w_BxK = jnp.log(mass_BxK / count_B[:, None] + _MIN_MASS)
+        if update_fn is not None:
+            slots_BxKxE = update_fn(slots_BxKxE, resp_BxNxK, inv_mass_BxK, centre_mean_BxKxR, log_w_BxK)
+
+
+def estimate_mixture(log_resp_BxNxK, resp_BxNxK, mass_BxK, centred_BxNxD, mask_BxN, anisotropic=False):
+    """(weight logits [B, K], means as offsets from the task's centre [B, K, D] (translation-exact in float32;
+    a slot with no mass falls back to the centre), per-dimension scales (anisotropic, floored) or None,
+    log-responsibilities) from the last iteration's responsibilities."""
+    count_B = jnp.maximum(jnp.sum(mask_BxN.astype(jnp.float32), axis=-1), 1.0)
+    inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
+    offsets_BxKxD = jnp.einsum("bnk,bnd->bkd", resp_BxNxK, centred_BxNxD) * inv_mass_BxK[..., None]
+    weight_logits_BxK = jnp.log(mass_BxK / count_B[:, None] + _MIN_MASS)
+    scales_BxKxD = None
+    if anisotropic:
+        sq_BxNxKxD = jnp.square(centred_BxNxD[:, :, None, :] - offsets_BxKxD[:, None, :, :])
+        var_BxKxD = jnp.einsum("bnk,bnkd->bkd", resp_BxNxK, sq_BxNxKxD) * inv_mass_BxK[..., None]
+        scales_BxKxD = jnp.sqrt(jnp.maximum(var_BxKxD, _MIN_STD**2))
+    return weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK
+
+
+def best_of_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK):
+    """Per task, the estimate (an ``estimate_mixture`` tuple) of highest mean log-likelihood among ``outs``,
+    one per seeding in order. A later seeding replaces the kept estimate only if it beats every earlier one by
+    ``_TIE_NATS`` per point: two seedings often reach the same mixture with the slots in another order, and a
+    float32 near-tie must not flip the order (e.g. on translation)."""
+    if len(outs) == 1:
+        return outs[0]
+    best = best_loglik = None
+    for out in outs:
+        weight_logits_BxK, offsets_BxKxD, scales_BxKxD, _ = out
+        weights_BxK = jax.nn.softmax(jnp.where(component_mask_BxK, weight_logits_BxK, _MASKED), -1)
+        loglik_B = mean_log_likelihood(
+            centred_BxNxD,
+            mask_BxN,
+            MixtureParams(weights_BxK, offsets_BxKxD, scales_BxKxD, component_mask_BxK),
+        )
+        if best is None:
+            best, best_loglik = out, loglik_B
+            continue
+        take_B = loglik_B > best_loglik + _TIE_NATS
+        best = jax.tree.map(
+            lambda new, old, take_B=take_B: jnp.where(
+                take_B.reshape((-1,) + (1,) * (new.ndim - 1)), new, old
+            ),
+            out,
+            best,
+        )
+        best_loglik = jnp.maximum(loglik_B, best_loglik)
+    return best
+
+
+def seeded_em(
+    points_BxNxD,
+    point_mask_BxN,
+    component_mask_BxK,
+    *,
+    slot_init: str,
+    iters: int,
+    rank: int,
+    anisotropic: bool = False,
+):
+    """The clustering read-out with no learned term: its parameter-free skeleton.
+
+    Per task and per seeding in ``slot_init`` (not 'learned'): the seeds of the normalised points
+    (``normalize_tasks(points, mask, rank)``), then ``iters`` + 1 E-steps of a unit-variance mixture in those
+    coordinates (the first with equal weights centred on the seeds) each followed by an M-step, the last M-step
+    on the raw points; per task, the seeding of highest likelihood. This is exactly ``ClusterReadout`` with the
+    learned logit at zero and ``em_logit_scale = seed_logit_scale = 1``. Returns (weight logits [B, K], means
+    [B, K, D], scales [B, K, D] or None, log-responsibilities [B, N, K]).
+    """
+    seedings = seeding_functions(slot_init)
+    if not seedings:
+        raise ValueError("seeded_em needs parameter-free seedings; slot_init='learned' has none")
+    mask_BxN = point_mask_BxN.astype(bool)
+    points_BxNxD = jnp.where(mask_BxN[..., None], jnp.asarray(points_BxNxD, jnp.float32), 0.0)
+    norm = normalize_tasks(points_BxNxD, mask_BxN, rank)
+    scale2_B = jnp.square(norm.scale_B)
+    k_max = component_mask_BxK.shape[-1]
+    centred_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - norm.centre_BxD[:, None, :], 0.0)
+    outs = []
+    for seeding in seedings:
+        seeds_BxKxR = seeding(norm.coords_BxNxR, mask_BxN, k_max)
+        responsibilities = iterate_responsibilities(
+            norm.coords_BxNxR,
+            scale2_B,
+            mask_BxN,
+            component_mask_BxK,
+            iters,
+            seed_logits(norm.coords_BxNxR, seeds_BxKxR, scale2_B),
+        )
+        outs.append(estimate_mixture(*responsibilities, centred_BxNxD, mask_BxN, anisotropic))
+    weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK = best_of_seedings(
+        outs, centred_BxNxD, mask_BxN, component_mask_BxK
+    )
+    return weight_logits_BxK, norm.centre_BxD[:, None, :] + offsets_BxKxD, scales_BxKxD, log_resp_BxNxK
 
 
 def farthest_first(coords_BxNxR: jax.Array, mask_BxN: jax.Array, k: int) -> jax.Array:
