@@ -147,17 +147,18 @@ def _evaluate(name: str, workdir: str, baselines: tuple, baseline_cells: dict) -
     """TGMM of the variant on the study's tasks; the baselines once per section (their cells are reused)."""
     run = load_run(workdir)
     names = (scoring.MODEL_METHOD,) + tuple(b for b in baselines if b not in baseline_cells)
-    methods, params = methods_lib.methods_for_run(run, names)
+    methods, params, references = methods_lib.methods_for_run(run, names)
     res = scoring.evaluate_methods(
         methods,
         run.spec,
         params=params,
+        references=references,
         tasks_per_cell=FLAGS.tasks_per_cell,
         ns=(FLAGS.n,),
         seed=FLAGS.eval_seed,
     )
-    for cell in res["cells"]:
-        if cell["method"] != scoring.MODEL_METHOD:
+    for cell in res["cells"]:  # the model's reference (its skeleton) has this model's settings: not shared
+        if cell["method"] not in (scoring.MODEL_METHOD, *references.values()):
             baseline_cells.setdefault(cell["method"], []).append(cell)
     model = json.loads(run.config.to_json())["model"]
     return dict(

@@ -6,8 +6,10 @@
 Sections (each cached in ``--results/cluster/*.json``; rerunning skips what is done, retraining resumes):
   grid      d in --dims x K in 2..5 at N = 128, ``--tasks_per_cell`` fresh tasks per cell: tgmm (network
             alone), tgmm+em (network + ``--refine_steps`` EM steps), tgmm+kpp3 (EM to convergence from the
-            network and from 3 k-means++ starts, best likelihood), em (official init), em_kmeanspp
-            (k-means++, 10 restarts), spectral;
+            network and from 3 k-means++ starts, best likelihood), their parameter-free skeletons em_seeded,
+            em_seeded+em and em_seeded+kpp3 (the read-out's seedings and EM steps with no learned term; each
+            learned method's cells carry its learned gain over its skeleton on the same tasks), em (official
+            init), em_kmeanspp (k-means++, 10 restarts), spectral;
   shift     the same at d = 8 with sigma_p = ``--shift`` (means += sigma_p N(0, I));
   timing    warm wall time of tgmm, tgmm+em, tgmm+kpp3 and em_kmeanspp on the same batch per d (best of 3
             after compiling);
@@ -15,7 +17,9 @@ Sections (each cached in ``--results/cluster/*.json``; rerunning skips what is d
             +e mixed-d training, each trained for ``--ablation_steps`` steps (same batch, same schedule),
             evaluated at d = 8 and (where dimension-free) d = 32;
   curves    l2 of the periodic evaluations (d = 8) against wall-clock minutes, from each run's metrics.jsonl.
-Writes ``cluster_study.json`` and ``cluster_study.png`` in ``--results``.
+Writes ``cluster_study.json`` and ``cluster_study.png`` in ``--results``; sections not run this time are kept
+from the existing ``cluster_study.json``. ``--checkpoint=cluster`` evaluates a shipped checkpoint instead of
+``--workdir`` (grid, shift and timing only: the shipped ``cluster`` is ``runs/cluster_fg`` at step 6000).
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from tgmm_jax.tasks import sample_tasks
 from tgmm_jax.train.restore import load_run, with_slot_init
 
 flags.DEFINE_string("workdir", "runs/cluster", "The trained clustering TGMM (configs/cluster.py).")
+flags.DEFINE_string(
+    "checkpoint", "", "A shipped checkpoint to evaluate instead of --workdir (grid/shift/timing)."
+)
 flags.DEFINE_list("dims", ["2", "8", "32", "128"], "Data dimensions of the grid.")
 flags.DEFINE_integer("tasks_per_cell", 256, "Evaluation tasks per (d, K).")
 flags.DEFINE_integer("refine_steps", 5, "EM steps after the network for tgmm+em.")
@@ -56,6 +63,9 @@ FLAGS = flags.FLAGS
 REFINED = "tgmm+em"
 RESTARTS = "tgmm+kpp3"  # TGMM as the first restart: EM from it and from 3 k-means++ starts, best likelihood
 BASELINES = ("em", "em_kmeanspp", "spectral")
+SKELETON, SKELETON_REFINED, SKELETON_RESTARTS = "em_seeded", "em_seeded+em", "em_seeded+kpp3"
+# learned method -> its parameter-free skeleton (the learned gain is the paired l2 difference)
+REFERENCES = {scoring.MODEL_METHOD: SKELETON, REFINED: SKELETON_REFINED, RESTARTS: SKELETON_RESTARTS}
 
 FOUR_SEEDINGS = "farthest+greedy+smooth3+smooth12"
 # name -> config arguments of configs/cluster.py and model overrides; each adds one part to the previous.
@@ -93,6 +103,11 @@ def _methods(run, refine_steps: int):
         RESTARTS: methods_lib.model_with_restarts(run.model, 3),
         **methods_lib.baseline_methods(BASELINES, run.spec.variant),
     }
+    reference, skeleton = methods_lib.reference_for(run.model_config, run.spec.variant)
+    if reference == SKELETON:  # a seeded clustering read-out: its skeleton, with and without the same EM
+        methods[SKELETON] = skeleton
+        methods[SKELETON_REFINED] = methods_lib.method_then_em(skeleton, refine_steps)
+        methods[SKELETON_RESTARTS] = methods_lib.method_with_restarts(skeleton, 3)
     params = {scoring.MODEL_METHOD: run.params, REFINED: run.params, RESTARTS: run.params}
     return methods, params
 
@@ -115,8 +130,16 @@ def _evaluate(run, dim: int, tasks_per_cell: int, seed: int, shift: float = 0.0,
     if names is not None:
         methods = {n: m for n, m in methods.items() if n in names}
     spec = dataclasses.replace(run.spec, dim=dim)
+    references = {m: r for m, r in REFERENCES.items() if m in methods and r in methods}
     return scoring.evaluate_methods(
-        methods, spec, tasks_per_cell=tasks_per_cell, ns=(128,), seed=seed, params=params, mean_shift=shift
+        methods,
+        spec,
+        tasks_per_cell=tasks_per_cell,
+        ns=(128,),
+        seed=seed,
+        params=params,
+        mean_shift=shift,
+        references=references,
     )
 
 
@@ -124,7 +147,7 @@ def _cell_results(out_dir: str, name: str, model_settings: dict, run, dim: int, 
     """The model's cells (cached per checkpoint and seeding) and the baselines' (cached per task set, so a new
     checkpoint reuses them) on the same tasks; the task fingerprints must agree."""
     task_settings = dict(seed=FLAGS.eval_seed, dim=dim, tasks_per_cell=FLAGS.tasks_per_cell, shift=shift)
-    model_names = (scoring.MODEL_METHOD, REFINED, RESTARTS)
+    model_names = (scoring.MODEL_METHOD, REFINED, RESTARTS, SKELETON, SKELETON_REFINED, SKELETON_RESTARTS)
 
     def evaluate(names):
         return lambda: _evaluate(run, dim, FLAGS.tasks_per_cell, FLAGS.eval_seed, shift, names)
@@ -193,28 +216,38 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     out_dir = os.path.join(FLAGS.results, "cluster")
-    payload = dict(
-        workdir=FLAGS.workdir, refine_steps=FLAGS.refine_steps, tasks_per_cell=FLAGS.tasks_per_cell
-    )
+    previous = {}
+    if os.path.exists(os.path.join(FLAGS.results, "cluster_study.json")):
+        with open(os.path.join(FLAGS.results, "cluster_study.json")) as f:
+            previous = json.load(f)
+    payload = dict(previous, refine_steps=FLAGS.refine_steps, tasks_per_cell=FLAGS.tasks_per_cell)
     if {"grid", "shift", "timing"} & set(FLAGS.sections):
-        run = load_run(FLAGS.workdir)
-        trained_slot_init = run.config.model.slot_init
-        run = with_slot_init(run, FLAGS.slot_init)
+        if FLAGS.checkpoint:
+            from tgmm_jax.pretrained import load_pretrained
+
+            run = with_slot_init(load_pretrained(FLAGS.checkpoint), FLAGS.slot_init)
+            source = dict(checkpoint=FLAGS.checkpoint)
+            payload.update(checkpoint=study.shipped_checkpoint_text(FLAGS.checkpoint))
+        else:
+            run = load_run(FLAGS.workdir)
+            trained_slot_init = run.config.model.slot_init
+            run = with_slot_init(run, FLAGS.slot_init)
+            source = dict(workdir=FLAGS.workdir)
+            payload.update(
+                workdir=FLAGS.workdir,
+                config=json.loads(run.config.to_json()),
+                trained_slot_init=trained_slot_init,
+            )
         base = dict(
-            workdir=FLAGS.workdir,
+            source,
             step=run.step,
             seed=FLAGS.eval_seed,
             refine_steps=FLAGS.refine_steps,
             slot_init=run.model_config.slot_init,
         )
-        payload.update(
-            step=run.step,
-            config=json.loads(run.config.to_json()),
-            trained_slot_init=trained_slot_init,
-            slot_init=run.model_config.slot_init,
-        )
+        payload.update(step=run.step, slot_init=run.model_config.slot_init)
     if "grid" in FLAGS.sections:
-        payload["grid"] = {}
+        payload["grid"] = dict(payload.get("grid", {}))
         for d in map(int, FLAGS.dims):
             payload["grid"][str(d)] = _cell_results(out_dir, f"grid_d={d}", base, run, d)
             print(f"grid d={d} done", flush=True)
@@ -224,7 +257,8 @@ def main(argv):
     if "timing" in FLAGS.sections:
         payload["timing"] = {str(d): _timing(run, d) for d in map(int, FLAGS.dims)}
         print("timing", payload["timing"], flush=True)
-    payload["curves"] = {"main": _curve(FLAGS.workdir)}
+    if not FLAGS.checkpoint or "curves" not in payload:
+        payload["curves"] = dict(payload.get("curves", {}), main=_curve(FLAGS.workdir))
     if "ablation" in FLAGS.sections:
         payload["ablation"] = []
         trained = {}  # config arguments -> workdir: an evaluation-only stage reuses the stage it names
@@ -276,7 +310,7 @@ def plot(payload: dict, path: str) -> None:
     for d, res in sorted(payload.get("grid", {}).items(), key=lambda kv: int(kv[0])):
         cells = res["cells"]
         series = []
-        for method in (scoring.MODEL_METHOD, REFINED, RESTARTS, *BASELINES):
+        for method in (scoring.MODEL_METHOD, REFINED, RESTARTS, SKELETON, *BASELINES):
             ks = sorted({c["K"] for c in cells if c["method"] == method and c["not_applicable"] < 1.0})
             if ks:
                 series.append((method, ks, [study.mean_sem(cells, method, K=k) for k in ks], "-"))

@@ -97,8 +97,9 @@ def main(argv):
     deep_cells = payload["by_layers"][str(deepest)]["cells"]
     payload["ks"] = sorted({c["K"] for c in deep_cells})
     payload["baseline_trend"] = {
-        m: n_trend(deep_cells, m, FLAGS.n, max(test_n)) for m in FLAGS.baselines if ts.cell(deep_cells, m)
-    }
+        m: n_trend(deep_cells, m, FLAGS.n, max(test_n))
+        for m in dict.fromkeys(c["method"] for c in deep_cells if c["method"] != MODEL_METHOD)
+    }  # the baselines asked for and the model's reference (em_kmeanspp), which runs with every model
     study.write_json(FLAGS.results, "depth_sample_size.json", payload)
     plot(payload, os.path.join(FLAGS.results, "depth_sample_size.png"))
 

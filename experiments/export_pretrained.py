@@ -7,6 +7,12 @@
 Writes params.msgpack (float32 parameter pytree), config.json (ModelConfig + TaskSpec + step) and MODEL_CARD.md
 (config, steps, device, wall time, and the evaluation table of ``--card_results``, a JSON written by
 ``experiments.evaluate --output``). ``tgmm_jax.pretrained.load_pretrained(NAME)`` reads it back.
+
+    python -m experiments.export_pretrained --name=cluster --refresh_card \
+        --card_results=results/pretrained/cluster_eval.json
+
+rewrites only the card's evaluation section of an already shipped checkpoint (no workdir needed; the weights
+and config are left as they are). The evaluation must be of that checkpoint: its step and seedings must match.
 """
 
 from __future__ import annotations
@@ -31,7 +37,12 @@ _SLOT_INIT = flags.DEFINE_string(
     None,
     "Clustering read-out only: ship with these slot seedings instead of the trained ones (no parameters).",
 )
-flags.mark_flags_as_required(["workdir", "name"])
+_REFRESH = flags.DEFINE_bool(
+    "refresh_card", False, "Rewrite the shipped card's evaluation section from --card_results only."
+)
+flags.mark_flags_as_required(["name"])
+
+EVALUATION_HEADING = "## Evaluation"
 
 
 def _read_json(path):
@@ -103,9 +114,13 @@ def model_card(
         json.dumps(dataclasses.asdict(run.spec), indent=1, sort_keys=True, default=str),
         "```",
         "",
-        "## Evaluation",
-        "",
     ]
+    return "\n".join(lines) + "\n" + evaluation_section(results, results_source)
+
+
+def evaluation_section(results: dict | None, results_source: str | None) -> str:
+    """The card's evaluation section: the tables of an ``experiments.evaluate`` JSON, the learned gain included."""
+    lines = [EVALUATION_HEADING, ""]
     if results:
         from experiments import reporting
 
@@ -117,6 +132,26 @@ def model_card(
     else:
         lines.append("No evaluation results were given to the export (--card_results).")
     return "\n".join(lines) + "\n"
+
+
+def refresh_card(name: str, results: dict, results_source: str, out_dir: str | None = None) -> str:
+    """Replaces the evaluation section of shipped checkpoint ``name``'s card; returns the card's path. Refuses
+    results of another step or seeding than the checkpoint's."""
+    directory = os.path.join(out_dir or os.path.dirname(os.path.abspath(pretrained.__file__)), name)
+    ckpt = pretrained.load_exported(directory, name)
+    seeding = ckpt.model_config.slot_init if ckpt.model_config.readout == "cluster" else None
+    if results.get("step") != ckpt.step or (seeding and results.get("slot_init") != seeding):
+        raise ValueError(
+            f"{results_source} evaluated step {results.get('step')} with slot_init {results.get('slot_init')!r}; "
+            f"checkpoint {name!r} is step {ckpt.step} with {seeding!r}"
+        )
+    path = os.path.join(directory, pretrained.CARD_FILE)
+    with open(path) as f:
+        card = f.read()
+    head = card.split(EVALUATION_HEADING)[0]
+    with open(path, "w") as f:
+        f.write(head + evaluation_section(results, results_source))
+    return path
 
 
 def export(
@@ -147,6 +182,13 @@ def main(argv):
     if _RESULTS.value:
         with open(_RESULTS.value) as f:
             results = json.load(f)
+    if _REFRESH.value:
+        if results is None:
+            raise app.UsageError("--refresh_card needs --card_results")
+        print(f"wrote {refresh_card(_NAME.value, results, _RESULTS.value, _OUT.value)}")
+        return
+    if _WORKDIR.value is None:
+        raise app.UsageError("--workdir is required (except with --refresh_card)")
     directory = export(
         _WORKDIR.value,
         _NAME.value,

@@ -32,6 +32,39 @@ def format_table(summaries: dict[str, dict[int, dict]], metric: str = "l2") -> s
     return "\n".join(lines)
 
 
+GAIN_TITLE = (
+    "learned gain: reference l2 minus the model's l2 on the same tasks, mean ± sem (z); positive = the network "
+    "beats the parameter-free machinery it is built on (em_seeded: its own skeleton; em_kmeanspp for a model "
+    "without one)"
+)
+
+
+def format_gain(gain: dict) -> str:
+    """'+mean ± sem (z z)' of a ``learned_gain`` entry (z from mean / sem where the entry has none)."""
+    z = gain.get("z")
+    if z is None:
+        z = gain["mean"] / gain["sem"] if gain["sem"] else float("nan")
+    return f"{gain['mean']:+.4f} ± {gain['sem']:.4f} (z {z:+.1f})"
+
+
+def format_gain_table(summaries: dict[str, dict[int, dict]]) -> str:
+    """Markdown table of every method with a ``learned_gain``: one row per method (named with its reference),
+    one column per K; '' when no method has one."""
+    ks = sorted({k for s in summaries.values() for k in s})
+    rows = []
+    for method, summary in summaries.items():
+        gains = {k: e["learned_gain"] for k, e in summary.items() if "learned_gain" in e}
+        if not gains:
+            continue
+        reference = next(iter(gains.values())).get("reference", "reference")
+        cells = [format_gain(gains[k]) if k in gains else "n/a" for k in ks]
+        rows.append(f"| {method} vs {reference} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    head = ["| learned gain | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    return "\n".join(head + rows)
+
+
 def summaries_from_cells(cells: list[dict], n: int) -> dict[str, dict[int, dict]]:
     """{method: {K: entry}} for one N, the shape ``format_table`` takes."""
     out: dict[str, dict[int, dict]] = {}
@@ -54,6 +87,9 @@ def markdown_report(results: dict) -> str:
             ("oracle_gap", "log-likelihood gap to the true parameters (per point)"),
         ):
             blocks.append(f"{title}:\n\n{format_table(summaries, metric)}")
+        gains = format_gain_table(summaries)
+        if gains:
+            blocks.append(f"{GAIN_TITLE}:\n\n{gains}")
         rows = []
         for method, summary in summaries.items():
             na = ", ".join(

@@ -74,7 +74,7 @@ def evaluate_cached(
     """
     run = load_run(workdir)
     settings = dict(tasks_per_cell=tasks_per_cell, eval_seed=seed, mean_shift=float(mean_shift))
-    all_methods, params = methods_lib.methods_for_run(run, methods)
+    all_methods, params, references = methods_lib.methods_for_run(run, methods)
     cached = None
     if not force and os.path.exists(output):
         with open(output) as f:
@@ -97,10 +97,13 @@ def evaluate_cached(
             ns=(n,),
             seed=seed,
             mean_shift=mean_shift,
+            references=references,
         )
 
     for n in ns:
         have = {c["method"] for c in cells if c["N"] == n}
+        # a learned method runs with its reference, so its learned gain is paired on the same tasks
+        have -= {references[m] for m in references if m not in have}
         todo = {name: fn for name, fn in all_methods.items() if name not in have}
         if not todo:
             continue
@@ -109,7 +112,7 @@ def evaluate_cached(
             # the cached cells were made on other tasks: evaluate every method again
             cells = [c for c in cells if c["N"] != n]
             part = evaluate(all_methods, n)
-        cells += part["cells"]
+        cells = [c for c in cells if not (c["N"] == n and c["method"] in todo)] + part["cells"]
         fingerprints.update(part["task_fingerprints"])
         results = part
     if results is None:  # nothing was missing

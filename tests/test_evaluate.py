@@ -56,9 +56,20 @@ def test_evaluate_cli_writes_every_field(tiny_workdir, tmp_path):
     assert results["step"] == 4 and results["tasks_per_cell"] == 6 and results["ns"] == [8, 16]
     assert "final checkpoint" in results["protocol"]
     cells = results["cells"]
+    # the paper-style tiny model has no skeleton: its learned gain is measured against em_kmeanspp, run with it
+    assert results["references"] == {"tgmm": "em_kmeanspp"}
     assert {(c["method"], c["K"], c["N"]) for c in cells} == {
-        (m, k, n) for m in ("tgmm", "em", "spectral") for k in (2, 3) for n in (8, 16)
+        (m, k, n) for m in ("tgmm", "em", "spectral", "em_kmeanspp") for k in (2, 3) for n in (8, 16)
     }
+    by_key = {(c["method"], c["K"], c["N"]): c for c in cells}
+    for k in (2, 3):
+        for n in (8, 16):
+            gain = by_key[("tgmm", k, n)]["learned_gain"]
+            assert gain["reference"] == "em_kmeanspp" and gain["num_tasks"] == 6
+            # every task applies to both: the mean paired difference is the difference of the means
+            want = by_key[("em_kmeanspp", k, n)]["l2"]["mean"] - by_key[("tgmm", k, n)]["l2"]["mean"]
+            np.testing.assert_allclose(gain["mean"], want, rtol=1e-9, atol=1e-12)
+    assert "learned gain" in out.stdout and "| tgmm vs em_kmeanspp |" in out.stdout
     for cell in cells:
         assert cell["num_tasks"] == 6 and 0.0 <= cell["not_applicable"] <= 1.0 and cell["seconds"] > 0
         for metric in METRICS:
@@ -69,6 +80,23 @@ def test_evaluate_cli_writes_every_field(tiny_workdir, tmp_path):
     assert all(c["not_applicable"] == 1.0 for c in spectral_k3)
     assert os.path.exists(output.removesuffix(".json") + ".md")
     assert "l2 error" in out.stdout and "| tgmm |" in out.stdout and "(median " in out.stdout
+
+
+def test_paired_gain_is_the_paired_t_statistic():
+    from scipy.stats import ttest_rel
+
+    rng = np.random.default_rng(0)
+    ks_B = np.repeat([2, 3], 20)
+    model = {"l2": rng.random(40), "applicable": np.ones(40, bool)}
+    reference = {"l2": model["l2"] + 0.1 + 0.3 * rng.standard_normal(40), "applicable": np.ones(40, bool)}
+    reference["applicable"][3] = False  # a task where the reference did not apply is left out of the pair
+    gains = scoring.paired_gain(model, reference, ks_B)
+    for k in (2, 3):
+        keep = (ks_B == k) & reference["applicable"]
+        test = ttest_rel(reference["l2"][keep], model["l2"][keep])
+        assert gains[k]["num_tasks"] == keep.sum()
+        np.testing.assert_allclose(gains[k]["z"], test.statistic, rtol=1e-10)
+        np.testing.assert_allclose(gains[k]["mean"], np.mean(reference["l2"][keep] - model["l2"][keep]))
 
 
 def test_all_methods_see_identical_tasks():
@@ -116,10 +144,12 @@ def test_training_tail_protocol_reads_the_logs(tiny_workdir):
     results = reporting.training_tail_protocol(tiny_workdir)
     assert "training tail" in results["protocol"] and results["ns"] == [8]
     methods = {c["method"] for c in results["cells"]}
-    assert methods == {"tgmm", "em"}
+    assert methods == {"tgmm", "em", "em_kmeanspp"}  # em_kmeanspp: the reference of the learned gain
     for cell in results["cells"]:
         assert cell["rounds"] == 2 and np.isfinite(cell["l2"]["mean"])
-    assert "| tgmm |" in reporting.markdown_report(results)
+        assert ("learned_gain" in cell) == (cell["method"] == "tgmm")
+    report = reporting.markdown_report(results)
+    assert "| tgmm |" in report and "| tgmm vs reference |" in report
 
 
 def test_study_does_not_evaluate_a_preempted_run(tmp_path, monkeypatch):
@@ -175,7 +205,10 @@ def test_study_cache_adds_missing_n_only_and_equals_a_full_evaluation(tiny_workd
         json.dump(stale, f)
     again = study.evaluate_cached(tiny_workdir, out, ns=(6, 8), **kw)
     assert again["step"] == full["step"]
-    assert all((c["l2"]["mean"] == -1.0) == (c["method"] != "tgmm") for c in again["cells"])
+    # em_kmeanspp, tgmm's reference, runs again with it (the learned gain pairs them on the same tasks)
+    fresh = ("tgmm", "em_kmeanspp")
+    assert all((c["l2"]["mean"] == -1.0) == (c["method"] not in fresh) for c in again["cells"])
+    assert len(again["cells"]) == len({key(c) for c in again["cells"]})
     tgmm_only = lambda r: [c for c in strip(r["cells"]) if c["method"] == "tgmm"]
     assert tgmm_only(again) == tgmm_only(full)
 

@@ -48,10 +48,9 @@ def test_depth_study(tmp_path):
     assert saved["n_train"] == [8, 16] and saved["test_n"] == [16, 32] and list(saved["by_layers"]) == ["1"]
     res = saved["by_layers"]["1"]
     assert _load(os.path.join(res["workdir"], "config.json"))["model"]["num_layers"] == 1
-    assert {c["method"] for c in res["cells"]} == {
-        MODEL_METHOD,
-        "em",
-    }  # the baselines beside the deepest model
+    # the baselines beside the deepest model, and the model's reference for its learned gain
+    assert {c["method"] for c in res["cells"]} == {MODEL_METHOD, "em", "em_kmeanspp"}
+    assert all("learned_gain" in c for c in res["cells"] if c["method"] == MODEL_METHOD)
     assert {(c["K"], c["N"]) for c in res["cells"] if c["method"] == MODEL_METHOD} == {
         (k, n) for k in (2, 3, 4, 5) for n in (16, 32)
     }
@@ -84,7 +83,7 @@ def test_objectives_study(tmp_path):
     assert (
         l2["est"] != l2["lik"]
     )  # the objective switch reached the trainer: same seed and data, other weights
-    assert {c["method"] for c in saved["baselines"]} == {"em"}
+    assert {c["method"] for c in saved["baselines"]} == {"em", "em_kmeanspp"}  # + the model's reference
     level = np.mean(list(saved["by_objective"]["est"]["curve"][-1]["l2"].values()))
     assert (
         saved["reach_est_final"]["level"] == pytest.approx(level)
@@ -109,7 +108,7 @@ def test_seeds_study(tmp_path):
             np.std(values, ddof=1)
         )
         assert (stats["min"], stats["max"]) == (min(values), max(values)) and values[0] != values[1]
-    assert {c["method"] for c in part["baselines"]} == {"em"}
+    assert {c["method"] for c in part["baselines"]} == {"em", "em_kmeanspp"}  # + the model's reference
     assert os.path.getsize(results / "seeds_study.png") > 0
     assert "## Seeds and machines" in text and "std across seeds" in text and len(runs) == 2
     # the cluster part trains the README's job with only the seed and the step budget changed

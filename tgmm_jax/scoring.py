@@ -141,6 +141,57 @@ def summarize(per_task: dict[str, np.ndarray], num_components_B: np.ndarray) -> 
     return out
 
 
+def paired_gain(
+    model_per_task: dict[str, np.ndarray],
+    reference_per_task: dict[str, np.ndarray],
+    num_components_B: np.ndarray,
+    metric: str = "l2",
+) -> dict[int, dict]:
+    """A learned model's gain over its reference on the same tasks, per K: reference minus model ``metric``
+    (positive = the model is better, for an error metric), over the tasks where both applied.
+
+    Returns {K: {'metric', 'mean', 'sem', 'z' (mean / sem; 0 when both are 0), 'num_tasks'}}.
+    """
+    num_components_B = np.asarray(num_components_B)
+    both_B = np.asarray(model_per_task["applicable"], bool) & np.asarray(
+        reference_per_task["applicable"], bool
+    )
+    diff_B = np.asarray(reference_per_task[metric], np.float64) - np.asarray(
+        model_per_task[metric], np.float64
+    )
+    out = {}
+    for k in np.unique(num_components_B):
+        values = diff_B[(num_components_B == k) & both_B]
+        mean = float(values.mean()) if values.size else float("nan")
+        sem = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
+        z = mean / sem if sem > 0 else (0.0 if mean == 0 else float("nan"))
+        out[int(k)] = {
+            "metric": metric,
+            "mean": mean,
+            "sem": sem,
+            "z": float(z),
+            "num_tasks": int(values.size),
+        }
+    return out
+
+
+def attach_gains(
+    summaries: dict[str, dict[int, dict]],
+    per_task: Mapping[str, dict[str, np.ndarray]],
+    references: Mapping[str, str],
+    num_components_B: np.ndarray,
+) -> None:
+    """Adds ``learned_gain`` (``paired_gain`` on l2, with its ``reference`` named) to the per-K summary entries
+    of every method that has a reference. Both must have been scored on the same tasks."""
+    for method, reference in references.items():
+        if method not in per_task:
+            continue
+        if reference not in per_task:
+            raise ValueError(f"{method!r}'s reference {reference!r} was not scored on the same tasks")
+        for k, gain in paired_gain(per_task[method], per_task[reference], num_components_B).items():
+            summaries[method][k]["learned_gain"] = dict(gain, reference=reference)
+
+
 def task_fingerprint(task: GMMTask) -> str:
     """A short hash of a task batch's points and parameters (to show methods saw identical tasks)."""
     digest = hashlib.sha256()
@@ -159,6 +210,7 @@ def evaluate_methods(
     params: Mapping[str, Any] | None = None,
     mean_shift: float = 0.0,
     chunk: int | None = 512,
+    references: Mapping[str, str] | None = None,
 ) -> dict:
     """Every method on the same fresh tasks: ``tasks_per_cell`` tasks per (K, N), K in spec.ks, N in ``ns``.
 
@@ -167,8 +219,16 @@ def evaluate_methods(
     N (fixed, no length mask) and the mean shift. Returns a JSON-ready dict with one entry per
     (method, K, N): mean, standard error and median of each metric, the fraction of tasks where the
     method did not apply, and the method's wall time for the N-batch (all K together).
+
+    ``references`` maps a learned method to the parameter-free method it is reported against (its skeleton,
+    ``em_seeded``, or em_kmeanspp for a model without one): its cells gain ``learned_gain``, the paired l2
+    difference on the same tasks (``paired_gain``). Each reference must be among ``methods``.
     """
     params = params or {}
+    references = dict(references or {})
+    missing = sorted({r for m, r in references.items() if m in methods and r not in methods})
+    if missing:
+        raise ValueError(f"reference method(s) {missing} are not among the methods {sorted(methods)}")
     cells, fingerprints = [], {}
     for n in ns:
         cell_spec = dataclasses.replace(
@@ -177,18 +237,22 @@ def evaluate_methods(
         task_key = jax.random.fold_in(jax.random.key(seed), n)
         task = sample_tasks(task_key, cell_spec, tasks_per_cell)
         fingerprints[str(n)] = task_fingerprint(task)
+        per_task, summaries, seconds = {}, {}, {}
         for name, fn in methods.items():
-            per_task, seconds = score_method(
+            per_task[name], seconds[name] = score_method(
                 fn, params.get(name), jax.random.fold_in(task_key, 1), task, chunk
             )
-            for k, entry in summarize(per_task, task.num_components).items():
-                seconds_per_task = seconds / task.points.shape[0]
+            summaries[name] = summarize(per_task[name], task.num_components)
+        attach_gains(summaries, per_task, references, task.num_components)
+        for name in methods:
+            for k, entry in summaries[name].items():
+                seconds_per_task = seconds[name] / task.points.shape[0]
                 cells.append(
                     {
                         "method": name,
                         "K": k,
                         "N": n,
-                        "seconds": seconds,
+                        "seconds": seconds[name],
                         "seconds_per_task": seconds_per_task,
                         **entry,
                     }
@@ -201,5 +265,6 @@ def evaluate_methods(
         "mean_shift": float(mean_shift),
         "task_spec": dataclasses.asdict(spec),
         "task_fingerprints": fingerprints,
+        "references": {m: r for m, r in references.items() if m in methods},
         "cells": cells,
     }

@@ -108,30 +108,41 @@ class PeriodicEvaluator:
 
     With ``eval.fresh_tasks`` (the official protocol) each round draws new tasks from fold_in(key, step),
     so the tail mean over the last 10 rounds covers 10x the tasks; otherwise the tasks stay fixed and the
-    baselines are scored once.
+    baselines are scored once. With a ``reference`` (a name among ``baselines``), the model's entries gain
+    ``learned_gain``: its paired l2 difference to the reference on the same tasks (``scoring.paired_gain``).
     """
 
-    def __init__(self, model, spec, eval_config, key, baselines: Mapping[str, scoring.Method]):
+    def __init__(
+        self, model, spec, eval_config, key, baselines: Mapping[str, scoring.Method], reference=None
+    ):
         self.model = scoring.model_method(model)
         self.spec = config_lib.eval_spec_from(spec, eval_config)
         self.task_key, self.method_key = jax.random.split(key)
         self.tasks_per_k = eval_config.tasks_per_k
         self.fresh = eval_config.fresh_tasks
-        self.baselines = {name: baselines[name] for name in config_lib.eval_baseline_names(eval_config)}
+        names = config_lib.eval_baseline_names(eval_config) + ((reference,) if reference else ())
+        self.baselines = {name: baselines[name] for name in dict.fromkeys(names)}
+        self.reference = reference
         self._cached: dict | None = None
 
     def __call__(self, params, step: int) -> dict[str, dict]:
         key = jax.random.fold_in(self.task_key, step) if self.fresh else self.task_key
         task = sample_tasks(key, self.spec, self.tasks_per_k)
-        summaries = {scoring.MODEL_METHOD: self._score(self.model, params, task)}
+        per_task = {scoring.MODEL_METHOD: self._score(self.model, params, task)}
         if self.fresh or self._cached is None:
             self._cached = {name: self._score(fn, None, task) for name, fn in self.baselines.items()}
-        summaries.update(self._cached)
+        per_task.update(self._cached)
+        summaries = {
+            name: scoring.summarize(values, task.num_components) for name, values in per_task.items()
+        }
+        if self.reference:
+            scoring.attach_gains(
+                summaries, per_task, {scoring.MODEL_METHOD: self.reference}, task.num_components
+            )
         return summaries
 
     def _score(self, fn, params, task):
-        per_task, _ = scoring.score_method(fn, params, self.method_key, task)
-        return scoring.summarize(per_task, task.num_components)
+        return scoring.score_method(fn, params, self.method_key, task)[0]
 
 
 def _eval_record(summaries: dict) -> dict:
@@ -142,6 +153,8 @@ def _eval_record(summaries: dict) -> dict:
             for metric in ("l2", "l2_means", "l2_weights", "cluster_acc", "oracle_gap", "l2_official"):
                 record[f"{method}/K={k}/{metric}"] = entry[metric]["mean"]
             record[f"{method}/K={k}/not_applicable"] = entry["not_applicable"]
+            if "learned_gain" in entry:
+                record[f"{method}/K={k}/learned_gain"] = entry["learned_gain"]["mean"]
     return record
 
 
@@ -157,16 +170,21 @@ def train_and_evaluate(
     workdir: str,
     *,
     baselines: Mapping[str, scoring.Method] | None = None,
+    reference: str | None = None,
     distributed: str = "auto",
 ) -> dict:
     """Trains (resuming from ``workdir`` if it holds checkpoints); returns the last evaluation summaries.
 
     ``baselines`` ({name: method}, see ``tgmm_jax.scoring``) must hold every name of ``config.eval.baselines``
     when periodic evaluation is on; ``experiments/methods.py`` builds them from the baselines registry.
+    ``reference``, a name among ``baselines``, is the parameter-free method the model's learned gain is
+    measured against in every evaluation (``experiments.methods.reference_for``).
     """
     spec, model_config = config_lib.validate_config(config)
     if config.eval_every:
         config_lib.check_eval_baselines(config.eval, baselines or {})
+        if reference is not None and reference not in (baselines or {}):
+            raise ValueError(f"reference {reference!r} is not among the baselines {sorted(baselines or {})}")
     sharding.maybe_initialize_distributed(distributed)
     mesh = sharding.make_mesh()
     sharding.check_divisible(spec.batch_size(config.tasks_per_k), mesh, config.grad_accum_steps)
@@ -203,6 +221,7 @@ def train_and_evaluate(
                 config.eval,
                 eval_key,
                 baselines or {},
+                reference,
             )
             if config.eval_every
             else None

@@ -1,0 +1,408 @@
+"""The hard-regime study: where is maximum likelihood far from the Bayes answer, and does the learned model help?
+
+    python -m experiments.hard_regime [--tasks_per_cell=256] [--bayes_tasks=64] [--dims=2,8,32] [--ns=16,32,128]
+
+Cells: Algorithm 1's isotropic tasks at d in {2, 8, 32}, K in {2, 3, 4, 5}, N in {16, 32, 128} (N fixed per
+cell), and the phase-transition settings b0.1 and b1 (``experiments.phase_transition``) at rho in {1, 1.5, 2}.
+Every method sees the same tasks of a cell (``tasks_per_cell`` per K; ``bayes`` runs on the first
+``bayes_tasks`` of them, and the gap ratio compares em_kmeanspp with it on exactly those tasks):
+
+  tgmm          the shipped ``cluster`` checkpoint (no training here)
+  tgmm+em       its estimate + 5 EM steps
+  em_seeded     the model's parameter-free skeleton (its seedings, iterations and rank; ``baselines.seeded_em``)
+  em_seeded+em  the skeleton + the same 5 EM steps (the parameter-free counterpart of tgmm+em)
+  em_kmeanspp   EM, k-means++ init, best of 10
+  spectral      Hsu-Kakade + tensor power method (n/a where K > d)
+  bgm           scikit-learn's BayesianGaussianMixture (variational; spherical covariances, Dirichlet-process
+                weight prior with its defaults, n_components = the true K, max_iter 200, one init per task):
+                what a user would pick for small data
+  bayes         the posterior mean under the task prior by MCMC (``baselines.bayes``): the limit column
+
+A gap cell is one where em_kmeanspp's mean l2 is at least ``GAP_RATIO`` (1.2) x bayes' on the same tasks. The
+learned gain of tgmm (of tgmm+em) is the paired l2 difference to em_seeded (to em_seeded+em) on the same tasks.
+Time per task is measured after compiling (a warm-up chunk first). Each (d, N) block and each phase-transition
+setting is cached in ``--cache`` (rerunning skips finished ones); writes ``--results/hard_regime.json`` and
+``hard_regime.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from matplotlib.figure import Figure
+
+from baselines import get_baseline
+from baselines.seeded_em import skeleton_settings
+from experiments import methods as methods_lib
+from experiments import phase_transition as pt
+from experiments import study
+from tgmm_jax import scoring
+from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.metrics import evaluate_estimates
+from tgmm_jax.pretrained import load_pretrained
+from tgmm_jax.tasks import GMMTask, TaskSpec, sample_tasks
+
+REFINE_STEPS = 5
+GAP_RATIO = 1.2
+KS = (2, 3, 4, 5)
+METHODS = ("tgmm", "tgmm+em", "em_seeded", "em_seeded+em", "em_kmeanspp", "spectral", "bgm", "bayes")
+GAINS = {"tgmm": "em_seeded", "tgmm+em": "em_seeded+em"}  # learned method -> its parameter-free skeleton
+PT_SETTINGS = ("b0.1", "b1")
+PT_RHOS = (1.0, 1.5, 2.0)
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("dims", ["2", "8", "32"], "Data dimensions.")
+    flags.DEFINE_list("ns", ["16", "32", "128"], "Points per task.")
+    flags.DEFINE_list("pt_settings", list(PT_SETTINGS), "Phase-transition settings ('' for none).")
+    flags.DEFINE_list("methods", list(METHODS), "Methods to run.")
+    flags.DEFINE_integer("tasks_per_cell", 256, "Tasks per (d, K, N) cell and per phase-transition rho.")
+    flags.DEFINE_integer("bayes_tasks", 64, "Tasks per cell for bayes (the first of each cell).")
+    flags.DEFINE_integer("chunk", 256, "Tasks per compiled call.")
+    flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks (the same for every method).")
+    flags.DEFINE_string("cache", "runs/hard_regime", "Per-block cache of finished cells.")
+    flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
+
+
+FLAGS = flags.FLAGS
+
+
+# ----------------------------------------------------------------------------------------------------
+# Methods.
+
+
+def _bgm_fit(task: GMMTask, seed: int) -> MixtureParams:
+    """scikit-learn's variational mixture on every task, on the host (see the module docstring)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import BayesianGaussianMixture
+
+    points, mask = np.asarray(task.points, np.float64), np.asarray(task.point_mask)
+    ks, k_max = np.asarray(task.num_components), task.component_mask.shape[1]
+    batch, _, d = points.shape
+    weights, means, scales = np.zeros((batch, k_max)), np.zeros((batch, k_max, d)), np.ones((batch, k_max, d))
+    for b in range(batch):
+        k = int(ks[b])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            bgm = BayesianGaussianMixture(
+                n_components=k, covariance_type="spherical", max_iter=200, random_state=seed + b
+            ).fit(points[b][mask[b]])
+        weights[b, :k], means[b, :k] = bgm.weights_, bgm.means_
+        scales[b, :k] = np.sqrt(bgm.covariances_)[:, None]
+    return MixtureParams(
+        jnp.asarray(weights, jnp.float32),
+        jnp.asarray(means, jnp.float32),
+        jnp.asarray(scales, jnp.float32),
+        task.component_mask,
+    )
+
+
+def build_methods(names) -> tuple[dict, dict]:
+    """{name: scoring method} (bgm is run on the host, apart) and their parameters."""
+    cluster = load_pretrained("cluster")
+    skeleton = scoring.param_free(get_baseline("em_seeded", **skeleton_settings(cluster.model_config)))
+    all_methods = {
+        "tgmm": scoring.model_method(cluster.model),
+        "tgmm+em": scoring.model_method(cluster.model, REFINE_STEPS),
+        "em_seeded": skeleton,
+        "em_seeded+em": methods_lib.method_then_em(skeleton, REFINE_STEPS),
+        "em_kmeanspp": scoring.param_free(get_baseline("em_kmeanspp")),
+        "spectral": scoring.param_free(get_baseline("spectral")),
+        "bayes": scoring.param_free(get_baseline("bayes")),
+    }
+    methods = {n: fn for n, fn in all_methods.items() if n in names}
+    params = {n: cluster.params for n in ("tgmm", "tgmm+em")}
+    return methods, params
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scoring one batch of tasks.
+
+
+def _take(task: GMMTask, index) -> GMMTask:
+    return jax.tree.map(lambda a: a[np.asarray(index)], task)
+
+
+def _score(name, fn, params, key, task, chunk) -> tuple[dict, float]:
+    """Per-task metrics and seconds per task, timed after a warm-up chunk (compilation excluded)."""
+    if name == "bgm":
+        start = time.perf_counter()
+        estimate = _bgm_fit(task, FLAGS.eval_seed)
+        seconds = time.perf_counter() - start
+    else:
+        chunk = min(chunk, task.points.shape[0])
+        jax.block_until_ready(scoring.fit_in_chunks(fn, params, key, _take(task, np.arange(chunk)), chunk))
+        start = time.perf_counter()
+        estimate = jax.block_until_ready(scoring.fit_in_chunks(fn, params, key, task, chunk))
+        seconds = time.perf_counter() - start
+    metrics = evaluate_estimates(jax.tree.map(jnp.asarray, estimate), task)
+    return {k: np.asarray(v) for k, v in metrics.items()}, seconds / task.points.shape[0]
+
+
+def _stat(values: np.ndarray) -> dict:
+    values = np.asarray(values, np.float64)
+    sem = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
+    return {"mean": float(values.mean()), "sem": sem, "median": float(np.median(values))}
+
+
+def score_block(task: GMMTask, groups: dict, key, names, where: dict) -> list[dict]:
+    """Every method on ``task``; one cell per (group, method). ``groups`` maps a group key (K, or rho) to its
+    task indices; bayes runs on the first ``bayes_tasks`` of each group, and em_kmeanspp is also summarised on
+    those tasks (``l2_on_bayes_tasks``) for the gap ratio."""
+    methods, params = build_methods(names)
+    bayes_index = np.concatenate([idx[: FLAGS.bayes_tasks] for idx in groups.values()])
+    per_task, seconds = {}, {}
+    for name in names:
+        if name == "bayes":
+            sub = _take(task, bayes_index)
+            values, seconds[name] = _score(name, methods[name], None, key, sub, FLAGS.chunk)
+            full = {k: np.full(task.points.shape[:1], np.nan) for k in values}
+            for k, v in values.items():
+                full[k][bayes_index] = v
+            full["applicable"] = np.zeros(task.points.shape[:1], bool)
+            full["applicable"][bayes_index] = values["applicable"]
+            per_task[name] = full
+        else:
+            per_task[name], seconds[name] = _score(
+                name, methods.get(name), params.get(name), key, task, FLAGS.chunk
+            )
+        logging.warning("%s: %s done (%.4f s per task)", where, name, seconds[name])
+    cells = []
+    for group, idx in groups.items():
+        sub_idx = idx[: FLAGS.bayes_tasks]
+        for name in names:
+            values = per_task[name]
+            use = idx[values["applicable"][idx].astype(bool)]
+            cell = dict(
+                where,
+                group=group,
+                method=name,
+                num_tasks=int(len(idx) if name != "bayes" else len(sub_idx)),
+                not_applicable=float(1 - len(use) / (len(idx) if name != "bayes" else len(sub_idx))),
+                seconds_per_task=seconds[name],
+            )
+            if len(use):
+                cell.update(l2=_stat(values["l2"][use]), cluster_acc=_stat(values["cluster_acc"][use]))
+                sub_use = sub_idx[values["applicable"][sub_idx].astype(bool)]
+                if len(sub_use):
+                    cell["l2_on_bayes_tasks"] = _stat(values["l2"][sub_use])
+            reference = GAINS.get(name)
+            if reference in per_task:
+                gain = scoring.paired_gain(
+                    _take_dict(values, idx), _take_dict(per_task[reference], idx), np.zeros(len(idx))
+                )[0]
+                cell["learned_gain"] = dict(gain, reference=reference)
+            cells.append(cell)
+    return cells
+
+
+def _take_dict(values: dict, idx) -> dict:
+    return {k: np.asarray(v)[idx] for k, v in values.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Blocks.
+
+
+def grid_block(dim: int, n: int, names) -> list[dict]:
+    spec = TaskSpec(dim=dim, ks=KS, n_max=n, n_min=n, variable_n=False)
+    key = jax.random.fold_in(jax.random.key(FLAGS.eval_seed), 1000 * dim + n)
+    task = sample_tasks(key, spec, FLAGS.tasks_per_cell)
+    t = FLAGS.tasks_per_cell
+    groups = {k: np.arange(i * t, (i + 1) * t) for i, k in enumerate(KS)}
+    where = dict(kind="grid", dim=dim, N=n, fingerprint=scoring.task_fingerprint(task))
+    cells = score_block(task, groups, jax.random.fold_in(key, 1), names, where)
+    for c in cells:
+        c["K"] = c.pop("group")
+    return cells
+
+
+def pt_block(setting: str, names) -> list[dict]:
+    n, b, _ = pt.SETTINGS[setting]
+    tasks, groups = [], {}
+    for i, rho in enumerate(PT_RHOS):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(FLAGS.eval_seed), n), i)
+        tasks.append(sample_phase_transition_tasks_padded(key, n, pt.a_for(rho, b), b, FLAGS.tasks_per_cell))
+        groups[rho] = np.arange(i * FLAGS.tasks_per_cell, (i + 1) * FLAGS.tasks_per_cell)
+    task = jax.tree.map(lambda *xs: jnp.concatenate(xs), *tasks)
+    where = dict(kind="phase_transition", setting=setting, dim=pt.dimension(n, b), N=n, K=2)
+    where["fingerprint"] = scoring.task_fingerprint(task)
+    key = jax.random.fold_in(jax.random.key(FLAGS.eval_seed), 7 + list(pt.SETTINGS).index(setting))
+    cells = score_block(task, groups, key, [m for m in names if m != "bayes" or pt_bayes_applies()], where)
+    for c in cells:
+        c["rho"] = c.pop("group")
+    return cells
+
+
+def sample_phase_transition_tasks_padded(key, n, a, b, batch) -> GMMTask:
+    from tgmm_jax.tasks import sample_phase_transition_tasks
+
+    return pt.pad_components(sample_phase_transition_tasks(key, n, a, b, batch), max(KS))
+
+
+def pt_bayes_applies() -> bool:
+    """Whether ``bayes`` has the phase-transition prior (equal weights, means +-Delta/2 u + offset)."""
+    try:
+        get_baseline("bayes", prior="phase_transition")
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _cached(path: str, settings: dict, compute) -> list[dict]:
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("settings") == settings:
+            return saved["cells"]
+    cells = compute()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"settings": settings, "cells": cells}, f, indent=1)
+    return cells
+
+
+# ----------------------------------------------------------------------------------------------------
+# Summary and figure.
+
+
+def gap_cells(cells: list[dict]) -> list[dict]:
+    """Cells where em_kmeanspp's l2 on the bayes tasks is >= GAP_RATIO x bayes' l2, with their ratios."""
+    keyed = {}
+    for c in cells:
+        key = (c["kind"], c.get("setting"), c["dim"], c["N"], c.get("K"), c.get("rho"))
+        keyed.setdefault(key, {})[c["method"]] = c
+    out = []
+    for key, by_method in keyed.items():
+        em, bayes = by_method.get("em_kmeanspp"), by_method.get("bayes")
+        if not em or not bayes or "l2" not in bayes or "l2_on_bayes_tasks" not in em:
+            continue
+        ratio = em["l2_on_bayes_tasks"]["mean"] / bayes["l2"]["mean"]
+        entry = dict(zip(("kind", "setting", "dim", "N", "K", "rho"), key), em_over_bayes=ratio)
+        for name in ("tgmm", "em_seeded", "bgm", "tgmm+em"):
+            if name in by_method and "l2_on_bayes_tasks" in by_method[name]:
+                entry[f"{name}_over_bayes"] = (
+                    by_method[name]["l2_on_bayes_tasks"]["mean"] / bayes["l2"]["mean"]
+                )
+        entry["gap"] = bool(ratio >= GAP_RATIO)
+        out.append(entry)
+    return out
+
+
+def plot(cells: list[dict], path: str) -> None:
+    """Grid: one panel per (d, K), l2 against N per method (log-log); then l2 against rho per PT setting."""
+    grid = [c for c in cells if c["kind"] == "grid"]
+    dims = sorted({c["dim"] for c in grid})
+    settings = list(dict.fromkeys(c["setting"] for c in cells if c["kind"] == "phase_transition"))
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    rows = len(dims) + (1 if settings else 0)
+    fig = Figure(figsize=(3.4 * len(KS), 2.8 * rows))
+    axes = fig.subplots(rows, len(KS), squeeze=False)
+    for i, dim in enumerate(dims):
+        for j, k in enumerate(KS):
+            ax = axes[i][j]
+            for m in methods:
+                pts = sorted(
+                    (c["N"], c["l2"])
+                    for c in grid
+                    if c["dim"] == dim and c["K"] == k and c["method"] == m and "l2" in c
+                )
+                if pts:
+                    ax.errorbar(
+                        [p[0] for p in pts],
+                        [p[1]["mean"] for p in pts],
+                        yerr=[p[1]["sem"] for p in pts],
+                        marker="o",
+                        ms=3,
+                        capsize=2,
+                        color=colors[m],
+                        label=m,
+                        linestyle="--" if m == "bayes" else "-",
+                    )
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"d={dim}, K={k}", fontsize=9)
+            if i == rows - 1 or (settings and i == len(dims) - 1):
+                ax.set_xlabel("N")
+        axes[i][0].set_ylabel("l2 (mean ± sem)")
+    if settings:
+        for j in range(len(KS)):
+            ax = axes[-1][j]
+            if j >= len(settings):
+                ax.axis("off")
+                continue
+            mine = [c for c in cells if c.get("setting") == settings[j] and "l2" in c]
+            for m in methods:
+                pts = sorted((c["rho"], c["l2"]) for c in mine if c["method"] == m)
+                if pts:
+                    ax.errorbar(
+                        [p[0] for p in pts],
+                        [p[1]["mean"] for p in pts],
+                        yerr=[p[1]["sem"] for p in pts],
+                        marker="o",
+                        ms=3,
+                        capsize=2,
+                        color=colors[m],
+                        label=m,
+                    )
+            ax.set_yscale("log")
+            ax.set_title(f"phase transition {settings[j]} (D={mine[0]['dim']})", fontsize=9)
+            ax.set_xlabel("rho = Delta / Delta_line")
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path, dpi=110)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    names = [m for m in METHODS if m in FLAGS.methods]
+    unknown = sorted(set(FLAGS.methods) - set(METHODS))
+    if unknown:
+        raise app.UsageError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    settings = dict(
+        tasks_per_cell=FLAGS.tasks_per_cell,
+        bayes_tasks=FLAGS.bayes_tasks,
+        eval_seed=FLAGS.eval_seed,
+        methods=names,
+    )
+    cells = []
+    for dim in map(int, FLAGS.dims):
+        for n in map(int, FLAGS.ns):
+            path = os.path.join(FLAGS.cache, f"grid_d{dim}_n{n}.json")
+            cells += _cached(path, settings, lambda dim=dim, n=n: grid_block(dim, n, names))
+    for setting in [s for s in FLAGS.pt_settings if s]:
+        path = os.path.join(FLAGS.cache, f"pt_{setting}.json")
+        cells += _cached(path, settings, lambda setting=setting: pt_block(setting, names))
+    payload = dict(
+        settings=settings,
+        refine_steps=REFINE_STEPS,
+        gap_ratio=GAP_RATIO,
+        checkpoint=study.shipped_checkpoint_text("cluster"),
+        cells=cells,
+        gaps=gap_cells(cells),
+    )
+    study.write_json(FLAGS.results, "hard_regime.json", payload)
+    plot(cells, os.path.join(FLAGS.results, "hard_regime.png"))
+    for g in payload["gaps"]:
+        if g["gap"]:
+            print(json.dumps(g))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
