@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.reporting import format_stat
+from experiments.reporting import GAIN_TITLE, format_gain, format_stat
 from tgmm_jax.scoring import MODEL_METHOD
 
 REFINED = "tgmm+em"
 RESTARTS = "tgmm+kpp3"
-METHODS = (MODEL_METHOD, REFINED, RESTARTS, "em", "em_kmeanspp", "spectral")
+METHODS = (
+    MODEL_METHOD,
+    REFINED,
+    RESTARTS,
+    "em_seeded",
+    "em_seeded+em",
+    "em_seeded+kpp3",
+    "em",
+    "em_kmeanspp",
+    "spectral",
+)
 
 
 def _cell(cells, method, k):
@@ -46,6 +56,50 @@ def _table(cells, methods=METHODS):
         if any(c["method"] == m for c in cells):
             lines.append(f"| {m} | " + " | ".join(_fmt(_cell(cells, m, k)) for k in ks) + " |")
     return "\n".join(lines)
+
+
+def _gain_table(cells):
+    """The learned gain of each learned method over its skeleton, per K ('' when the cells carry none)."""
+    ks = sorted({c["K"] for c in cells})
+    rows = []
+    for m in (MODEL_METHOD, REFINED, RESTARTS):
+        gains = {c["K"]: c["learned_gain"] for c in cells if c["method"] == m and "learned_gain" in c}
+        if gains:
+            reference = next(iter(gains.values()))["reference"]
+            row = [format_gain(gains[k]) if k in gains else "n/a" for k in ks]
+            rows.append(f"| {m} vs {reference} | " + " | ".join(row) + " |")
+    if not rows:
+        return ""
+    head = ["| learned gain | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    return "\n".join(head + rows)
+
+
+def _gain_summary(grid: dict) -> list[str]:
+    """A computed statement of what the network adds over its skeleton across the grid (l2, same tasks)."""
+    gains = [
+        (f"d={d} K={c['K']}", c["learned_gain"])
+        for d, res in sorted(grid.items(), key=lambda kv: int(kv[0]))
+        for c in res["cells"]
+        if c["method"] == MODEL_METHOD and "learned_gain" in c
+    ]
+    if not gains:
+        return []
+    better = [(lab, g) for lab, g in gains if g["z"] > 2]
+    worse = [(lab, g) for lab, g in gains if g["z"] < -2]
+    tied = len(gains) - len(better) - len(worse)
+    largest = max(gains, key=lambda lg: abs(lg[1]["mean"]))
+    ref = gains[0][1]["reference"]
+    text = (
+        f"**What the network adds (learned gain of `tgmm` over `{ref}`, its parameter-free skeleton, same tasks).**"
+        f" Significantly better (z > 2) in {len(better)} of {len(gains)} cells"
+        + (f" ({', '.join(f'{lab}: {format_gain(g)}' for lab, g in better)})" if better else "")
+        + f", significantly worse (z < -2) in {len(worse)}"
+        + (f" ({', '.join(f'{lab}: {format_gain(g)}' for lab, g in worse)})" if worse else "")
+        + f", no detectable difference in {tied}. The largest |gain| is {largest[0]}: {format_gain(largest[1])}."
+        " The targets above compare the whole model with EM; the accuracy in them is the skeleton's wherever the"
+        " gain is zero."
+    )
+    return [text, ""]
 
 
 def _verdict(pairs, limit, what):
@@ -144,7 +198,9 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
         f"![clustering TGMM]({figure})",
         "",
         (
-            f"One checkpoint (`{payload['workdir']}`, step {payload.get('step')}): normalised read-in (rank "
+            f"One checkpoint (`{payload['workdir']}`, step {payload.get('step')}"
+            + (f"; the grid and shift {payload['checkpoint']}" if payload.get("checkpoint") else "")
+            + f"): normalised read-in (rank "
             f"{model.get('project_rank')}), {model.get('backbone')} backbone {model.get('num_layers')}L x "
             f"{model.get('width')}, {model.get('num_heads')} heads, clustering read-out "
             f"({model.get('cluster_iters')} iterations, {_seeding_text(payload)}), objective "
@@ -161,6 +217,9 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
     for d, res in sorted(grid.items(), key=lambda kv: int(kv[0])):
         cells = res["cells"]
         out += [f"### d = {d}", "", _table(cells), ""]
+        gains = _gain_table(cells)
+        if gains:
+            out += [f"{GAIN_TITLE}:", "", gains, ""]
         for k in sorted({c["K"] for c in cells}):
             label = f"d={d} K={k}"
             t, r = _mean(cells, MODEL_METHOD, k), _mean(cells, REFINED, k)
@@ -215,6 +274,7 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
             )
         )
     out += ["### Targets", "", *targets, ""]
+    out += _gain_summary(grid)
     out += _why_missed(pairs, timing)
     if previous and grid:
         out += _previous_table(payload, previous)
@@ -242,6 +302,9 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
             _table(shift["cells"]),
             "",
         ]
+        gains = _gain_table(shift["cells"])
+        if gains:
+            out += [f"{GAIN_TITLE}:", "", gains, ""]
     ablation = payload.get("ablation", [])
     if ablation:
         ks = sorted({c["K"] for c in ablation[0]["by_dim"]["8"]["cells"]})

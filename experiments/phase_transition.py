@@ -100,6 +100,9 @@ def _methods(setting: str, names) -> tuple[dict, dict]:
         scoring.MODEL_METHOD: scoring.model_method(cluster.model),
         "tgmm+em": scoring.model_method(cluster.model, REFINE_STEPS),
     }
+    skeleton = methods_lib.reference_for(cluster.model_config)[1]
+    methods["em_seeded"] = skeleton  # the model's parameter-free skeleton: its learned gain's reference
+    methods["em_seeded+em"] = methods_lib.method_then_em(skeleton, REFINE_STEPS)
     params = {scoring.MODEL_METHOD: cluster.params, "tgmm+em": cluster.params}
     paper = SETTINGS[setting][2]
     if paper is not None:
@@ -132,8 +135,15 @@ def pad_components(task: GMMTask, k_max: int) -> GMMTask:
     )
 
 
-def _summary(estimate, task) -> dict:
-    metrics = {k: np.asarray(v) for k, v in evaluate_estimates(estimate, task).items()}
+GAINS = {scoring.MODEL_METHOD: "em_seeded", "tgmm+em": "em_seeded+em"}  # learned method -> its skeleton
+
+
+def _per_task(estimate, task) -> dict:
+    return {k: np.asarray(v) for k, v in evaluate_estimates(estimate, task).items()}
+
+
+def _summary(estimate, task, metrics=None) -> dict:
+    metrics = _per_task(estimate, task) if metrics is None else metrics
     acc = label_metrics.best_permutation_accuracy(
         task.labels, label_metrics.map_labels(task.points, estimate), task.point_mask
     )
@@ -172,6 +182,7 @@ def run_setting(setting: str, rhos, tasks_per_cell: int, seed: int, names=()) ->
                     **_summary(task.params(), task),
                 )
             )
+        per_task, mine = {}, {}
         for name, fn in methods.items():
             start = time.perf_counter()
             estimate = jax.block_until_ready(
@@ -179,9 +190,21 @@ def run_setting(setting: str, rhos, tasks_per_cell: int, seed: int, names=()) ->
             )
             seconds = time.perf_counter() - start
             estimate = jax.tree.map(jax.numpy.asarray, estimate)
-            cells.append(
-                dict(where, method=name, seconds=seconds, fingerprint=fingerprint, **_summary(estimate, task))
+            per_task[name] = _per_task(estimate, task)
+            mine[name] = dict(
+                where,
+                method=name,
+                seconds=seconds,
+                fingerprint=fingerprint,
+                **_summary(estimate, task, per_task[name]),
             )
+            cells.append(mine[name])
+        for learned, reference in GAINS.items():  # paired l2 difference on the same tasks
+            if learned in per_task and reference in per_task:
+                gain = scoring.paired_gain(
+                    per_task[learned], per_task[reference], np.zeros(task.points.shape[0])
+                )
+                mine[learned]["learned_gain"] = dict(gain[0], reference=reference)
         logging.warning("phase transition %s rho=%s done (D=%d)", setting, rho, where["dim"])
     return cells
 

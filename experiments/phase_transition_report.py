@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from experiments.reporting import format_gain
 from tgmm_jax.scoring import MODEL_METHOD
 
 PLANNED = ("d2", "d8", "b0.1", "b1")  # experiments.phase_transition's default settings
-METHODS = ("oracle", MODEL_METHOD, "tgmm+em", "tgmm_paper", "em", "em_kmeanspp", "spectral")
+METHODS = (
+    "oracle",
+    MODEL_METHOD,
+    "tgmm+em",
+    "tgmm_paper",
+    "em_seeded",
+    "em_seeded+em",
+    "em",
+    "em_kmeanspp",
+    "spectral",
+)
 CLAIM = (
     "Rebuttal to Reviewer 4R4H, Q4 (OpenReview): on K = 2 tasks of Ndaoud's (a, b, n) configuration, four"
     ' configurations "right on the line", "TGMM performs on par with EM near the recovery threshold under the'
@@ -40,6 +51,10 @@ def _l2(cell):
     if cell is None or cell["not_applicable"] == 1.0 or not np.isfinite(cell["l2"]["mean"]):
         return "n/a"
     return f"{cell['l2']['mean']:.3g} ± {cell['l2']['sem']:.2g}"
+
+
+def _gain(cell):
+    return format_gain(cell["learned_gain"]) if cell and "learned_gain" in cell else "n/a"
 
 
 def _table(cells, rhos, fmt):
@@ -115,6 +130,16 @@ def phase_transition_section(saved: dict, figure: str) -> list[str]:
             _table(mine, rhos, _l2),
             "",
         ]
+        if any("learned_gain" in c for c in mine):
+            out += [
+                (
+                    "Learned gain (l2 of the skeleton em_seeded, or em_seeded+em for tgmm+em, minus the model's,"
+                    " same tasks; mean ± sem (z); positive = the network helps):"
+                ),
+                "",
+                _table([c for c in mine if "learned_gain" in c], rhos, _gain),
+                "",
+            ]
         for ref in ("em", "spectral"):
             got = _compare(mine, MODEL_METHOD, ref)
             if got:

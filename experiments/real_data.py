@@ -115,6 +115,9 @@ def _methods(view: str, names) -> tuple[dict, dict]:
         scoring.MODEL_METHOD: scoring.model_method(cluster.model),
         "tgmm+em": scoring.model_method(cluster.model, REFINE_STEPS),
     }
+    skeleton = methods_lib.reference_for(cluster.model_config)[1]
+    methods["em_seeded"] = skeleton  # the model's parameter-free skeleton: its learned gain's reference
+    methods["em_seeded+em"] = methods_lib.method_then_em(skeleton, REFINE_STEPS)
     params = {scoring.MODEL_METHOD: cluster.params, "tgmm+em": cluster.params}
     if view == "pca8":
         paper = load_pretrained("paper_d8")
@@ -202,8 +205,31 @@ def run_dataset(name: str, x_NxD, y_N, view: str, splits: int, seed: int, n_pad:
             )
             cell[metric]["values"] = [float(v) for v in values]
         cells.append(cell)
+    attach_split_gains(cells)
     logging.warning("real data: %s (%s) done", name, view)
     return cells
+
+
+GAINS = {scoring.MODEL_METHOD: "em_seeded", "tgmm+em": "em_seeded+em"}  # learned method -> its skeleton
+
+
+def attach_split_gains(cells: list[dict]) -> None:
+    """The learned gain of tgmm (tgmm+em) over em_seeded (em_seeded+em) on the same splits: the model's held-out
+    accuracy minus the skeleton's (positive = the network helps), mean ± sem over splits, z."""
+    by_method = {c["method"]: c for c in cells}
+    for learned, reference in GAINS.items():
+        if learned not in by_method or reference not in by_method:
+            continue
+        diff = np.asarray(by_method[learned]["acc_test"]["values"]) - np.asarray(
+            by_method[reference]["acc_test"]["values"]
+        )
+        diff = diff[np.isfinite(diff)]
+        mean = float(diff.mean()) if diff.size else float("nan")
+        sem = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
+        z = mean / sem if sem > 0 else (0.0 if mean == 0 else float("nan"))
+        by_method[learned]["learned_gain"] = dict(
+            metric="acc_test (model minus reference)", reference=reference, mean=mean, sem=sem, z=z
+        )
 
 
 def plot(cells: list[dict], path: str) -> None:

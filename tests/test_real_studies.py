@@ -24,7 +24,7 @@ def test_phase_transition_script(tmp_path):
         "--settings=d2",
         "--rhos=1,3",
         "--tasks_per_cell=4",
-        "--methods=em,tgmm,oracle",
+        "--methods=em,tgmm,em_seeded,oracle",
         f"--cache={tmp_path / 'cache'}",
         f"--results={results}",
     )
@@ -36,8 +36,15 @@ def test_phase_transition_script(tmp_path):
     assert saved["rhos"] == [1.0, 3.0] and saved["tasks_per_cell"] == 4
     cells = saved["cells"]
     assert {(c["method"], c["rho"]) for c in cells} == {
-        (m, r) for m in ("oracle", "em", "tgmm") for r in (1.0, 3.0)
+        (m, r) for m in ("oracle", "em", "tgmm", "em_seeded") for r in (1.0, 3.0)
     }
+    for c in cells:  # the model's learned gain over its skeleton, paired on the same tasks
+        assert ("learned_gain" in c) == (c["method"] == "tgmm")
+        if c["method"] == "tgmm":
+            skeleton = next(s for s in cells if s["method"] == "em_seeded" and s["rho"] == c["rho"])
+            want = skeleton["l2"]["mean"] - c["l2"]["mean"]
+            assert c["learned_gain"]["reference"] == "em_seeded"
+            np.testing.assert_allclose(c["learned_gain"]["mean"], want, rtol=1e-6, atol=1e-9)
     for c in cells:
         assert c["num_tasks"] == 4 and c["dim"] == 2 and c["n"] == 32
         assert STAT <= set(c["cluster_acc"]) and STAT <= set(c["l2"]) and STAT <= set(c["l2_means"])
@@ -57,7 +64,7 @@ def test_real_data_script(tmp_path):
         "--datasets=iris",
         "--views=std",
         "--splits=2",
-        "--methods=em_kmeanspp,tgmm,tgmm_sub128,sklearn_spherical",
+        "--methods=em_kmeanspp,tgmm,em_seeded,tgmm_sub128,sklearn_spherical",
         f"--results={results}",
     )
     saved = json.loads((results / "real_data.json").read_text())
@@ -65,7 +72,13 @@ def test_real_data_script(tmp_path):
     assert saved["datasets"] == {"iris": {"n": 150, "dim": 4, "K": 3, "class_counts": [50, 50, 50]}}
     assert saved["splits"] == 2 and saved["padded_n"] == 128 and saved["subset"] == 128
     cells = saved["cells"]
-    assert [c["method"] for c in cells] == ["em_kmeanspp", "tgmm", "tgmm_sub128", "sklearn_spherical"]
+    assert [c["method"] for c in cells] == [
+        "em_kmeanspp",
+        "tgmm",
+        "em_seeded",
+        "tgmm_sub128",
+        "sklearn_spherical",
+    ]
     for c in cells:
         assert c["dataset"] == "iris" and c["view"] == "std" and c["K"] == 3 and c["dim"] == 4
         assert c["not_applicable"] == 0.0
@@ -75,5 +88,9 @@ def test_real_data_script(tmp_path):
         # chance is 1/3 for three equal classes; every method clusters iris far better than that
         assert 0.6 <= c["acc_fit"]["mean"] <= 1.0 and 0.6 <= c["acc_test"]["mean"] <= 1.0
     by = {c["method"]: c for c in cells}
+    # the learned gain: held-out accuracy of the model minus its skeleton's, split by split
+    diff = np.subtract(by["tgmm"]["acc_test"]["values"], by["em_seeded"]["acc_test"]["values"])
+    assert by["tgmm"]["learned_gain"]["reference"] == "em_seeded"
+    np.testing.assert_allclose(by["tgmm"]["learned_gain"]["mean"], diff.mean())
     # 75 points <= 128: the subset is the whole fitting half, so the two TGMM rows must agree
     assert by["tgmm"]["acc_fit"]["values"] == by["tgmm_sub128"]["acc_fit"]["values"]
