@@ -44,7 +44,7 @@ def format_gain(gain: dict) -> str:
     z = gain.get("z")
     if z is None:
         z = gain["mean"] / gain["sem"] if gain["sem"] else float("nan")
-    return f"{gain['mean']:+.4f} ± {gain['sem']:.4f} (z {z:+.1f})"
+    return f"{gain['mean']:+.2g} ± {gain['sem']:.2g} (z {z:+.1f})"
 
 
 def format_gain_table(summaries: dict[str, dict[int, dict]]) -> str:
@@ -63,6 +63,32 @@ def format_gain_table(summaries: dict[str, dict[int, dict]]) -> str:
         return ""
     head = ["| learned gain | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     return "\n".join(head + rows)
+
+
+def gain_verdict(summaries: dict[str, dict[int, dict]]) -> str:
+    """One computed sentence per learned method: the range of its learned gain over K and whether any K
+    differs from its reference beyond 2 standard errors ('' when no method has a gain)."""
+    sentences = []
+    for method, summary in summaries.items():
+        gains = [e["learned_gain"] for e in summary.values() if "learned_gain" in e]
+        if not gains:
+            continue
+        ref = gains[0].get("reference", "its reference")
+        zs = [g.get("z", g["mean"] / g["sem"] if g["sem"] else 0.0) for g in gains]
+        lo, hi = min(g["mean"] for g in gains), max(g["mean"] for g in gains)
+        if all(abs(z) <= 2 for z in zs):
+            verdict = f"no K differs from {ref} beyond 2 standard errors: the accuracy above is {ref}'s"
+        elif all(z < -2 for z in zs):
+            verdict = f"worse than {ref} at every K"
+        else:
+            better = sum(z > 2 for z in zs)
+            worse = sum(z < -2 for z in zs)
+            verdict = f"better than {ref} at {better} K, worse at {worse}, tied at {len(zs) - better - worse}"
+        sentences.append(
+            f"**What the network adds ({method})**: learned gain {lo:+.2g} to {hi:+.2g} over K (|z| up to"
+            f" {max(abs(z) for z in zs):.1f}); {verdict}."
+        )
+    return " ".join(sentences)
 
 
 def summaries_from_cells(cells: list[dict], n: int) -> dict[str, dict[int, dict]]:
@@ -89,7 +115,7 @@ def markdown_report(results: dict) -> str:
             blocks.append(f"{title}:\n\n{format_table(summaries, metric)}")
         gains = format_gain_table(summaries)
         if gains:
-            blocks.append(f"{GAIN_TITLE}:\n\n{gains}")
+            blocks.append(f"{GAIN_TITLE}:\n\n{gains}\n\n{gain_verdict(summaries)}")
         rows = []
         for method, summary in summaries.items():
             na = ", ".join(
