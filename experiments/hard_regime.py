@@ -65,6 +65,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("tasks_per_cell", 256, "Tasks per (d, K, N) cell and per phase-transition rho.")
     flags.DEFINE_integer("bayes_tasks", 64, "Tasks per cell for bayes (the first of each cell).")
     flags.DEFINE_integer("chunk", 256, "Tasks per compiled call.")
+    flags.DEFINE_integer("bayes_sweeps", None, "Gibbs sweeps per chain of bayes (default: BayesConfig's).")
     flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks (the same for every method).")
     flags.DEFINE_string("cache", "runs/hard_regime", "Per-block cache of finished cells.")
     flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
@@ -105,6 +106,13 @@ def _bgm_fit(task: GMMTask, seed: int) -> MixtureParams:
     )
 
 
+def bayes_overrides() -> dict:
+    """BayesConfig fields set from the command line (a shorter chain for smoke tests)."""
+    if FLAGS.bayes_sweeps is None:
+        return {}
+    return dict(sweeps=FLAGS.bayes_sweeps, burn_in=FLAGS.bayes_sweeps // 3)
+
+
 def build_methods(names) -> tuple[dict, dict]:
     """{name: scoring method} (bgm is run on the host, apart) and their parameters."""
     cluster = load_pretrained("cluster")
@@ -116,7 +124,7 @@ def build_methods(names) -> tuple[dict, dict]:
         "em_seeded+em": methods_lib.method_then_em(skeleton, REFINE_STEPS),
         "em_kmeanspp": scoring.param_free(get_baseline("em_kmeanspp")),
         "spectral": scoring.param_free(get_baseline("spectral")),
-        "bayes": scoring.param_free(get_baseline("bayes")),
+        "bayes": scoring.param_free(get_baseline("bayes", **bayes_overrides())),
     }
     methods = {n: fn for n, fn in all_methods.items() if n in names}
     params = {n: cluster.params for n in ("tgmm", "tgmm+em")}
@@ -379,6 +387,7 @@ def main(argv):
         bayes_tasks=FLAGS.bayes_tasks,
         eval_seed=FLAGS.eval_seed,
         methods=names,
+        bayes_config=repr(get_baseline("bayes", **bayes_overrides()).keywords["config"]),
     )
     cells = []
     for dim in map(int, FLAGS.dims):
