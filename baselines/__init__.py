@@ -11,6 +11,10 @@ arrays (always 'valid'; 'n_iter', 'converged', 'loglik' where they apply).
   gradient_em   Adam on the log-likelihood, k-means++ start                            (baselines.gradient_em)
   em_seeded     the clustering read-out's skeleton: 4 deterministic seedings, 4 EM steps (baselines.seeded_em)
 
+Reference methods, registered but not in ``NAMES`` (slow by design; studies ask for them by name):
+
+  bayes         the posterior mean under the task prior, by MCMC: the limit column     (baselines.bayes)
+
 ``BASELINES`` holds the isotropic defaults (unit known variance, the paper's setting);
 ``get_baseline(name, variant, **overrides)`` builds any variant with changed settings.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from baselines.bayes import BayesConfig, fit_bayes
 from baselines.em import EMConfig, fit_em
 from baselines.gradient_em import GradientEMConfig, fit_gradient_em
 from baselines.seeded_em import SeededEMConfig, fit_seeded_em
@@ -28,6 +33,7 @@ from baselines.two_round_em import TwoRoundConfig, fit_two_round_em
 from tgmm_jax.tasks import VARIANTS
 
 NAMES = ("em", "em_kmeanspp", "spectral", "two_round_em", "gradient_em", "em_seeded")
+REFERENCE_NAMES = ("bayes",)
 
 # name -> (fit function, config class, default settings)
 _REGISTRY = {
@@ -37,8 +43,13 @@ _REGISTRY = {
     "two_round_em": (fit_two_round_em, TwoRoundConfig, {}),
     "gradient_em": (fit_gradient_em, GradientEMConfig, {}),
     "em_seeded": (fit_seeded_em, SeededEMConfig, {}),
+    "bayes": (fit_bayes, BayesConfig, {}),
 }
-_ISOTROPIC_ONLY = ("spectral",)
+_ISOTROPIC_ONLY = ("spectral", "bayes")
+_ISOTROPIC_ONLY_WHY = {
+    "spectral": "the spectral method assumes one common variance sigma^2 for all components (Hsu-Kakade moments)",
+    "bayes": "its prior and sampler assume the isotropic unit, known variance of the paper's tasks",
+}
 
 
 def applies_to(name: str, variant: str) -> bool:
@@ -49,7 +60,7 @@ def applies_to(name: str, variant: str) -> bool:
 
 def _check(name: str, variant: str) -> None:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown baseline {name!r}; registered: {list(NAMES)}")
+        raise ValueError(f"unknown baseline {name!r}; registered: {list(NAMES + REFERENCE_NAMES)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
 
@@ -63,8 +74,7 @@ def get_baseline(name: str, variant: str = "isotropic", **overrides) -> Callable
     _check(name, variant)
     if not applies_to(name, variant):
         raise ValueError(
-            f"baseline {name!r} does not apply to the {variant} variant: the spectral method assumes one "
-            "common variance sigma^2 for all components (Hsu-Kakade moments)"
+            f"baseline {name!r} does not apply to the {variant} variant: " + _ISOTROPIC_ONLY_WHY[name]
         )
     fit, config_cls, defaults = _REGISTRY[name]
     settings = dict(defaults, **overrides)
@@ -81,4 +91,4 @@ def get_baseline(name: str, variant: str = "isotropic", **overrides) -> Callable
 
 BASELINES: dict[str, Callable] = {name: get_baseline(name) for name in NAMES}
 
-__all__ = ["BASELINES", "NAMES", "applies_to", "get_baseline"]
+__all__ = ["BASELINES", "NAMES", "REFERENCE_NAMES", "applies_to", "get_baseline"]
