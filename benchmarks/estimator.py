@@ -7,7 +7,10 @@ and how often ``n_components="auto"`` picks the true K (against sklearn's BIC lo
 Tasks: ``sample_tasks`` of the checkpoint's task family (its Ks, U[-5, 5] means, unit noise) at each d and N,
 from ``--seed``. TGMM fits every task of a d in one ``fit_batch`` call (timed warm: a first call on the same
 shapes compiles); sklearn fits task by task (``covariance_type="spherical"``, its default k-means init,
-``n_init=1``). Errors are ``tgmm_jax.metrics.evaluate_estimates`` for every method.
+``n_init=1``). Errors are ``tgmm_jax.metrics.evaluate_estimates`` for every method. A clustering checkpoint
+with seeded slots also runs beside its parameter-free skeleton (``em_seeded`` with its seedings, and + the same
+EM steps for ``refine="em"``) on the same tasks: ``learned_gain`` is the skeleton's l2 minus TGMM's (mean over
+the tasks of the paired difference, with its sem and z; ``tgmm_jax.scoring.paired_gain`` pooled over K).
 """
 
 from __future__ import annotations
@@ -21,9 +24,14 @@ import numpy as np
 from absl import app, flags
 from sklearn.mixture import GaussianMixture
 
+from baselines import get_baseline
+from baselines.seeded_em import skeleton_settings
+from experiments.reporting import format_gain
+from tgmm_jax import scoring
 from tgmm_jax.estimator import TGMMEstimator, load_checkpoint
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.metrics import evaluate_estimates
+from tgmm_jax.refine import em_refine
 from tgmm_jax.tasks import TaskSpec, sample_tasks
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "pretrained", "'pretrained', a shipped name, or a path.")
@@ -68,6 +76,11 @@ def _summary(per_task, k_B, seconds, ks) -> dict:
     return out
 
 
+def _skeleton_fit(skeleton, task, steps: int) -> MixtureParams:
+    estimate, _ = skeleton(jax.random.key(0), task)
+    return em_refine(task.points, task.point_mask, estimate, steps) if steps else estimate
+
+
 def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int) -> dict:
     ckpt = load_checkpoint(ckpt_arg)
     ks = tuple(int(k) for k in ckpt.spec.ks)
@@ -76,6 +89,11 @@ def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int) -> dict:
     points, k_B = np.asarray(task.points, np.float64), np.asarray(task.num_components)
     result = {"d": d, "n": n, "tasks": len(k_B), "methods": {}, "auto": {}}
 
+    try:
+        skeleton = get_baseline("em_seeded", **skeleton_settings(ckpt.model_config))
+    except ValueError:  # no seeded clustering read-out: no skeleton to measure a learned gain against
+        skeleton = None
+    per_task = {}
     for refine in ("none", "em"):
         est = TGMMEstimator(checkpoint=ckpt_arg, refine=refine)
         est.fit_batch(points, n_components=k_B)  # compile
@@ -83,7 +101,20 @@ def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int) -> dict:
         fitted = est.fit_batch(points, n_components=k_B)
         seconds = time.perf_counter() - start
         name = "tgmm" if refine == "none" else "tgmm+em5"
-        result["methods"][name] = _summary(_metrics(fitted, task), k_B, seconds, ks)
+        per_task[name] = _metrics(fitted, task)
+        result["methods"][name] = _summary(per_task[name], k_B, seconds, ks)
+        if skeleton is not None:
+            steps = 0 if refine == "none" else est.em_steps
+            fit = jax.jit(lambda t, steps=steps: _skeleton_fit(skeleton, t, steps))
+            jax.block_until_ready(fit(task))  # compile
+            start = time.perf_counter()
+            base = jax.block_until_ready(fit(task))
+            seconds = time.perf_counter() - start
+            base_name = "em_seeded" if refine == "none" else "em_seeded+em5"
+            per_task[base_name] = _metrics(base, task)
+            result["methods"][base_name] = _summary(per_task[base_name], k_B, seconds, ks)
+            gain = scoring.paired_gain(per_task[name], per_task[base_name], np.zeros(len(k_B)))[0]
+            result["methods"][name]["learned_gain"] = dict(gain, reference=base_name)
 
     weights, means = np.zeros((len(k_B), max(ks))), np.zeros((len(k_B), max(ks), d))
     start = time.perf_counter()
@@ -118,8 +149,11 @@ def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int) -> dict:
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| d | method | l2 (mean over K) | cluster acc | seconds / task | auto: true K picked |",
-        "|---|---|---|---|---|---|",
+        (
+            "| d | method | l2 (mean over K) | cluster acc | seconds / task | auto: true K picked |"
+            " learned gain (vs its skeleton) |"
+        ),
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         autos = {"tgmm": r["auto"]["tgmm_auto"], "sklearn_gmm": r["auto"]["sklearn_bic"]}
@@ -128,8 +162,11 @@ def markdown(results: list[dict]) -> str:
             l2 = np.mean([c["l2"]["mean"] for c in cells])
             acc = np.mean([c["cluster_acc"]["mean"] for c in cells])
             pick = f"{autos[name]['pick_rate']:.0%}" if name in autos else ""
+            gain = m.get("learned_gain")
+            gain_text = f"{format_gain(gain)} vs {gain['reference']}" if gain else ""
             lines.append(
                 f"| {r['d']} | {name} | {l2:.3f} | {acc:.3f} | {m['seconds_per_task'] * 1e3:.2f} ms | {pick} |"
+                f" {gain_text} |"
             )
     return "\n".join(lines)
 
