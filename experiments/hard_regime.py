@@ -47,6 +47,7 @@ from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.metrics import evaluate_estimates
 from tgmm_jax.pretrained import load_pretrained
 from tgmm_jax.tasks import GMMTask, TaskSpec, sample_tasks
+from tgmm_jax.train.restore import load_run
 
 REFINE_STEPS = 5
 GAP_RATIO = 1.2
@@ -66,6 +67,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("bayes_tasks", 64, "Tasks per cell for bayes (the first of each cell).")
     flags.DEFINE_integer("chunk", 256, "Tasks per compiled call.")
     flags.DEFINE_integer("bayes_sweeps", None, "Gibbs sweeps per chain of bayes (default: BayesConfig's).")
+    flags.DEFINE_string(
+        "workdir", "", "Evaluate this training workdir's model as tgmm instead of the shipped `cluster`."
+    )
     flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks (the same for every method).")
     flags.DEFINE_string("cache", "runs/hard_regime", "Per-block cache of finished cells.")
     flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
@@ -115,7 +119,7 @@ def bayes_overrides() -> dict:
 
 def build_methods(names) -> tuple[dict, dict]:
     """{name: scoring method} (bgm is run on the host, apart) and their parameters."""
-    cluster = load_pretrained("cluster")
+    cluster = load_run(FLAGS.workdir) if FLAGS.workdir else load_pretrained("cluster")
     skeleton = scoring.param_free(get_baseline("em_seeded", **skeleton_settings(cluster.model_config)))
     all_methods = {
         "tgmm": scoring.model_method(cluster.model),
@@ -265,6 +269,14 @@ def pt_bayes_applies() -> bool:
     return True
 
 
+def model_text() -> str:
+    """Which model is `tgmm` here: a workdir's latest checkpoint, or the shipped `cluster`."""
+    if FLAGS.workdir:
+        run = load_run(FLAGS.workdir)
+        return f"computed with the workdir `{FLAGS.workdir}` (step {run.step}, slot_init {run.model_config.slot_init!r})"
+    return study.shipped_checkpoint_text("cluster")
+
+
 def _cached(path: str, settings: dict, compute) -> list[dict]:
     if os.path.exists(path):
         with open(path) as f:
@@ -389,6 +401,8 @@ def main(argv):
         methods=names,
         bayes_config=repr(get_baseline("bayes", **bayes_overrides()).keywords["config"]),
     )
+    if FLAGS.workdir:  # a trained model instead of the shipped one: its own cache entries
+        settings["model"] = model_text()
     cells = []
     for dim in map(int, FLAGS.dims):
         for n in map(int, FLAGS.ns):
@@ -401,7 +415,7 @@ def main(argv):
         settings=settings,
         refine_steps=REFINE_STEPS,
         gap_ratio=GAP_RATIO,
-        checkpoint=study.shipped_checkpoint_text("cluster"),
+        checkpoint=model_text(),
         cells=cells,
         gaps=gap_cells(cells),
     )

@@ -111,7 +111,17 @@ def n_parameters(k, d: int, diag_scales: bool):
 
 
 def check_points(X, name: str = "X") -> np.ndarray:
-    """``X`` as a finite float64 [n_samples, n_features] array, or a ValueError saying what is wrong."""
+    """``X`` as a finite float64 [n_samples, n_features] array, or a ValueError saying what is wrong.
+
+    Accepts NumPy/JAX arrays, nested lists and pandas DataFrames (pandas is not imported here); scipy.sparse
+    matrices are refused (the models need every coordinate)."""
+    if _is_sparse(X):
+        raise ValueError(f"{name}: sparse input is not supported; densify it first (e.g. X.toarray())")
+    if type(X).__module__.startswith("pandas") and hasattr(X, "to_numpy"):  # DataFrame (or Series)
+        try:
+            X = X.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} must hold real numbers; a pandas column is not numeric ({e})") from None
     arr = np.asarray(X)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise ValueError(f"{name} must hold real numbers (float32/float64); got dtype {arr.dtype}")
@@ -127,10 +137,18 @@ def check_points(X, name: str = "X") -> np.ndarray:
     arr = arr.astype(np.float64)
     bad = ~np.isfinite(arr)
     if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"{name} contains NaN or infinity ({int(bad.sum())} entries; first in row {int(np.argwhere(bad)[0, 0])})"
+            f"{name} contains NaN or infinity ({int(bad.sum())} entries; first at row {row}, column {col}, "
+            "counting from 0)"
         )
     return arr
+
+
+def _is_sparse(X) -> bool:
+    import scipy.sparse  # scipy is a dependency (scipy.special above); the sparse module loads lazily
+
+    return scipy.sparse.issparse(X)
 
 
 def _check_k(k, trained: tuple[int, ...], name: str) -> None:
@@ -289,7 +307,7 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         if self.standardize:
             base = np.ones_like(means) if scales is None else scales
             scales = np.where(chosen.component_mask[..., None], base * scale_B[:, None, None], 1.0)
-        fitted = MixtureParams(chosen.weights, means, scales, chosen.component_mask)
+        fitted = MixtureParams(chosen.weights, means, scales, chosen.component_mask.astype(bool))
         change_B = np.abs(np.asarray(next_T, np.float64)[rows] - np.asarray(loglik_T, np.float64)[rows])
         info = dict(
             loglik=loglik_BxS[np.arange(b), pick_B],

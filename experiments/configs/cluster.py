@@ -11,6 +11,7 @@ and ``eval_init=`` evaluates as trained). Evaluation during training is at ``d``
 
     python -m experiments.train --config=experiments/configs/cluster.py --workdir=runs/cluster
     --config=experiments/configs/cluster.py:steps=4000,layers=2,iters=3,rank=6,resp=1.0,dims=2/8/32
+    --config=experiments/configs/cluster.py:n=32,n_min=16,dims=2,d=2,correction=1   # small N, learned correction
 """
 
 from experiments.configs import args
@@ -35,6 +36,8 @@ def get_config(arg: str | None = None):
             init="farthest+greedy",
             eval_init="farthest+greedy+smooth3+smooth12",
             heads=2,
+            correction=0,
+            n_min=0,
         ),
     )
     config = default_config()
@@ -49,6 +52,8 @@ def get_config(arg: str | None = None):
     config.train_dims = tuple(int(d) for d in a["dims"].split("/")) if a["dims"] else ()
     config.task.dim = a["d"]
     config.task.n_max = a["n"]
+    if a["n_min"]:  # default: n // 2
+        config.task.n_min = a["n_min"]
     config.model = model_group(
         "small",
         backbone="set",
@@ -61,6 +66,7 @@ def get_config(arg: str | None = None):
         cluster_iters=a["iters"],
         slot_init=a["init"],
         num_heads=a["heads"],
+        cluster_correction=bool(a["correction"]),
     )
     config.optim.learning_rate = a["lr"]
     config.optim.schedule = "cosine"

@@ -55,6 +55,11 @@ class ClusterReadout(nn.Module):
     num_heads: int = 4
     mlp_ratio: int = 2
     slot_init: str = "learned"
+    # A learned posterior-mean correction: after the last iteration, each slot's state moves its mean (in the
+    # task's normalised coordinates, mapped back through the principal basis and scale, so the move is
+    # translation-, rotation- and scale-equivariant) and its weight logit. Zero-initialised: at initialisation
+    # the read-out equals the uncorrected one.
+    correction: bool = False
 
     @nn.compact
     def __call__(
@@ -67,8 +72,10 @@ class ClusterReadout(nn.Module):
         point_mask_BxN,
         k_index_B,
         component_mask_BxK,
+        basis_BxDxR=None,
     ):
-        """``coords``, ``scale`` and ``centre`` (the mean of the real points) come from ``normalize_tasks``."""
+        """``coords``, ``scale``, ``centre`` (the mean of the real points) and ``basis`` (needed with
+        ``correction``) come from ``normalize_tasks``."""
         e = states_BxNxE.shape[-1]
         mask_BxN = point_mask_BxN.astype(bool)
         slots_BxKxE = self.param("slots", nn.initializers.normal(1.0), (self.num_ks, self.k_max, e))[
@@ -113,9 +120,32 @@ class ClusterReadout(nn.Module):
             return slots_BxKxE
 
         centred_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None, :], 0.0)
+        if self.correction:
+            if basis_BxDxR is None:
+                raise ValueError("the correction head needs the task's principal basis (basis_BxDxR)")
+            ln_correct = nn.LayerNorm(name="ln_correct")
+            correct_hidden = nn.Dense(self.mlp_ratio * e, name="correct_hidden")
+            correct_out = nn.Dense(
+                coords_BxNxR.shape[-1] + 1, kernel_init=nn.initializers.zeros, name="correct_out"
+            )
+
+        def correct(estimate, slots_BxKxE, resp_BxNxK, mass_BxK):
+            """The learned move of each slot's mean (normalised coordinates -> data space) and weight logit."""
+            weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK = estimate
+            inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
+            mean_BxKxR = jnp.einsum("bnk,bnr->bkr", resp_BxNxK, coords_BxNxR) * inv_mass_BxK[..., None]
+            inputs = jnp.concatenate([slots_BxKxE, mean_BxKxR, weight_logits_BxK[..., None]], -1)
+            out_BxKxF = correct_out(jax.nn.gelu(correct_hidden(ln_correct(inputs))))
+            move_BxKxD = jnp.einsum("bkr,bdr->bkd", out_BxKxF[..., :-1], basis_BxDxR) * scale_B[:, None, None]
+            return (
+                weight_logits_BxK + out_BxKxF[..., -1],
+                offsets_BxKxD + move_BxKxD,
+                scales_BxKxD,
+                log_resp_BxNxK,
+            )
 
         def run(slots_BxKxE, seed_term_BxNxK):
-            responsibilities = iterate_responsibilities(
+            log_resp_BxNxK, resp_BxNxK, mass_BxK, final_slots_BxKxE = iterate_responsibilities(
                 coords_BxNxR,
                 scale2_B,
                 mask_BxN,
@@ -125,7 +155,12 @@ class ClusterReadout(nn.Module):
                 alpha,
                 learned=(learned_logits, update_slots, slots_BxKxE),
             )
-            return estimate_mixture(*responsibilities, centred_BxNxD, mask_BxN, self.anisotropic)
+            estimate = estimate_mixture(
+                log_resp_BxNxK, resp_BxNxK, mass_BxK, centred_BxNxD, mask_BxN, self.anisotropic
+            )
+            if self.correction:
+                estimate = correct(estimate, final_slots_BxKxE, resp_BxNxK, mass_BxK)
+            return estimate
 
         if not seedings:
             best = run(slots_BxKxE, None)
@@ -173,7 +208,8 @@ def iterate_responsibilities(
     Between iterations an M-step gives each slot's mean and log weight (and ``learned`` updates its slots).
     ``learned`` = (logits_fn(slots) -> [B, N, K], update_fn(slots, resp, inv_mass, means, log_w) -> slots,
     initial slots); None is the parameter-free skeleton, which runs ``iters`` + 1 E-steps (the first from the
-    seeds) with an M-step after each. Returns the last (log_resp [B, N, K], resp x point mask, mass [B, K]).
+    seeds) with an M-step after each. Returns the last (log_resp [B, N, K], resp x point mask, mass [B, K]) and
+    the slots that gave the last logits (None for the skeleton).
     """
     weight_BxN = mask_BxN.astype(jnp.float32)
     count_B = jnp.maximum(jnp.sum(weight_BxN, axis=-1), 1.0)
@@ -195,7 +231,7 @@ def iterate_responsibilities(
         resp_BxNxK = jnp.exp(log_resp_BxNxK) * weight_BxN[:, :, None]
         mass_BxK = jnp.sum(resp_BxNxK, axis=1)
         if t == iters:
-            return log_resp_BxNxK, resp_BxNxK, mass_BxK
+            return log_resp_BxNxK, resp_BxNxK, mass_BxK, slots_BxKxE
         inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
         centre_mean_BxKxR = jnp.einsum("bnk,bnr->bkr", resp_BxNxK, coords_BxNxR) * inv_mass_BxK[..., None]
         log_w_BxK = jnp.log(mass_BxK / count_B[:, None] + _MIN_MASS)
@@ -281,7 +317,7 @@ def seeded_em(
     outs = []
     for seeding in seedings:
         seeds_BxKxR = seeding(norm.coords_BxNxR, mask_BxN, k_max)
-        responsibilities = iterate_responsibilities(
+        log_resp_BxNxK, resp_BxNxK, mass_BxK, _ = iterate_responsibilities(
             norm.coords_BxNxR,
             scale2_B,
             mask_BxN,
@@ -289,7 +325,9 @@ def seeded_em(
             iters,
             seed_logits(norm.coords_BxNxR, seeds_BxKxR, scale2_B),
         )
-        outs.append(estimate_mixture(*responsibilities, centred_BxNxD, mask_BxN, anisotropic))
+        outs.append(
+            estimate_mixture(log_resp_BxNxK, resp_BxNxK, mass_BxK, centred_BxNxD, mask_BxN, anisotropic)
+        )
     weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK = best_of_seedings(
         outs, centred_BxNxD, mask_BxN, component_mask_BxK
     )

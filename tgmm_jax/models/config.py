@@ -68,6 +68,10 @@ class ModelConfig:
     # likelihood (deterministic restarts). The seedings have no parameters, so a checkpoint trained with one
     # can be evaluated with another.
     slot_init: str = "learned"
+    # A learned correction of each slot's mean and weight after the last iteration (models/cluster_readout.py;
+    # zero-initialised, equivariant): lets the learned part move the estimate directly instead of only through
+    # a logit beside the exact E-step.
+    cluster_correction: bool = False
 
     def __post_init__(self):
         _validate(self)
@@ -143,9 +147,11 @@ def _validate(c: ModelConfig) -> None:
     )
     if isinstance(c.cluster_iters, bool) or not isinstance(c.cluster_iters, int) or c.cluster_iters < 0:
         raise ValueError(f"ModelConfig.cluster_iters must be an integer >= 0, got {c.cluster_iters!r}")
-    for name in ("slot_attention", "em_logits"):
+    for name in ("slot_attention", "em_logits", "cluster_correction"):
         if type(getattr(c, name)) is not bool:
             raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(c, name)!r}")
+    if c.cluster_correction and c.readout != "cluster":
+        raise ValueError(f"ModelConfig.cluster_correction needs readout='cluster', got readout={c.readout!r}")
     if c.scan_layers is not None and type(c.scan_layers) is not bool:
         raise ValueError(f"ModelConfig.scan_layers must be None or a bool, got {c.scan_layers!r}")
     if type(c.official_pooling_mask_bug) is not bool:

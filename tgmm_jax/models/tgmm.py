@@ -103,6 +103,7 @@ class TGMM(nn.Module):
                 c.em_logits,
                 num_heads=c.num_heads,
                 slot_init=c.slot_init,
+                correction=c.cluster_correction,
             )
         else:
             readout_cls = AttentiveReadout if c.readout == "attentive" else NaiveReadout
@@ -149,6 +150,7 @@ class TGMM(nn.Module):
                 point_mask_BxN,
                 k_index_B,
                 component_mask_BxK,
+                norm.basis_BxDxR,
             )
             inverse_BxN = jnp.argsort(order_BxN, axis=-1)  # back to the caller's point order
             log_resp_BxNxK = jnp.take_along_axis(log_resp_BxNxK, inverse_BxN[:, :, None], axis=1)

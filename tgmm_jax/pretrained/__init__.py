@@ -6,6 +6,9 @@ A checkpoint is a directory ``tgmm_jax/pretrained/NAME/`` (or anywhere, for ``lo
   MODEL_CARD.md    config, steps, device, wall time, evaluation table (written by experiments/export_pretrained.py)
 ``save_exported`` writes one; ``experiments/export_pretrained.py`` calls it on an orbax workdir. The default
 checkpoint of ``TGMMEstimator`` is ``DEFAULT`` (the dimension-free clustering model, which serves every d).
+
+A checkpoint that cannot be read raises ``CheckpointLoadError`` (a ValueError) naming the file, and
+``$TGMM_CHECKPOINT_DIR`` when that is where the path came from.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ ENV_CHECKPOINT = "TGMM_CHECKPOINT_DIR"  # the user's own workdir, used for check
 FORMAT = 1
 PARAMS_FILE, CONFIG_FILE, CARD_FILE = "params.msgpack", "config.json", "MODEL_CARD.md"
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class CheckpointLoadError(ValueError):
+    """A checkpoint is missing or unreadable; the message names the file (and ``$TGMM_CHECKPOINT_DIR`` if used)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,18 +80,24 @@ def load_exported(directory: str, name: str | None = None) -> Checkpoint:
     """A checkpoint directory written by ``save_exported``; parameters are checked against the model's tree."""
     config_path, params_path = os.path.join(directory, CONFIG_FILE), os.path.join(directory, PARAMS_FILE)
     if not (os.path.isfile(config_path) and os.path.isfile(params_path)):
-        raise ValueError(f"{directory} is not an exported checkpoint (needs {CONFIG_FILE} and {PARAMS_FILE})")
-    with open(config_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(
-            f"{config_path}: unknown checkpoint format {meta.get('format')!r} (expected {FORMAT})"
+        raise CheckpointLoadError(
+            f"{directory} is not an exported checkpoint (needs {CONFIG_FILE} and {PARAMS_FILE})"
         )
-    model_config = ModelConfig.from_dict(meta["model"])
-    spec = _spec_from(meta["task"])
-    model = make_model(model_config, spec)
-    with open(params_path, "rb") as f:
-        restored = serialization.msgpack_restore(f.read())
+    meta = _read_config(config_path)
+    try:
+        model_config = ModelConfig.from_dict(meta["model"])
+        spec = _spec_from(meta["task"])
+        model = make_model(model_config, spec)
+    except Exception as e:  # a config that parses as JSON but describes no model: name the file
+        raise CheckpointLoadError(f"{config_path}: invalid checkpoint config ({_describe(e)})") from e
+    try:
+        with open(params_path, "rb") as f:
+            restored = serialization.msgpack_restore(f.read())
+    except Exception as e:  # msgpack raises ValueError/TypeError/its own errors on truncated or foreign data
+        raise CheckpointLoadError(
+            f"{params_path}: cannot read the parameters, the file is truncated or not a msgpack checkpoint "
+            f"({_describe(e)})"
+        ) from e
     expected = _abstract_params(model, spec)
     got_paths = {
         jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(restored)
@@ -92,11 +105,33 @@ def load_exported(directory: str, name: str | None = None) -> Checkpoint:
     want_paths = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(expected)}
     if got_paths != want_paths:
         diff = sorted(set(got_paths.items()) ^ set(want_paths.items()))[:5]
-        raise ValueError(
+        raise CheckpointLoadError(
             f"{params_path} does not match the model its config describes; first differences: {diff}"
         )
     params = jax.tree.map(lambda a: np.asarray(a, np.float32), restored)
     return Checkpoint(name or directory, model_config, spec, model, params, meta.get("step"))
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _read_config(config_path: str) -> dict:
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError covers JSONDecodeError and UnicodeDecodeError
+        raise CheckpointLoadError(f"{config_path}: cannot read the checkpoint config ({_describe(e)})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointLoadError(f"{config_path}: the checkpoint config is not a JSON object")
+    if meta.get("format") != FORMAT:
+        raise CheckpointLoadError(
+            f"{config_path}: unknown checkpoint format {meta.get('format')!r} (expected {FORMAT})"
+        )
+    for key in ("model", "task"):
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointLoadError(f"{config_path}: the checkpoint config has no {key!r} object")
+    return meta
 
 
 def _abstract_params(model: TGMM, spec: TaskSpec):
@@ -150,7 +185,12 @@ def load_checkpoint(checkpoint="pretrained") -> Checkpoint:
         raise ValueError(f"checkpoint must be 'pretrained', a shipped name or a path, got {checkpoint!r}")
     if checkpoint == "pretrained":
         env = os.environ.get(ENV_CHECKPOINT)
-        return _load_path(env) if env else _load_shipped(DEFAULT)
+        if not env:
+            return _load_shipped(DEFAULT)
+        try:
+            return _load_path(env)
+        except ValueError as e:
+            raise CheckpointLoadError(f"${ENV_CHECKPOINT}={env!r} (checkpoint='pretrained'): {e}") from e
     path = os.fspath(checkpoint)
     if os.path.isdir(path):
         return _load_path(path)
@@ -171,7 +211,9 @@ def _load_path(path: str) -> Checkpoint:
     elif os.path.isdir(os.path.join(path, "checkpoints")):
         stamp = os.path.getmtime(os.path.join(path, "checkpoints"))
     else:
-        raise ValueError(f"{path} is neither a training workdir (no checkpoints/) nor an exported checkpoint")
+        raise CheckpointLoadError(
+            f"{path} is neither a training workdir (no checkpoints/) nor an exported checkpoint"
+        )
     return _load_path_cached(path, stamp)
 
 
@@ -182,5 +224,8 @@ def _load_path_cached(path: str, stamp: float) -> Checkpoint:
         return load_exported(path)
     from tgmm_jax.train.restore import load_run  # orbax only for training workdirs
 
-    run = load_run(path)
+    try:
+        run = load_run(path)
+    except Exception as e:  # orbax/our restore: an empty checkpoints/, a half-written step, a foreign config
+        raise CheckpointLoadError(f"{path}: cannot restore the training workdir ({_describe(e)})") from e
     return Checkpoint(path, run.model_config, run.spec, run.model, run.params, run.step)

@@ -59,7 +59,15 @@ _ADDED_FIELDS = {"resp_weight": 0.0, "train_dims": (), "grad_accum_steps": 1}
 # eval.* fields added since.
 _ADDED_EVAL_FIELDS = {"slot_init": None}
 # ModelConfig fields added since (their defaults are the earlier behaviour).
-_ADDED_MODEL_FIELDS = ("readin", "project_rank", "cluster_iters", "slot_attention", "em_logits", "slot_init")
+_ADDED_MODEL_FIELDS = (
+    "readin",
+    "project_rank",
+    "cluster_iters",
+    "slot_attention",
+    "em_logits",
+    "slot_init",
+    "cluster_correction",
+)
 
 
 @dataclasses.dataclass(frozen=True)
