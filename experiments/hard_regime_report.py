@@ -108,18 +108,24 @@ def hard_regime_section(saved: dict, figure: str) -> list[str]:
             f"{m} {g[f'{m}_over_bayes']:.2f}x" for m in ("tgmm", "em_seeded", "bgm") if f"{m}_over_bayes" in g
         )
         out.append(f"- {where}: em_kmeanspp {g['em_over_bayes']:.2f}x bayes; {extra}")
-    target = _find(grid, "bayes", dim=2, K=5, N=128)
-    em_target = _find(grid, "em_kmeanspp", dim=2, K=5, N=128)
-    if target and em_target and "l2" in target:
-        ratio = target["l2"]["mean"] / em_target["l2_on_bayes_tasks"]["mean"]
+    target = saved.get("target_check")
+    if target:
+        t = target
+        ratio = t["bayes_over_em"]
         out += [
             "",
             (
-                f"Check of the sampler against the measurement that motivated it: at d = 2, K = 5, N = 128 bayes"
-                f" has l2 {target['l2']['mean']:.3f} ± {target['l2']['sem']:.3f} against em_kmeanspp's"
-                f" {em_target['l2_on_bayes_tasks']['mean']:.3f} ± {em_target['l2_on_bayes_tasks']['sem']:.3f} on the"
-                f" same {target['num_tasks']} tasks: {ratio:.2f}x (the target was at most 0.6x:"
-                f" {'met' if ratio <= 0.6 else 'NOT met'})."
+                f"**The target check** (bayes at most 0.6x em_kmeanspp at d = {t['dim']}, K = {t['K']}, N ="
+                f" {t['N']}; all {t['num_tasks']} tasks of the cell): bayes l2 {t['l2']['bayes']['mean']:.3f} ±"
+                f" {t['l2']['bayes']['sem']:.3f}, em_kmeanspp {t['l2']['em_kmeanspp']['mean']:.3f} ±"
+                f" {t['l2']['em_kmeanspp']['sem']:.3f}: {ratio:.2f}x, so the target is"
+                f" {'met' if ratio <= 0.6 else 'NOT met'}. Where the advantage comes from: em_kmeanspp fails"
+                f" (l2 > 1, a local optimum) on {t['em_failures']} of {t['num_tasks']} tasks; without them the ratio"
+                f" is {t['bayes_over_em_without_failures']:.2f}x, and the median per-task ratio is"
+                f" {t['median_per_task_ratio']:.2f}. Against EM started from the true parameters (no local-optimum"
+                f" failures; l2 {t['l2']['em_from_truth']['mean']:.3f}) bayes is {t['bayes_over_em_from_truth']:.2f}x:"
+                " the sampler is better than the maximum-likelihood fixed point nearest the truth, as a posterior"
+                " mean should be, and the large mean ratio is mostly EM's occasional failure, not a uniform gain."
             ),
         ]
     head = (
