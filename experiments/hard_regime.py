@@ -70,6 +70,7 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "workdir", "", "Evaluate this training workdir's model as tgmm instead of the shipped `cluster`."
     )
+    flags.DEFINE_string("name", "hard_regime", "Base name of the JSON and the figure in --results.")
     flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks (the same for every method).")
     flags.DEFINE_string("cache", "runs/hard_regime", "Per-block cache of finished cells.")
     flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
@@ -461,8 +462,8 @@ def main(argv):
         cells=cells,
         gaps=gap_cells(cells),
     )
-    study.write_json(FLAGS.results, "hard_regime.json", payload)
-    plot(cells, os.path.join(FLAGS.results, "hard_regime.png"))
+    study.write_json(FLAGS.results, f"{FLAGS.name}.json", payload)
+    plot(cells, os.path.join(FLAGS.results, f"{FLAGS.name}.png"))
     for g in payload["gaps"]:
         if g["gap"]:
             print(json.dumps(g))
