@@ -1,21 +1,47 @@
 """Fits a Gaussian mixture to a file of points with the pretrained TGMM; prints the parameters as JSON.
 
     python -m experiments.fit --data=points.npy --n_components=3
-    python -m experiments.fit --data=points.csv --n_components=auto --refine=em
+    python -m experiments.fit --data=points.csv --n_components=auto --refine=em \\
+        --output=fit.json --labels_output=labels.txt
 
-``--data``: a .npy array [n_samples, n_features] or a comma-separated .csv (one row per sample, a header
-row is skipped). The JSON goes to stdout; a short summary to stderr.
+Input, ``--data``:
+  .npy  a 2-D numeric array [n_samples, n_features] (pickled objects are refused).
+  .csv  comma-separated, one row per sample; blank lines and lines starting with '#' are skipped. The first
+        row is a header when none of its fields is a number; a first row that mixes numbers and text is a bad
+        data row, not a header. A header whose first field is empty (",a,b") is the index column that
+        pandas' ``DataFrame.to_csv`` writes by default: it is refused, never read as a feature; write the
+        file with ``to_csv(..., index=False)`` or pass ``--drop_index``, which drops the first column of
+        the CSV. Every error names the file's 1-based line number (the header counted) and column.
+Output:
+  The result (parameters, BIC, AIC, log-likelihood, label counts) as JSON on stdout, or with ``--output=FILE``
+  in FILE. It is always valid JSON: a NaN or infinity in the fit is an error; ``bic_by_k`` holds null for a
+  K that could not be scored (more components than points). ``--labels_output=FILE`` writes the component
+  of every point, in input order: an int64 array when FILE ends in .npy, else text with one integer per
+  line. Files are written to a temporary file beside the target, then renamed, and only after the fit
+  succeeded. A short summary goes to stderr.
+Errors:
+  One line ``error: ...`` on stderr, exit code 1 (2 for bad flags or arguments, 130 when interrupted),
+  nothing on stdout and no output file written. Log lines below ERROR (JAX's "Unable to initialize
+  backend 'tpu'", orbax's and Python's warnings) are off unless ``--verbosity`` is given (``-1`` shows
+  warnings, ``0`` INFO); only logging is lowered, the platform is left alone (GPUs are still used).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
+import math
+import os
 import sys
+import tempfile
 
 import numpy as np
 from absl import app, flags
+from absl import logging as absl_logging
 
-from tgmm_jax.estimator import TGMMEstimator
+from tgmm_jax.estimator import TGMMEstimator, check_points
 
 _DATA = flags.DEFINE_string("data", None, "Points file: .npy or .csv, [n_samples, n_features].")
 _K = flags.DEFINE_string("n_components", "3", "K (in the checkpoint's trained set) or 'auto' (lowest BIC).")
@@ -25,28 +51,135 @@ _RESTARTS = flags.DEFINE_integer("n_restarts", 0, "Extra k-means++ EM runs when 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "pretrained", "'pretrained', a shipped name, or a path.")
 _STANDARDIZE = flags.DEFINE_bool("standardize", False, "Rescale the data to the training scale first.")
 _SEED = flags.DEFINE_integer("seed", 0, "random_state (restarts).")
+_DROP_INDEX = flags.DEFINE_bool(
+    "drop_index", False, "CSV only: drop the first column (e.g. the index column of pandas' to_csv)."
+)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Write the JSON result to this file (atomically) instead of stdout; '-' is stdout."
+)
+_LABELS_OUTPUT = flags.DEFINE_string(
+    "labels_output",
+    None,
+    "Write each point's component to this file: .npy (int64 array) or text (one integer per line).",
+)
 flags.mark_flags_as_required(["data"])
 
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
-def load_points(path: str) -> np.ndarray:
-    """A .npy array or a comma-separated .csv (an optional header row is skipped), as float64."""
-    if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
-    if path.endswith(".csv"):
+
+# ----------------------------------------------------------------------------------------------------
+# Reading the points: every message names the file, and for a CSV the 1-based line and column.
+
+
+def load_points(path: str, drop_index: bool = False) -> np.ndarray:
+    """A .npy array or a comma-separated .csv (see the module docstring), as finite float64
+    [n_samples, n_features]; a ValueError naming the file (and line) otherwise."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npy", ".csv"):
+        raise ValueError(f"--data must be a .npy or .csv file, got {path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not a {ext} file")
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file")
+    if ext == ".csv":
+        return _load_csv(path, drop_index)
+    if drop_index:
+        raise ValueError("--drop_index applies to .csv files only")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 -- empty (EOFError), truncated, foreign (UnpicklingError)
+        raise ValueError(f"{path}: not a readable .npy array ({_describe(e)})") from None
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"{path}: holds {type(arr).__name__}, not one array")
+    if arr.dtype == bool:
+        raise ValueError(f"{path} must hold real numbers; got dtype bool")
+    return check_points(arr, name=path)
+
+
+def _is_number(field: str) -> bool:
+    if "_" in field:  # float() accepts 1_000; a CSV reader should not
+        return False
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _load_csv(path: str, drop_index: bool) -> np.ndarray:
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: a byte-order mark is not part of a field
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    header_line, width, first_line = None, None, None
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
         try:
-            return np.loadtxt(path, delimiter=",", ndmin=2)
-        except ValueError:
-            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
-    raise ValueError(f"--data must be a .npy or .csv file, got {path!r}")
+            fields = [x.strip() for x in next(csv.reader([line]))]
+        except csv.Error as e:
+            raise ValueError(f"{path}, line {lineno}: {e}") from None
+        if first_line is None:
+            first_line, width = lineno, len(fields)
+            if not any(_is_number(x) for x in fields) and any(fields):  # all text: the header
+                header_line = lineno
+                if fields[0] == "" and not drop_index:
+                    raise ValueError(
+                        f"{path}, line {lineno}: the header's first field is empty, the mark of the index "
+                        "column pandas' DataFrame.to_csv writes; write the file with "
+                        "to_csv(..., index=False) or pass --drop_index to drop the first column"
+                    )
+                continue
+        elif len(fields) != width:
+            raise ValueError(
+                f"{path}, line {lineno}: {len(fields)} fields, expected {width} (as on line {first_line})"
+            )
+        if drop_index:
+            fields = fields[1:]
+        rows.append(_parse_row(path, lineno, fields, first=lineno == first_line, drop_index=drop_index))
+    if not rows:
+        what = f"a header on line {header_line} but no data rows" if header_line else "no data rows"
+        raise ValueError(f"{path}: {what}")
+    if not rows[0]:
+        raise ValueError(f"{path}: no columns left after --drop_index")
+    return np.asarray(rows, np.float64)
 
 
-def fit_file(path: str, n_components="3", **params) -> dict:
-    """Fits the points in ``path``; returns the JSON-ready result (parameters, BIC, AIC, log-likelihood)."""
-    X = load_points(path)
-    k = n_components if n_components == "auto" else int(n_components)
+def _parse_row(path: str, lineno: int, fields: list[str], first: bool, drop_index: bool) -> list[float]:
+    values = []
+    for col, field in enumerate(fields, start=2 if drop_index else 1):
+        where = f"{path}, line {lineno}, column {col}"
+        if field == "":
+            raise ValueError(f"{where}: missing value (empty field)")
+        if not _is_number(field):
+            hint = " (a first row is a header only when none of its fields is a number)" if first else ""
+            raise ValueError(f"{where}: not a number: {field!r}{hint}")
+        value = float(field)
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: missing or non-finite value {field!r}")
+        values.append(value)
+    return values
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fit and its JSON.
+
+
+def fit_points(X: np.ndarray, n_components="3", **params) -> tuple[dict, np.ndarray]:
+    """Fits the points ``X``; returns the JSON-ready result (parameters, BIC, AIC, log-likelihood) and the
+    component of every point."""
+    if n_components == "auto":
+        k = "auto"
+    else:
+        try:
+            k = int(n_components)
+        except (TypeError, ValueError):
+            raise ValueError(f"--n_components must be an integer or 'auto', got {n_components!r}") from None
     est = TGMMEstimator(k, **params).fit(X)
-    return {
-        "data": path,
+    labels = est.predict(X)
+    result = {
         "n_samples": int(X.shape[0]),
         "n_features": int(X.shape[1]),
         "checkpoint": str(est.checkpoint_name_),
@@ -58,11 +191,41 @@ def fit_file(path: str, n_components="3", **params) -> dict:
         "mean_log_likelihood": est.lower_bound_,
         "bic": float(est.bic(X)),
         "aic": float(est.aic(X)),
-        "bic_by_k": {str(kk): v for kk, v in est.bic_by_k_.items()},
+        # a K that could not be scored (more components than points, a non-finite likelihood): null
+        "bic_by_k": {str(kk): v if math.isfinite(v) else None for kk, v in est.bic_by_k_.items()},
         "converged": est.converged_,
         "n_iter": est.n_iter_,
-        "labels_count": np.bincount(est.predict(X), minlength=est.n_components_).tolist(),
+        "labels_count": np.bincount(labels, minlength=est.n_components_).tolist(),
     }
+    return result, labels
+
+
+def fit_file(path: str, n_components="3", *, drop_index: bool = False, **params) -> dict:
+    """Fits the points in ``path``; returns the JSON-ready result (parameters, BIC, AIC, log-likelihood)."""
+    result, _ = fit_points(load_points(path, drop_index=drop_index), n_components, **params)
+    return {"data": path, **result}
+
+
+def _non_finite(value, where: str = "") -> list[str]:
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [where]
+    if isinstance(value, dict):
+        return [w for k, v in value.items() for w in _non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, (list, tuple)):
+        found = [w for i, v in enumerate(value) for w in _non_finite(v, where)]
+        return list(dict.fromkeys(found))
+    return []
+
+
+def to_json(result: dict) -> str:
+    """The result as strict JSON; a ValueError naming the fields that hold NaN or infinity."""
+    bad = _non_finite(result)
+    if bad:
+        raise ValueError(
+            f"the fit gave non-finite values (NaN or infinity) in {', '.join(bad)}; the data may be far "
+            "from the training scale (try --standardize)"
+        )
+    return json.dumps(result, indent=1, allow_nan=False)
 
 
 def summary(result: dict) -> str:
@@ -78,25 +241,143 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+# ----------------------------------------------------------------------------------------------------
+# Files: checked before the fit, written atomically after it.
+
+
+def _check_target(path: str, flag: str) -> None:
+    if os.path.isdir(path):
+        raise ValueError(f"--{flag}={path} is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"--{flag}={path}: directory {parent} does not exist")
+
+
+def _labels_bytes(labels: np.ndarray, path: str) -> bytes:
+    labels = np.asarray(labels, np.int64)
+    if path.lower().endswith(".npy"):
+        buf = io.BytesIO()
+        np.save(buf, labels, allow_pickle=False)
+        return buf.getvalue()
+    return "".join(f"{int(y)}\n" for y in labels).encode()
+
+
+def write_atomic(files: list[tuple[str, bytes]]) -> None:
+    """Writes every (path, content) to a temporary file beside its path, then renames them all into place:
+    a reader never sees a half-written file, and a failed write leaves the targets as they were."""
+    umask = os.umask(0)
+    os.umask(umask)
+    staged = []
     try:
-        result = fit_file(
-            _DATA.value,
-            _K.value,
-            checkpoint=_CHECKPOINT.value,
-            refine=_REFINE.value,
-            em_steps=_EM_STEPS.value,
-            n_restarts=_RESTARTS.value,
-            standardize=_STANDARDIZE.value,
-            random_state=_SEED.value,
-        )
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    print(json.dumps(result, indent=1))
+        for path, content in files:
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{os.path.basename(path)}.",
+                suffix=".tmp",
+                dir=os.path.dirname(os.path.abspath(path)),
+            )
+            staged.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
+        for (path, _), tmp in zip(files, staged):
+            os.replace(tmp, path)
+    finally:
+        for tmp in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command: every failure is one line on stderr and a non-zero exit code.
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _message(e: Exception) -> str:
+    if isinstance(e, ValueError):
+        text = str(e) or type(e).__name__
+    elif isinstance(e, OSError):
+        text = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else _describe(e)
+    elif "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+        text = f"out of memory on the device ({_describe(e)}); fit fewer points"
+    else:
+        text = f"unexpected {_describe(e)}"
+    text = " ".join(text.split())  # one line, whatever the exception held
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def run(
+    data: str,
+    n_components="3",
+    *,
+    output: str | None = None,
+    labels_output: str | None = None,
+    drop_index: bool = False,
+    **params,
+) -> int:
+    """The command on parsed options: the JSON to stdout (or ``output``), labels to ``labels_output``, the
+    summary to stderr; returns the exit code. Failures print one line and write nothing."""
+    try:
+        to_stdout = output in (None, "", "-")
+        if not to_stdout:
+            _check_target(output, "output")
+        if labels_output:
+            _check_target(labels_output, "labels_output")
+        X = load_points(data, drop_index=drop_index)
+        result, labels = fit_points(X, n_components, **params)
+        result = {"data": data, **result}
+        text = to_json(result)
+        files = [(labels_output, _labels_bytes(labels, labels_output))] if labels_output else []
+        if not to_stdout:
+            files.append((output, (text + "\n").encode()))
+        write_atomic(files)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except MemoryError as e:
+        return _fail(f"out of memory{f' ({e})' if str(e) else ''}; fit fewer points")
+    except Exception as e:  # noqa: BLE001 -- the command's contract: one line, never a traceback
+        return _fail(_message(e))
+    if to_stdout:
+        print(text)
     print(summary(result), file=sys.stderr)
+    return 0
+
+
+def main(argv) -> int:
+    if not flags.FLAGS["verbosity"].present:  # no log lines (libtpu's INFO, orbax's WARNINGs) unless asked
+        absl_logging.set_verbosity(absl_logging.ERROR)
+        logging.captureWarnings(True)  # Python warnings (NumPy's overflow in a cast) become such log lines
+    if len(argv) > 1:
+        return _fail(f"unexpected arguments: {' '.join(argv[1:])}", EXIT_USAGE)
+    return run(
+        _DATA.value,
+        _K.value,
+        output=_OUTPUT.value,
+        labels_output=_LABELS_OUTPUT.value,
+        drop_index=_DROP_INDEX.value,
+        checkpoint=_CHECKPOINT.value,
+        refine=_REFINE.value,
+        em_steps=_EM_STEPS.value,
+        n_restarts=_RESTARTS.value,
+        standardize=_STANDARDIZE.value,
+        random_state=_SEED.value,
+    )
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a bad or missing flag reported as one line (exit code 2)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(_fail(" ".join(str(e).split()), EXIT_USAGE))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -34,7 +34,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class CheckpointLoadError(ValueError):
-    """A checkpoint is missing or unreadable; the message names the file (and ``$TGMM_CHECKPOINT_DIR`` if used)."""
+    """A checkpoint is missing or unreadable; the message names the file (and ``$TGMM_CHECKPOINT_DIR``
+    when the path came from it)."""
 
 
 @dataclasses.dataclass(frozen=True)

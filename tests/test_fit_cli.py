@@ -1,0 +1,310 @@
+"""experiments.fit as users run it: CSV reading (headers, pandas index, line numbers), strict JSON,
+one-line errors, --output / --labels_output; checkpoint errors naming the file and $TGMM_CHECKPOINT_DIR;
+the estimator's input fixes (sparse, pandas, fit_batch's bool component_mask).
+
+Fits use the shipped checkpoint ``cluster`` on one shape (40 points, d=2, K=2), so the program compiles once;
+two tests run the command as a subprocess, the rest call ``fit.run`` in-process.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import fit
+from tgmm_jax import pretrained
+from tgmm_jax.estimator import TGMMEstimator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CKPT = "cluster"
+
+
+def _points(n=40, d=2):
+    rng = np.random.default_rng(0)
+    return np.concatenate([rng.normal(-3, 1, (n // 2, d)), rng.normal(3, 1, (n - n // 2, d))])
+
+
+def _strict_json(text: str):
+    def refuse(token):
+        raise AssertionError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def _csv(tmp_path, X, header="x,y") -> str:
+    np.savetxt(tmp_path / "points.csv", X, delimiter=",", header=header, comments="")
+    return str(tmp_path / "points.csv")
+
+
+def _run(capsys, data, n_components="2", **kw):
+    rc = fit.run(data, n_components, **{"checkpoint": CKPT, "random_state": 0, **kw})
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _assert_failed(rc, out, err, *fragments):
+    assert rc != 0
+    assert out == "", "nothing on stdout after a failure"
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The CSV reader: header detection, pandas index column, 1-based line numbers.
+
+
+def test_all_text_first_row_is_a_header_and_a_numeric_one_is_data(tmp_path):
+    X = fit.load_points(_write(tmp_path / "h.csv", "x,y\n1,2\n3,4\n"))
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])
+    X = fit.load_points(_write(tmp_path / "n.csv", "1,2\n3,4\n"))  # no header: the first row is kept
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])
+    X = fit.load_points(_write(tmp_path / "c.csv", "# comment\n\n x , y \n1e0, -2\n\n"))
+    np.testing.assert_array_equal(X, [[1, -2]])
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("1.0,abc\n2,3\n4,5\n", ["line 1, column 2", "'abc'"]),  # mixed first row: an error, not a header
+        ("x,y\n1,2\n3,oops\n", ["line 3, column 2", "'oops'"]),
+        ("x,y\n1,2\n3,\n5,6\n", ["line 3, column 2", "missing value"]),
+        ("x,y\n1,2\nnan,4\n", ["line 3, column 1", "non-finite"]),
+        ("# written by hand\n\nx,y\n1,2\n3,4\n5,inf\n", ["line 6, column 2"]),
+        ("x,y\n1,2\n3,4,5\n", ["line 3", "3 fields, expected 2"]),
+        ("", ["no data rows"]),
+        ("x,y\n", ["a header on line 1 but no data rows"]),
+    ],
+)
+def test_bad_csv_rows_name_their_line(tmp_path, capsys, text, fragments):
+    path = _write(tmp_path / "bad.csv", text)
+    with pytest.raises(ValueError) as info:
+        fit.load_points(path)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    _assert_failed(*_run(capsys, path), path, *fragments)
+
+
+def test_pandas_index_column_is_refused_or_dropped(tmp_path, capsys):
+    path = _write(tmp_path / "idx.csv", ',a,b\n0,1.5,2\n1,3,4\n2,"5",6\n')  # DataFrame.to_csv's default
+    line = _assert_failed(*_run(capsys, path), "line 1", "index=False", "--drop_index")
+    assert "pandas" in line
+    np.testing.assert_array_equal(fit.load_points(path, drop_index=True), [[1.5, 2], [3, 4], [5, 6]])
+    bad = _write(tmp_path / "idx_bad.csv", ",a,b\n0,1,2\n1,x,4\n")
+    _assert_failed(*_run(capsys, bad, drop_index=True), "line 3, column 2")  # columns of the file
+
+
+# ----------------------------------------------------------------------------------------------------
+# Failures: one line on stderr, a non-zero exit code, nothing on stdout, no file written.
+
+
+def test_unreadable_inputs_fail_with_one_line(tmp_path, capsys):
+    (tmp_path / "dir.csv").mkdir()
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    np.save(tmp_path / "one_d.npy", np.arange(5.0))
+    cases = {
+        str(tmp_path / "missing.csv"): "no such file",
+        str(tmp_path / "dir.csv"): "is a directory",
+        str(tmp_path / "empty.npy"): "not a readable .npy",
+        str(tmp_path / "corrupt.npy"): "not a readable .npy",
+        str(tmp_path / "one_d.npy"): "2-D",
+        str(tmp_path / "points.txt"): ".npy or .csv",
+    }
+    for path, fragment in cases.items():
+        _assert_failed(*_run(capsys, path, output=str(tmp_path / "out.json")), fragment)
+    assert not os.path.exists(tmp_path / "out.json")
+    data = _csv(tmp_path, _points())
+    _assert_failed(*_run(capsys, data, "two"), "--n_components must be an integer or 'auto'")
+    _assert_failed(*_run(capsys, data, output=str(tmp_path / "no" / "out.json")), "does not exist")
+
+
+def test_checkpoint_failures_fail_with_one_line(tmp_path, capsys):
+    data = _csv(tmp_path, _points())
+    workdir = tmp_path / "workdir"
+    (workdir / "checkpoints").mkdir(parents=True)  # a training workdir that never saved
+    _assert_failed(*_run(capsys, data, checkpoint=str(workdir)), str(workdir), "no finished checkpoint")
+    _assert_failed(*_run(capsys, data, checkpoint=str(tmp_path / "nowhere")), "neither a directory")
+
+
+def test_memory_errors_are_reported_not_raised(tmp_path, capsys, monkeypatch):
+    data = _csv(tmp_path, _points())
+
+    def oom(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(fit, "fit_points", oom)
+    _assert_failed(*_run(capsys, data), "out of memory")
+
+    def device_oom(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0TiB.\n  details")
+
+    monkeypatch.setattr(fit, "fit_points", device_oom)
+    _assert_failed(*_run(capsys, data), "out of memory", "RESOURCE_EXHAUSTED")
+
+
+def test_non_finite_results_are_an_error_not_nan_tokens(tmp_path, capsys):
+    np.save(tmp_path / "huge.npy", _points() * 1e200)  # finite in float64, infinite in the model's float32
+    out_file = tmp_path / "out.json"
+    with np.errstate(over="ignore"):
+        result = _run(capsys, str(tmp_path / "huge.npy"), output=str(out_file))
+    _assert_failed(*result, "non-finite", "--standardize")
+    assert not out_file.exists()
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN or infinity\) in bic_by_k\.3, means"):
+        fit.to_json({"bic_by_k": {"2": 1.0, "3": float("nan")}, "means": [[0.0, float("inf")]]})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Success: strict JSON, --output, --labels_output.
+
+
+def test_output_and_labels_files(tmp_path, capsys):
+    data = _csv(tmp_path, _points())
+    rc, out, err = _run(capsys, data)
+    assert rc == 0 and "K=2" in err
+    printed = _strict_json(out)
+    assert printed["n_samples"] == 40 and np.asarray(printed["means"]).shape == (2, 2)
+
+    rc, out, _ = _run(
+        capsys, data, output=str(tmp_path / "fit.json"), labels_output=str(tmp_path / "labels.txt")
+    )
+    assert rc == 0 and out == ""
+    written = _strict_json((tmp_path / "fit.json").read_text())
+    assert written == printed
+    labels = [int(x) for x in (tmp_path / "labels.txt").read_text().splitlines()]
+    assert len(labels) == 40 and np.bincount(labels, minlength=2).tolist() == written["labels_count"]
+    assert _run(capsys, data, labels_output=str(tmp_path / "labels.npy"))[0] == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), labels)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")], "temporary files left behind"
+
+
+def test_dropped_index_and_unscorable_k_give_strict_json(tmp_path, capsys, monkeypatch):
+    X = _points()
+    rows = "".join(f"{i},{x},{y}\n" for i, (x, y) in enumerate(X))
+    path = _write(tmp_path / "idx.csv", ",a,b\n" + rows)  # what DataFrame.to_csv writes by default
+
+    class NoK5(TGMMEstimator):  # as if K=5 could not be scored (fewer points than components): BIC inf
+        def fit(self, X, y=None):
+            super().fit(X, y)
+            self.bic_by_k_ = {**self.bic_by_k_, 5: float("inf")}
+            return self
+
+    monkeypatch.setattr(fit, "TGMMEstimator", NoK5)
+    rc, out, _ = _run(capsys, path, drop_index=True)
+    result = _strict_json(out)
+    assert rc == 0 and result["n_samples"] == 40 and result["n_features"] == 2
+    assert result["bic_by_k"] == {"2": pytest.approx(result["bic"], rel=1e-5), "5": None}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command as a subprocess: exit codes, stderr, no libtpu log line.
+
+
+def _command(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.fit", *args],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_command_prints_strict_json_and_no_log_lines(tmp_path):
+    proc = _command(f"--data={_csv(tmp_path, _points())}", "--n_components=2", f"--checkpoint={CKPT}")
+    assert proc.returncode == 0, proc.stderr
+    assert _strict_json(proc.stdout)["n_components"] == 2
+    assert "Unable to initialize backend" not in proc.stderr and "xla_bridge" not in proc.stderr
+    assert proc.stderr.splitlines()[0].startswith("40 points in d=2: K=2")
+
+
+def test_command_failures_are_one_line():
+    proc = _command("--n_components=2")  # no --data: absl's flag error, as one line
+    _assert_failed(proc.returncode, proc.stdout, proc.stderr, "--data")
+    assert proc.returncode == 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoint errors name the file and the source.
+
+
+@pytest.fixture
+def broken_checkpoints(tmp_path):
+    src = pretrained.pretrained_path(CKPT)
+    truncated, bad_config = tmp_path / "truncated", tmp_path / "bad_config"
+    shutil.copytree(src, truncated)
+    shutil.copytree(src, bad_config)
+    params = truncated / pretrained.PARAMS_FILE
+    params.write_bytes(params.read_bytes()[:1000])
+    (bad_config / pretrained.CONFIG_FILE).write_text('{"format": 1,')
+    return {"truncated": str(truncated), "bad_config": str(bad_config)}
+
+
+def test_checkpoint_errors_name_the_file(broken_checkpoints, tmp_path, capsys):
+    params = os.path.join(broken_checkpoints["truncated"], pretrained.PARAMS_FILE)
+    config = os.path.join(broken_checkpoints["bad_config"], pretrained.CONFIG_FILE)
+    with pytest.raises(pretrained.CheckpointLoadError, match="truncated") as info:
+        pretrained.load_checkpoint(broken_checkpoints["truncated"])
+    assert params in str(info.value)
+    with pytest.raises(ValueError, match="cannot read the checkpoint config") as info:
+        pretrained.load_checkpoint(broken_checkpoints["bad_config"])
+    assert config in str(info.value)
+    data = _csv(tmp_path, _points())
+    _assert_failed(*_run(capsys, data, checkpoint=broken_checkpoints["truncated"]), params)
+
+
+def test_env_checkpoint_errors_name_the_variable(broken_checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv(pretrained.ENV_CHECKPOINT, broken_checkpoints["bad_config"])
+    with pytest.raises(ValueError, match=r"\$TGMM_CHECKPOINT_DIR") as info:
+        pretrained.load_checkpoint("pretrained")
+    assert pretrained.CONFIG_FILE in str(info.value)
+    monkeypatch.setenv(pretrained.ENV_CHECKPOINT, str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match=r"\$TGMM_CHECKPOINT_DIR='.*nowhere'"):
+        TGMMEstimator(2).fit(_points())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Estimator: bool component_mask, sparse and pandas input.
+
+
+def test_fit_batch_component_mask_is_bool_and_indexes():
+    X = _points()
+    est = TGMMEstimator(2, checkpoint=CKPT, random_state=0)
+    fitted = est.fit_batch(X[None])
+    assert fitted.component_mask.dtype == bool
+    assert fitted.means[0][fitted.component_mask[0]].shape == (2, 2)
+    np.testing.assert_allclose(fitted.means[0][fitted.component_mask[0]], est.fit(X).means_)
+
+
+def test_sparse_input_is_refused_with_advice():
+    sparse = pytest.importorskip("scipy.sparse")
+    for make in (sparse.csr_matrix, sparse.csr_array):
+        with pytest.raises(ValueError, match="sparse input is not supported; densify it first"):
+            TGMMEstimator(2, checkpoint=CKPT).fit(make(_points()))
+
+
+def test_pandas_dataframes_are_arrays():
+    pd = pytest.importorskip("pandas")
+    X = _points()
+    df = pd.DataFrame({"x": X[:, 0], "y": X[:, 1]})
+    a = TGMMEstimator(2, checkpoint=CKPT, random_state=0).fit(df)
+    b = TGMMEstimator(2, checkpoint=CKPT, random_state=0).fit(X)
+    np.testing.assert_allclose(a.means_, b.means_)
+    np.testing.assert_allclose(a.predict(df), b.predict(X))
+    missing = df.astype({"x": "Float64"})  # a nullable column: pd.NA becomes NaN, then refused
+    missing.loc[3, "x"] = pd.NA
+    with pytest.raises(ValueError, match=r"NaN or infinity .*row 3, column 0"):
+        a.predict(missing)
