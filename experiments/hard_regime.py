@@ -356,7 +356,8 @@ def gap_cells(cells: list[dict]) -> list[dict]:
 
 
 def plot(cells: list[dict], path: str) -> None:
-    """Grid: one panel per (d, K), l2 against N per method (log-log); then l2 against rho per PT setting."""
+    """Grid: one panel per (d, K), l2 against N per method (log-log), every method on bayes' tasks (the first
+    ``bayes_tasks`` of each cell, so the curves compare identical tasks); then l2 against rho per PT setting."""
     grid = [c for c in cells if c["kind"] == "grid"]
     dims = sorted({c["dim"] for c in grid})
     settings = list(dict.fromkeys(c["setting"] for c in cells if c["kind"] == "phase_transition"))
@@ -370,9 +371,9 @@ def plot(cells: list[dict], path: str) -> None:
             ax = axes[i][j]
             for m in methods:
                 pts = sorted(
-                    (c["N"], c["l2"])
+                    (c["N"], c["l2_on_bayes_tasks"])
                     for c in grid
-                    if c["dim"] == dim and c["K"] == k and c["method"] == m and "l2" in c
+                    if c["dim"] == dim and c["K"] == k and c["method"] == m and "l2_on_bayes_tasks" in c
                 )
                 if pts:
                     ax.errorbar(
@@ -391,16 +392,16 @@ def plot(cells: list[dict], path: str) -> None:
             ax.set_title(f"d={dim}, K={k}", fontsize=9)
             if i == rows - 1 or (settings and i == len(dims) - 1):
                 ax.set_xlabel("N")
-        axes[i][0].set_ylabel("l2 (mean ± sem)")
+        axes[i][0].set_ylabel("l2 on bayes' tasks (mean ± sem)", fontsize=8)
     if settings:
         for j in range(len(KS)):
             ax = axes[-1][j]
             if j >= len(settings):
                 ax.axis("off")
                 continue
-            mine = [c for c in cells if c.get("setting") == settings[j] and "l2" in c]
+            mine = [c for c in cells if c.get("setting") == settings[j] and "l2_on_bayes_tasks" in c]
             for m in methods:
-                pts = sorted((c["rho"], c["l2"]) for c in mine if c["method"] == m)
+                pts = sorted((c["rho"], c["l2_on_bayes_tasks"]) for c in mine if c["method"] == m)
                 if pts:
                     ax.errorbar(
                         [p[0] for p in pts],
