@@ -189,3 +189,51 @@ def hard_regime_section(saved: dict, figure: str) -> list[str]:
             vals.append(f"{np.mean(secs):.4f}" if secs else "n/a")
         out.append(f"| {dim} | " + " | ".join(vals) + " |")
     return out + [""]
+
+
+def small_n_ablation_section(arms: dict[str, dict], figure_dir: str = "small_n_ablation") -> list[str]:
+    """The same-budget ablation on the gap regime: each arm's learned gain over its skeleton per (d, N, K), and
+    its l2 against bayes on the same tasks. ``arms`` maps a label to its ``hard_regime --workdir`` JSON."""
+    labels = list(arms)
+    first = next(iter(arms.values()))
+    grid = [c for c in first["cells"] if c["kind"] == "grid"]
+    keys = sorted({(c["dim"], c["N"], c["K"]) for c in grid})
+    out = [
+        "## Small N: can the learned part beat its skeleton? (same-budget ablation)",
+        "",
+        (
+            "Two clustering TGMMs trained with the same recipe, seed and budget on the gap regime (d cycling over 2"
+            " and 8, N from 16 to 32, K = 2..5): "
+            + "; ".join(f"`{label}`: {arm['checkpoint']}" for label, arm in arms.items())
+            + ". Each is evaluated by `experiments.hard_regime --workdir` on the main study's tasks (same seed:"
+            f" {first['settings']['tasks_per_cell']} per cell, bayes on the first {first['settings']['bayes_tasks']})."
+            " Learned gain: its own skeleton's l2 minus the model's, same tasks (mean ± sem, z). tgmm / bayes:"
+            " the ratio of mean l2 on bayes' tasks."
+        ),
+        "",
+        "| d | N | K | em_kmeanspp / bayes | "
+        + " | ".join(f"{label}: learned gain | {label}: tgmm / bayes" for label in labels)
+        + " |",
+        "|---" * (4 + 2 * len(labels)) + "|",
+    ]
+    wins = {label: 0 for label in labels}
+    for dim, n, k in keys:
+        row = [str(dim), str(n), str(k)]
+        where = dict(dim=dim, N=n, K=k)
+        bayes0 = _find(first["cells"], "bayes", **where)
+        row.append(_ratio(_find(first["cells"], "em_kmeanspp", **where), bayes0))
+        for label in labels:
+            cells = arms[label]["cells"]
+            model = _find(cells, "tgmm", **where)
+            row += [_gain(model), _ratio(model, _find(cells, "bayes", **where))]
+            if model and "learned_gain" in model and model["learned_gain"]["z"] > 2:
+                wins[label] += 1
+        out.append("| " + " | ".join(row) + " |")
+    out += [
+        "",
+        "Cells where the learned gain is significant (z > 2): "
+        + ", ".join(f"{label} {wins[label]} of {len(keys)}" for label in labels)
+        + ".",
+        "",
+    ]
+    return out

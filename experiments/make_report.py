@@ -17,7 +17,7 @@ from absl import app, flags
 
 from experiments.architecture_report import architecture_section, curves_section
 from experiments.cluster_report import cluster_section
-from experiments.hard_regime_report import hard_regime_section
+from experiments.hard_regime_report import hard_regime_section, small_n_ablation_section
 from experiments.phase_transition_report import phase_transition_section
 from experiments.real_data_report import real_data_section
 from experiments.reporting import format_gain, format_stat, ordered_methods
@@ -441,6 +441,12 @@ def main(argv):
     hard = _load(os.path.join(r, "hard_regime.json"))  # the measuring stick: learned gain and the Bayes limit
     if hard and scale == "cpu":
         lines += hard_regime_section(hard, "hard_regime.png")
+    arms = {
+        label: _load(os.path.join(r, "small_n_ablation", f"{name}.json"))
+        for label, name in (("no correction", "corr0"), ("correction head", "corr1"))
+    }
+    if all(arms.values()) and scale == "cpu":
+        lines += small_n_ablation_section(arms)
     previous = _previous_descriptions(os.path.join(r, "REPORT.md"))
     lines += ["## What was run", ""]
     lines += [f"- {_run_description(w, step, previous)}" for w, step in dict.fromkeys(runs)] + [""]
