@@ -217,6 +217,7 @@ def small_n_ablation_section(arms: dict[str, dict], figure_dir: str = "small_n_a
         "|---" * (4 + 2 * len(labels)) + "|",
     ]
     wins = {label: 0 for label in labels}
+    losses = {label: 0 for label in labels}
     for dim, n, k in keys:
         row = [str(dim), str(n), str(k)]
         where = dict(dim=dim, N=n, K=k)
@@ -226,13 +227,14 @@ def small_n_ablation_section(arms: dict[str, dict], figure_dir: str = "small_n_a
             cells = arms[label]["cells"]
             model = _find(cells, "tgmm", **where)
             row += [_gain(model), _ratio(model, _find(cells, "bayes", **where))]
-            if model and "learned_gain" in model and model["learned_gain"]["z"] > 2:
-                wins[label] += 1
+            if model and "learned_gain" in model:
+                wins[label] += model["learned_gain"]["z"] > 2
+                losses[label] += model["learned_gain"]["z"] < -2
         out.append("| " + " | ".join(row) + " |")
     out += [
         "",
-        "Cells where the learned gain is significant (z > 2): "
-        + ", ".join(f"{label} {wins[label]} of {len(keys)}" for label in labels)
+        "Cells where the learned gain is significantly positive (z > 2) / negative (z < -2): "
+        + ", ".join(f"{label} {wins[label]} / {losses[label]} of {len(keys)}" for label in labels)
         + ".",
         "",
     ]
