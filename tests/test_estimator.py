@@ -229,7 +229,7 @@ def test_sample_bic_aic(ckpts):
         (lambda X: X[:, 0], {}, "1-D"),
         (lambda X: X[:2], dict(n_components=3), "2 samples but n_components=3"),
         (lambda X: X, dict(n_components=7), "n_components=7 is not in the trained set"),
-        (lambda X: X, dict(n_components=1), "not in the trained set"),
+        (lambda X: X, dict(n_components=6), "not in the trained set"),
         (lambda X: X, dict(refine="newton"), "refine must be one of"),
         (lambda X: X, dict(n_restarts=2), "n_restarts > 0 needs refine='em'"),
         (lambda X: X, dict(em_steps=-1, refine="em"), "em_steps must be an integer >= 0"),
@@ -286,7 +286,8 @@ def test_fit_command_prints_the_parameters(ckpts, tmp_path):
     b = fit.fit_file(str(tmp_path / "points.npy"), "auto", checkpoint=ckpts["exported"])
     json.dumps(a)
     assert a["n_samples"] == 30 and np.asarray(a["means"]).shape == (2, 2) and sum(a["labels_count"]) == 30
-    assert b["n_components"] in KS and set(b["bic_by_k"]) == {"2", "3"}
+    # "auto" scores K = 1 (closed form) beside every trained K
+    assert b["n_components"] in (1, *KS) and set(b["bic_by_k"]) == {"1", "2", "3"}
     assert "K=2" in fit.summary(a)
     with pytest.raises(ValueError, match=r"\.npy or \.csv"):
         fit.load_points("points.txt")
