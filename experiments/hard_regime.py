@@ -16,7 +16,8 @@ Every method sees the same tasks of a cell (``tasks_per_cell`` per K; ``bayes`` 
   bgm           scikit-learn's BayesianGaussianMixture (variational; spherical covariances, Dirichlet-process
                 weight prior with its defaults, n_components = the true K, max_iter 200, one init per task):
                 what a user would pick for small data
-  bayes         the posterior mean under the task prior by MCMC (``baselines.bayes``): the limit column
+  bayes         the posterior mean under the task prior by MCMC (``baselines.bayes``): the limit column; on
+                the phase-transition settings its ``phase_transition`` prior with that rho's Delta
 
 A gap cell is one where em_kmeanspp's mean l2 is at least ``GAP_RATIO`` (1.2) x bayes' on the same tasks. The
 learned gain of tgmm (of tgmm+em) is the paired l2 difference to em_seeded (to em_seeded+em) on the same tasks.
@@ -166,22 +167,31 @@ def _stat(values: np.ndarray) -> dict:
     return {"mean": float(values.mean()), "sem": sem, "median": float(np.median(values))}
 
 
-def score_block(task: GMMTask, groups: dict, key, names, where: dict) -> list[dict]:
+def score_block(task: GMMTask, groups: dict, key, names, where: dict, bayes_by_group=None) -> list[dict]:
     """Every method on ``task``; one cell per (group, method). ``groups`` maps a group key (K, or rho) to its
-    task indices; bayes runs on the first ``bayes_tasks`` of each group, and em_kmeanspp is also summarised on
-    those tasks (``l2_on_bayes_tasks``) for the gap ratio."""
+    task indices; bayes runs on the first ``bayes_tasks`` of each group (with ``bayes_by_group[group]``, a
+    method, where the prior differs by group), and em_kmeanspp is also summarised on those tasks
+    (``l2_on_bayes_tasks``) for the gap ratio."""
     methods, params = build_methods(names)
-    bayes_index = np.concatenate([idx[: FLAGS.bayes_tasks] for idx in groups.values()])
+    bayes_runs = [
+        (idx[: FLAGS.bayes_tasks], (bayes_by_group or {}).get(group, methods.get("bayes")))
+        for group, idx in groups.items()
+    ]
+    if not bayes_by_group:  # one prior for every group: one call
+        bayes_runs = [(np.concatenate([idx for idx, _ in bayes_runs]), methods.get("bayes"))]
     per_task, seconds = {}, {}
     for name in names:
         if name == "bayes":
-            sub = _take(task, bayes_index)
-            values, seconds[name] = _score(name, methods[name], None, key, sub, FLAGS.chunk)
-            full = {k: np.full(task.points.shape[:1], np.nan) for k in values}
-            for k, v in values.items():
-                full[k][bayes_index] = v
-            full["applicable"] = np.zeros(task.points.shape[:1], bool)
-            full["applicable"][bayes_index] = values["applicable"]
+            full, spent, count = None, 0.0, 0
+            for index, method in bayes_runs:
+                values, per = _score(name, method, None, key, _take(task, index), FLAGS.chunk)
+                if full is None:
+                    full = {k: np.full(task.points.shape[:1], np.nan) for k in values}
+                    full["applicable"] = np.zeros(task.points.shape[:1], bool)
+                for k, v in values.items():
+                    full[k][index] = v
+                spent, count = spent + per * len(index), count + len(index)
+            seconds[name] = spent / count
             per_task[name] = full
         else:
             per_task[name], seconds[name] = _score(
@@ -249,7 +259,18 @@ def pt_block(setting: str, names) -> list[dict]:
     where = dict(kind="phase_transition", setting=setting, dim=pt.dimension(n, b), N=n, K=2)
     where["fingerprint"] = scoring.task_fingerprint(task)
     key = jax.random.fold_in(jax.random.key(FLAGS.eval_seed), 7 + list(pt.SETTINGS).index(setting))
-    cells = score_block(task, groups, key, [m for m in names if m != "bayes" or pt_bayes_applies()], where)
+    bayes_by_group = {  # the phase-transition prior, with this rho's separation Delta
+        rho: scoring.param_free(
+            get_baseline(
+                "bayes",
+                prior="phase_transition",
+                delta=pt.line_delta(n, b) * rho,
+                **bayes_overrides(),
+            )
+        )
+        for rho in PT_RHOS
+    }
+    cells = score_block(task, groups, key, names, where, bayes_by_group)
     for c in cells:
         c["rho"] = c.pop("group")
     return cells
@@ -259,15 +280,6 @@ def sample_phase_transition_tasks_padded(key, n, a, b, batch) -> GMMTask:
     from tgmm_jax.tasks import sample_phase_transition_tasks
 
     return pt.pad_components(sample_phase_transition_tasks(key, n, a, b, batch), max(KS))
-
-
-def pt_bayes_applies() -> bool:
-    """Whether ``bayes`` has the phase-transition prior (equal weights, means +-Delta/2 u + offset)."""
-    try:
-        get_baseline("bayes", prior="phase_transition")
-    except (ValueError, TypeError):
-        return False
-    return True
 
 
 TARGET = dict(dim=2, K=5, N=128)  # the cell of the "bayes at most 0.6x em_kmeanspp" check
