@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.reporting import GAIN_TITLE, format_gain, format_stat
+from experiments.reporting import GAIN_TITLE, format_gain, format_gain_table, format_stat
 from tgmm_jax.scoring import MODEL_METHOD
 
 REFINED = "tgmm+em"
@@ -60,18 +60,10 @@ def _table(cells, methods=METHODS):
 
 def _gain_table(cells):
     """The learned gain of each learned method over its skeleton, per K ('' when the cells carry none)."""
-    ks = sorted({c["K"] for c in cells})
-    rows = []
-    for m in (MODEL_METHOD, REFINED, RESTARTS):
-        gains = {c["K"]: c["learned_gain"] for c in cells if c["method"] == m and "learned_gain" in c}
-        if gains:
-            reference = next(iter(gains.values()))["reference"]
-            row = [format_gain(gains[k]) if k in gains else "n/a" for k in ks]
-            rows.append(f"| {m} vs {reference} | " + " | ".join(row) + " |")
-    if not rows:
-        return ""
-    head = ["| learned gain | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
-    return "\n".join(head + rows)
+    summaries: dict = {}
+    for c in cells:
+        summaries.setdefault(c["method"], {})[c["K"]] = c
+    return format_gain_table(summaries)
 
 
 def _gain_summary(grid: dict) -> list[str]:

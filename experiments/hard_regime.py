@@ -367,6 +367,16 @@ def gap_cells(cells: list[dict]) -> list[dict]:
     return out
 
 
+def _curve(ax, pts, color, label, **style) -> None:
+    """One method's (x, stat) points as an errorbar line (nothing when there are none)."""
+    if pts:
+        xs, stats = zip(*pts)
+        ax.errorbar(
+            xs, [s["mean"] for s in stats], yerr=[s["sem"] for s in stats], marker="o", ms=3, capsize=2,
+            color=color, label=label, **style,
+        )  # fmt: skip
+
+
 def plot(cells: list[dict], path: str) -> None:
     """Grid: one panel per (d, K), l2 against N per method (log-log), every method on bayes' tasks (the first
     ``bayes_tasks`` of each cell, so the curves compare identical tasks); then l2 against rho per PT setting."""
@@ -387,18 +397,7 @@ def plot(cells: list[dict], path: str) -> None:
                     for c in grid
                     if c["dim"] == dim and c["K"] == k and c["method"] == m and "l2_on_bayes_tasks" in c
                 )
-                if pts:
-                    ax.errorbar(
-                        [p[0] for p in pts],
-                        [p[1]["mean"] for p in pts],
-                        yerr=[p[1]["sem"] for p in pts],
-                        marker="o",
-                        ms=3,
-                        capsize=2,
-                        color=colors[m],
-                        label=m,
-                        linestyle="--" if m == "bayes" else "-",
-                    )
+                _curve(ax, pts, colors[m], m, linestyle="--" if m == "bayes" else "-")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_title(f"d={dim}, K={k}", fontsize=9)
@@ -414,17 +413,7 @@ def plot(cells: list[dict], path: str) -> None:
             mine = [c for c in cells if c.get("setting") == settings[j] and "l2_on_bayes_tasks" in c]
             for m in methods:
                 pts = sorted((c["rho"], c["l2_on_bayes_tasks"]) for c in mine if c["method"] == m)
-                if pts:
-                    ax.errorbar(
-                        [p[0] for p in pts],
-                        [p[1]["mean"] for p in pts],
-                        yerr=[p[1]["sem"] for p in pts],
-                        marker="o",
-                        ms=3,
-                        capsize=2,
-                        color=colors[m],
-                        label=m,
-                    )
+                _curve(ax, pts, colors[m], m)
             ax.set_yscale("log")
             ax.set_title(f"phase transition {settings[j]} (D={mine[0]['dim']})", fontsize=9)
             ax.set_xlabel("rho = Delta / Delta_line")
