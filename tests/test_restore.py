@@ -53,6 +53,7 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
             "slot_attention": True,
             "em_logits": True,
             "slot_init": "learned",
+            "cluster_correction": False,
             "backbone": "mamba2",
             "width": 16,
             "backbone_options": {
