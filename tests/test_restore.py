@@ -70,7 +70,15 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
     assert saved["model"]["mamba_heads"] == 4  # the input is not changed
     added = {
         k: upgraded["model"][k]
-        for k in ("readin", "project_rank", "cluster_iters", "slot_attention", "em_logits", "slot_init")
+        for k in (
+            "readin",
+            "project_rank",
+            "cluster_iters",
+            "slot_attention",
+            "em_logits",
+            "slot_init",
+            "cluster_correction",
+        )
     }
     gpt2 = upgrade_saved_config({"model": {"backbone": "gpt2", **flat}})
     assert gpt2["model"] == {**added, "backbone": "gpt2", "backbone_options": {"max_positions": 64}}
