@@ -1,4 +1,4 @@
-"""Test-wide JAX settings: catch silent broadcasting; share compiled programs between tests and subprocesses."""
+"""Test-wide JAX settings: catch silent broadcasting; share compiled programs between the tests' subprocesses."""
 
 import os
 import tempfile
@@ -14,6 +14,7 @@ _CACHE = os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# Only the subprocesses the tests start use it (they read these variables at import). The test process itself
+# keeps every program in memory: in three full-suite runs in fresh clones (jaxlib 0.10.2, CPU) the long-lived
+# test process segfaulted inside the persistent cache's write/read/compile path late in the run, each time in
+# a different test that passes alone.
