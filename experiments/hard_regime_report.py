@@ -42,7 +42,7 @@ def _methods(cells):
     return [m for m in ORDER if m in present]
 
 
-def _limit_rows(cells, keys, where_of):
+def _limit_rows(cells, keys, where_of, gap_ratio):
     """Rows: each cell's bayes l2, the ratios to it on the bayes tasks, and the learned gains."""
     rows = []
     for key in keys:
@@ -53,7 +53,7 @@ def _limit_rows(cells, keys, where_of):
             em is not None
             and bayes is not None
             and "l2" in bayes
-            and em["l2_on_bayes_tasks"]["mean"] >= GAP_RATIO * bayes["l2"]["mean"]
+            and em["l2_on_bayes_tasks"]["mean"] >= gap_ratio * bayes["l2"]["mean"]
         )
         label = ", ".join(f"{k}={v}" for k, v in where.items()) + (" **gap**" if gap else "")
         row = [label, _l2(bayes)]
@@ -66,12 +66,8 @@ def _limit_rows(cells, keys, where_of):
     return rows
 
 
-GAP_RATIO = 1.2
-
-
 def hard_regime_section(saved: dict, figure: str) -> list[str]:
-    global GAP_RATIO
-    GAP_RATIO = saved.get("gap_ratio", 1.2)
+    gap_ratio = saved["gap_ratio"]
     s = saved["settings"]
     grid, pt = _cells(saved, "grid"), _cells(saved, "phase_transition")
     out = [
@@ -88,7 +84,7 @@ def hard_regime_section(saved: dict, figure: str) -> list[str]:
             " (spherical, its default Dirichlet-process weight prior, the true K). The **learned gain** is the"
             " skeleton's l2 minus the model's on the same tasks (mean ± sem, z): positive means the network adds"
             " accuracy to the machinery it is built on. A **gap** cell has em_kmeanspp at least"
-            f" {GAP_RATIO}x bayes."
+            f" {gap_ratio}x bayes."
         ),
         "",
     ]
@@ -140,7 +136,7 @@ def hard_regime_section(saved: dict, figure: str) -> list[str]:
         mine = [c for c in grid if c["dim"] == dim]
         keys = sorted({(c["K"], c["N"]) for c in mine}, key=lambda kn: (kn[1], kn[0]))
         out += ["", f"### d = {dim}: against the Bayes limit", "", head, sep]
-        out += _limit_rows(mine, keys, lambda kn: dict(N=kn[1], K=kn[0]))
+        out += _limit_rows(mine, keys, lambda kn: dict(N=kn[1], K=kn[0]), gap_ratio)
     if pt:
         out += [
             "",
@@ -150,7 +146,7 @@ def hard_regime_section(saved: dict, figure: str) -> list[str]:
             sep,
         ]
         keys = sorted({(c["setting"], c["rho"]) for c in pt})
-        out += _limit_rows(pt, keys, lambda sr: dict(setting=sr[0], rho=sr[1]))
+        out += _limit_rows(pt, keys, lambda sr: dict(setting=sr[0], rho=sr[1]), gap_ratio)
         if not any(c["method"] == "bayes" for c in pt):
             out += [
                 "",
