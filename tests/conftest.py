@@ -1,9 +1,12 @@
-"""Test-wide JAX settings: catch silent broadcasting; share compiled programs between the tests' subprocesses."""
+"""Test-wide JAX settings: catch silent broadcasting; share compiled programs between the tests' subprocesses;
+free each test module's compiled programs when it ends."""
 
+import gc
 import os
 import tempfile
 
 import jax
+import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -14,7 +17,16 @@ _CACHE = os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# Only the subprocesses the tests start use it (they read these variables at import). The test process itself
-# keeps every program in memory: in three full-suite runs in fresh clones (jaxlib 0.10.2, CPU) the long-lived
-# test process segfaulted inside the persistent cache's write/read/compile path late in the run, each time in
-# a different test that passes alone.
+# Only the subprocesses the tests start use it (they read these variables at import); the test process itself
+# compiles in memory.
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drops every compiled program when a test module ends. XLA:CPU maps about three memory regions per
+    executable and never unmaps them while the program is cached; over the whole suite one process reached
+    Linux's default limit of 65,530 maps (``vm.max_map_count``), and the next compile segfaulted. That was the
+    crash of three full-suite runs, each in a different test that passes alone."""
+    yield
+    jax.clear_caches()
+    gc.collect()
