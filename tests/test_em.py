@@ -172,7 +172,7 @@ def test_official_em_recovers_two_components_and_compiles_once():
     for seed in range(2):
         task = make_tasks(seed, [2] * 64, 2, 128)
         est, info = traced(jax.random.key(seed), task, EMConfig(init="official"))
-        # the oracle level is ~0.016 at N = 128 (TGMM_NOTES §12)
+        # the oracle level is ~0.016 at N = 128 (docs/official_differences.md §5)
         assert np.median(aligned_l2_means(est.means, task)) < 0.05
         assert int(jnp.max(info["n_iter"])) <= 100
 

@@ -93,7 +93,7 @@ def mean_log_likelihood(points_NxD: jax.Array, point_mask_N: jax.Array, params: 
     """Average over real points of log p(x_n | params): [...].
 
     This is the correct mixture log-likelihood (log-sum-exp over components, mean over points), not the
-    official code's log-sum-exp over points (TGMM_NOTES §8).
+    official code's log-sum-exp over points (docs/official_differences.md §7).
     """
     log_p_N = point_log_density(points_NxD, params)
     log_p_N = jnp.where(point_mask_N, log_p_N, 0.0)

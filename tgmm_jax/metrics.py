@@ -3,7 +3,7 @@
 Alignment is exact: for K_max <= ``MAX_BRUTE_FORCE_K`` every permutation is scored inside jit (the
 minimiser of sum_k ||mu_hat_sigma(k) - mu_k||^2 over real components); above that, SciPy's Hungarian
 solver runs on the host through ``jax.pure_callback``. ``l2_official`` reproduces the official code's
-inverse-permutation alignment (TGMM_NOTES §8) and is reported only as a comparison column.
+inverse-permutation alignment (docs/official_differences.md §7) and is reported only as a comparison column.
 """
 
 from __future__ import annotations
