@@ -1,6 +1,7 @@
 """Initialisations of R fits per task for the EM-type baselines, on centred chunks.
 
-  official       pi = 1/K, mu ~ N(0, I) in the data's coordinates, unit variances (docs/official_differences.md §6).
+  official       pi = 1/K, mu ~ N(0, I) in the data's coordinates, unit variances
+                 (docs/official_differences.md §6).
   kmeans++       greedy k-means++ on the real points, as sklearn's ``kmeans_plusplus``
                  (2 + floor(ln K) candidates per step, the one that lowers the potential most wins).
   random_points  K distinct real points drawn uniformly.

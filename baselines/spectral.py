@@ -1,4 +1,5 @@
-"""Spectral baseline: Hsu-Kakade moments + whitening + robust tensor power method (docs/official_differences.md §6).
+"""Spectral baseline: Hsu-Kakade moments + whitening + robust tensor power method, as the official
+code (docs/official_differences.md §6).
 
 Per task (its own K = num_components, its own real points):
   sigma^2 = smallest eigenvalue of the covariance, v its eigenvector;

@@ -11,7 +11,8 @@ import numpy as np
 
 def numpy_whitened_tensor(x, k):
     """Hsu-Kakade whitened third moment of one task's points ``x`` [N, D] in float64, as the official code
-    computes it (docs/official_differences.md §6). Returns (T [K, K, K], un-whitening matrix U L^1/2 [D, K])."""
+    computes it (docs/official_differences.md §6).
+    Returns (T [K, K, K], un-whitening matrix U L^1/2 [D, K])."""
     n, d = x.shape
     mean = x.mean(0)
     second = x.T @ x / n

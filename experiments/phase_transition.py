@@ -5,7 +5,8 @@
 (b1 runs at most ``MAX_TASKS['b1']`` = 32 tasks per cell: at D = 621 every task costs ~20x more CPU.)
 
 Tasks: ``tgmm_jax.tasks.sample_phase_transition_tasks``, the official ``SphericalGaussianMixtureTask.abn_config``
-(docs/official_differences.md §1): n points, D = int(b n log n), weights (1/2, 1/2), means +-(Delta/2) u (u uniform on the sphere)
+(docs/official_differences.md §1):
+n points, D = int(b n log n), weights (1/2, 1/2), means +-(Delta/2) u (u uniform on the sphere)
 plus a shared offset Delta N(0, I), unit noise; Delta^2 = (1 + sqrt(a)) log n is the distance between the means.
 
 Thresholds. Ndaoud's exact-recovery threshold for means +-theta is ||theta||^2 = (1 + sqrt(1 + 2D/(n log n))) log n

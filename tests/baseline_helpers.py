@@ -2,7 +2,8 @@
 
 Why not ``sample_tasks`` / ``evaluate_estimates``: the tests of the baselines need many small batches of
 different shapes, and compiling the sampler (tens of seconds on a 2-core CPU) or running the metrics
-eagerly would dominate their run time. NumPy tasks with the same law as Algorithm 1 (docs/official_differences.md §1) and a
+eagerly would dominate their run time. NumPy tasks with the same law as Algorithm 1
+(docs/official_differences.md §1) and a
 Hungarian-aligned l2 computed with SciPy are also independent references for the JAX code under test.
 """
 

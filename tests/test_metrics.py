@@ -128,7 +128,8 @@ def test_host_fallback_for_large_k():
 
 
 def test_official_alignment_toy_example():
-    """docs/official_differences.md §7: truth [A, B, C], estimate [B, C, A]: correct l2 = 0; the official code reorders the
+    """docs/official_differences.md §7: truth [A, B, C], estimate [B, C, A]: correct l2 = 0; the official
+    code reorders the
     estimate by col_ind = [1, 2, 0] to [C, A, B], i.e. squared errors 400 + 200 + 200 over K d = 6."""
     a, b_, c = np.array([10.0, 0.0]), np.array([0.0, 10.0]), np.array([-10.0, 0.0])
     true_means = np.stack([a, b_, c])[None].astype(np.float32)

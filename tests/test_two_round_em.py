@@ -14,7 +14,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")  # also set by tests/conf
 
 
 def _oracle_l2(task):
-    """l2 of the estimator that knows the labels: per-component sample means (docs/official_differences.md §5)."""
+    """l2 of the estimator that knows the labels: per-component sample means
+    (docs/official_differences.md §5)."""
     x, z = np.asarray(task.points, np.float64), np.asarray(task.labels)
     means = np.zeros(task.means.shape)
     for b, k in enumerate(np.asarray(task.num_components)):

@@ -1,6 +1,7 @@
 """Training objectives on a TGMMOutput against a GMMTask: est, est_matched, lik and their sums.
 
-est          the paper's loss (docs/official_differences.md §3): soft-label cross-entropy on the weights + MSE on the means
+est          the paper's loss (docs/official_differences.md §3):
+             soft-label cross-entropy on the weights + MSE on the means
              (sum over real components / (K D) per task), + the same MSE on the scales for the anisotropic
              variant; targets in the sampler's ascending-weight order; batch mean.
 est_matched  the same terms after matching each task's targets to the predicted components with the

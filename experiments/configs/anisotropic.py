@@ -1,4 +1,5 @@
-"""Anisotropic mixtures (diagonal per-component scales, docs/official_differences.md §1): the paper model with a scale head.
+"""Anisotropic mixtures (diagonal per-component scales, docs/official_differences.md §1): the paper model with
+a scale head.
 
 ``:d=..`` selects the dimension (default 8). The baselines use EM with learned diagonal variances;
 the spectral method does not apply to this variant and is left out.

@@ -1,7 +1,9 @@
-"""The paper's main model (docs/official_differences.md §4): GPT-2 12 layers x 4 heads, E=128, 64 tasks per K, N_max=128.
+"""The paper's main model (docs/official_differences.md §4): GPT-2 12 layers x 4 heads, E=128, 64 tasks per K,
+N_max=128.
 
 ``--config=experiments/configs/paper.py:d=8,n=128`` selects the data dimension (default 8) and N_max.
-Recipe conflict (docs/official_differences.md §4): run_template.sh trains 100,001 steps with lr 1e-3 and no weight
+Recipe conflict (docs/official_differences.md §4):
+run_template.sh trains 100,001 steps with lr 1e-3 and no weight
 decay (run.py defaults); the example yaml uses lr 1e-4 and weight decay 1e-4; the paper notes say 1e6
 steps. We follow run_template.sh, the path the official README says reproduces the paper.
 """

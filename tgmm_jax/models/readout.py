@@ -32,7 +32,8 @@ class AttentiveReadout(nn.Module):
     of the first K_max columns; row j's next D columns are mean j, the last D its scale parameters.
     Init as the official code: queries N(0, 1); W_k, W_v PyTorch default U(+-1/sqrt(E)), no bias.
 
-    ``official_mask_bug`` reproduces the official training-time mask (docs/official_differences.md §7): 1e9 is subtracted from
+    ``official_mask_bug`` reproduces the official training-time mask
+    (docs/official_differences.md §7): 1e9 is subtracted from
     the scores of the *real* tokens, so pooling attends to the padded tail (or, with no padding, all tokens
     equally). The padded tokens must then hold genuine points, as the official sampler's do.
     """

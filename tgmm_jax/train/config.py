@@ -52,7 +52,8 @@ def task_group(**overrides) -> ml_collections.ConfigDict:
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The paper's recipe (docs/official_differences.md §4) at d=8; config files start from this and change what differs."""
+    """The paper's recipe (docs/official_differences.md §4) at d=8; config files start from this and change
+    what differs."""
     c = ml_collections.ConfigDict()
     c.seed = 42
     c.total_steps = 100_000
