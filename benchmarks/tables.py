@@ -25,8 +25,8 @@ def _rate(side: dict, peak: float) -> str:
 
 
 def train_step_table(report: dict) -> str:
-    """The train-step table; FLOP/s use the analytic count of each step (the JSON's flops_per_step of
-    runs before 2026-12-02's fourth session was XLA's count, which a loop body hides work from)."""
+    """The train-step table; FLOP/s use the analytic count of each step (the flops_per_step of
+    older JSON files was XLA's count, which a loop body hides work from)."""
     peak = report["peak"]
     lines = [
         f"float32 matmul peak {peak['jax']['size']}^2: JAX {peak['jax']['best_gflops_per_s']:.1f} GFLOP/s"

@@ -252,7 +252,7 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
         (
             "**Deviations from the paper.** The paper trains 12-layer, width-128 networks (GPT-2 or Mamba2) for"
             f" 100k steps with 64 tasks per K; here {_sizes(payload)} for {b['steps']} steps with"
-            f" {b['tasks_per_k']} tasks per K on a shared 2-core CPU, d = {b['dim']} only. Mamba2 keeps the"
+            f" {b['tasks_per_k']} tasks per K on a 2-core CPU, d = {b['dim']} only. Mamba2 keeps the"
             " paper's 8 heads, state 16, 2 groups, expand 4 at width 64 (head dim 32 instead of 64). The"
             " reference uses the matched loss and the fixed pooling mask, not the paper's est loss and its"
             " pooling-mask bug. Conclusions hold for this budget only; longer training may reorder close variants."
@@ -264,14 +264,14 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
     skipped = [f"`{n}` ({t})" for n, (_, t) in payload.get("variants_defined", {}).items() if n not in ran]
     if skipped:
         out += [
-            "**Defined but not run** at this budget (the shared CPU was too slow to train them before the"
-            " deadline; `--variants` runs them): " + ", ".join(skipped) + ".",
+            "**Defined but not run** at this budget (too slow to train on the 2-core CPU of these runs;"
+            " `--variants` runs them): " + ", ".join(skipped) + ".",
             "",
         ]
     if variants:
         out += [
             "Milliseconds per training step (median of the logged windows after compilation; the 2-core machine"
-            " was shared with other jobs, so the ratios mean more than the values) and training wall minutes: "
+            " ran other jobs too, so the ratios mean more than the values) and training wall minutes: "
             + ", ".join(
                 f"{v['name']} {v['ms_per_step']:.0f} ms ({v['train_seconds'] / 60:.1f} min)" for v in variants
             )
@@ -305,8 +305,8 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
             "",
             (
                 "The anisotropic section (`aniso-set-2x64`: the paper read-out with its scale head, and"
-                " `aniso-cluster-3x64`, against diagonal EM) is defined in the script but did not finish on the shared"
-                " CPU before the deadline: `python -m experiments.architecture_study --sections=anisotropic` with the"
+                " `aniso-cluster-3x64`, against diagonal EM) is defined in the script but was not run (too slow"
+                " on the 2-core CPU of these runs): `python -m experiments.architecture_study --sections=anisotropic` with the"
                 " budget above runs it. No claim about anisotropic mixtures is made here."
             ),
             "",
@@ -327,7 +327,7 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
             out += [
                 (
                     f"**Shorter budget here:** the anisotropic runs were evaluated at step"
-                    f" {', '.join(map(str, steps))} of the planned {b['steps']} (the shared CPU was too slow); the"
+                    f" {', '.join(map(str, steps))} of the planned {b['steps']} (the CPU was too slow); the"
                     f" clustering recipe's cosine schedule was set for {b['steps']} steps, so its learning rate had"
                     " not decayed yet."
                 ),
@@ -382,7 +382,7 @@ def curves_section(curves: dict, figure: str) -> tuple[list[str], dict]:
             " (paper: 100k) of 32 tasks (paper: 256), N <= 32 (paper: 128), d = 8 only; est_matched loss and the"
             " fixed pooling mask. Mamba2 keeps the paper's 8 heads, state 16, 2 groups, expand 4 at width 64."
             " The naive read-out run stopped at step 600 (CPU time), so it is compared at steps 401-600 only;"
-            " ms/step were measured on a 2-core machine shared with many other jobs (ratios only, and loosely)."
+            " ms/step were measured on a 2-core machine under load from other jobs (ratios only, and loosely)."
         ),
         "",
         "| run | backbone | read-out | layers x width | steps run | ms/step | loss 401-600 | loss 1501-2000 |",
@@ -444,7 +444,7 @@ def curves_section(curves: dict, figure: str) -> tuple[list[str], dict]:
         claims["Scale: wider or deeper set networks reach a lower loss at the same step budget"] = (
             "rule: loss below the 2 x 64 reference's by more than 2 sem over steps 1501-2000. "
             + "; ".join(f"{n}: **{v}**" for n, (_, v) in zip(scale[1:], rows))
-            + " (time per step against the reference on this shared CPU: "
+            + " (time per step against the reference on the same CPU: "
             + ", ".join(
                 f"{n} {runs[n]['ms_per_step'] / runs['set-2x64']['ms_per_step']:.1f}x" for n in scale[1:]
             )

@@ -1,4 +1,4 @@
-"""Architecture study (issue 15, items 1, 2, 3, 5): named variants trained at one budget, scored once.
+"""Architecture study (RQ3 and ablations): named variants trained at one budget, scored once.
 
     python -m experiments.architecture_study --sections=timing             # ms/step of every variant
     nohup python -m experiments.architecture_study > runs/architecture.log 2>&1 &

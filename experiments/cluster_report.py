@@ -1,6 +1,6 @@
 """The REPORT section of the clustering TGMM study (``experiments/cluster_study.py``), from its saved JSON.
 
-Every number is read from ``cluster_study.json``; each target of issue 12 gets a rule and a verdict computed
+Every number is read from ``cluster_study.json``; each target of the study gets a rule and a verdict computed
 here, with the margin by which it is missed where it is.
 """
 
@@ -221,7 +221,7 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
                 pairs["alone_vs_kpp"].append((label, t, kpp))
             pairs["refined_vs_kpp"].append((label, r, kpp))
             pairs["restarts_vs_kpp"].append((label, _mean(cells, RESTARTS, k), kpp))
-    targets = ["| target (issue 12) | holds in | verdict | margin |", "|---|---|---|---|"]
+    targets = ["| target | holds in | verdict | margin |", "|---|---|---|---|"]
     if grid:
         targets.append(
             _verdict(pairs["alone_vs_em"], 1.0, "network alone below EM (official init), every cell")
@@ -274,7 +274,7 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
         out += [
             (
                 "Warm wall time on one batch per d (best of 3 after a compiling call, seconds). The machine is a"
-                " shared 2-core CPU; the load average (1 min) during the measurement is in the last column, and a"
+                " 2-core CPU that other jobs also used; the load average (1 min) during the measurement is in the last column, and a"
                 " load above 2 inflates every time (the ratio compares methods timed back to back):"
             ),
             "",

@@ -1,4 +1,4 @@
-"""The clustering TGMM study (issue 12): one dimension-free checkpoint against EM and spectral at every d.
+"""The clustering TGMM study: one dimension-free checkpoint against EM and spectral at every d.
 
     python -m experiments.train --config=experiments/configs/cluster.py:steps=8000 --workdir=runs/cluster
     python -m experiments.cluster_study --workdir=runs/cluster            # grid, shift, timing, ablation

@@ -1,4 +1,4 @@
-"""Depth x sample size (issue 15, study 4; the rebuttal's Tables 1 and 3): does TGMM's error fall as the test N
+"""Depth x sample size (the rebuttal's Tables 1 and 3): does TGMM's error fall as the test N
 grows, and only when the network is deep enough?
 
     python -m experiments.depth_study --layers=1,3,6 --steps=300

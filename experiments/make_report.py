@@ -310,7 +310,7 @@ def prototype_section(proto):
     return out, {"TGMM works for K > d (d = 2), where the spectral method does not apply": claim}
 
 
-# Speed targets of the batched baselines against the per-task tools (issue 3), on the benchmark's 2-core CPU.
+# Speed targets of the batched baselines against the per-task tools, on the benchmark's 2-core CPU.
 SPEED_TARGETS = {"em": 100.0, "em_kmeanspp": 100.0, "spectral": 200.0}
 
 
@@ -346,7 +346,7 @@ def speed_section(bench, scale):
     out += [
         "",
         (
-            f"Targets met in {met} of {total} cells. Timings on a shared 2-core machine vary by 15%"
+            f"Targets met in {met} of {total} cells. Timings on a 2-core machine under load vary by 15%"
             " or more from run to run, so a ratio within that of its target can fall either side of it."
         ),
         "",
@@ -390,11 +390,11 @@ def main(argv):
     theory = _load(os.path.join(r, "theory_em.json"))
     if theory and scale == "cpu":
         sections += theory_section(theory, "theory_em.png")
-    if scale == "cpu":  # issue 15: depth x N, objectives, seeds (experiments/training_studies_report.py)
+    if scale == "cpu":  # depth x N, objectives, seeds (experiments/training_studies_report.py)
         more_sections, more_runs = training_studies_sections(r)
         sections += more_sections
         runs += more_runs
-    arch = _load(os.path.join(r, "architecture_study.json"))  # issue 15: RQ3 and architecture ablations
+    arch = _load(os.path.join(r, "architecture_study.json"))  # RQ3 and architecture ablations
     if arch and scale == "cpu":
         s, c = architecture_section(arch, "architecture_study.png")
         sections += s
@@ -404,14 +404,14 @@ def main(argv):
             for part in ("isotropic", "anisotropic")
             for v in arch.get(part, {}).get("variants", [])
         ]
-    curves = _load(os.path.join(r, "architecture_curves.json"))  # issue 15: the same runs by training loss
+    curves = _load(os.path.join(r, "architecture_curves.json"))  # the same runs by training loss
     if curves and scale == "cpu":
         s, c = curves_section(curves, "architecture_curves.png")
         sections += s
         claims.update(c)
         runs += [(run["workdir"], run["step"]) for run in curves["runs"].values()]
     for name, build in (("phase_transition", phase_transition_section), ("real_data", real_data_section)):
-        saved = _load(os.path.join(r, f"{name}.json"))  # issue 15: evaluation-only studies, shipped models
+        saved = _load(os.path.join(r, f"{name}.json"))  # evaluation-only studies, shipped models
         if saved and scale == "cpu":
             sections += build(saved, f"{name}.png")
     if not sections:

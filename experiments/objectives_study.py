@@ -1,4 +1,4 @@
-"""Objectives (issue 15, study 6; the rebuttal's Table 3 and ours): TGMM trained on est (the paper's),
+"""Objectives (the rebuttal's Table 3 and ours): TGMM trained on est (the paper's),
 est_matched (permutation-matched), lik (the mixture's negative log-likelihood alone) and est+lik.
 
     python -m experiments.objectives_study --steps=150

@@ -1,4 +1,4 @@
-"""Measures the permutation-matched loss against the paper's ascending-weight loss (issue 4's prototype).
+"""Measures the permutation-matched loss against the paper's ascending-weight loss (a prototype).
 
 Setting of the throwaway prototype: D = 2, K in {2, 3, 4, 5}, `set` backbone, 2 layers, width 64,
 N = 32 (training N ~ U{16..32}), 16 tasks per K per step, Adam 2e-3, 4000 steps. Both objectives train

@@ -1,4 +1,4 @@
-"""Seeds (issue 15, study 9): the headline cells trained with several seeds, reported as mean and spread.
+"""Seeds: the headline cells trained with several seeds, reported as mean and spread.
 
     python -m experiments.seeds_study --paper_steps=300 --cluster_steps=300
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the training studies of issue 15 (depth x N, objectives, seeds): their configs, the
+"""Shared pieces of the training studies (depth x N, objectives, seeds): their configs, the
 learning curves read from a run's ``metrics.jsonl``, and statistics across training seeds.
 
 The scripts are ``experiments/depth_study.py``, ``experiments/objectives_study.py`` and

@@ -1,4 +1,4 @@
-"""The REPORT sections of the training studies of issue 15 (depth x N, objectives, seeds), from their JSON.
+"""The REPORT sections of the training studies (depth x N, objectives, seeds), from their JSON.
 
 Every number is read from ``depth_sample_size.json``, ``objectives_study.json`` and ``seeds_study.json``; the
 verdicts are computed here with the rules stated beside them.
@@ -80,7 +80,7 @@ def depth_section(p: dict, figure: str) -> list[str]:
             f" per K), d = {p['dim']}, K = 2..5, trained on N in [{n_lo}, {n_hi}] for {p['steps']} steps each;"
             f" tested at N = {', '.join(map(str, ns))} on the same {p['tasks_per_cell']} fresh tasks per (K, N)."
             f" Deviations from the paper: CPU scale ({p['steps']} steps, not 100k; width 32, not 128; depths"
-            " up to 6 where the rebuttal went to 12, as the deeper models did not fit the shared CPU budget); the set"
+            " up to 6 where the rebuttal went to 12, as the deeper models did not fit the CPU budget); the set"
             " backbone instead of the causal GPT-2, because GPT-2's learned position rows beyond the training N are"
             " never trained (ours would run at N = 512, `max_positions` = 4096, but on untrained positions), while"
             " the set backbone has no positions."
@@ -175,8 +175,8 @@ def objectives_section(p: dict, figure: str) -> list[str]:
     if missing:
         out += [
             (
-                f"**Not evaluated:** TGMM({'), TGMM('.join(missing)}): not trained to the budget within this session's"
-                " shared CPU time (rerun the command above; training resumes)."
+                f"**Not evaluated:** TGMM({'), TGMM('.join(missing)}): not trained to the budget (rerun the"
+                " command above; training resumes)."
             ),
             "",
         ]
@@ -288,7 +288,7 @@ def seeds_section(p: dict, figure: str) -> list[str]:
         f"![seeds]({figure})",
         "",
         (
-            "**The question** (issue 15): the README's main job printed different numbers on different machines (a"
+            "**The question**: the README's main job printed different numbers on different machines (a"
             " fresh clone printed 0.47 / 0.82 / 1.15 / 1.48 for TGMM at K = 2..5 with the older README job, the"
             " paper architecture at d = 2, against 0.27 / 0.55 / 0.91 / 1.64 in an earlier note: those two runs"
             " differ by -10% to +74% per K; we did not rerun them). The same seed on another machine follows another"
@@ -301,8 +301,8 @@ def seeds_section(p: dict, figure: str) -> list[str]:
     if "cluster" not in p["parts"]:
         out += [
             (
-                "**Not run: the README's main job (`cluster.py`) with several seeds.** On this session's CPU (2 cores"
-                " shared by several agents' jobs, load average 20-40) one seed of `cluster.py:steps=300` had not"
+                "**Not run: the README's main job (`cluster.py`) with several seeds.** On the 2-core CPU of these runs,"
+                " under a load average of 20-40 from other jobs, one seed of `cluster.py:steps=300` had not"
                 " logged its 50th step after 16 minutes (the step's compilation alone took minutes), so the three"
                 " seeds, let alone three 1000-step runs, did not fit; `python -m experiments.seeds_study"
                 " --parts=cluster --cluster_steps=1000` runs them (6-9 minutes per 1000-step seed on an idle 2-core CPU)."

@@ -276,7 +276,7 @@ def test_different_config_in_workdir_is_refused(reference_run):
         train_and_evaluate(_config(seed=99), reference_run)
 
 
-# Produced once at commit fdeec3c (before issue 11's changes), on CPU, by building the trainer's state and
+# Produced once at commit fdeec3c, on CPU, by building the trainer's state and
 # step from this config and printing the step-1 metric sums (float(sums["loss"]), float(sums["grad_norm"])):
 # the first step of tests/train_config.py. The trainer logs the same values for a one-step window.
 _GOLDEN_LOSS = 10.375337600708008

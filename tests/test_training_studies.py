@@ -1,4 +1,4 @@
-"""The training studies of issue 15 (depth x N, objectives, seeds) on minimal settings: each script trains,
+"""The training studies (depth x N, objectives, seeds) on minimal settings: each script trains,
 evaluates, writes its JSON fields and its figure, and its REPORT section renders from that JSON."""
 
 import json

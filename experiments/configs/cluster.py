@@ -1,4 +1,4 @@
-"""The dimension-free clustering TGMM (issue 12): one checkpoint for every d, trained on a CPU budget.
+"""The dimension-free clustering TGMM: one checkpoint for every d, trained on a CPU budget.
 
 Normalised read-in (each task centred, projected on its top ``rank`` principal directions, rescaled), a 3-layer
 set-transformer backbone (width 64, ``heads`` 2), the clustering read-out (K slots refined over ``iters``
