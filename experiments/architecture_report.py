@@ -305,9 +305,9 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
             "",
             (
                 "The anisotropic section (`aniso-set-2x64`: the paper read-out with its scale head, and"
-                " `aniso-cluster-3x64`, against diagonal EM) is defined in the script but was not run (too slow"
-                " on the 2-core CPU of these runs): `python -m experiments.architecture_study --sections=anisotropic` with the"
-                " budget above runs it. No claim about anisotropic mixtures is made here."
+                " `aniso-cluster-3x64`, against diagonal EM) is defined in the script but was not run (too"
+                " slow on the 2-core CPU of these runs): `python -m experiments.architecture_study"
+                " --sections=anisotropic` with the budget above runs it. No claim about anisotropic mixtures is made here."
             ),
             "",
         ]

@@ -274,8 +274,8 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
         out += [
             (
                 "Warm wall time on one batch per d (best of 3 after a compiling call, seconds). The machine is a"
-                " 2-core CPU that other jobs also used; the load average (1 min) during the measurement is in the last column, and a"
-                " load above 2 inflates every time (the ratio compares methods timed back to back):"
+                " 2-core CPU that other jobs also used; the load average (1 min) during the measurement is in"
+                " the last column, and a load above 2 inflates every time (the ratio compares methods timed back to back):"
             ),
             "",
             f"| d | tasks | {MODEL_METHOD} | {REFINED} | {RESTARTS} | em_kmeanspp | em_kmeanspp / {REFINED} | load |",

@@ -106,7 +106,8 @@ def phase_transition_section(saved: dict, figure: str) -> list[str]:
             (
                 f"Not in these results: setting(s) {', '.join(missing)} of the script's default list (b1: n = 128,"
                 " b = 1, D = 621) did not finish on the 2-core CPU (load 30-40 from other jobs during the run)"
-                " and were stopped; `python -m experiments.phase_transition` resumes them (finished settings are cached)."
+                " and were stopped; `python -m experiments.phase_transition` resumes them (finished settings"
+                " are cached)."
             ),
             "",
         ]

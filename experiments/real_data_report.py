@@ -120,8 +120,8 @@ def real_data_section(saved: dict, figure: str) -> list[str]:
     if not any(name.startswith("mnist") for name in saved["datasets"]):
         out += [
             (
-                "**MNIST.** Not run: the study needs the MNIST IDX files, and nothing downloads. `experiments/datasets.py`"
-                " reads the IDX files (`load_mnist(directory, 'test')`, plain or gzipped, magic number, shape and size"
+                "**MNIST.** Not run: the study needs the MNIST IDX files, and nothing downloads."
+                " `experiments/datasets.py` reads the IDX files (`load_mnist(directory, 'test')`, plain or gzipped, magic number, shape and size"
                 " checked) and `mnist_task` builds the rebuttal's 0-vs-1 and 0-4 tasks (784 pixels in [0, 1]);"
                 " `python -m experiments.real_data --mnist_dir=DIR` adds both to this study. The loader lives in"
                 " `experiments/`, not the library: reading a file format and picking digit classes are the study's"

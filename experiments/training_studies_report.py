@@ -301,8 +301,8 @@ def seeds_section(p: dict, figure: str) -> list[str]:
     if "cluster" not in p["parts"]:
         out += [
             (
-                "**Not run: the README's main job (`cluster.py`) with several seeds.** On the 2-core CPU of these runs,"
-                " under a load average of 20-40 from other jobs, one seed of `cluster.py:steps=300` had not"
+                "**Not run: the README's main job (`cluster.py`) with several seeds.** On the 2-core CPU of"
+                " these runs, under a load average of 20-40 from other jobs, one seed of `cluster.py:steps=300` had not"
                 " logged its 50th step after 16 minutes (the step's compilation alone took minutes), so the three"
                 " seeds, let alone three 1000-step runs, did not fit; `python -m experiments.seeds_study"
                 " --parts=cluster --cluster_steps=1000` runs them (6-9 minutes per 1000-step seed on an idle 2-core CPU)."
