@@ -1,9 +1,12 @@
 """Sampler statistics, determinism, jit/vmap equivalence and spec validation."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 from tgmm_jax.tasks import TaskSpec, acceptance_rate, sample_phase_transition_tasks, sample_task, sample_tasks
 
@@ -192,3 +195,115 @@ def test_phase_transition_family():
     assert abs(centre.var() / delta**2 - 1) < 0.1
     assert abs(t.labels.mean() - 0.5) < 0.02
     np.testing.assert_allclose(t.weights, 0.5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The wider prior: small N, an unknown noise scale (log-uniform, the box scaled with it), per-component scales.
+
+
+def test_default_tasks_unchanged_golden(iso_task):
+    """A default spec's draws, recorded with the sampler before the wider-prior options existed."""
+    t = iso_task
+    assert t.noise_scale is None  # the pytree of the paper's tasks is unchanged
+    np.testing.assert_allclose(
+        t.points[[0, 401, 799], 5],
+        [
+            [2.09238, -0.07391588, 2.6125565],
+            [5.6410565, -3.0449514, -1.9933633],
+            [-0.7381812, -1.5166122, 0.9155871],
+        ],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(t.means[799, 3], [2.6584077, -4.0335393, 4.931427], rtol=1e-6)
+    np.testing.assert_allclose(t.weights[401], [0.13922353, 0.2391397, 0.25400466, 0.36763215, 0], rtol=1e-6)
+    np.testing.assert_array_equal(t.point_mask.sum(-1)[:8], [39, 43, 35, 62, 60, 51, 40, 50])
+    np.testing.assert_array_equal(t.labels[799, :12], [4, 1, 3, 3, 4, 2, 1, 4, 4, 4, 4, 3])
+
+
+NOISE_RANGE = (0.01, 10.0)
+COMPONENT_RANGE = (0.5, 2.0)
+
+
+@pytest.fixture(scope="module")
+def scaled_pair():
+    """The same key with and without the wider prior's scales (N down to 8 in both): (plain, scaled)."""
+    base = dict(dim=3, ks=(2, 5), n_max=256, n_min=8)
+    key = jax.random.key(21)
+    plain = _np(sample_tasks(key, TaskSpec(**base), 300))
+    spec = TaskSpec(**base, noise_scale_range=NOISE_RANGE, component_scale_range=COMPONENT_RANGE)
+    return plain, _np(sample_tasks(key, spec, 300))
+
+
+def test_small_n_is_uniform_down_to_8(scaled_pair):
+    n = scaled_pair[0].point_mask.sum(-1)
+    assert n.min() < 12 and n.max() > 252 and n.min() >= 8 and n.max() <= 256
+    # N ~ U{8..256}: chi-square over 8 bins of 31 or 32 values
+    counts = np.bincount(np.minimum((n - 8) // 31, 7), minlength=8)
+    widths = np.array([31] * 7 + [32])  # 249 values
+    assert stats.chisquare(counts, len(n) * widths / widths.sum()).pvalue > 1e-3
+
+
+def test_noise_and_component_scales_are_log_uniform(scaled_pair):
+    t = scaled_pair[1]
+    sigma = t.noise_scale.astype(np.float64)
+    assert sigma.shape == (600,)
+    for values, (lo, hi) in [
+        (sigma, NOISE_RANGE),
+        (t.scales[..., 0][t.component_mask] / np.repeat(sigma, t.component_mask.sum(-1)), COMPONENT_RANGE),
+    ]:
+        unit = (np.log(values) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        assert unit.min() > -1e-5 and unit.max() < 1 + 1e-5
+        assert stats.kstest(unit, "uniform").pvalue > 1e-3
+    assert np.all(t.scales[..., 0] == t.scales[..., 2])  # spherical per component
+    assert np.all(t.scales[~t.component_mask] == 1)
+
+
+def test_scaled_task_is_sigma_times_the_unit_task(scaled_pair):
+    """The box scales with sigma: the scaled task is sigma times the task a plain spec draws with the same
+    key, each component's noise times u_k (so weights, labels, masks and means / sigma have the same
+    distribution at every sigma: a task multiplied by c is a task with sigma -> c sigma)."""
+    plain, scaled = scaled_pair
+    sigma_Bx1x1 = scaled.noise_scale[:, None, None]
+    np.testing.assert_array_equal(scaled.labels, plain.labels)
+    np.testing.assert_array_equal(scaled.weights, plain.weights)
+    np.testing.assert_array_equal(scaled.point_mask, plain.point_mask)
+    np.testing.assert_allclose(scaled.means / sigma_Bx1x1, plain.means, rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(scaled.means) <= 5.0 * sigma_Bx1x1 * (1 + 1e-6))
+    take = lambda a: np.take_along_axis(a, plain.labels[..., None], axis=1)
+    noise_plain = plain.points - take(plain.means)  # the unit-variance draws
+    expected = take(scaled.means) + take(scaled.scales) * noise_plain
+    np.testing.assert_allclose(scaled.points / sigma_Bx1x1, expected / sigma_Bx1x1, rtol=1e-4, atol=1e-5)
+
+
+def test_within_component_spread_is_its_variance(scaled_pair):
+    t = scaled_pair[1]
+    take = lambda a: np.take_along_axis(a, t.labels[..., None], axis=1)
+    resid = (t.points - take(t.means)).astype(np.float64)
+    real = t.point_mask
+    # per component (K = 5 tasks, all points): the mean square residual / sigma_k^2 ~ chi^2_{n_k D} / (n_k D)
+    k5 = t.num_components == 5
+    sq = np.sum(resid**2, axis=-1)
+    ratios, ratios_wrong = [], []
+    for b in np.flatnonzero(k5)[:100]:
+        for k in range(5):
+            sel = (t.labels[b] == k) & real[b]
+            if sel.sum() >= 20:
+                ratios.append(sq[b, sel].mean() / (3 * t.scales[b, k, 0] ** 2))
+                ratios_wrong.append(sq[b, sel].mean() / (3 * t.noise_scale[b] ** 2))
+    ratios, ratios_wrong = np.array(ratios), np.array(ratios_wrong)
+    assert len(ratios) > 200
+    assert abs(ratios.mean() - 1) < 0.03 and np.all(np.abs(ratios - 1) < 0.6)
+    # the per-component variance is not the task's sigma^2 (E[u^2] = (4 - 1/4) / (2 log 4) = 1.35)
+    assert abs(ratios_wrong.mean() - 1.35) < 0.1
+    # and the spread varies over decades across tasks
+    assert np.ptp(np.log10(t.noise_scale)) > 2.5
+
+
+def test_scale_options_checked_and_hashable():
+    assert hash(TaskSpec(dim=2, noise_scale_range=[1, 2])) == hash(TaskSpec(dim=2, noise_scale_range=(1, 2)))
+    assert TaskSpec(dim=2, noise_scale_range=(3.0, 3.0)).scaled and not TaskSpec(dim=2).scaled
+    for bad in [(0.0, 1.0), (2.0, 1.0), (1.0,), (1.0, math.inf), 1.0]:
+        with pytest.raises(ValueError, match="noise_scale_range"):
+            TaskSpec(dim=2, noise_scale_range=bad)
+    with pytest.raises(ValueError, match="component_scale_range"):
+        TaskSpec(dim=2, component_scale_range=(-1.0, 1.0))

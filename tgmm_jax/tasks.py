@@ -5,6 +5,28 @@ each K in ``spec.ks`` (stratified), weights are sorted ascending, means are U[-5
 cosine-similarity rejection, and per-task sample sizes live in ``point_mask``. Unlike the official code,
 a batch is never shrunk: each task is rejection-sampled inside a ``lax.while_loop`` until it is filled,
 and a spec whose acceptance rate is (numerically) zero is refused with an error naming (D, K).
+
+A wider prior than the paper's, as ``TaskSpec`` options (all off by default; a default spec's tasks are
+bit-for-bit those of the paper's sampler, and ``GMMTask.noise_scale`` is then None):
+
+* small N: N is drawn per task uniformly from {n_min..n_max} (``variable_n``); ``n_min`` defaults to
+  n_max // 2 (the official length mask) and may be set as low as 1, e.g. ``TaskSpec(n_max=128, n_min=8)``.
+* unknown noise scale: ``noise_scale_range=(lo, hi)`` draws sigma per task, log sigma ~ U[log lo, log hi]
+  (lo == hi gives a fixed sigma). **The means' box scales with sigma**: the task is sigma times a
+  unit-noise Algorithm-1 task (means sigma U[a, b]^D, plus sigma * mean_shift N(0, I); the cosine filter
+  is scale-invariant). So multiplying a whole task by c is the same as sigma -> c sigma, and the
+  parameters in units of sigma (means / sigma, weights, labels) have the same distribution for every
+  sigma: a scale-equivariant estimator faces one problem, not one per sigma. With a fixed box the ratio
+  separation / noise would change with sigma (sigma = 0.01 in a +-5 box: trivially separated; sigma = 10:
+  no structure), and x -> c x would leave the prior's support.
+  The draws of the unit-noise task (weights, means, labels, noise) are those a spec without the option
+  makes with the same key; sigma comes from a separate stream.
+* per-component variances: ``component_scale_range=(lo, hi)``: component k's standard deviation is
+  sigma u_k, u_k iid log-uniform on [lo, hi], independent of everything else (with the anisotropic
+  variant it multiplies that variant's per-coordinate scales).
+With either option the task carries its ground truth: ``noise_scale`` [B] = sigma and ``scales`` [B, K, D]
+= each component's standard deviations (sigma u_k; 1 on padded components), so the per-component variances
+are ``scales ** 2``.
 """
 
 from __future__ import annotations
@@ -23,6 +45,9 @@ VARIANTS = ("isotropic", "anisotropic")
 # Below this acceptance rate of the cosine filter the sampler refuses the spec instead of looping for ages.
 _MIN_ACCEPTANCE_RATE = 1e-4
 _ACCEPTANCE_PROBE_DRAWS = 1 << 16
+# fold_in tag of the random stream of the noise and component scales (kept apart from the six keys of the
+# paper's draws, so a spec with these options sees the same unit-noise task as one without).
+_SCALE_STREAM = 0x5CA1E
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +64,10 @@ class TaskSpec:
     weight_range: tuple[float, float] = (0.2, 0.8)
     mean_range: tuple[float, float] = (-5.0, 5.0)
     variable_n: bool = True  # True for training (N ~ U{n_min..n_max}), False for evaluation (N = n_max)
+    # Per-task noise scale sigma, log-uniform on [lo, hi]; None: sigma = 1. The means' box scales with sigma.
+    noise_scale_range: tuple[float, float] | None = None
+    # Per-component standard deviations sigma u_k, u_k log-uniform on [lo, hi]; None: u_k = 1.
+    component_scale_range: tuple[float, float] | None = None
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
@@ -47,6 +76,10 @@ class TaskSpec:
         set_("ks", tuple(self.ks))
         set_("weight_range", tuple(self.weight_range))
         set_("mean_range", tuple(self.mean_range))
+        for name in ("noise_scale_range", "component_scale_range"):
+            value = getattr(self, name)
+            if value is not None and hasattr(value, "__iter__"):
+                set_(name, tuple(value))
         if self.n_min is None and isinstance(self.n_max, int):
             set_("n_min", max(self.n_max // 2, 1))
         _validate(self)
@@ -57,6 +90,11 @@ class TaskSpec:
 
     def batch_size(self, tasks_per_k: int) -> int:
         return tasks_per_k * len(self.ks)
+
+    @property
+    def scaled(self) -> bool:
+        """True when the tasks draw a noise scale or per-component scales (and carry ``noise_scale``)."""
+        return self.noise_scale_range is not None or self.component_scale_range is not None
 
 
 def _is_int(x) -> bool:
@@ -98,6 +136,20 @@ def _validate(spec: TaskSpec) -> None:
         raise ValueError(f"TaskSpec.mean_range must be (lo, hi) with lo < hi, got {spec.mean_range!r}")
     if not isinstance(spec.variable_n, bool):
         raise ValueError(f"TaskSpec.variable_n must be a bool, got {spec.variable_n!r}")
+    for name in ("noise_scale_range", "component_scale_range"):
+        value = getattr(spec, name)
+        if value is None:
+            continue
+        ok = (
+            isinstance(value, tuple)
+            and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and 0.0 < value[0] <= value[1] < math.inf
+        )
+        if not ok:
+            raise ValueError(
+                f"TaskSpec.{name} must be None or (lo, hi) with 0 < lo <= hi < inf, got {value!r}"
+            )
 
 
 @struct.dataclass
@@ -112,6 +164,9 @@ class GMMTask:
     scales: jax.Array  # [B, K, D] standard deviations, 1 for isotropic and on padding
     component_mask: jax.Array  # [B, K] bool
     num_components: jax.Array  # [B] int32
+    # [B] the task's noise scale sigma (TaskSpec.noise_scale_range / component_scale_range); None for the
+    # paper's tasks (sigma = 1), so their pytree is unchanged.
+    noise_scale: jax.Array | None = None
 
     def params(self):
         """The true mixture as ``MixtureParams`` (scales always given)."""
@@ -239,13 +294,32 @@ def sample_task(key: jax.Array, spec: TaskSpec, num_components: jax.Array) -> GM
     else:
         scales_KxD = jnp.ones((k_max, d), jnp.float32)
 
+    noise_scale = None
+    if spec.scaled:
+        # sigma times the unit-noise task (the box scales with sigma; module docstring).
+        sigma_key, comp_key = jax.random.split(jax.random.fold_in(key, _SCALE_STREAM))
+        noise_scale = _log_uniform(sigma_key, (), spec.noise_scale_range)
+        u_K = _log_uniform(comp_key, (k_max,), spec.component_scale_range)
+        means_KxD = noise_scale * means_KxD
+        scales_KxD = jnp.where(mask_K[:, None], (noise_scale * u_K)[:, None] * scales_KxD, 1.0)
+
     labels_N = jax.random.categorical(z_key, jnp.log(weights_K), shape=(n,)).astype(jnp.int32)
     points_NxD = means_KxD[labels_N] + scales_KxD[labels_N] * jax.random.normal(e_key, (n, d))
     if spec.variable_n:
         point_mask_N = jnp.arange(n) < jax.random.randint(n_key, (), spec.n_min, spec.n_max + 1)
     else:
         point_mask_N = jnp.ones((n,), bool)
-    return GMMTask(points_NxD, point_mask_N, labels_N, weights_K, means_KxD, scales_KxD, mask_K, k)
+    return GMMTask(
+        points_NxD, point_mask_N, labels_N, weights_K, means_KxD, scales_KxD, mask_K, k, noise_scale
+    )
+
+
+def _log_uniform(key: jax.Array, shape: tuple, value_range: tuple[float, float] | None) -> jax.Array:
+    """exp(U[log lo, log hi]) of the given shape; ones when value_range is None."""
+    if value_range is None:
+        return jnp.ones(shape, jnp.float32)
+    log_lo, log_hi = math.log(value_range[0]), math.log(value_range[1])
+    return jnp.exp(jax.random.uniform(key, shape, minval=log_lo, maxval=log_hi))
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "tasks_per_k"))
