@@ -35,6 +35,7 @@ def study(tmp_path_factory):
         return tmp, json.load(f)
 
 
+@pytest.mark.subprocess
 def test_json_fields_and_figure(study):
     tmp, payload = study
     assert payload["budget"] == dict(
@@ -53,6 +54,7 @@ def test_json_fields_and_figure(study):
     assert os.path.getsize(tmp / "results" / "architecture_study.png") > 1000
 
 
+@pytest.mark.subprocess
 def test_report_section_reads_the_json(study):
     _, payload = study
     lines, claims = architecture_section(payload, "architecture_study.png")

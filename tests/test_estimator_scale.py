@@ -310,6 +310,7 @@ def test_identical_points(tiny):
 # The command's persistent compilation cache.
 
 
+@pytest.mark.subprocess
 def test_cache_dir_follows_the_environment():
     home = os.path.join(os.path.expanduser("~"), ".cache", "tgmm_jax", "jax")
     assert fit_cli.compilation_cache_dir({}) == home
@@ -327,6 +328,7 @@ def test_cache_dir_follows_the_environment():
     assert out.stdout.strip() == "None", out.stderr
 
 
+@pytest.mark.subprocess
 def test_command_fills_the_cache_unless_turned_off(tiny, tmp_path):
     X, _ = _blobs(8, n=30, d=2)
     np.save(tmp_path / "points.npy", X)

@@ -37,6 +37,7 @@ def tiny_workdir(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.subprocess
 def test_evaluate_cli_writes_every_field(tiny_workdir, tmp_path):
     output = str(tmp_path / "results.json")
     cmd = [

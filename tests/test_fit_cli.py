@@ -223,6 +223,7 @@ def _command(*args):
     )
 
 
+@pytest.mark.subprocess
 def test_command_prints_strict_json_and_no_log_lines(tmp_path):
     proc = _command(f"--data={_csv(tmp_path, _points())}", "--n_components=2", f"--checkpoint={CKPT}")
     assert proc.returncode == 0, proc.stderr
@@ -231,6 +232,7 @@ def test_command_prints_strict_json_and_no_log_lines(tmp_path):
     assert proc.stderr.splitlines()[0].startswith("40 points in d=2: K=2")
 
 
+@pytest.mark.subprocess
 def test_command_failures_are_one_line():
     proc = _command("--n_components=2")  # no --data: absl's flag error, as one line
     _assert_failed(proc.returncode, proc.stdout, proc.stderr, "--data")

@@ -7,12 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from experiments.hard_regime_report import hard_regime_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.subprocess
 def test_hard_regime_script(tmp_path):
     results = tmp_path / "results"
     cmd = [

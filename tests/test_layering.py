@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _IMPORT_ALL = r"""
@@ -18,6 +20,7 @@ print(len(names))
 """
 
 
+@pytest.mark.subprocess
 def test_library_imports_nothing_from_baselines_experiments_benchmarks():
     cmd = [sys.executable, "-c", _IMPORT_ALL]
     out = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -110,6 +110,7 @@ def _assert_close_params(a, b):
 @pytest.mark.skipif(
     not _HAS_GLOO, reason="this jaxlib has no gloo CPU collectives (make_gloo_tcp_collectives)"
 )
+@pytest.mark.subprocess
 def test_two_processes_equal_one_and_their_checkpoint_resumes_in_one(tmp_path):
     workdir, reference = tmp_path / "two", tmp_path / "one"
     stdout = _train_two_processes(workdir, tmp_path)

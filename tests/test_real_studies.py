@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAT = {"mean", "sem", "median"}
@@ -17,6 +18,7 @@ def _run(module, *args):
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+@pytest.mark.subprocess
 def test_phase_transition_script(tmp_path):
     results = tmp_path / "results"
     _run(
@@ -57,6 +59,7 @@ def test_phase_transition_script(tmp_path):
     assert oracle[3.0]["cluster_acc"]["mean"] > 0.97
 
 
+@pytest.mark.subprocess
 def test_real_data_script(tmp_path):
     results = tmp_path / "results"
     _run(

@@ -108,6 +108,7 @@ def test_matches_numpy_reference(dim, slot_init, rank):
         assert np.all(np.asarray(est.weights[b, k:]) == 0.0)
 
 
+@pytest.mark.subprocess
 def test_shipped_model_with_learned_term_off_is_the_skeleton():
     """Runs ``check_shipped_model_is_its_skeleton`` in a fresh process: inside the full suite (hundreds of
     compiled programs in one process) XLA:CPU crashed compiling this program twice (a segfault in

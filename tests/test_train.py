@@ -78,6 +78,7 @@ def test_resume_equals_uninterrupted(reference_run, tmp_path):
     _assert_same_params(load_run(workdir).params, load_run(reference_run).params)
 
 
+@pytest.mark.subprocess
 def test_resume_after_sigkill_is_exact(tmp_path):
     workdir = str(tmp_path / "killed")
     cmd = [
@@ -154,6 +155,7 @@ print(json.dumps({"shards": shards, "devices": len(batch.points.sharding.device_
 """
 
 
+@pytest.mark.subprocess
 def test_eight_devices_match_one_device(reference_run, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = subprocess.run(
@@ -202,6 +204,7 @@ def test_unknown_config_field_is_named(tmp_path):
         train_and_evaluate(c, str(tmp_path))
 
 
+@pytest.mark.subprocess
 def test_unknown_field_on_command_line_fails(tmp_path):
     out = subprocess.run(
         [

@@ -40,6 +40,7 @@ def _load(path):
         return json.load(f)
 
 
+@pytest.mark.subprocess
 def test_depth_study(tmp_path):
     results, text, runs = _run(
         "experiments.depth_study", tmp_path, "--layers=1", "--steps=2", "--test_n=16,32"
@@ -68,6 +69,7 @@ def test_depth_study(tmp_path):
     assert len(runs) == 1
 
 
+@pytest.mark.subprocess
 def test_objectives_study(tmp_path):
     results, text, _ = _run("experiments.objectives_study", tmp_path, "--objectives=est,lik", "--steps=2")
     saved = _load(results / "objectives_study.json")
@@ -93,6 +95,7 @@ def test_objectives_study(tmp_path):
     assert "## Objectives" in text and "| TGMM(lik) |" in text and "log-likelihood" in text
 
 
+@pytest.mark.subprocess
 def test_seeds_study(tmp_path):
     results, text, runs = _run(
         "experiments.seeds_study", tmp_path, "--seeds=0,1", "--parts=paper", "--paper_steps=2"
