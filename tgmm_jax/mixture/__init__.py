@@ -1,0 +1,31 @@
+"""One mixture core: E and M steps and the log-likelihood of padded Gaussian mixtures.
+
+``steps``: per-point log-densities and responsibilities (the E-step), the sufficient statistics of a block of
+points, and the M-step for the three covariance types ``COVARIANCE_TYPES``: ``"isotropic"`` (unit variance,
+fixed: the paper's model), ``"spherical"`` (one variance per component) and ``"diag"`` (one per component and
+dimension), as scikit-learn's ``GaussianMixture`` estimates them.
+"""
+
+from tgmm_jax.mixture.steps import (
+    COVARIANCE_TYPES,
+    VARIANCE_REG,
+    Statistics,
+    em_step,
+    log_likelihood,
+    m_step,
+    statistics,
+    variance_step,
+    variances_of,
+)
+
+__all__ = [
+    "COVARIANCE_TYPES",
+    "VARIANCE_REG",
+    "Statistics",
+    "em_step",
+    "log_likelihood",
+    "m_step",
+    "statistics",
+    "variance_step",
+    "variances_of",
+]
