@@ -66,6 +66,7 @@ def test_chunks_divide_each_devices_share_and_hold_about_a_mebibyte_of_scores(mo
 
 
 @pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.slow
 def test_forward_matches_numpy_and_plain(causal, chunking):
     q, k, v, _, point_mask = _inputs(causal)
     ref = _numpy_attention(q, k, v, np.asarray(point_mask), causal)

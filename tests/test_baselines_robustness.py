@@ -59,6 +59,7 @@ def _expected_valid(name, info):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_2000_adversarial_tasks_finite_and_traced_once(name):
     chex.clear_trace_counter()  # the counter is per function and global; other tests trace it too
     fn = BASELINES[name]
@@ -76,6 +77,7 @@ def test_2000_adversarial_tasks_finite_and_traced_once(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_dimension_128(name):
     task = _adversarial_tasks(7, 36, 128, 32)
     # OpenBLAS's threads (LAPACK eigh of 128 x 128 matrices) spin for seconds on a busy 2-core machine.

@@ -108,6 +108,7 @@ def _exact_conjugate(x_NxD, locs, tau, alphas):
     )
 
 
+@pytest.mark.slow
 def test_conjugate_gibbs_matches_enumeration():
     task = _one_task(CONJ_X, 2)
     config = BayesConfig(prior="conjugate", chains=16, sweeps=1100, burn_in=100, thin=1, **CONJ)
@@ -175,6 +176,7 @@ def _exact_algorithm1_1d(x_N, a=-5.0, b=5.0):
     return np.array([p_Z @ pos_Z, p_Z @ neg_Z, p_Z @ wpos_Z]), same
 
 
+@pytest.mark.slow
 def test_algorithm1_gibbs_matches_enumeration_1d():
     task = _one_task(ALG1_X, 2)
     config = BayesConfig(chains=16, sweeps=1100, burn_in=100, thin=1)
@@ -221,6 +223,7 @@ def _prior_statistics(weights_XxK, means_XxKxD):
     )
 
 
+@pytest.mark.slow
 def test_no_points_samples_follow_the_prior():
     k, d, tasks = 3, 2, 4
     empty = make_tasks(0, [k] * tasks, d, 4)
@@ -272,6 +275,7 @@ def _l2_between(a, b, k):
     return l2
 
 
+@pytest.mark.slow
 def test_more_sweeps_do_not_change_the_estimate(d2_fits):
     task, est, info, _, l2_em = d2_fits
     few = 4
@@ -292,6 +296,7 @@ def test_more_sweeps_do_not_change_the_estimate(d2_fits):
     assert np.all(change < 0.1 * l2_em[:few]) and np.all(spread < 0.25 * l2_em[:few])
 
 
+@pytest.mark.slow
 def test_beats_em_kmeanspp(d2_fits):
     _, _, _, l2_bayes, l2_em = d2_fits
     print("bayes", l2_bayes.mean(), "em", l2_em.mean(), "ratio", l2_bayes.mean() / l2_em.mean())
@@ -390,6 +395,7 @@ def _vmf_mean_resultant(d, kappa):
     "d, kappas",
     [(1, (0.0, 0.5, 2.0)), (2, (0.0, 0.5, 5.0, 1e4)), (62, (5.0, 30.0, 1e4)), (621, (100.0, 700.0, 1e4))],
 )
+@pytest.mark.slow
 def test_von_mises_fisher_moments(d, kappas):
     """E[mu . u] = A_D(kappa), E[(mu . u)^2] = 1 - (D - 1) A_D(kappa) / kappa (1 / D at kappa = 0) and
     E[u] = A_D(kappa) mu, for a direction mu off the axes (the tangent part is drawn around it)."""
@@ -473,6 +479,7 @@ def _exact_phase_transition(x_NxD, delta):
 PT_DELTA = 2.0
 
 
+@pytest.mark.slow
 def test_phase_transition_gibbs_matches_enumeration():
     """N = 8 points in D = 3 (Wood's sampler, not the D = 1 sign draw), an ambiguous task: the chains'
     E[c], E[s_1 u] (invariant under the label swap s, u -> -s, -u) and E[s_i s_j] against the exact ones."""
@@ -503,6 +510,7 @@ def test_phase_transition_gibbs_matches_enumeration():
     assert z_c.max() < MAX_Z and z_u.max() < MAX_Z and z_ss.max() < MAX_Z
 
 
+@pytest.mark.slow
 def test_phase_transition_beats_em_kmeanspp():
     """Tasks of the study's b0.1 setting (n = 128, D = 62) at rho = 1, padded to K_max = 5 as there: the
     default Bayes fit's mean l2 is below em_kmeanspp's (measured with evaluate_estimates on 16 tasks per

@@ -20,6 +20,7 @@ def no_torch(monkeypatch):
     monkeypatch.delattr(benchmarks, "torch_reference", raising=False)  # an earlier import left on the package
 
 
+@pytest.mark.slow
 def test_train_step_runs_without_torch(tmp_path, no_torch, capsys):
     out = tmp_path / "train_step.json"
     train_step.main(
@@ -62,6 +63,7 @@ def test_analytic_flops_of_the_backbone_by_hand():
     assert parts["read_in"] == 2 * b * n * 72 * e
 
 
+@pytest.mark.slow
 def test_evaluate_runs(tmp_path, no_torch):
     out = tmp_path / "evaluate.json"
     evaluate.main(
