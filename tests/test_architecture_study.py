@@ -36,6 +36,7 @@ def study(tmp_path_factory):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_json_fields_and_figure(study):
     tmp, payload = study
     assert payload["budget"] == dict(
@@ -55,6 +56,7 @@ def test_json_fields_and_figure(study):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_report_section_reads_the_json(study):
     _, payload = study
     lines, claims = architecture_section(payload, "architecture_study.png")

@@ -48,6 +48,7 @@ def setup(request):
     return model, params, task, apply
 
 
+@pytest.mark.slow
 def test_translation_moves_means_exactly(setup):
     _, params, task, apply = setup
     shift_D = jnp.asarray([3.0, -7.0, 11.0, 0.5, -2.0])
@@ -65,6 +66,7 @@ def test_translation_moves_means_exactly(setup):
     assert float(jnp.max(jnp.abs(b.means - a.means))) > 1.0  # the means did move
 
 
+@pytest.mark.slow
 def test_rotation_rotates_means(setup):
     _, params, task, apply = setup
     q_DxD, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((5, 5)))
@@ -78,6 +80,7 @@ def test_rotation_rotates_means(setup):
     )
 
 
+@pytest.mark.slow
 def test_point_order_and_padding_change_nothing(setup):
     _, params, task, apply = setup
     a = apply(params, task.points, task.point_mask, task.num_components)
@@ -95,6 +98,7 @@ def test_point_order_and_padding_change_nothing(setup):
     )
 
 
+@pytest.mark.slow
 def test_one_parameter_set_serves_every_dimension(setup):
     model, params, _, _ = setup
     for dim in (1, 3, 100):
@@ -105,6 +109,7 @@ def test_one_parameter_set_serves_every_dimension(setup):
         assert bool(jnp.all(jnp.isfinite(out.means)))
 
 
+@pytest.mark.slow
 def test_parameters_do_not_depend_on_dimension():
     shapes = []
     for dim in (3, 100):
@@ -117,6 +122,7 @@ def test_parameters_do_not_depend_on_dimension():
     assert shapes[0] == shapes[1]
 
 
+@pytest.mark.slow
 def test_fixed_dimension_model_refuses_other_dimensions():
     spec = TaskSpec(dim=4, ks=KS, n_max=20)
     model = make_model(model_config("tiny", backbone="set"), spec)
@@ -131,6 +137,7 @@ def test_unknown_k_is_refused():
         check_num_components(np.array([2, 7]), KS)
 
 
+@pytest.mark.slow
 def test_responsibilities_are_a_distribution_over_real_components(setup):
     _, params, task, apply = setup
     out = apply(params, task.points, task.point_mask, task.num_components)
@@ -140,6 +147,7 @@ def test_responsibilities_are_a_distribution_over_real_components(setup):
     assert np.all(resp.transpose(0, 2, 1)[padded] < 1e-12)
 
 
+@pytest.mark.slow
 def test_responsibility_loss_matches_brute_force(setup):
     _, params, task, apply = setup
     out = apply(params, task.points, task.point_mask, task.num_components)
@@ -155,6 +163,7 @@ def test_responsibility_loss_matches_brute_force(setup):
     np.testing.assert_allclose(float(losses.responsibility_loss(out, task)), total / count, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_normalisation_pads_small_dimensions_and_centres():
     spec = TaskSpec(dim=2, ks=(3,), n_max=50)
     task = sample_tasks(jax.random.key(2), spec, 3)
@@ -170,6 +179,7 @@ def test_normalisation_pads_small_dimensions_and_centres():
 
 
 @pytest.mark.parametrize("variant", ["isotropic", "anisotropic"])
+@pytest.mark.slow
 def test_em_refine_equals_baselines_em(variant):
     spec = TaskSpec(dim=5, ks=KS, n_max=64, variant=variant)
     task = sample_tasks(jax.random.key(3), spec, 4)
@@ -287,6 +297,7 @@ def test_selection_likelihood_matches_scipy(anisotropic):
         np.testing.assert_allclose(float(ours[b]), np.mean(np.log(dens)), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_best_of_two_seedings_keeps_the_likelier_estimate_per_task():
     spec = TaskSpec(dim=4, ks=KS, n_max=40)
     task = sample_tasks(jax.random.key(2), spec, 3)  # 3 tasks per K
@@ -329,6 +340,7 @@ def _correction_setup():
     return plain, corrected, params, task
 
 
+@pytest.mark.slow
 def test_correction_head_starts_at_the_uncorrected_readout():
     plain, corrected, params, task = _correction_setup()
     readout = {
@@ -342,6 +354,7 @@ def test_correction_head_starts_at_the_uncorrected_readout():
     np.testing.assert_array_equal(np.asarray(a.weight_logits), np.asarray(b.weight_logits))
 
 
+@pytest.mark.slow
 def test_correction_head_moves_the_estimate_equivariantly():
     _, corrected, params, task = _correction_setup()
     # a nonzero correction: the head's output layer off its zero initialisation

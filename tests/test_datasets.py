@@ -134,6 +134,7 @@ def test_best_permutation_accuracy_equals_brute_force():
         label_metrics.best_permutation_accuracy(true[0], pred[0])
 
 
+@pytest.mark.slow
 def test_phase_transition_separation_and_thresholds():
     n, b = 128, 0.1
     line = phase_transition.line_delta(n, b)

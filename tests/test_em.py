@@ -63,6 +63,7 @@ def _perturbed_init(task, seed, learn):
 
 
 @pytest.mark.parametrize("variant", ["isotropic", "anisotropic"])
+@pytest.mark.slow
 def test_em_from_init_matches_float64_numpy(variant):
     learn = variant == "anisotropic"
     task = _tasks(variant)
@@ -154,6 +155,7 @@ def _sklearn_means(task, covariance_type, n_init):
 
 
 @pytest.mark.parametrize("variant,covariance_type", [("isotropic", "spherical"), ("anisotropic", "diag")])
+@pytest.mark.slow
 def test_kmeanspp_em_matches_sklearn_quality(variant, covariance_type):
     task = make_tasks(11, [2, 3, 4, 5] * 10, 8, 128, variant=variant)
     est, info = fast_baseline("em_kmeanspp", variant=variant)(jax.random.key(0), task)
@@ -163,6 +165,7 @@ def test_kmeanspp_em_matches_sklearn_quality(variant, covariance_type):
     assert bool(jnp.all(info["valid"])) and bool(jnp.all(info["converged"]))
 
 
+@pytest.mark.slow
 def test_official_em_recovers_two_components_and_compiles_once():
     # chex counts traces of the jitted function: two batches of one shape (different data) must not retrace.
     chex.clear_trace_counter()  # the counter is per function and global; other tests trace it too

@@ -41,6 +41,7 @@ def _load(path):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_depth_study(tmp_path):
     results, text, runs = _run(
         "experiments.depth_study", tmp_path, "--layers=1", "--steps=2", "--test_n=16,32"
@@ -70,6 +71,7 @@ def test_depth_study(tmp_path):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_objectives_study(tmp_path):
     results, text, _ = _run("experiments.objectives_study", tmp_path, "--objectives=est,lik", "--steps=2")
     saved = _load(results / "objectives_study.json")
@@ -96,6 +98,7 @@ def test_objectives_study(tmp_path):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_seeds_study(tmp_path):
     results, text, runs = _run(
         "experiments.seeds_study", tmp_path, "--seeds=0,1", "--parts=paper", "--paper_steps=2"

@@ -24,6 +24,7 @@ def _oracle_l2(task):
     return aligned_l2_means(means, task)
 
 
+@pytest.mark.slow
 def test_recovers_well_separated_mixtures_near_the_oracle():
     ks = [2, 3, 4, 5] * 8
     task = make_tasks(0, ks, 16, 128, mean_scale=2.0)  # means U[-10, 10]^16: well separated, DS's regime
@@ -61,6 +62,7 @@ def test_farthest_first_matches_numpy():
 
 
 @pytest.mark.parametrize("variant", ["isotropic", "anisotropic"])
+@pytest.mark.slow
 def test_few_points_cap_the_initial_centres_and_stay_finite(variant):
     ks = [2, 3, 4, 5] * 4
     task = make_tasks(1, ks, 4, 16, variant=variant)
