@@ -54,6 +54,7 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
             "em_logits": True,
             "slot_init": "learned",
             "cluster_correction": False,
+            "noise": "unit",
             "backbone": "mamba2",
             "width": 16,
             "backbone_options": {
@@ -78,6 +79,7 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
             "em_logits",
             "slot_init",
             "cluster_correction",
+            "noise",
         )
     }
     gpt2 = upgrade_saved_config({"model": {"backbone": "gpt2", **flat}})

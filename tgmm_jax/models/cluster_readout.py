@@ -25,6 +25,14 @@ seeds, PAM's BUILD step) and ``smooth<M>`` (farthest-first on the points average
 Several joined by '+' (e.g. ``farthest+greedy+smooth3+smooth12``) are deterministic restarts: the read-out runs
 from each on the same backbone states and keeps, per task, the estimate of highest likelihood
 (``gmm.mean_log_likelihood``).
+
+Noise (``noise_var_B``, in the data's units; None: 1, the paper's setting). A known value v sets the E-step's
+precision to scale^2 / v. An unknown one (NaN) is estimated: iteration 0 uses the points' mean squared distance
+to their nearest seed, each later E-step the tied (shared by the components) maximum-likelihood variance of the
+previous M-step, all in the normalised coordinates, so the responsibilities do not depend on the data's units.
+The output variances are then spherical (``scales`` = their square roots on every dimension): the known value,
+or the tied variance of the last responsibilities over all D dimensions; the correction head, when on, also
+moves each component's log-variance (unknown noise only), so the learned model can give per-component variances.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from tgmm_jax.gmm import MixtureParams, mean_log_likelihood
 from tgmm_jax.models.normalize import normalize_tasks
@@ -42,6 +51,7 @@ from tgmm_jax.models.normalize import normalize_tasks
 _MASKED = -1e30
 _MIN_MASS = 1e-6
 _MIN_STD = 1e-3
+_MIN_VAR = 1e-10  # floor of an estimated noise variance in the normalised coordinates (top eigenvalue 1)
 _TIE_NATS = 1e-4  # per point: log-likelihoods closer than this are a tie, kept by the earlier seeding
 
 
@@ -60,6 +70,9 @@ class ClusterReadout(nn.Module):
     # translation-, rotation- and scale-equivariant) and its weight logit. Zero-initialised: at initialisation
     # the read-out equals the uncorrected one.
     correction: bool = False
+    # Whether the caller passes ``noise_var_B`` (the model's ``noise='conditioned'``): the correction head then
+    # has a log-variance output too.
+    noise: bool = False
 
     @nn.compact
     def __call__(
@@ -73,9 +86,15 @@ class ClusterReadout(nn.Module):
         k_index_B,
         component_mask_BxK,
         basis_BxDxR=None,
+        noise_var_B=None,
     ):
         """``coords``, ``scale``, ``centre`` (the mean of the real points) and ``basis`` (needed with
-        ``correction``) come from ``normalize_tasks``."""
+        ``correction``) come from ``normalize_tasks``; ``noise_var_B`` (with ``noise``): each task's noise
+        variance in the data's units, NaN where unknown (see the module docstring)."""
+        if (noise_var_B is not None) != self.noise:
+            raise ValueError(
+                f"ClusterReadout(noise={self.noise}) needs noise_var_B {'given' if self.noise else 'None'}"
+            )
         e = states_BxNxE.shape[-1]
         mask_BxN = point_mask_BxN.astype(bool)
         slots_BxKxE = self.param("slots", nn.initializers.normal(1.0), (self.num_ks, self.k_max, e))[
@@ -99,6 +118,7 @@ class ClusterReadout(nn.Module):
         alpha = self.param("em_logit_scale", nn.initializers.ones, ()) if self.em_logits else None
         slot_mask_BxKxK = component_mask_BxK[:, :, None] & component_mask_BxK[:, None, :]
         scale2_B = jnp.square(scale_B)
+        noise = noise_setup(scale2_B, noise_var_B, rank=min(points_BxNxD.shape[-1], coords_BxNxR.shape[-1]))
 
         seedings = seeding_functions(self.slot_init)
         if seedings:
@@ -126,7 +146,7 @@ class ClusterReadout(nn.Module):
             ln_correct = nn.LayerNorm(name="ln_correct")
             correct_hidden = nn.Dense(self.mlp_ratio * e, name="correct_hidden")
             correct_out = nn.Dense(
-                coords_BxNxR.shape[-1] + 1, kernel_init=nn.initializers.zeros, name="correct_out"
+                coords_BxNxR.shape[-1] + 1 + self.noise, kernel_init=nn.initializers.zeros, name="correct_out"
             )
 
         def correct(estimate, slots_BxKxE, resp_BxNxK, mass_BxK):
@@ -136,9 +156,15 @@ class ClusterReadout(nn.Module):
             mean_BxKxR = jnp.einsum("bnk,bnr->bkr", resp_BxNxK, coords_BxNxR) * inv_mass_BxK[..., None]
             inputs = jnp.concatenate([slots_BxKxE, mean_BxKxR, weight_logits_BxK[..., None]], -1)
             out_BxKxF = correct_out(jax.nn.gelu(correct_hidden(ln_correct(inputs))))
-            move_BxKxD = jnp.einsum("bkr,bdr->bkd", out_BxKxF[..., :-1], basis_BxDxR) * scale_B[:, None, None]
+            rank = coords_BxNxR.shape[-1]
+            move_BxKxD = (
+                jnp.einsum("bkr,bdr->bkd", out_BxKxF[..., :rank], basis_BxDxR) * scale_B[:, None, None]
+            )
+            if self.noise:  # per-component log-variance moves, where the noise is unknown
+                log_var_move_BxK = jnp.where(noise.estimate_B[:, None], out_BxKxF[..., rank + 1], 0.0)
+                scales_BxKxD = scales_BxKxD * jnp.exp(0.5 * log_var_move_BxK)[..., None]
             return (
-                weight_logits_BxK + out_BxKxF[..., -1],
+                weight_logits_BxK + out_BxKxF[..., rank],
                 offsets_BxKxD + move_BxKxD,
                 scales_BxKxD,
                 log_resp_BxNxK,
@@ -147,16 +173,18 @@ class ClusterReadout(nn.Module):
         def run(slots_BxKxE, seed_term_BxNxK):
             log_resp_BxNxK, resp_BxNxK, mass_BxK, final_slots_BxKxE = iterate_responsibilities(
                 coords_BxNxR,
-                scale2_B,
+                noise.precision_B,
                 mask_BxN,
                 component_mask_BxK,
                 self.iters,
                 seed_term_BxNxK,
                 alpha,
                 learned=(learned_logits, update_slots, slots_BxKxE),
+                estimate_B=noise.estimate_B,
+                rank=noise.rank,
             )
             estimate = estimate_mixture(
-                log_resp_BxNxK, resp_BxNxK, mass_BxK, centred_BxNxD, mask_BxN, self.anisotropic
+                log_resp_BxNxK, resp_BxNxK, mass_BxK, centred_BxNxD, mask_BxN, self.anisotropic, noise_var_B
             )
             if self.correction:
                 estimate = correct(estimate, final_slots_BxKxE, resp_BxNxK, mass_BxK)
@@ -168,10 +196,11 @@ class ClusterReadout(nn.Module):
             outs = []
             for seeding in seedings:
                 seeds_BxKxR = seeding(coords_BxNxR, mask_BxN, self.k_max)
+                precision0_B = noise.seed_precision(coords_BxNxR, seeds_BxKxR, mask_BxN, component_mask_BxK)
                 outs.append(
                     run(
                         slots_BxKxE + seed_embed(seeds_BxKxR),
-                        seed_logits(coords_BxNxR, seeds_BxKxR, scale2_B, seed_scale),
+                        seed_logits(coords_BxNxR, seeds_BxKxR, precision0_B, seed_scale),
                     )
                 )
             best = best_of_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK)
@@ -184,27 +213,72 @@ class ClusterReadout(nn.Module):
 # The read-out's parameter-free machinery, shared with its skeleton (``seeded_em``).
 
 
-def seed_logits(coords_BxNxR, seeds_BxKxR, scale2_B, seed_scale=1.0) -> jax.Array:
-    """The first iteration's E-step term: equal-weight unit-variance components (in the data's units) centred
-    on the seeds, times ``seed_scale`` (1 in the skeleton, learned in the read-out): [B, N, K]."""
+def seed_logits(coords_BxNxR, seeds_BxKxR, precision_B, seed_scale=1.0) -> jax.Array:
+    """The first iteration's E-step term: equal-weight components of precision ``precision_B`` in the
+    normalised coordinates (scale^2 for unit variance in the data's units) centred on the seeds, times
+    ``seed_scale`` (1 in the skeleton, learned in the read-out): [B, N, K]."""
     seed_sq_BxNxK = jnp.sum(jnp.square(coords_BxNxR[:, :, None, :] - seeds_BxKxR[:, None, :, :]), -1)
-    return -0.5 * seed_scale * scale2_B[:, None, None] * seed_sq_BxNxK
+    return -0.5 * seed_scale * precision_B[:, None, None] * seed_sq_BxNxK
+
+
+@struct.dataclass
+class NoiseSetup:
+    """The read-out's noise per task, in the normalised coordinates: the E-step precision where the noise is
+    known (scale^2 / variance), and which tasks estimate it instead (None: none do). ``rank`` (static) is the
+    number of real coordinates, min(D, R), that a variance is averaged over."""
+
+    precision_B: jax.Array
+    estimate_B: jax.Array | None
+    rank: int = struct.field(pytree_node=False)
+
+    def seed_precision(self, coords_BxNxR, seeds_BxKxR, mask_BxN, component_mask_BxK) -> jax.Array:
+        """Iteration 0's precision: the known one, or 1 / ``seed_variance`` where the noise is unknown."""
+        if self.estimate_B is None:
+            return self.precision_B
+        var_B = seed_variance(coords_BxNxR, seeds_BxKxR, mask_BxN, component_mask_BxK, self.rank)
+        return jnp.where(self.estimate_B, 1.0 / var_B, self.precision_B)
+
+
+def noise_setup(scale2_B, noise_var_B=None, *, rank: int) -> NoiseSetup:
+    """``NoiseSetup`` from the data-unit noise variances (NaN or <= 0: unknown; None: 1 for every task)."""
+    if noise_var_B is None:
+        return NoiseSetup(scale2_B, None, rank)
+    noise_var_B = jnp.broadcast_to(jnp.asarray(noise_var_B, jnp.float32), scale2_B.shape)
+    known_B = jnp.isfinite(noise_var_B) & (noise_var_B > 0)
+    precision_B = jnp.where(known_B, scale2_B / jnp.where(known_B, noise_var_B, 1.0), 1.0)
+    return NoiseSetup(precision_B, ~known_B, rank)
+
+
+def seed_variance(coords_BxNxR, seeds_BxKxR, mask_BxN, component_mask_BxK, rank: int) -> jax.Array:
+    """A first guess of an unknown noise variance per coordinate from the seeds: the real points' summed
+    squared distance to their nearest seed, over (N - K) x ``rank`` (the K seeds are points, at distance 0),
+    floored: [B]."""
+    sq_BxNxK = jnp.sum(jnp.square(coords_BxNxR[:, :, None, :] - seeds_BxKxR[:, None, :, :]), -1)
+    nearest_BxN = jnp.min(jnp.where(component_mask_BxK[:, None, :], sq_BxNxK, jnp.inf), axis=-1)
+    total_B = jnp.sum(jnp.where(mask_BxN, nearest_BxN, 0.0), axis=-1)
+    dof_B = jnp.sum(mask_BxN, axis=-1) - jnp.sum(component_mask_BxK, axis=-1)
+    return jnp.maximum(total_B / (jnp.maximum(dof_B, 1) * rank), _MIN_VAR)
 
 
 def iterate_responsibilities(
     coords_BxNxR,
-    scale2_B,
+    precision_B,
     mask_BxN,
     component_mask_BxK,
     iters: int,
     seed_term_BxNxK=None,
     em_scale=1.0,
     learned=None,
+    estimate_B=None,
+    rank: int | None = None,
 ):
     """The ``iters`` + 1 responsibility iterations of the read-out, in the normalised coordinates.
 
     Iteration t's logits are the sum of: the learned slot-point term (``learned``, if given), the seed term
-    (t = 0, if given) and ``em_scale`` x the exact E-step of a unit-variance mixture (t >= 1; None: off).
+    (t = 0, if given) and ``em_scale`` x the exact E-step of a mixture with precision ``precision_B`` in these
+    coordinates (scale^2 for unit variance in the data's units; t >= 1; None: off). Where ``estimate_B`` (bool
+    [B]) is set, the precision is instead 1 / the tied maximum-likelihood variance of the last M-step, averaged
+    over ``rank`` coordinates.
     Between iterations an M-step gives each slot's mean and log weight (and ``learned`` updates its slots).
     ``learned`` = (logits_fn(slots) -> [B, N, K], update_fn(slots, resp, inv_mass, means, log_w) -> slots,
     initial slots); None is the parameter-free skeleton, which runs ``iters`` + 1 E-steps (the first from the
@@ -214,7 +288,7 @@ def iterate_responsibilities(
     weight_BxN = mask_BxN.astype(jnp.float32)
     count_B = jnp.maximum(jnp.sum(weight_BxN, axis=-1), 1.0)
     logits_fn, update_fn, slots_BxKxE = learned if learned is not None else (None, None, None)
-    centre_mean_BxKxR = log_w_BxK = None
+    centre_mean_BxKxR = log_w_BxK = resp_BxNxK = None
     for t in range(iters + 1):
         logits_BxNxK = jnp.zeros(mask_BxN.shape + component_mask_BxK.shape[-1:], jnp.float32)
         if logits_fn is not None:
@@ -223,8 +297,14 @@ def iterate_responsibilities(
             logits_BxNxK = logits_BxNxK + seed_term_BxNxK
         if em_scale is not None and t > 0:
             sq_BxNxK = jnp.sum(jnp.square(coords_BxNxR[:, :, None, :] - centre_mean_BxKxR[:, None, :, :]), -1)
+            step_precision_B = precision_B
+            if (
+                estimate_B is not None
+            ):  # the tied variance of the last M-step: its responsibilities, these means
+                var_B = jnp.sum(resp_BxNxK * sq_BxNxK, axis=(1, 2)) / (count_B * rank)
+                step_precision_B = jnp.where(estimate_B, 1.0 / jnp.maximum(var_B, _MIN_VAR), precision_B)
             logits_BxNxK = logits_BxNxK + em_scale * (
-                log_w_BxK[:, None, :] - 0.5 * scale2_B[:, None, None] * sq_BxNxK
+                log_w_BxK[:, None, :] - 0.5 * step_precision_B[:, None, None] * sq_BxNxK
             )
         logits_BxNxK = jnp.where(component_mask_BxK[:, None, :], logits_BxNxK, _MASKED)
         log_resp_BxNxK = jax.nn.log_softmax(logits_BxNxK, axis=-1)
@@ -239,10 +319,14 @@ def iterate_responsibilities(
             slots_BxKxE = update_fn(slots_BxKxE, resp_BxNxK, inv_mass_BxK, centre_mean_BxKxR, log_w_BxK)
 
 
-def estimate_mixture(log_resp_BxNxK, resp_BxNxK, mass_BxK, centred_BxNxD, mask_BxN, anisotropic=False):
+def estimate_mixture(
+    log_resp_BxNxK, resp_BxNxK, mass_BxK, centred_BxNxD, mask_BxN, anisotropic=False, noise_var_B=None
+):
     """(weight logits [B, K], means as offsets from the task's centre [B, K, D] (translation-exact in float32;
     a slot with no mass falls back to the centre), per-dimension scales (anisotropic, floored) or None,
-    log-responsibilities) from the last iteration's responsibilities."""
+    log-responsibilities) from the last iteration's responsibilities. With ``noise_var_B`` (data units, NaN
+    where unknown) the scales are spherical: the known standard deviation, or the square root of the tied
+    maximum-likelihood variance over all D dimensions."""
     count_B = jnp.maximum(jnp.sum(mask_BxN.astype(jnp.float32), axis=-1), 1.0)
     inv_mass_BxK = 1.0 / (mass_BxK + _MIN_MASS)
     offsets_BxKxD = jnp.einsum("bnk,bnd->bkd", resp_BxNxK, centred_BxNxD) * inv_mass_BxK[..., None]
@@ -252,6 +336,16 @@ def estimate_mixture(log_resp_BxNxK, resp_BxNxK, mass_BxK, centred_BxNxD, mask_B
         sq_BxNxKxD = jnp.square(centred_BxNxD[:, :, None, :] - offsets_BxKxD[:, None, :, :])
         var_BxKxD = jnp.einsum("bnk,bnkd->bkd", resp_BxNxK, sq_BxNxKxD) * inv_mass_BxK[..., None]
         scales_BxKxD = jnp.sqrt(jnp.maximum(var_BxKxD, _MIN_STD**2))
+    elif noise_var_B is not None:
+        sq_BxNxK = jnp.sum(jnp.square(centred_BxNxD[:, :, None, :] - offsets_BxKxD[:, None, :, :]), -1)
+        tied_var_B = jnp.sum(resp_BxNxK * sq_BxNxK, axis=(1, 2)) / (count_B * centred_BxNxD.shape[-1])
+        noise_var_B = jnp.broadcast_to(jnp.asarray(noise_var_B, jnp.float32), tied_var_B.shape)
+        known_B = jnp.isfinite(noise_var_B) & (noise_var_B > 0)
+        var_B = jnp.where(known_B, noise_var_B, tied_var_B)
+        # floored relative to the data's spread, so the floor scales with the data
+        spread_B = jnp.sum(jnp.square(centred_BxNxD), axis=(1, 2)) / (count_B * centred_BxNxD.shape[-1])
+        var_B = jnp.maximum(var_B, _MIN_VAR * spread_B + jnp.finfo(jnp.float32).tiny)
+        scales_BxKxD = jnp.broadcast_to(jnp.sqrt(var_B)[:, None, None], offsets_BxKxD.shape)
     return weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK
 
 
@@ -295,6 +389,7 @@ def seeded_em(
     iters: int,
     rank: int,
     anisotropic: bool = False,
+    noise_var_B=None,
 ):
     """The clustering read-out with no learned term: its parameter-free skeleton.
 
@@ -302,7 +397,8 @@ def seeded_em(
     (``normalize_tasks(points, mask, rank)``), then ``iters`` + 1 E-steps of a unit-variance mixture in those
     coordinates (the first with equal weights centred on the seeds) each followed by an M-step, the last M-step
     on the raw points; per task, the seeding of highest likelihood. This is exactly ``ClusterReadout`` with the
-    learned logit at zero and ``em_logit_scale = seed_logit_scale = 1``. Returns (weight logits [B, K], means
+    learned logit at zero and ``em_logit_scale = seed_logit_scale = 1``. ``noise_var_B`` (data units, NaN where
+    unknown; None: 1) as in the read-out: an unknown noise variance is estimated (tied) at every E-step. Returns (weight logits [B, K], means
     [B, K, D], scales [B, K, D] or None, log-responsibilities [B, N, K]).
     """
     seedings = seeding_functions(slot_init)
@@ -311,22 +407,27 @@ def seeded_em(
     mask_BxN = point_mask_BxN.astype(bool)
     points_BxNxD = jnp.where(mask_BxN[..., None], jnp.asarray(points_BxNxD, jnp.float32), 0.0)
     norm = normalize_tasks(points_BxNxD, mask_BxN, rank)
-    scale2_B = jnp.square(norm.scale_B)
+    noise = noise_setup(jnp.square(norm.scale_B), noise_var_B, rank=min(points_BxNxD.shape[-1], rank))
     k_max = component_mask_BxK.shape[-1]
     centred_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - norm.centre_BxD[:, None, :], 0.0)
     outs = []
     for seeding in seedings:
         seeds_BxKxR = seeding(norm.coords_BxNxR, mask_BxN, k_max)
+        precision0_B = noise.seed_precision(norm.coords_BxNxR, seeds_BxKxR, mask_BxN, component_mask_BxK)
         log_resp_BxNxK, resp_BxNxK, mass_BxK, _ = iterate_responsibilities(
             norm.coords_BxNxR,
-            scale2_B,
+            noise.precision_B,
             mask_BxN,
             component_mask_BxK,
             iters,
-            seed_logits(norm.coords_BxNxR, seeds_BxKxR, scale2_B),
+            seed_logits(norm.coords_BxNxR, seeds_BxKxR, precision0_B),
+            estimate_B=noise.estimate_B,
+            rank=noise.rank,
         )
         outs.append(
-            estimate_mixture(log_resp_BxNxK, resp_BxNxK, mass_BxK, centred_BxNxD, mask_BxN, anisotropic)
+            estimate_mixture(
+                log_resp_BxNxK, resp_BxNxK, mass_BxK, centred_BxNxD, mask_BxN, anisotropic, noise_var_B
+            )
         )
     weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK = best_of_seedings(
         outs, centred_BxNxD, mask_BxN, component_mask_BxK

@@ -18,6 +18,10 @@ from tgmm_jax.models.options import BackboneOptions, check_positive_ints
 
 READOUTS = ("attentive", "naive", "cluster")
 READINS = ("raw", "normalized")
+# "unit": the noise variance is 1 in the data's units (the paper's setting; the model takes no noise input).
+# "conditioned": the model takes each task's noise variance, known (a positive value, in the data's units) or
+# unknown (NaN), and outputs spherical variances; known-or-unknown reaches the backbone as task features.
+NOISE_MODES = ("unit", "conditioned")
 DTYPES = ("float32", "bfloat16")
 
 # Unrolled shallow stacks compile faster; scanned deep ones compile in time independent of depth.
@@ -72,6 +76,10 @@ class ModelConfig:
     # zero-initialised, equivariant): lets the learned part move the estimate directly instead of only through
     # a logit beside the exact E-step.
     cluster_correction: bool = False
+    # The noise model (NOISE_MODES). "conditioned" makes the model scale-equivariant (x -> c x, noise variance
+    # -> c^2 x: means -> c means, variances -> c^2 variances, the same weights and responsibilities); it needs
+    # the normalised read-in and the clustering read-out.
+    noise: str = "unit"
 
     def __post_init__(self):
         _validate(self)
@@ -136,6 +144,12 @@ def _validate(c: ModelConfig) -> None:
     choice("readout", READOUTS)
     choice("dtype", DTYPES)
     choice("readin", READINS)
+    choice("noise", NOISE_MODES)
+    if c.noise == "conditioned" and (c.readin != "normalized" or c.readout != "cluster"):
+        raise ValueError(
+            "ModelConfig.noise='conditioned' needs readin='normalized' and readout='cluster' (the scale-free "
+            f"coordinates and the read-out that estimates variances), got readin={c.readin!r}, readout={c.readout!r}"
+        )
     if not isinstance(c.slot_init, str):
         raise ValueError(f"ModelConfig.slot_init must be a string, got {c.slot_init!r}")
     try:

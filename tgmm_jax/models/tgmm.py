@@ -72,6 +72,12 @@ class TGMM(nn.Module):
     A K not in ``ks`` cannot raise under jit: that task's outputs are NaN (so a loss on it is NaN); call
     ``check_num_components`` eagerly to get a ValueError instead.
 
+    With ``config.noise == 'conditioned'`` the call also takes ``noise_variance`` ([B] or a scalar, in the data's
+    units; NaN = unknown, the default): the backbone sees log(scale / sigma) and a known flag instead of the
+    task's absolute scale, the read-out uses or estimates the variance, and ``scales`` holds the spherical
+    standard deviations. The map is then scale-equivariant: points x c and noise_variance x c^2 give means x c,
+    scales x c and the same weights and responsibilities.
+
     ``train`` matters only with ``config.official_pooling_mask_bug``: the official code applies its buggy
     pooling mask in training and no mask at evaluation, and ``train`` picks which of the two to reproduce.
     """
@@ -86,6 +92,10 @@ class TGMM(nn.Module):
             raise ValueError(f"TGMM.variant must be one of {VARIANTS}, got {self.variant!r}")
         c = self.config
         anisotropic = self.variant == "anisotropic"
+        if c.noise == "conditioned" and anisotropic:
+            raise ValueError(
+                "noise='conditioned' is for isotropic tasks; the anisotropic read-out has its own scales"
+            )
         if c.readin == "normalized" and anisotropic and c.readout != "cluster":
             raise ValueError(
                 "the normalized read-in with an attentive or naive read-out predicts means in the projected "
@@ -104,6 +114,7 @@ class TGMM(nn.Module):
                 num_heads=c.num_heads,
                 slot_init=c.slot_init,
                 correction=c.cluster_correction,
+                noise=c.noise == "conditioned",
             )
         else:
             readout_cls = AttentiveReadout if c.readout == "attentive" else NaiveReadout
@@ -111,11 +122,14 @@ class TGMM(nn.Module):
             out_dim = c.project_rank if c.readin == "normalized" else self.dim
             self.read_out = readout_cls(len(self.ks), max(self.ks), out_dim, anisotropic)
 
-    def __call__(self, points_BxNxD, point_mask_BxN, num_components_B, *, train: bool = False) -> TGMMOutput:
+    def __call__(
+        self, points_BxNxD, point_mask_BxN, num_components_B, *, train: bool = False, noise_variance=None
+    ) -> TGMMOutput:
         points_BxNxD, point_mask_BxN, num_components_B = map(
             jnp.asarray, (points_BxNxD, point_mask_BxN, num_components_B)
         )
         self._check_shapes(points_BxNxD, point_mask_BxN, num_components_B)
+        noise_var_B = self._noise_variances(noise_variance, points_BxNxD.shape[0])
         c, k_max = self.config, max(self.ks)
         point_mask_BxN = point_mask_BxN.astype(bool)
         ks_S = jnp.asarray(self.ks, jnp.int32)
@@ -135,7 +149,21 @@ class TGMM(nn.Module):
         if c.readin == "normalized" or c.readout == "cluster":
             norm = normalize_tasks(points_BxNxD, point_mask_BxN, c.project_rank)
         if c.readin == "normalized":
-            tokens_BxNxE = self.read_in(norm.coords_BxNxR, k_index_B, norm.features_BxF)
+            features_BxF = norm.features_BxF
+            if noise_var_B is not None:  # log(scale / sigma) where known, 0 where not, and the known flag
+                noise_known_B = jnp.isfinite(noise_var_B) & (noise_var_B > 0)
+                log_ratio_B = jnp.log(norm.scale_B) - 0.5 * jnp.log(
+                    jnp.where(noise_known_B, noise_var_B, 1.0)
+                )
+                features_BxF = jnp.concatenate(
+                    [
+                        jnp.where(noise_known_B, log_ratio_B, 0.0)[:, None],
+                        features_BxF[:, 1:],
+                        noise_known_B.astype(jnp.float32)[:, None],
+                    ],
+                    axis=-1,
+                )
+            tokens_BxNxE = self.read_in(norm.coords_BxNxR, k_index_B, features_BxF)
         else:
             tokens_BxNxE = self.read_in(points_BxNxD, k_index_B)
         states_BxNxE = self.backbone(tokens_BxNxE, point_mask_BxN)
@@ -151,6 +179,7 @@ class TGMM(nn.Module):
                 k_index_B,
                 component_mask_BxK,
                 norm.basis_BxDxR,
+                noise_var_B,
             )
             inverse_BxN = jnp.argsort(order_BxN, axis=-1)  # back to the caller's point order
             log_resp_BxNxK = jnp.take_along_axis(log_resp_BxNxK, inverse_BxN[:, :, None], axis=1)
@@ -179,6 +208,23 @@ class TGMM(nn.Module):
             component_mask_BxK,
             log_resp_BxNxK,
         )
+
+    def _noise_variances(self, noise_variance, batch: int):
+        """[B] float32 noise variances (NaN = unknown) for noise='conditioned', else None (refused if given)."""
+        if self.config.noise != "conditioned":
+            if noise_variance is not None:
+                raise ValueError(
+                    f"this model's noise model is {self.config.noise!r} (unit variance): it takes no noise_variance"
+                )
+            return None
+        if noise_variance is None:
+            return jnp.full((batch,), jnp.nan, jnp.float32)
+        noise_variance = jnp.asarray(noise_variance, jnp.float32)
+        if noise_variance.ndim > 1 or noise_variance.shape not in ((), (batch,)):
+            raise ValueError(
+                f"noise_variance must be a scalar or [B] = [{batch}], got shape {noise_variance.shape}"
+            )
+        return jnp.broadcast_to(noise_variance, (batch,))
 
     def _check_shapes(self, points, point_mask, num_components) -> None:
         if points.ndim != 3:

@@ -67,6 +67,7 @@ _ADDED_MODEL_FIELDS = (
     "em_logits",
     "slot_init",
     "cluster_correction",
+    "noise",
 )
 
 
