@@ -19,7 +19,8 @@ The prior (``prior='algorithm1'``; the ranges and threshold are config fields, d
             of u / sum(u) in tests/test_bayes.py).
   means     mu_k iid U[a, b]^D (-5, 5), conditioned on all pairwise cosines between the real means being
             < cos_threshold (0.8): the density is constant on that set, zero outside.
-  points    z_n ~ Cat(pi), x_n ~ N(mu_{z_n}, I) (unit variance, known).
+  points    z_n ~ Cat(pi), x_n ~ N(mu_{z_n}, I) (unit variance, known; a known or unknown sigma: 'Noise scale'
+            below).
 Only the isotropic variant is covered (BayesConfig(variant=...) raises ValueError otherwise).
 
 Gibbs sampler, one sweep (vmapped over tasks and chains; a loop over sweeps):
@@ -83,6 +84,33 @@ d = 32, K = 5, N = 128 (64 tasks a call, compile excluded; compiling takes 5-10 
 Quality at d = 2, K = 5, N = 128 (sample_tasks, 64 tasks): mean l2 0.067 +- 0.007 vs em_kmeanspp's
 0.187 +- 0.083, ratio 0.36 (0.33 over 256 tasks). The ratio is set by em_kmeanspp's failures (l2 > 1 on
 ~6% of tasks); on the other tasks it is 0.66-0.86 (0.73 over 256). At d = 32: 0.0440 vs 0.0462 (ratio 0.95).
+
+Noise scale (``BayesConfig.noise_scale``, ``noise_scale_range``): the prior of ``TaskSpec(noise_scale_range=
+...)``, in which the task is sigma times a unit-noise Algorithm-1 task (the means' box scales with sigma:
+mu_k = sigma nu_k, nu_k in [a, b]^D with the cosine constraint, x_n ~ N(mu_{z_n}, sigma^2 I)).
+  * known sigma = c (``noise_scale=c``, default 1.0): exactly a rescaling. The sampler runs on x / c under
+    the unit prior and the means (samples and estimate) are multiplied by c; for every prior. The estimate's
+    scales are c (None at the default c = 1, whose code path and numbers are unchanged).
+  * unknown sigma (``noise_scale=None``, ``noise_scale_range=(lo, hi)``, prior='algorithm1' and a mean_range
+    with a < 0 < b): log sigma ~ U[log lo, log hi]. The chain state is (pi, nu, s = log sigma); steps 1-3
+    run on x / sigma exactly as above (unit noise in the units of sigma), then two slice-sampling steps on s
+    (exact: shrinkage from the whole bracket, which is bounded, no stepping out; ``_slice_sample``):
+      4a. s | nu, z, x (the means move with sigma): log density -N D s - sum_n ||x_n e^{-s} - nu_{z_n}||^2 / 2
+          on [log lo, log hi] (the log-uniform prior is flat in s; nu's prior does not depend on sigma).
+      4b. s | mu = sigma nu, z, x (the means held fixed in data units; nu <- mu / sigma'): in (mu, s)
+          coordinates the box's density is sigma^{-K D}, so the log density is
+          -(N + K) D s - sum_n ||x_n - mu_{z_n}||^2 e^{-2s} / 2 on s >= log lo, s <= log hi and
+          mu / sigma in the box (sigma >= max over coordinates of mu / b or mu / a; the cosine constraint is
+          scale-invariant).
+    4a alone mixes slowly when the data pin the means (sigma then moves all means at once), 4b alone when
+    the box binds (no data: sigma >= max |mu| / 5); together they cover both. The initial sigma is the
+    points' rms deviation from their mean / sqrt(1 + (b - a)^2 / 12) (their spread under the prior when the
+    components are spread over the box; sqrt(lo hi) without points), clipped into [lo, hi]; the initial nu
+    as above on x / sigma. Samples record the means in data units and sigma; log_post is log p(x, pi, nu, s)
+    up to a constant. The estimate adds the aligned posterior mean E[sigma] (over the same kept samples) as
+    the scales, info['noise_scale'] = E[sigma] and info['noise_variance'] = E[sigma^2].
+    Checked in tests/test_bayes.py against the exact posterior (enumeration of the 2^N assignments in D = 1
+    with a quadrature over sigma), and against sigma = 1 on rescaled data.
 
 ``prior='phase_transition'``: the two-component tasks of ``tasks.sample_phase_transition_tasks(key, n, a, b,
 batch)``, padded or not (``experiments.phase_transition.pad_components``: K_max = 5, 2 real components).
@@ -178,6 +206,9 @@ _BOX_CANDIDATES = 64
 _PT_CHUNK_ELEMENTS = 1 << 23
 # Power-iteration steps for the initial direction u (top principal direction of the centred points).
 _POWER_STEPS = 30
+# Largest number of shrinkage steps of one slice-sampling update of log sigma (each at least halves the
+# bracket in expectation; the bracket starts at most ~10 wide and the conditional is >~1e-3 wide).
+_SLICE_STEPS = 48
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -222,6 +253,10 @@ class BayesConfig:
     # estimate (a minor mode; module docstring). None keeps every chain.
     chain_gap: float | None = 3.0
     chunk_size: int | None = None  # tasks per chunk; None: min(batch, 64)
+    # The noise standard deviation in the data's units; None: unknown, log-uniform on noise_scale_range (the
+    # means' box scales with it, as TaskSpec's; module docstring).
+    noise_scale: float | None = 1.0
+    noise_scale_range: tuple[float, float] | None = None
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
@@ -247,6 +282,9 @@ class BayesConfig:
             )
         if self.chunk_size is not None:
             _check_int("chunk_size", self.chunk_size, 1)
+        if self.noise_scale_range is not None and hasattr(self.noise_scale_range, "__iter__"):
+            set_("noise_scale_range", tuple(self.noise_scale_range))
+        _check_noise(self)
         wr = self.weight_range
         if len(wr) != 2 or not all(_is_number(v) for v in wr) or not 0.0 < wr[0] < wr[1]:
             raise ValueError(f"BayesConfig.weight_range must be (lo, hi) with 0 < lo < hi, got {wr!r}")
@@ -283,6 +321,36 @@ class BayesConfig:
     def kept(self) -> int:
         """Samples kept per chain."""
         return (self.sweeps - self.burn_in) // self.thin
+
+
+def _check_noise(config: BayesConfig) -> None:
+    nr = config.noise_scale_range
+    if config.noise_scale is not None:
+        if not (_is_number(config.noise_scale) and config.noise_scale > 0):
+            raise ValueError(
+                f"BayesConfig.noise_scale must be a finite number > 0 (known) or None (unknown), got "
+                f"{config.noise_scale!r}"
+            )
+        if nr is not None:
+            raise ValueError(
+                f"BayesConfig.noise_scale_range is the prior of an unknown noise scale (noise_scale=None); got "
+                f"noise_scale={config.noise_scale!r} and noise_scale_range={nr!r}"
+            )
+        return
+    if nr is None or len(nr) != 2 or not all(_is_number(v) for v in nr) or not 0.0 < nr[0] < nr[1]:
+        raise ValueError(
+            f"BayesConfig(noise_scale=None) needs noise_scale_range=(lo, hi) with 0 < lo < hi, got {nr!r}"
+        )
+    if config.prior != "algorithm1":
+        raise ValueError(
+            f"an unknown noise scale is implemented for prior='algorithm1' only, got {config.prior!r}"
+        )
+    a, b = config.mean_range
+    if not a < 0.0 < b:
+        raise ValueError(
+            f"an unknown noise scale needs a mean_range (a, b) with a < 0 < b (the box scales with sigma), got "
+            f"{config.mean_range!r}"
+        )
 
 
 def _per_component(values: tuple[float, ...], k_max: int, name: str) -> jax.Array:
@@ -448,15 +516,92 @@ def _mean_step(u_KxD, counts_K, sums_KxD, means_KxD, component_mask_K, config: B
     return means_KxD, accepted
 
 
+def _slice_sample(key, log_f, s0, lower, upper):
+    """One slice-sampling update of a scalar s0 in [lower, upper] for the (unnormalised) log density
+    ``log_f``: the slice level log_f(s0) - Exp(1), then uniform draws on the bracket, shrunk towards s0 after
+    each draw outside the slice (Neal 2003, no stepping out: the bracket is the whole bounded support).
+    Exact; after ``_SLICE_STEPS`` misses (never seen) it keeps s0. Returns (s, number of draws)."""
+    u = jax.random.uniform(key, (_SLICE_STEPS + 1,), minval=1e-7, maxval=1.0 - 1e-7)
+    level = log_f(s0) + jnp.log(u[0])
+
+    def body(carry):
+        i, lo, hi, s, _ = carry
+        s1 = lo + u[i + 1] * (hi - lo)
+        inside = log_f(s1) > level
+        lo = jnp.where(s1 < s0, s1, lo)
+        hi = jnp.where(s1 >= s0, s1, hi)
+        return i + 1, lo, hi, jnp.where(inside, s1, s), inside
+
+    init = (jnp.int32(0), lower, upper, s0, jnp.bool_(False))
+    steps, _, _, s, _ = jax.lax.while_loop(lambda c: ~c[4] & (c[0] < _SLICE_STEPS), body, init)
+    return s, steps
+
+
+def _noise_steps(key, log_sigma, nu_KxD, x_NxD, onehot_NxK, n_real, component_mask_K, config: BayesConfig):
+    """Steps 4a and 4b of an unknown noise scale (module docstring): (log sigma, nu) after both."""
+    d = x_NxD.shape[1]
+    k_real = jnp.sum(component_mask_K).astype(x_NxD.dtype)
+    log_lo, log_hi = (math.log(v) for v in config.noise_scale_range)
+    a, b = config.mean_range
+    key_a, key_b = jax.random.split(key)
+    # 4a. s | nu: sum_n ||x_n - sigma nu_z||^2 = A - 2 (sigma - sigma0) B + (sigma - sigma0)^2 C, expanded
+    # around the current sigma0 (no cancellation near it); padded points have one-hot rows of zeros.
+    sigma0 = jnp.exp(log_sigma)
+    nu_N = onehot_NxK @ nu_KxD
+    resid_NxD = (x_NxD - sigma0 * nu_N) * jnp.sum(onehot_NxK, axis=-1, keepdims=True)
+    a_ss, b_ss, c_ss = jnp.sum(resid_NxD**2), jnp.sum(resid_NxD * nu_N), jnp.sum(nu_N**2)
+
+    def log_f_a(s):
+        step = jnp.exp(s) - sigma0
+        ss = jnp.maximum(a_ss - 2.0 * step * b_ss + step**2 * c_ss, 0.0)
+        return -n_real * d * s - 0.5 * ss * jnp.exp(-2.0 * s)
+
+    log_sigma, _ = _slice_sample(key_a, log_f_a, log_sigma, jnp.float32(log_lo), jnp.float32(log_hi))
+    # 4b. s | mu = sigma nu (fixed in data units), subject to mu / sigma in the box.
+    sigma = jnp.exp(log_sigma)
+    mu_KxD = sigma * nu_KxD
+    ss = jnp.sum(((x_NxD - onehot_NxK @ mu_KxD) * jnp.sum(onehot_NxK, axis=-1, keepdims=True)) ** 2)
+    need_KxD = jnp.where(mu_KxD > 0, mu_KxD / b, mu_KxD / a)  # sigma >= this, per coordinate (a < 0 < b)
+    need = jnp.max(jnp.where(component_mask_K[:, None], need_KxD, 0.0))
+    lower = jnp.minimum(jnp.maximum(jnp.float32(log_lo), jnp.log(jnp.maximum(need, _TINY))), log_sigma)
+
+    def log_f_b(s):
+        return -(n_real + k_real) * d * s - 0.5 * ss * jnp.exp(-2.0 * s)
+
+    log_sigma, _ = _slice_sample(key_b, log_f_b, log_sigma, lower, jnp.float32(log_hi))
+    nu_KxD = jnp.clip(mu_KxD * jnp.exp(-log_sigma), a, b)
+    return log_sigma, jnp.where(component_mask_K[:, None], nu_KxD, 0.0)
+
+
+def _initial_log_sigma(x_NxD, point_mask_N, config: BayesConfig) -> jax.Array:
+    """log of the initial sigma of an unknown noise scale (module docstring), inside [log lo, log hi]."""
+    lo, hi = config.noise_scale_range
+    a, b = config.mean_range
+    n_real = jnp.sum(point_mask_N).astype(x_NxD.dtype)
+    centre_D = jnp.sum(x_NxD, axis=0) / jnp.maximum(n_real, 1.0)  # padded rows are zero
+    dev = jnp.sum(jnp.where(point_mask_N[:, None], (x_NxD - centre_D[None, :]) ** 2, 0.0))
+    rms = jnp.sqrt(dev / jnp.maximum(n_real * x_NxD.shape[1], 1.0)) / math.sqrt(1.0 + (b - a) ** 2 / 12.0)
+    guess = jnp.where(rms > 0, jnp.log(jnp.maximum(rms, _TINY)), 0.5 * (math.log(lo) + math.log(hi)))
+    return jnp.clip(guess, math.log(lo), math.log(hi))
+
+
 def _run_chain(key, x_NxD, point_mask_N, component_mask_K, config: BayesConfig, keep_labels):
     """One Gibbs chain on one task. Sweep t draws z_t | (pi, mu)_{t-1}, then pi_t | z_t, then mu_t | z_t;
     the recorded sample of sweep t is ((pi, mu)_{t-1}, z_t), a draw from the joint posterior once the chain
-    is stationary, with log p(x, pi, mu) of (pi, mu)_{t-1} from the same pass."""
+    is stationary, with log p(x, pi, mu) of (pi, mu)_{t-1} from the same pass. With an unknown noise scale
+    the means of the state are nu = mu / sigma, steps 1-3 see x / sigma, and steps 4a-4b update sigma; the
+    record holds mu = sigma nu and sigma (``noise_scale``)."""
     n, d = x_NxD.shape
     k_max = component_mask_K.shape[0]
+    unknown = config.noise_scale is None
     x_NxD = jnp.where(point_mask_N[:, None], x_NxD, 0.0)
     init_key, key = jax.random.split(key)
-    init_means_KxD = _initial_means(init_key, x_NxD, point_mask_N, component_mask_K, config)
+    log_sigma = jnp.zeros((), x_NxD.dtype)
+    if unknown:
+        log_sigma = _initial_log_sigma(x_NxD, point_mask_N, config)
+        n_real = jnp.sum(point_mask_N).astype(x_NxD.dtype)
+    x_init_NxD = x_NxD * jnp.exp(-log_sigma) if unknown else x_NxD
+    init_means_KxD = _initial_means(init_key, x_init_NxD, point_mask_N, component_mask_K, config)
     sq_x_N = jnp.sum(x_NxD**2, axis=-1)
     mask_f = component_mask_K.astype(x_NxD.dtype)
     weights_K = mask_f / jnp.sum(mask_f)
@@ -469,25 +614,39 @@ def _run_chain(key, x_NxD, point_mask_N, component_mask_K, config: BayesConfig, 
     )
     if keep_labels:
         record["labels"] = jnp.zeros((kept, n), jnp.int32)
+    if unknown:
+        record["noise_scale"] = jnp.zeros((kept,), x_NxD.dtype)
 
     def sweep(t, carry):
-        weights_K, means_KxD, acc_w, acc_mu, record = carry
+        weights_K, means_KxD, log_sigma, acc_w, acc_mu, record = carry
         # One threefry call for all uniforms of the sweep (each random call is a separate kernel, slow to
-        # compile on CPU); g_key only serves the conjugate prior's gamma draws.
+        # compile on CPU); g_key serves the conjugate prior's gamma draws, or the unknown noise scale's steps.
         u_key, g_key = jax.random.split(jax.random.fold_in(key, t))
         # Uniforms: z (N), MH (1), mean proposals (K D), exponentials for the Dirichlet (K + N).
         u = jax.random.uniform(u_key, (2 * n + 1 + k_max * (d + 1),), minval=1e-7, maxval=1.0 - 1e-7)
         exp_K = -jnp.log(u[n + 1 + k_max * d : n + 1 + k_max * (d + 1)])
         exp_N = -jnp.log(u[n + 1 + k_max * (d + 1) :])
-        z_N, loglik = _z_step(u[:n], x_NxD, sq_x_N, point_mask_N, component_mask_K, weights_K, means_KxD)
+        if unknown:  # steps 1-3 in the units of sigma
+            inv_sigma = jnp.exp(-log_sigma)
+            xs_NxD, sq_xs_N = x_NxD * inv_sigma, sq_x_N * inv_sigma**2
+        else:
+            xs_NxD, sq_xs_N = x_NxD, sq_x_N
+        z_N, loglik = _z_step(u[:n], xs_NxD, sq_xs_N, point_mask_N, component_mask_K, weights_K, means_KxD)
+        if unknown:
+            loglik = loglik - n_real * d * log_sigma
         log_post = loglik + _log_prior(weights_K, means_KxD, component_mask_K, config)
         onehot_NxK = jax.nn.one_hot(z_N, k_max, dtype=x_NxD.dtype)  # all zero for z = -1 (padded)
         counts_K = jnp.sum(onehot_NxK, axis=0)
-        sums_KxD = jnp.einsum("nk,nd->kd", onehot_NxK, x_NxD, precision=HIGHEST)
+        sums_KxD = jnp.einsum("nk,nd->kd", onehot_NxK, xs_NxD, precision=HIGHEST)
         exp_NxK = onehot_NxK * exp_N[:, None]
         new_w, w_ok = _weight_step(g_key, u[n], exp_K, exp_NxK, counts_K, weights_K, component_mask_K, config)
         u_KxD = u[n + 1 : n + 1 + k_max * d].reshape(k_max, d)
         new_mu, mu_ok = _mean_step(u_KxD, counts_K, sums_KxD, means_KxD, component_mask_K, config)
+        new_log_sigma = log_sigma
+        if unknown:
+            new_log_sigma, new_mu = _noise_steps(
+                g_key, log_sigma, new_mu, x_NxD, onehot_NxK, n_real, component_mask_K, config
+            )
         after = t >= burn_in
         acc_w = acc_w + (after & w_ok).astype(jnp.int32)
         acc_mu = acc_mu + jnp.where(after, mu_ok, 0)
@@ -499,16 +658,19 @@ def _run_chain(key, x_NxD, point_mask_N, component_mask_K, config: BayesConfig, 
         row = dict(weights=weights_K, means=means_KxD, log_post=log_post)
         if keep_labels:
             row["labels"] = z_N
+        if unknown:
+            row["means"] = jnp.exp(log_sigma) * means_KxD
+            row["noise_scale"] = jnp.exp(log_sigma)
         record = {
             name: jax.lax.dynamic_update_index_in_dim(
                 buf, jnp.where(write, row[name], buf[slot]), slot, axis=0
             )
             for name, buf in record.items()
         }
-        return new_w, new_mu, acc_w, acc_mu, record
+        return new_w, new_mu, new_log_sigma, acc_w, acc_mu, record
 
-    carry = (weights_K, init_means_KxD, jnp.int32(0), jnp.int32(0), record)
-    _, _, acc_w, acc_mu, record = jax.lax.fori_loop(0, config.sweeps, sweep, carry)
+    carry = (weights_K, init_means_KxD, log_sigma, jnp.int32(0), jnp.int32(0), record)
+    _, _, _, acc_w, acc_mu, record = jax.lax.fori_loop(0, config.sweeps, sweep, carry)
     after_sweeps = config.sweeps - burn_in
     record["weight_accept"] = acc_w / after_sweeps
     record["mean_accept"] = acc_mu / (after_sweeps * jnp.sum(component_mask_K))
@@ -800,9 +962,14 @@ def _sample_posterior(
     """Raw (unaligned) posterior samples of every chain; R = config.chains, S = config.kept:
 
     weights [B, R, S, K], means [B, R, S, K, D], log_post [B, R, S] (log p(x, pi, mu) up to a constant),
-    labels [B, R, S, N] (only with keep_labels; -1 on padded points), weight_accept, mean_accept [B, R].
+    labels [B, R, S, N] (only with keep_labels; -1 on padded points), weight_accept, mean_accept [B, R];
+    noise_scale [B, R, S] (sigma) with an unknown noise scale. Means in the data's units.
     """
     _check_config(config, task)
+    scale = _known_scale(config)
+    if scale is not None:  # a known sigma = c: the unit-noise posterior of x / c, means times c
+        samples = _sample_posterior(key, _rescaled(task, scale), _unit_noise(config), keep_labels)
+        return dict(samples, means=samples["means"] * scale)
     batch = task.points.shape[0]
     keys_B = _task_keys(key, batch)
     if config.prior == "phase_transition":
@@ -877,6 +1044,21 @@ def _align(weights_SxK, means_SxKxD, component_mask_K, ref_KxD):
     return take(weights_SxK, index_SxK), take(means_SxKxD, index_SxK)
 
 
+def kept_samples(log_post_RxS: jax.Array, chain_gap: float | None) -> jax.Array:
+    """Which samples of one task enter its estimate ([R, S] bool): those in the prior's support of the chains
+    within ``chain_gap`` of the best chain's mean log posterior (all samples if none qualifies)."""
+    finite_RxS = jnp.isfinite(log_post_RxS)
+    # A chain's mean log posterior over its samples in the support (-inf if it has none).
+    count_R = jnp.sum(finite_RxS, axis=1)
+    chain_lp_R = jnp.sum(jnp.where(finite_RxS, log_post_RxS, 0.0), axis=1) / jnp.maximum(count_R, 1)
+    chain_lp_R = jnp.where(count_R > 0, chain_lp_R, -jnp.inf)
+    keep_R = count_R > 0
+    if chain_gap is not None:
+        keep_R &= chain_lp_R >= jnp.max(chain_lp_R) - chain_gap
+    use_RxS = finite_RxS & keep_R[:, None]
+    return jnp.where(jnp.any(use_RxS), use_RxS, True)
+
+
 def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap: float | None = None):
     """One task: (weights [K], means [K, D], chain_spread) from raw samples (leaves [R, S, ...]).
 
@@ -891,16 +1073,7 @@ def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap
     weights_SxK = samples["weights"].reshape(r * s, k_max)
     means_SxKxD = samples["means"].reshape(r * s, k_max, d)
     log_post = samples["log_post"].reshape(r * s)
-    finite_RxS = jnp.isfinite(samples["log_post"])
-    # A chain's mean log posterior over its samples in the support (-inf if it has none).
-    count_R = jnp.sum(finite_RxS, axis=1)
-    chain_lp_R = jnp.sum(jnp.where(finite_RxS, samples["log_post"], 0.0), axis=1) / jnp.maximum(count_R, 1)
-    chain_lp_R = jnp.where(count_R > 0, chain_lp_R, -jnp.inf)
-    keep_R = count_R > 0
-    if chain_gap is not None:
-        keep_R &= chain_lp_R >= jnp.max(chain_lp_R) - chain_gap
-    use_RxS = finite_RxS & keep_R[:, None]
-    use_S = jnp.where(jnp.any(use_RxS), use_RxS, True).reshape(r * s).astype(means_SxKxD.dtype)
+    use_S = kept_samples(samples["log_post"], chain_gap).reshape(r * s).astype(means_SxKxD.dtype)
 
     ref_KxD = means_SxKxD[jnp.argmax(jnp.where(jnp.isnan(log_post), -jnp.inf, log_post))]
     w, mu = _align(weights_SxK, means_SxKxD, component_mask_K, ref_KxD)
@@ -932,9 +1105,21 @@ def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap
 def _fit_bayes(
     key: jax.Array, task: GMMTask, config: BayesConfig = BayesConfig()
 ) -> tuple[MixtureParams, dict]:
-    """The aligned posterior mean of every task. Returns (MixtureParams [B, K_max, ...] with scales=None,
-    info of [B] arrays: valid, chain_spread, weight_accept, mean_accept, log_post_max)."""
+    """The aligned posterior mean of every task. Returns (MixtureParams [B, K_max, ...] with scales=None (or
+    the known sigma, or E[sigma] of an unknown one), info of [B] arrays: valid, chain_spread, weight_accept,
+    mean_accept, log_post_max; noise_scale and noise_variance (E[sigma], E[sigma^2]) unless sigma = 1)."""
     _check_config(config, task)
+    scale = _known_scale(config)
+    if scale is not None:  # a known sigma = c: the unit-noise estimate of x / c, means times c
+        params, info = _fit_bayes(key, _rescaled(task, scale), _unit_noise(config))
+        full_B = jnp.full(task.points.shape[:1], scale, task.points.dtype)
+        info = dict(
+            info,
+            chain_spread=info["chain_spread"] * scale**2,
+            noise_scale=full_B,
+            noise_variance=full_B * scale,
+        )
+        return _with_scales(params, params.means * scale, full_B), info
     if config.prior == "phase_transition":
         return _fit_phase_transition(key, task, config)
     k_max = task.component_mask.shape[-1]
@@ -945,6 +1130,7 @@ def _fit_bayes(
         )
     batch = task.points.shape[0]
     keys_B = _task_keys(key, batch)
+    unknown = config.noise_scale is None
 
     def fn(args):
         task_C = args[1]
@@ -952,7 +1138,7 @@ def _fit_bayes(
         weights, means, spread, used = jax.vmap(
             functools.partial(aligned_posterior_mean, chain_gap=config.chain_gap)
         )({name: samples[name] for name in ("weights", "means", "log_post")}, task_C.component_mask)
-        return dict(
+        out = dict(
             weights=weights,
             means=means,
             chain_spread=spread,
@@ -961,13 +1147,46 @@ def _fit_bayes(
             mean_accept=jnp.mean(samples["mean_accept"], axis=-1),
             log_post_max=jnp.max(samples["log_post"], axis=(-2, -1)),
         )
+        if unknown:  # E[sigma], E[sigma^2] over the samples the means average
+            use_CxRxS = jax.vmap(lambda lp: kept_samples(lp, config.chain_gap))(samples["log_post"])
+            use_CxRxS = use_CxRxS.astype(means.dtype)
+            total_C = jnp.sum(use_CxRxS, axis=(1, 2))
+            sigma_CxRxS = samples["noise_scale"]
+            out["noise_scale"] = jnp.sum(use_CxRxS * sigma_CxRxS, axis=(1, 2)) / total_C
+            out["noise_variance"] = jnp.sum(use_CxRxS * sigma_CxRxS**2, axis=(1, 2)) / total_C
+        return out
 
     out = map_task_chunks(fn, (keys_B, task), batch, _chunk(config, batch))
     params = MixtureParams(out["weights"], out["means"], None, task.component_mask)
     names = ("chain_spread", "chains_used", "weight_accept", "mean_accept", "log_post_max")
+    if unknown:
+        names += ("noise_scale", "noise_variance")
+        params = _with_scales(params, out["means"], out["noise_scale"])
     info = {name: out[name] for name in names}
     info["valid"] = mixture_steps.finite_estimates(out["weights"], out["means"])
     return params, info
+
+
+def _known_scale(config: BayesConfig) -> float | None:
+    """The known noise scale c when it is not 1 (the default path runs unchanged), else None."""
+    if config.noise_scale is None or config.noise_scale == 1.0:
+        return None
+    return float(config.noise_scale)
+
+
+def _unit_noise(config: BayesConfig) -> BayesConfig:
+    return dataclasses.replace(config, noise_scale=1.0)
+
+
+def _rescaled(task: GMMTask, scale: float) -> GMMTask:
+    return task.replace(points=task.points / scale)
+
+
+def _with_scales(params: MixtureParams, means_BxKxD: jax.Array, sigma_B: jax.Array) -> MixtureParams:
+    """The estimate with the given means and spherical scales sigma on the real components (1 on padding)."""
+    scales_BxKxD = jnp.where(params.component_mask[..., None], sigma_B[:, None, None], 1.0)
+    scales_BxKxD = jnp.broadcast_to(scales_BxKxD, means_BxKxD.shape)
+    return MixtureParams(params.weights, means_BxKxD, scales_BxKxD, params.component_mask)
 
 
 def _pt_posterior_mean(means_RxSx2xD, log_post_RxS, component_mask_K, chain_gap):

@@ -14,7 +14,7 @@ from scipy.stats import norm, truncnorm
 from baselines import bayes, get_baseline
 from baselines.bayes import BayesConfig
 from experiments import phase_transition
-from tests.baseline_helpers import fast_baseline, fast_jit, make_tasks
+from tests.baseline_helpers import aligned_l2_means, fast_baseline, fast_jit, make_tasks
 from tgmm_jax.metrics import evaluate_estimates
 from tgmm_jax.tasks import GMMTask, TaskSpec, sample_phase_transition_tasks, sample_tasks
 
@@ -540,3 +540,153 @@ def test_phase_transition_beats_em_kmeanspp():
     l2_em = np.array([_l2_between(pick(em_est, i), pick(true, i), 2) for i in range(4)])
     print("bayes", l2, "em", l2_em, "spread", info["chain_spread"][:4])
     assert l2.mean() < l2_em.mean() and np.all(info["chain_spread"][:4] < 0.1 * l2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# f. The noise scale: known sigma = c is a rescaling; an unknown sigma (log-uniform, the means' box scaled
+# with it, as TaskSpec(noise_scale_range=...)) against the exact posterior: enumeration of z and a
+# quadrature over log sigma.
+
+NOISE_RANGE = (0.25, 4.0)
+NOISE_CONFIG = dict(chains=16, sweeps=1100, burn_in=100, thin=1)
+
+
+def _exact_algorithm1_1d_unknown_noise(x_N, noise_range, a=-5.0, b=5.0, grid=4001):
+    """E[sigma], E[positive mean], E[negative mean], E[weight of the positive component] and P(z_i = z_j) given
+    x, for K = 2, D = 1: log sigma ~ U[log lo, log hi], mu_k = sigma nu_k, (nu_0, nu_1) uniform on [a, b]^2
+    with opposite signs, x_n ~ N(mu_{z_n}, sigma^2). Given z and sigma everything is closed form (truncated
+    normals on [sigma a, 0] and [0, sigma b], the density sigma^-2 of the means' box in data units); the
+    integral over log sigma is a trapezoid rule on ``grid`` points."""
+    n = len(x_N)
+    s_G = np.linspace(np.log(noise_range[0]), np.log(noise_range[1]), grid)
+    sigma_G = np.exp(s_G)
+    pi_W = np.linspace(0.0, 1.0, 200_001)
+    prior_W = _weight_prior_density(pi_W)
+
+    def piece(xk, lo_G, hi_G):
+        """(integral over [lo, hi] of prod_n N(x_n; mu, sigma^2) d mu without (2 pi)^{-n/2}, E[mu | ...])."""
+        if len(xk) == 0:
+            return hi_G - lo_G, (lo_G + hi_G) / 2
+        m, s = xk.mean(), sigma_G / np.sqrt(len(xk))
+        alpha, beta = (lo_G - m) / s, (hi_G - m) / s
+        log_gauss = -0.5 * np.sum((xk - m) ** 2) / sigma_G**2 - len(xk) * np.log(sigma_G)
+        cdf_gap = norm.cdf(beta) - norm.cdf(alpha)
+        mass = np.exp(log_gauss) * np.sqrt(2 * np.pi) * s * cdf_gap
+        # the truncated normal's mean (scipy's truncnorm.mean is too slow for 10^6 calls); where the cell's
+        # mass underflows its weight is 0 and any finite value will do
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = m + s * (norm.pdf(alpha) - norm.pdf(beta)) / cdf_gap
+        return mass, np.where(np.isfinite(mean), mean, np.clip(m, lo_G, hi_G))
+
+    z_ZxN = _assignments(n)
+    p_ZxG = np.zeros((len(z_ZxN), grid))
+    pos_ZxG, neg_ZxG, wpos_ZxG = (np.zeros((len(z_ZxN), grid)) for _ in range(3))
+    zero_G = np.zeros(grid)
+    for i, z in enumerate(z_ZxN):
+        x0, x1 = x_N[z == 0], x_N[z == 1]
+        integrand_W = prior_W * pi_W ** len(x0) * (1 - pi_W) ** len(x1)
+        w_mass = np.trapezoid(integrand_W, pi_W)
+        w0 = np.trapezoid(pi_W * integrand_W, pi_W) / w_mass
+        (m0p, e0p), (m0n, e0n) = piece(x0, zero_G, b * sigma_G), piece(x0, a * sigma_G, zero_G)
+        (m1p, e1p), (m1n, e1n) = piece(x1, zero_G, b * sigma_G), piece(x1, a * sigma_G, zero_G)
+        c0, c1 = m0p * m1n, m0n * m1p
+        p_ZxG[i] = w_mass * (c0 + c1) / sigma_G**2
+        pos_ZxG[i] = (c0 * e0p + c1 * e1p) / (c0 + c1)
+        neg_ZxG[i] = (c0 * e1n + c1 * e0n) / (c0 + c1)
+        wpos_ZxG[i] = (c0 * w0 + c1 * (1 - w0)) / (c0 + c1)
+    total = np.trapezoid(p_ZxG.sum(0), s_G)
+    expect = lambda f_ZxG: np.trapezoid(np.sum(p_ZxG * f_ZxG, axis=0), s_G) / total
+    p_Z = np.trapezoid(p_ZxG, s_G, axis=1) / total
+    same = np.einsum("z,zij->ij", p_Z, z_ZxN[:, :, None] == z_ZxN[:, None, :])
+    stats = [
+        expect(np.broadcast_to(sigma_G, p_ZxG.shape)),
+        expect(pos_ZxG),
+        expect(neg_ZxG),
+        expect(wpos_ZxG),
+    ]
+    return np.array(stats), same
+
+
+def test_unknown_noise_gibbs_matches_enumeration_1d():
+    """ALG1_X with sigma unknown in [0.25, 4]: the upper cluster (~4.9) needs sigma >~ 1 to fit in the box
+    sigma [-5, 5], so the box's coupling of sigma and the means is exercised (and E[sigma] != 1)."""
+    task = _one_task(ALG1_X, 2)
+    config = BayesConfig(noise_scale=None, noise_scale_range=NOISE_RANGE, **NOISE_CONFIG)
+    s = jax.tree.map(np.asarray, sample_posterior(jax.random.key(31), task, config, keep_labels=True))
+    stats_exact, same_exact = _exact_algorithm1_1d_unknown_noise(ALG1_X[:, 0], NOISE_RANGE)
+    mu_RxSxK = s["means"][0, :, :, :, 0]
+    sigma_RxS = s["noise_scale"][0]
+    assert np.all(np.sign(mu_RxSxK[..., 0]) != np.sign(mu_RxSxK[..., 1]))
+    assert np.all(np.abs(mu_RxSxK) <= 5.0 * sigma_RxS[..., None] * (1 + 1e-5))  # the box scales with sigma
+    assert sigma_RxS.min() >= NOISE_RANGE[0] * (1 - 1e-5) and sigma_RxS.max() <= NOISE_RANGE[1] * (1 + 1e-5)
+    pos = np.argmax(mu_RxSxK, axis=-1)[..., None]
+    stats_RxSx4 = np.stack(
+        [
+            sigma_RxS,
+            np.max(mu_RxSxK, axis=-1),
+            np.min(mu_RxSxK, axis=-1),
+            np.take_along_axis(s["weights"][0], pos, axis=-1)[..., 0],
+        ],
+        axis=-1,
+    )
+    z_stats = _z_scores(stats_RxSx4.mean(axis=1), stats_exact)
+    iu = np.triu_indices(len(ALG1_X), 1)
+    z_same = _z_scores(_co_clustering(s["labels"][0])[:, iu[0], iu[1]], same_exact[iu])
+    print("exact", stats_exact, "MC", stats_RxSx4.mean(axis=(0, 1)), "max z", z_stats, z_same.max())
+    assert abs(stats_exact[0] - 1.0) > 0.05  # the data move sigma away from the unit value
+    assert z_stats.max() < MAX_Z and z_same.max() < MAX_Z
+
+
+def test_known_noise_scale_is_a_rescaling():
+    """sigma = c known on c x: the samples (same key) are c times those of sigma = 1 on x, bit for bit for a
+    power of two."""
+    c = 8.0
+    unit = BayesConfig(**NOISE_CONFIG)
+    s1 = jax.tree.map(
+        np.asarray, sample_posterior(jax.random.key(1), _one_task(ALG1_X, 2), unit, keep_labels=True)
+    )
+    config = BayesConfig(noise_scale=c, **NOISE_CONFIG)
+    sc = jax.tree.map(
+        np.asarray, sample_posterior(jax.random.key(1), _one_task(c * ALG1_X, 2), config, keep_labels=True)
+    )
+    np.testing.assert_array_equal(sc["means"], c * s1["means"])
+    np.testing.assert_array_equal(sc["weights"], s1["weights"])
+    np.testing.assert_array_equal(sc["labels"], s1["labels"])
+
+
+def test_unknown_noise_fit_across_scales():
+    """fit_bayes with sigma unknown on Algorithm-1 tasks multiplied by sigma over three decades: E[sigma]
+    tracks the true sigma, the estimate's scales are E[sigma], and the means are in the data's units."""
+    noise_range = (0.01, 10.0)
+    sigma = np.array([0.02, 0.3, 1.0, 7.0])
+    parts = [make_tasks(40 + i, [2], 2, 64, point_scale=float(c)) for i, c in enumerate(sigma)]
+    task = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+    config = BayesConfig(noise_scale=None, noise_scale_range=noise_range, chains=2, sweeps=300, burn_in=100)
+    est, info = jax.tree.map(np.asarray, fit_bayes_fast(jax.random.key(33), task, config))
+    print("sigma", sigma, "E[sigma]", info["noise_scale"], "E[sigma^2]", info["noise_variance"])
+    assert np.all(info["valid"])
+    # N D = 128 residual coordinates: E[sigma] / sigma has sd ~ 0.06
+    np.testing.assert_allclose(info["noise_scale"] / sigma, 1.0, atol=0.25)
+    assert np.all(info["noise_variance"] >= info["noise_scale"] ** 2 * (1 - 1e-5))  # Jensen
+    np.testing.assert_allclose(
+        est.scales, np.broadcast_to(info["noise_scale"][:, None, None], est.scales.shape)
+    )
+    assert np.all(aligned_l2_means(est.means, task) / sigma**2 < 0.2)  # in units of sigma
+
+
+def test_noise_config_is_checked():
+    with pytest.raises(ValueError, match="noise_scale must be"):
+        BayesConfig(noise_scale=0.0)
+    with pytest.raises(ValueError, match="needs noise_scale_range"):
+        BayesConfig(noise_scale=None)
+    with pytest.raises(ValueError, match="needs noise_scale_range"):
+        BayesConfig(noise_scale=None, noise_scale_range=(1.0, 1.0))
+    with pytest.raises(ValueError, match="unknown noise scale"):
+        BayesConfig(noise_scale=2.0, noise_scale_range=(1.0, 2.0))
+    with pytest.raises(ValueError, match="algorithm1"):
+        BayesConfig(prior="conjugate", noise_scale=None, noise_scale_range=(1.0, 2.0))
+    with pytest.raises(ValueError, match="a < 0 < b"):
+        BayesConfig(mean_range=(0.0, 5.0), noise_scale=None, noise_scale_range=(1.0, 2.0))
+    assert hash(BayesConfig(noise_scale=None, noise_scale_range=[1, 2])) == hash(
+        BayesConfig(noise_scale=None, noise_scale_range=(1, 2))
+    )
