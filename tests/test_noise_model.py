@@ -9,6 +9,7 @@ import pytest
 from tgmm_jax.models import make_model, model_config
 from tgmm_jax.models.cluster_readout import seeded_em
 from tgmm_jax.tasks import TaskSpec, sample_tasks
+from tgmm_jax.train.state import Objective, _loss_fn, in_noise_units
 
 SPEC = TaskSpec(dim=3, ks=(2, 3), n_max=40, n_min=24)
 
@@ -126,3 +127,22 @@ def test_noise_configuration_is_checked(setup):
         conditioned.init(
             jax.random.key(0), task.points, task.point_mask, task.num_components, noise_variance=jnp.ones(2)
         )
+
+
+def test_training_sees_each_task_in_its_noise_units(setup):
+    task, _ = setup
+    c = jnp.asarray([5.0, 0.1, 2.0, 1.0, 30.0, 0.5])[:, None, None]
+    scaled = task.replace(points=task.points * c, means=task.means * c, scales=task.scales * c)
+    unit, noise_variance = in_noise_units(scaled)
+    np.testing.assert_allclose(unit.points, task.points, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(unit.means, task.means, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(unit.scales, 1.0, rtol=1e-6)
+    assert np.array_equal(np.isnan(noise_variance), [False, True] * 3) and np.all(noise_variance[::2] == 1)
+    # the loss a noise-conditioned model trains on is finite, and so are its gradients
+    model = make_model(_config(), SPEC)
+    params = model.init(jax.random.key(1), task.points, task.point_mask, task.num_components)["params"]
+    (loss, terms), grads = jax.value_and_grad(
+        _loss_fn(model, Objective("est_matched", resp_weight=1.0)), has_aux=True
+    )(params, scaled)
+    assert np.isfinite(loss) and "scales_mse" in terms
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))

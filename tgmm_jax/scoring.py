@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tgmm_jax.metrics import evaluate_estimates
@@ -31,9 +32,22 @@ Method = Callable[[Any, jax.Array, GMMTask], tuple]
 MODEL_METHOD = "tgmm"  # the trained model, among the baselines; the only method that takes parameters
 
 
-def _apply_model(model, params, key, task, refine_steps=0):
+NOISE_SETTINGS = ("known", "unknown")
+
+
+def task_noise_variance(task: GMMTask) -> jax.Array:
+    """Each task's true noise variance [B]: the mean of its real components' squared scales."""
+    mask_BxK = task.component_mask
+    total_B = jnp.sum(jnp.where(mask_BxK[..., None], jnp.square(task.scales), 0.0), axis=(1, 2))
+    return total_B / (jnp.maximum(jnp.sum(mask_BxK, axis=-1), 1) * task.scales.shape[-1])
+
+
+def _apply_model(model, params, key, task, refine_steps=0, noise="known"):
     del key  # the forward is deterministic
-    out = model.apply({"params": params}, task.points, task.point_mask, task.num_components)
+    kwargs = {}
+    if model.config.noise == "conditioned":  # told the true variance, as the baselines assume it, or nothing
+        kwargs["noise_variance"] = task_noise_variance(task) if noise == "known" else jnp.nan
+    out = model.apply({"params": params}, task.points, task.point_mask, task.num_components, **kwargs)
     estimate = out.to_params()
     if refine_steps:
         estimate = em_refine(task.points, task.point_mask, estimate, refine_steps)
@@ -45,12 +59,17 @@ def _without_params(fn, params, key, task):
     return fn(key, task)
 
 
-def model_method(model, refine_steps: int = 0) -> Method:
+def model_method(model, refine_steps: int = 0, noise: str = "known") -> Method:
     """The TGMM ``model`` (a Flax module) as a method, followed by ``refine_steps`` parameter-free EM steps
-    (``refine.em_refine``); equal models give equal methods (one compilation)."""
-    if refine_steps:
-        return functools.partial(_apply_model, model, refine_steps=int(refine_steps))
-    return functools.partial(_apply_model, model)
+    (``refine.em_refine``); equal models give equal methods (one compilation). A noise-conditioned model is told
+    each task's true noise variance (``noise='known'``, what the unit-variance baselines assume) or nothing
+    (``'unknown'``); other models ignore ``noise``."""
+    if noise not in NOISE_SETTINGS:
+        raise ValueError(f"noise must be one of {NOISE_SETTINGS}, got {noise!r}")
+    kwargs = {"refine_steps": int(refine_steps)} if refine_steps else {}
+    if noise != "known":
+        kwargs["noise"] = noise
+    return functools.partial(_apply_model, model, **kwargs)
 
 
 def param_free(fn: Callable[[jax.Array, GMMTask], tuple]) -> Method:

@@ -12,6 +12,7 @@ and ``eval_init=`` evaluates as trained). Evaluation during training is at ``d``
     python -m experiments.train --config=experiments/configs/cluster.py --workdir=runs/cluster
     --config=experiments/configs/cluster.py:steps=4000,layers=2,iters=3,rank=6,resp=1.0,dims=2/8/32
     --config=experiments/configs/cluster.py:n=32,n_min=16,dims=2,d=2,correction=1   # small N, learned correction
+    --config=experiments/configs/cluster.py:correction=1,noise=conditioned   # known or unknown noise variance
 """
 
 from experiments.configs import args
@@ -38,6 +39,7 @@ def get_config(arg: str | None = None):
             heads=2,
             correction=0,
             n_min=0,
+            noise="unit",
         ),
     )
     config = default_config()
@@ -67,6 +69,7 @@ def get_config(arg: str | None = None):
         slot_init=a["init"],
         num_heads=a["heads"],
         cluster_correction=bool(a["correction"]),
+        noise=a["noise"],
     )
     config.optim.learning_rate = a["lr"]
     config.optim.schedule = "cosine"

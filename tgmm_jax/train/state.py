@@ -68,10 +68,39 @@ class Objective:
         return cls(config.objective, config.lik_weight, config.resp_weight)
 
 
+def in_noise_units(task):
+    """(the task in its own noise units, the noise variances a noise-conditioned model is told).
+
+    Points, means and scales are divided by each task's noise standard deviation (the root mean square of its
+    real components' scales), so the loss compares estimates on one footing whatever the task's units; the model
+    is exactly scale-equivariant, so this is the same problem. Even-indexed tasks are told their variance (1 in
+    these units), odd-indexed ones are not (NaN): training sees known and unknown noise equally often.
+    """
+    mask_BxK = task.component_mask
+    mean_var_B = jnp.sum(jnp.where(mask_BxK[..., None], jnp.square(task.scales), 0.0), axis=(1, 2)) / (
+        jnp.maximum(jnp.sum(mask_BxK, axis=-1), 1) * task.scales.shape[-1]
+    )
+    inv_sigma_B = jax.lax.rsqrt(jnp.maximum(mean_var_B, 1e-30))
+    scaled = task.replace(
+        points=task.points * inv_sigma_B[:, None, None],
+        means=task.means * inv_sigma_B[:, None, None],
+        scales=jnp.where(mask_BxK[..., None], task.scales * inv_sigma_B[:, None, None], 1.0),
+    )
+    known_B = jnp.arange(task.points.shape[0]) % 2 == 0
+    return scaled, jnp.where(known_B, 1.0, jnp.nan)
+
+
 def _loss_fn(model, objective: Objective):
+    conditioned = model.config.noise == "conditioned"
+
     def loss_fn(params, task):
+        kwargs = {}
+        if conditioned:
+            task, kwargs["noise_variance"] = in_noise_units(task)
         # train=True: with config.official_pooling_mask_bug the official training-time mask is reproduced
-        out = model.apply({"params": params}, task.points, task.point_mask, task.num_components, train=True)
+        out = model.apply(
+            {"params": params}, task.points, task.point_mask, task.num_components, train=True, **kwargs
+        )
         return losses.compute_loss(
             objective.name, out, task, lik_weight=objective.lik_weight, resp_weight=objective.resp_weight
         )
