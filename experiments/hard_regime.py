@@ -19,6 +19,20 @@ Every method sees the same tasks of a cell (``tasks_per_cell`` per K; ``bayes`` 
   bayes         the posterior mean under the task prior by MCMC (``baselines.bayes``): the limit column; on
                 the phase-transition settings its ``phase_transition`` prior with that rho's Delta
 
+Unknown noise (``--noise_scale_range=lo,hi``): for every (d, N) also the grid's tasks multiplied by a random
+scale sigma, log-uniform on [lo, hi] (``TaskSpec(noise_scale_range=...)`` with the grid's key: exactly sigma
+times the grid block's tasks), scored in the data's original units (l2, and l2_sigma_units = l2_means / sigma^2
++ l2_weights), by ``--noise_methods`` (kind 'grid_noise'):
+
+  sklearn_gmm   scikit-learn's GaussianMixture(covariance_type="spherical", n_init=10), n_components = the true
+                K: the classical reference when the noise is unknown. Its defaults add reg_covar = 1e-6 to
+                every variance in the data's units: at sigma ~1e-3 its variances are ~2 sigma^2.
+  bgm           as above
+  bayes         ``baselines.bayes`` with noise_scale=None and the same log-uniform prior on sigma
+  tgmm, ...     any method of METHODS (they assume unit noise)
+
+``noise_summary`` gives each method's mean l2 over sklearn_gmm's, on the same tasks.
+
 A gap cell is one where em_kmeanspp's mean l2 is at least ``GAP_RATIO`` (1.2) x bayes' on the same tasks. The
 learned gain of tgmm (of tgmm+em) is the paired l2 difference to em_seeded (to em_seeded+em) on the same tasks.
 Time per task is measured after compiling (a warm-up chunk first). Each (d, N) block and each phase-transition
@@ -54,6 +68,9 @@ REFINE_STEPS = 5
 GAP_RATIO = 1.2
 KS = (2, 3, 4, 5)
 METHODS = ("tgmm", "tgmm+em", "em_seeded", "em_seeded+em", "em_kmeanspp", "spectral", "bgm", "bayes")
+NOISE_METHODS = METHODS + ("sklearn_gmm",)
+HOST_METHODS = ("bgm", "sklearn_gmm")  # fitted on the host with scikit-learn
+_NEEDS_CHECKPOINT = ("tgmm", "tgmm+em", "em_seeded", "em_seeded+em")
 GAINS = {"tgmm": "em_seeded", "tgmm+em": "em_seeded+em"}  # learned method -> its parameter-free skeleton
 PT_SETTINGS = ("b0.1", "b1")
 PT_RHOS = (1.0, 1.5, 2.0)
@@ -75,6 +92,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks (the same for every method).")
     flags.DEFINE_string("cache", "runs/hard_regime", "Per-block cache of finished cells.")
     flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
+    flags.DEFINE_list(
+        "noise_scale_range",
+        [],
+        "lo,hi: also score the grid's tasks times sigma ~ log-U[lo, hi] (unknown noise).",
+    )
+    flags.DEFINE_list("noise_methods", ["sklearn_gmm", "bgm", "bayes"], "Methods of the unknown-noise cells.")
 
 
 FLAGS = flags.FLAGS
@@ -84,12 +107,11 @@ FLAGS = flags.FLAGS
 # Methods.
 
 
-def _bgm_fit(task: GMMTask, seed: int) -> MixtureParams:
-    """scikit-learn's variational mixture on every task, on the host (see the module docstring)."""
+def _host_fit(task: GMMTask, seed: int, make) -> MixtureParams:
+    """A scikit-learn mixture ``make(k, random_state)`` (spherical covariances) on every task, on the host."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import BayesianGaussianMixture
 
     points, mask = np.asarray(task.points, np.float64), np.asarray(task.point_mask)
     ks, k_max = np.asarray(task.num_components), task.component_mask.shape[1]
@@ -99,17 +121,44 @@ def _bgm_fit(task: GMMTask, seed: int) -> MixtureParams:
         k = int(ks[b])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            bgm = BayesianGaussianMixture(
-                n_components=k, covariance_type="spherical", max_iter=200, random_state=seed + b
-            ).fit(points[b][mask[b]])
-        weights[b, :k], means[b, :k] = bgm.weights_, bgm.means_
-        scales[b, :k] = np.sqrt(bgm.covariances_)[:, None]
+            fit = make(k, seed + b).fit(points[b][mask[b]])
+        weights[b, :k], means[b, :k] = fit.weights_, fit.means_
+        scales[b, :k] = np.sqrt(fit.covariances_)[:, None]
     return MixtureParams(
         jnp.asarray(weights, jnp.float32),
         jnp.asarray(means, jnp.float32),
         jnp.asarray(scales, jnp.float32),
         task.component_mask,
     )
+
+
+def _bgm_fit(task: GMMTask, seed: int) -> MixtureParams:
+    """scikit-learn's variational mixture on every task, on the host (see the module docstring)."""
+    from sklearn.mixture import BayesianGaussianMixture
+
+    return _host_fit(
+        task,
+        seed,
+        lambda k, rs: BayesianGaussianMixture(
+            n_components=k, covariance_type="spherical", max_iter=200, random_state=rs
+        ),
+    )
+
+
+def _sklearn_gmm_fit(task: GMMTask, seed: int) -> MixtureParams:
+    """scikit-learn's GaussianMixture (EM, spherical, best of 10 k-means initialisations) on every task."""
+    from sklearn.mixture import GaussianMixture
+
+    return _host_fit(
+        task,
+        seed,
+        lambda k, rs: GaussianMixture(
+            n_components=k, covariance_type="spherical", n_init=10, random_state=rs
+        ),
+    )
+
+
+_HOST_FITS = {"bgm": _bgm_fit, "sklearn_gmm": _sklearn_gmm_fit}
 
 
 def bayes_overrides() -> dict:
@@ -119,21 +168,43 @@ def bayes_overrides() -> dict:
     return dict(sweeps=FLAGS.bayes_sweeps, burn_in=FLAGS.bayes_sweeps // 3)
 
 
-def build_methods(names) -> tuple[dict, dict]:
-    """{name: scoring method} (bgm is run on the host, apart) and their parameters."""
-    cluster = load_run(FLAGS.workdir) if FLAGS.workdir else load_pretrained("cluster")
-    skeleton = scoring.param_free(get_baseline("em_seeded", **skeleton_settings(cluster.model_config)))
+def noise_range() -> tuple[float, float] | None:
+    """--noise_scale_range as (lo, hi), or None."""
+    if not FLAGS.noise_scale_range:
+        return None
+    lo, hi = map(float, FLAGS.noise_scale_range)
+    return lo, hi
+
+
+def bayes_config(noise: tuple[float, float] | None = None) -> dict:
+    """The BayesConfig fields of bayes: unknown noise with the log-uniform prior on ``noise`` when given."""
+    if noise is None:
+        return bayes_overrides()
+    return dict(bayes_overrides(), noise_scale=None, noise_scale_range=noise)
+
+
+def build_methods(names, noise: tuple[float, float] | None = None) -> tuple[dict, dict]:
+    """{name: scoring method} (bgm and sklearn_gmm are run on the host, apart) and their parameters. With
+    ``noise`` (lo, hi), bayes has an unknown noise scale with that log-uniform prior."""
     all_methods = {
-        "tgmm": scoring.model_method(cluster.model),
-        "tgmm+em": scoring.model_method(cluster.model, REFINE_STEPS),
-        "em_seeded": skeleton,
-        "em_seeded+em": methods_lib.method_then_em(skeleton, REFINE_STEPS),
         "em_kmeanspp": scoring.param_free(get_baseline("em_kmeanspp")),
         "spectral": scoring.param_free(get_baseline("spectral")),
-        "bayes": scoring.param_free(get_baseline("bayes", **bayes_overrides())),
+        "bayes": scoring.param_free(get_baseline("bayes", **bayes_config(noise))),
     }
+    params = {}
+    if any(n in _NEEDS_CHECKPOINT for n in names):
+        cluster = load_run(FLAGS.workdir) if FLAGS.workdir else load_pretrained("cluster")
+        skeleton = scoring.param_free(get_baseline("em_seeded", **skeleton_settings(cluster.model_config)))
+        all_methods.update(
+            {
+                "tgmm": scoring.model_method(cluster.model),
+                "tgmm+em": scoring.model_method(cluster.model, REFINE_STEPS),
+                "em_seeded": skeleton,
+                "em_seeded+em": methods_lib.method_then_em(skeleton, REFINE_STEPS),
+            }
+        )
+        params = {n: cluster.params for n in ("tgmm", "tgmm+em")}
     methods = {n: fn for n, fn in all_methods.items() if n in names}
-    params = {n: cluster.params for n in ("tgmm", "tgmm+em")}
     return methods, params
 
 
@@ -147,9 +218,9 @@ def _take(task: GMMTask, index) -> GMMTask:
 
 def _score(name, fn, params, key, task, chunk) -> tuple[dict, float]:
     """Per-task metrics and seconds per task, timed after a warm-up chunk (compilation excluded)."""
-    if name == "bgm":
+    if name in HOST_METHODS:
         start = time.perf_counter()
-        estimate = _bgm_fit(task, FLAGS.eval_seed)
+        estimate = _HOST_FITS[name](task, FLAGS.eval_seed)
         seconds = time.perf_counter() - start
     else:
         chunk = min(chunk, task.points.shape[0])
@@ -157,8 +228,13 @@ def _score(name, fn, params, key, task, chunk) -> tuple[dict, float]:
         start = time.perf_counter()
         estimate = jax.block_until_ready(scoring.fit_in_chunks(fn, params, key, task, chunk))
         seconds = time.perf_counter() - start
-    metrics = evaluate_estimates(jax.tree.map(jnp.asarray, estimate), task)
-    return {k: np.asarray(v) for k, v in metrics.items()}, seconds / task.points.shape[0]
+    metrics = {
+        k: np.asarray(v) for k, v in evaluate_estimates(jax.tree.map(jnp.asarray, estimate), task).items()
+    }
+    if task.noise_scale is not None:  # the l2 in units of the task's sigma (metrics are in the data's units)
+        sigma_sq = np.asarray(task.noise_scale, np.float64) ** 2
+        metrics["l2_sigma_units"] = metrics["l2_means"] / sigma_sq + metrics["l2_weights"]
+    return metrics, seconds / task.points.shape[0]
 
 
 def _stat(values: np.ndarray) -> dict:
@@ -167,12 +243,14 @@ def _stat(values: np.ndarray) -> dict:
     return {"mean": float(values.mean()), "sem": sem, "median": float(np.median(values))}
 
 
-def score_block(task: GMMTask, groups: dict, key, names, where: dict, bayes_by_group=None) -> list[dict]:
+def score_block(
+    task: GMMTask, groups: dict, key, names, where: dict, bayes_by_group=None, noise=None
+) -> list[dict]:
     """Every method on ``task``; one cell per (group, method). ``groups`` maps a group key (K, or rho) to its
     task indices; bayes runs on the first ``bayes_tasks`` of each group (with ``bayes_by_group[group]``, a
     method, where the prior differs by group), and em_kmeanspp is also summarised on those tasks
-    (``l2_on_bayes_tasks``) for the gap ratio."""
-    methods, params = build_methods(names)
+    (``l2_on_bayes_tasks``) for the gap ratio. ``noise``: bayes' prior on an unknown sigma (build_methods)."""
+    methods, params = build_methods(names, noise)
     bayes_runs = [
         (idx[: FLAGS.bayes_tasks], (bayes_by_group or {}).get(group, methods.get("bayes")))
         for group, idx in groups.items()
@@ -214,6 +292,8 @@ def score_block(task: GMMTask, groups: dict, key, names, where: dict, bayes_by_g
             )
             if len(use):
                 cell.update(l2=_stat(values["l2"][use]), cluster_acc=_stat(values["cluster_acc"][use]))
+                if "l2_sigma_units" in values:
+                    cell["l2_sigma_units"] = _stat(values["l2_sigma_units"][use])
                 sub_use = sub_idx[values["applicable"][sub_idx].astype(bool)]
                 if len(sub_use):
                     cell["l2_on_bayes_tasks"] = _stat(values["l2"][sub_use])
@@ -246,6 +326,51 @@ def grid_block(dim: int, n: int, names) -> list[dict]:
     for c in cells:
         c["K"] = c.pop("group")
     return cells
+
+
+def noise_block(dim: int, n: int, names, noise: tuple[float, float]) -> list[dict]:
+    """grid_block's tasks (same key) times sigma ~ log-U[noise], the unknown-noise cells (kind 'grid_noise')."""
+    spec = TaskSpec(dim=dim, ks=KS, n_max=n, n_min=n, variable_n=False, noise_scale_range=noise)
+    key = jax.random.fold_in(jax.random.key(FLAGS.eval_seed), 1000 * dim + n)
+    task = sample_tasks(key, spec, FLAGS.tasks_per_cell)
+    t = FLAGS.tasks_per_cell
+    groups = {k: np.arange(i * t, (i + 1) * t) for i, k in enumerate(KS)}
+    where = dict(kind="grid_noise", dim=dim, N=n, noise_scale_range=list(noise))
+    where["fingerprint"] = scoring.task_fingerprint(task)
+    cells = score_block(task, groups, jax.random.fold_in(key, 1), names, where, noise=noise)
+    for c in cells:
+        c["K"] = c.pop("group")
+    return cells
+
+
+def noise_summary(cells: list[dict], reference: str = "sklearn_gmm") -> list[dict]:
+    """Per unknown-noise cell: each method's mean l2 (data units) over ``reference``'s on the same tasks (bayes'
+    own tasks, the first ``bayes_tasks``, for bayes and for the reference's ``l2_on_bayes_tasks``), and for the
+    other methods also the ratio of their mean l2 in units of sigma (``_sigma_units``). The mean l2 in data
+    units is dominated by the tasks of largest sigma (l2 grows as sigma^2)."""
+    keyed = {}
+    for c in cells:
+        if c["kind"] == "grid_noise":
+            keyed.setdefault((c["dim"], c["N"], c["K"]), {})[c["method"]] = c
+    out = []
+    for (dim, n, k), by_method in keyed.items():
+        ref = by_method.get(reference)
+        if not ref or "l2" not in ref:
+            continue
+        entry = dict(dim=dim, N=n, K=k, reference=reference)
+        for name, c in by_method.items():
+            if name == reference or "l2" not in c:
+                continue
+            if name == "bayes":
+                if "l2_on_bayes_tasks" in ref:
+                    entry[f"{name}_over_{reference}"] = c["l2"]["mean"] / ref["l2_on_bayes_tasks"]["mean"]
+            else:
+                entry[f"{name}_over_{reference}"] = c["l2"]["mean"] / ref["l2"]["mean"]
+                if "l2_sigma_units" in c and "l2_sigma_units" in ref:
+                    ratio = c["l2_sigma_units"]["mean"] / ref["l2_sigma_units"]["mean"]
+                    entry[f"{name}_over_{reference}_sigma_units"] = ratio
+        out.append(entry)
+    return out
 
 
 def pt_block(setting: str, names) -> list[dict]:
@@ -434,6 +559,15 @@ def main(argv):
     unknown = sorted(set(FLAGS.methods) - set(METHODS))
     if unknown:
         raise app.UsageError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    noise = noise_range()
+    noise_names = [m for m in NOISE_METHODS if m in FLAGS.noise_methods]
+    unknown = sorted(set(FLAGS.noise_methods) - set(NOISE_METHODS))
+    if unknown:
+        raise app.UsageError(f"unknown noise method(s) {unknown}; choose from {list(NOISE_METHODS)}")
+    if FLAGS.noise_scale_range and not (len(FLAGS.noise_scale_range) == 2 and 0 < noise[0] < noise[1]):
+        raise app.UsageError(
+            f"--noise_scale_range must be lo,hi with 0 < lo < hi, got {FLAGS.noise_scale_range}"
+        )
     settings = dict(
         tasks_per_cell=FLAGS.tasks_per_cell,
         bayes_tasks=FLAGS.bayes_tasks,
@@ -443,16 +577,30 @@ def main(argv):
     )
     if FLAGS.workdir:  # a trained model instead of the shipped one: its own cache entries
         settings["model"] = model_text()
+    noise_settings = None
+    if noise is not None:  # its own cache entries (the settings of the other blocks are unchanged)
+        noise_settings = dict(
+            settings,
+            methods=noise_names,
+            noise_scale_range=list(noise),
+            bayes_config=repr(get_baseline("bayes", **bayes_config(noise)).keywords["config"]),
+        )
     cells = []
     for dim in map(int, FLAGS.dims):
         for n in map(int, FLAGS.ns):
-            path = os.path.join(FLAGS.cache, f"grid_d{dim}_n{n}.json")
-            cells += _cached(path, settings, lambda dim=dim, n=n: grid_block(dim, n, names))
-    for setting in [s for s in FLAGS.pt_settings if s]:
+            if names:
+                path = os.path.join(FLAGS.cache, f"grid_d{dim}_n{n}.json")
+                cells += _cached(path, settings, lambda dim=dim, n=n: grid_block(dim, n, names))
+            if noise is not None:
+                path = os.path.join(FLAGS.cache, f"noise_d{dim}_n{n}.json")
+                cells += _cached(
+                    path, noise_settings, lambda dim=dim, n=n: noise_block(dim, n, noise_names, noise)
+                )
+    for setting in [s for s in FLAGS.pt_settings if s and names]:
         path = os.path.join(FLAGS.cache, f"pt_{setting}.json")
         cells += _cached(path, settings, lambda setting=setting: pt_block(setting, names))
     target = None
-    if not FLAGS.workdir and 2 in map(int, FLAGS.dims) and 128 in map(int, FLAGS.ns):
+    if names and not FLAGS.workdir and 2 in map(int, FLAGS.dims) and 128 in map(int, FLAGS.ns):
         path = os.path.join(FLAGS.cache, "target_check.json")
         target = _cached(path, settings, lambda: [target_check()])[0]
     payload = dict(
@@ -464,8 +612,11 @@ def main(argv):
         cells=cells,
         gaps=gap_cells(cells),
     )
+    if noise is not None:
+        payload["noise"] = noise_summary(cells)
     study.write_json(FLAGS.results, f"{FLAGS.name}.json", payload)
-    plot(cells, os.path.join(FLAGS.results, f"{FLAGS.name}.png"))
+    if any(c["kind"] in ("grid", "phase_transition") for c in cells):  # the figure has no noise panels yet
+        plot(cells, os.path.join(FLAGS.results, f"{FLAGS.name}.png"))
     for g in payload["gaps"]:
         if g["gap"]:
             print(json.dumps(g))

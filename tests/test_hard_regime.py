@@ -58,3 +58,63 @@ def test_hard_regime_script(tmp_path):
     assert again.returncode == 0 and json.loads((results / "hard_regime.json").read_text())["cells"] == cells
     text = "\n".join(hard_regime_section(saved, "hard_regime.png"))
     assert "## Learned gain and the Bayes limit" in text and "### d = 2: against the Bayes limit" in text
+
+
+def test_sklearn_gmm_fit_in_data_units():
+    """The unknown-noise reference on tasks multiplied by sigma: means and scales come back in the data's units."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import hard_regime
+    from tests.baseline_helpers import aligned_l2_means, make_tasks
+
+    # (not below ~0.01: scikit-learn adds reg_covar = 1e-6 to every variance, in the data's units; at sigma = 1e-3
+    # the scales come back ~1.4 sigma)
+    sigma = np.array([0.05, 1.0, 300.0])
+    parts = [make_tasks(50 + i, [3], 2, 200, point_scale=float(c)) for i, c in enumerate(sigma)]
+    task = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+    est = jax.tree.map(np.asarray, hard_regime._sklearn_gmm_fit(task, 0))
+    assert np.all(aligned_l2_means(est.means, task) / sigma**2 < 0.1)
+    scales = est.scales[:, :3, 0] / sigma[:, None]  # per-component sigma_k / sigma, spherical
+    assert np.all(np.abs(scales - 1) < 0.25) and np.all(est.scales[:, :3, 1] == est.scales[:, :3, 0])
+    np.testing.assert_allclose(est.weights.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_noise_summary_ratios():
+    from experiments.hard_regime import noise_summary
+
+    def cell(method, l2, sigma_units, on_bayes=None):
+        c = dict(kind="grid_noise", dim=2, N=16, K=3, method=method, l2={"mean": l2})
+        c["l2_sigma_units"] = {"mean": sigma_units}
+        if on_bayes is not None:
+            c["l2_on_bayes_tasks"] = {"mean": on_bayes}
+        return c
+
+    cells = [cell("sklearn_gmm", 10.0, 0.5, on_bayes=8.0), cell("bayes", 4.0, 0.2), cell("bgm", 5.0, 1.0)]
+    cells.append(dict(cells[0], kind="grid"))  # a known-noise cell: not summarised
+    (entry,) = noise_summary(cells)
+    assert entry["bayes_over_sklearn_gmm"] == 0.5  # on bayes' tasks
+    assert entry["bgm_over_sklearn_gmm"] == 0.5 and entry["bgm_over_sklearn_gmm_sigma_units"] == 2.0
+
+
+@pytest.mark.subprocess
+def test_hard_regime_unknown_noise_cells(tmp_path):
+    """--noise_scale_range: the grid's tasks times sigma, scored in data units by sklearn_gmm and bayes (unknown
+    sigma), alone (--methods= runs no known-noise block and loads no checkpoint)."""
+    results = tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "experiments.hard_regime", "--dims=2", "--ns=16", "--pt_settings=", "--methods=",
+        "--noise_scale_range=0.01,100", "--noise_methods=sklearn_gmm,bayes", "--tasks_per_cell=3",
+        "--bayes_tasks=2", "--bayes_sweeps=30", f"--cache={tmp_path / 'cache'}", f"--results={results}",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = json.loads((results / "hard_regime.json").read_text())
+    cells = saved["cells"]
+    assert {(c["kind"], c["method"], c["K"]) for c in cells} == {
+        ("grid_noise", m, k) for m in ("sklearn_gmm", "bayes") for k in (2, 3, 4, 5)
+    }
+    for c in cells:
+        assert c["num_tasks"] == (2 if c["method"] == "bayes" else 3)
+        assert np.isfinite(c["l2"]["mean"]) and np.isfinite(c["l2_sigma_units"]["mean"])
+    assert len(saved["noise"]) == 4 and all("bayes_over_sklearn_gmm" in e for e in saved["noise"])
