@@ -59,6 +59,7 @@ def _blobs(seed, n=40, d=3, k=2, sep=6.0):
     return centres[np.arange(n) % k] + rng.standard_normal((n, d))
 
 
+@pytest.mark.slow
 def test_exported_checkpoint_equals_the_workdir(ckpts):
     run, exp = load_checkpoint(ckpts["workdir"]), load_checkpoint(ckpts["exported"])
     assert exp.model == run.model and exp.step == run.step == 4
@@ -73,6 +74,7 @@ def test_exported_checkpoint_equals_the_workdir(ckpts):
     np.testing.assert_array_equal(a.means_, b.means_)
 
 
+@pytest.mark.slow
 def test_export_with_other_seedings_keeps_the_weights(ckpts, tmp_path):
     from tgmm_jax.train.restore import load_run, with_slot_init
 
@@ -101,12 +103,14 @@ def test_export_with_other_seedings_keeps_the_weights(ckpts, tmp_path):
         with_slot_init(run, "farthest+kmeans")
 
 
+@pytest.mark.slow
 def test_env_var_selects_the_users_workdir(ckpts, monkeypatch):
     monkeypatch.setenv("TGMM_CHECKPOINT_DIR", ckpts["workdir"])
     assert load_checkpoint("pretrained").name == os.path.abspath(ckpts["workdir"])
     assert TGMMEstimator(2).fit(_blobs(1)).checkpoint_name_ == os.path.abspath(ckpts["workdir"])
 
 
+@pytest.mark.slow
 def test_to_sklearn_gives_the_same_probabilities_and_densities(ckpts):
     X = _blobs(2, n=48, d=4, k=3, sep=4.0)
     for refine, standardize in (("none", False), ("em", False), ("none", True)):
@@ -120,6 +124,7 @@ def test_to_sklearn_gives_the_same_probabilities_and_densities(ckpts):
         np.testing.assert_array_equal(est.fit_predict(X), est.predict(X))
 
 
+@pytest.mark.slow
 def test_clone_and_params(ckpts):
     est = TGMMEstimator(3, checkpoint=ckpts["exported"], refine="em", em_steps=2, random_state=5)
     twin = clone(est)
@@ -128,6 +133,7 @@ def test_clone_and_params(ckpts):
     assert twin.fit(_blobs(3)).means_.shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_fit_batch_equals_one_fit_per_dataset(ckpts):
     X_BxNxD = np.stack([_blobs(s, n=32, d=3, k=2 + s % 2) for s in range(3)])
     mask = np.ones(X_BxNxD.shape[:2], bool)
@@ -148,6 +154,7 @@ def test_fit_batch_equals_one_fit_per_dataset(ckpts):
             np.testing.assert_allclose(batch.means[b, :k], one.means_, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_estimator_errors_equal_the_scoring_path(ckpts):
     """fit_batch on evaluate_methods' own tasks gives the errors evaluate_methods reports."""
     ckpt = load_checkpoint(ckpts["exported"])
@@ -173,6 +180,7 @@ def test_estimator_errors_equal_the_scoring_path(ckpts):
             np.testing.assert_allclose(entry["cluster_acc"]["mean"], cell["cluster_acc"]["mean"])
 
 
+@pytest.mark.slow
 def test_auto_keeps_the_lowest_bic_of_the_single_k_fits(ckpts):
     X = _blobs(4, n=60, d=2, k=3, sep=8.0)
     auto = TGMMEstimator("auto", checkpoint=ckpts["exported"]).fit(X)
@@ -182,6 +190,7 @@ def test_auto_keeps_the_lowest_bic_of_the_single_k_fits(ckpts):
     assert auto.n_components_ == min(auto.bic_by_k_, key=auto.bic_by_k_.get)
 
 
+@pytest.mark.slow
 def test_restarts_never_lower_the_likelihood_and_are_seeded(ckpts):
     X = _blobs(5, n=48, d=3, k=3, sep=5.0)
     kw = dict(checkpoint=ckpts["exported"], refine="em", em_steps=3)
@@ -192,6 +201,7 @@ def test_restarts_never_lower_the_likelihood_and_are_seeded(ckpts):
     np.testing.assert_array_equal(a.means_, b.means_)
 
 
+@pytest.mark.slow
 def test_dtypes_and_jax_arrays_give_the_same_fit(ckpts):
     X = _blobs(6)
     ref = TGMMEstimator(2, checkpoint=ckpts["exported"]).fit(X)
@@ -200,6 +210,7 @@ def test_dtypes_and_jax_arrays_give_the_same_fit(ckpts):
         np.testing.assert_allclose(other.means_, ref.means_, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_standardize_makes_the_fit_scale_equivariant(ckpts):
     X = _blobs(7, n=40, d=3)
     kw = dict(checkpoint=ckpts["exported"], standardize=True)
@@ -209,6 +220,7 @@ def test_standardize_makes_the_fit_scale_equivariant(ckpts):
     np.testing.assert_allclose(b.weights_, a.weights_, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sample_bic_aic(ckpts):
     est = TGMMEstimator(2, checkpoint=ckpts["exported"], random_state=0).fit(_blobs(8))
     X, y = est.sample(4000)
@@ -238,12 +250,14 @@ def test_sample_bic_aic(ckpts):
         (lambda X: X, dict(checkpoint="no_such_checkpoint"), "neither a directory nor a shipped"),
     ],
 )
+@pytest.mark.slow
 def test_bad_inputs_are_rejected_with_a_message_naming_the_problem(ckpts, make, kwargs, message):
     est = TGMMEstimator(**{"n_components": 2, "checkpoint": ckpts["exported"], **kwargs})
     with pytest.raises(ValueError, match=re.escape(message)):
         est.fit(make(_blobs(9)))
 
 
+@pytest.mark.slow
 def test_wrong_dimension_for_a_fixed_d_checkpoint(ckpts):
     with pytest.raises(ValueError, match=r"X has 3 features but checkpoint .* was trained for d=2 only"):
         TGMMEstimator(2, checkpoint=ckpts["fixed"]).fit(_blobs(10, d=3))
@@ -252,6 +266,7 @@ def test_wrong_dimension_for_a_fixed_d_checkpoint(ckpts):
         fitted.predict(np.zeros((4, 5)))
 
 
+@pytest.mark.slow
 def test_fit_batch_input_errors(ckpts):
     est = TGMMEstimator(2, checkpoint=ckpts["exported"])
     with pytest.raises(ValueError, match=r"\[B, N, d\]"):
@@ -266,6 +281,7 @@ def test_fit_batch_input_errors(ckpts):
         est.fit_batch(np.zeros((2, 8, 2)), n_components=np.array([2, 4]))
 
 
+@pytest.mark.slow
 def test_nothing_touches_the_network(ckpts, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("network access")
@@ -278,6 +294,7 @@ def test_nothing_touches_the_network(ckpts, monkeypatch):
         pretrained.load_pretrained("nope")
 
 
+@pytest.mark.slow
 def test_fit_command_prints_the_parameters(ckpts, tmp_path):
     X = _blobs(12, n=30, d=2)
     np.savetxt(tmp_path / "points.csv", X, delimiter=",", header="x,y", comments="")
@@ -301,6 +318,7 @@ def _readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section[1], re.DOTALL).group(1)
 
 
+@pytest.mark.slow
 def test_readme_example_runs_as_written():
     code = _readme_example()
     assert len(code.strip().splitlines()) <= 5
@@ -309,6 +327,7 @@ def test_readme_example_runs_as_written():
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 -- the README's own example, as written
 
 
+@pytest.mark.slow
 def test_shipped_checkpoints_load_offline_and_fit_in_the_size_budget():
     names = pretrained.available()
     if not names:

@@ -51,6 +51,7 @@ def reference_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_config_metrics_checkpoints(reference_run):
     files = set(os.listdir(reference_run))
     assert {"config.json", "metrics.jsonl", "checkpoints"} <= files
@@ -68,6 +69,7 @@ def test_end_to_end_writes_config_metrics_checkpoints(reference_run):
     assert run.step == 12 and run.spec.ks == (2, 3)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(reference_run, tmp_path):
     workdir = str(tmp_path)
     # A planned stop at step 6 (checkpoints 5 and 6), then the same command with the full budget resumes.
@@ -79,6 +81,7 @@ def test_resume_equals_uninterrupted(reference_run, tmp_path):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path):
     workdir = str(tmp_path / "killed")
     cmd = [
@@ -156,6 +159,7 @@ print(json.dumps({"shards": shards, "devices": len(batch.points.sharding.device_
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_eight_devices_match_one_device(reference_run, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = subprocess.run(
@@ -205,6 +209,7 @@ def test_unknown_config_field_is_named(tmp_path):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_unknown_field_on_command_line_fails(tmp_path):
     out = subprocess.run(
         [
@@ -223,6 +228,7 @@ def test_unknown_field_on_command_line_fails(tmp_path):
     assert out.returncode != 0 and "lr" in out.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_or_missing_checkpoints_give_clear_errors(reference_run, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         load_run(str(tmp_path / "missing"))
@@ -274,6 +280,7 @@ def _orbax_stray_reads_swallowed(quiet_s=0.5, timeout_s=10.0):
         sys.unraisablehook = previous
 
 
+@pytest.mark.slow
 def test_different_config_in_workdir_is_refused(reference_run):
     with pytest.raises(ValueError, match="different config"):
         train_and_evaluate(_config(seed=99), reference_run)
@@ -286,6 +293,7 @@ _GOLDEN_LOSS = 10.375337600708008
 _GOLDEN_GRAD_NORM = 4.57652473449707
 
 
+@pytest.mark.slow
 def test_golden_first_step_loss(tmp_path):
     """An accidental change to the model, its init, the loss or the sampler changes these numbers."""
     train_and_evaluate(_config(total_steps=1, log_every=1, eval_every=0), str(tmp_path))
@@ -301,6 +309,7 @@ def _cluster_config(**overrides):
     return c
 
 
+@pytest.mark.slow
 def test_mixed_dimension_training_of_the_clustering_model(tmp_path):
     """train_dims: one parameter set trained on d = 2 and d = 5 in turn, with the responsibility loss logged;
     the trained model then applies at a third d."""
@@ -313,6 +322,7 @@ def test_mixed_dimension_training_of_the_clustering_model(tmp_path):
     assert out.means.shape == (2, 3, 7) and np.all(np.isfinite(np.asarray(out.means)))
 
 
+@pytest.mark.slow
 def test_train_dims_picks_the_dimension_of_each_step(tmp_path):
     """Step t samples at train_dims[(t - 1) % len]: (2, 2) equals the default (task.dim = 2), (2, 5) differs."""
     params = {}

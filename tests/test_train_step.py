@@ -23,6 +23,7 @@ from tgmm_jax.train.restore import load_run
 from tgmm_jax.train.trainer import PeriodicEvaluator
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_the_full_batch():
     """One step with 4 micro-batches == one step on the whole batch (tests/train_config.py, N ~ U{4..8}): the
     update (plain SGD, lr 1, so params - update = the gradient itself) and every logged term, to float32
@@ -52,6 +53,7 @@ def test_grad_accumulation_equals_the_full_batch():
     assert np.all(np.sort(np.asarray(micro.num_components), axis=1) == np.array(spec.ks))
 
 
+@pytest.mark.slow
 def test_point_mean_terms_weigh_micro_batches_by_their_points():
     """A loss with a task-mean term and a point-mean term (resp_ce, as losses.responsibility_loss): the
     accumulated terms and gradient equal the whole batch's although the micro-batches hold different numbers
@@ -107,6 +109,7 @@ def test_micro_batches_must_split_over_the_devices():
 _BF16_STEPS = 300
 
 
+@pytest.mark.slow
 def test_bfloat16_training_learns_the_tiny_task(tmp_path):
     config = train_config.get_config()
     config.model.dtype = "bfloat16"
