@@ -111,6 +111,16 @@ mu_k = sigma nu_k, nu_k in [a, b]^D with the cosine constraint, x_n ~ N(mu_{z_n}
     the scales, info['noise_scale'] = E[sigma] and info['noise_variance'] = E[sigma^2].
     Checked in tests/test_bayes.py against the exact posterior (enumeration of the 2^N assignments in D = 1
     with a quadrature over sigma), and against sigma = 1 on rescaled data.
+    Measured (64 tasks of TaskSpec(dim=2, ks=(5,), N fixed, noise_scale_range=(0.01, 100)) = sigma times the
+    unit tasks of the same key; l2 in units of sigma, l2_means / sigma^2 + l2_weights; this shared 2-core CPU):
+    N = 128: 0.107 +- 0.019 (default 1000 sweeps) and 0.093 (3000 sweeps, burn-in 900) vs 0.090 +- 0.010 for
+    sigma = 1 known on the unit tasks (paired difference 0.017 +- 0.010 at 1000 sweeps, 0.004 +- 0.006 at
+    3000: the excess is Monte-Carlo error on a few tasks whose chains visit different modes); E[sigma] /
+    sigma 1.00 +- 0.04; scikit-learn's GaussianMixture(spherical, n_init=10) 0.368 +- 0.096, em_kmeanspp
+    (sigma known) 0.248. N = 16: 0.864 +- 0.101 vs 0.845 +- 0.098 known; E[sigma] / sigma 1.00 +- 0.11;
+    GaussianMixture 2.08 +- 0.20 (its sigma_k / sigma 0.52: overfitting); em_kmeanspp (known) 1.53. The
+    time per task is about that of the known-sigma chain (the sigma steps are O(N D) plus O(1) per slice
+    draw; 29 s vs 36 s for the 64 tasks at N = 128, compile included, under load).
 
 ``prior='phase_transition'``: the two-component tasks of ``tasks.sample_phase_transition_tasks(key, n, a, b,
 batch)``, padded or not (``experiments.phase_transition.pad_components``: K_max = 5, 2 real components).
