@@ -111,7 +111,21 @@ mu_k = sigma nu_k, nu_k in [a, b]^D with the cosine constraint, x_n ~ N(mu_{z_n}
     the scales, info['noise_scale'] = E[sigma] and info['noise_variance'] = E[sigma^2].
     Checked in tests/test_bayes.py against the exact posterior (enumeration of the 2^N assignments in D = 1
     with a quadrature over sigma), and against sigma = 1 on rescaled data.
-    Measured (64 tasks of TaskSpec(dim=2, ks=(5,), N fixed, noise_scale_range=(0.01, 100)) = sigma times the
+  * per-component scales (``component_scale_range=(lo, hi)``, with a known or an unknown sigma; TaskSpec's
+    option of the same name): component k's standard deviation is sigma u_k, log u_k ~ U[log lo, log hi]
+    (the box still scales with sigma). The state adds v_k = log u_k; step 1 uses each component's variance
+    (``_z_step_scaled``), step 3's proposal has standard deviation u_k / sqrt(n_k), then per component an
+    exact slice step on v_k | nu, z, x (log density -n_k D v - SS_k e^{-2v} / 2, SS_k the component's sum of
+    squares in the units of sigma; ``_component_steps``); 4a and 4b weight each point by 1 / u_{z_n}^2, and
+    a step 4c moves s with mu and every sigma_k = sigma u_k fixed (u_k <- sigma_k / sigma): the likelihood is
+    then constant and the log density -K D s on the intersection of sigma's range, the box's bound and every
+    u_k's range (without it sigma and the u_k trade off along a ridge only through the box). Samples record
+    component_scales [K] = sigma u_k; the estimate's scales are their aligned posterior means (permuted with
+    the means), info['component_scale'] and info['component_variance'] = E[sigma_k], E[sigma_k^2] [B, K].
+    Checked against a 3-D quadrature (log sigma, log u_0, log u_1) on top of the enumeration of z
+    (tests/test_bayes.py; dropping 4c's density or halving the u-step's n_k D both fail it at z > 9).
+  Measured, unknown sigma without per-component scales (64 tasks of TaskSpec(dim=2, ks=(5,), N fixed,
+    noise_scale_range=(0.01, 100)) = sigma times the
     unit tasks of the same key; l2 in units of sigma, l2_means / sigma^2 + l2_weights; this shared 2-core CPU):
     N = 128: 0.107 +- 0.019 (default 1000 sweeps) and 0.093 (3000 sweeps, burn-in 900) vs 0.090 +- 0.010 for
     sigma = 1 known on the unit tasks (paired difference 0.017 +- 0.010 at 1000 sweeps, 0.004 +- 0.006 at
@@ -267,6 +281,9 @@ class BayesConfig:
     # means' box scales with it, as TaskSpec's; module docstring).
     noise_scale: float | None = 1.0
     noise_scale_range: tuple[float, float] | None = None
+    # Per-component standard deviations sigma u_k, u_k log-uniform on this range (TaskSpec's
+    # component_scale_range); None: u_k = 1.
+    component_scale_range: tuple[float, float] | None = None
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
@@ -292,8 +309,10 @@ class BayesConfig:
             )
         if self.chunk_size is not None:
             _check_int("chunk_size", self.chunk_size, 1)
-        if self.noise_scale_range is not None and hasattr(self.noise_scale_range, "__iter__"):
-            set_("noise_scale_range", tuple(self.noise_scale_range))
+        for name in ("noise_scale_range", "component_scale_range"):
+            value = getattr(self, name)
+            if value is not None and hasattr(value, "__iter__"):
+                set_(name, tuple(value))
         _check_noise(self)
         wr = self.weight_range
         if len(wr) != 2 or not all(_is_number(v) for v in wr) or not 0.0 < wr[0] < wr[1]:
@@ -334,6 +353,16 @@ class BayesConfig:
 
 
 def _check_noise(config: BayesConfig) -> None:
+    cr = config.component_scale_range
+    if cr is not None:
+        if len(cr) != 2 or not all(_is_number(v) for v in cr) or not 0.0 < cr[0] < cr[1]:
+            raise ValueError(
+                f"BayesConfig.component_scale_range must be (lo, hi) with 0 < lo < hi, got {cr!r}"
+            )
+        if config.prior != "algorithm1":
+            raise ValueError(
+                f"per-component scales are implemented for prior='algorithm1' only, got {config.prior!r}"
+            )
     nr = config.noise_scale_range
     if config.noise_scale is not None:
         if not (_is_number(config.noise_scale) and config.noise_scale > 0):
@@ -463,6 +492,25 @@ def _z_step(u_N, x_NxD, sq_x_N, point_mask_N, component_mask_K, weights_K, means
     return jnp.where(point_mask_N, z_N, -1), loglik
 
 
+def _z_step_scaled(u_N, x_NxD, sq_x_N, point_mask_N, component_mask_K, weights_K, means_KxD, log_u_K):
+    """``_z_step`` with per-component standard deviations u_k (in the units of x): z_n ~ Cat(softmax(log pi_k
+    - D log u_k - ||x_n - mu_k||^2 / (2 u_k^2))); log p(x | pi, mu, u) without the Gaussian constant."""
+    d = x_NxD.shape[1]
+    prec_K = jnp.exp(-2.0 * log_u_K)
+    log_w_K = jnp.where(component_mask_K, jnp.log(jnp.maximum(weights_K, _TINY)), -jnp.inf)
+    cross_NxK = jnp.einsum("nd,kd->nk", x_NxD, means_KxD, precision=HIGHEST)
+    const_K = log_w_K - d * log_u_K - 0.5 * prec_K * jnp.sum(means_KxD**2, axis=-1)
+    logits_NxK = prec_K[None, :] * (cross_NxK - 0.5 * sq_x_N[:, None]) + const_K[None, :]
+    lse_N = jax.nn.logsumexp(logits_NxK, axis=-1)
+    probs_NxK = jnp.exp(logits_NxK - lse_N[:, None])
+    cdf_NxK = jnp.cumsum(probs_NxK, axis=-1)
+    hit_NxK = (cdf_NxK >= (u_N * cdf_NxK[:, -1])[:, None]) & (probs_NxK > 0)
+    last_live = jnp.argmax(jnp.where(component_mask_K, jnp.arange(component_mask_K.shape[0]), -1))
+    z_N = jnp.where(jnp.any(hit_NxK, axis=-1), jnp.argmax(hit_NxK, axis=-1), last_live).astype(jnp.int32)
+    loglik = jnp.sum(jnp.where(point_mask_N, lse_N, 0.0))
+    return jnp.where(point_mask_N, z_N, -1), loglik
+
+
 def _weight_step(g_key, u_MH, exp_K, exp_NxK, counts_K, weights_K, component_mask_K, config: BayesConfig):
     """pi | z. Returns (weights, accepted).
 
@@ -485,8 +533,9 @@ def _weight_step(g_key, u_MH, exp_K, exp_NxK, counts_K, weights_K, component_mas
     return jnp.where(accept, proposal_K, weights_K), accept
 
 
-def _mean_step(u_KxD, counts_K, sums_KxD, means_KxD, component_mask_K, config: BayesConfig):
-    """mu | z, x, from the uniforms ``u_KxD``. Returns (means, number of accepted component updates)."""
+def _mean_step(u_KxD, counts_K, sums_KxD, means_KxD, component_mask_K, config: BayesConfig, sd_K=None):
+    """mu | z, x, from the uniforms ``u_KxD``; ``sd_K`` the components' noise standard deviations (None: 1).
+    Returns (means, number of accepted component updates)."""
     k_max = means_KxD.shape[0]
     n_Kx1 = counts_K[:, None]
     if config.prior == "conjugate":
@@ -503,6 +552,8 @@ def _mean_step(u_KxD, counts_K, sums_KxD, means_KxD, component_mask_K, config: B
     safe_n_Kx1 = jnp.maximum(n_Kx1, 1.0)
     xbar_KxD = sums_KxD / safe_n_Kx1
     sd_Kx1 = 1.0 / jnp.sqrt(safe_n_Kx1)
+    if sd_K is not None:
+        sd_Kx1 = sd_K[:, None] * sd_Kx1
     t_KxD = truncated_std_normal(u_KxD, (a - xbar_KxD) / sd_Kx1, (b - xbar_KxD) / sd_Kx1)
     prop_KxD = jnp.where(n_Kx1 > 0, xbar_KxD + sd_Kx1 * t_KxD, a + (b - a) * u_KxD)
     prop_KxD = jnp.clip(prop_KxD, a, b)
@@ -547,19 +598,29 @@ def _slice_sample(key, log_f, s0, lower, upper):
     return s, steps
 
 
-def _noise_steps(key, log_sigma, nu_KxD, x_NxD, onehot_NxK, n_real, component_mask_K, config: BayesConfig):
-    """Steps 4a and 4b of an unknown noise scale (module docstring): (log sigma, nu) after both."""
+def _noise_steps(
+    key, log_sigma, nu_KxD, x_NxD, onehot_NxK, n_real, component_mask_K, config: BayesConfig, log_u_K=None
+):
+    """Steps 4a and 4b (and 4c with per-component scales u_k = exp(log_u_K)) of an unknown noise scale
+    (module docstring): (log sigma, nu, log u) after them."""
     d = x_NxD.shape[1]
     k_real = jnp.sum(component_mask_K).astype(x_NxD.dtype)
     log_lo, log_hi = (math.log(v) for v in config.noise_scale_range)
     a, b = config.mean_range
-    key_a, key_b = jax.random.split(key)
-    # 4a. s | nu: sum_n ||x_n - sigma nu_z||^2 = A - 2 (sigma - sigma0) B + (sigma - sigma0)^2 C, expanded
-    # around the current sigma0 (no cancellation near it); padded points have one-hot rows of zeros.
+    key_a, key_b, key_c = jax.random.split(key, 3)
+    # Each point's precision factor 1 / u_{z_n}^2 (0 on padded points, whose one-hot rows are zeros).
+    if log_u_K is None:
+        w_N = jnp.sum(onehot_NxK, axis=-1)
+    else:
+        w_N = onehot_NxK @ jnp.exp(-2.0 * log_u_K)
+    # 4a. s | nu: sum_n w_n ||x_n - sigma nu_z||^2 = A - 2 (sigma - sigma0) B + (sigma - sigma0)^2 C, expanded
+    # around the current sigma0 (no cancellation near it).
     sigma0 = jnp.exp(log_sigma)
     nu_N = onehot_NxK @ nu_KxD
-    resid_NxD = (x_NxD - sigma0 * nu_N) * jnp.sum(onehot_NxK, axis=-1, keepdims=True)
-    a_ss, b_ss, c_ss = jnp.sum(resid_NxD**2), jnp.sum(resid_NxD * nu_N), jnp.sum(nu_N**2)
+    resid_NxD = x_NxD - sigma0 * nu_N
+    a_ss = jnp.sum(w_N * jnp.sum(resid_NxD**2, axis=-1))
+    b_ss = jnp.sum(w_N * jnp.sum(resid_NxD * nu_N, axis=-1))
+    c_ss = jnp.sum(w_N * jnp.sum(nu_N**2, axis=-1))
 
     def log_f_a(s):
         step = jnp.exp(s) - sigma0
@@ -567,20 +628,61 @@ def _noise_steps(key, log_sigma, nu_KxD, x_NxD, onehot_NxK, n_real, component_ma
         return -n_real * d * s - 0.5 * ss * jnp.exp(-2.0 * s)
 
     log_sigma, _ = _slice_sample(key_a, log_f_a, log_sigma, jnp.float32(log_lo), jnp.float32(log_hi))
-    # 4b. s | mu = sigma nu (fixed in data units), subject to mu / sigma in the box.
+    # 4b. s | mu = sigma nu (fixed in data units) and u, subject to mu / sigma in the box.
     sigma = jnp.exp(log_sigma)
     mu_KxD = sigma * nu_KxD
-    ss = jnp.sum(((x_NxD - onehot_NxK @ mu_KxD) * jnp.sum(onehot_NxK, axis=-1, keepdims=True)) ** 2)
+    ss = jnp.sum(w_N * jnp.sum((x_NxD - onehot_NxK @ mu_KxD) ** 2, axis=-1))
     need_KxD = jnp.where(mu_KxD > 0, mu_KxD / b, mu_KxD / a)  # sigma >= this, per coordinate (a < 0 < b)
     need = jnp.max(jnp.where(component_mask_K[:, None], need_KxD, 0.0))
-    lower = jnp.minimum(jnp.maximum(jnp.float32(log_lo), jnp.log(jnp.maximum(need, _TINY))), log_sigma)
+    log_need = jnp.log(jnp.maximum(need, _TINY))
+    lower = jnp.minimum(jnp.maximum(jnp.float32(log_lo), log_need), log_sigma)
 
     def log_f_b(s):
         return -(n_real + k_real) * d * s - 0.5 * ss * jnp.exp(-2.0 * s)
 
-    log_sigma, _ = _slice_sample(key_b, log_f_b, log_sigma, lower, jnp.float32(log_hi))
-    nu_KxD = jnp.clip(mu_KxD * jnp.exp(-log_sigma), a, b)
-    return log_sigma, jnp.where(component_mask_K[:, None], nu_KxD, 0.0)
+    new_log_sigma, _ = _slice_sample(key_b, log_f_b, log_sigma, lower, jnp.float32(log_hi))
+    if log_u_K is not None:
+        # 4c. s | mu and the components' sigma_k = sigma u_k (both fixed in data units; u_k <- sigma_k / sigma):
+        # the likelihood is constant, the density -K D s on the box's, sigma's and every u_k's ranges.
+        log_sigma_k_K = new_log_sigma + log_u_K
+        log_u_lo, log_u_hi = (math.log(v) for v in config.component_scale_range)
+        lower = jnp.maximum(
+            jnp.maximum(jnp.float32(log_lo), log_need),
+            jnp.max(jnp.where(component_mask_K, log_sigma_k_K - log_u_hi, -jnp.inf)),
+        )
+        upper = jnp.minimum(
+            jnp.float32(log_hi), jnp.min(jnp.where(component_mask_K, log_sigma_k_K - log_u_lo, jnp.inf))
+        )
+        lower, upper = jnp.minimum(lower, new_log_sigma), jnp.maximum(upper, new_log_sigma)
+        s_c, _ = _slice_sample(key_c, lambda s: -k_real * d * s, new_log_sigma, lower, upper)
+        log_u_K = jnp.where(component_mask_K, jnp.clip(log_sigma_k_K - s_c, log_u_lo, log_u_hi), 0.0)
+        new_log_sigma = s_c
+    nu_KxD = jnp.clip(mu_KxD * jnp.exp(-new_log_sigma), a, b)
+    return new_log_sigma, jnp.where(component_mask_K[:, None], nu_KxD, 0.0), log_u_K
+
+
+def _component_steps(
+    key, log_u_K, nu_KxD, xs_NxD, onehot_NxK, counts_K, component_mask_K, config: BayesConfig
+):
+    """log u_k | nu, z, x for every component (independent given them; slice sampling, exact): log density
+    -n_k D v - SS_k e^{-2v} / 2 on [log lo, log hi], SS_k = sum_{z_n = k} ||x_n / sigma - nu_k||^2."""
+    d = xs_NxD.shape[1]
+    log_lo, log_hi = (math.log(v) for v in config.component_scale_range)
+    resid_NxD = xs_NxD - onehot_NxK @ nu_KxD
+    ss_K = jnp.einsum("nk,n->k", onehot_NxK, jnp.sum(resid_NxD**2, axis=-1), precision=HIGHEST)
+
+    def one(key, v0, n_k, ss):
+        return _slice_sample(
+            key,
+            lambda v: -n_k * d * v - 0.5 * ss * jnp.exp(-2.0 * v),
+            v0,
+            jnp.float32(log_lo),
+            jnp.float32(log_hi),
+        )[0]
+
+    keys = jax.random.split(key, log_u_K.shape[0])
+    new_K = jax.vmap(one)(keys, log_u_K, counts_K, ss_K)
+    return jnp.where(component_mask_K, new_K, 0.0)
 
 
 def _initial_log_sigma(x_NxD, point_mask_N, config: BayesConfig) -> jax.Array:
@@ -604,9 +706,14 @@ def _run_chain(key, x_NxD, point_mask_N, component_mask_K, config: BayesConfig, 
     n, d = x_NxD.shape
     k_max = component_mask_K.shape[0]
     unknown = config.noise_scale is None
+    per_component = config.component_scale_range is not None
     x_NxD = jnp.where(point_mask_N[:, None], x_NxD, 0.0)
     init_key, key = jax.random.split(key)
     log_sigma = jnp.zeros((), x_NxD.dtype)
+    log_u_K = jnp.zeros((k_max,), x_NxD.dtype)
+    if per_component:  # u_k = 1 (clipped into the prior's range) to start
+        u_lo, u_hi = config.component_scale_range
+        log_u_K = jnp.where(component_mask_K, jnp.clip(log_u_K, math.log(u_lo), math.log(u_hi)), 0.0)
     if unknown:
         log_sigma = _initial_log_sigma(x_NxD, point_mask_N, config)
         n_real = jnp.sum(point_mask_N).astype(x_NxD.dtype)
@@ -626,9 +733,11 @@ def _run_chain(key, x_NxD, point_mask_N, component_mask_K, config: BayesConfig, 
         record["labels"] = jnp.zeros((kept, n), jnp.int32)
     if unknown:
         record["noise_scale"] = jnp.zeros((kept,), x_NxD.dtype)
+    if per_component:
+        record["component_scales"] = jnp.zeros((kept, k_max), x_NxD.dtype)
 
     def sweep(t, carry):
-        weights_K, means_KxD, log_sigma, acc_w, acc_mu, record = carry
+        weights_K, means_KxD, log_sigma, log_u_K, acc_w, acc_mu, record = carry
         # One threefry call for all uniforms of the sweep (each random call is a separate kernel, slow to
         # compile on CPU); g_key serves the conjugate prior's gamma draws, or the unknown noise scale's steps.
         u_key, g_key = jax.random.split(jax.random.fold_in(key, t))
@@ -641,7 +750,14 @@ def _run_chain(key, x_NxD, point_mask_N, component_mask_K, config: BayesConfig, 
             xs_NxD, sq_xs_N = x_NxD * inv_sigma, sq_x_N * inv_sigma**2
         else:
             xs_NxD, sq_xs_N = x_NxD, sq_x_N
-        z_N, loglik = _z_step(u[:n], xs_NxD, sq_xs_N, point_mask_N, component_mask_K, weights_K, means_KxD)
+        if per_component:
+            z_N, loglik = _z_step_scaled(
+                u[:n], xs_NxD, sq_xs_N, point_mask_N, component_mask_K, weights_K, means_KxD, log_u_K
+            )
+        else:
+            z_N, loglik = _z_step(
+                u[:n], xs_NxD, sq_xs_N, point_mask_N, component_mask_K, weights_K, means_KxD
+            )
         if unknown:
             loglik = loglik - n_real * d * log_sigma
         log_post = loglik + _log_prior(weights_K, means_KxD, component_mask_K, config)
@@ -651,12 +767,27 @@ def _run_chain(key, x_NxD, point_mask_N, component_mask_K, config: BayesConfig, 
         exp_NxK = onehot_NxK * exp_N[:, None]
         new_w, w_ok = _weight_step(g_key, u[n], exp_K, exp_NxK, counts_K, weights_K, component_mask_K, config)
         u_KxD = u[n + 1 : n + 1 + k_max * d].reshape(k_max, d)
-        new_mu, mu_ok = _mean_step(u_KxD, counts_K, sums_KxD, means_KxD, component_mask_K, config)
-        new_log_sigma = log_sigma
-        if unknown:
-            new_log_sigma, new_mu = _noise_steps(
-                g_key, log_sigma, new_mu, x_NxD, onehot_NxK, n_real, component_mask_K, config
+        sd_K = jnp.exp(log_u_K) if per_component else None
+        new_mu, mu_ok = _mean_step(u_KxD, counts_K, sums_KxD, means_KxD, component_mask_K, config, sd_K)
+        new_log_sigma, new_log_u = log_sigma, log_u_K
+        if per_component:
+            c_key, g_key = jax.random.split(g_key)
+            new_log_u = _component_steps(
+                c_key, log_u_K, new_mu, xs_NxD, onehot_NxK, counts_K, component_mask_K, config
             )
+        if unknown:
+            new_log_sigma, new_mu, new_log_u = _noise_steps(
+                g_key,
+                log_sigma,
+                new_mu,
+                x_NxD,
+                onehot_NxK,
+                n_real,
+                component_mask_K,
+                config,
+                new_log_u if per_component else None,
+            )
+            new_log_u = log_u_K if new_log_u is None else new_log_u
         after = t >= burn_in
         acc_w = acc_w + (after & w_ok).astype(jnp.int32)
         acc_mu = acc_mu + jnp.where(after, mu_ok, 0)
@@ -671,16 +802,18 @@ def _run_chain(key, x_NxD, point_mask_N, component_mask_K, config: BayesConfig, 
         if unknown:
             row["means"] = jnp.exp(log_sigma) * means_KxD
             row["noise_scale"] = jnp.exp(log_sigma)
+        if per_component:
+            row["component_scales"] = jnp.where(component_mask_K, jnp.exp(log_sigma + log_u_K), 0.0)
         record = {
             name: jax.lax.dynamic_update_index_in_dim(
                 buf, jnp.where(write, row[name], buf[slot]), slot, axis=0
             )
             for name, buf in record.items()
         }
-        return new_w, new_mu, new_log_sigma, acc_w, acc_mu, record
+        return new_w, new_mu, new_log_sigma, new_log_u, acc_w, acc_mu, record
 
-    carry = (weights_K, init_means_KxD, log_sigma, jnp.int32(0), jnp.int32(0), record)
-    _, _, _, acc_w, acc_mu, record = jax.lax.fori_loop(0, config.sweeps, sweep, carry)
+    carry = (weights_K, init_means_KxD, log_sigma, log_u_K, jnp.int32(0), jnp.int32(0), record)
+    _, _, _, _, acc_w, acc_mu, record = jax.lax.fori_loop(0, config.sweeps, sweep, carry)
     after_sweeps = config.sweeps - burn_in
     record["weight_accept"] = acc_w / after_sweeps
     record["mean_accept"] = acc_mu / (after_sweeps * jnp.sum(component_mask_K))
@@ -979,7 +1112,10 @@ def _sample_posterior(
     scale = _known_scale(config)
     if scale is not None:  # a known sigma = c: the unit-noise posterior of x / c, means times c
         samples = _sample_posterior(key, _rescaled(task, scale), _unit_noise(config), keep_labels)
-        return dict(samples, means=samples["means"] * scale)
+        samples = dict(samples, means=samples["means"] * scale)
+        if "component_scales" in samples:
+            samples["component_scales"] = samples["component_scales"] * scale
+        return samples
     batch = task.points.shape[0]
     keys_B = _task_keys(key, batch)
     if config.prior == "phase_transition":
@@ -1051,7 +1187,7 @@ def _align(weights_SxK, means_SxKxD, component_mask_K, ref_KxD):
     mask_SxK = jnp.broadcast_to(component_mask_K, (s, component_mask_K.shape[0]))
     index_SxK = best_permutation(masked_match_cost(cost_SxKxK, mask_SxK))
     take = jax.vmap(lambda a, i: a[i])
-    return take(weights_SxK, index_SxK), take(means_SxKxD, index_SxK)
+    return take(weights_SxK, index_SxK), take(means_SxKxD, index_SxK), index_SxK
 
 
 def kept_samples(log_post_RxS: jax.Array, chain_gap: float | None) -> jax.Array:
@@ -1070,7 +1206,8 @@ def kept_samples(log_post_RxS: jax.Array, chain_gap: float | None) -> jax.Array:
 
 
 def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap: float | None = None):
-    """One task: (weights [K], means [K, D], chain_spread) from raw samples (leaves [R, S, ...]).
+    """One task: (weights [K], means [K, D], chain_spread, chains_used) from raw samples (leaves [R, S, ...]);
+    with samples['component_scales'] [R, S, K] also their aligned E[sigma_k], E[sigma_k^2] [K].
 
     Reference = the sample of highest log p(x, pi, mu); every sample is aligned to it, then once more to
     the mean of the aligned samples, and averaged. Samples outside the prior's support (log p = -inf: a
@@ -1086,10 +1223,10 @@ def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap
     use_S = kept_samples(samples["log_post"], chain_gap).reshape(r * s).astype(means_SxKxD.dtype)
 
     ref_KxD = means_SxKxD[jnp.argmax(jnp.where(jnp.isnan(log_post), -jnp.inf, log_post))]
-    w, mu = _align(weights_SxK, means_SxKxD, component_mask_K, ref_KxD)
+    w, mu, _ = _align(weights_SxK, means_SxKxD, component_mask_K, ref_KxD)
     total = jnp.sum(use_S)
     mu_mean = jnp.einsum("s,skd->kd", use_S, mu) / total
-    w, mu = _align(weights_SxK, means_SxKxD, component_mask_K, mu_mean)
+    w, mu, index_SxK = _align(weights_SxK, means_SxKxD, component_mask_K, mu_mean)
     weights_K = jnp.einsum("s,sk->k", use_S, w) / total
     means_KxD = jnp.einsum("s,skd->kd", use_S, mu) / total
 
@@ -1109,7 +1246,13 @@ def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap
     order_K = jnp.argsort(jnp.where(component_mask_K, weights_K, jnp.inf))
     weights_K = jnp.where(component_mask_K, weights_K[order_K], 0.0)
     means_KxD = jnp.where(component_mask_K[:, None], means_KxD[order_K], 0.0)
-    return weights_K, means_KxD, spread, chains_used
+    if "component_scales" not in samples:
+        return weights_K, means_KxD, spread, chains_used
+    # Per-component scales, permuted as the means: (E[sigma_k] [K], E[sigma_k^2] [K]) as two more outputs.
+    scales_SxK = jax.vmap(lambda a, i: a[i])(samples["component_scales"].reshape(r * s, k_max), index_SxK)
+    moments = [jnp.einsum("s,sk->k", use_S, scales_SxK**p) / total for p in (1, 2)]
+    moments = [jnp.where(component_mask_K, m[order_K], 0.0) for m in moments]
+    return weights_K, means_KxD, spread, chains_used, moments[0], moments[1]
 
 
 def _fit_bayes(
@@ -1129,6 +1272,10 @@ def _fit_bayes(
             noise_scale=full_B,
             noise_variance=full_B * scale,
         )
+        if "component_scale" in info:
+            info["component_scale"] = info["component_scale"] * scale
+            info["component_variance"] = info["component_variance"] * scale**2
+            return _with_scales(params, params.means * scale, info["component_scale"]), info
         return _with_scales(params, params.means * scale, full_B), info
     if config.prior == "phase_transition":
         return _fit_phase_transition(key, task, config)
@@ -1141,13 +1288,16 @@ def _fit_bayes(
     batch = task.points.shape[0]
     keys_B = _task_keys(key, batch)
     unknown = config.noise_scale is None
+    per_component = config.component_scale_range is not None
 
     def fn(args):
         task_C = args[1]
         samples = _sample_chunk(*args, config=config, keep_labels=False)
-        weights, means, spread, used = jax.vmap(
-            functools.partial(aligned_posterior_mean, chain_gap=config.chain_gap)
-        )({name: samples[name] for name in ("weights", "means", "log_post")}, task_C.component_mask)
+        names = ("weights", "means", "log_post") + (("component_scales",) if per_component else ())
+        moments = jax.vmap(functools.partial(aligned_posterior_mean, chain_gap=config.chain_gap))(
+            {name: samples[name] for name in names}, task_C.component_mask
+        )
+        weights, means, spread, used = moments[:4]
         out = dict(
             weights=weights,
             means=means,
@@ -1157,6 +1307,8 @@ def _fit_bayes(
             mean_accept=jnp.mean(samples["mean_accept"], axis=-1),
             log_post_max=jnp.max(samples["log_post"], axis=(-2, -1)),
         )
+        if per_component:
+            out["component_scale"], out["component_variance"] = moments[4:]
         if unknown:  # E[sigma], E[sigma^2] over the samples the means average
             use_CxRxS = jax.vmap(lambda lp: kept_samples(lp, config.chain_gap))(samples["log_post"])
             use_CxRxS = use_CxRxS.astype(means.dtype)
@@ -1172,6 +1324,9 @@ def _fit_bayes(
     if unknown:
         names += ("noise_scale", "noise_variance")
         params = _with_scales(params, out["means"], out["noise_scale"])
+    if per_component:
+        names += ("component_scale", "component_variance")
+        params = _with_scales(params, out["means"], out["component_scale"])
     info = {name: out[name] for name in names}
     info["valid"] = mixture_steps.finite_estimates(out["weights"], out["means"])
     return params, info
@@ -1192,9 +1347,11 @@ def _rescaled(task: GMMTask, scale: float) -> GMMTask:
     return task.replace(points=task.points / scale)
 
 
-def _with_scales(params: MixtureParams, means_BxKxD: jax.Array, sigma_B: jax.Array) -> MixtureParams:
-    """The estimate with the given means and spherical scales sigma on the real components (1 on padding)."""
-    scales_BxKxD = jnp.where(params.component_mask[..., None], sigma_B[:, None, None], 1.0)
+def _with_scales(params: MixtureParams, means_BxKxD: jax.Array, sigma: jax.Array) -> MixtureParams:
+    """The estimate with the given means and spherical scales (sigma [B], or per component [B, K]) on the real
+    components (1 on padding)."""
+    sigma_BxKx1 = sigma[:, None, None] if sigma.ndim == 1 else sigma[:, :, None]
+    scales_BxKxD = jnp.where(params.component_mask[..., None], sigma_BxKx1, 1.0)
     scales_BxKxD = jnp.broadcast_to(scales_BxKxD, means_BxKxD.shape)
     return MixtureParams(params.weights, means_BxKxD, scales_BxKxD, params.component_mask)
 

@@ -637,6 +637,98 @@ def test_unknown_noise_gibbs_matches_enumeration_1d():
     assert z_stats.max() < MAX_Z and z_same.max() < MAX_Z
 
 
+COMPONENT_RANGE = (0.5, 2.0)
+
+
+def _exact_algorithm1_1d_component_scales(x_N, noise_range, comp_range, a=-5.0, b=5.0, gs=81, gu=41):
+    """As ``_exact_algorithm1_1d_unknown_noise`` with per-component standard deviations sigma u_k, log u_k ~
+    U[log lo, log hi]: a 3-D trapezoid rule over (log sigma, log u_0, log u_1). Returns E[sigma], E[positive
+    mean], E[negative mean], E[weight of the positive component], E[sigma u of the positive component]."""
+    n = len(x_N)
+    s_G = np.linspace(*np.log(noise_range), gs)
+    v_U = np.linspace(*np.log(comp_range), gu)
+    sigma_Gx1, u_1xU = np.exp(s_G)[:, None], np.exp(v_U)[None, :]
+    quad = np.einsum("g,u,w->guw", *(np.trapezoid(np.eye(len(g)), g, axis=0) for g in (s_G, v_U, v_U)))
+    pi_W = np.linspace(0.0, 1.0, 200_001)
+    prior_W = _weight_prior_density(pi_W)
+    zero = np.zeros((gs, 1))
+
+    def piece(xk, lo, hi):
+        """[Gs, Gu] integral over mu in [lo, hi] of prod_n N(x_n; mu, (sigma u)^2) without (2 pi)^{-n/2},
+        and E[mu | ...]."""
+        lo, hi = np.broadcast_to(lo, (gs, gu)), np.broadcast_to(hi, (gs, gu))
+        if len(xk) == 0:
+            return hi - lo, (lo + hi) / 2
+        sd = sigma_Gx1 * u_1xU
+        m, s = xk.mean(), sd / np.sqrt(len(xk))
+        alpha, beta = (lo - m) / s, (hi - m) / s
+        cdf_gap = norm.cdf(beta) - norm.cdf(alpha)
+        mass = (
+            np.exp(-0.5 * np.sum((xk - m) ** 2) / sd**2 - len(xk) * np.log(sd))
+            * np.sqrt(2 * np.pi)
+            * s
+            * cdf_gap
+        )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = m + s * (norm.pdf(alpha) - norm.pdf(beta)) / cdf_gap
+        return mass, np.where(np.isfinite(mean), mean, np.clip(m, lo, hi))
+
+    sums = np.zeros(6)
+    sd_pos_0 = np.broadcast_to((sigma_Gx1 * u_1xU)[:, :, None], (gs, gu, gu))  # component 0 positive
+    sd_pos_1 = np.broadcast_to((sigma_Gx1 * u_1xU)[:, None, :], (gs, gu, gu))
+    sigma_3 = np.broadcast_to(sigma_Gx1[:, :, None], (gs, gu, gu))
+    for z in _assignments(n):
+        x0, x1 = x_N[z == 0], x_N[z == 1]
+        integrand_W = prior_W * pi_W ** len(x0) * (1 - pi_W) ** len(x1)
+        w_mass = np.trapezoid(integrand_W, pi_W)
+        w0 = np.trapezoid(pi_W * integrand_W, pi_W) / w_mass
+        (m0p, e0p), (m0n, e0n) = piece(x0, zero, b * sigma_Gx1), piece(x0, a * sigma_Gx1, zero)
+        (m1p, e1p), (m1n, e1n) = piece(x1, zero, b * sigma_Gx1), piece(x1, a * sigma_Gx1, zero)
+        # [Gs, Gu0, Gu1]: component 0 positive and 1 negative (c0), or the reverse (c1)
+        c0 = m0p[:, :, None] * m1n[:, None, :]
+        c1 = m0n[:, :, None] * m1p[:, None, :]
+        p = w_mass * (c0 + c1) / sigma_3**2 * quad
+        pos = c0 * e0p[:, :, None] + c1 * e1p[:, None, :]
+        neg = c0 * e1n[:, None, :] + c1 * e0n[:, :, None]
+        wpos = c0 * w0 + c1 * (1 - w0)
+        sdpos = c0 * sd_pos_0 + c1 * sd_pos_1
+        weight = w_mass * quad / sigma_3**2
+        sums += [p.sum(), (p * sigma_3).sum()] + [(weight * f).sum() for f in (pos, neg, wpos, sdpos)]
+    return sums[1:] / sums[0]
+
+
+def test_component_scales_gibbs_matches_quadrature_1d():
+    """Unknown sigma and per-component scales sigma u_k (log u_k uniform): every step of the sampler (4a-4c and
+    the u_k steps) against the exact posterior of ALG1_X."""
+    task = _one_task(ALG1_X, 2)
+    config = BayesConfig(
+        noise_scale=None, noise_scale_range=NOISE_RANGE, component_scale_range=COMPONENT_RANGE, **NOISE_CONFIG
+    )
+    s = jax.tree.map(np.asarray, sample_posterior(jax.random.key(34), task, config))
+    exact = _exact_algorithm1_1d_component_scales(ALG1_X[:, 0], NOISE_RANGE, COMPONENT_RANGE)
+    mu_RxSxK = s["means"][0, :, :, :, 0]
+    sigma_RxS, comp_RxSxK = s["noise_scale"][0], s["component_scales"][0]
+    u_RxSxK = comp_RxSxK / sigma_RxS[..., None]
+    assert u_RxSxK.min() >= COMPONENT_RANGE[0] * (1 - 1e-5) and u_RxSxK.max() <= COMPONENT_RANGE[1] * (
+        1 + 1e-5
+    )
+    assert np.all(np.abs(mu_RxSxK) <= 5.0 * sigma_RxS[..., None] * (1 + 1e-5))
+    pos = np.argmax(mu_RxSxK, axis=-1)[..., None]
+    stats_RxSx5 = np.stack(
+        [
+            sigma_RxS,
+            np.max(mu_RxSxK, axis=-1),
+            np.min(mu_RxSxK, axis=-1),
+            np.take_along_axis(s["weights"][0], pos, axis=-1)[..., 0],
+            np.take_along_axis(comp_RxSxK, pos, axis=-1)[..., 0],
+        ],
+        axis=-1,
+    )
+    z_stats = _z_scores(stats_RxSx5.mean(axis=1), exact)
+    print("exact", exact, "MC", stats_RxSx5.mean(axis=(0, 1)), "z", z_stats)
+    assert z_stats.max() < MAX_Z
+
+
 def test_known_noise_scale_is_a_rescaling():
     """sigma = c known on c x: the samples (same key) are c times those of sigma = 1 on x, bit for bit for a
     power of two."""
@@ -654,23 +746,40 @@ def test_known_noise_scale_is_a_rescaling():
     np.testing.assert_array_equal(sc["labels"], s1["labels"])
 
 
-def test_unknown_noise_fit_across_scales():
-    """fit_bayes with sigma unknown on Algorithm-1 tasks multiplied by sigma over three decades: E[sigma]
-    tracks the true sigma, the estimate's scales are E[sigma], and the means are in the data's units."""
-    noise_range = (0.01, 10.0)
-    sigma = np.array([0.02, 0.3, 1.0, 7.0])
-    parts = [make_tasks(40 + i, [2], 2, 64, point_scale=float(c)) for i, c in enumerate(sigma)]
-    task = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
-    config = BayesConfig(noise_scale=None, noise_scale_range=noise_range, chains=2, sweeps=300, burn_in=100)
-    est, info = jax.tree.map(np.asarray, fit_bayes_fast(jax.random.key(33), task, config))
-    print("sigma", sigma, "E[sigma]", info["noise_scale"], "E[sigma^2]", info["noise_variance"])
-    assert np.all(info["valid"])
-    # N D = 128 residual coordinates: E[sigma] / sigma has sd ~ 0.06
-    np.testing.assert_allclose(info["noise_scale"] / sigma, 1.0, atol=0.25)
-    assert np.all(info["noise_variance"] >= info["noise_scale"] ** 2 * (1 - 1e-5))  # Jensen
-    np.testing.assert_allclose(
-        est.scales, np.broadcast_to(info["noise_scale"][:, None, None], est.scales.shape)
+def test_component_scales_fit_across_scales():
+    """fit_bayes with sigma unknown and per-component scales, on Algorithm-1 tasks whose components have
+    standard deviations sigma u_k (u = 0.6, 1.6), sigma over three decades: the aligned E[sigma_k] track the
+    true ones, the estimate's scales are E[sigma_k], and the means are in the data's units."""
+    noise_range, comp_range = (0.01, 10.0), (0.5, 2.0)
+    sigma, u_K = np.array([0.02, 0.3, 1.0, 7.0]), np.array([0.6, 1.6])
+    parts = [make_tasks(40 + i, [2], 2, 96) for i in range(len(sigma))]
+    unit = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+    centre = np.take_along_axis(unit.means, unit.labels[..., None], axis=1)
+    u_BxN = u_K[unit.labels]
+    points = sigma[:, None, None] * (centre + u_BxN[..., None] * (unit.points - centre))
+    true_scales = sigma[:, None] * u_K[None, :]
+    task = jax.tree.map(jnp.asarray, unit).replace(
+        points=jnp.asarray(points, jnp.float32), means=jnp.asarray(unit.means * sigma[:, None, None])
     )
+    config = BayesConfig(
+        noise_scale=None, noise_scale_range=noise_range, component_scale_range=comp_range, chains=2, sweeps=300,
+        burn_in=100,
+    )  # fmt: skip
+    est, info = jax.tree.map(np.asarray, fit_bayes_fast(jax.random.key(33), task, config))
+    print("E[sigma_k] / sigma_k", info["component_scale"], true_scales, "E[sigma]", info["noise_scale"])
+    assert np.all(info["valid"])
+    # the estimate lists components in ascending weight order: match them to the truth by their means
+    match = [
+        np.argmin(np.sum((est.means[b, :, None] - task.means[b, None, :2]) ** 2, -1), axis=1)
+        for b in range(4)
+    ]
+    est_scales = np.array(
+        [[info["component_scale"][b][match[b] == k][0] for k in range(2)] for b in range(4)]
+    )
+    # ~96 points per task, two components: E[sigma_k] / sigma_k has sd ~0.1
+    np.testing.assert_allclose(est_scales / true_scales, 1.0, atol=0.3)
+    assert np.all(info["component_variance"] >= info["component_scale"] ** 2 * (1 - 1e-5))  # Jensen
+    np.testing.assert_allclose(est.scales[..., 0], info["component_scale"])
     assert np.all(aligned_l2_means(est.means, task) / sigma**2 < 0.2)  # in units of sigma
 
 
@@ -685,6 +794,10 @@ def test_noise_config_is_checked():
         BayesConfig(noise_scale=2.0, noise_scale_range=(1.0, 2.0))
     with pytest.raises(ValueError, match="algorithm1"):
         BayesConfig(prior="conjugate", noise_scale=None, noise_scale_range=(1.0, 2.0))
+    with pytest.raises(ValueError, match="component_scale_range"):
+        BayesConfig(component_scale_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="per-component"):
+        BayesConfig(prior="conjugate", component_scale_range=(0.5, 2.0))
     with pytest.raises(ValueError, match="a < 0 < b"):
         BayesConfig(mean_range=(0.0, 5.0), noise_scale=None, noise_scale_range=(1.0, 2.0))
     assert hash(BayesConfig(noise_scale=None, noise_scale_range=[1, 2])) == hash(
