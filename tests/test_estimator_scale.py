@@ -100,6 +100,7 @@ def test_bucket_sizes():
     ]
 
 
+@pytest.mark.slow
 def test_padding_to_the_bucket_changes_nothing(tiny, monkeypatch):
     ckpt = load_checkpoint(tiny)
     X, _ = _blobs(0, n=40)
@@ -130,6 +131,7 @@ def test_padding_to_the_bucket_changes_nothing(tiny, monkeypatch):
         np.testing.assert_allclose(big.lower_bound_, small.lower_bound_, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_new_n_in_a_fitted_bucket_compiles_nothing(tiny):
     est = TGMMEstimator(3, checkpoint=tiny, refine="em", em_steps=2, n_restarts=1, random_state=0)
     est.fit(_blobs(1, n=40)[0])  # bucket 64
@@ -146,6 +148,7 @@ def test_a_new_n_in_a_fitted_bucket_compiles_nothing(tiny):
 # Large N: subsample + streaming EM.
 
 
+@pytest.mark.slow
 def test_streaming_em_equals_em_refine():
     rng = np.random.default_rng(0)
     n, d, t, k = 3000, 5, 3, 4
@@ -190,6 +193,7 @@ def _shrink(monkeypatch, large=64, block=128):
     monkeypatch.setattr(estimator, "STREAM_BLOCK", block)
 
 
+@pytest.mark.slow
 def test_large_n_path_subsamples_streams_and_compiles_once_per_bucket(tiny, monkeypatch):
     _shrink(monkeypatch)
     seen = []
@@ -225,6 +229,7 @@ def test_large_n_path_subsamples_streams_and_compiles_once_per_bucket(tiny, monk
     np.testing.assert_allclose(batch.means[1], TGMMEstimator(3, **kw).fit(small).means_, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ten_thousand_points_recover_the_means(monkeypatch):
     rng = np.random.default_rng(0)
     centres = rng.uniform(-5, 5, (3, 8))
@@ -249,6 +254,7 @@ def test_ten_thousand_points_recover_the_means(monkeypatch):
 # K = 1, "auto", duplicates.
 
 
+@pytest.mark.slow
 def test_auto_picks_one_component_on_gaussian_noise():
     X = np.random.default_rng(0).standard_normal((500, 8))
     est = TGMMEstimator("auto").fit(X)
@@ -257,6 +263,7 @@ def test_auto_picks_one_component_on_gaussian_noise():
     np.testing.assert_allclose(est.bic_by_k_[1], est.bic(X))
 
 
+@pytest.mark.slow
 def test_one_component_is_closed_form(tiny):
     X, _ = _blobs(6, n=90, d=4, k=2)
     before = dict(TRACE_COUNTS)
@@ -283,6 +290,7 @@ def test_one_component_is_closed_form(tiny):
     np.testing.assert_allclose(auto.bic_by_k_[1], est.bic(X))
 
 
+@pytest.mark.slow
 def test_identical_points(tiny):
     X = np.tile([[1.5, -2.0, 3.0]], (50, 1))
     one = TGMMEstimator(1, checkpoint=tiny).fit(X)
@@ -329,6 +337,7 @@ def test_cache_dir_follows_the_environment():
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_command_fills_the_cache_unless_turned_off(tiny, tmp_path):
     X, _ = _blobs(8, n=30, d=2)
     np.save(tmp_path / "points.npy", X)

@@ -36,6 +36,7 @@ def test_recovers_parameters_from_population_size_samples():
     np.testing.assert_allclose(np.sort(np.asarray(est.weights), -1), np.asarray(task.weights), atol=0.02)
 
 
+@pytest.mark.slow
 def test_whitened_tensor_eigenpairs_agree_with_tensorly():
     task = make_tasks(1, [3, 4] * 6, 8, 128)
     moments = fast_jit(whitened_moments, static_argnames="k_max")
@@ -61,6 +62,7 @@ def test_whitened_tensor_eigenpairs_agree_with_tensorly():
     assert agree >= tensors.shape[0] - 1
 
 
+@pytest.mark.slow
 def test_estimates_agree_with_numpy_tensorly_pipeline_and_implicit_form():
     task = make_tasks(2, [2, 3, 4, 5] * 4, 8, 128)
     est, _ = fit_spectral(jax.random.key(1), task)
@@ -141,6 +143,7 @@ def test_collinear_means_at_k_equals_d_are_flagged_not_applicable():
     assert np.all(np.asarray(info["lambda_k_z"]) <= spectral.WHITENING_MIN_Z)
 
 
+@pytest.mark.slow
 def test_whitening_check_matches_numpy_and_is_scale_free():
     task = make_tasks(4, [1, 2, 3, 2, 3, 2], 3, 96, n_min=50)
     m = fast_jit(whitened_moments, static_argnames="k_max")(
@@ -164,6 +167,7 @@ def test_whitening_check_matches_numpy_and_is_scale_free():
         (4, [4]),
     ],
 )
+@pytest.mark.slow
 def test_well_separated_tasks_are_answered(dim, ks):
     rng = np.random.default_rng(dim)
     means = None
@@ -174,6 +178,7 @@ def test_well_separated_tasks_are_answered(dim, ks):
     assert np.mean(~np.asarray(info["valid"])) < 0.02, np.sort(np.asarray(info["lambda_k_z"]))[:10]
 
 
+@pytest.mark.slow
 def test_algorithm_1_tasks_at_d8_are_rarely_flagged():
     # The sampler's law (tests.baseline_helpers), d = 8, N = 128: lambda_K is far above the noise floor.
     task = make_tasks(5, [2, 3, 4, 5] * 100, 8, 128)

@@ -20,6 +20,7 @@ def iso_task():
     return _np(sample_tasks(jax.random.key(0), TaskSpec(dim=3, n_max=64), 200))
 
 
+@pytest.mark.slow
 def test_shapes_and_stratification(iso_task):
     t = iso_task
     assert t.points.shape == (800, 64, 3)
@@ -80,6 +81,7 @@ def test_variable_n_within_bounds_and_prefix_mask(iso_task):
         assert mask[:length].all() and not mask[length:].any()
 
 
+@pytest.mark.slow
 def test_anisotropic_scales_and_residuals():
     t = _np(sample_tasks(jax.random.key(2), TaskSpec(dim=4, ks=(3,), n_max=2000, variant="anisotropic"), 64))
     s = t.scales
@@ -93,6 +95,7 @@ def test_anisotropic_scales_and_residuals():
             np.testing.assert_allclose(resid.var(0), s[b, k] ** 2, rtol=0.25)
 
 
+@pytest.mark.slow
 def test_mean_shift_moves_means_outside_box():
     t = sample_tasks(jax.random.key(3), TaskSpec(dim=8, mean_shift=10.0), 32)
     real = np.asarray(t.means)[np.asarray(t.component_mask)]
@@ -101,6 +104,7 @@ def test_mean_shift_moves_means_outside_box():
     assert abs(real.var() / (100 / 12 + 100) - 1) < 0.15
 
 
+@pytest.mark.slow
 def test_d2_k5_fills_every_task():
     # acceptance ~5%: the official 4x oversampling would shrink this batch; ours must not.
     spec = TaskSpec(dim=2, ks=(5,), n_max=16)
@@ -119,6 +123,7 @@ def test_impossible_cell_raises_naming_dims():
         sample_tasks(jax.random.key(0), TaskSpec(dim=1, ks=(3,), n_max=8), 2)
 
 
+@pytest.mark.slow
 def test_determinism_key_dependence_and_fixed_n():
     spec = TaskSpec(dim=2, n_max=16, variable_n=False)
     a = sample_tasks(jax.random.key(7), spec, 3)
@@ -130,6 +135,7 @@ def test_determinism_key_dependence_and_fixed_n():
     assert not np.array_equal(a.points, c.points) and not np.array_equal(a.means, c.means)
 
 
+@pytest.mark.slow
 def test_jit_and_vmap_equal_eager():
     """sample_tasks (jit + vmap over tasks) == sample_task called op by op, task by task."""
     spec = TaskSpec(dim=3, ks=(2, 4), n_max=6, variant="anisotropic")
@@ -183,6 +189,7 @@ def test_spec_is_hashable_and_defaults():
     assert spec.n_min == 64 and spec.k_max == 5 and spec.batch_size(64) == 256
 
 
+@pytest.mark.slow
 def test_phase_transition_family():
     n, a, b = 64, 4.0, 0.05
     t = _np(sample_phase_transition_tasks(jax.random.key(5), n, a, b, 256))
@@ -234,6 +241,7 @@ def scaled_pair():
     return plain, _np(sample_tasks(key, spec, 300))
 
 
+@pytest.mark.slow
 def test_small_n_is_uniform_down_to_8(scaled_pair):
     n = scaled_pair[0].point_mask.sum(-1)
     assert n.min() < 12 and n.max() > 252 and n.min() >= 8 and n.max() <= 256
@@ -243,6 +251,7 @@ def test_small_n_is_uniform_down_to_8(scaled_pair):
     assert stats.chisquare(counts, len(n) * widths / widths.sum()).pvalue > 1e-3
 
 
+@pytest.mark.slow
 def test_noise_and_component_scales_are_log_uniform(scaled_pair):
     t = scaled_pair[1]
     sigma = t.noise_scale.astype(np.float64)
@@ -258,6 +267,7 @@ def test_noise_and_component_scales_are_log_uniform(scaled_pair):
     assert np.all(t.scales[~t.component_mask] == 1)
 
 
+@pytest.mark.slow
 def test_scaled_task_is_sigma_times_the_unit_task(scaled_pair):
     """The box scales with sigma: the scaled task is sigma times the task a plain spec draws with the same
     key, each component's noise times u_k (so weights, labels, masks and means / sigma have the same
@@ -275,6 +285,7 @@ def test_scaled_task_is_sigma_times_the_unit_task(scaled_pair):
     np.testing.assert_allclose(scaled.points / sigma_Bx1x1, expected / sigma_Bx1x1, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_within_component_spread_is_its_variance(scaled_pair):
     t = scaled_pair[1]
     take = lambda a: np.take_along_axis(a, t.labels[..., None], axis=1)

@@ -45,6 +45,7 @@ def _baseline_update(m, theta):
 
 
 @pytest.mark.parametrize("d", [2, 5, 8])
+@pytest.mark.slow
 def test_power_constructions_equal_empirical_third_moment_update(d):
     x = _points(d, seed=d)
     tensor = jnp.einsum("ni,nj,nk->ijk", x, x, x) / x.shape[0]
@@ -58,6 +59,7 @@ def test_power_constructions_equal_empirical_third_moment_update(d):
 
 
 @pytest.mark.parametrize(("d", "k"), [(2, 2), (5, 3), (8, 4)])
+@pytest.mark.slow
 def test_power_constructions_equal_spectral_whitened_update(d, k):
     m = _whitened(_points(d, seed=d), k)
     pieces = power.whitened_pieces(m.whitened_BxNxK[0], m.a_BxK[0], m.gram_BxKxK[0])
@@ -72,6 +74,7 @@ def test_power_constructions_equal_spectral_whitened_update(d, k):
             assert np.max(np.abs(got - implicit)) <= TOL * scale
 
 
+@pytest.mark.slow
 def test_power_iteration_by_construction_follows_baseline():
     """30 normalised updates by the one-layer construction track baselines.spectral's power iterate."""
     m = _whitened(_points(6, seed=3), 3)
@@ -114,6 +117,7 @@ def _assert_every_entry_matters(fn, params, entries, tol):
     )
 
 
+@pytest.mark.slow
 def test_power_weights_perturbed_change_the_update():
     d = 3
     x = _points(d, seed=1)
@@ -143,6 +147,7 @@ def _em_truth(task, w0, m0, steps):
 
 
 @pytest.mark.parametrize(("d", "k"), [(2, 2), (4, 3), (8, 4)])
+@pytest.mark.slow
 def test_em_construction_with_exact_nonlinearities_is_em(d, k):
     task, x, w0, m0 = _em_task(d, k, seed=d)
     for steps in (1, 5):
@@ -153,6 +158,7 @@ def test_em_construction_with_exact_nonlinearities_is_em(d, k):
 
 
 @pytest.mark.parametrize("width", [None, 32])
+@pytest.mark.slow
 def test_one_em_construction_serves_every_smaller_d_and_k(width):
     """Weights built for (D0, K0) = (5, 4) on a D = 3, K = 2 task give the weights built for (3, 2)."""
     _, x, w0, m0 = _em_task(3, 2, seed=11)
@@ -216,6 +222,7 @@ def _used_units(hidden_TxF, types_T):
     return varies, kink
 
 
+@pytest.mark.slow
 def test_em_weights_perturbed_change_the_result():
     """Every nonzero attention entry of step 1, and every MLP entry of a unit the input exercises, matters."""
     d, k, width = 2, 2, 8
