@@ -125,8 +125,8 @@ mu_k = sigma nu_k, nu_k in [a, b]^D with the cosine constraint, x_n ~ N(mu_{z_n}
     Checked against a 3-D quadrature (log sigma, log u_0, log u_1) on top of the enumeration of z
     (tests/test_bayes.py; dropping 4c's density or halving the u-step's n_k D both fail it at z > 9).
   Measured, unknown sigma without per-component scales (64 tasks of TaskSpec(dim=2, ks=(5,), N fixed,
-    noise_scale_range=(0.01, 100)) = sigma times the
-    unit tasks of the same key; l2 in units of sigma, l2_means / sigma^2 + l2_weights; this shared 2-core CPU):
+    noise_scale_range=(0.01, 100)) = sigma times the unit tasks of the same key; l2 in units of sigma,
+    l2_means / sigma^2 + l2_weights; this shared 2-core CPU):
     N = 128: 0.107 +- 0.019 (default 1000 sweeps) and 0.093 (3000 sweeps, burn-in 900) vs 0.090 +- 0.010 for
     sigma = 1 known on the unit tasks (paired difference 0.017 +- 0.010 at 1000 sweeps, 0.004 +- 0.006 at
     3000: the excess is Monte-Carlo error on a few tasks whose chains visit different modes); E[sigma] /

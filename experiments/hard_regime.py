@@ -21,7 +21,8 @@ Every method sees the same tasks of a cell (``tasks_per_cell`` per K; ``bayes`` 
 
 Unknown noise (``--noise_scale_range=lo,hi``): for every (d, N) also the grid's tasks multiplied by a random
 scale sigma, log-uniform on [lo, hi] (``TaskSpec(noise_scale_range=...)`` with the grid's key: exactly sigma
-times the grid block's tasks), scored in the data's original units (l2, and l2_sigma_units = l2_means / sigma^2
+times the grid block's tasks; with ``--component_scale_range`` each component's noise also times u_k, and
+bayes' prior has the same per-component scales), scored in the data's original units (l2, and l2_sigma_units = l2_means / sigma^2
 + l2_weights), by ``--noise_methods`` (kind 'grid_noise'):
 
   sklearn_gmm   scikit-learn's GaussianMixture(covariance_type="spherical", n_init=10), n_components = the true
@@ -96,6 +97,11 @@ def define_flags() -> None:
         "noise_scale_range",
         [],
         "lo,hi: also score the grid's tasks times sigma ~ log-U[lo, hi] (unknown noise).",
+    )
+    flags.DEFINE_list(
+        "component_scale_range",
+        [],
+        "lo,hi: in the unknown-noise cells, per-component scales sigma u_k, u_k ~ log-U.",
     )
     flags.DEFINE_list("noise_methods", ["sklearn_gmm", "bgm", "bayes"], "Methods of the unknown-noise cells.")
 
@@ -176,11 +182,22 @@ def noise_range() -> tuple[float, float] | None:
     return lo, hi
 
 
+def component_range() -> tuple[float, float] | None:
+    """--component_scale_range as (lo, hi), or None."""
+    if not FLAGS.component_scale_range:
+        return None
+    lo, hi = map(float, FLAGS.component_scale_range)
+    return lo, hi
+
+
 def bayes_config(noise: tuple[float, float] | None = None) -> dict:
     """The BayesConfig fields of bayes: unknown noise with the log-uniform prior on ``noise`` when given."""
     if noise is None:
         return bayes_overrides()
-    return dict(bayes_overrides(), noise_scale=None, noise_scale_range=noise)
+    out = dict(bayes_overrides(), noise_scale=None, noise_scale_range=noise)
+    if component_range() is not None:
+        out["component_scale_range"] = component_range()
+    return out
 
 
 def build_methods(names, noise: tuple[float, float] | None = None) -> tuple[dict, dict]:
@@ -330,12 +347,22 @@ def grid_block(dim: int, n: int, names) -> list[dict]:
 
 def noise_block(dim: int, n: int, names, noise: tuple[float, float]) -> list[dict]:
     """grid_block's tasks (same key) times sigma ~ log-U[noise], the unknown-noise cells (kind 'grid_noise')."""
-    spec = TaskSpec(dim=dim, ks=KS, n_max=n, n_min=n, variable_n=False, noise_scale_range=noise)
+    spec = TaskSpec(
+        dim=dim,
+        ks=KS,
+        n_max=n,
+        n_min=n,
+        variable_n=False,
+        noise_scale_range=noise,
+        component_scale_range=component_range(),
+    )
     key = jax.random.fold_in(jax.random.key(FLAGS.eval_seed), 1000 * dim + n)
     task = sample_tasks(key, spec, FLAGS.tasks_per_cell)
     t = FLAGS.tasks_per_cell
     groups = {k: np.arange(i * t, (i + 1) * t) for i, k in enumerate(KS)}
     where = dict(kind="grid_noise", dim=dim, N=n, noise_scale_range=list(noise))
+    if component_range() is not None:
+        where["component_scale_range"] = list(component_range())
     where["fingerprint"] = scoring.task_fingerprint(task)
     cells = score_block(task, groups, jax.random.fold_in(key, 1), names, where, noise=noise)
     for c in cells:
@@ -583,6 +610,7 @@ def main(argv):
             settings,
             methods=noise_names,
             noise_scale_range=list(noise),
+            component_scale_range=list(component_range() or ()),
             bayes_config=repr(get_baseline("bayes", **bayes_config(noise)).keywords["config"]),
         )
     cells = []
@@ -613,6 +641,7 @@ def main(argv):
         gaps=gap_cells(cells),
     )
     if noise is not None:
+        payload["noise_settings"] = noise_settings
         payload["noise"] = noise_summary(cells)
     study.write_json(FLAGS.results, f"{FLAGS.name}.json", payload)
     if any(c["kind"] in ("grid", "phase_transition") for c in cells):  # the figure has no noise panels yet

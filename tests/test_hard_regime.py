@@ -118,3 +118,5 @@ def test_hard_regime_unknown_noise_cells(tmp_path):
         assert c["num_tasks"] == (2 if c["method"] == "bayes" else 3)
         assert np.isfinite(c["l2"]["mean"]) and np.isfinite(c["l2_sigma_units"]["mean"])
     assert len(saved["noise"]) == 4 and all("bayes_over_sklearn_gmm" in e for e in saved["noise"])
+    assert saved["noise_settings"]["noise_scale_range"] == [0.01, 100.0]
+    assert "noise_scale=None" in saved["noise_settings"]["bayes_config"]
