@@ -124,6 +124,11 @@ mu_k = sigma nu_k, nu_k in [a, b]^D with the cosine constraint, x_n ~ N(mu_{z_n}
     the means), info['component_scale'] and info['component_variance'] = E[sigma_k], E[sigma_k^2] [B, K].
     Checked against a 3-D quadrature (log sigma, log u_0, log u_1) on top of the enumeration of z
     (tests/test_bayes.py; dropping 4c's density or halving the u-step's n_k D both fail it at z > 9).
+    Measured (64 tasks of TaskSpec(dim=2, ks=(5,), N fixed, noise_scale_range=(0.01, 100),
+    component_scale_range=(0.5, 2)), default 1000 sweeps; in units of sigma): N = 128: l2 0.118 +- 0.018 vs
+    scikit-learn's GaussianMixture(spherical, n_init=10) 0.543 +- 0.123 (paired -0.43 +- 0.12), l2_scales
+    0.029 vs 0.083; N = 32: 0.553 +- 0.067 vs 2.04 +- 0.25, l2_scales 0.088 vs 0.433. 25-32 s for the 64
+    tasks, compile included, on this shared 2-core CPU.
   Measured, unknown sigma without per-component scales (64 tasks of TaskSpec(dim=2, ks=(5,), N fixed,
     noise_scale_range=(0.01, 100)) = sigma times the unit tasks of the same key; l2 in units of sigma,
     l2_means / sigma^2 + l2_weights; this shared 2-core CPU):
