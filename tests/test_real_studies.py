@@ -19,6 +19,7 @@ def _run(module, *args):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_phase_transition_script(tmp_path):
     results = tmp_path / "results"
     _run(
@@ -60,6 +61,7 @@ def test_phase_transition_script(tmp_path):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_real_data_script(tmp_path):
     results = tmp_path / "results"
     _run(

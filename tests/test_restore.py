@@ -17,6 +17,7 @@ DATA = os.path.join(os.path.dirname(__file__), "data", "pre_registry_checkpoints
 
 
 @pytest.mark.parametrize("backbone", ["gpt2", "mamba2"])
+@pytest.mark.slow
 def test_checkpoint_of_the_flat_config_layout_loads_and_gives_the_saved_outputs(backbone):
     with open(os.path.join(DATA, backbone, "config.json")) as f:
         assert "backbone_options" not in json.load(f)["model"]  # the fixture really is the old layout

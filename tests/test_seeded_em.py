@@ -86,6 +86,7 @@ def _reference(x_NxD, k, seedings, iters, rank):
     "dim,slot_init,rank",
     [(2, "farthest+greedy+smooth3", 6), (8, "farthest+greedy+smooth3+smooth12", 6), (5, "greedy", 2)],
 )
+@pytest.mark.slow
 def test_matches_numpy_reference(dim, slot_init, rank):
     spec = TaskSpec(dim=dim, ks=(2, 3, 5), n_max=40, n_min=20)
     task = sample_tasks(jax.random.key(dim), spec, 3)
@@ -109,6 +110,7 @@ def test_matches_numpy_reference(dim, slot_init, rank):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_shipped_model_with_learned_term_off_is_the_skeleton():
     """Runs ``check_shipped_model_is_its_skeleton`` in a fresh process: inside the full suite (hundreds of
     compiled programs in one process) XLA:CPU crashed compiling this program twice (a segfault in
