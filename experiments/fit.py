@@ -56,7 +56,12 @@ _REFINE = flags.DEFINE_enum("refine", "none", ["none", "em"], "EM steps after th
 _EM_STEPS = flags.DEFINE_integer("em_steps", 5, "EM steps when --refine=em.")
 _RESTARTS = flags.DEFINE_integer("n_restarts", 0, "Extra k-means++ EM runs when --refine=em.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "pretrained", "'pretrained', a shipped name, or a path.")
-_STANDARDIZE = flags.DEFINE_bool("standardize", False, "Rescale the data to the training scale first.")
+_COVARIANCE = flags.DEFINE_enum(
+    "covariance_type", "spherical", ["spherical", "diag"], "Variances: one per component, or per feature too."
+)
+_STANDARDIZE = flags.DEFINE_bool(
+    "standardize", True, "Fit in any units (centre, rescale to unit within-component noise, map back)."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "random_state (restarts).")
 _DROP_INDEX = flags.DEFINE_bool(
     "drop_index", False, "CSV only: drop the first column (e.g. the index column of pandas' to_csv)."
@@ -238,7 +243,7 @@ def to_json(result: dict) -> str:
     if bad:
         raise ValueError(
             f"the fit gave non-finite values (NaN or infinity) in {', '.join(bad)}; the data may be far "
-            "from the training scale (try --standardize)"
+            "from the training scale (with --nostandardize, try --standardize)"
         )
     return json.dumps(result, indent=1, allow_nan=False)
 
@@ -414,6 +419,7 @@ def main(argv) -> int:
         refine=_REFINE.value,
         em_steps=_EM_STEPS.value,
         n_restarts=_RESTARTS.value,
+        covariance_type=_COVARIANCE.value,
         standardize=_STANDARDIZE.value,
         random_state=_SEED.value,
     )

@@ -113,11 +113,17 @@ def test_env_var_selects_the_users_workdir(ckpts, monkeypatch):
 @pytest.mark.slow
 def test_to_sklearn_gives_the_same_probabilities_and_densities(ckpts):
     X = _blobs(2, n=48, d=4, k=3, sep=4.0)
-    for refine, standardize in (("none", False), ("em", False), ("none", True)):
-        est = TGMMEstimator(3, checkpoint=ckpts["exported"], refine=refine, standardize=standardize).fit(X)
-        assert standardize == (abs(est.covariances_[0] - 1.0) > 0.1)
+    for refine, standardize, cov in (
+        ("none", False, "spherical"),
+        ("em", True, "spherical"),
+        ("none", True, "diag"),
+    ):
+        est = TGMMEstimator(
+            3, checkpoint=ckpts["exported"], refine=refine, standardize=standardize, covariance_type=cov
+        ).fit(X)
+        assert est.covariances_.shape == ((3,) if cov == "spherical" else (3, 4))
         gm = est.to_sklearn()
-        assert gm.covariance_type == "spherical"
+        assert gm.covariance_type == cov
         np.testing.assert_allclose(gm.predict_proba(X), est.predict_proba(X), atol=1e-5)
         np.testing.assert_allclose(gm.score_samples(X), est.score_samples(X), rtol=1e-6)
         np.testing.assert_array_equal(gm.predict(X), est.predict(X))
@@ -150,16 +156,20 @@ def test_fit_batch_equals_one_fit_per_dataset(ckpts):
             one = clone(est).fit(X_BxNxD[b][mask[b]])
             k = int(batch.component_mask[b].sum())
             assert k == one.n_components_
-            np.testing.assert_allclose(batch.weights[b, :k], one.weights_, atol=1e-5)
-            np.testing.assert_allclose(batch.means[b, :k], one.means_, atol=1e-4)
+            # float32 rounding differs with the batch's shape; the variance estimates and the second pass
+            # carry it a little further than the means alone did
+            np.testing.assert_allclose(batch.weights[b, :k], one.weights_, atol=1e-4)
+            np.testing.assert_allclose(batch.means[b, :k], one.means_, atol=1e-3)
 
 
 @pytest.mark.slow
 def test_estimator_errors_equal_the_scoring_path(ckpts):
-    """fit_batch on evaluate_methods' own tasks gives the errors evaluate_methods reports."""
+    """fit_batch on evaluate_methods' own tasks gives the errors evaluate_methods reports (the network's
+    estimate, standardize=False: the tasks are at the training scale; the estimator's EM steps estimate
+    variances, scoring's keep them at 1, so only the network's estimate is compared)."""
     ckpt = load_checkpoint(ckpts["exported"])
     spec, n, seed = TaskSpec(dim=2, ks=KS, n_max=32), 24, 11
-    for steps in (0, 3):
+    for steps in (0,):
         method = scoring.model_method(ckpt.model, steps)
         results = scoring.evaluate_methods(
             {"tgmm": method}, spec, params={"tgmm": ckpt.params}, tasks_per_cell=3, ns=(n,), seed=seed
@@ -167,8 +177,9 @@ def test_estimator_errors_equal_the_scoring_path(ckpts):
         task_key = jax.random.fold_in(jax.random.key(seed), n)
         task = sample_tasks(task_key, TaskSpec(dim=2, ks=KS, n_max=n, n_min=n, variable_n=False), 3)
         refine = "em" if steps else "none"
-        est = TGMMEstimator(checkpoint=ckpts["exported"], refine=refine, em_steps=steps)
+        est = TGMMEstimator(checkpoint=ckpts["exported"], refine=refine, em_steps=steps, standardize=False)
         fitted = est.fit_batch(np.asarray(task.points), n_components=np.asarray(task.num_components))
+        fitted = fitted.replace(scales=None)  # the isotropic model's errors: means and weights
         ours = evaluate_estimates(jax.tree.map(lambda a: np.asarray(a, np.float32), fitted), task)
         direct = scoring.score_method(method, ckpt.params, jax.random.key(0), task)[0]
         np.testing.assert_allclose(np.asarray(ours["l2"]), direct["l2"], rtol=1e-4, atol=1e-6)
@@ -228,7 +239,7 @@ def test_sample_bic_aic(ckpts):
     np.testing.assert_allclose(np.bincount(y) / 4000, est.weights_, atol=0.03)
     for k in range(2):
         np.testing.assert_allclose(X[y == k].mean(axis=0), est.means_[k], atol=0.15)
-    p, n, ll = 2 * 3 + 1, X.shape[0], est.score(X) * X.shape[0]
+    p, n, ll = 2 * 3 + 1 + 2, X.shape[0], est.score(X) * X.shape[0]  # weights, means, spherical variances
     np.testing.assert_allclose(est.bic(X), -2 * ll + p * np.log(n))
     np.testing.assert_allclose(est.aic(X), -2 * ll + 2 * p)
 
@@ -262,7 +273,7 @@ def test_wrong_dimension_for_a_fixed_d_checkpoint(ckpts):
     with pytest.raises(ValueError, match=r"X has 3 features but checkpoint .* was trained for d=2 only"):
         TGMMEstimator(2, checkpoint=ckpts["fixed"]).fit(_blobs(10, d=3))
     fitted = TGMMEstimator(2, checkpoint=ckpts["exported"]).fit(_blobs(10, d=3))
-    with pytest.raises(ValueError, match="X has 5 features, but the mixture was fitted on 3"):
+    with pytest.raises(ValueError, match="X has 5 features, but TGMMEstimator is expecting 3 features"):
         fitted.predict(np.zeros((4, 5)))
 
 

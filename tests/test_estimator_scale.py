@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
 
 from experiments import fit as fit_cli
 from tgmm_jax import estimator, gmm, pretrained, streaming
@@ -113,11 +114,22 @@ def test_padding_to_the_bucket_changes_nothing(tiny, monkeypatch):
             mask = np.arange(n)[None].repeat(2, 0) < 40
             outs.append(
                 estimator._fit_tasks(
-                    ckpt.model, steps, restarts, ckpt.params, jax.random.key(0), points, mask, k_T
+                    ckpt.model,
+                    steps,
+                    restarts,
+                    "spherical",
+                    2,
+                    ckpt.params,
+                    jax.random.key(0),
+                    points,
+                    mask,
+                    k_T,
                 )
             )
+        # float32 sums over 40 or 64 rows round differently; EM steps with estimated variances (on a random
+        # network's start) carry that to ~1e-4
         for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-5)
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4, rtol=1e-4)
     # the public fit: padded to 64 (the default) or to 128 points
     for refine in ("none", "em"):
         est = TGMMEstimator("auto", checkpoint=tiny, refine=refine, em_steps=3)
@@ -126,8 +138,8 @@ def test_padding_to_the_bucket_changes_nothing(tiny, monkeypatch):
         big = clone(est).fit(X)
         monkeypatch.undo()
         assert small.n_components_ == big.n_components_
-        np.testing.assert_allclose(big.means_, small.means_, atol=2e-5)
-        np.testing.assert_allclose(big.weights_, small.weights_, atol=2e-6)
+        np.testing.assert_allclose(big.means_, small.means_, atol=2e-4)
+        np.testing.assert_allclose(big.weights_, small.weights_, atol=2e-5)
         np.testing.assert_allclose(big.lower_bound_, small.lower_bound_, rtol=1e-5)
 
 
@@ -199,9 +211,9 @@ def test_large_n_path_subsamples_streams_and_compiles_once_per_bucket(tiny, monk
     seen = []
     fit_tasks = estimator._fit_tasks
 
-    def spy(model, steps, restarts, params, key, points, mask, k):
+    def spy(model, steps, restarts, cov, passes, params, key, points, mask, k):
         seen.append((points.shape, steps, restarts))
-        return fit_tasks(model, steps, restarts, params, key, points, mask, k)
+        return fit_tasks(model, steps, restarts, cov, passes, params, key, points, mask, k)
 
     monkeypatch.setattr(estimator, "_fit_tasks", spy)
     kw = dict(checkpoint=tiny, refine="em", em_steps=4, n_restarts=2, random_state=3)
@@ -236,7 +248,7 @@ def test_ten_thousand_points_recover_the_means(monkeypatch):
     X = centres[rng.integers(0, 3, 10_000)] + rng.standard_normal((10_000, 8))  # > LARGE_N, 3 stream blocks
     shapes = []
     fit_tasks = estimator._fit_tasks
-    monkeypatch.setattr(estimator, "_fit_tasks", lambda *a: shapes.append(a[5].shape) or fit_tasks(*a))
+    monkeypatch.setattr(estimator, "_fit_tasks", lambda *a: shapes.append(a[7].shape) or fit_tasks(*a))
     est = TGMMEstimator(3, random_state=0).fit(X)
     assert shapes == [(1, estimator.SUBSAMPLE, 8)]
     assert est.n_iter_ == est.em_steps and est.converged_
@@ -271,15 +283,18 @@ def test_one_component_is_closed_form(tiny):
     assert TRACE_COUNTS == before  # no network
     np.testing.assert_array_equal(est.weights_, [1.0])
     np.testing.assert_allclose(est.means_[0], X.mean(axis=0), atol=1e-12)
-    expected = -0.5 * (4 * np.log(2 * np.pi) + np.mean(np.sum((X - X.mean(axis=0)) ** 2, axis=1)))
-    np.testing.assert_allclose(est.lower_bound_, expected, rtol=1e-12)
-    np.testing.assert_allclose(est.score(X), expected, rtol=1e-12)
+    var = np.mean((X - X.mean(axis=0)) ** 2)  # the spherical ML variance (sklearn's, below)
+    expected = -0.5 * 4 * (np.log(2 * np.pi * var) + 1.0)
+    np.testing.assert_allclose(est.lower_bound_, expected, rtol=1e-6)
+    np.testing.assert_allclose(est.score(X), expected, rtol=1e-6)
+    gm = GaussianMixture(1, covariance_type="spherical").fit(X)
+    np.testing.assert_allclose(est.covariances_, gm.covariances_, rtol=1e-6)
+    np.testing.assert_allclose(est.bic(X), gm.bic(X), rtol=1e-9)
     assert est.converged_ and est.n_iter_ == 0 and est.n_components_ == 1
     assert (est.predict(X) == 0).all() and est.bic_by_k_ == {1: pytest.approx(est.bic(X))}
-    scaled = TGMMEstimator(1, checkpoint=tiny, standardize=True).fit(X)
-    np.testing.assert_allclose(scaled.means_, est.means_, atol=1e-12)
-    s2 = np.mean((X - X.mean(axis=0)) ** 2) / estimator.TRAINING_VARIANCE
-    np.testing.assert_allclose(scaled.covariances_, [s2])
+    raw = TGMMEstimator(1, checkpoint=tiny, standardize=False).fit(X)
+    np.testing.assert_allclose(raw.means_, est.means_, atol=1e-12)
+    np.testing.assert_allclose(raw.covariances_, [var], rtol=1e-5)
     # fit_batch: per-dataset K, 1 among them; and "auto" keeps K = 1's BIC among the others
     Y, _ = _blobs(7, n=60, d=4, k=2, sep=8.0)
     batch = TGMMEstimator(checkpoint=tiny).fit_batch(np.stack([X[:60], Y]), n_components=np.array([1, 2]))
@@ -295,7 +310,9 @@ def test_identical_points(tiny):
     X = np.tile([[1.5, -2.0, 3.0]], (50, 1))
     one = TGMMEstimator(1, checkpoint=tiny).fit(X)
     np.testing.assert_array_equal(one.means_, X[:1])
-    np.testing.assert_allclose(one.lower_bound_, -1.5 * np.log(2 * np.pi))
+    gm = GaussianMixture(1, covariance_type="spherical").fit(X)  # variance: the regularisation alone
+    np.testing.assert_allclose(one.covariances_, gm.covariances_)
+    np.testing.assert_allclose(one.lower_bound_, gm.score(X))
     assert one.converged_
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -156,11 +156,11 @@ def test_memory_errors_are_reported_not_raised(tmp_path, capsys, monkeypatch):
 
 
 def test_non_finite_results_are_an_error_not_nan_tokens(tmp_path, capsys):
-    np.save(tmp_path / "huge.npy", _points() * 1e200)  # finite in float64, infinite in the model's float32
+    np.save(tmp_path / "huge.npy", _points() * 1e200)  # finite in float64; its variances (1e400) are not
     out_file = tmp_path / "out.json"
     with np.errstate(over="ignore"):
         result = _run(capsys, str(tmp_path / "huge.npy"), output=str(out_file))
-    _assert_failed(*result, "non-finite", "--standardize")
+    _assert_failed(*result, "spread", "rescale it first")
     assert not out_file.exists()
     with pytest.raises(ValueError, match=r"non-finite values \(NaN or infinity\) in bic_by_k\.3, means"):
         fit.to_json({"bic_by_k": {"2": 1.0, "3": float("nan")}, "means": [[0.0, float("inf")]]})

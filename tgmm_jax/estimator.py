@@ -5,8 +5,9 @@
     labels = gm.predict(X); gm.means_, gm.weights_, gm.covariances_
 
 The default checkpoint is the dimension-free clustering model shipped in ``tgmm_jax/pretrained/`` (nothing
-downloads). Fitting runs the same method function as ``tgmm_jax.scoring`` (``scoring.model_method``: the
-network's forward, then ``refine.em_refine`` EM steps when ``refine="em"``), jitted once per shape bucket
+downloads). Fitting runs the network's forward of ``tgmm_jax.scoring`` (``scoring.model_method``) on
+standardised data (any units: see ``standardize``), estimates spherical or diagonal variances, then EM steps
+(``tgmm_jax.mixture``) when ``refine="em"``, jitted once per shape bucket
 (``bucket_size``: N is padded with masked points up to a power of two, so new N rarely compile again); above
 ``LARGE_N`` points the network reads a seeded subsample and EM runs on all points in blocks
 (``tgmm_jax.streaming``), so memory stays O(N K d). K = 1 is closed form. Predictions on a fitted estimator
@@ -27,23 +28,44 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from tgmm_jax import gmm, pretrained, scoring
+from tgmm_jax import mixture, pretrained, scoring
 from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.mixture import VARIANCE_REG
 from tgmm_jax.pretrained import load_checkpoint
-from tgmm_jax.refine import VARIANCE_REG, em_refine, em_step
 from tgmm_jax.streaming import TRACE_COUNTS, count_trace, stream_em, to_blocks
 from tgmm_jax.tasks import GMMTask
 
 __all__ = [
-    "LARGE_N", "MIN_BUCKET", "PREDICT_CHUNK", "REFINES", "STREAM_BLOCK", "SUBSAMPLE", "TOL", "TRACE_COUNTS",
-    "TRAINING_VARIANCE", "TGMMEstimator", "bucket_size", "check_points", "n_parameters",
+    "COVARIANCE_TYPES",
+    "LARGE_N",
+    "MAX_SCALE",
+    "MIN_BUCKET",
+    "MIN_SCALE",
+    "PREDICT_CHUNK",
+    "REFINES",
+    "STREAM_BLOCK",
+    "SUBSAMPLE",
+    "TOL",
+    "TRACE_COUNTS",
+    "TRAINING_VARIANCE",
+    "VARIANCE_ITERS",
+    "TGMMEstimator",
+    "bucket_size",
+    "check_points",
+    "n_parameters",
 ]  # fmt: skip
 # TRACE_COUNTS (re-exported from tgmm_jax.streaming): how often each jitted fit program was traced (compiled)
 
 REFINES = ("none", "em")
+COVARIANCE_TYPES = ("spherical", "diag")  # the estimator's (tgmm_jax.mixture also has the fixed "isotropic")
 # Mean per-feature variance of the training tasks (U[-5, 5] means, unit noise, K in 2..5): 6.4-7.4 for
-# d = 2, 8, 32 (256 tasks per K of sample_tasks). ``standardize=True`` rescales data to it.
+# d = 2, 8, 32 (256 tasks per K of sample_tasks). ``standardize``'s first pass rescales data to it.
 TRAINING_VARIANCE = 6.5
+VARIANCE_ITERS = 2  # variance M-steps (weights and means held) that give a network estimate its variances
+# ``standardize=True`` refuses data whose scale (root mean squared distance to the mean) lies outside
+# [MIN_SCALE, MAX_SCALE]: its variances (scale^2) would underflow or overflow float64. ``standardize=False``
+# computes in float32 in the data's units and refuses |x - mean| above MAX_RAW.
+MIN_SCALE, MAX_SCALE, MAX_RAW = 1e-150, 1e150, 1e15
 TOL = 1e-3  # converged_: one more EM step changes the mean log-likelihood by less (sklearn's default tol)
 
 # Shapes. The network's N is padded (masked points) up to a power of two >= MIN_BUCKET, so a fitted shape
@@ -68,8 +90,9 @@ def bucket_size(n: int) -> int:
 # The batched fit: one jitted call per (model, steps, restarts, shapes).
 
 
-def _kmeanspp_start(key, points_NxD, mask_N, k, k_max: int, with_scales: bool) -> MixtureParams:
-    """k-means++ seeding (D^2 sampling over real points) and the hard-assignment M-step of its centres."""
+def _kmeanspp_start(key, points_NxD, mask_N, k, k_max: int) -> MixtureParams:
+    """k-means++ seeding (D^2 sampling over real points) and the hard-assignment M-step of its centres (unit
+    scales: ``_with_variances`` estimates them)."""
     mask_N = mask_N.astype(bool)
 
     def pick(j, state):
@@ -93,61 +116,132 @@ def _kmeanspp_start(key, points_NxD, mask_N, k, k_max: int, with_scales: bool) -
         count_K[:, None] > 0, hard_NxK.T @ points_NxD / jnp.maximum(count_K, 1)[:, None], centres_KxD
     )
     weights_K = jnp.where(comp_K, count_K / jnp.maximum(jnp.sum(mask_N), 1), 0.0)
-    scales = jnp.ones_like(means_KxD) if with_scales else None
-    return MixtureParams(weights_K, jnp.where(comp_K[:, None], means_KxD, 0.0), scales, comp_K)
+    return MixtureParams(
+        weights_K, jnp.where(comp_K[:, None], means_KxD, 0.0), jnp.ones_like(means_KxD), comp_K
+    )
 
 
-def _restart_starts(n_restarts: int, k_max: int, with_scales: bool, key, points_BxNxD, mask_BxN, k_B):
+def _restart_starts(n_restarts: int, k_max: int, key, points_BxNxD, mask_BxN, k_B):
     """``n_restarts`` k-means++ starts per task: MixtureParams with leading dims [R, B]."""
     b = points_BxNxD.shape[0]
     keys_RxB = jax.vmap(lambda r: jax.random.split(jax.random.fold_in(key, r), b))(jnp.arange(n_restarts))
     return jax.vmap(  # over restarts, then tasks
-        jax.vmap(lambda kk, x, m, k: _kmeanspp_start(kk, x, m, k, k_max, with_scales)),
+        jax.vmap(lambda kk, x, m, k: _kmeanspp_start(kk, x, m, k, k_max)),
         in_axes=(0, None, None, None),
     )(keys_RxB, points_BxNxD, mask_BxN, k_B)
 
 
-@functools.partial(jax.jit, static_argnames=("n_restarts", "k_max", "with_scales"))
-def _kmeanspp_starts(n_restarts: int, k_max: int, with_scales: bool, key, points_BxNxD, mask_BxN, k_B):
+def _with_variances(points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str) -> MixtureParams:
+    """``VARIANCE_ITERS`` variance M-steps with the weights and means held (``mixture.variance_step``)."""
+    return jax.lax.fori_loop(
+        0,
+        VARIANCE_ITERS,
+        lambda _, p: mixture.variance_step(points_BxNxD, mask_BxN, p, covariance_type),
+        params,
+    )
+
+
+def _em(points_BxNxD, mask_BxN, params: MixtureParams, steps: int, covariance_type: str) -> MixtureParams:
+    return jax.lax.fori_loop(
+        0, steps, lambda _, p: mixture.em_step(points_BxNxD, mask_BxN, p, covariance_type), params
+    )
+
+
+def _pooled_variance(params: MixtureParams) -> jax.Array:
+    """The weight-averaged variance of each task's components (mean over dimensions): [B]."""
+    w_BxK = jnp.where(params.component_mask, params.weights, 0.0)
+    var_BxK = jnp.mean(jnp.square(params.scales), axis=-1)
+    return jnp.sum(w_BxK * var_BxK, axis=-1) / jnp.maximum(jnp.sum(w_BxK, axis=-1), 1e-30)
+
+
+def _nan_to_worst(loglik):
+    return jnp.where(jnp.isnan(loglik), -jnp.inf, loglik)
+
+
+@functools.partial(jax.jit, static_argnames=("n_restarts", "k_max"))
+def _kmeanspp_starts(n_restarts: int, k_max: int, key, points_BxNxD, mask_BxN, k_B):
     count_trace("kmeanspp_starts")
-    return _restart_starts(n_restarts, k_max, with_scales, key, points_BxNxD, mask_BxN, k_B)
+    return _restart_starts(n_restarts, k_max, key, points_BxNxD, mask_BxN, k_B)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "refine_steps", "n_restarts"))
-def _fit_tasks(model, refine_steps: int, n_restarts: int, params, key, points_BxNxD, mask_BxN, k_B):
-    """The method ``scoring.model_method(model, refine_steps)`` on the tasks, then (``n_restarts`` > 0) as many
-    EM runs of ``refine_steps`` steps from k-means++ starts; per task the fit of highest log-likelihood wins
-    (the network's on ties). Returns the estimate, its mean log-likelihood and that after one more EM step."""
+@functools.partial(
+    jax.jit, static_argnames=("model", "refine_steps", "n_restarts", "covariance_type", "passes")
+)
+def _fit_tasks(
+    model, refine_steps: int, n_restarts: int, covariance_type: str, passes: int, params, key,
+    points_BxNxD, mask_BxN, k_B,
+):  # fmt: skip
+    """The network (``scoring.model_method(model)``) on the tasks, its variances (``_with_variances``), then
+    ``refine_steps`` EM steps; ``passes`` = 2 runs the network a second time on the points divided by the
+    first fit's pooled within-component standard deviation (unit noise, the training tasks' scale) and keeps
+    the pass of higher log-likelihood (the second on ties). ``n_restarts`` > 0 adds as many EM runs from
+    k-means++ starts; per task the fit of highest log-likelihood wins (the network's on ties). Everything is
+    in the coordinates of ``points``. Returns the estimate (scales always set), its mean log-likelihood and
+    that after one more EM step."""
     count_trace("fit_tasks")
     k_max = max(model.ks)
     b, n, d = points_BxNxD.shape
     comp_BxK = jnp.arange(k_max)[None, :] < k_B[:, None]
-    zeros = jnp.zeros((b, k_max), points_BxNxD.dtype)
-    task = GMMTask(
-        points_BxNxD, mask_BxN, jnp.zeros((b, n), jnp.int32), zeros, jnp.zeros((b, k_max, d)),
-        jnp.ones((b, k_max, d)), comp_BxK, k_B,
-    )  # fmt: skip
-    estimate, _ = scoring.model_method(model, refine_steps)(params, key, task)
-    loglik_B = gmm.mean_log_likelihood(points_BxNxD, mask_BxN, estimate)
-    if n_restarts:
-        start = _restart_starts(
-            n_restarts, k_max, estimate.scales is not None, key, points_BxNxD, mask_BxN, k_B
+    zeros_BxK = jnp.zeros((b, k_max), points_BxNxD.dtype)
+    network = scoring.model_method(model, 0)
+
+    def one_pass(scale_B):
+        task = GMMTask(
+            points_BxNxD / scale_B[:, None, None], mask_BxN, jnp.zeros((b, n), jnp.int32), zeros_BxK,
+            jnp.zeros((b, k_max, d)), jnp.ones((b, k_max, d)), comp_BxK, k_B,
+        )  # fmt: skip
+        est, _ = network(params, key, task)
+        scales = jnp.ones_like(est.means) if est.scales is None else est.scales
+        est = est.replace(means=est.means * scale_B[:, None, None], scales=scales * scale_B[:, None, None])
+        est = _with_variances(points_BxNxD, mask_BxN, est, covariance_type)
+        est = _em(points_BxNxD, mask_BxN, est, refine_steps, covariance_type)
+        return est, _nan_to_worst(mixture.log_likelihood(points_BxNxD, mask_BxN, est))
+
+    def next_pass(_, carry):
+        best, best_ll, scale_B = carry
+        est, ll = one_pass(scale_B)
+        better_B = ll >= best_ll  # a later pass wins ties: it sees the data nearer the training scale
+        best = jax.tree.map(
+            lambda a, o: jnp.where(better_B.reshape((b,) + (1,) * (a.ndim - 1)), a, o), est, best
         )
-        fits = jax.vmap(lambda p: em_refine(points_BxNxD, mask_BxN, p, refine_steps))(start)
-        ll_RxB = jax.vmap(lambda p: gmm.mean_log_likelihood(points_BxNxD, mask_BxN, p))(fits)
-        all_ll = jnp.concatenate([loglik_B[None], ll_RxB])
-        best_B = jnp.argmax(jnp.where(jnp.isnan(all_ll), -jnp.inf, all_ll), axis=0)
+        pooled_B = _pooled_variance(est)
+        ok_B = jnp.isfinite(pooled_B) & (pooled_B > 0)
+        return best, jnp.maximum(ll, best_ll), jnp.where(ok_B, jnp.sqrt(jnp.where(ok_B, pooled_B, 1.0)), 1.0)
+
+    # the passes run in one loop, so the network is traced (and compiled) once
+    dtype = points_BxNxD.dtype
+    none_yet = MixtureParams(
+        zeros_BxK,
+        jnp.zeros((b, k_max, d), dtype),
+        jnp.ones((b, k_max, d), dtype),
+        jnp.zeros((b, k_max), bool),
+    )
+    init = (none_yet, jnp.full((b,), -jnp.inf, dtype), jnp.ones((b,), dtype))
+    estimate, loglik_B, _ = jax.lax.fori_loop(0, passes, next_pass, init)
+    if n_restarts:
+        start = _restart_starts(n_restarts, k_max, key, points_BxNxD, mask_BxN, k_B)
+        fit_one = functools.partial(_with_variances, points_BxNxD, mask_BxN, covariance_type=covariance_type)
+        fits = jax.vmap(
+            lambda p: _em(points_BxNxD, mask_BxN, fit_one(params=p), refine_steps, covariance_type)
+        )(start)
+        ll_RxB = jax.vmap(lambda p: mixture.log_likelihood(points_BxNxD, mask_BxN, p))(fits)
+        all_ll = jnp.concatenate([loglik_B[None], _nan_to_worst(ll_RxB)])
+        best_B = jnp.argmax(all_ll, axis=0)
         stacked = jax.tree.map(lambda a, f: jnp.concatenate([a[None], f]), estimate, fits)
         estimate = jax.tree.map(lambda a: jax.vmap(lambda x, i: x[i], in_axes=(1, 0))(a, best_B), stacked)
         loglik_B = jnp.take_along_axis(all_ll, best_B[None], axis=0)[0]
-    next_B = gmm.mean_log_likelihood(points_BxNxD, mask_BxN, em_step(points_BxNxD, mask_BxN, estimate))
+    following = mixture.em_step(points_BxNxD, mask_BxN, estimate, covariance_type)
+    next_B = mixture.log_likelihood(points_BxNxD, mask_BxN, following)
     return estimate, loglik_B, next_B
 
 
-def n_parameters(k, d: int, diag_scales: bool):
-    """Free parameters of a K-component fit: K - 1 weights, K d means, K d scales when estimated (the
-    isotropic model fixes unit variance; ``standardize``'s one scale is the same for every K and left out)."""
-    return (k - 1) + k * d + (k * d if diag_scales else 0)
+def n_parameters(k, d: int, covariance_type: str):
+    """Free parameters of a K-component fit, as scikit-learn's ``GaussianMixture._n_parameters``: K - 1
+    weights, K d means, and K (spherical) or K d (diag) variances (``standardize``'s centre and scale are the
+    same for every K and left out)."""
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
+    return (k - 1) + k * d + (k if covariance_type == "spherical" else k * d)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -167,17 +261,29 @@ def check_points(X, name: str = "X") -> np.ndarray:
         except (TypeError, ValueError) as e:
             raise ValueError(f"{name} must hold real numbers; a pandas column is not numeric ({e})") from None
     arr = np.asarray(X)
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold real numbers: Complex data not supported (got dtype {arr.dtype})")
+    if arr.dtype == object:  # e.g. a list of mixed ints and floats: numbers are accepted
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as e:  # a TypeError, as NumPy's and sklearn's check_array raise it
+            raise TypeError(
+                f"{name} must hold real numbers; an entry of dtype object is not one ({e})"
+            ) from None
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise ValueError(f"{name} must hold real numbers (float32/float64); got dtype {arr.dtype}")
     if arr.ndim == 1:
         raise ValueError(
             f"{name} must be 2-D [n_samples, n_features]; got a 1-D array of shape {arr.shape} "
-            "(for one feature pass X.reshape(-1, 1))"
+            "(Reshape your data: X.reshape(-1, 1) for one feature, X.reshape(1, -1) for one sample)"
         )
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D [n_samples, n_features]; got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {arr.shape}")
+        what = "sample" if arr.shape[0] == 0 else "feature"
+        raise ValueError(
+            f"{name} is empty: found 0 {what}(s) (shape={arr.shape}) while a minimum of 1 is required."
+        )
     arr = np.asarray(arr, np.float64)  # no copy when already float64 (nothing here writes to it)
     bad = ~np.isfinite(arr)
     if bad.any():
@@ -221,14 +327,50 @@ def _distinct_rows(x_NxD: np.ndarray, cap: int) -> int:
     return count
 
 
-def _one_component(x_NxD: np.ndarray, with_scales: bool) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """The K = 1 maximum-likelihood fit in closed form: (mean [D], per-dimension scales [D] (the variance plus
-    ``VARIANCE_REG``, as EM's) or None for unit variance, mean log-likelihood)."""
+def _one_component(x_NxD: np.ndarray, covariance_type: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """The K = 1 maximum-likelihood fit in closed form: (mean [D], per-dimension standard deviations [D] (the
+    variance of ``covariance_type`` plus ``VARIANCE_REG``, as EM's), mean log-likelihood)."""
     mean_D = x_NxD.mean(axis=0)
     second_D = np.square(x_NxD - mean_D).mean(axis=0)
-    var_D = second_D + VARIANCE_REG if with_scales else np.ones_like(second_D)
+    if covariance_type == "spherical":
+        second_D = np.full_like(second_D, second_D.mean())
+    var_D = second_D + VARIANCE_REG
     loglik = -0.5 * float(np.sum(np.log(2.0 * np.pi * var_D) + second_D / var_D))
-    return mean_D, (np.sqrt(var_D) if with_scales else None), loglik
+    return mean_D, np.sqrt(var_D), loglik
+
+
+def _standardize(pts_NxD: np.ndarray, standardize: bool, where: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(points in the fit's coordinates (float64), centre [D], scale): x = (points - centre) / scale.
+
+    ``standardize``: scale = (root mean squared distance to the centre) / sqrt(TRAINING_VARIANCE), so the
+    network's first pass sees the training tasks' spread; computed after an exact power-of-two rescaling, so
+    nothing overflows for any finite float64 input. Else scale 1 (the data's units)."""
+    if not standardize:
+        centre_D = pts_NxD.mean(axis=0)
+        x_NxD = pts_NxD - centre_D
+        big = float(np.max(np.abs(x_NxD)))
+        if not big <= MAX_RAW:
+            raise ValueError(
+                f"{where} has values {big:.3g} from its mean; with standardize=False the fit runs in float32 "
+                f"in the data's units and needs them below {MAX_RAW:g} (use standardize=True)"
+            )
+        return x_NxD, centre_D, 1.0
+    top = float(np.max(np.abs(pts_NxD)))
+    p = 1.0 if top == 0.0 else float(2.0 ** np.frexp(top)[1])  # |pts / p| < 1, exactly
+    y_NxD = pts_NxD / p
+    centre_D = y_NxD.mean(axis=0)
+    x_NxD = y_NxD - centre_D
+    spread = float(np.sqrt(np.mean(np.square(x_NxD))))
+    if spread == 0.0:  # every point the same: nothing to rescale
+        return x_NxD, centre_D * p, 1.0
+    scale = spread / np.sqrt(TRAINING_VARIANCE)
+    data_scale = scale * p
+    if not MIN_SCALE <= data_scale <= MAX_SCALE:
+        raise ValueError(
+            f"{where} has a spread (root mean squared distance to the mean) of {spread * p:.3g}, outside "
+            f"[{MIN_SCALE:g}, {MAX_SCALE:g}]: its variances would under- or overflow float64; rescale it first"
+        )
+    return x_NxD / scale, centre_D * p, data_scale
 
 
 class TGMMEstimator(DensityMixin, BaseEstimator):
@@ -247,10 +389,23 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
       n_restarts    with ``refine="em"``: this many extra EM runs (``em_steps`` each) from k-means++ starts
                     (seeded by ``random_state``); per dataset the fit of highest log-likelihood is kept, the
                     network's start on ties (TGMM is the first restart).
-      standardize   the models assume unit component variance at the training scale (means in [-5, 5]).
-                    True maps each dataset by x -> (x - mean) / s, s^2 = (mean per-feature variance) /
-                    TRAINING_VARIANCE, fits, and maps the parameters back (covariances_ become s^2). Use it
-                    for data in other units; it keeps the ratio of noise to spread, which no rescaling can fix.
+      covariance_type  ``"spherical"`` (default; one variance per component, ``covariances_`` [K]) or
+                    ``"diag"`` (one per component and feature, [K, d]), estimated as scikit-learn's
+                    ``GaussianMixture`` of that type does (plus ``VARIANCE_REG`` = 1e-6 in the fit's standardised
+                    coordinates): with ``refine="none"`` by ``VARIANCE_ITERS`` variance M-steps around the
+                    network's means and weights, with ``refine="em"`` then by every EM step.
+      standardize   True (default): any units. The networks were trained on tasks with unit within-component
+                    noise (means in [-5, 5]^d). Each dataset is centred and divided by
+                    s1 = (root mean squared distance to the mean) / sqrt(TRAINING_VARIANCE); the network
+                    fits it and its variances are estimated (pass 1); then the data is divided by the pooled
+                    within-component standard deviation of that fit, so the network sees unit noise, and
+                    fitted again (pass 2); the pass of higher log-likelihood is kept and mapped back to the
+                    data's units. Every step is scale-equivariant, so the labels do not depend on the units
+                    and the parameters scale with them (tested for c X, c in [1e-6, 1e6]). Data whose spread
+                    lies outside [MIN_SCALE, MAX_SCALE] = [1e-150, 1e150] is refused (its variances would
+                    leave float64). False: X is taken to be at the training scale (the paper's setting) and
+                    the network reads it as given (only centred), one pass, float32 in the data's units
+                    (|x - mean| above 1e15 is refused).
       random_state  int, RandomState or None: seeds the k-means++ restarts, the subsample of large data and
                     ``sample`` (as in sklearn).
 
@@ -270,8 +425,8 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
     fit warns (``sklearn.exceptions.ConvergenceWarning``) and sets ``converged_=False``; if every point is the
     same, the K components are that point (the K = 1 fit repeated) with equal weights 1 / K.
 
-    Fitted attributes: ``weights_`` [K], ``means_`` [K, d], ``covariances_`` ([K] spherical variances for an
-    isotropic model, [K, d] diagonal for an anisotropic one), ``precisions_cholesky_``, ``converged_``
+    Fitted attributes: ``weights_`` [K], ``means_`` [K, d], ``covariances_`` ([K] for ``"spherical"``, [K, d]
+    for ``"diag"``; in the data's units), ``covariance_type_``, ``precisions_cholesky_``, ``converged_``
     (one more EM step would change the mean log-likelihood by less than ``TOL``; True for K = 1), ``n_iter_``
     (EM steps run), ``lower_bound_`` (mean log-likelihood of X), ``n_components_``, ``n_features_in_``.
     """
@@ -284,7 +439,8 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         refine="none",
         em_steps=5,
         n_restarts=0,
-        standardize=False,
+        covariance_type="spherical",
+        standardize=True,
         random_state=None,
     ):
         self.n_components = n_components
@@ -292,6 +448,7 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         self.refine = refine
         self.em_steps = em_steps
         self.n_restarts = n_restarts
+        self.covariance_type = covariance_type
         self.standardize = standardize
         self.random_state = random_state
 
@@ -304,6 +461,12 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(
+                f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}"
+            )
+        if not isinstance(self.standardize, (bool, np.bool_)):
+            raise ValueError(f"standardize must be True or False, got {self.standardize!r}")
         if self.n_restarts and self.refine != "em":
             raise ValueError("n_restarts > 0 needs refine='em' (the restarts are EM runs)")
         ckpt = load_checkpoint(self.checkpoint)
@@ -328,8 +491,8 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         """Fits every dataset of ``X`` [B, N, d] (``mask`` [B, N], True = real point; default all) in one
         jitted call (datasets above ``LARGE_N`` points: see the class docstring); ``n_components`` [B]
         optionally gives each dataset its own K (default: the estimator's, ``"auto"`` included). Returns
-        ``MixtureParams`` (NumPy float64; weights [B, K_max], means [B, K_max, d], scales None for unit
-        variance, ``component_mask`` marking each dataset's K). The estimator is unchanged."""
+        ``MixtureParams`` (NumPy float64; weights [B, K_max], means [B, K_max, d], scales [B, K_max, d] (standard
+        deviations, equal over d for "spherical"), ``component_mask`` marking each dataset's K). The estimator is unchanged."""
         return self._fit_batch(X, mask, n_components)[0]
 
     def _fit_batch(self, X, mask, n_components=None, checked: bool = False):
@@ -367,17 +530,15 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
                 f"needs at least {int(cand_BxS[i].min())}"
             )
         seed = self._seed()
-        with_scales = ckpt.spec.variant == "anisotropic"
+        cov = self.covariance_type
         k_max = max(trained)
-        # per dataset: the real points, centred in float64 (the models are translation invariant), rescaled
+        # per dataset: the real points centred (the models are translation invariant) and, with
+        # standardize, rescaled; the fit runs in these coordinates and maps back at the end
         xs, centre_BxD, scale_B = [], np.zeros((b, d)), np.ones(b)
         for i in range(b):
             pts_NxD = points_BxNxD[i] if mask_BxN[i].all() else points_BxNxD[i][mask_BxN[i]]
-            centre_BxD[i] = pts_NxD.mean(axis=0)
-            x_NxD = pts_NxD - centre_BxD[i]
-            if self.standardize:
-                scale_B[i] = np.sqrt(max(float(np.mean(x_NxD**2)), 1e-300) / TRAINING_VARIANCE)
-                x_NxD /= scale_B[i]
+            where = "X" if b == 1 else f"dataset {i}"
+            x_NxD, centre_BxD[i], scale_B[i] = _standardize(pts_NxD, bool(self.standardize), where)
             xs.append(x_NxD)
         distinct_B = np.array([_distinct_rows(x, k_max + 1) for x in xs])
 
@@ -385,7 +546,7 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         s = cand_BxS.shape[1]
         weights = np.zeros((b, s, k_max))
         means = np.zeros((b, s, k_max, d))
-        scales = np.ones((b, s, k_max, d)) if with_scales else None
+        scales = np.ones((b, s, k_max, d))
         comp = np.zeros((b, s, k_max), bool)
         loglik_BxS, next_BxS = np.full((b, s), np.nan), np.full((b, s), np.nan)
         iters_BxS = np.zeros((b, s), np.int64)
@@ -402,41 +563,38 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
                 est, ll_GxC, next_GxC, steps = fit_group(ckpt, key, rng, [xs[i] for i in rows], k_BxC[rows])
                 at = np.ix_(rows, cols)
                 weights[at], means[at], comp[at] = est.weights, est.means, est.component_mask
-                if scales is not None and est.scales is not None:
-                    scales[at] = est.scales
+                scales[at] = est.scales
                 loglik_BxS[at], next_BxS[at], iters_BxS[at] = ll_GxC, next_GxC, steps
         one_fits = {}
         for i, j in zip(*np.nonzero(cand_BxS == 1)):
-            one_fits[i] = one_fits.get(i) or _one_component(xs[i], with_scales)
+            one_fits[i] = one_fits.get(i) or _one_component(xs[i], cov)
             mean_D, scale_D, ll = one_fits[i]
             weights[i, j], means[i, j], comp[i, j] = 0.0, 0.0, False
             weights[i, j, 0], means[i, j, 0], comp[i, j, 0] = 1.0, mean_D, True
-            if scales is not None:
-                scales[i, j], scales[i, j, 0] = 1.0, scale_D
+            scales[i, j], scales[i, j, 0] = 1.0, scale_D
             loglik_BxS[i, j] = next_BxS[i, j] = ll
             iters_BxS[i, j] = 0
 
         change_BxS = np.abs(next_BxS - loglik_BxS)
-        loglik_BxS = loglik_BxS - d * np.log(scale_B)[:, None]
-        p_BxS = n_parameters(cand_BxS, d, with_scales)
+        loglik_BxS = loglik_BxS - d * np.log(scale_B)[:, None]  # in the data's units
+        p_BxS = n_parameters(cand_BxS, d, cov)
         bic_BxS = -2.0 * loglik_BxS * count_B[:, None] + p_BxS * np.log(count_B)[:, None]
         bic_BxS = np.where(cand_BxS <= count_B[:, None], bic_BxS, np.inf)
         bic_BxS = np.where(np.isnan(bic_BxS), np.inf, bic_BxS)
         # a K above the number of distinct points is not identifiable: never picked (unless it is the only K)
         pick_B = np.argmin(np.where(cand_BxS <= distinct_B[:, None], bic_BxS, np.inf), axis=1)
         at = (np.arange(b), pick_B)
-        chosen = MixtureParams(weights[at], means[at], None if scales is None else scales[at], comp[at])
+        chosen = MixtureParams(weights[at], means[at], scales[at], comp[at])
         k_B = cand_BxS[at]
         converged_B = change_BxS[at] < TOL
         degenerate_B = k_B > distinct_B
         for i in np.flatnonzero(degenerate_B):
             converged_B[i] = False
             if distinct_B[i] == 1:  # every point the same: K copies of the K = 1 fit, equal weights
-                mean_D, scale_D, ll = one_fits.get(i) or _one_component(xs[i], with_scales)
+                mean_D, scale_D, ll = one_fits.get(i) or _one_component(xs[i], cov)
                 k = int(k_B[i])
                 chosen.weights[i, :k], chosen.means[i, :k] = 1.0 / k, mean_D
-                if chosen.scales is not None:
-                    chosen.scales[i, :k] = scale_D
+                chosen.scales[i, :k] = scale_D
                 loglik_BxS[i, pick_B[i]] = ll - d * np.log(scale_B[i])
         if degenerate_B.any():
             i = int(np.argmax(degenerate_B))
@@ -448,13 +606,20 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        means = chosen.means * scale_B[:, None, None] + centre_BxD[:, None]
-        means = np.where(chosen.component_mask[..., None], means, 0.0)
-        out_scales = chosen.scales
-        if self.standardize:
-            base = np.ones_like(means) if out_scales is None else out_scales
-            out_scales = np.where(chosen.component_mask[..., None], base * scale_B[:, None, None], 1.0)
-        fitted = MixtureParams(chosen.weights, means, out_scales, chosen.component_mask.astype(bool))
+        real_BxK = chosen.component_mask.astype(bool)
+        means = np.where(
+            real_BxK[..., None], chosen.means * scale_B[:, None, None] + centre_BxD[:, None], 0.0
+        )
+        out_scales = np.where(real_BxK[..., None], chosen.scales * scale_B[:, None, None], 1.0)
+        fitted = MixtureParams(chosen.weights, means, out_scales, real_BxK)
+        bad_B = ~(np.isfinite(fitted.weights).all(axis=1) & np.isfinite(means).all(axis=(1, 2)))
+        bad_B |= ~np.all(np.isfinite(out_scales) & (out_scales > 0), axis=(1, 2))
+        if bad_B.any():  # never hand back NaN: an internal failure, not a fit
+            i = int(np.argmax(bad_B))
+            raise FloatingPointError(
+                f"the fit of {'X' if b == 1 else f'dataset {i}'} gave non-finite or zero parameters; "
+                "please report this with the data's shape and scale"
+            )
         info = dict(
             loglik=loglik_BxS[at],
             converged=converged_B,
@@ -480,6 +645,8 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
             ckpt.model,
             steps,
             int(self.n_restarts),
+            self.covariance_type,
+            self._passes(),
             ckpt.params,
             key,
             points.reshape(g * c, n, d),
@@ -494,23 +661,32 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         estimate = estimate.replace(component_mask=estimate.component_mask.astype(bool))
         return estimate, to_gc(loglik_T), to_gc(next_T), steps
 
+    def _passes(self) -> int:
+        return 2 if self.standardize else 1
+
     def _fit_large(self, ckpt, key, rng, xs, k_GxC):
-        """Datasets above ``LARGE_N`` points: the network on a uniform subsample of ``SUBSAMPLE`` points (and
-        the k-means++ starts of ``n_restarts``), then ``em_steps`` EM steps on all points in blocks; the best
-        start per task by full-data log-likelihood. Returns as ``_fit_small``."""
+        """Datasets above ``LARGE_N`` points: the network (both passes, with variances) on a uniform subsample
+        of ``SUBSAMPLE`` points (and the k-means++ starts of ``n_restarts``), then ``em_steps`` EM steps on all
+        points in blocks; the best start per task by full-data log-likelihood. Returns as ``_fit_small``."""
         c = k_GxC.shape[1]
+        cov = self.covariance_type
         sub_GxMxD = np.stack(
             [x[np.sort(rng.choice(x.shape[0], SUBSAMPLE, replace=False))] for x in xs]
         ).astype(np.float32)
         points = np.repeat(sub_GxMxD, c, axis=0)
         mask = np.ones(points.shape[:2], bool)
         k_T = k_GxC.reshape(-1)
-        estimate, _, _ = _fit_tasks(ckpt.model, 0, 0, ckpt.params, key, points, mask, k_T)
+        estimate, _, _ = _fit_tasks(
+            ckpt.model, 0, 0, cov, self._passes(), ckpt.params, key, points, mask, k_T
+        )
         starts = jax.tree.map(lambda a: np.asarray(a)[None], estimate)
         r = int(self.n_restarts)
         if r:
-            extra = _kmeanspp_starts(
-                r, max(ckpt.model.ks), estimate.scales is not None, key, points, mask, k_T
+            extra = _kmeanspp_starts(r, max(ckpt.model.ks), key, points, mask, k_T)
+            # the restarts' variances: the network's pooled one, so the first streamed E-step is sensible
+            pooled_T = np.asarray(_pooled_variance(estimate))
+            extra = extra.replace(
+                scales=np.broadcast_to(np.sqrt(pooled_T)[None, :, None, None], extra.means.shape)
             )
             starts = jax.tree.map(lambda a, e: np.concatenate([a, np.asarray(e)]), starts, extra)
         steps = int(self.em_steps)
@@ -521,7 +697,7 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
             start = jax.tree.map(
                 lambda a, i=i: a[:, i * c : (i + 1) * c].reshape(((r + 1) * c,) + a.shape[2:]), starts
             )
-            fit, ll_T, next_T = stream_em(x_MxLxD, mask_MxL, used, start, steps)
+            fit, ll_T, next_T = stream_em(x_MxLxD, mask_MxL, used, start, steps, cov)
             ll_RxC = np.asarray(ll_T, np.float64).reshape(r + 1, c)
             best_C = np.argmax(np.where(np.isnan(ll_RxC), -np.inf, ll_RxC), axis=0)  # the network's on ties
             take = best_C * c + np.arange(c)
@@ -540,16 +716,11 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         k = int(fitted.component_mask[0].sum())
         self.weights_ = fitted.weights[0, :k]
         self.means_ = fitted.means[0, :k]
-        ckpt = info["checkpoint"]
-        if ckpt.spec.variant == "anisotropic":
-            self.covariance_type_ = "diag"
-            self.covariances_ = (
-                np.square(fitted.scales[0, :k]) if fitted.scales is not None else np.ones((k, X.shape[1]))
-            )
-        else:
-            self.covariance_type_ = "spherical"
-            var = 1.0 if fitted.scales is None else float(fitted.scales[0, 0, 0]) ** 2
-            self.covariances_ = np.full(k, var)
+        variances_KxD = np.square(fitted.scales[0, :k])
+        self.covariance_type_ = self.covariance_type
+        self.covariances_ = (
+            variances_KxD[:, 0].copy() if self.covariance_type == "spherical" else variances_KxD
+        )
         self.precisions_cholesky_ = 1.0 / np.sqrt(self.covariances_)
         self.converged_ = bool(info["converged"][0])
         self.n_iter_ = int(info["n_iter"][0])
@@ -557,7 +728,7 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         self.n_components_ = k
         self.n_features_in_ = X.shape[1]
         self.bic_by_k_ = {kk: float(v[0]) for kk, v in info["bic"].items()}
-        self.checkpoint_name_ = ckpt.name
+        self.checkpoint_name_ = info["checkpoint"].name
         return self
 
     def fit_predict(self, X, y=None):
@@ -570,7 +741,8 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         X = check_points(X)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X has {X.shape[1]} features, but the mixture was fitted on {self.n_features_in_}"
+                f"X has {X.shape[1]} features, but TGMMEstimator is expecting {self.n_features_in_} features "
+                "as input (the number it was fitted on)"
             )
         return X
 
@@ -607,10 +779,10 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         return np.argmax(self._log_joint(self._check_X(X)), axis=1)
 
     def _n_parameters(self) -> int:
-        return n_parameters(self.n_components_, self.n_features_in_, self.covariance_type_ == "diag")
+        return n_parameters(self.n_components_, self.n_features_in_, self.covariance_type_)
 
     def bic(self, X) -> float:
-        """-2 log L + p log N with p = ``n_parameters`` (unit variances are fixed, not counted)."""
+        """-2 log L + p log N with p = ``n_parameters`` (counted as scikit-learn's ``GaussianMixture``)."""
         X = self._check_X(X)
         return -2.0 * self.score(X) * X.shape[0] + self._n_parameters() * np.log(X.shape[0])
 

@@ -11,7 +11,8 @@ The mixtures are a batch of T tasks on the same data (``MixtureParams`` with wei
 e.g. the candidate Ks and restarts of one dataset), so the data is never copied per task. The step is the one
 of ``refine.em_refine`` (weights = mean responsibility, means = responsibility-weighted means, diagonal
 variances E[x^2] - mu^2 clipped at 0 plus ``VARIANCE_REG``, a component without mass at the data's centre),
-run like it in coordinates centred on the data's mean (tested equal to it). ``num_blocks`` is an argument, not
+run like it in coordinates centred on the data's mean (tested equal to it); or the spherical or diagonal
+M-step of ``tgmm_jax.mixture`` for any ``covariance_type``. ``num_blocks`` is an argument, not
 a shape: arrays padded to a bucket of blocks serve every N in that bucket with one compiled program.
 """
 
@@ -23,11 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tgmm_jax import gmm
+from tgmm_jax import gmm, mixture
 from tgmm_jax.gmm import MixtureParams
-from tgmm_jax.refine import VARIANCE_REG
 
-_TINY = 1e-30  # as refine._TINY
 TRACE_COUNTS: dict[str, int] = {}  # function name -> times traced (each trace is one compilation)
 
 
@@ -82,18 +81,13 @@ def _statistics(x_MxLxD, mask_MxL, num_blocks, shift_D, params: MixtureParams):
     return mass_TxK, first_TxKxD, second_TxKxD if second else None, loglik_T
 
 
-def _m_step(stats, count, params: MixtureParams) -> MixtureParams:
-    """``refine._centred_em_step``'s M-step from the summed statistics (centred coordinates)."""
-    mass_TxK, first_TxKxD, second_TxKxD, _ = stats
-    inv_mass_TxK = 1.0 / jnp.maximum(mass_TxK, _TINY)
-    means_TxKxD = first_TxKxD * inv_mass_TxK[..., None]
-    mask_TxK = params.component_mask
-    scales = None
-    if second_TxKxD is not None:
-        variances_TxKxD = jnp.maximum(second_TxKxD * inv_mass_TxK[..., None] - means_TxKxD**2, 0.0)
-        scales = jnp.where(mask_TxK[..., None], jnp.sqrt(variances_TxKxD + VARIANCE_REG), 1.0)
-    weights_TxK = jnp.where(mask_TxK, mass_TxK / count, 0.0)
-    return MixtureParams(weights_TxK, jnp.where(mask_TxK[..., None], means_TxKxD, 0.0), scales, mask_TxK)
+def _m_step(stats, count, params: MixtureParams, covariance_type: str) -> MixtureParams:
+    """``mixture.m_step`` from the summed statistics (centred coordinates)."""
+    mass_TxK, first_TxKxD, second_TxKxD, loglik_T = stats
+    if second_TxKxD is None:
+        second_TxKxD = jnp.zeros_like(first_TxKxD)  # unused by the isotropic M-step
+    summed = mixture.Statistics(mass_TxK, first_TxKxD, second_TxKxD, loglik_T)
+    return mixture.m_step(summed, count, params.component_mask, covariance_type)
 
 
 def _shift(params: MixtureParams, shift_D) -> MixtureParams:
@@ -115,20 +109,27 @@ def _centre(x_MxLxD, mask_MxL, num_blocks):
     return total_D / count_f, count_f
 
 
-@functools.partial(jax.jit, static_argnames=("steps",))
-def stream_em(x_MxLxD, mask_MxL, num_blocks, params: MixtureParams, steps: int):
+@functools.partial(jax.jit, static_argnames=("steps", "covariance_type"))
+def stream_em(x_MxLxD, mask_MxL, num_blocks, params: MixtureParams, steps: int, covariance_type=None):
     """``steps`` EM steps of every task of ``params`` on the points of the first ``num_blocks`` blocks.
 
-    Returns (the mixtures after ``steps`` steps, their mean log-likelihood [T], the mean log-likelihood after
+    ``covariance_type`` (``mixture.COVARIANCE_TYPES``): None is ``refine.em_refine``'s, "diag" for a mixture
+    with scales and "isotropic" (unit variance) without. Returns (the mixtures after ``steps`` steps, their mean log-likelihood [T], the mean log-likelihood after
     one more step [T]): ``steps`` + 2 passes over the data, plus one for its centre."""
     count_trace("stream_em")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    if covariance_type is None:
+        covariance_type = "isotropic" if params.scales is None else "diag"
+    if (covariance_type == "isotropic") != (params.scales is None):
+        raise ValueError(
+            f"covariance_type={covariance_type!r} needs scales {'None' if params.scales is None else 'set'}"
+        )
     centre_D, count = _centre(x_MxLxD, mask_MxL, num_blocks)
 
     def em(p):
         stats = _statistics(x_MxLxD, mask_MxL, num_blocks, centre_D, p)
-        return _m_step(stats, count, p), stats[-1] / count
+        return _m_step(stats, count, p, covariance_type), stats[-1] / count
 
     def step(_, carry):
         p, _ = carry

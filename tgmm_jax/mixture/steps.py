@@ -80,11 +80,13 @@ def _scales(variances_KxD, component_mask_K):
 
 
 def m_step(stats: Statistics, count, component_mask_K: jax.Array, covariance_type: str) -> MixtureParams:
-    """The mixture maximising the expected log-likelihood of ``stats`` (over ``count`` [...] real points)."""
+    """The mixture maximising the expected log-likelihood of ``stats`` (over ``count`` real points: [...] or a
+    scalar for every task)."""
     inv_mass_KxD = (1.0 / jnp.maximum(stats.mass, _TINY))[..., None]
     means_KxD = stats.first * inv_mass_KxD
     variances = variances_of(stats.second * inv_mass_KxD - means_KxD**2, covariance_type)
-    weights_K = jnp.where(component_mask_K, stats.mass / jnp.maximum(count, 1)[..., None], 0.0)
+    count = jnp.broadcast_to(jnp.maximum(jnp.asarray(count, stats.mass.dtype), 1), stats.mass.shape[:-1])
+    weights_K = jnp.where(component_mask_K, stats.mass / count[..., None], 0.0)
     means_KxD = jnp.where(component_mask_K[..., None], means_KxD, 0.0)
     return MixtureParams(weights_K, means_KxD, _scales(variances, component_mask_K), component_mask_K)
 
