@@ -6,6 +6,7 @@ be listed, and the test asserts that no other check fails.
 
 import jax
 import numpy as np
+import pytest
 from sklearn.utils.estimator_checks import check_estimator
 
 from tgmm_jax import pretrained
@@ -16,6 +17,7 @@ from tgmm_jax.tasks import TaskSpec
 KNOWN_FAILURES: dict[str, str] = {}  # none with scikit-learn 1.9
 
 
+@pytest.mark.slow
 def test_check_estimator(tmp_path):
     cfg = model_config(
         "tiny", backbone="set", num_layers=1, width=16, num_heads=2, task_embed_dim=8,

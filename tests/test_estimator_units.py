@@ -123,6 +123,7 @@ def _check_scaled(ref, est, X, c):
     np.testing.assert_allclose(est.weights_, ref.weights_, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refine", ["none", "em"])
 def test_any_units_tiny_model(tiny, refine):
     X, _ = _blobs(3)
@@ -134,6 +135,7 @@ def test_any_units_tiny_model(tiny, refine):
         np.testing.assert_allclose(est.bic(c * X), ref.bic(X) + 2 * X.size * np.log(c), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_any_units_shipped_model():
     """The done-when check: labels unchanged, means_ times c within 1e-3 relative, c in [1e-6, 1e6]."""
     X, y = _blobs(4)
@@ -143,6 +145,7 @@ def test_any_units_shipped_model():
         _check_scaled(ref, TGMMEstimator(3, random_state=0).fit(c * X), X, c)
 
 
+@pytest.mark.slow
 def test_variances_equal_sklearns_on_separated_data():
     """Clusters with standard deviations 0.5, 1 and 2 (in units of 1e-3): the fitted spherical variances are
     sklearn's ``GaussianMixture(covariance_type="spherical")`` ones, with or without EM steps."""
@@ -158,6 +161,7 @@ def test_variances_equal_sklearns_on_separated_data():
         np.testing.assert_allclose(est.score(X), gm.score(X), atol=0.01 if refine == "none" else 1e-4)
 
 
+@pytest.mark.slow
 def test_minmax_and_standard_scaled_data_are_clustered():
     """The issue's failure: MinMaxScaler'd data (spread 1, noise ~0.05) put every point in one cluster."""
     X, y = _blobs(6, n=150)
@@ -168,6 +172,7 @@ def test_minmax_and_standard_scaled_data_are_clustered():
         assert est.score(Z) >= gm.score(Z) - 0.05
 
 
+@pytest.mark.slow
 def test_extreme_magnitudes_are_handled_or_refused(tiny):
     X, _ = _blobs(7)
     kw = dict(checkpoint=tiny, random_state=0)
