@@ -12,6 +12,11 @@ Input, ``--data``:
         pandas' ``DataFrame.to_csv`` writes by default: it is refused, never read as a feature; write the
         file with ``to_csv(..., index=False)`` or pass ``--drop_index``, which drops the first column of
         the CSV. Every error names the file's 1-based line number (the header counted) and column.
+Units:
+  Any (``--standardize``, on by default: the estimator centres and rescales each dataset, fits, and maps the
+  parameters back; labels do not depend on the units). Variances are estimated, one per component
+  (``--covariance_type=spherical``) or per component and feature (``diag``). ``--nostandardize`` takes the
+  data to be at the training scale (unit within-component noise), as in the paper's experiments.
 Output:
   The result (parameters, BIC, AIC, log-likelihood, label counts) as JSON on stdout, or with ``--output=FILE``
   in FILE. It is always valid JSON: a NaN or infinity in the fit is an error; ``bic_by_k`` holds null for a
