@@ -38,6 +38,7 @@ def tiny_workdir(tmp_path_factory):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_evaluate_cli_writes_every_field(tiny_workdir, tmp_path):
     output = str(tmp_path / "results.json")
     cmd = [
@@ -100,6 +101,7 @@ def test_paired_gain_is_the_paired_t_statistic():
         np.testing.assert_allclose(gains[k]["mean"], np.mean(reference["l2"][keep] - model["l2"][keep]))
 
 
+@pytest.mark.slow
 def test_all_methods_see_identical_tasks():
     seen = {}
 
@@ -130,6 +132,7 @@ def test_all_methods_see_identical_tasks():
     assert again["task_fingerprints"] == results["task_fingerprints"]
 
 
+@pytest.mark.slow
 def test_chunked_fit_equals_one_call(tiny_workdir):
     run = load_run(tiny_workdir)
     spec = TaskSpec(dim=2, ks=(2, 3), n_max=8, variable_n=False)
@@ -141,6 +144,7 @@ def test_chunked_fit_equals_one_call(tiny_workdir):
     np.testing.assert_allclose(np.asarray(chunked.weights), np.asarray(whole.weights), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_tail_protocol_reads_the_logs(tiny_workdir):
     results = reporting.training_tail_protocol(tiny_workdir)
     assert "training tail" in results["protocol"] and results["ns"] == [8]
@@ -153,6 +157,7 @@ def test_training_tail_protocol_reads_the_logs(tiny_workdir):
     assert "| tgmm |" in report and "| tgmm vs reference |" in report
 
 
+@pytest.mark.slow
 def test_study_does_not_evaluate_a_preempted_run(tmp_path, monkeypatch):
     """A study whose training returns early (SIGTERM saved a checkpoint) stops instead of evaluating it."""
     from experiments import study
@@ -175,6 +180,7 @@ def test_study_does_not_evaluate_a_preempted_run(tmp_path, monkeypatch):
     assert load_run(str(tmp_path)).step == 6
 
 
+@pytest.mark.slow
 def test_study_cache_adds_missing_n_only_and_equals_a_full_evaluation(tiny_workdir, tmp_path):
     from experiments import study
 
@@ -214,6 +220,7 @@ def test_study_cache_adds_missing_n_only_and_equals_a_full_evaluation(tiny_workd
     assert tgmm_only(again) == tgmm_only(full)
 
 
+@pytest.mark.slow
 def test_periodic_evaluation_compiles_each_method_once(tiny_workdir, monkeypatch):
     """Three rounds of the trainer's evaluator, new params and new tasks each round: one trace per method."""
     run = load_run(tiny_workdir)

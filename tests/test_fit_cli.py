@@ -170,6 +170,7 @@ def test_non_finite_results_are_an_error_not_nan_tokens(tmp_path, capsys):
 # Success: strict JSON, --output, --labels_output.
 
 
+@pytest.mark.slow
 def test_output_and_labels_files(tmp_path, capsys):
     data = _csv(tmp_path, _points())
     rc, out, err = _run(capsys, data)
@@ -224,6 +225,7 @@ def _command(*args):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_command_prints_strict_json_and_no_log_lines(tmp_path):
     proc = _command(f"--data={_csv(tmp_path, _points())}", "--n_components=2", f"--checkpoint={CKPT}")
     assert proc.returncode == 0, proc.stderr
@@ -233,6 +235,7 @@ def test_command_prints_strict_json_and_no_log_lines(tmp_path):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_command_failures_are_one_line():
     proc = _command("--n_components=2")  # no --data: absl's flag error, as one line
     _assert_failed(proc.returncode, proc.stdout, proc.stderr, "--data")

@@ -24,6 +24,7 @@ def _numpy_em_step(x, w, mu):
     return nk / len(x), resp.T @ x / nk[:, None], lse.mean()
 
 
+@pytest.mark.slow
 def test_converged_answers_are_em_fixed_points():
     task = make_tasks(0, [2, 3, 4] * 8, 4, 64, n_min=40)
     est, info = fast_baseline("gradient_em")(jax.random.key(0), task)

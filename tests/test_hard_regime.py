@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_hard_regime_script(tmp_path):
     results = tmp_path / "results"
     cmd = [
@@ -60,6 +61,7 @@ def test_hard_regime_script(tmp_path):
     assert "## Learned gain and the Bayes limit" in text and "### d = 2: against the Bayes limit" in text
 
 
+@pytest.mark.slow
 def test_sklearn_gmm_fit_in_data_units():
     """The unknown-noise reference on tasks multiplied by sigma: means and scales come back in the data's units."""
     import jax

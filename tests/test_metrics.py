@@ -69,6 +69,7 @@ def _reference(est, task):
     return {name: np.asarray(v) for name, v in out.items()}
 
 
+@pytest.mark.slow
 def test_evaluate_matches_scipy_reference(task):
     est = _noisy_shuffled_estimate(task, jax.random.key(1))
     got = jax.jit(evaluate_estimates)(est, task)
@@ -127,6 +128,7 @@ def test_host_fallback_for_large_k():
         np.testing.assert_allclose(cost[got[i], np.arange(8)].sum(), cost[r, c].sum(), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_official_alignment_toy_example():
     """docs/official_differences.md §7: truth [A, B, C], estimate [B, C, A]: correct l2 = 0; the official
     code reorders the
@@ -158,6 +160,7 @@ def test_permutations_table():
     assert sorted(map(tuple, p)) == sorted(itertools.permutations(range(4)))
 
 
+@pytest.mark.slow
 def test_nan_estimates_are_flagged_not_applicable(task):
     est = _noisy_shuffled_estimate(task, jax.random.key(2))
     bad = est.replace(means=est.means.at[:5].set(jnp.nan), weights=est.weights.at[:5].set(jnp.nan))

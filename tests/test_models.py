@@ -231,6 +231,7 @@ def test_output_shapes_and_types(backbone, readout, variant):
     "backbone, readout",
     [("gpt2", "attentive"), ("set", "attentive"), ("mamba2", "attentive"), ("gpt2", "naive")],
 )
+@pytest.mark.slow
 def test_outputs_are_finite_and_masked(backbone, readout):
     """Real init, real values, for every backbone, read-out and variant (each model init costs seconds of
     compile, so not all 12 combinations: the naive read-out is the same module on every backbone).
@@ -262,6 +263,7 @@ def _pad(points, mask, where):
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.slow
 def test_padded_points_do_not_change_the_estimate(backbone):
     _, params, apply, ref = _model_and_params(backbone)
     task = _task()
@@ -277,6 +279,7 @@ def test_naive_readout_ignores_padding():
     _assert_same_output(apply(params, points, mask, task.num_components), ref)
 
 
+@pytest.mark.slow
 def test_set_backbone_is_invariant_to_point_order_and_gpt2_is_not():
     task = _task()
     perm = np.random.default_rng(0).permutation(task.points.shape[1])
@@ -292,6 +295,7 @@ def test_set_backbone_is_invariant_to_point_order_and_gpt2_is_not():
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.slow
 def test_causal_backbones_do_not_look_ahead(backbone):
     """Changing token t leaves states before t unchanged (gpt2, mamba2) and changes them for `set`."""
     config = _config(backbone)
@@ -315,6 +319,7 @@ def test_causal_backbones_do_not_look_ahead(backbone):
     assert not np.allclose(before[:, t:], after[:, t:], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_scanned_and_unrolled_layers_compute_the_same():
     """models/stack.py serves both backbones; checked on gpt2."""
     config = _config("gpt2", scan_layers=False)
@@ -373,6 +378,7 @@ def test_bad_input_shapes_raise():
 # The official pooling-mask bug.
 
 
+@pytest.mark.slow
 def test_official_pooling_bug_reads_only_the_padded_tokens():
     readout = AttentiveReadout(num_ks=1, k_max=3, dim=2, anisotropic=False)
     tokens = jax.random.normal(jax.random.key(0), (2, 6, 8))
@@ -427,6 +433,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     np.testing.assert_allclose(out.means, ref.means, atol=0.1, rtol=0.05)
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_batch():
     """A real learning test: the est loss above its floor (the targets' entropy) falls by 10x (at this
     seed about 100x; 3e-4 after 200 steps)."""
