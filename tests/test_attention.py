@@ -77,6 +77,7 @@ def test_forward_matches_numpy_and_plain(causal, chunking):
 
 
 @pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.slow
 def test_gradients_equal_autodiff_of_plain(causal, chunking):
     q, k, v, g, point_mask = _inputs(causal)
     _, vjp_new = jax.vjp(lambda *a: gpt2.attention(*a, point_mask, causal), q, k, v)
@@ -114,6 +115,7 @@ def test_gradient_is_exact_by_finite_differences(chunking):
     np.testing.assert_allclose(analytic, numeric, rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_bfloat16_gradients_follow_plain():
     q, k, v, g, point_mask = _inputs(causal=False, dtype=jnp.bfloat16)
     out = gpt2.attention(q, k, v, point_mask, False)

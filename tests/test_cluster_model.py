@@ -225,6 +225,7 @@ def test_unknown_slot_init_is_refused(slot_init):
         _config(slot_init=slot_init)
 
 
+@pytest.mark.slow
 def test_smoothed_seeds_match_brute_force():
     rng = np.random.default_rng(6)
     coords_BxNxR = rng.standard_normal((3, 20, 2)).astype(np.float32)
@@ -262,6 +263,7 @@ def test_greedy_seeds_match_brute_force():
 
 
 @pytest.mark.parametrize("anisotropic", [False, True])
+@pytest.mark.slow
 def test_selection_likelihood_matches_scipy(anisotropic):
     """The likelihood the read-out picks seedings by (gmm.mean_log_likelihood on batched, padded tasks)."""
     from scipy.stats import multivariate_normal

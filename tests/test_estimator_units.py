@@ -78,6 +78,7 @@ def test_n_parameters_equal_sklearns():
 
 
 @pytest.mark.parametrize("covariance_type", ["spherical", "diag"])
+@pytest.mark.slow
 def test_density_methods_equal_sklearn_with_our_parameters(tiny, covariance_type):
     X, _ = _blobs(1)
     X = 1e-4 * X + 3.0  # not at the training scale
@@ -103,6 +104,7 @@ def test_density_methods_equal_sklearn_with_our_parameters(tiny, covariance_type
         np.testing.assert_allclose(var, want, rtol=0.1)
 
 
+@pytest.mark.slow
 def test_one_component_variances_equal_sklearns(tiny):
     X = np.random.default_rng(2).normal(size=(50, 3)) * np.array([1e3, 2e3, 0.5e3])
     for cov in ("spherical", "diag"):
@@ -202,6 +204,7 @@ def test_extreme_magnitudes_are_handled_or_refused(tiny):
     assert np.all(np.isfinite(tiny_raw.means_)) and np.all(tiny_raw.covariances_ > 0)
 
 
+@pytest.mark.slow
 def test_parameter_errors(tiny):
     X, _ = _blobs(8)
     with pytest.raises(ValueError, match="covariance_type must be one of"):

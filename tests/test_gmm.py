@@ -44,6 +44,7 @@ def _reference_log_density(points, params, b):
 
 @pytest.mark.parametrize("scales", [False, True])
 @pytest.mark.parametrize("offset", [0.0, 300.0])
+@pytest.mark.slow
 def test_point_log_density_matches_scipy(scales, offset):
     rng = np.random.default_rng(0)
     params, points = _random_mixture(rng, 4, 5, 3, 50, [2, 3, 5, 1], scales, offset)
@@ -52,6 +53,7 @@ def test_point_log_density_matches_scipy(scales, offset):
         np.testing.assert_allclose(got[b], _reference_log_density(points, params, b), rtol=2e-5, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_responsibilities_zero_on_padding_and_normalised():
     rng = np.random.default_rng(1)
     params, points = _random_mixture(rng, 3, 4, 2, 20, [2, 4, 3])
@@ -60,6 +62,7 @@ def test_responsibilities_zero_on_padding_and_normalised():
     assert np.all(resp[~np.broadcast_to(np.asarray(params.component_mask)[:, None, :], resp.shape)] == 0)
 
 
+@pytest.mark.slow
 def test_mean_log_likelihood_ignores_padded_points():
     rng = np.random.default_rng(2)
     params, points = _random_mixture(rng, 2, 3, 2, 30, [3, 2])
@@ -75,6 +78,7 @@ def test_mean_log_likelihood_ignores_padded_points():
     np.testing.assert_array_equal(got[0], got2[0])
 
 
+@pytest.mark.slow
 def test_sample_points_moments():
     params = MixtureParams(
         jnp.array([0.25, 0.75, 0.0]),

@@ -102,6 +102,7 @@ def test_est_equals_numpy(anisotropic):
 
 
 @pytest.mark.parametrize("anisotropic", [False, True])
+@pytest.mark.slow
 def test_est_matched_equals_numpy_brute_force(anisotropic):
     loss, _ = compute_loss("est_matched", _output(anisotropic), _task(anisotropic))
     best = []
@@ -137,6 +138,7 @@ def test_est_matched_is_zero_above_the_entropy_for_a_permuted_truth():
 
 
 @pytest.mark.parametrize("anisotropic", [False, True])
+@pytest.mark.slow
 def test_lik_equals_numpy(anisotropic):
     loss, terms = compute_loss("lik", _output(anisotropic), _task(anisotropic))
     np.testing.assert_allclose(loss, _numpy_nll(anisotropic), rtol=1e-5)
@@ -160,6 +162,7 @@ def test_sums_weight_the_likelihood(first):
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.slow
 def test_gradients_are_finite_under_jit_even_with_extreme_logits(objective):
     task = _task(True)
     logits = np.array([[0.0, 300.0, -300.0], [-200.0, 200.0, -1e9]])  # softmax weights underflow to 0

@@ -44,6 +44,7 @@ def test_chunked_scan_equals_sequential_recurrence(chunk):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_chunked_scan_gradients_are_finite():
     inputs = tuple(jnp.asarray(a, jnp.float32) for a in _random_ssd_inputs(0))
     grads = jax.jit(jax.grad(lambda *a: jnp.sum(ssd_chunked(*a, 4) ** 2), argnums=(0, 1, 2, 3)))(*inputs)
@@ -91,6 +92,7 @@ def _mixer_numpy(p, x, heads, head_dim, state, groups, conv):
     return y @ p["out_proj"]["kernel"]
 
 
+@pytest.mark.slow
 def test_mixer_layer_equals_sequential_numpy_reference():
     config = model_config(
         "tiny",

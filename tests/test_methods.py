@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from baselines import get_baseline
 from baselines.em import fit_em_from
@@ -29,6 +30,7 @@ def _loglik(task, p):
     return np.asarray(gmm.mean_log_likelihood(task.points, task.point_mask, p))
 
 
+@pytest.mark.slow
 def test_model_with_restarts_keeps_the_likelier_fit():
     spec = TaskSpec(dim=2, ks=(4, 5), n_max=40, n_min=40, variable_n=False)
     task = sample_tasks(jax.random.key(0), spec, 16)
@@ -48,6 +50,7 @@ def test_model_with_restarts_keeps_the_likelier_fit():
     assert (ll_model > ll_restarts + 1e-3).any() and (ll_restarts > ll_model + 1e-3).any()
 
 
+@pytest.mark.slow
 def test_model_with_restarts_runs_a_real_model():
     spec = TaskSpec(dim=3, ks=(2, 4), n_max=40, n_min=40, variable_n=False)
     task = sample_tasks(jax.random.key(0), spec, 4)

@@ -86,6 +86,7 @@ def test_evaluate_matches_scipy_reference(task):
     )
 
 
+@pytest.mark.slow
 def test_alignment_is_exact_on_random_k5_costs():
     """Random (not near-true) K=5 estimates: brute force over 120 permutations == Hungarian optimum."""
     rng = np.random.default_rng(0)

@@ -45,6 +45,7 @@ def _padded(X, gm, var_KxD, extra_points=5, extra_components=2):
 
 
 @pytest.mark.parametrize("covariance_type", ["spherical", "diag"])
+@pytest.mark.slow
 def test_log_likelihood_and_m_step_match_sklearn_and_closed_forms(covariance_type):
     X, gm, var_KxD = _problem(0, covariance_type)
     points, mask, params = _padded(X, gm, var_KxD)
@@ -99,6 +100,7 @@ def test_variance_step_holds_means_and_weights(covariance_type):
     )
 
 
+@pytest.mark.slow
 def test_em_steps_reach_sklearns_fixed_point():
     rng = np.random.default_rng(2)
     centres = np.array([[-6.0, 0.0], [0.0, 5.0], [6.0, 0.0]])

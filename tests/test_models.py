@@ -208,6 +208,7 @@ def test_unknown_fields_and_sizes_raise():
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("readout", READOUTS)
 @pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.slow
 def test_output_shapes_and_types(backbone, readout, variant):
     """Every combination traces (abstractly: no compile) to the documented shapes and dtypes."""
     model = make_model(_config(backbone, readout), _spec(variant))
@@ -338,6 +339,7 @@ def test_scanned_and_unrolled_layers_compute_the_same():
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_mamba2_estimate_does_not_depend_on_the_chunk_length():
     _, params, _, ref = _model_and_params("mamba2")  # chunk 3: N = 8 is 3 + 3 + 2 (a padded tail)
     task = _task()
@@ -404,6 +406,7 @@ def test_official_pooling_bug_reads_only_the_padded_tokens():
     np.testing.assert_allclose(buggy[1], uniform[1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_pooling_bug_applies_in_training_only():
     _, params, _, ref = _model_and_params("gpt2")
     task = _task()
@@ -423,6 +426,7 @@ def test_pooling_bug_applies_in_training_only():
 # Precision and learning.
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
     _, params, _, ref = _model_and_params("gpt2")
     task = _task()

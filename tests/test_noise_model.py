@@ -56,6 +56,7 @@ def _real(x, task):
 
 @pytest.mark.parametrize("c", [1e-4, 1e-2, 7.0, 1e4])
 @pytest.mark.parametrize("known", [False, True])
+@pytest.mark.slow
 def test_units_change_nothing_but_the_units(setup, c, known):
     task, apply = setup
     shift = jnp.asarray([3.0, -2.0, 0.5])
@@ -73,6 +74,7 @@ def test_units_change_nothing_but_the_units(setup, c, known):
     assert np.array_equal(labels, np.argmax(np.asarray(base.log_responsibilities), -1)[mask])
 
 
+@pytest.mark.slow
 def test_known_noise_is_used_and_unknown_is_estimated(setup):
     task, apply = setup
     known = apply(task.points, 2.5)
@@ -83,6 +85,7 @@ def test_known_noise_is_used_and_unknown_is_estimated(setup):
     np.testing.assert_array_equal(_real(apply(task.points, None).scales, task), unknown)
 
 
+@pytest.mark.slow
 def test_skeleton_estimates_the_noise_variance():
     """Far-apart clusters: the unknown-noise skeleton's variance equals the closed-form tied MLE given the true
     labels (every point's squared distance to its cluster's sample mean, over N D), and its means the sample
@@ -112,6 +115,7 @@ def test_skeleton_estimates_the_noise_variance():
     np.testing.assert_array_equal(known[2], 1.0)
 
 
+@pytest.mark.slow
 def test_noise_configuration_is_checked(setup):
     with pytest.raises(ValueError, match="noise='conditioned' needs readin='normalized'"):
         model_config("tiny", readout="cluster", noise="conditioned")
@@ -129,6 +133,7 @@ def test_noise_configuration_is_checked(setup):
         )
 
 
+@pytest.mark.slow
 def test_training_sees_each_task_in_its_noise_units(setup):
     task, _ = setup
     c = jnp.asarray([5.0, 0.1, 2.0, 1.0, 30.0, 0.5])[:, None, None]

@@ -25,6 +25,7 @@ def _numpy_tensorly_spectral(x, k, seed):
     return tensorly_decompose(t, unwhiten, k)
 
 
+@pytest.mark.slow
 def test_recovers_parameters_from_population_size_samples():
     task = make_tasks(0, [4] * 6, 8, 50_000)
     est, info = fit_spectral(jax.random.key(0), task)
@@ -90,6 +91,7 @@ _MEANS_2D = [
 ]
 
 
+@pytest.mark.slow
 def test_k_above_d_is_flagged_not_answered_and_compiles_once():
     chex.clear_trace_counter()  # the counter is per function and global; other tests trace it too
     traced = jax.jit(
@@ -132,6 +134,7 @@ def _collinear_means(rng, num_tasks, k, dim):
     return out
 
 
+@pytest.mark.slow
 def test_collinear_means_at_k_equals_d_are_flagged_not_applicable():
     # Before the whitening check, spectral answered these with l2 errors up to ~1e7.
     rng = np.random.default_rng(0)

@@ -170,6 +170,7 @@ def test_one_em_construction_serves_every_smaller_d_and_k(width):
         em.em_tokens(x, w0, m0, d_max=2, k_max=4)
 
 
+@pytest.mark.slow
 def test_em_construction_error_shrinks_with_width():
     d, k = 4, 3
     task, x, w0, m0 = _em_task(d, k, seed=7)
@@ -182,6 +183,7 @@ def test_em_construction_error_shrinks_with_width():
     assert errors[2] < 0.01
 
 
+@pytest.mark.slow
 def test_mlp_interpolants_match_their_functions():
     r = jnp.geomspace(1e-3, 1.0, 200)
     assert np.max(np.abs(em.approx_log(r, 256, 1e-3) - np.log(r))) < 1e-3
@@ -192,6 +194,7 @@ def test_mlp_interpolants_match_their_functions():
     assert float(em.approx_square(0.0, 256, 12.0)) == 0.0
 
 
+@pytest.mark.slow
 def test_em_mlp_weights_compute_the_interpolants():
     """Layer 1's MLP on a token with responsibilities r writes approx_log(r) (points) and 0 (components)."""
     d, k, width = 2, 3, 16

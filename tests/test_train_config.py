@@ -70,6 +70,7 @@ def test_options_of_another_backbone_are_refused_with_a_hint():
         validate_config(config)
 
 
+@pytest.mark.slow
 def test_cluster_config_validates_and_checks_its_new_fields():
     config = importlib.import_module("experiments.configs.cluster").get_config()
     spec, model_config = validate_config(config)

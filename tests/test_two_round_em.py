@@ -47,6 +47,7 @@ def _numpy_farthest_first(means, weights, survivor, k):
     return chosen
 
 
+@pytest.mark.slow
 def test_farthest_first_matches_numpy():
     rng = np.random.default_rng(0)
     c, l, d, k_max = 16, 12, 3, 4
