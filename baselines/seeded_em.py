@@ -28,6 +28,8 @@ from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.models.cluster_readout import seeded_em, seeding_functions
 from tgmm_jax.tasks import GMMTask
 
+NOISES = ("unit", "unknown")
+
 
 @dataclasses.dataclass(frozen=True)
 class SeededEMConfig:
@@ -35,9 +37,16 @@ class SeededEMConfig:
     slot_init: str = "farthest+greedy+smooth3+smooth12"
     iters: int = 3  # the read-out's cluster_iters: iters + 1 E-steps
     rank: int = 6  # the read-out's project_rank
+    # "unit": unit noise variance (the paper's); "unknown": a tied variance estimated at every E-step, and
+    # spherical scales out (the skeleton of a model with noise='conditioned', told nothing)
+    noise: str = "unit"
 
     def __post_init__(self):
         em.check_variant(self.variant)
+        if self.noise not in NOISES:
+            raise ValueError(f"SeededEMConfig.noise must be one of {NOISES}, got {self.noise!r}")
+        if self.noise == "unknown" and self.variant != "isotropic":
+            raise ValueError("SeededEMConfig.noise='unknown' is for isotropic tasks")
         if self.slot_init == "learned":
             raise ValueError("em_seeded needs parameter-free seedings; slot_init='learned' has none")
         seeding_functions(self.slot_init)  # raises naming a bad seeding
@@ -67,6 +76,7 @@ def _fit_chunk(task_C: GMMTask, config: SeededEMConfig):
         iters=config.iters,
         rank=config.rank,
         anisotropic=config.variant == "anisotropic",
+        noise_var_B=jnp.full(task_C.points.shape[:1], jnp.nan) if config.noise == "unknown" else None,
     )
     mask_CxK = task_C.component_mask
     weights_CxK = jax.nn.softmax(jnp.where(mask_CxK, logits_CxK, -jnp.inf), axis=-1)

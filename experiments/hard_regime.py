@@ -211,10 +211,14 @@ def build_methods(names, noise: tuple[float, float] | None = None) -> tuple[dict
     params = {}
     if any(n in _NEEDS_CHECKPOINT for n in names):
         cluster = load_run(FLAGS.workdir) if FLAGS.workdir else load_pretrained("cluster")
-        skeleton = scoring.param_free(get_baseline("em_seeded", **skeleton_settings(cluster.model_config)))
+        # unknown noise: a noise-conditioned model is told nothing, and so is its skeleton (a unit-noise
+        # model and skeleton assume variance 1 in the data's units, as they always do)
+        unknown = noise is not None and cluster.model_config.noise == "conditioned"
+        settings = dict(skeleton_settings(cluster.model_config), noise="unknown" if unknown else "unit")
+        skeleton = scoring.param_free(get_baseline("em_seeded", **settings))
         all_methods.update(
             {
-                "tgmm": scoring.model_method(cluster.model),
+                "tgmm": scoring.model_method(cluster.model, noise="unknown" if unknown else "known"),
                 "tgmm+em": scoring.model_method(cluster.model, REFINE_STEPS),
                 "em_seeded": skeleton,
                 "em_seeded+em": methods_lib.method_then_em(skeleton, REFINE_STEPS),
@@ -316,8 +320,11 @@ def score_block(
                     cell["l2_on_bayes_tasks"] = _stat(values["l2"][sub_use])
             reference = GAINS.get(name)
             if reference in per_task:
+                # unknown noise: the paired gain in units of each task's sigma (in the data's units the
+                # tasks of largest sigma would decide it alone)
+                metric = "l2_sigma_units" if "l2_sigma_units" in values else "l2"
                 gain = scoring.paired_gain(
-                    _take_dict(values, idx), _take_dict(per_task[reference], idx), np.zeros(len(idx))
+                    _take_dict(values, idx), _take_dict(per_task[reference], idx), np.zeros(len(idx)), metric
                 )[0]
                 cell["learned_gain"] = dict(gain, reference=reference)
             cells.append(cell)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from baselines import get_baseline
 from tgmm_jax.models import make_model, model_config
 from tgmm_jax.models.cluster_readout import seeded_em
 from tgmm_jax.tasks import TaskSpec, sample_tasks
@@ -151,3 +152,19 @@ def test_training_sees_each_task_in_its_noise_units(setup):
     )(params, scaled)
     assert np.isfinite(loss) and "scales_mse" in terms
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_skeleton_baseline_with_unknown_noise_is_unit_free():
+    task = sample_tasks(jax.random.key(5), SPEC, 4)
+    fit = get_baseline("em_seeded", slot_init="farthest+greedy", noise="unknown")
+    base, _ = fit(jax.random.key(0), task)
+    c = 1e3
+    scaled, _ = fit(jax.random.key(0), task.replace(points=task.points * c))
+    mask = np.asarray(task.component_mask)
+    np.testing.assert_allclose(
+        np.asarray(scaled.means)[mask], c * np.asarray(base.means)[mask], rtol=1e-4, atol=1e-3
+    )
+    np.testing.assert_allclose(np.asarray(scaled.scales)[mask], c * np.asarray(base.scales)[mask], rtol=1e-4)
+    np.testing.assert_allclose(scaled.weights, base.weights, atol=1e-5)
+    with pytest.raises(ValueError, match="noise must be one of"):
+        get_baseline("em_seeded", noise="known")
