@@ -98,6 +98,7 @@ def test_gradients_equal_autodiff_of_plain(causal, chunking):
         np.testing.assert_allclose(np.asarray(new), np.asarray(old), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_is_exact_by_finite_differences(chunking):
     """Directional derivative of <g, attention> against a central difference in float64-free terms."""
     q, k, v, g, point_mask = _inputs(causal=True)

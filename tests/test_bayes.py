@@ -607,6 +607,7 @@ def _exact_algorithm1_1d_unknown_noise(x_N, noise_range, a=-5.0, b=5.0, grid=400
     return np.array(stats), same
 
 
+@pytest.mark.slow
 def test_unknown_noise_gibbs_matches_enumeration_1d():
     """ALG1_X with sigma unknown in [0.25, 4]: the upper cluster (~4.9) needs sigma >~ 1 to fit in the box
     sigma [-5, 5], so the box's coupling of sigma and the means is exercised (and E[sigma] != 1)."""
@@ -697,6 +698,7 @@ def _exact_algorithm1_1d_component_scales(x_N, noise_range, comp_range, a=-5.0, 
     return sums[1:] / sums[0]
 
 
+@pytest.mark.slow
 def test_component_scales_gibbs_matches_quadrature_1d():
     """Unknown sigma and per-component scales sigma u_k (log u_k uniform): every step of the sampler (4a-4c and
     the u_k steps) against the exact posterior of ALG1_X."""
@@ -729,6 +731,7 @@ def test_component_scales_gibbs_matches_quadrature_1d():
     assert z_stats.max() < MAX_Z
 
 
+@pytest.mark.slow
 def test_known_noise_scale_is_a_rescaling():
     """sigma = c known on c x: the samples (same key) are c times those of sigma = 1 on x, bit for bit for a
     power of two."""
@@ -746,6 +749,7 @@ def test_known_noise_scale_is_a_rescaling():
     np.testing.assert_array_equal(sc["labels"], s1["labels"])
 
 
+@pytest.mark.slow
 def test_component_scales_fit_across_scales():
     """fit_bayes with sigma unknown and per-component scales, on Algorithm-1 tasks whose components have
     standard deviations sigma u_k (u = 0.6, 1.6), sigma over three decades: the aligned E[sigma_k] track the

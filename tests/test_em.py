@@ -90,6 +90,7 @@ def test_em_from_init_matches_float64_numpy(variant):
         np.testing.assert_allclose(float(info["loglik"][b]), last_ll, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_em_early_stopping_matches_numpy_and_freezes_converged_tasks():
     task = _tasks(seed=3)
     w0, mu0, _ = _perturbed_init(task, 2, False)

@@ -191,6 +191,7 @@ def test_output_and_labels_files(tmp_path, capsys):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")], "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_dropped_index_and_unscorable_k_give_strict_json(tmp_path, capsys, monkeypatch):
     X = _points()
     rows = "".join(f"{i},{x},{y}\n" for i, (x, y) in enumerate(X))

@@ -170,6 +170,7 @@ def test_nan_estimates_are_flagged_not_applicable(task):
     assert bool(jnp.all(jnp.isnan(got["l2"][:5]))) and bool(jnp.all(jnp.isfinite(got["l2"][5:])))
 
 
+@pytest.mark.slow
 def test_anisotropic_scales_metric_and_shape_errors(task):
     est = task.params().replace(scales=task.scales + 0.5)
     got = evaluate_estimates(est, task)
@@ -178,6 +179,7 @@ def test_anisotropic_scales_metric_and_shape_errors(task):
         evaluate_estimates(est.replace(means=est.means[:, :3]), task)
 
 
+@pytest.mark.slow
 def test_scales_error_matches_brute_force_alignment(task):
     """l2_scales on shuffled noisy estimates: every permutation scored in float64 loops (the means decide)."""
     est = _noisy_shuffled_estimate(task, jax.random.key(7), noise=0.7)

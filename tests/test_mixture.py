@@ -83,6 +83,7 @@ def test_log_likelihood_and_m_step_match_sklearn_and_closed_forms(covariance_typ
 
 
 @pytest.mark.parametrize("covariance_type", ["spherical", "diag"])
+@pytest.mark.slow
 def test_variance_step_holds_means_and_weights(covariance_type):
     X, gm, var_KxD = _problem(1, covariance_type)
     points, mask, params = _padded(X, gm, var_KxD)

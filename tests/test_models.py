@@ -273,6 +273,7 @@ def test_padded_points_do_not_change_the_estimate(backbone):
         _assert_same_output(apply(params, points, mask, task.num_components), ref)
 
 
+@pytest.mark.slow
 def test_naive_readout_ignores_padding():
     _, params, apply, ref = _model_and_params("gpt2", "naive", "isotropic")
     task = _task("isotropic")
@@ -349,6 +350,7 @@ def test_mamba2_estimate_does_not_depend_on_the_chunk_length():
     )
 
 
+@pytest.mark.slow
 def test_unknown_num_components_gives_nan_and_the_eager_check_raises():
     _, params, apply, _ = _model_and_params("set")
     task = _task()

@@ -154,6 +154,7 @@ def test_training_sees_each_task_in_its_noise_units(setup):
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_skeleton_baseline_with_unknown_noise_is_unit_free():
     task = sample_tasks(jax.random.key(5), SPEC, 4)
     fit = get_baseline("em_seeded", slot_init="farthest+greedy", noise="unknown")

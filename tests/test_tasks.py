@@ -31,6 +31,7 @@ def test_shapes_and_stratification(iso_task):
     np.testing.assert_array_equal(t.component_mask.sum(-1), t.num_components)
 
 
+@pytest.mark.slow
 def test_weights_in_range_sorted_and_padded(iso_task):
     t = iso_task
     for b in range(t.weights.shape[0]):
@@ -47,6 +48,7 @@ def test_weights_in_range_sorted_and_padded(iso_task):
     assert w2[:, 0].min() >= 0.2 - 1e-6 and w2[:, 0].max() <= 0.5 + 1e-6
 
 
+@pytest.mark.slow
 def test_means_in_box_and_cosine_filter(iso_task):
     t = iso_task
     assert np.all(np.abs(t.means) <= 5.0)
@@ -61,6 +63,7 @@ def test_means_in_box_and_cosine_filter(iso_task):
     assert abs(real.mean()) < 0.3 and abs(real.var() - 100 / 12) < 1.0
 
 
+@pytest.mark.slow
 def test_points_follow_labels_and_unit_scale(iso_task):
     t = iso_task
     resid = t.points - np.take_along_axis(t.means, t.labels[..., None], axis=1)
@@ -72,6 +75,7 @@ def test_points_follow_labels_and_unit_scale(iso_task):
     np.testing.assert_allclose(freq.mean(0), t.weights[k5].mean(0), atol=0.01)
 
 
+@pytest.mark.slow
 def test_variable_n_within_bounds_and_prefix_mask(iso_task):
     n = iso_task.point_mask.sum(-1)
     assert n.min() >= 32 and n.max() <= 64
@@ -208,6 +212,7 @@ def test_phase_transition_family():
 # The wider prior: small N, an unknown noise scale (log-uniform, the box scaled with it), per-component scales.
 
 
+@pytest.mark.slow
 def test_default_tasks_unchanged_golden(iso_task):
     """A default spec's draws, recorded with the sampler before the wider-prior options existed."""
     t = iso_task
