@@ -78,7 +78,7 @@ constant).
 ``prior='conjugate'`` is for testing only: mu_k ~ N(locs[k] 1, tau^2 I), pi ~ Dirichlet(alphas), the
 mean step is then the exact Gaussian conditional and the weight step the exact Dirichlet(n + alpha) draw.
 
-Measured (default config: 4 chains, 1000 sweeps, burn-in 300, thin 5; this 2-core CPU, shared with another
+Measured (default config: 4 chains, 1000 sweeps, burn-in 300, thin 5; a 2-core CPU shared with another
 job's test suite, load average ~3): 0.04 s per task at d = 2, K = 5, N = 128 and 0.065 s per task at
 d = 32, K = 5, N = 128 (64 tasks a call, compile excluded; compiling takes 5-10 s per shape).
 Quality at d = 2, K = 5, N = 128 (sample_tasks, 64 tasks): mean l2 0.067 +- 0.007 vs em_kmeanspp's
@@ -128,10 +128,10 @@ mu_k = sigma nu_k, nu_k in [a, b]^D with the cosine constraint, x_n ~ N(mu_{z_n}
     component_scale_range=(0.5, 2)), default 1000 sweeps; in units of sigma): N = 128: l2 0.118 +- 0.018 vs
     scikit-learn's GaussianMixture(spherical, n_init=10) 0.543 +- 0.123 (paired -0.43 +- 0.12), l2_scales
     0.029 vs 0.083; N = 32: 0.553 +- 0.067 vs 2.04 +- 0.25, l2_scales 0.088 vs 0.433. 25-32 s for the 64
-    tasks, compile included, on this shared 2-core CPU.
+    tasks, compile included, on a 2-core CPU under load.
   Measured, unknown sigma without per-component scales (64 tasks of TaskSpec(dim=2, ks=(5,), N fixed,
     noise_scale_range=(0.01, 100)) = sigma times the unit tasks of the same key; l2 in units of sigma,
-    l2_means / sigma^2 + l2_weights; this shared 2-core CPU):
+    l2_means / sigma^2 + l2_weights; a 2-core CPU under load):
     N = 128: 0.107 +- 0.019 (default 1000 sweeps) and 0.093 (3000 sweeps, burn-in 900) vs 0.090 +- 0.010 for
     sigma = 1 known on the unit tasks (paired difference 0.017 +- 0.010 at 1000 sweeps, 0.004 +- 0.006 at
     3000: the excess is Monte-Carlo error on a few tasks whose chains visit different modes); E[sigma] /
@@ -183,7 +183,7 @@ Written without dot_general (elementwise products and sums): jaxlib 0.10.2's CPU
 vmapped matrix-vector products followed by a reduction (jax-ml/jax#39103); a first version of the vMF draw,
 vmapped over 3 x 2000 lanes with jnp.dot, returned wrong directions on 70% of one row's lanes.
 Cost (default config: 4 chains x 1000 sweeps, burn-in 300, thin 5; n = 128; 16 tasks a call, compile
-excluded; this 2-core CPU shared with another job, load average 5-6): 0.07 s CPU (0.10-0.14 s wall) per
+excluded; a 2-core CPU shared with another job, load average 5-6): 0.07 s CPU (0.10-0.14 s wall) per
 task at b = 0.1 (D = 62) and 0.55 s CPU (0.8-0.95 s wall) per task at b = 1 (D = 621), linear in N D
 (two N x D products per sweep and chain). Compiling takes ~10-25 s per (shape, Delta): Delta is a static
 config field, so each rho of a study compiles once.

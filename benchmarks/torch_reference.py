@@ -37,8 +37,9 @@ class TorchTGMM(nn.Module):
             layer_norm_epsilon=1e-5,
             use_cache=False,
         )
-        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        self.backbone = transformers.GPT2Model(config, **kwargs)
+        if attn_implementation:  # a config attribute (recent transformers refuse it as a model argument)
+            config._attn_implementation = attn_implementation
+        self.backbone = transformers.GPT2Model(config)
         self.queries = nn.Parameter(torch.randn(len(ks), self.k_max, out))
         bound = 1.0 / np.sqrt(width)
         self.w_key = nn.Parameter(torch.empty(len(ks), width, out).uniform_(-bound, bound))

@@ -1,6 +1,6 @@
 """GMM task sampler: the paper's Algorithm 1 and its variants, as pure jit-able functions.
 
-Follows the official code's ``TaskSampler`` (TGMM_NOTES §3): every batch holds ``tasks_per_k`` tasks of
+Follows the official code's ``TaskSampler`` (docs/official_differences.md §1): every batch holds ``tasks_per_k`` tasks of
 each K in ``spec.ks`` (stratified), weights are sorted ascending, means are U[-5, 5]^D with a pairwise
 cosine-similarity rejection, and per-task sample sizes live in ``point_mask``. Unlike the official code,
 a batch is never shrunk: each task is rejection-sampled inside a ``lax.while_loop`` until it is filled,
@@ -336,7 +336,7 @@ def sample_tasks(key: jax.Array, spec: TaskSpec, tasks_per_k: int) -> GMMTask:
 
 @functools.partial(jax.jit, static_argnames=("n", "a", "b", "batch"))
 def sample_phase_transition_tasks(key: jax.Array, n: int, a: float, b: float, batch: int) -> GMMTask:
-    """Two equal-weight spherical components at the Ndaoud (2018) threshold (TGMM_NOTES §3, end).
+    """Two equal-weight spherical components at the Ndaoud (2018) threshold (docs/official_differences.md §1).
 
     Separation Delta = sqrt((1 + sqrt(a)) log n), dimension D = int(b n log n); means are
     +-(Delta / 2) u with u uniform on the sphere, plus a shared offset Delta * N(0, I). N = n points.

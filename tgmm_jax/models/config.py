@@ -27,7 +27,7 @@ DTYPES = ("float32", "bfloat16")
 # Unrolled shallow stacks compile faster; scanned deep ones compile in time independent of depth.
 SCAN_ABOVE_LAYERS = 8
 
-# Named sizes: (num_layers, width, num_heads, task_embed_dim). `paper` is the official default (TGMM_NOTES §4).
+# Named sizes: (num_layers, width, num_heads, task_embed_dim). `paper` is the official default (docs/official_differences.md §2).
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"num_layers": 2, "width": 32, "num_heads": 2, "task_embed_dim": 16},  # CPU minutes; tests
     "small": {"num_layers": 4, "width": 64, "num_heads": 4, "task_embed_dim": 64},
@@ -52,7 +52,9 @@ class ModelConfig:
     task_embed_dim: int = 128
     mlp_ratio: int = 4
     dtype: str = "float32"  # compute dtype; parameters are always float32
-    official_pooling_mask_bug: bool = False  # True reproduces the official read-out mask (TGMM_NOTES §4)
+    official_pooling_mask_bug: bool = (
+        False  # True reproduces the official read-out mask (docs/official_differences.md §7)
+    )
     scan_layers: bool | None = None  # nn.scan over layers; None: scan when num_layers > SCAN_ABOVE_LAYERS
     backbone_options: BackboneOptions | Mapping[str, Any] | None = None
     # Read-in: "raw" points (the paper's), or "normalized": each task centred, projected on its top
