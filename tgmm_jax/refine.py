@@ -1,9 +1,9 @@
 """Parameter-free EM steps from a given mixture estimate, batched: ``em_refine(points, mask, params, steps)``.
 
-The step is the standard one of ``baselines.em`` (tested equal to ``baselines.em.fit_em_from``):
-E-step responsibilities under the current mixture (``gmm.responsibilities``), then weights = mean
+The step is the standard one of ``baselines.em`` (tested equal to ``baselines.em.fit_em_from``), computed by
+the mixture core ``tgmm_jax.mixture``: E-step responsibilities under the current mixture, then weights = mean
 responsibility, means = responsibility-weighted means, and, when the estimate has scales, diagonal
-variances E[x^2] - mu^2 clipped at 0 plus ``VARIANCE_REG``. A component with no mass keeps weight 0 and
+variances E[x^2] - mu^2 clipped at 0 plus ``VARIANCE_REG`` (the isotropic or "diag" M-step). A component with no mass keeps weight 0 and
 moves to the task's centre, as in ``baselines``. Used to polish a network's estimate (``tgmm+em``).
 """
 
@@ -14,11 +14,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from tgmm_jax import gmm
+from tgmm_jax import mixture
 from tgmm_jax.gmm import MixtureParams
 
-VARIANCE_REG = 1e-6  # as sklearn's reg_covar and baselines.mixture_steps
-_TINY = 1e-30
+VARIANCE_REG = mixture.VARIANCE_REG  # as sklearn's reg_covar and baselines.mixture_steps
 
 
 def _centred(points_BxNxD: jax.Array, point_mask_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -37,22 +36,9 @@ def _shift_means(params: MixtureParams, shift_BxD: jax.Array) -> MixtureParams:
 def _centred_em_step(x_BxNxD: jax.Array, mask_BxN: jax.Array, params: MixtureParams) -> MixtureParams:
     """One EM iteration on centred points ``x`` (padded points 0) and a mixture in the same coordinates."""
     count_B = jnp.maximum(jnp.sum(mask_BxN, axis=-1), 1).astype(jnp.float32)
-    resp_BxNxK = gmm.responsibilities(x_BxNxD, params) * mask_BxN[..., None]
-    mass_BxK = jnp.sum(resp_BxNxK, axis=1)
-    inv_mass_BxK = 1.0 / jnp.maximum(mass_BxK, _TINY)
-    hi = jax.lax.Precision.HIGHEST
-    means_BxKxD = jnp.einsum("bnk,bnd->bkd", resp_BxNxK, x_BxNxD, precision=hi) * inv_mass_BxK[..., None]
-    scales = None
-    if params.scales is not None:
-        second_BxKxD = (
-            jnp.einsum("bnk,bnd->bkd", resp_BxNxK, x_BxNxD**2, precision=hi) * inv_mass_BxK[..., None]
-        )
-        variances_BxKxD = jnp.maximum(second_BxKxD - means_BxKxD**2, 0.0) + VARIANCE_REG
-        scales = jnp.where(params.component_mask[..., None], jnp.sqrt(variances_BxKxD), 1.0)
-    mask_BxK = params.component_mask
-    weights_BxK = jnp.where(mask_BxK, mass_BxK / count_B[:, None], 0.0)
-    means_BxKxD = jnp.where(mask_BxK[..., None], means_BxKxD, 0.0)
-    return MixtureParams(weights_BxK, means_BxKxD, scales, mask_BxK)
+    covariance_type = "isotropic" if params.scales is None else "diag"
+    stats = mixture.statistics(x_BxNxD, mask_BxN, params)
+    return mixture.m_step(stats, count_B, params.component_mask, covariance_type)
 
 
 def em_step(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, params: MixtureParams) -> MixtureParams:
