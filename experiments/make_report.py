@@ -17,7 +17,11 @@ from absl import app, flags
 
 from experiments.architecture_report import architecture_section, curves_section
 from experiments.cluster_report import cluster_section
-from experiments.hard_regime_report import hard_regime_section, small_n_ablation_section
+from experiments.hard_regime_report import (
+    hard_regime_section,
+    small_n_ablation_section,
+    unknown_noise_section,
+)
 from experiments.phase_transition_report import phase_transition_section
 from experiments.real_data_report import real_data_section
 from experiments.reporting import format_gain, format_stat, ordered_methods
@@ -445,8 +449,13 @@ def main(argv):
         label: _load(os.path.join(r, "small_n_ablation", f"{name}.json"))
         for label, name in (("no correction", "corr0"), ("correction head", "corr1"))
     }
-    if all(arms.values()) and scale == "cpu":
+    noise_arm = _load(os.path.join(r, "small_n_ablation", "noise_cond1.json"))
+    if noise_arm:  # the same recipe with noise='conditioned': its known-noise cells join the ablation
+        arms["noise-conditioned"] = noise_arm
+    if arms["no correction"] and arms["correction head"] and scale == "cpu":
         lines += small_n_ablation_section(arms)
+        if noise_arm:
+            lines += unknown_noise_section(noise_arm, "noise-conditioned")
     previous = _previous_descriptions(os.path.join(r, "REPORT.md"))
     lines += ["## What was run", ""]
     lines += [f"- {_run_description(w, step, previous)}" for w, step in dict.fromkeys(runs)] + [""]

@@ -122,3 +122,31 @@ def test_hard_regime_unknown_noise_cells(tmp_path):
     assert len(saved["noise"]) == 4 and all("bayes_over_sklearn_gmm" in e for e in saved["noise"])
     assert saved["noise_settings"]["noise_scale_range"] == [0.01, 100.0]
     assert "noise_scale=None" in saved["noise_settings"]["bayes_config"]
+
+
+def test_unknown_noise_section_pools_cells_equally():
+    """The unknown-noise REPORT section: the pooled learned gain weights every cell alike (mean of the means,
+    sem = root of the summed squared sems / cells) and the data-unit ratio is the model's mean l2 over sklearn's."""
+    from experiments.hard_regime_report import pooled_gain, unknown_noise_section
+
+    def cell(method, k, l2, sigma_units, gain=None):
+        c = dict(kind="grid_noise", dim=2, N=16, K=k, method=method, noise_scale_range=[0.01, 100.0])
+        c.update(l2={"mean": l2}, l2_sigma_units={"mean": sigma_units})
+        if gain:
+            c["learned_gain"] = dict(zip(("mean", "sem", "z"), gain), reference="em_seeded", num_tasks=8)
+        return c
+
+    cells = [
+        cell("sklearn_gmm", 2, 10.0, 1.0),
+        cell("tgmm", 2, 7.0, 0.5, (0.3, 0.1, 3.0)),
+        cell("sklearn_gmm", 3, 4.0, 2.0),
+        cell("tgmm", 3, 5.0, 2.5, (-0.1, 0.2, -0.5)),
+    ]
+    pooled = pooled_gain([c for c in cells if c["method"] == "tgmm"])
+    assert pooled["mean"] == pytest.approx(0.1) and pooled["sem"] == pytest.approx(np.sqrt(0.05) / 2)
+    assert pooled["z"] == pytest.approx(0.1 / (np.sqrt(0.05) / 2)) and pooled["cells"] == 2
+    text = "\n".join(unknown_noise_section({"cells": cells, "settings": {"bayes_tasks": 4}}, "test"))
+    assert "| 2 | 16 | 2 | 1.000 | n/a | 0.500 | n/a | 0.70 |" in text
+    assert "| 2 | 16 | 3 | 2.000 | n/a | 2.500 | n/a | 1.25 |" in text
+    assert "0.70-1.25 over the 2 cells, at most 0.8 in 1" in text
+    assert unknown_noise_section({"cells": [], "settings": {}}, "test") == []
