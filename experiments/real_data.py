@@ -12,8 +12,8 @@ Preprocessing (the rebuttal's text does not say what it did; the models assume u
 at the training tasks' spread, means in [-5, 5]): fitted on the fitting half only, then applied to both halves:
   std    z-score every feature (a constant feature stays 0), keep the data's own D;
   pca8   z-score, then project on the top 8 principal axes (the paper-architecture model's d = 8; D >= 8 only);
-then one global factor so the mean per-feature variance is ``TRAINING_VARIANCE`` = 6.5 (what
-``TGMMEstimator(standardize=True)`` does). Every method sees the same points; log-likelihoods are per point,
+then one global factor so the mean per-feature variance is ``TRAINING_VARIANCE`` = 6.5 (as
+the first step of ``TGMMEstimator(standardize=True)``). Every method sees the same points; log-likelihoods are per point,
 in nats, in these coordinates (comparable across methods of one dataset and view, not across views).
 
 Sample size: the shipped models were trained on N <= 128; the fitting halves hold 75-450 points. We give

@@ -45,7 +45,7 @@ def real_data_section(saved: dict, figure: str) -> list[str]:
             " Preprocessing, fitted on the fitting half only: `std` = z-score each feature at the data's own D;"
             " `pca8` = z-score, then the top 8 principal axes (the paper-architecture model's d); then one global"
             f" factor so the mean per-feature variance is {saved['training_variance']} (the training tasks' spread,"
-            " what `TGMMEstimator(standardize=True)` does), because every model and EM baseline here assumes unit"
+            " the first step of `TGMMEstimator(standardize=True)`), because every model and EM baseline here assumes unit"
             " component variance. Log-likelihoods are per point, in nats, in those coordinates: comparable within"
             " a dataset and view, not across views. Methods: `tgmm` = the shipped dimension-free `cluster` model,"
             f" `tgmm+em` = + {saved['refine_steps']} EM steps, `em_seeded` / `em_seeded+em` = the model's"
