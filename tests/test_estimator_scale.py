@@ -23,31 +23,18 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from experiments import fit as fit_cli
-from tgmm_jax import estimator, gmm, pretrained, streaming
+from tests.estimator_helpers import save_tiny_checkpoint
+from tgmm_jax import estimator, gmm, streaming
 from tgmm_jax.estimator import TRACE_COUNTS, TGMMEstimator, bucket_size, load_checkpoint
 from tgmm_jax.gmm import MixtureParams
-from tgmm_jax.models import make_model, model_config
 from tgmm_jax.refine import em_refine
-from tgmm_jax.tasks import TaskSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A random-init dimension-free clustering model with the shipped model's seedings (K in 2, 3)."""
-    cfg = model_config(
-        "tiny", backbone="set", num_layers=1, width=16, num_heads=2, task_embed_dim=8,
-        readin="normalized", readout="cluster", project_rank=2, cluster_iters=2,
-        slot_init="farthest+greedy+smooth3",
-    )  # fmt: skip
-    spec = TaskSpec(dim=2, ks=(2, 3), n_max=16)
-    params = make_model(cfg, spec).init(
-        jax.random.key(0), np.zeros((1, 16, 2), np.float32), np.ones((1, 16), bool), np.array([2])
-    )
-    return pretrained.save_exported(
-        str(tmp_path_factory.mktemp("scale") / "tiny"), cfg, spec, params["params"]
-    )
+    return save_tiny_checkpoint(str(tmp_path_factory.mktemp("scale") / "tiny"))
 
 
 def _blobs(seed, n=40, d=3, k=3, sep=5.0):

@@ -16,29 +16,15 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import MinMaxScaler
 
-from tgmm_jax import pretrained
+from tests.estimator_helpers import save_tiny_checkpoint
 from tgmm_jax.estimator import TGMMEstimator, n_parameters
-from tgmm_jax.models import make_model, model_config
-from tgmm_jax.tasks import TaskSpec
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A random-init dimension-free clustering model with the shipped model's seedings (K in 2, 3)."""
-    cfg = model_config(
-        "tiny", backbone="set", num_layers=1, width=16, num_heads=2, task_embed_dim=8,
-        readin="normalized", readout="cluster", project_rank=2, cluster_iters=2,
-        slot_init="farthest+greedy+smooth3",
-    )  # fmt: skip
-    spec = TaskSpec(dim=2, ks=(2, 3), n_max=16)
-    params = make_model(cfg, spec).init(
-        jax.random.key(0), np.zeros((1, 16, 2), np.float32), np.ones((1, 16), bool), np.array([2])
-    )
-    return pretrained.save_exported(
-        str(tmp_path_factory.mktemp("units") / "tiny"), cfg, spec, params["params"]
-    )
+    return save_tiny_checkpoint(str(tmp_path_factory.mktemp("units") / "tiny"))
 
 
 def _blobs(seed, n=90, d=3, sds=(0.5, 1.0, 2.0), sep=12.0):
