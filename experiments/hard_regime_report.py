@@ -275,10 +275,10 @@ def unknown_noise_section(saved: dict, label: str) -> list[str]:
     keys = sorted({(c["dim"], c["N"], c["K"]) for c in cells})
     lo, hi = cells[0]["noise_scale_range"]
     out = [
-        f"## Unknown noise: the noise-conditioned model ({label})",
+        f"## Unknown noise: the noise-conditioned model, `{label}`",
         "",
         (
-            f"The tasks of the known-noise table above, each multiplied by its own sigma ~ log-U[{lo:g}, {hi:g}]"
+            f"`{label}`: {saved['checkpoint']}. The tasks of the known-noise table above, each multiplied by its own sigma ~ log-U[{lo:g}, {hi:g}]"
             " (means and box included), and no method is told sigma: `tgmm` is the noise-conditioned model"
             " given NaN, `em_seeded` its skeleton with the tied variance estimated at each E-step, `sklearn_gmm`"
             " scikit-learn's `GaussianMixture(covariance_type='spherical', n_init=10)`, `bayes` the Gibbs"
@@ -304,15 +304,15 @@ def unknown_noise_section(saved: dict, label: str) -> list[str]:
         row = [str(dim), str(n), str(k)] + [_sigma_units(found[m]) for m in found]
         out.append("| " + " | ".join(row + [ratio, _gain(found["tgmm"])]) + " |")
     pooled = pooled_gain([_find(cells, "tgmm", dim=d, N=n, K=k) for d, n, k in keys])
-    out.append("")
+    summary = []
     if ratios:
-        out.append(
+        summary.append(
             f"tgmm / sklearn_gmm in the data's units: {min(ratios):.2f}-{max(ratios):.2f} over the"
             f" {len(ratios)} cells, at most 0.8 in {sum(r <= 0.8 for r in ratios)}."
         )
     if pooled:
-        out.append(
-            f" Learned gain pooled over the {pooled['cells']} cells (each weighted equally):"
+        summary.append(
+            f"Learned gain pooled over the {pooled['cells']} cells (each weighted equally):"
             f" {pooled['mean']:+.3f} ± {pooled['sem']:.3f} (z {pooled['z']:+.1f})."
         )
-    return out + [""]
+    return out + ["", " ".join(summary), ""] if summary else out + [""]

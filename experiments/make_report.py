@@ -449,13 +449,19 @@ def main(argv):
         label: _load(os.path.join(r, "small_n_ablation", f"{name}.json"))
         for label, name in (("no correction", "corr0"), ("correction head", "corr1"))
     }
-    noise_arm = _load(os.path.join(r, "small_n_ablation", "noise_cond1.json"))
-    if noise_arm:  # the same recipe with noise='conditioned': its known-noise cells join the ablation
-        arms["noise-conditioned"] = noise_arm
+    # the same recipe with noise='conditioned' (and at 4x the steps): their known-noise cells join the ablation
+    noise_arms = {
+        label: _load(os.path.join(r, "small_n_ablation", f"{name}.json"))
+        for label, name in (
+            ("noise-conditioned", "noise_cond1"),
+            ("noise-conditioned, 6000 steps", "noise_cond2"),
+        )
+    }
+    noise_arms = {label: arm for label, arm in noise_arms.items() if arm}
     if arms["no correction"] and arms["correction head"] and scale == "cpu":
-        lines += small_n_ablation_section(arms)
-        if noise_arm:
-            lines += unknown_noise_section(noise_arm, "noise-conditioned")
+        lines += small_n_ablation_section({**arms, **noise_arms})
+        for label, arm in noise_arms.items():
+            lines += unknown_noise_section(arm, label)
     previous = _previous_descriptions(os.path.join(r, "REPORT.md"))
     lines += ["## What was run", ""]
     lines += [f"- {_run_description(w, step, previous)}" for w, step in dict.fromkeys(runs)] + [""]

@@ -145,8 +145,9 @@ def test_unknown_noise_section_pools_cells_equally():
     pooled = pooled_gain([c for c in cells if c["method"] == "tgmm"])
     assert pooled["mean"] == pytest.approx(0.1) and pooled["sem"] == pytest.approx(np.sqrt(0.05) / 2)
     assert pooled["z"] == pytest.approx(0.1 / (np.sqrt(0.05) / 2)) and pooled["cells"] == 2
-    text = "\n".join(unknown_noise_section({"cells": cells, "settings": {"bayes_tasks": 4}}, "test"))
+    saved = {"cells": cells, "settings": {"bayes_tasks": 4}, "checkpoint": "a test"}
+    text = "\n".join(unknown_noise_section(saved, "test"))
     assert "| 2 | 16 | 2 | 1.000 | n/a | 0.500 | n/a | 0.70 |" in text
     assert "| 2 | 16 | 3 | 2.000 | n/a | 2.500 | n/a | 1.25 |" in text
-    assert "0.70-1.25 over the 2 cells, at most 0.8 in 1" in text
-    assert unknown_noise_section({"cells": [], "settings": {}}, "test") == []
+    assert "0.70-1.25 over the 2 cells, at most 0.8 in 1. Learned gain pooled over the 2 cells" in text
+    assert unknown_noise_section({"cells": [], "settings": {}, "checkpoint": ""}, "test") == []
