@@ -9,7 +9,7 @@ import pytest
 from baselines import get_baseline
 from tgmm_jax.models import make_model, model_config
 from tgmm_jax.models.cluster_readout import seeded_em
-from tgmm_jax.tasks import TaskSpec, sample_tasks
+from tgmm_jax.tasks import TaskSpec, noise_variances, sample_tasks
 from tgmm_jax.train.state import Objective, _loss_fn, in_noise_units
 
 SPEC = TaskSpec(dim=3, ks=(2, 3), n_max=40, n_min=24)
@@ -139,6 +139,7 @@ def test_training_sees_each_task_in_its_noise_units(setup):
     task, _ = setup
     c = jnp.asarray([5.0, 0.1, 2.0, 1.0, 30.0, 0.5])[:, None, None]
     scaled = task.replace(points=task.points * c, means=task.means * c, scales=task.scales * c)
+    np.testing.assert_allclose(noise_variances(scaled), np.asarray(c)[:, 0, 0] ** 2, rtol=1e-6)
     unit, noise_variance = in_noise_units(scaled)
     np.testing.assert_allclose(unit.points, task.points, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(unit.means, task.means, rtol=1e-6, atol=1e-6)

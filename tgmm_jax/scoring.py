@@ -22,7 +22,7 @@ import numpy as np
 
 from tgmm_jax.metrics import evaluate_estimates
 from tgmm_jax.refine import em_refine
-from tgmm_jax.tasks import GMMTask, TaskSpec, sample_tasks
+from tgmm_jax.tasks import GMMTask, TaskSpec, noise_variances, sample_tasks
 
 # Per-task metrics summarised in tables and logs (besides 'applicable').
 SUMMARY_METRICS = ("l2", "l2_means", "l2_weights", "cluster_acc", "loglik", "oracle_gap", "l2_official")
@@ -35,18 +35,11 @@ MODEL_METHOD = "tgmm"  # the trained model, among the baselines; the only method
 NOISE_SETTINGS = ("known", "unknown")
 
 
-def task_noise_variance(task: GMMTask) -> jax.Array:
-    """Each task's true noise variance [B]: the mean of its real components' squared scales."""
-    mask_BxK = task.component_mask
-    total_B = jnp.sum(jnp.where(mask_BxK[..., None], jnp.square(task.scales), 0.0), axis=(1, 2))
-    return total_B / (jnp.maximum(jnp.sum(mask_BxK, axis=-1), 1) * task.scales.shape[-1])
-
-
 def _apply_model(model, params, key, task, refine_steps=0, noise="known"):
     del key  # the forward is deterministic
     kwargs = {}
     if model.config.noise == "conditioned":  # told the true variance, as the baselines assume it, or nothing
-        kwargs["noise_variance"] = task_noise_variance(task) if noise == "known" else jnp.nan
+        kwargs["noise_variance"] = noise_variances(task) if noise == "known" else jnp.nan
     out = model.apply({"params": params}, task.points, task.point_mask, task.num_components, **kwargs)
     estimate = out.to_params()
     if refine_steps:

@@ -322,6 +322,14 @@ def _log_uniform(key: jax.Array, shape: tuple, value_range: tuple[float, float] 
     return jnp.exp(jax.random.uniform(key, shape, minval=log_lo, maxval=log_hi))
 
 
+def noise_variances(task: GMMTask) -> jax.Array:
+    """Each task's noise variance [B]: the mean of its real components' squared scales (sigma^2 for an
+    isotropic task)."""
+    mask_BxK = task.component_mask
+    total_B = jnp.sum(jnp.where(mask_BxK[..., None], jnp.square(task.scales), 0.0), axis=(1, 2))
+    return total_B / (jnp.maximum(jnp.sum(mask_BxK, axis=-1), 1) * task.scales.shape[-1])
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "tasks_per_k"))
 def sample_tasks(key: jax.Array, spec: TaskSpec, tasks_per_k: int) -> GMMTask:
     """Samples ``tasks_per_k`` tasks of each K in ``spec.ks``; B = tasks_per_k * len(ks), grouped in ks order."""

@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tgmm_jax import losses
 from tgmm_jax.models import ModelConfig, make_model
-from tgmm_jax.tasks import TaskSpec, sample_tasks
+from tgmm_jax.tasks import TaskSpec, noise_variances, sample_tasks
 from tgmm_jax.train import config as config_lib
 from tgmm_jax.train import sharding
 
@@ -77,10 +77,7 @@ def in_noise_units(task):
     these units), odd-indexed ones are not (NaN): training sees known and unknown noise equally often.
     """
     mask_BxK = task.component_mask
-    mean_var_B = jnp.sum(jnp.where(mask_BxK[..., None], jnp.square(task.scales), 0.0), axis=(1, 2)) / (
-        jnp.maximum(jnp.sum(mask_BxK, axis=-1), 1) * task.scales.shape[-1]
-    )
-    inv_sigma_B = jax.lax.rsqrt(jnp.maximum(mean_var_B, 1e-30))
+    inv_sigma_B = jax.lax.rsqrt(jnp.maximum(noise_variances(task), 1e-30))
     scaled = task.replace(
         points=task.points * inv_sigma_B[:, None, None],
         means=task.means * inv_sigma_B[:, None, None],
