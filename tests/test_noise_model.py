@@ -128,6 +128,11 @@ def test_noise_configuration_is_checked(setup):
     with pytest.raises(ValueError, match="takes no noise_variance"):
         unit.apply(params, task.points, task.point_mask, task.num_components, noise_variance=1.0)
     conditioned = make_model(_config(), SPEC)
+    for bad in (0.0, -1.0, jnp.inf):
+        with pytest.raises(ValueError, match="noise_variance must be positive and finite"):
+            conditioned.init(
+                jax.random.key(0), task.points, task.point_mask, task.num_components, noise_variance=bad
+            )
     with pytest.raises(ValueError, match="noise_variance must be a scalar or"):
         conditioned.init(
             jax.random.key(0), task.points, task.point_mask, task.num_components, noise_variance=jnp.ones(2)

@@ -219,6 +219,13 @@ class TGMM(nn.Module):
             return None
         if noise_variance is None:
             return jnp.full((batch,), jnp.nan, jnp.float32)
+        if not isinstance(noise_variance, jax.core.Tracer):  # concrete: a variance <= 0 or inf is an error
+            values = np.asarray(noise_variance, np.float64)
+            bad = values[~np.isnan(values) & ~((values > 0) & np.isfinite(values))]
+            if bad.size:
+                raise ValueError(
+                    f"noise_variance must be positive and finite (NaN = unknown), got {bad.ravel()[:3].tolist()}"
+                )
         noise_variance = jnp.asarray(noise_variance, jnp.float32)
         if noise_variance.ndim > 1 or noise_variance.shape not in ((), (batch,)):
             raise ValueError(
