@@ -4,8 +4,10 @@
 points, and the M-step for the three covariance types ``COVARIANCE_TYPES``: ``"isotropic"`` (unit variance,
 fixed: the paper's model), ``"spherical"`` (one variance per component) and ``"diag"`` (one per component and
 dimension), as scikit-learn's ``GaussianMixture`` estimates them.
+``missing``: the same with missing coordinates (exact EM: marginal E-step, expected sufficient statistics).
 """
 
+from tgmm_jax.mixture import missing
 from tgmm_jax.mixture.steps import (
     COVARIANCE_TYPES,
     VARIANCE_REG,
@@ -25,6 +27,7 @@ __all__ = [
     "em_step",
     "log_likelihood",
     "m_step",
+    "missing",
     "statistics",
     "variance_step",
     "variances_of",
