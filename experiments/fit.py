@@ -30,11 +30,16 @@ Errors:
   backend 'tpu'", orbax's and Python's warnings) are off unless ``--verbosity`` is given (``-1`` shows
   warnings, ``0`` INFO); only logging is lowered, the platform is left alone (GPUs are still used).
 Compilation:
-  The fit's program takes ~10 s to compile; the command keeps compiled programs in a persistent JAX cache,
-  ``$XDG_CACHE_HOME/tgmm_jax/jax`` (``~/.cache/tgmm_jax/jax`` without XDG_CACHE_HOME; a set
-  ``$JAX_COMPILATION_CACHE_DIR`` is used as it is), so later runs on the same shapes skip it. Off with
-  ``--nocompilation_cache`` or ``TGMM_JAX_NO_CACHE=1``. Only this command turns it on: importing the
-  library never does.
+  The fit's program takes ~10 s to compile and ~2 s to trace; the command keeps two caches, so later runs on
+  the same shapes (N bucket, d, number of Ks, settings, checkpoint model) skip both:
+    - compiled programs in JAX's persistent compilation cache, ``$XDG_CACHE_HOME/tgmm_jax/jax``
+      (``~/.cache/tgmm_jax/jax`` without XDG_CACHE_HOME; a set ``$JAX_COMPILATION_CACHE_DIR`` is used as it is);
+    - traced programs (``jax.export`` serializations, ``tgmm_jax.export_cache``) and the checkpoint model's
+      parameter shapes, ``$XDG_CACHE_HOME/tgmm_jax/export``, keyed by the shapes, settings, model, library
+      source and jax/flax versions; a missing, stale or corrupt entry is traced again, and the output is the
+      same, digit for digit, with or without it.
+  Both are off with ``--nocompilation_cache`` or ``TGMM_JAX_NO_CACHE=1``. Only this command turns them on:
+  importing the library never does. Delete the directories to reclaim the space (a few MB).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
+from tgmm_jax import export_cache
 from tgmm_jax.estimator import TGMMEstimator, check_points
 
 _DATA = flags.DEFINE_string("data", None, "Points file: .npy or .csv, [n_samples, n_features].")
@@ -82,8 +88,9 @@ _LABELS_OUTPUT = flags.DEFINE_string(
 _COMPILATION_CACHE = flags.DEFINE_bool(
     "compilation_cache",
     True,
-    "Keep compiled programs in a persistent cache ($XDG_CACHE_HOME/tgmm_jax/jax or ~/.cache/tgmm_jax/jax) "
-    "so later runs skip the compilation; also off with TGMM_JAX_NO_CACHE=1.",
+    "Keep compiled and traced programs in persistent caches ($XDG_CACHE_HOME/tgmm_jax/{jax,export}, "
+    "~/.cache without XDG_CACHE_HOME) so later runs skip compiling and tracing; also off with "
+    "TGMM_JAX_NO_CACHE=1.",
 )
 flags.mark_flags_as_required(["data"])
 
@@ -392,6 +399,27 @@ def compilation_cache_dir(environ=None) -> str | None:
     return os.path.join(base, "tgmm_jax", "jax")
 
 
+def export_cache_dir(environ=None) -> str | None:
+    """Where the command keeps traced programs (``tgmm_jax.export_cache``): None when ``TGMM_JAX_NO_CACHE``
+    is set (not '' or '0'), else ``$XDG_CACHE_HOME/tgmm_jax/export`` (``~/.cache`` without XDG_CACHE_HOME)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(NO_CACHE_ENV, "").strip() not in ("", "0"):
+        return None
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tgmm_jax", "export")
+
+
+def enable_caches(environ=None) -> None:
+    """Turns on both of the command's caches (each unless ``TGMM_JAX_NO_CACHE``): JAX's persistent compilation
+    cache and the library's cache of traced programs (``tgmm_jax.export_cache``)."""
+    cache = compilation_cache_dir(environ)
+    if cache:
+        enable_compilation_cache(cache)
+    exports = export_cache_dir(environ)
+    if exports:
+        export_cache.enable(exports)
+
+
 def enable_compilation_cache(path: str) -> bool:
     """Points JAX's persistent compilation cache at ``path`` (created), caching every program; False (and
     nothing changed) when the directory cannot be made: the cache only saves time."""
@@ -411,9 +439,8 @@ def main(argv) -> int:
         logging.captureWarnings(True)  # Python warnings (NumPy's overflow in a cast) become such log lines
     if len(argv) > 1:
         return _fail(f"unexpected arguments: {' '.join(argv[1:])}", EXIT_USAGE)
-    cache = compilation_cache_dir() if _COMPILATION_CACHE.value else None
-    if cache:
-        enable_compilation_cache(cache)
+    if _COMPILATION_CACHE.value:
+        enable_caches()
     return run(
         _DATA.value,
         _K.value,

@@ -331,13 +331,22 @@ def test_cache_dir_follows_the_environment():
     for off in ("1", "yes"):
         assert fit_cli.compilation_cache_dir({"TGMM_JAX_NO_CACHE": off, "XDG_CACHE_HOME": "/x"}) is None
     assert fit_cli.compilation_cache_dir({"TGMM_JAX_NO_CACHE": "0"}) == home
+    # the traced programs (tgmm_jax.export_cache): under XDG_CACHE_HOME whatever JAX_COMPILATION_CACHE_DIR says
+    assert fit_cli.export_cache_dir({}) == os.path.join(os.path.dirname(home), "export")
+    assert fit_cli.export_cache_dir({"JAX_COMPILATION_CACHE_DIR": "/j", "XDG_CACHE_HOME": "/x"}) == (
+        "/x/tgmm_jax/export"
+    )
+    assert fit_cli.export_cache_dir({"TGMM_JAX_NO_CACHE": "1", "XDG_CACHE_HOME": "/x"}) is None
     # importing the library turns nothing on: only the command's main does
-    code = "import tgmm_jax.estimator, jax; print(jax.config.jax_compilation_cache_dir)"
+    code = (
+        "import tgmm_jax.estimator, jax; from tgmm_jax import export_cache; "
+        "print(jax.config.jax_compilation_cache_dir, export_cache.directory())"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     out = subprocess.run(
         [sys.executable, "-c", code], check=False, env=env, cwd=ROOT, capture_output=True, text=True
     )
-    assert out.stdout.strip() == "None", out.stderr
+    assert out.stdout.strip() == "None None", out.stderr
 
 
 @pytest.mark.subprocess
@@ -364,5 +373,5 @@ def test_command_fills_the_cache_unless_turned_off(tiny, tmp_path):
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        cache = xdg / "tgmm_jax" / "jax"
-        assert cache.is_dir() == cached and (not cached or any(cache.iterdir())), name
+        for cache in (xdg / "tgmm_jax" / "jax", xdg / "tgmm_jax" / "export"):
+            assert cache.is_dir() == cached and (not cached or any(cache.iterdir())), (name, cache)

@@ -12,11 +12,13 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from experiments import fit
-from tgmm_jax import pretrained
+from tests.estimator_helpers import save_tiny_checkpoint
+from tgmm_jax import export_cache, pretrained
 from tgmm_jax.estimator import TGMMEstimator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,11 +216,12 @@ def test_dropped_index_and_unscorable_k_give_strict_json(tmp_path, capsys, monke
 # The command as a subprocess: exit codes, stderr, no libtpu log line.
 
 
-def _command(*args):
+def _command(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "experiments.fit", *args],
         check=False,
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -314,3 +317,105 @@ def test_pandas_dataframes_are_arrays():
     missing.loc[3, "x"] = pd.NA
     with pytest.raises(ValueError, match=r"NaN or infinity .*row 3, column 0"):
         a.predict(missing)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command's cache of traced programs (tgmm_jax.export_cache): same output, corrupt entries ignored.
+
+
+@pytest.fixture
+def tiny_fit(tmp_path, capsys):
+    """(fit(n): the command's JSON on n points with a tiny checkpoint, the export cache's directory); the
+    cache is off again afterwards."""
+    tiny = save_tiny_checkpoint(str(tmp_path / "tiny"))
+
+    def run_fit(n=40):
+        data = str(tmp_path / f"points{n}.npy")
+        np.save(data, _points(n))
+        rc = fit.run(data, "2", checkpoint=tiny, random_state=0)
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        return out
+
+    yield run_fit, str(tmp_path / "export")
+    export_cache.disable()
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _entries(directory: str, suffix: str = ".jaxexport") -> list[str]:
+    return sorted(os.path.join(directory, n) for n in os.listdir(directory) if n.endswith(suffix))
+
+
+@pytest.mark.slow
+def test_export_cache_output_is_identical_and_corrupt_entries_fall_back(tiny_fit):
+    run_fit, directory = tiny_fit
+    plain = run_fit()  # the cache off: _fit_tasks itself
+    assert export_cache.enable(directory)
+    stats = dict(export_cache.STATS)
+    cold = run_fit()  # a miss: traced once, written, then called
+    (entry,) = _entries(directory)
+    assert export_cache.STATS["misses"] == stats["misses"] + 1
+    good = _read(entry)
+    export_cache._RUNNERS.clear()  # as a new process: the program is read back
+    warm = run_fit()
+    assert export_cache.STATS["hits"] == stats["hits"] + 1
+    assert plain == cold == warm, "the cache must not change a single digit"
+
+    # another shape's entry (a stale or foreign one), a truncated one, an empty one, garbage: each is
+    # ignored, the program traced again, the entry rewritten, and the output unchanged
+    run_fit(70)  # another N bucket: another entry
+    other = next(e for e in _entries(directory) if e != entry)
+    for bad in (_read(other), good[: len(good) // 2], b"", b"not an export"):
+        with open(entry, "wb") as f:
+            f.write(bad)
+        export_cache._RUNNERS.clear()
+        errors = export_cache.STATS["errors"]
+        assert run_fit() == plain
+        assert export_cache.STATS["errors"] == errors + 1
+        assert _read(entry) == good
+
+
+def test_param_shapes_memo_matches_and_survives_corruption(tmp_path):
+    tiny = save_tiny_checkpoint(str(tmp_path / "tiny"))
+    directory = str(tmp_path / "export")
+    want = pretrained.load_exported(tiny).params  # the cache off: the abstract init
+    try:
+        assert export_cache.enable(directory)
+        for _ in range(2):  # computed and written, then read back
+            got = pretrained.load_exported(tiny).params
+            assert jax.tree.structure(got) == jax.tree.structure(want)
+        (memo,) = _entries(directory, ".json")
+        shapes = json.loads(_read(memo))["value"]
+        assert shapes == {
+            jax.tree_util.keystr(p): list(np.shape(v)) for p, v in jax.tree_util.tree_leaves_with_path(want)
+        }
+        with open(memo, "w") as f:
+            f.write('{"value": ')  # truncated: computed again
+        pretrained.load_exported(tiny)
+        assert json.loads(_read(memo))["value"] == shapes
+    finally:
+        export_cache.disable()
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_command_warm_cache_output_is_identical_and_env_turns_caches_off(tmp_path):
+    tiny = save_tiny_checkpoint(str(tmp_path / "tiny"))
+    np.save(tmp_path / "points.npy", _points())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != fit.NO_CACHE_ENV}
+    args = [f"--data={tmp_path / 'points.npy'}", "--n_components=2", f"--checkpoint={tiny}"]
+    outputs, stamps = [], []
+    for extra in ({}, {}, {fit.NO_CACHE_ENV: "1", "XDG_CACHE_HOME": str(tmp_path / "off")}):
+        proc = _command(*args, env={**env, "XDG_CACHE_HOME": str(tmp_path / "on"), **extra})
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout)
+        exports = tmp_path / "on" / "tgmm_jax" / "export"
+        stamps.append({p.name: p.stat().st_mtime_ns for p in exports.iterdir()})
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert any(name.endswith(".jaxexport") for name in stamps[0])
+    assert stamps[0] == stamps[1], "the warm run read every entry back, it rewrote none"
+    assert not (tmp_path / "off").exists(), "TGMM_JAX_NO_CACHE=1 turns every cache off"

@@ -28,7 +28,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from tgmm_jax import mixture, pretrained, scoring
+from tgmm_jax import export_cache, mixture, pretrained, scoring
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.mixture import VARIANCE_REG
 from tgmm_jax.pretrained import load_checkpoint
@@ -641,17 +641,10 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         for i, x in enumerate(xs):
             points[i, :, : x.shape[0]], mask[i, :, : x.shape[0]] = x, True
         steps = int(self.em_steps) if self.refine == "em" else 0
-        estimate, loglik_T, next_T = _fit_tasks(
-            ckpt.model,
-            steps,
-            int(self.n_restarts),
-            self.covariance_type,
-            self._passes(),
-            ckpt.params,
-            key,
-            points.reshape(g * c, n, d),
-            mask.reshape(g * c, n),
-            k_GxC.reshape(-1),
+        estimate, loglik_T, next_T = export_cache.call(  # _fit_tasks(...), traced once per cache entry
+            _fit_tasks,
+            (ckpt.model, steps, int(self.n_restarts), self.covariance_type, self._passes()),
+            (ckpt.params, key, points.reshape(g * c, n, d), mask.reshape(g * c, n), k_GxC.reshape(-1)),
         )
 
         def to_gc(a):
@@ -676,8 +669,8 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         points = np.repeat(sub_GxMxD, c, axis=0)
         mask = np.ones(points.shape[:2], bool)
         k_T = k_GxC.reshape(-1)
-        estimate, _, _ = _fit_tasks(
-            ckpt.model, 0, 0, cov, self._passes(), ckpt.params, key, points, mask, k_T
+        estimate, _, _ = export_cache.call(
+            _fit_tasks, (ckpt.model, 0, 0, cov, self._passes()), (ckpt.params, key, points, mask, k_T)
         )
         starts = jax.tree.map(lambda a: np.asarray(a)[None], estimate)
         r = int(self.n_restarts)
