@@ -327,6 +327,16 @@ def score_block(
                     _take_dict(values, idx), _take_dict(per_task[reference], idx), np.zeros(len(idx)), metric
                 )[0]
                 cell["learned_gain"] = dict(gain, reference=reference)
+                # the learned model against the classical method of its setting, paired on the same tasks
+                classical = "sklearn_gmm" if "l2_sigma_units" in values else "em_kmeanspp"
+                if classical in per_task:
+                    gain = scoring.paired_gain(
+                        _take_dict(values, idx),
+                        _take_dict(per_task[classical], idx),
+                        np.zeros(len(idx)),
+                        metric,
+                    )[0]
+                    cell["gain_over_classical"] = dict(gain, reference=classical)
             cells.append(cell)
     return cells
 

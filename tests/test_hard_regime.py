@@ -49,6 +49,10 @@ def test_hard_regime_script(tmp_path):
         assert gain["reference"] == "em_seeded" and gain["num_tasks"] == 6
         want = by[("em_seeded", k)]["l2"]["mean"] - by[("tgmm", k)]["l2"]["mean"]
         np.testing.assert_allclose(gain["mean"], want, rtol=1e-9, atol=1e-12)
+        over_em = by[("tgmm", k)]["gain_over_classical"]
+        assert over_em["reference"] == "em_kmeanspp" and over_em["num_tasks"] == 6
+        want = by[("em_kmeanspp", k)]["l2"]["mean"] - by[("tgmm", k)]["l2"]["mean"]
+        np.testing.assert_allclose(over_em["mean"], want, rtol=1e-9, atol=1e-12)
         # the gap ratio compares em_kmeanspp with bayes on bayes' tasks, the first 3 of the cell
         gap = next(g for g in saved["gaps"] if g["K"] == k)
         em_sub, bayes = by[("em_kmeanspp", k)]["l2_on_bayes_tasks"]["mean"], by[("bayes", k)]["l2"]["mean"]
