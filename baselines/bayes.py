@@ -216,10 +216,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr, ndtri
 
-from baselines import mixture_steps
 from baselines.chunking import map_task_chunks
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.metrics import MAX_BRUTE_FORCE_K, best_permutation, masked_match_cost
+from tgmm_jax.mixture import fused
 from tgmm_jax.tasks import GMMTask
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -1333,7 +1333,7 @@ def _fit_bayes(
         names += ("component_scale", "component_variance")
         params = _with_scales(params, out["means"], out["component_scale"])
     info = {name: out[name] for name in names}
-    info["valid"] = mixture_steps.finite_estimates(out["weights"], out["means"])
+    info["valid"] = fused.finite_estimates(out["weights"], out["means"])
     return params, info
 
 
@@ -1425,7 +1425,7 @@ def _fit_phase_transition(key: jax.Array, task: GMMTask, config: BayesConfig) ->
     params = MixtureParams(out["weights"], out["means"], None, task.component_mask)
     info = {name: out[name] for name in ("chain_spread", "chains_used", "vmf_accept", "log_post_max")}
     info["weight_accept"] = info["mean_accept"] = jnp.ones((batch,), out["means"].dtype)
-    info["valid"] = mixture_steps.finite_estimates(out["weights"], out["means"])
+    info["valid"] = fused.finite_estimates(out["weights"], out["means"])
     return params, info
 
 

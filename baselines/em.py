@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from baselines import draws, inits, mixture_steps
+from baselines import draws, inits
 from baselines.chunking import default_chunk_size, map_task_chunks
-from baselines.mixture_steps import ChunkData, FitState
 from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.mixture import fused
+from tgmm_jax.mixture.fused import ChunkData, FitState
 from tgmm_jax.tasks import VARIANTS, GMMTask
 
 _STEPS_PER_TRIP = 2
@@ -115,8 +116,8 @@ def em_steps(
         return (t < steps) & jnp.any(p.running(max_iter))
 
     def one_step(state, p):
-        resp, ll_CxR = mixture_steps.e_step(data, state, component_mask_CxK)
-        new_state = mixture_steps.m_step(data, resp, learn_variances)
+        resp, ll_CxR = fused.e_step(data, state, component_mask_CxK)
+        new_state = fused.m_step(data, resp, learn_variances)
         stopped = ~p.running(max_iter)
         converged = jnp.abs(ll_CxR - p.last_ll) < tol  # last_ll = -inf before the first step: never
         p = Progress(
@@ -186,7 +187,7 @@ def _rounds(
         idx_S = jnp.nonzero(running, size=group, fill_value=num_fits)[0]
         live_Sx1 = (idx_S < num_fits)[:, None]
         task_S = jnp.minimum(idx_S, num_fits - 1) // fits_per_task
-        data = mixture_steps.prepare_chunk(task.points[task_S], task.point_mask[task_S], learn_variances)
+        data = fused.prepare_chunk(task.points[task_S], task.point_mask[task_S], learn_variances)
         state, p = _unpack(packed_FxP.at[idx_S].get(mode="clip"), k, d, learn_variances)
         # Empty slots of the group are marked converged: they neither run nor get written back.
         p = Progress(p.last_ll, p.n_iter, p.converged | ~live_Sx1)
@@ -255,14 +256,14 @@ def _fit(
 
     def phase1(args):
         extra_C, task_C = args
-        data = mixture_steps.prepare_chunk(task_C.points, task_C.point_mask, learn_variances)
+        data = fused.prepare_chunk(task_C.points, task_C.point_mask, learn_variances)
         state = init_chunk(extra_C, data, task_C)
         progress = Progress.start(state.weights_CxRxK.shape[:2], data.feats_CxNxF.dtype)
         mask_CxK = task_C.component_mask
         state, progress = em_steps(
             data, state, progress, mask_CxK, steps=config.chunk_steps, max_iter=max_iter, tol=tol
         )
-        offset_C = mixture_steps.log_likelihood_offset(data, learn_variances)
+        offset_C = fused.log_likelihood_offset(data, learn_variances)
         return state, progress, data.centre_CxD, offset_C
 
     state, progress, centre_BxD, offset_B = map_task_chunks(phase1, (extra, task), batch, chunk)
@@ -293,12 +294,12 @@ def _fit(
     best_B = jnp.arange(batch) * fits_per_task + jnp.argmax(score_BxR, axis=-1)
     best = _gather(state, best_B)
     mask_BxK = task.component_mask
-    weights, means, scales = mixture_steps.final_estimates(best, centre_BxD, mask_BxK)
+    weights, means, scales = fused.final_estimates(best, centre_BxD, mask_BxK)
     # As sklearn's lower_bound_: the log-likelihood at the kept fit's last E-step, i.e. of the parameters
     # before its last M-step (for a converged fit, within tol of the returned parameters').
     loglik = progress.last_ll[best_B, 0] + offset_B
     params = MixtureParams(weights, means, scales, mask_BxK)
-    finite = mixture_steps.finite_estimates(weights, means, scales)
+    finite = fused.finite_estimates(weights, means, scales)
     info = dict(
         n_iter=progress.n_iter[best_B, 0],
         converged=progress.converged[best_B, 0],
@@ -340,7 +341,7 @@ def _fit_em_from(
 
     def init_chunk(extra_C, data, task_C):
         w_CxK, mu_CxKxD, var_CxKxD = extra_C
-        # EM state lives in coordinates centred on each task's mean of real points (see mixture_steps).
+        # EM state lives in coordinates centred on each task's mean of real points (see tgmm_jax.mixture.fused).
         mu_CxKxD = mu_CxKxD - data.centre_CxD[:, None, :]
         return FitState(w_CxK[:, None], mu_CxKxD[:, None], None if var_CxKxD is None else var_CxKxD[:, None])
 

@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from baselines import draws, em, inits, mixture_steps
+from baselines import draws, em, inits
 from baselines.chunking import default_chunk_size, map_task_chunks
-from baselines.mixture_steps import ChunkData, FitState
 from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.mixture import VARIANCE_REG, fused
+from tgmm_jax.mixture.fused import ChunkData, FitState
 from tgmm_jax.tasks import GMMTask
 
 
@@ -51,17 +52,17 @@ def _to_state(params: dict, mask_CxK) -> FitState:
     logits = jnp.where(mask_CxK, params["logits"], -jnp.inf)
     variances = None
     if "log_var" in params:
-        variances = jnp.exp(params["log_var"])[:, None] + mixture_steps.VARIANCE_REG
+        variances = jnp.exp(params["log_var"])[:, None] + VARIANCE_REG
     return FitState(jax.nn.softmax(logits, axis=-1)[:, None], params["means"][:, None], variances)
 
 
 def _mean_loglik_C(params: dict, data: ChunkData, mask_CxK) -> jax.Array:
-    """Reduced mean log-likelihood per task (constants dropped, as in mixture_steps): [C]."""
+    """Reduced mean log-likelihood per task (constants dropped, as in tgmm_jax.mixture.fused): [C]."""
     log_w_CxK = jax.nn.log_softmax(jnp.where(mask_CxK, params["logits"], -jnp.inf), axis=-1)
     state = _to_state(params, mask_CxK)
     # component_logits with unit weights gives log N only; the weights enter in log space (no log(0)).
     unit = FitState(jnp.ones_like(state.weights_CxRxK), state.means_CxRxKxD, state.variances_CxRxKxD)
-    logits_Cx1xKxN = mixture_steps.component_logits(data, unit, mask_CxK) + log_w_CxK[:, None, :, None]
+    logits_Cx1xKxN = fused.component_logits(data, unit, mask_CxK) + log_w_CxK[:, None, :, None]
     logits_Cx1xKxN = jnp.where(mask_CxK[:, None, :, None], logits_Cx1xKxN, -jnp.inf)
     lse_CxN = jax.nn.logsumexp(logits_Cx1xKxN, axis=2)[:, 0]
     return jnp.sum(jnp.where(data.mask_CxN > 0, lse_CxN, 0.0), axis=-1) / data.num_points_C
@@ -71,14 +72,12 @@ def _fit_chunk(args, config: GradientEMConfig):
     seeds_C, task_C = args
     learn = config.variant == "anisotropic"
     mask_CxK = task_C.component_mask
-    data = mixture_steps.prepare_chunk(task_C.points, task_C.point_mask, learn)
+    data = fused.prepare_chunk(task_C.points, task_C.point_mask, learn)
     start = inits.initial_state(config.init, seeds_C, data, task_C, 1, learn)
     w_CxK = start.weights_CxRxK[:, 0]
     params = dict(logits=jnp.log(jnp.maximum(w_CxK, 1e-30)), means=start.means_CxRxKxD[:, 0])
     if learn:
-        params["log_var"] = jnp.log(
-            jnp.maximum(start.variances_CxRxKxD[:, 0] - mixture_steps.VARIANCE_REG, 1e-12)
-        )
+        params["log_var"] = jnp.log(jnp.maximum(start.variances_CxRxKxD[:, 0] - VARIANCE_REG, 1e-12))
     schedule = optax.exponential_decay(config.learning_rate, transition_steps=1, decay_rate=config.decay)
     opt = optax.adam(schedule)
 
@@ -123,8 +122,8 @@ def _fit_chunk(args, config: GradientEMConfig):
     )
     _, params, _, done, n_steps = jax.lax.while_loop(cond, body, carry)
     state = _to_state(params, mask_CxK)
-    loglik_C = _mean_loglik_C(params, data, mask_CxK) + mixture_steps.log_likelihood_offset(data, learn)
-    estimates = mixture_steps.final_estimates(state, data.centre_CxD, mask_CxK)
+    loglik_C = _mean_loglik_C(params, data, mask_CxK) + fused.log_likelihood_offset(data, learn)
+    estimates = fused.final_estimates(state, data.centre_CxD, mask_CxK)
     return estimates, {"n_iter": n_steps, "converged": done, "loglik": loglik_C}
 
 
@@ -139,7 +138,7 @@ def _fit_gradient_em(key: jax.Array, task: GMMTask, config: GradientEMConfig = G
     (weights, means, scales), info = map_task_chunks(
         functools.partial(_fit_chunk, config=config), (seeds_B, task), batch, chunk
     )
-    finite = mixture_steps.finite_estimates(weights, means, scales)
+    finite = fused.finite_estimates(weights, means, scales)
     return MixtureParams(weights, means, scales, task.component_mask), dict(info, valid=finite)
 
 

@@ -21,10 +21,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from baselines import em, mixture_steps
+from baselines import em
 from baselines.chunking import default_chunk_size, map_task_chunks
 from tgmm_jax import gmm
 from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.mixture import fused
 from tgmm_jax.models.cluster_readout import seeded_em, seeding_functions
 from tgmm_jax.tasks import GMMTask
 
@@ -96,7 +97,7 @@ def _fit_seeded_em(key: jax.Array, task: GMMTask, config: SeededEMConfig = Seede
     info = dict(
         n_iter=jnp.full((batch,), config.iters + 1, jnp.int32),
         loglik=loglik_B,
-        valid=mixture_steps.finite_estimates(params.weights, params.means, params.scales),
+        valid=fused.finite_estimates(params.weights, params.means, params.scales),
     )
     return params, info
 

@@ -22,10 +22,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-from baselines import draws, em, inits, mixture_steps
+from baselines import draws, em
 from baselines.chunking import default_chunk_size, map_task_chunks
-from baselines.mixture_steps import FitState
 from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.mixture import VARIANCE_REG, fused, seeding
+from tgmm_jax.mixture.fused import FitState
 from tgmm_jax.tasks import GMMTask
 
 
@@ -74,15 +75,15 @@ def _two_rounds(args, config: TwoRoundConfig):
     k_max = task_C.component_mask.shape[-1]
     n = task_C.points.shape[1]
     l_max = min(num_initial_centres(k_max, config.oversampling), n)
-    data = mixture_steps.prepare_chunk(task_C.points, task_C.point_mask, learn)
+    data = fused.prepare_chunk(task_C.points, task_C.point_mask, learn)
     l_C = jnp.minimum(
         num_initial_centres(task_C.num_components, config.oversampling), data.num_points_C.astype(jnp.int32)
     )
     l_C = jnp.minimum(l_C, l_max)
     centre_mask_CxL = jnp.arange(l_max)[None, :] < l_C[:, None]
 
-    idx_Cx1xL = inits.random_point_indices(seeds_C, data, l_max, 1)
-    means_CxLxD = inits.gather_points(data, idx_Cx1xL)[:, 0]
+    idx_Cx1xL = seeding.random_point_indices(draws.uniform(seeds_C, (1, n)), data, l_max)
+    means_CxLxD = seeding.gather_points(data, idx_Cx1xL)[:, 0]
     weights_CxL = jnp.where(centre_mask_CxL, 1.0 / l_C[:, None], 0.0)
     variances = None
     if learn:
@@ -90,13 +91,13 @@ def _two_rounds(args, config: TwoRoundConfig):
         other_CxLxL = centre_mask_CxL[:, None, :] & ~jnp.eye(l_max, dtype=bool)[None]
         nearest_CxL = jnp.min(jnp.where(other_CxLxL, sq_CxLxL, jnp.inf), axis=-1)
         nearest_CxL = jnp.where(jnp.isfinite(nearest_CxL), nearest_CxL, 1.0)  # a single centre: unit variance
-        var_CxL = jnp.maximum(nearest_CxL / (2 * means_CxLxD.shape[-1]), mixture_steps.VARIANCE_REG)
+        var_CxL = jnp.maximum(nearest_CxL / (2 * means_CxLxD.shape[-1]), VARIANCE_REG)
         variances = jnp.broadcast_to(var_CxL[..., None], means_CxLxD.shape)[:, None]
     state = FitState(weights_CxL[:, None], means_CxLxD[:, None], variances)
 
     # Round 1 with L components.
-    resp, _ = mixture_steps.e_step(data, state, centre_mask_CxL)
-    state = mixture_steps.m_step(data, resp, learn)
+    resp, _ = fused.e_step(data, state, centre_mask_CxL)
+    state = fused.m_step(data, resp, learn)
     w1_CxL = state.weights_CxRxK[:, 0]
 
     # Prune, then farthest-first down to K.
@@ -116,11 +117,11 @@ def _two_rounds(args, config: TwoRoundConfig):
     state = FitState(w_CxK[:, None], take(state.means_CxRxKxD[:, 0], pick_CxK)[:, None], var2)
 
     # Round 2 with K components.
-    resp, _ = mixture_steps.e_step(data, state, mask_CxK)
-    state = mixture_steps.m_step(data, resp, learn)
-    _, ll_Cx1 = mixture_steps.e_step(data, state, mask_CxK)
-    loglik_C = ll_Cx1[:, 0] + mixture_steps.log_likelihood_offset(data, learn)
-    estimates = mixture_steps.final_estimates(state, data.centre_CxD, mask_CxK)
+    resp, _ = fused.e_step(data, state, mask_CxK)
+    state = fused.m_step(data, resp, learn)
+    _, ll_Cx1 = fused.e_step(data, state, mask_CxK)
+    loglik_C = ll_Cx1[:, 0] + fused.log_likelihood_offset(data, learn)
+    estimates = fused.final_estimates(state, data.centre_CxD, mask_CxK)
     return estimates, {"loglik": loglik_C, "num_initial_centres": l_C, "num_survivors": jnp.sum(keep_CxL, -1)}
 
 
@@ -135,7 +136,7 @@ def _fit_two_round_em(key: jax.Array, task: GMMTask, config: TwoRoundConfig = Tw
     (weights, means, scales), info = map_task_chunks(
         functools.partial(_two_rounds, config=config), (seeds_B, task), batch, chunk
     )
-    finite = mixture_steps.finite_estimates(weights, means, scales)
+    finite = fused.finite_estimates(weights, means, scales)
     info = dict(info, n_iter=jnp.full((batch,), 2, jnp.int32), valid=finite)
     return MixtureParams(weights, means, scales, task.component_mask), info
 

@@ -8,6 +8,7 @@ from sklearn.mixture import GaussianMixture
 
 from tgmm_jax import mixture
 from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.mixture import fused, seeding
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -127,3 +128,68 @@ def test_em_steps_reach_sklearns_fixed_point():
 def test_bad_covariance_type():
     with pytest.raises(ValueError, match="covariance_type must be one of"):
         mixture.variances_of(jnp.ones((2, 3)), "full")
+
+
+@pytest.mark.parametrize("covariance_type", ["isotropic", "diag"])
+def test_fused_chunk_step_equals_the_core_step(covariance_type):
+    """``mixture.fused`` (centred features, one matmul per step) is the arithmetic of ``em_step`` and
+    ``log_likelihood``, rearranged: equal to float32 rounding, with padded points and components."""
+    X, gm, var_KxD = _problem(3, "diag")
+    points, mask, params = _padded(X, gm, var_KxD)
+    learn = covariance_type == "diag"
+    if not learn:
+        params = params.replace(scales=None)
+    data = fused.prepare_chunk(points[None], mask[None], learn)
+    centre_D = data.centre_CxD[0]
+    state = fused.FitState(
+        params.weights[None, None],
+        (params.means - centre_D[None])[None, None],
+        jnp.square(params.scales)[None, None] if learn else None,
+    )
+    resp, reduced_CxR = fused.e_step(data, state, params.component_mask[None])
+    loglik = reduced_CxR[0, 0] + fused.log_likelihood_offset(data, learn)[0]
+    np.testing.assert_allclose(float(loglik), float(mixture.log_likelihood(points, mask, params)), rtol=1e-5)
+    new = fused.m_step(data, resp, learn)
+    ref = mixture.em_step(points, mask, params, covariance_type)
+    k = gm.means_.shape[0]
+    np.testing.assert_allclose(np.asarray(new.weights_CxRxK[0, 0]), np.asarray(ref.weights), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(new.means_CxRxKxD[0, 0, :k] + centre_D[None]),
+        np.asarray(ref.means)[:k],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    if learn:
+        np.testing.assert_allclose(
+            np.asarray(new.variances_CxRxKxD[0, 0, :k]), np.asarray(ref.scales)[:k] ** 2, rtol=1e-4
+        )
+
+
+def test_kmeanspp_seeding_takes_one_real_point_per_separated_blob():
+    """Greedy k-means++ (sklearn's rule) on 3 tight, far-apart blobs: every restart seeds one real point in
+    each blob, and the hard-partition M-step gives each blob's mean and share; the draws' shape is checked."""
+    rng = np.random.default_rng(4)
+    centres = np.array([[-50.0, 0.0], [0.0, 50.0], [50.0, 0.0]])
+    y = np.repeat(np.arange(3), [10, 20, 30])
+    X = centres[y] + 0.1 * rng.standard_normal((60, 2))
+    points = jnp.asarray(np.concatenate([X, np.full((4, 2), 1e3)]), jnp.float32)[None]  # 4 padded points
+    mask = jnp.asarray(np.arange(64) < 60)[None]
+    data = fused.prepare_chunk(points, mask, False)
+    num_fits, k_max = 5, 4  # K_max 4, the task's K 3
+    u = jax.random.uniform(
+        jax.random.key(0), (1, num_fits, k_max, seeding.kmeanspp_trials(k_max)), minval=1e-7
+    )
+    k_C, comp_CxK = jnp.array([3]), jnp.asarray(np.arange(k_max) < 3)[None]
+    idx_RxK = np.asarray(seeding.kmeans_plusplus_indices(u, data, k_C))[0]
+    for r in range(num_fits):
+        assert np.all(idx_RxK[r, :3] < 60) and sorted(y[idx_RxK[r, :3]]) == [0, 1, 2]
+    state = seeding.kmeanspp_state(u, data, k_C, comp_CxK, False)
+    blob_means = np.stack([X[y == j].mean(0) for j in range(3)])
+    for r in range(num_fits):
+        means_KxD = np.asarray(state.means_CxRxKxD[0, r, :3] + data.centre_CxD)
+        order = np.argsort(means_KxD[:, 0])  # blobs 0, 1, 2 lie left to right
+        np.testing.assert_allclose(means_KxD[order], blob_means, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(state.weights_CxRxK[0, r, :3])[order], [1 / 6, 1 / 3, 1 / 2])
+        assert float(state.weights_CxRxK[0, r, 3]) == 0.0
+    with pytest.raises(ValueError, match="trials per step"):
+        seeding.kmeans_plusplus_indices(u[..., :1], data, k_C)

@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from tgmm_jax import export_cache, mixture, pretrained, scoring
 from tgmm_jax.gmm import MixtureParams
-from tgmm_jax.mixture import VARIANCE_REG
+from tgmm_jax.mixture import VARIANCE_REG, fused, seeding
 from tgmm_jax.pretrained import load_checkpoint
 from tgmm_jax.streaming import TRACE_COUNTS, count_trace, stream_em, to_blocks
 from tgmm_jax.tasks import GMMTask
@@ -90,45 +90,21 @@ def bucket_size(n: int) -> int:
 # The batched fit: one jitted call per (model, steps, restarts, shapes).
 
 
-def _kmeanspp_start(key, points_NxD, mask_N, k, k_max: int) -> MixtureParams:
-    """k-means++ seeding (D^2 sampling over real points) and the hard-assignment M-step of its centres (unit
-    scales: ``_with_variances`` estimates them)."""
-    mask_N = mask_N.astype(bool)
-
-    def pick(j, state):
-        centres_KxD, d2_N = state
-        logits_N = jnp.where(mask_N, jnp.log(jnp.maximum(d2_N, 1e-30)), -jnp.inf)
-        c_D = points_NxD[jax.random.categorical(jax.random.fold_in(key, j), logits_N)]
-        return centres_KxD.at[j].set(c_D), jnp.minimum(d2_N, jnp.sum((points_NxD - c_D[None]) ** 2, axis=-1))
-
-    init = (
-        jnp.zeros((k_max, points_NxD.shape[-1]), points_NxD.dtype),
-        jnp.ones(mask_N.shape, points_NxD.dtype),
-    )
-    centres_KxD, _ = jax.lax.fori_loop(0, k_max, pick, init)
-    comp_K = jnp.arange(k_max) < k
-    sq_NxK = jnp.sum((points_NxD[:, None, :] - centres_KxD[None]) ** 2, axis=-1)
-    hard_NxK = (
-        jax.nn.one_hot(jnp.argmin(jnp.where(comp_K[None], sq_NxK, jnp.inf), axis=-1), k_max) * mask_N[:, None]
-    )
-    count_K = jnp.sum(hard_NxK, axis=0)
-    means_KxD = jnp.where(
-        count_K[:, None] > 0, hard_NxK.T @ points_NxD / jnp.maximum(count_K, 1)[:, None], centres_KxD
-    )
-    weights_K = jnp.where(comp_K, count_K / jnp.maximum(jnp.sum(mask_N), 1), 0.0)
-    return MixtureParams(
-        weights_K, jnp.where(comp_K[:, None], means_KxD, 0.0), jnp.ones_like(means_KxD), comp_K
-    )
-
-
 def _restart_starts(n_restarts: int, k_max: int, key, points_BxNxD, mask_BxN, k_B):
-    """``n_restarts`` k-means++ starts per task: MixtureParams with leading dims [R, B]."""
+    """``n_restarts`` k-means++ starts per task (``mixture.seeding``: greedy k-means++, then the hard-partition
+    M-step of its centres, as the ``em_kmeanspp`` baseline), unit scales (``_with_variances`` estimates them):
+    MixtureParams with leading dims [R, B]."""
+    data = fused.prepare_chunk(points_BxNxD, mask_BxN, learn_variances=False)
     b = points_BxNxD.shape[0]
-    keys_RxB = jax.vmap(lambda r: jax.random.split(jax.random.fold_in(key, r), b))(jnp.arange(n_restarts))
-    return jax.vmap(  # over restarts, then tasks
-        jax.vmap(lambda kk, x, m, k: _kmeanspp_start(kk, x, m, k, k_max)),
-        in_axes=(0, None, None, None),
-    )(keys_RxB, points_BxNxD, mask_BxN, k_B)
+    shape = (b, n_restarts, k_max, seeding.kmeanspp_trials(k_max))
+    tiny = jnp.finfo(points_BxNxD.dtype).tiny  # the seeding's draws exclude 0
+    u = jax.random.uniform(jax.random.fold_in(key, 0), shape, points_BxNxD.dtype, minval=tiny)
+    comp_BxK = jnp.arange(k_max)[None, :] < k_B[:, None]
+    start = seeding.kmeanspp_state(u, data, k_B, comp_BxK, learn_variances=False)
+    comp_RxBxK = jnp.broadcast_to(comp_BxK, (n_restarts, b, k_max))
+    means = jnp.swapaxes(start.means_CxRxKxD, 0, 1) + data.centre_CxD[None, :, None, :]
+    means = jnp.where(comp_RxBxK[..., None], means, 0.0)
+    return MixtureParams(jnp.swapaxes(start.weights_CxRxK, 0, 1), means, jnp.ones_like(means), comp_RxBxK)
 
 
 def _with_variances(points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str) -> MixtureParams:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from tgmm_jax import mixture
 from tgmm_jax.gmm import MixtureParams
 
-VARIANCE_REG = mixture.VARIANCE_REG  # as sklearn's reg_covar and baselines.mixture_steps
+VARIANCE_REG = mixture.VARIANCE_REG  # as sklearn's reg_covar
 
 
 def _centred(points_BxNxD: jax.Array, point_mask_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:

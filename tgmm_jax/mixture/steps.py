@@ -79,14 +79,26 @@ def _scales(variances_KxD, component_mask_K):
     return jnp.where(component_mask_K[..., None], jnp.sqrt(variances_KxD), 1.0)
 
 
+def moments(mass_K, first_KxD, second_KxD, count, covariance_type: str):
+    """The M-step of sums over real points, unmasked: (weights = mass / count [..., K], means [..., K, D],
+    variances of ``covariance_type`` [..., K, D] or None for ``"isotropic"``). ``count`` (at least 1) has the
+    batch dims of ``mass_K`` without K; ``second_KxD`` may be None for ``"isotropic"``. A component with no
+    mass gets weight 0 and mean 0. Shared by ``m_step`` and the fused chunk form (``fused.m_step``)."""
+    _check_type(covariance_type)
+    inv_mass_KxD = (1.0 / jnp.maximum(mass_K, _TINY))[..., None]
+    means_KxD = first_KxD * inv_mass_KxD
+    variances = None
+    if covariance_type != "isotropic":
+        variances = variances_of(second_KxD * inv_mass_KxD - means_KxD**2, covariance_type)
+    return mass_K / count[..., None], means_KxD, variances
+
+
 def m_step(stats: Statistics, count, component_mask_K: jax.Array, covariance_type: str) -> MixtureParams:
     """The mixture maximising the expected log-likelihood of ``stats`` (over ``count`` real points: [...] or a
     scalar for every task)."""
-    inv_mass_KxD = (1.0 / jnp.maximum(stats.mass, _TINY))[..., None]
-    means_KxD = stats.first * inv_mass_KxD
-    variances = variances_of(stats.second * inv_mass_KxD - means_KxD**2, covariance_type)
     count = jnp.broadcast_to(jnp.maximum(jnp.asarray(count, stats.mass.dtype), 1), stats.mass.shape[:-1])
-    weights_K = jnp.where(component_mask_K, stats.mass / count[..., None], 0.0)
+    weights_K, means_KxD, variances = moments(stats.mass, stats.first, stats.second, count, covariance_type)
+    weights_K = jnp.where(component_mask_K, weights_K, 0.0)
     means_KxD = jnp.where(component_mask_K[..., None], means_KxD, 0.0)
     return MixtureParams(weights_K, means_KxD, _scales(variances, component_mask_K), component_mask_K)
 

@@ -1,15 +1,18 @@
-"""Fused EM steps on chunks of padded tasks, with R fits (restarts) per task.
+"""The E and M steps of ``steps`` in fused form, on chunks of padded tasks with R fits (restarts) per task.
 
-The mixture math is the one of ``tgmm_jax.gmm`` (``log_joint``, ``responsibilities``,
-``mean_log_likelihood``), rewritten here in a fused form because it is the inner loop of every EM-type
-baseline and dominates their run time:
+The inner loop of every batched EM-type fit (the ``baselines`` EM, two-round EM, gradient EM and their
+k-means++ / random-point starts in ``seeding``). The mixture is the one of ``tgmm_jax.gmm`` and the M-step is
+``steps.moments`` (isotropic, or "diag" when variances are learned); what differs from ``steps`` is the
+arithmetic layout, chosen for speed on chunks of many small fits:
   * the data are centred per task and turned into features once per fit (x for unit variance,
     [x, x^2] for diagonal variances), so the E-step is ONE matmul and the M-step is ONE matmul;
   * the log-likelihood used for the stopping rule comes out of the E-step's log-sum-exp (no second pass),
     and per-point constants are dropped from it (they cancel in the change, and dropping them keeps
-    float32 resolution for large D);
+    float32 resolution for large D; ``log_likelihood_offset`` adds them back);
   * logits are laid out [C, R, K, N] (points minor), and the softmax over the few components is unrolled,
     which XLA:CPU fuses into one elementwise pass (reductions over a short minor axis are slow there).
+The expansion x.mu - ||mu||^2 / 2 needs the centring: ``steps`` (any batch dims, any units) keeps the
+difference form of ``gmm.log_joint``.
 Shapes: C tasks in a chunk, R fits per task, K components (padded), N points (padded), D dims, F features.
 """
 
@@ -21,10 +24,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from tgmm_jax.mixture.steps import moments
+
 HIGHEST = jax.lax.Precision.HIGHEST
-VARIANCE_REG = 1e-6  # added to every estimated variance (as the official code and sklearn's reg_covar)
 _LOG_2PI = math.log(2.0 * math.pi)
-_TINY = 1e-30
 # Above this many components the softmax uses XLA reductions instead of an unrolled elementwise pass.
 _MAX_UNROLLED_K = 8
 
@@ -123,21 +126,19 @@ def e_step(data: ChunkData, state: FitState, component_mask_CxK: jax.Array) -> t
 
 
 def m_step(data: ChunkData, resp_CxRxKxN: jax.Array, learn_variances: bool) -> FitState:
-    """Weights, means (and diagonal variances) from responsibilities.
+    """Weights, means (and diagonal variances) from responsibilities: ``steps.moments`` of their sums.
 
     A component with no mass gets weight 0 and mean 0 (the task's centre), and stays dead, as in
-    standard EM. Variances use E[x^2] - mu^2 (as sklearn does), clipped at 0, plus VARIANCE_REG.
+    standard EM. Variances use E[x^2] - mu^2 (as sklearn does), clipped at 0, plus ``VARIANCE_REG``.
     """
     nk_CxRxK = jnp.sum(resp_CxRxKxN, axis=-1)
     sums_CxRxKxF = jnp.einsum("crkn,cnf->crkf", resp_CxRxKxN, data.feats_CxNxF, precision=HIGHEST)
-    inv_nk = 1.0 / jnp.maximum(nk_CxRxK, _TINY)
-    weights = nk_CxRxK / data.num_points_C[:, None, None]
     d = data.centre_CxD.shape[-1]
-    means = sums_CxRxKxF[..., :d] * inv_nk[..., None]
-    variances = None
-    if learn_variances:
-        second = sums_CxRxKxF[..., d:] * inv_nk[..., None]
-        variances = jnp.maximum(second - means**2, 0.0) + VARIANCE_REG
+    second = sums_CxRxKxF[..., d:] if learn_variances else None
+    covariance_type = "diag" if learn_variances else "isotropic"
+    weights, means, variances = moments(
+        nk_CxRxK, sums_CxRxKxF[..., :d], second, data.num_points_C[:, None], covariance_type
+    )
     return FitState(weights, means, variances)
 
 
