@@ -332,3 +332,103 @@ def unknown_noise_section(saved: dict, label: str) -> list[str]:
             f" (z {rest['z']:+.1f}, {rest['cells']} cells)."
         )
     return out + ["", " ".join(summary), ""] if summary else out + [""]
+
+
+def _gap_keys(saved: dict, kind: str) -> list[tuple]:
+    return sorted((g["dim"], g["N"], g["K"]) for g in saved.get("gaps", []) if g["kind"] == kind and g["gap"])
+
+
+def _pooled(cells: list[dict], key: str) -> dict | None:
+    """``pooled_gain`` of the ``key`` entries (learned_gain or gain_over_classical) of ``cells``."""
+    return pooled_gain([{"learned_gain": c[key]} for c in cells if c and key in c])
+
+
+def _z(pooled: dict | None) -> str:
+    if pooled is None:
+        return "n/a"
+    return f"{pooled['mean']:+.3f} ± {pooled['sem']:.3f} (z {pooled['z']:+.1f}, {pooled['cells']} cells)"
+
+
+def learning_targets_section(saved: dict, label: str, speed: dict | None = None) -> list[str]:
+    """The learning issue's targets, checked on one ``hard_regime --noise_scale_range`` run of a model: gap cells
+    with the noise known (the share of em_kmeanspp's excess over bayes that the model alone closes, target 60%,
+    and the pooled paired gains over the skeleton and over em_kmeanspp, target z >= 3), gap cells with the
+    noise unknown (the model over GaussianMixture in the data's units, target 0.8, and the pooled gain over it
+    in sigma units), and the speed of ``benchmarks.speed_vs_bayes`` (``speed``, its JSON) where given."""
+    grid, noise = _cells(saved, "grid"), _cells(saved, "grid_noise")
+    out = [f"## The learning targets, checked: `{label}`", "", f"`{label}`: {saved['checkpoint']}.", ""]
+    keys = _gap_keys(saved, "grid")
+    if keys:
+        out += [
+            (
+                "**Noise known** (every method told the variance), gap cells (em_kmeanspp >="
+                f" {saved['gap_ratio']}x bayes). Closed: (em_kmeanspp - tgmm) / (em_kmeanspp - bayes), all on bayes'"
+                " tasks; target >= 60%, stretch tgmm <= 1.1x bayes. Gains: paired, all the cell's tasks."
+            ),
+            "",
+            "| d | N | K | em_kmeanspp / bayes | tgmm / bayes | closed | gain over em_seeded | gain over em_kmeanspp |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        closed_all, models = [], []
+        for dim, n, k in keys:
+            where = dict(dim=dim, N=n, K=k)
+            bayes, em, model = (_find(grid, m, **where) for m in ("bayes", "em_kmeanspp", "tgmm"))
+            b, e = bayes["l2"]["mean"], em["l2_on_bayes_tasks"]["mean"]
+            t = model["l2_on_bayes_tasks"]["mean"]
+            closed = (e - t) / (e - b)
+            closed_all.append(closed)
+            models.append(model)
+            over_em = format_gain(model["gain_over_classical"]) if "gain_over_classical" in model else "n/a"
+            out.append(
+                f"| {dim} | {n} | {k} | {e / b:.2f} | {t / b:.2f} | {100 * closed:.0f}% | {_gain(model)} | {over_em} |"
+            )
+        met = sum(c >= 0.6 for c in closed_all)
+        out += [
+            "",
+            (
+                f"At least 60% closed in {met} of {len(keys)} gap cells (target: all); the share closed ranges"
+                f" {100 * min(closed_all):.0f}% to {100 * max(closed_all):.0f}%. Pooled over the gap cells, each"
+                f" weighted equally: gain over the skeleton {_z(_pooled(models, 'learned_gain'))}; over em_kmeanspp"
+                f" {_z(_pooled(models, 'gain_over_classical'))}."
+            ),
+            "",
+        ]
+    keys = _gap_keys(saved, "grid_noise")
+    if keys:
+        ratios, models = [], []
+        for dim, n, k in keys:
+            where = dict(dim=dim, N=n, K=k)
+            model, sk = _find(noise, "tgmm", **where), _find(noise, "sklearn_gmm", **where)
+            if model and sk:
+                ratios.append((dim, n, k, model["l2"]["mean"] / sk["l2"]["mean"]))
+                models.append(model)
+        if ratios:
+            out += [
+                "**Noise unknown** (the same tasks times sigma ~ log-U; nobody told sigma), gap cells:"
+                " tgmm / GaussianMixture(spherical, n_init=10) in mean l2 in the data's units (target <= 0.8): "
+                + ", ".join(f"d={d} N={n} K={k} {r:.2f}" for d, n, k, r in ratios)
+                + f". At most 0.8 in {sum(r <= 0.8 for *_, r in ratios)} of {len(ratios)}. Pooled paired gain"
+                f" over GaussianMixture in sigma units: {_z(_pooled(models, 'gain_over_classical'))}; over the"
+                f" skeleton: {_z(_pooled(models, 'learned_gain'))}.",
+                "",
+            ]
+    if speed:
+        out += [
+            (
+                "**Speed** (`python -m benchmarks.speed_vs_bayes`, one run, seconds per task on the same tasks;"
+                f" {speed['machine'].get('cpu', speed['machine'].get('device_kind', ''))}, load"
+                f" {speed['machine']['load_average_before'][0]:.1f} before):"
+            ),
+            "",
+            "| N | tgmm | em_seeded | em_kmeanspp | bayes | tgmm / bayes | tgmm / em_kmeanspp |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in speed["rows"]:
+            per = {m: row[m]["seconds_per_task"] for m in ("tgmm", "em_seeded", "em_kmeanspp", "bayes")}
+            out.append(
+                f"| {row['N']} | "
+                + " | ".join(f"{per[m]:.1e}" for m in per)
+                + f" | 1/{1 / row['tgmm_over_bayes']:.0f} | {row['tgmm_over_em_kmeanspp']:.2f} |"
+            )
+        out.append("")
+    return out

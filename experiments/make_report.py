@@ -19,6 +19,7 @@ from experiments.architecture_report import architecture_section, curves_section
 from experiments.cluster_report import cluster_section
 from experiments.hard_regime_report import (
     hard_regime_section,
+    learning_targets_section,
     small_n_ablation_section,
     unknown_noise_section,
 )
@@ -455,6 +456,7 @@ def main(argv):
         for label, name in (
             ("noise-conditioned", "noise_cond1"),
             ("noise-conditioned, 6000 steps", "noise_cond2"),
+            ("noise-conditioned, 20000 steps", "noise_cond3"),
         )
     }
     noise_arms = {label: arm for label, arm in noise_arms.items() if arm}
@@ -462,6 +464,11 @@ def main(argv):
         lines += small_n_ablation_section({**arms, **noise_arms})
         for label, arm in noise_arms.items():
             lines += unknown_noise_section(arm, label)
+        if noise_arms:  # the learning targets, on the longest-trained arm (and the speed benchmark's JSON)
+            label, arm = list(noise_arms.items())[-1]
+            lines += learning_targets_section(
+                arm, label, _load(os.path.join(r, "benchmark_speed_vs_bayes_cpu.json"))
+            )
     previous = _previous_descriptions(os.path.join(r, "REPORT.md"))
     lines += ["## What was run", ""]
     lines += [f"- {_run_description(w, step, previous)}" for w, step in dict.fromkeys(runs)] + [""]

@@ -155,3 +155,47 @@ def test_unknown_noise_section_pools_cells_equally():
     assert "| 2 | 16 | 3 | 2.000 | n/a | 2.500 | n/a | 1.25 |" in text
     assert "0.70-1.25 over the 2 cells, at most 0.8 in 1. Learned gain pooled over the 2 cells" in text
     assert unknown_noise_section({"cells": [], "settings": {}, "checkpoint": ""}, "test") == []
+
+
+def test_learning_targets_section_closes_the_gap_on_bayes_tasks():
+    """The targets section: share closed = (em - tgmm) / (em - bayes) on bayes' tasks, per gap cell; pooled gains
+    weight gap cells alike; the unknown-noise ratio is the model's mean l2 over GaussianMixture's."""
+    from experiments.hard_regime_report import learning_targets_section
+
+    def cell(kind, method, k, l2, on_bayes=None, gain=None, over=None):
+        c = dict(kind=kind, dim=2, N=16, K=k, method=method, l2={"mean": l2})
+        if on_bayes is not None:
+            c["l2_on_bayes_tasks"] = {"mean": on_bayes}
+        if gain:
+            c["learned_gain"] = dict(zip(("mean", "sem", "z"), gain), reference="em_seeded", num_tasks=8)
+        if over:
+            c["gain_over_classical"] = dict(
+                zip(("mean", "sem", "z"), over), reference="em_kmeanspp", num_tasks=8
+            )
+        return c
+
+    cells = [
+        cell("grid", "bayes", 3, 1.0),
+        cell("grid", "em_kmeanspp", 3, 2.1, on_bayes=2.0),
+        cell("grid", "tgmm", 3, 1.5, on_bayes=1.3, gain=(0.2, 0.1, 2.0), over=(0.6, 0.2, 3.0)),
+        cell("grid", "bayes", 4, 1.0),
+        cell("grid", "em_kmeanspp", 4, 1.1, on_bayes=1.1),  # not a gap cell: left out
+        cell("grid", "tgmm", 4, 1.0, on_bayes=1.0, gain=(9.0, 1.0, 9.0)),
+        cell("grid_noise", "sklearn_gmm", 3, 10.0),
+        cell("grid_noise", "tgmm", 3, 7.0, gain=(0.3, 0.1, 3.0)),
+    ]
+    gaps = [
+        dict(kind="grid", dim=2, N=16, K=3, gap=True),
+        dict(kind="grid", dim=2, N=16, K=4, gap=False),
+        dict(kind="grid_noise", dim=2, N=16, K=3, gap=True),
+    ]
+    saved = {"cells": cells, "gaps": gaps, "gap_ratio": 1.2, "checkpoint": "a test"}
+    text = "\n".join(learning_targets_section(saved, "test"))
+    assert "| 2 | 16 | 3 | 2.00 | 1.30 | 70% | +0.2 ± 0.1 (z +2.0) | +0.6 ± 0.2 (z +3.0) |" in text
+    assert "| 2 | 16 | 4 |" not in text
+    assert "At least 60% closed in 1 of 1 gap cells" in text
+    assert (
+        "gain over the skeleton +0.200 ± 0.100 (z +2.0, 1 cells); over em_kmeanspp +0.600 ± 0.200 (z +3.0"
+        in text
+    )
+    assert "d=2 N=16 K=3 0.70. At most 0.8 in 1 of 1." in text
