@@ -11,6 +11,12 @@ arrays (always 'valid'; 'n_iter', 'converged', 'loglik' where they apply).
   gradient_em   Adam on the log-likelihood, k-means++ start                            (baselines.gradient_em)
   em_seeded     the clustering read-out's skeleton: 4 deterministic seedings, 4 EM steps (baselines.seeded_em)
 
+For tasks with missing coordinates (NaN in ``task.points``), registered but not in ``NAMES``
+(``MISSING_NAMES``; both also fit complete tasks):
+
+  em_missing     exact missing-data EM, k-means++ (on mean-imputed points), best of 10 (baselines.missing_em)
+  em_mean_impute mean imputation, then em_kmeanspp                                     (baselines.missing_em)
+
 Reference methods, registered but not in ``NAMES`` (slow by design; studies ask for them by name):
 
   bayes         the posterior mean under the task prior, by MCMC: the limit column     (baselines.bayes)
@@ -27,6 +33,7 @@ from collections.abc import Callable
 from baselines.bayes import BayesConfig, fit_bayes
 from baselines.em import EMConfig, fit_em
 from baselines.gradient_em import GradientEMConfig, fit_gradient_em
+from baselines.missing_em import MissingEMConfig, fit_em_mean_impute, fit_em_missing
 from baselines.seeded_em import SeededEMConfig, fit_seeded_em
 from baselines.spectral import SpectralConfig, fit_spectral
 from baselines.two_round_em import TwoRoundConfig, fit_two_round_em
@@ -34,6 +41,7 @@ from tgmm_jax.tasks import VARIANTS
 
 NAMES = ("em", "em_kmeanspp", "spectral", "two_round_em", "gradient_em", "em_seeded")
 REFERENCE_NAMES = ("bayes",)
+MISSING_NAMES = ("em_missing", "em_mean_impute")
 
 # name -> (fit function, config class, default settings)
 _REGISTRY = {
@@ -44,6 +52,8 @@ _REGISTRY = {
     "gradient_em": (fit_gradient_em, GradientEMConfig, {}),
     "em_seeded": (fit_seeded_em, SeededEMConfig, {}),
     "bayes": (fit_bayes, BayesConfig, {}),
+    "em_missing": (fit_em_missing, MissingEMConfig, {}),
+    "em_mean_impute": (fit_em_mean_impute, EMConfig, dict(init="kmeans++", n_init=10)),
 }
 _ISOTROPIC_ONLY = ("spectral", "bayes")
 _ISOTROPIC_ONLY_WHY = {
@@ -60,7 +70,9 @@ def applies_to(name: str, variant: str) -> bool:
 
 def _check(name: str, variant: str) -> None:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown baseline {name!r}; registered: {list(NAMES + REFERENCE_NAMES)}")
+        raise ValueError(
+            f"unknown baseline {name!r}; registered: {list(NAMES + REFERENCE_NAMES + MISSING_NAMES)}"
+        )
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
 
@@ -91,4 +103,4 @@ def get_baseline(name: str, variant: str = "isotropic", **overrides) -> Callable
 
 BASELINES: dict[str, Callable] = {name: get_baseline(name) for name in NAMES}
 
-__all__ = ["BASELINES", "NAMES", "REFERENCE_NAMES", "applies_to", "get_baseline"]
+__all__ = ["BASELINES", "MISSING_NAMES", "NAMES", "REFERENCE_NAMES", "applies_to", "get_baseline"]
