@@ -37,6 +37,13 @@ _SLOT_INIT = flags.DEFINE_string(
     None,
     "Clustering read-out only: ship with these slot seedings instead of the trained ones (no parameters).",
 )
+_TARGETS = flags.DEFINE_string(
+    "targets_results",
+    None,
+    "An experiments.hard_regime JSON of this checkpoint (--workdir run with --noise_scale_range): the card gets "
+    "its learned gain over the skeleton, its distance to bayes and the unknown-noise cells.",
+)
+_SPEED = flags.DEFINE_string("speed_results", None, "A benchmarks.speed_vs_bayes JSON of this checkpoint.")
 _REFRESH = flags.DEFINE_bool(
     "refresh_card", False, "Rewrite the shipped card's evaluation section from --card_results only."
 )
@@ -77,6 +84,7 @@ def model_card(
     command: str | None,
     results_source: str | None = None,
     trained_slot_init: str | None = None,
+    extra: str = "",
 ) -> str:
     facts = training_facts(workdir)
     hours = (
@@ -115,7 +123,7 @@ def model_card(
         "```",
         "",
     ]
-    return "\n".join(lines) + "\n" + evaluation_section(results, results_source)
+    return "\n".join(lines) + "\n" + extra + evaluation_section(results, results_source)
 
 
 def evaluation_section(results: dict | None, results_source: str | None) -> str:
@@ -163,13 +171,16 @@ def export(
     command: str | None = None,
     results_source: str | None = None,
     slot_init: str | None = None,
+    extra: str = "",
 ) -> str:
     """Writes ``out_dir/name`` from ``workdir``'s checkpoint (read out with ``slot_init`` where given); returns
-    the directory."""
+    the directory. ``extra``: markdown put in the card before its evaluation section."""
     trained = load_run(workdir, step)
     run = with_slot_init(trained, slot_init)
     directory = os.path.join(out_dir or os.path.dirname(os.path.abspath(pretrained.__file__)), name)
-    card = model_card(name, run, workdir, results, command, results_source, trained.config.model.slot_init)
+    card = model_card(
+        name, run, workdir, results, command, results_source, trained.config.model.slot_init, extra
+    )
     return pretrained.save_exported(
         directory, run.model_config, run.spec, run.params, step=run.step, source=workdir, card=card
     )
@@ -189,6 +200,19 @@ def main(argv):
         return
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required (except with --refresh_card)")
+    extra = ""
+    if _TARGETS.value:
+        from experiments.hard_regime_report import learning_targets_section, unknown_noise_section
+
+        saved = _read_json(_TARGETS.value)
+        if saved is None:
+            raise app.UsageError(f"--targets_results: no file {_TARGETS.value}")
+        speed = _read_json(_SPEED.value) if _SPEED.value else None
+        lines = learning_targets_section(saved, _NAME.value, speed) + unknown_noise_section(
+            saved, _NAME.value
+        )
+        extra = f"From `{_TARGETS.value}`" + (f" and `{_SPEED.value}`" if speed else "") + ":\n\n"
+        extra += "\n".join(lines) + "\n"
     directory = export(
         _WORKDIR.value,
         _NAME.value,
@@ -198,6 +222,7 @@ def main(argv):
         _COMMAND.value,
         _RESULTS.value,
         _SLOT_INIT.value,
+        extra,
     )
     size = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
     print(f"wrote {directory} ({size / 1e6:.2f} MB): {sorted(os.listdir(directory))}")

@@ -93,6 +93,13 @@ def test_export_with_other_seedings_keeps_the_weights(ckpts, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with open(os.path.join(shipped, pretrained.CARD_FILE)) as f:
         assert "trained with 'farthest', shipped with 'farthest+greedy+smooth3'" in f.read()
+    # extra card sections (the learning targets) go before the evaluation section
+    carded = export_pretrained.export(
+        ckpts["workdir"], "carded", out_dir=str(tmp_path), extra="## Targets\n\n"
+    )
+    with open(os.path.join(carded, pretrained.CARD_FILE)) as f:
+        card = f.read()
+    assert card.index("## Targets") < card.index(export_pretrained.EVALUATION_HEADING)
     task = sample_tasks(jax.random.key(4), TaskSpec(dim=3, ks=KS, n_max=24), 4)
     ours = exp.model.apply({"params": exp.params}, task.points, task.point_mask, task.num_components)
     ref = run.model.apply({"params": run.params}, task.points, task.point_mask, task.num_components)
