@@ -59,7 +59,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from tgmm_jax import export_cache
-from tgmm_jax.estimator import TGMMEstimator, check_points
+from tgmm_jax.estimator import TGMMEstimatorCore, check_points  # the core: no scikit-learn import
 
 _DATA = flags.DEFINE_string("data", None, "Points file: .npy or .csv, [n_samples, n_features].")
 _K = flags.DEFINE_string("n_components", "3", "K (in the checkpoint's trained set) or 'auto' (lowest BIC).")
@@ -209,7 +209,7 @@ def fit_points(X: np.ndarray, n_components="3", **params) -> tuple[dict, np.ndar
             k = int(n_components)
         except (TypeError, ValueError):
             raise ValueError(f"--n_components must be an integer or 'auto', got {n_components!r}") from None
-    est = TGMMEstimator(k, **params).fit(X)
+    est = TGMMEstimatorCore(k, **params).fit(X)
     labels = est.predict(X)
     result = {
         "n_samples": int(X.shape[0]),

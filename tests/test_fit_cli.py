@@ -419,3 +419,46 @@ def test_command_warm_cache_output_is_identical_and_env_turns_caches_off(tmp_pat
     assert any(name.endswith(".jaxexport") for name in stamps[0])
     assert stamps[0] == stamps[1], "the warm run read every entry back, it rewrote none"
     assert not (tmp_path / "off").exists(), "TGMM_JAX_NO_CACHE=1 turns every cache off"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command's start: no scikit-learn (TGMMEstimatorCore) and no scipy.optimize/stats on its import path.
+
+
+@pytest.mark.subprocess
+def test_command_imports_neither_sklearn_nor_heavy_scipy():
+    code = (
+        "import sys, experiments.fit; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn' or m.startswith("
+        "('scipy.stats', 'scipy.optimize', 'scipy.special', 'scipy.sparse'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_core_helpers_match_sklearn_and_scipy():
+    from scipy.special import logsumexp
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils import check_random_state
+
+    from tgmm_jax import estimator
+
+    a = np.random.default_rng(0).normal(0, 50, (7, 4))
+    a[2], a[3, 1] = -np.inf, -np.inf  # a row with no mass, a component with none
+    np.testing.assert_allclose(estimator._logsumexp(a), logsumexp(a, axis=1), rtol=1e-14)
+    np.testing.assert_allclose(
+        estimator._logsumexp(a, keepdims=True), logsumexp(a, axis=1, keepdims=True), rtol=1e-14
+    )
+    for seed in (3, np.int64(3)):
+        assert estimator._check_random_state(seed).randint(99) == check_random_state(seed).randint(99)
+    rs = np.random.RandomState(1)
+    assert estimator._check_random_state(rs) is rs
+    assert estimator._check_random_state(None) is check_random_state(None)
+    with pytest.raises(ValueError, match="cannot be used to seed"):
+        estimator._check_random_state("x")
+    for cls in (estimator.TGMMEstimatorCore, TGMMEstimator):
+        with pytest.raises(NotFittedError, match="not fitted yet"):
+            cls(2).predict(np.zeros((3, 2)))
+    assert issubclass(TGMMEstimator, estimator.TGMMEstimatorCore)
+    assert TGMMEstimator.__module__ == "tgmm_jax.estimator" and TGMMEstimator.__doc__

@@ -17,16 +17,13 @@ are float64 NumPy, like ``sklearn.mixture.GaussianMixture``.
 from __future__ import annotations
 
 import functools
+import numbers
+import sys
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.special import logsumexp
-from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
 
 from tgmm_jax import export_cache, mixture, pretrained, scoring
 from tgmm_jax.gmm import MixtureParams
@@ -49,7 +46,8 @@ __all__ = [
     "TRACE_COUNTS",
     "TRAINING_VARIANCE",
     "VARIANCE_ITERS",
-    "TGMMEstimator",
+    "TGMMEstimator",  # noqa: F822 -- built on first use by the module's __getattr__
+    "TGMMEstimatorCore",
     "bucket_size",
     "check_points",
     "n_parameters",
@@ -272,9 +270,42 @@ def check_points(X, name: str = "X") -> np.ndarray:
 
 
 def _is_sparse(X) -> bool:
-    import scipy.sparse  # scipy is a dependency (scipy.special above); the sparse module loads lazily
+    sparse = sys.modules.get("scipy.sparse")  # X cannot be a scipy.sparse matrix unless it is imported
+    return sparse is not None and sparse.issparse(X)
 
-    return scipy.sparse.issparse(X)
+
+# scikit-learn's helpers, without importing it (~1 s, mostly scipy.stats): experiments.fit never needs it
+
+
+def _check_random_state(seed) -> np.random.RandomState:
+    """``sklearn.utils.check_random_state``: None (NumPy's global RandomState), an int, or a RandomState."""
+    if seed is None or seed is np.random:
+        return np.random.mtrand._rand
+    if isinstance(seed, numbers.Integral):
+        return np.random.RandomState(seed)
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    raise ValueError(f"{seed!r} cannot be used to seed a numpy.random.RandomState instance")
+
+
+def _check_fitted(est) -> None:
+    """``sklearn.utils.validation.check_is_fitted``: fitted when an attribute ends in '_'."""
+    if not any(v.endswith("_") and not v.startswith("__") for v in vars(est)):
+        from sklearn.exceptions import NotFittedError
+
+        raise NotFittedError(
+            f"This {type(est).__name__} instance is not fitted yet. Call 'fit' with appropriate arguments "
+            "before using this estimator."
+        )
+
+
+def _logsumexp(a_NxK: np.ndarray, keepdims: bool = False) -> np.ndarray:
+    """log sum exp over the last axis, shifted by the row's maximum (a row of -inf gives -inf)."""
+    top_Nx1 = np.max(a_NxK, axis=-1, keepdims=True)
+    top_Nx1 = np.where(np.isfinite(top_Nx1), top_Nx1, 0.0)
+    with np.errstate(divide="ignore"):
+        out_Nx1 = np.log(np.sum(np.exp(a_NxK - top_Nx1), axis=-1, keepdims=True)) + top_Nx1
+    return out_Nx1 if keepdims else out_Nx1[..., 0]
 
 
 def _check_k(k, trained: tuple[int, ...], name: str) -> None:
@@ -349,8 +380,12 @@ def _standardize(pts_NxD: np.ndarray, standardize: bool, where: str) -> tuple[np
     return x_NxD / scale, centre_D * p, data_scale
 
 
-class TGMMEstimator(DensityMixin, BaseEstimator):
+class TGMMEstimatorCore:
     """Gaussian mixture fitted in context by a trained TGMM, with scikit-learn's API and attribute names.
+
+    ``TGMMEstimator`` is this class with scikit-learn's ``DensityMixin`` and ``BaseEstimator`` (``get_params``,
+    ``clone``, pipelines, grid search); ``TGMMEstimatorCore`` has the same parameters, methods and attributes
+    without importing scikit-learn (~1 s of ``experiments.fit``'s start, which uses it).
 
     Parameters
       n_components  K: 1 (closed form: weight 1, the mean of X, no network) or one of the checkpoint's trained
@@ -459,7 +494,7 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         return ckpt, (int(k),)
 
     def _seed(self) -> int:
-        return int(check_random_state(self.random_state).randint(2**31 - 1))
+        return int(_check_random_state(self.random_state).randint(2**31 - 1))
 
     # -- fitting ----------------------------------------------------------------------------------------
 
@@ -575,6 +610,8 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         if degenerate_B.any():
             i = int(np.argmax(degenerate_B))
             where = "X" if b == 1 else f"dataset {i}"
+            from sklearn.exceptions import ConvergenceWarning  # only here: its import takes ~1 s
+
             warnings.warn(
                 f"{where} has {int(distinct_B[i])} distinct point(s) but n_components={int(k_B[i])}: "
                 "components repeat and the fit is not identifiable (converged_=False)"
@@ -706,7 +743,7 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
     # -- the fitted mixture (float64 NumPy) ---------------------------------------------------------------
 
     def _check_X(self, X) -> np.ndarray:
-        check_is_fitted(self)
+        _check_fitted(self)
         X = check_points(X)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(
@@ -732,7 +769,7 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
 
     def score_samples(self, X) -> np.ndarray:
         """log p(x) of each sample: [n_samples]."""
-        return logsumexp(self._log_joint(self._check_X(X)), axis=1)
+        return _logsumexp(self._log_joint(self._check_X(X)))
 
     def score(self, X, y=None) -> float:
         """Mean log-likelihood per sample."""
@@ -742,7 +779,7 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Posterior p(component | x): [n_samples, n_components_]."""
         log_joint = self._log_joint(self._check_X(X))
-        return np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+        return np.exp(log_joint - _logsumexp(log_joint, keepdims=True))
 
     def predict(self, X) -> np.ndarray:
         return np.argmax(self._log_joint(self._check_X(X)), axis=1)
@@ -761,10 +798,10 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
 
     def sample(self, n_samples: int = 1):
         """(X [n_samples, d], component labels [n_samples]) drawn from the fitted mixture (``random_state``)."""
-        check_is_fitted(self)
+        _check_fitted(self)
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
             raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
-        rng = check_random_state(self.random_state)
+        rng = _check_random_state(self.random_state)
         counts = rng.multinomial(n_samples, self.weights_ / self.weights_.sum())
         y = np.repeat(np.arange(self.n_components_), counts)
         std = np.sqrt(self.covariances_[:, None] if self.covariances_.ndim == 1 else self.covariances_)
@@ -775,7 +812,7 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         """A fitted ``sklearn.mixture.GaussianMixture`` holding these parameters (spherical or diag)."""
         from sklearn.mixture import GaussianMixture
 
-        check_is_fitted(self)
+        _check_fitted(self)
         out = GaussianMixture(self.n_components_, covariance_type=self.covariance_type_)
         out.weights_ = self.weights_.copy()
         out.means_ = self.means_.copy()
@@ -785,3 +822,13 @@ class TGMMEstimator(DensityMixin, BaseEstimator):
         out.converged_, out.n_iter_, out.lower_bound_ = self.converged_, self.n_iter_, self.lower_bound_
         out.n_features_in_ = self.n_features_in_
         return out
+
+
+def __getattr__(name: str):
+    """``TGMMEstimator`` (``tgmm_jax._estimator_sklearn``) is built on first use: it imports scikit-learn."""
+    if name == "TGMMEstimator":
+        from tgmm_jax._estimator_sklearn import TGMMEstimator
+
+        globals()["TGMMEstimator"] = TGMMEstimator
+        return TGMMEstimator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from tgmm_jax import gmm
 from tgmm_jax.gmm import MixtureParams
@@ -59,6 +58,8 @@ def gather_components(components, index_BxK: jax.Array):
 
 
 def _host_assignment(cost_BxKxK: np.ndarray) -> np.ndarray:
+    from scipy.optimize import linear_sum_assignment  # here: scipy.optimize takes ~0.3 s to import
+
     out = np.empty(cost_BxKxK.shape[:2], np.int32)
     for b, cost in enumerate(np.asarray(cost_BxKxK, np.float64)):
         rows, cols = linear_sum_assignment(np.nan_to_num(cost, nan=_FORBIDDEN))
