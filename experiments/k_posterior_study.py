@@ -1,0 +1,398 @@
+"""How many clusters: the learned P(K | X) (``KPosterior``) against BIC, AIC and variational Bayes (issue 26).
+
+    python -m experiments.k_posterior_study --workdir=runs/k_posterior --results=results/k_posterior/
+
+Held-out tasks from the training prior (experiments/train_k_posterior.py ``task_spec``: Algorithm 1 without the
+cosine filter, means U[-5, 5]^D, unit isotropic noise, weights sort(U[0.2, 0.8]^K) normalised), drawn with a
+seed the training stream never uses, in cells D in ``--dims``, N in ``--ns`` (fixed N per cell), true K in 1..8,
+``--tasks`` tasks per cell in chunks of ``CHUNK`` (each chunk its own key, so a larger ``--tasks`` reuses the
+chunks already computed). Every method sees the same tasks:
+
+* ``model``: argmax of the learned P(K | X). It was trained on N <= 128 (``n_max`` of the run): a task with more
+  points is read through a seeded subsample of ``n_max`` points (without replacement), so the model never reads
+  an N outside its training range; ``model_all`` is the same network reading all points (only where N > n_max).
+* ``bic``, ``aic``: EM with learned spherical variances for each K = 1..8, scikit-learn
+  ``GaussianMixture(covariance_type="spherical", n_init=10, init_params="k-means++")`` (best of 10 k-means++
+  restarts, max_iter 100, tol 1e-3, reg_covar 1e-6); p = K D + K + (K - 1) free parameters; the K of least
+  criterion. ``bic_softmax``: P(K) proportional to exp(-BIC_K / 2), the probabilities of the log-loss comparison.
+* ``bgm``: scikit-learn ``BayesianGaussianMixture(n_components=8, covariance_type="spherical", max_iter=500)``
+  (Dirichlet-process weights, concentration 1/8, k-means init); K = the number of components whose weight is
+  above ``--bgm_threshold`` (0.03, about half the smallest weight the K = 8 prior typically draws); the weights
+  are cached, so other thresholds are reported as a sensitivity check.
+* The MCMC reference (baselines/bayes.py) is fixed-K: choosing K with it needs the marginal likelihood of each
+  K (thermodynamic integration or a reversible-jump sampler), tens of chains per task; not run here.
+
+Cached per (D, N, K, chunk) under ``results/<...>/cache/`` (baselines and model separately; rerunning skips
+finished blocks); ``--methods=baselines`` runs the classical methods alone (no trained model needed).
+Writes ``k_posterior.json``, ``k_posterior.png`` (accuracy against true K per cell) and
+``k_posterior_reliability.png`` (reliability of the top-K probability: model and BIC-softmax).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from tgmm_jax.tasks import TaskSpec, sample_tasks
+
+K_MAX = 8
+CHUNK = 32
+BGM_THRESHOLDS = (0.01, 0.03, 1.0 / 16)
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/k_posterior", "The trained KPosterior run.")
+_RESULTS = flags.DEFINE_string("results", "results/k_posterior/", "Output directory.")
+_DIMS = flags.DEFINE_list("dims", ["2", "8"], "Data dimensions.")
+_NS = flags.DEFINE_list("ns", ["32", "128", "512"], "Points per task.")
+_TASKS = flags.DEFINE_integer("tasks", 64, f"Tasks per (D, N, K) cell, a multiple of {CHUNK}.")
+_SEED = flags.DEFINE_integer("seed", 2026, "Seed of the held-out tasks (training uses fold_in(seed 0, 1)).")
+_N_INIT = flags.DEFINE_integer("n_init", 10, "k-means++ restarts of the EM of BIC/AIC.")
+_BGM_THRESHOLD = flags.DEFINE_float("bgm_threshold", 0.03, "Weight above which a BGM component counts.")
+_METHODS = flags.DEFINE_enum("methods", "all", ["all", "baselines", "model"], "Which blocks to compute.")
+
+
+def held_out_tasks(seed: int, dim: int, n: int, k: int, chunk: int):
+    """``CHUNK`` tasks of the training prior with K = k components and exactly n points (numpy)."""
+    spec = TaskSpec(dim=dim, ks=(k,), n_max=n, cos_threshold=1.0, variable_n=False)
+    key = jax.random.PRNGKey(seed)
+    for v in (dim, n, k, chunk):
+        key = jax.random.fold_in(key, v)
+    task = sample_tasks(key, spec, CHUNK)
+    return np.asarray(task.points, np.float64), np.asarray(task.num_components)
+
+
+def num_parameters(k: int, dim: int) -> int:
+    """Free parameters of a spherical mixture: means K D, variances K, weights K - 1."""
+    return k * dim + k + (k - 1)
+
+
+def information_criteria(points_NxD: np.ndarray, k_max: int = K_MAX, n_init: int = 10, seed: int = 0) -> dict:
+    """BIC, AIC and the maximised log-likelihood for K = 1..k_max (arrays [k_max]); EM as the module docstring."""
+    from sklearn.mixture import GaussianMixture
+
+    n, dim = points_NxD.shape
+    loglik = np.empty(k_max)
+    for k in range(1, k_max + 1):
+        gm = GaussianMixture(
+            k, covariance_type="spherical", n_init=n_init, init_params="k-means++", random_state=seed
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm.fit(points_NxD)
+        loglik[k - 1] = gm.score(points_NxD) * n
+    p = np.array([num_parameters(k, dim) for k in range(1, k_max + 1)], np.float64)
+    return {"bic": -2.0 * loglik + p * np.log(n), "aic": -2.0 * loglik + 2.0 * p, "loglik": loglik}
+
+
+def bgm_weights(points_NxD: np.ndarray, k_max: int = K_MAX, seed: int = 0) -> np.ndarray:
+    """The fitted weights [k_max] of sklearn's spherical BayesianGaussianMixture with k_max components."""
+    from sklearn.mixture import BayesianGaussianMixture
+
+    bgm = BayesianGaussianMixture(
+        n_components=k_max, covariance_type="spherical", max_iter=500, random_state=seed
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bgm.fit(points_NxD)
+    return np.asarray(bgm.weights_)
+
+
+def log_softmax_np(x: np.ndarray) -> np.ndarray:
+    x = x - np.max(x, axis=-1, keepdims=True)
+    return x - np.log(np.sum(np.exp(x), axis=-1, keepdims=True))
+
+
+def subsample(points_BxNxD: np.ndarray, m: int, seed: int) -> np.ndarray:
+    """Each task's points reduced to a seeded random subset of m (no replacement); as is when N <= m."""
+    b, n, _ = points_BxNxD.shape
+    if n <= m:
+        return points_BxNxD
+    rng = np.random.default_rng(seed)
+    idx = np.stack([rng.choice(n, m, replace=False) for _ in range(b)])
+    return np.take_along_axis(points_BxNxD, idx[:, :, None], axis=1)
+
+
+def _cache_path(results: str, group: str, dim: int, n: int, k: int, chunk: int) -> str:
+    return os.path.join(results, "cache", f"{group}_d{dim}_n{n}_k{k}_c{chunk}.npz")
+
+
+def _save(path: str, **arrays) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def baseline_block(results, seed, dim, n, k, chunk, n_init) -> dict:
+    path = _cache_path(results, "baselines", dim, n, k, chunk)
+    if os.path.exists(path):
+        return dict(np.load(path))
+    points, _ = held_out_tasks(seed, dim, n, k, chunk)
+    out = {name: [] for name in ("bic", "aic", "loglik", "bgm_weights")}
+    for i, x in enumerate(points):
+        ic = information_criteria(x, K_MAX, n_init, seed=i)
+        for name in ("bic", "aic", "loglik"):
+            out[name].append(ic[name])
+        out["bgm_weights"].append(bgm_weights(x, K_MAX, seed=i))
+    out = {name: np.stack(v) for name, v in out.items()}
+    _save(path, **out)
+    return out
+
+
+def model_block(results, seed, dim, n, k, chunk, apply_fn, n_read) -> dict:
+    path = _cache_path(results, "model", dim, n, k, chunk)
+    if os.path.exists(path):
+        return dict(np.load(path))
+    points, _ = held_out_tasks(seed, dim, n, k, chunk)
+    sub = subsample(points, n_read, seed=_stable_seed(seed, dim, n, k, chunk))
+    out = {"log_probs": np.asarray(apply_fn(jnp.asarray(sub, jnp.float32)))}
+    if n > n_read:
+        out["log_probs_all"] = np.asarray(apply_fn(jnp.asarray(points, jnp.float32)))
+    _save(path, **out)
+    return out
+
+
+def _stable_seed(*values) -> int:
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0] % (2**31))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Analysis of the cached blocks.
+
+
+def reliability(probs_TxK: np.ndarray, true_k_T: np.ndarray, bins: int = 10) -> dict:
+    """Top-K confidence binned in [0, 1]: per bin the count, mean confidence and accuracy; and the ECE."""
+    conf = probs_TxK.max(-1)
+    correct = (probs_TxK.argmax(-1) + 1 == true_k_T).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        sel = which == b
+        if not sel.any():
+            rows.append(
+                {"lo": edges[b], "hi": edges[b + 1], "count": 0, "confidence": None, "accuracy": None}
+            )
+            continue
+        c, a = float(conf[sel].mean()), float(correct[sel].mean())
+        ece += sel.mean() * abs(c - a)
+        rows.append(
+            {"lo": edges[b], "hi": edges[b + 1], "count": int(sel.sum()), "confidence": c, "accuracy": a}
+        )
+    return {"bins": rows, "ece": float(ece)}
+
+
+def analyse(blocks: dict, dims, ns, tasks: int, n_read: int, bgm_threshold: float) -> dict:
+    """blocks[(dim, n, k)] = {'baselines': {...}, 'model': {...} or None} (chunks joined) -> the JSON."""
+    cells, pooled = [], {}
+    for dim in dims:
+        for n in ns:
+            for k in range(1, K_MAX + 1):
+                block = blocks.get((dim, n, k))
+                if block is None:
+                    continue
+                base, model = block["baselines"], block.get("model")
+                true = np.full(base["bic"].shape[0], k)
+                preds = {
+                    "bic": base["bic"].argmin(-1) + 1,
+                    "aic": base["aic"].argmin(-1) + 1,
+                    "bgm": (base["bgm_weights"] > bgm_threshold).sum(-1),
+                }
+                for t in BGM_THRESHOLDS:
+                    preds[f"bgm@{t:.3g}"] = (base["bgm_weights"] > t).sum(-1)
+                bic_lp = log_softmax_np(-0.5 * base["bic"])
+                logloss = {"bic_softmax": float(-bic_lp[:, k - 1].mean())}
+                probs = {"bic_softmax": np.exp(bic_lp)}
+                if model is not None:
+                    preds["model"] = model["log_probs"].argmax(-1) + 1
+                    logloss["model"] = float(-model["log_probs"][:, k - 1].mean())
+                    probs["model"] = np.exp(model["log_probs"])
+                    if "log_probs_all" in model:
+                        preds["model_all"] = model["log_probs_all"].argmax(-1) + 1
+                        logloss["model_all"] = float(-model["log_probs_all"][:, k - 1].mean())
+                cell = {
+                    "dim": dim,
+                    "n": n,
+                    "k": k,
+                    "tasks": int(true.size),
+                    "accuracy": {m: float(np.mean(p == true)) for m, p in preds.items()},
+                    "mean_k": {m: float(np.mean(p)) for m, p in preds.items()},
+                    "logloss": logloss,
+                }
+                cells.append(cell)
+                for m, p in probs.items():
+                    pooled.setdefault(m, {"probs": [], "true": []})
+                    pooled[m]["probs"].append(p)
+                    pooled[m]["true"].append(true)
+    methods = sorted({m for c in cells for m in c["accuracy"]})
+
+    def mean_over(metric, method, **where):
+        vals = [
+            c[metric][method]
+            for c in cells
+            if method in c[metric] and all(c[key] in vals_ for key, vals_ in where.items())
+        ]
+        return float(np.mean(vals)) if vals else None
+
+    small = [n for n in ns if n <= 128]
+    summary = {
+        "accuracy": {m: mean_over("accuracy", m) for m in methods},
+        "accuracy_n_le_128": {m: mean_over("accuracy", m, n=small) for m in methods},
+        "accuracy_by_dn": {
+            f"d{d}_n{n}": {m: mean_over("accuracy", m, dim=[d], n=[n]) for m in methods}
+            for d in dims
+            for n in ns
+        },
+        "logloss": {m: mean_over("logloss", m) for m in ("model", "bic_softmax", "model_all")},
+        "logloss_n_le_128": {m: mean_over("logloss", m, n=small) for m in ("model", "bic_softmax")},
+        "k1_rate": {m: mean_over("accuracy", m, k=[1]) for m in methods},
+        "k1_rate_n_le_128": {m: mean_over("accuracy", m, k=[1], n=small) for m in methods},
+    }
+    rel = {m: reliability(np.concatenate(v["probs"]), np.concatenate(v["true"])) for m, v in pooled.items()}
+    targets = {}
+    acc_s = summary["accuracy_n_le_128"]
+    if acc_s.get("model") is not None:
+        gap = acc_s["model"] - acc_s["bic"]
+        targets["accuracy_beats_bic_by_10_points_n_le_128"] = {"model_minus_bic": gap, "met": gap >= 0.10}
+        ll = summary["logloss"]
+        targets["logloss_beats_bic_softmax"] = {
+            "model": ll["model"],
+            "bic_softmax": ll["bic_softmax"],
+            "met": ll["model"] < ll["bic_softmax"],
+        }
+        k1 = summary["k1_rate"]["model"]
+        targets["k1_answers_1_at_least_95pct"] = {"model": k1, "met": k1 >= 0.95}
+    return {
+        "settings": {
+            "dims": list(dims),
+            "ns": list(ns),
+            "ks": list(range(1, K_MAX + 1)),
+            "tasks_per_cell": tasks,
+            "model_reads_at_most": n_read,
+            "bgm_threshold": bgm_threshold,
+            "bgm_thresholds_sensitivity": list(BGM_THRESHOLDS),
+        },
+        "cells": cells,
+        "summary": summary,
+        "reliability": rel,
+        "targets": targets,
+    }
+
+
+COLORS = {"model": "C0", "model_all": "C9", "bic": "C1", "aic": "C2", "bgm": "C3"}
+
+
+def plot(saved: dict, path: str, reliability_path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims, ns = saved["settings"]["dims"], saved["settings"]["ns"]
+    fig, axes = plt.subplots(len(dims), len(ns), figsize=(4 * len(ns), 3.2 * len(dims)), squeeze=False)
+    for i, d in enumerate(dims):
+        for j, n in enumerate(ns):
+            ax = axes[i][j]
+            cells = [c for c in saved["cells"] if c["dim"] == d and c["n"] == n]
+            for m, color in COLORS.items():
+                pts = [(c["k"], c["accuracy"][m]) for c in cells if m in c["accuracy"]]
+                if pts:
+                    ks, acc = zip(*pts, strict=True)
+                    ax.plot(ks, acc, "o-", color=color, label=m, ms=3)
+            ax.set_title(f"D = {d}, N = {n}")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("true K")
+            if j == 0:
+                ax.set_ylabel("K accuracy")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    for m, color in (("model", "C0"), ("bic_softmax", "C1")):
+        if m not in saved["reliability"]:
+            continue
+        rows = [r for r in saved["reliability"][m]["bins"] if r["count"]]
+        ax.plot(
+            [r["confidence"] for r in rows],
+            [r["accuracy"] for r in rows],
+            "o-",
+            color=color,
+            label=f"{m} (ECE {saved['reliability'][m]['ece']:.3f})",
+        )
+    ax.set_xlabel("top-K probability")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability of P(K | X), all cells")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(reliability_path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _TASKS.value % CHUNK:
+        raise app.UsageError(f"--tasks must be a multiple of {CHUNK}")
+    dims, ns = [int(d) for d in _DIMS.value], [int(n) for n in _NS.value]
+    results, seed = _RESULTS.value, _SEED.value
+    os.makedirs(results, exist_ok=True)
+    chunks = range(_TASKS.value // CHUNK)
+    order = sorted(
+        ((d, n, k, c) for d in dims for n in ns for k in range(1, K_MAX + 1) for c in chunks),
+        key=lambda t: (t[3], t[1], t[0], t[2]),
+    )  # chunk 0 of every cell first, small N first
+    apply_fn, n_read = None, None
+    if _METHODS.value in ("all", "model"):
+        from experiments.train_k_posterior import load
+
+        model, params, cfg = load(_WORKDIR.value)
+        n_read = cfg["n_max"]
+        apply_fn = jax.jit(lambda x: model.apply(params, x, jnp.ones(x.shape[:2], bool)))
+    t0 = time.time()
+    for d, n, k, c in order:
+        if _METHODS.value in ("all", "model"):
+            model_block(results, seed, d, n, k, c, apply_fn, n_read)
+        if _METHODS.value in ("all", "baselines"):
+            baseline_block(results, seed, d, n, k, c, _N_INIT.value)
+        print(f"[{time.time() - t0:6.0f} s] D={d} N={n} K={k} chunk {c}", flush=True)
+    if _METHODS.value == "baselines":
+        return
+    blocks = {}
+    for d in dims:
+        for n in ns:
+            for k in range(1, K_MAX + 1):
+                parts = [
+                    (
+                        np.load(_cache_path(results, "baselines", d, n, k, c)),
+                        np.load(_cache_path(results, "model", d, n, k, c)),
+                    )
+                    for c in chunks
+                ]
+                blocks[(d, n, k)] = {
+                    "baselines": {
+                        key: np.concatenate([b[key] for b, _ in parts]) for key in parts[0][0].files
+                    },
+                    "model": {key: np.concatenate([m[key] for _, m in parts]) for key in parts[0][1].files},
+                }
+    saved = analyse(blocks, dims, ns, _TASKS.value, n_read, _BGM_THRESHOLD.value)
+    saved["settings"].update({"workdir": _WORKDIR.value, "seed": seed, "n_init": _N_INIT.value})
+    with open(os.path.join(results, "k_posterior.json"), "w") as f:
+        json.dump(saved, f, indent=1)
+    plot(
+        saved, os.path.join(results, "k_posterior.png"), os.path.join(results, "k_posterior_reliability.png")
+    )
+    print(json.dumps(saved["summary"], indent=1))
+    print(json.dumps(saved["targets"], indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,205 @@
+"""Trains ``KPosterior`` (tgmm_jax/models/k_posterior.py), a learned P(K | X), by the cross-entropy of the true K.
+
+    python -m experiments.train_k_posterior --workdir=runs/k_posterior --steps=6000
+
+The project trainer (tgmm_jax/train/) is built around the parameter-estimation model (its state, losses,
+periodic evaluation against baselines), so this is a compact loop of its own: AdamW with a warmup + cosine
+schedule (``tgmm_jax.train.state.make_optimizer``), one jitted step that samples its batch from
+(seed, step) alone, orbax checkpoints through ``tgmm_jax.train.checkpoint.Checkpoints`` and
+``metrics.jsonl`` through ``MetricWriter``. Rerunning the same command resumes from the latest checkpoint
+and, since the data depend on (seed, step) only, continues exactly as an uninterrupted run would.
+
+Task prior (``task_spec``): ``TaskSpec(dim, ks=(1..k_max), n_max, n_min, cos_threshold=1.0)``: Algorithm 1
+(weights sort(U[0.2, 0.8]^K) normalised, means U[-5, 5]^D, unit isotropic noise) without the cosine filter
+of the means, which cannot place 8 means at D = 2; N ~ U{n_min..n_max}; every batch holds ``tasks_per_k``
+tasks of each K (so K is uniform on 1..k_max); D cycles over ``--dims`` by step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from etils import epath
+
+from tgmm_jax.models.k_posterior import KPosterior, k_cross_entropy, k_posterior_config
+from tgmm_jax.tasks import TaskSpec, sample_tasks
+from tgmm_jax.train.checkpoint import Checkpoints
+from tgmm_jax.train.state import make_optimizer
+from tgmm_jax.train.writer import MetricWriter
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, config.json and metrics.jsonl go here.")
+_STEPS = flags.DEFINE_integer("steps", 6000, "Total training steps.")
+_SIZE = flags.DEFINE_string("size", "small", "Model size (tgmm_jax.models.MODEL_SIZES).")
+_LAYERS = flags.DEFINE_integer("num_layers", 0, "Override the size's number of layers (0: keep).")
+_K_MAX = flags.DEFINE_integer("k_max", 8, "Largest K of the prior and the output.")
+_DIMS = flags.DEFINE_list("dims", ["2", "8"], "Data dimensions, cycled by step.")
+_N_MIN = flags.DEFINE_integer("n_min", 32, "Smallest number of points per task.")
+_N_MAX = flags.DEFINE_integer("n_max", 128, "Largest number of points per task.")
+_TASKS_PER_K = flags.DEFINE_integer("tasks_per_k", 8, "Tasks of each K per batch.")
+_LR = flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
+_WARMUP = flags.DEFINE_integer("warmup_steps", 200, "Linear warmup steps.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 1e-4, "AdamW weight decay.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the parameters and the data stream.")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between metrics.jsonl lines.")
+_CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 250, "Steps between checkpoints.")
+
+
+_RESUMABLE = ("steps", "log_every")  # may change on resume (the cosine schedule follows ``steps``)
+
+
+def task_spec(
+    dim: int, k_max: int = 8, n_max: int = 128, n_min: int = 32, variable_n: bool = True
+) -> TaskSpec:
+    """The prior over tasks (module docstring)."""
+    return TaskSpec(
+        dim=dim,
+        ks=tuple(range(1, k_max + 1)),
+        n_max=n_max,
+        n_min=n_min,
+        cos_threshold=1.0,
+        variable_n=variable_n,
+    )
+
+
+def run_config() -> dict:
+    return {
+        "size": _SIZE.value,
+        "num_layers": _LAYERS.value,
+        "k_max": _K_MAX.value,
+        "dims": [int(d) for d in _DIMS.value],
+        "n_min": _N_MIN.value,
+        "n_max": _N_MAX.value,
+        "tasks_per_k": _TASKS_PER_K.value,
+        "learning_rate": _LR.value,
+        "warmup_steps": _WARMUP.value,
+        "weight_decay": _WEIGHT_DECAY.value,
+        "seed": _SEED.value,
+        "steps": _STEPS.value,
+    }
+
+
+def build_model(cfg: dict) -> KPosterior:
+    overrides = {"num_layers": cfg["num_layers"]} if cfg.get("num_layers") else {}
+    return KPosterior(k_posterior_config(cfg["size"], cfg["k_max"], **overrides), cfg["k_max"])
+
+
+def make_tx(cfg: dict):
+    optim = ml_collections.ConfigDict(
+        dict(
+            learning_rate=cfg["learning_rate"],
+            schedule="cosine",
+            warmup_steps=cfg["warmup_steps"],
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=cfg["weight_decay"],
+            grad_clip_norm=1.0,
+        )
+    )
+    return make_optimizer(optim, cfg["steps"])
+
+
+def init_state(cfg: dict, model: KPosterior, tx) -> dict:
+    dim = cfg["dims"][0]
+    params = model.init(
+        jax.random.PRNGKey(cfg["seed"]), jnp.zeros((1, cfg["n_max"], dim)), jnp.ones((1, cfg["n_max"]), bool)
+    )
+    return {"step": jnp.int32(0), "params": params, "opt_state": tx.init(params)}
+
+
+def make_step(cfg: dict, model: KPosterior, tx, spec: TaskSpec):
+    """state -> (state, loss, accuracy) on the batch of step ``state['step']`` (sampled from (seed, step))."""
+    data_key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 1)
+
+    @jax.jit
+    def step_fn(state):
+        task = sample_tasks(jax.random.fold_in(data_key, state["step"]), spec, cfg["tasks_per_k"])
+
+        def loss_fn(params):
+            log_probs = model.apply(params, task.points, task.point_mask)
+            acc = jnp.mean(jnp.argmax(log_probs, -1) + 1 == task.num_components)
+            return k_cross_entropy(log_probs, task.num_components), acc
+
+        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, loss, acc
+
+    return step_fn
+
+
+def train(workdir: str, cfg: dict, checkpoint_every: int = 250) -> dict:
+    """Runs (or resumes) to ``cfg['steps']``; returns the final state."""
+    workdir_path = epath.Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    model, tx = build_model(cfg), make_tx(cfg)
+    state = init_state(cfg, model, tx)
+    writer = MetricWriter(workdir, tensorboard=False)
+    with Checkpoints(str(workdir_path / "checkpoints"), save_every=checkpoint_every, keep=2) as ckpt:
+        start = ckpt.latest_step()
+        if start is not None:
+            saved = ckpt.restore_config(start)
+            changed = sorted(k for k in cfg if k not in _RESUMABLE and saved.get(k) != cfg[k])
+            if changed:
+                raise ValueError(
+                    f"{workdir} holds a different run (fields {changed} differ); use a new workdir"
+                )
+            state = ckpt.restore(state, start)
+            writer.truncate_after(start)
+            writer.message(f"resumed at step {start}")
+        (workdir_path / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
+        dims = cfg["dims"]
+        steps = {
+            d: make_step(cfg, model, tx, task_spec(d, cfg["k_max"], cfg["n_max"], cfg["n_min"])) for d in dims
+        }
+        losses, accs, t0, t_log = [], [], time.time(), time.time()
+        step = int(state["step"])
+        first = step
+        while step < cfg["steps"]:
+            state, loss, acc = steps[dims[step % len(dims)]](state)
+            step += 1
+            losses.append(loss)
+            accs.append(acc)
+            if step % cfg.get("log_every", 50) == 0 or step == cfg["steps"]:
+                loss_v, acc_v = float(np.mean(jax.device_get(losses))), float(np.mean(jax.device_get(accs)))
+                if not np.isfinite(loss_v):
+                    raise FloatingPointError(f"non-finite loss at step {step}")
+                now = time.time()
+                rate = len(losses) / max(now - t_log, 1e-9)
+                writer.write(
+                    step, {"loss": loss_v, "k_accuracy": acc_v, "steps_per_sec": rate, "wall_s": now - t0}
+                )
+                writer.progress(step, cfg["steps"], loss_v, rate)
+                losses, accs, t_log = [], [], now
+            ckpt.save(step, state, cfg, force=step == cfg["steps"])
+        ckpt.wait()
+        writer.message(f"trained steps {first}..{step} in {time.time() - t0:.0f} s")
+    writer.close()
+    return state
+
+
+def load(workdir: str, step: int | None = None):
+    """(model, params, config) of a trained run."""
+    with Checkpoints(str(epath.Path(workdir) / "checkpoints"), read_only=True) as ckpt:
+        cfg = ckpt.restore_config(step)
+        model, tx = build_model(cfg), make_tx(cfg)
+        state = ckpt.restore(init_state(cfg, model, tx), step)
+    return model, state["params"], cfg
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    train(_WORKDIR.value, {**run_config(), "log_every": _LOG_EVERY.value}, _CKPT_EVERY.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

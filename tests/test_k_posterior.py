@@ -1,0 +1,154 @@
+"""KPosterior (learned P(K | X)): normalisation, invariances, masking, a training step, the study's criteria."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments import k_posterior_study as study
+from tgmm_jax.models.k_posterior import KPosterior, k_cross_entropy, k_posterior_config
+
+K_MAX = 5
+
+
+class _Tasks:
+    """Tasks of K = 1..K_MAX (two each), D = 3, N = 24 with the last points of odd tasks padded (numpy)."""
+
+    def __init__(self, seed=0, n=24, dim=3):
+        rng = np.random.default_rng(seed)
+        ks = np.repeat(np.arange(1, K_MAX + 1), 2)
+        means = rng.uniform(-5, 5, (ks.size, K_MAX, dim))
+        labels = rng.integers(0, ks[:, None], (ks.size, n))
+        points = np.take_along_axis(means, labels[..., None], axis=1) + rng.normal(size=(ks.size, n, dim))
+        mask = np.ones((ks.size, n), bool)
+        mask[1::2, n // 2 :] = False
+        self.points = jnp.asarray(points, jnp.float32)
+        self.point_mask = jnp.asarray(mask)
+        self.num_components = jnp.asarray(ks, jnp.int32)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = k_posterior_config("tiny", K_MAX)
+    model = KPosterior(config, K_MAX)
+    task = _Tasks()
+    params = model.init(jax.random.PRNGKey(1), task.points, task.point_mask)
+    # larger weights than the init, so the output depends visibly on the input and the tolerances bite
+    params = jax.tree.map(lambda p: p * 3.0, params)
+    apply = jax.jit(model.apply)
+    return model, params, apply, task
+
+
+@pytest.mark.slow  # shares the module's compiled model
+def test_probabilities_sum_to_one(setup):
+    _, params, apply, task = setup
+    log_probs = apply(params, task.points, task.point_mask)
+    assert log_probs.shape == (task.points.shape[0], K_MAX)
+    np.testing.assert_allclose(np.exp(log_probs).sum(-1), 1.0, atol=1e-5)
+    # not a constant map: different tasks get visibly different posteriors
+    assert np.ptp(np.asarray(log_probs), axis=0).max() > 1e-2
+
+
+def _same(apply, params, task, points, mask=None):
+    ref = apply(params, task.points, task.point_mask)
+    out = apply(params, points, task.point_mask if mask is None else mask)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-4)
+
+
+@pytest.mark.slow  # shares the module's compiled model
+def test_invariant_to_point_order(setup):
+    _, params, apply, task = setup
+    perm = jax.random.permutation(jax.random.PRNGKey(2), task.points.shape[1])
+    ref = apply(params, task.points, task.point_mask)
+    out = apply(params, task.points[:, perm], task.point_mask[:, perm])
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-4)
+
+
+@pytest.mark.slow  # shares the module's compiled model
+@pytest.mark.parametrize("c", [1e-3, 1e3])
+def test_invariant_to_scale_and_translation(setup, c):
+    _, params, apply, task = setup
+    b = c * jax.random.normal(jax.random.PRNGKey(3), (1, 1, task.points.shape[-1])) * 4.0
+    _same(apply, params, task, c * task.points + b)
+
+
+@pytest.mark.slow  # shares the module's compiled model
+def test_invariant_to_rotation(setup):
+    _, params, apply, task = setup
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(4), (3, 3)))
+    _same(apply, params, task, task.points @ q.T)
+
+
+@pytest.mark.slow  # shares the module's compiled model
+def test_padding_changes_nothing(setup):
+    _, params, apply, task = setup
+    b, n, d = task.points.shape
+    # interleave n garbage (NaN) points, masked out
+    points = jnp.concatenate([task.points, jnp.full((b, n, d), jnp.nan)], axis=1)
+    mask = jnp.concatenate([task.point_mask, jnp.zeros((b, n), bool)], axis=1)
+    order = jax.random.permutation(jax.random.PRNGKey(5), 2 * n)
+    _same(apply, params, task, points[:, order], mask[:, order])
+
+
+@pytest.mark.slow  # shares the module's compiled model
+def test_a_few_steps_lower_the_loss(setup):
+    model, params, _, task = setup
+    tx = optax.adam(3e-3)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        loss, grads = jax.value_and_grad(
+            lambda p: k_cross_entropy(model.apply(p, task.points, task.point_mask), task.num_components)
+        )(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    losses = []
+    for _ in range(8):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+@pytest.mark.slow  # ~8 s on the loaded 2-core CPU (sklearn import and fits)
+def test_bic_matches_sklearn():
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-5, 5, (3, 2))[rng.integers(0, 3, 64)] + rng.normal(size=(64, 2))
+    ic = study.information_criteria(x, k_max=4, n_init=3, seed=0)
+    for k in (1, 3, 4):
+        gm = GaussianMixture(
+            k, covariance_type="spherical", n_init=3, init_params="k-means++", random_state=0
+        )
+        gm.fit(x)
+        np.testing.assert_allclose(ic["bic"][k - 1], gm.bic(x), rtol=1e-10)
+        np.testing.assert_allclose(ic["aic"][k - 1], gm.aic(x), rtol=1e-10)
+
+
+def test_analyse_counts_and_scores():
+    # two cells at K = 1, 2 with hand-set criteria: BIC right on both tasks of K = 1, wrong on one of K = 2
+    bic = np.full((2, study.K_MAX), 100.0)
+    blocks = {}
+    for k in (1, 2):
+        b = bic.copy()
+        b[:, k - 1] = 0.0
+        if k == 2:
+            b[1, 0], b[1, 1] = 0.0, 100.0
+        weights = np.zeros((2, study.K_MAX))
+        weights[:, :k] = 1.0 / k
+        log_probs = np.log(np.full((2, study.K_MAX), 0.5 / (study.K_MAX - 1)))
+        log_probs[:, k - 1] = np.log(0.5)
+        blocks[(2, 32, k)] = {
+            "baselines": {"bic": b, "aic": b, "loglik": -b, "bgm_weights": weights},
+            "model": {"log_probs": log_probs},
+        }
+    saved = study.analyse(blocks, [2], [32], 2, 32, 0.03)
+    acc = {c["k"]: c["accuracy"] for c in saved["cells"]}
+    assert acc[1]["bic"] == 1.0 and acc[2]["bic"] == 0.5
+    assert acc[1]["bgm"] == 1.0 and acc[2]["bgm"] == 1.0 and acc[2]["model"] == 1.0
+    np.testing.assert_allclose(saved["summary"]["logloss"]["model"], np.log(2.0))
+    assert saved["targets"]["k1_answers_1_at_least_95pct"]["met"]
+    assert saved["reliability"]["model"]["ece"] == pytest.approx(0.5)
