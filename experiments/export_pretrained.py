@@ -44,6 +44,9 @@ _TARGETS = flags.DEFINE_string(
     "its learned gain over the skeleton, its distance to bayes and the unknown-noise cells.",
 )
 _SPEED = flags.DEFINE_string("speed_results", None, "A benchmarks.speed_vs_bayes JSON of this checkpoint.")
+_EASY = flags.DEFINE_string(
+    "easy_results", None, "A hard_regime JSON of this checkpoint on easy cells (large N)."
+)
 _REFRESH = flags.DEFINE_bool(
     "refresh_card", False, "Rewrite the shipped card's evaluation section from --card_results only."
 )
@@ -208,9 +211,9 @@ def main(argv):
         if saved is None:
             raise app.UsageError(f"--targets_results: no file {_TARGETS.value}")
         speed = _read_json(_SPEED.value) if _SPEED.value else None
-        lines = learning_targets_section(saved, _NAME.value, speed) + unknown_noise_section(
-            saved, _NAME.value
-        )
+        easy = _read_json(_EASY.value) if _EASY.value else None
+        lines = learning_targets_section(saved, _NAME.value, speed, easy)
+        lines += unknown_noise_section(saved, _NAME.value)
         extra = f"From `{_TARGETS.value}`" + (f" and `{_SPEED.value}`" if speed else "") + ":\n\n"
         extra += "\n".join(lines) + "\n"
     directory = export(

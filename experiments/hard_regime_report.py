@@ -349,12 +349,15 @@ def _z(pooled: dict | None) -> str:
     return f"{pooled['mean']:+.3f} ± {pooled['sem']:.3f} (z {pooled['z']:+.1f}, {pooled['cells']} cells)"
 
 
-def learning_targets_section(saved: dict, label: str, speed: dict | None = None) -> list[str]:
+def learning_targets_section(
+    saved: dict, label: str, speed: dict | None = None, easy: dict | None = None
+) -> list[str]:
     """The learning issue's targets, checked on one ``hard_regime --noise_scale_range`` run of a model: gap cells
     with the noise known (the share of em_kmeanspp's excess over bayes that the model alone closes, target 60%,
     and the pooled paired gains over the skeleton and over em_kmeanspp, target z >= 3), gap cells with the
     noise unknown (the model over GaussianMixture in the data's units, target 0.8, and the pooled gain over it
-    in sigma units), and the speed of ``benchmarks.speed_vs_bayes`` (``speed``, its JSON) where given."""
+    in sigma units), the easy cells of ``easy`` (a hard_regime JSON of the same model at large N: tgmm over
+    em_kmeanspp, target 1.03) and the speed of ``benchmarks.speed_vs_bayes`` (``speed``, its JSON) where given."""
     grid, noise = _cells(saved, "grid"), _cells(saved, "grid_noise")
     out = [f"## The learning targets, checked: `{label}`", "", f"`{label}`: {saved['checkpoint']}.", ""]
     keys = _gap_keys(saved, "grid")
@@ -410,6 +413,22 @@ def learning_targets_section(saved: dict, label: str, speed: dict | None = None)
                 + f". At most 0.8 in {sum(r <= 0.8 for *_, r in ratios)} of {len(ratios)}. Pooled paired gain"
                 f" over GaussianMixture in sigma units: {_z(_pooled(models, 'gain_over_classical'))}; over the"
                 f" skeleton: {_z(_pooled(models, 'learned_gain'))}.",
+                "",
+            ]
+    if easy:
+        rows = []
+        for c in sorted(_cells(easy, "grid"), key=lambda c: (c["N"], c["dim"], c["K"])):
+            em = _find(_cells(easy, "grid"), "em_kmeanspp", dim=c["dim"], N=c["N"], K=c["K"])
+            if c["method"] == "tgmm" and em and "l2" in c and "l2" in em:
+                rows.append((c["dim"], c["N"], c["K"], c["l2"]["mean"] / em["l2"]["mean"]))
+        if rows:
+            out += [
+                (
+                    "**Easy cells** (noise known; tgmm / em_kmeanspp in mean l2, target <= 1.03; "
+                    f"{easy['checkpoint']}): "
+                    + ", ".join(f"d={d} N={n} K={k} {r:.2f}" for d, n, k, r in rows)
+                    + f". At most 1.03 in {sum(r <= 1.03 for *_, r in rows)} of {len(rows)}."
+                ),
                 "",
             ]
     if speed:

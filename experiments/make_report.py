@@ -466,9 +466,9 @@ def main(argv):
             lines += unknown_noise_section(arm, label)
         if noise_arms:  # the learning targets, on the longest-trained arm (and the speed benchmark's JSON)
             label, arm = list(noise_arms.items())[-1]
-            lines += learning_targets_section(
-                arm, label, _load(os.path.join(r, "benchmark_speed_vs_bayes_cpu.json"))
-            )
+            speed = _load(os.path.join(r, "benchmark_speed_vs_bayes_cpu.json"))
+            easy = _load(os.path.join(r, "small_n_ablation", "noise_cond3_easy.json"))
+            lines += learning_targets_section(arm, label, speed, easy)
     previous = _previous_descriptions(os.path.join(r, "REPORT.md"))
     lines += ["## What was run", ""]
     lines += [f"- {_run_description(w, step, previous)}" for w, step in dict.fromkeys(runs)] + [""]

@@ -199,3 +199,14 @@ def test_learning_targets_section_closes_the_gap_on_bayes_tasks():
         in text
     )
     assert "d=2 N=16 K=3 0.70. At most 0.8 in 1 of 1." in text
+    easy = {
+        "checkpoint": "a test",
+        "cells": [
+            dict(kind="grid", dim=8, N=128, K=2, method="em_kmeanspp", l2={"mean": 0.1}),
+            dict(kind="grid", dim=8, N=128, K=2, method="tgmm", l2={"mean": 0.102}),
+            dict(kind="grid", dim=8, N=128, K=3, method="em_kmeanspp", l2={"mean": 0.1}),
+            dict(kind="grid", dim=8, N=128, K=3, method="tgmm", l2={"mean": 0.11}),
+        ],
+    }
+    text = "\n".join(learning_targets_section(saved, "test", easy=easy))
+    assert "d=8 N=128 K=2 1.02, d=8 N=128 K=3 1.10. At most 1.03 in 1 of 2." in text
