@@ -94,9 +94,12 @@ def _restart_starts(n_restarts: int, k_max: int, key, points_BxNxD, mask_BxN, k_
     MixtureParams with leading dims [R, B]."""
     data = fused.prepare_chunk(points_BxNxD, mask_BxN, learn_variances=False)
     b = points_BxNxD.shape[0]
-    shape = (b, n_restarts, k_max, seeding.kmeanspp_trials(k_max))
-    tiny = jnp.finfo(points_BxNxD.dtype).tiny  # the seeding's draws exclude 0
+    # One set of draws serves every dataset of the batch, so a dataset's starts do not depend on the batch it
+    # is fitted in (fit_batch equals one fit per dataset); the seeding's draws exclude 0.
+    shape = (n_restarts, k_max, seeding.kmeanspp_trials(k_max))
+    tiny = jnp.finfo(points_BxNxD.dtype).tiny
     u = jax.random.uniform(jax.random.fold_in(key, 0), shape, points_BxNxD.dtype, minval=tiny)
+    u = jnp.broadcast_to(u, (b, *shape))
     comp_BxK = jnp.arange(k_max)[None, :] < k_B[:, None]
     start = seeding.kmeanspp_state(u, data, k_B, comp_BxK, learn_variances=False)
     comp_RxBxK = jnp.broadcast_to(comp_BxK, (n_restarts, b, k_max))
