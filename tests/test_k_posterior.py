@@ -152,3 +152,24 @@ def test_analyse_counts_and_scores():
     np.testing.assert_allclose(saved["summary"]["logloss"]["model"], np.log(2.0))
     assert saved["targets"]["k1_answers_1_at_least_95pct"]["met"]
     assert saved["reliability"]["model"]["ece"] == pytest.approx(0.5)
+
+
+def test_report_section_renders():
+    from experiments.k_posterior_report import k_posterior_section
+
+    blocks = {}
+    for k in (1, 2):
+        bic = np.full((2, study.K_MAX), 100.0)
+        bic[:, k - 1] = 0.0
+        log_probs = np.log(np.full((2, study.K_MAX), 0.5 / (study.K_MAX - 1)))
+        log_probs[:, k - 1] = np.log(0.5)
+        weights = np.zeros((2, study.K_MAX))
+        weights[:, :k] = 1.0 / k
+        blocks[(2, 32, k)] = {
+            "baselines": {"bic": bic, "aic": bic, "loglik": -bic, "bgm_weights": weights},
+            "model": {"log_probs": log_probs},
+        }
+    saved = study.analyse(blocks, [2], [32], 2, 32, 0.03)
+    text = "\n".join(k_posterior_section(saved))
+    assert "| 2 | 32 | 100.0 | 100.0 | 100.0 | 100.0 |" in text
+    assert "**met**" in text and "**not met**" in text  # accuracy gap 0 < 10 points; the others met
