@@ -45,6 +45,8 @@ from tgmm_jax.tasks import TaskSpec, sample_tasks
 K_MAX = 8
 CHUNK = 32
 BGM_THRESHOLDS = (0.01, 0.03, 1.0 / 16)
+# A restart whose smallest component variance is below this times the data's variance has collapsed on a point.
+DEGENERATE_VARIANCE = 1e-3
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/k_posterior", "The trained KPosterior run.")
 _RESULTS = flags.DEFINE_string("results", "results/k_posterior/", "Output directory.")
@@ -72,22 +74,56 @@ def num_parameters(k: int, dim: int) -> int:
     return k * dim + k + (k - 1)
 
 
-def information_criteria(points_NxD: np.ndarray, k_max: int = K_MAX, n_init: int = 10, seed: int = 0) -> dict:
-    """BIC, AIC and the maximised log-likelihood for K = 1..k_max (arrays [k_max]); EM as the module docstring."""
+def em_restarts(
+    points_NxD: np.ndarray, k: int, n_init: int = 10, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(log-likelihood [n_init], degenerate [n_init]) of ``n_init`` EM runs from k-means++ seeds.
+
+    Each run is ``GaussianMixture(k, covariance_type="spherical", n_init=1, init_params="k-means++")`` with its
+    own random_state; a run is degenerate when a component's variance fell below DEGENERATE_VARIANCE times the
+    data's mean per-coordinate variance (a component collapsed on a point: its likelihood is unbounded, capped
+    only by sklearn's reg_covar 1e-6).
+    """
     from sklearn.mixture import GaussianMixture
 
-    n, dim = points_NxD.shape
-    loglik = np.empty(k_max)
-    for k in range(1, k_max + 1):
+    n = points_NxD.shape[0]
+    floor = DEGENERATE_VARIANCE * float(np.mean(np.var(points_NxD, axis=0)))
+    loglik, degenerate = np.empty(n_init), np.empty(n_init, bool)
+    for r in range(n_init):
         gm = GaussianMixture(
-            k, covariance_type="spherical", n_init=n_init, init_params="k-means++", random_state=seed
+            k, covariance_type="spherical", n_init=1, init_params="k-means++", random_state=seed * 1000 + r
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gm.fit(points_NxD)
-        loglik[k - 1] = gm.score(points_NxD) * n
-    p = np.array([num_parameters(k, dim) for k in range(1, k_max + 1)], np.float64)
-    return {"bic": -2.0 * loglik + p * np.log(n), "aic": -2.0 * loglik + 2.0 * p, "loglik": loglik}
+        loglik[r] = gm.score(points_NxD) * n
+        degenerate[r] = bool(np.min(gm.covariances_) < floor)
+    return loglik, degenerate
+
+
+def criteria(loglik_K: np.ndarray, n: int, dim: int) -> dict:
+    """BIC = -2 log L + p log n and AIC = -2 log L + 2 p for K = 1..len(loglik_K) (log L = -inf gives +inf)."""
+    p = np.array([num_parameters(k, dim) for k in range(1, loglik_K.size + 1)], np.float64)
+    return {"bic": -2.0 * loglik_K + p * np.log(n), "aic": -2.0 * loglik_K + 2.0 * p}
+
+
+def information_criteria(points_NxD: np.ndarray, k_max: int = K_MAX, n_init: int = 10, seed: int = 0) -> dict:
+    """BIC and AIC for K = 1..k_max (arrays [k_max]) from the best of ``n_init`` EM restarts per K.
+
+    ``bic``/``aic``: the best non-degenerate restart (+inf when all ``n_init`` are degenerate, so that K is never
+    chosen); ``bic_raw``/``aic_raw``: the best restart whatever it is (sklearn's own ``n_init`` rule).
+    """
+    n, dim = points_NxD.shape
+    loglik, loglik_raw, degenerate = np.empty(k_max), np.empty(k_max), np.empty(k_max)
+    for k in range(1, k_max + 1):
+        ll, deg = em_restarts(points_NxD, k, n_init, seed)
+        loglik_raw[k - 1] = ll.max()
+        loglik[k - 1] = ll[~deg].max() if (~deg).any() else -np.inf
+        degenerate[k - 1] = deg.sum()
+    out = {"loglik": loglik, "loglik_raw": loglik_raw, "degenerate_restarts": degenerate}
+    out.update(criteria(loglik, n, dim))
+    out.update({f"{name}_raw": v for name, v in criteria(loglik_raw, n, dim).items()})
+    return out
 
 
 def bgm_weights(points_NxD: np.ndarray, k_max: int = K_MAX, seed: int = 0) -> np.ndarray:
@@ -134,12 +170,12 @@ def baseline_block(results, seed, dim, n, k, chunk, n_init) -> dict:
     if os.path.exists(path):
         return dict(np.load(path))
     points, _ = held_out_tasks(seed, dim, n, k, chunk)
-    out = {name: [] for name in ("bic", "aic", "loglik", "bgm_weights")}
+    out = {}
     for i, x in enumerate(points):
         ic = information_criteria(x, K_MAX, n_init, seed=i)
-        for name in ("bic", "aic", "loglik"):
-            out[name].append(ic[name])
-        out["bgm_weights"].append(bgm_weights(x, K_MAX, seed=i))
+        ic["bgm_weights"] = bgm_weights(x, K_MAX, seed=i)
+        for name, v in ic.items():
+            out.setdefault(name, []).append(v)
     out = {name: np.stack(v) for name, v in out.items()}
     _save(path, **out)
     return out
@@ -188,7 +224,7 @@ def reliability(probs_TxK: np.ndarray, true_k_T: np.ndarray, bins: int = 10) -> 
     return {"bins": rows, "ece": float(ece)}
 
 
-def analyse(blocks: dict, dims, ns, tasks: int, n_read: int, bgm_threshold: float) -> dict:
+def analyse(blocks: dict, dims, ns, tasks: int, n_read: int, bgm_threshold: float, n_init: int = 10) -> dict:
     """blocks[(dim, n, k)] = {'baselines': {...}, 'model': {...} or None} (chunks joined) -> the JSON."""
     cells, pooled = [], {}
     for dim in dims:
@@ -202,12 +238,17 @@ def analyse(blocks: dict, dims, ns, tasks: int, n_read: int, bgm_threshold: floa
                 preds = {
                     "bic": base["bic"].argmin(-1) + 1,
                     "aic": base["aic"].argmin(-1) + 1,
+                    "bic_raw": base["bic_raw"].argmin(-1) + 1,
+                    "aic_raw": base["aic_raw"].argmin(-1) + 1,
                     "bgm": (base["bgm_weights"] > bgm_threshold).sum(-1),
                 }
                 for t in BGM_THRESHOLDS:
                     preds[f"bgm@{t:.3g}"] = (base["bgm_weights"] > t).sum(-1)
                 bic_lp = log_softmax_np(-0.5 * base["bic"])
-                logloss = {"bic_softmax": float(-bic_lp[:, k - 1].mean())}
+                logloss = {
+                    "bic_softmax": float(-bic_lp[:, k - 1].mean()),
+                    "bic_raw_softmax": float(-log_softmax_np(-0.5 * base["bic_raw"])[:, k - 1].mean()),
+                }
                 probs = {"bic_softmax": np.exp(bic_lp)}
                 if model is not None:
                     preds["model"] = model["log_probs"].argmax(-1) + 1
@@ -224,6 +265,7 @@ def analyse(blocks: dict, dims, ns, tasks: int, n_read: int, bgm_threshold: floa
                     "accuracy": {m: float(np.mean(p == true)) for m, p in preds.items()},
                     "mean_k": {m: float(np.mean(p)) for m, p in preds.items()},
                     "logloss": logloss,
+                    "degenerate_restarts": (base["degenerate_restarts"].mean(0) / n_init).tolist(),
                 }
                 cells.append(cell)
                 for m, p in probs.items():
@@ -249,8 +291,12 @@ def analyse(blocks: dict, dims, ns, tasks: int, n_read: int, bgm_threshold: floa
             for d in dims
             for n in ns
         },
-        "logloss": {m: mean_over("logloss", m) for m in ("model", "bic_softmax", "model_all")},
-        "logloss_n_le_128": {m: mean_over("logloss", m, n=small) for m in ("model", "bic_softmax")},
+        "logloss": {
+            m: mean_over("logloss", m) for m in ("model", "bic_softmax", "bic_raw_softmax", "model_all")
+        },
+        "logloss_n_le_128": {
+            m: mean_over("logloss", m, n=small) for m in ("model", "bic_softmax", "bic_raw_softmax")
+        },
         "k1_rate": {m: mean_over("accuracy", m, k=[1]) for m in methods},
         "k1_rate_n_le_128": {m: mean_over("accuracy", m, k=[1], n=small) for m in methods},
     }
@@ -383,7 +429,7 @@ def main(argv):
                     },
                     "model": {key: np.concatenate([m[key] for _, m in parts]) for key in parts[0][1].files},
                 }
-    saved = analyse(blocks, dims, ns, _TASKS.value, n_read, _BGM_THRESHOLD.value)
+    saved = analyse(blocks, dims, ns, _TASKS.value, n_read, _BGM_THRESHOLD.value, _N_INIT.value)
     saved["settings"].update({"workdir": _WORKDIR.value, "seed": seed, "n_init": _N_INIT.value})
     with open(os.path.join(results, "k_posterior.json"), "w") as f:
         json.dump(saved, f, indent=1)

@@ -118,14 +118,29 @@ def test_bic_matches_sklearn():
 
     rng = np.random.default_rng(7)
     x = rng.uniform(-5, 5, (3, 2))[rng.integers(0, 3, 64)] + rng.normal(size=(64, 2))
-    ic = study.information_criteria(x, k_max=4, n_init=3, seed=0)
-    for k in (1, 3, 4):
+    ic = study.information_criteria(x, k_max=3, n_init=1, seed=0)
+    for k in (1, 3):
         gm = GaussianMixture(
-            k, covariance_type="spherical", n_init=3, init_params="k-means++", random_state=0
+            k, covariance_type="spherical", n_init=1, init_params="k-means++", random_state=0
         )
         gm.fit(x)
-        np.testing.assert_allclose(ic["bic"][k - 1], gm.bic(x), rtol=1e-10)
-        np.testing.assert_allclose(ic["aic"][k - 1], gm.aic(x), rtol=1e-10)
+        np.testing.assert_allclose(ic["bic_raw"][k - 1], gm.bic(x), rtol=1e-10)
+        np.testing.assert_allclose(ic["aic_raw"][k - 1], gm.aic(x), rtol=1e-10)
+    # no restart collapsed on this well-separated task: the degenerate-excluded criteria are the same
+    np.testing.assert_array_equal(ic["degenerate_restarts"], 0)
+    np.testing.assert_allclose(ic["bic"], ic["bic_raw"])
+
+
+def test_collapsed_restarts_are_excluded():
+    # 20 points of one Gaussian plus 2 exact duplicates of one point: a component can sit on the duplicates
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 2))
+    x = np.concatenate([x, x[:1], x[:1]])
+    _, degenerate = study.em_restarts(x, 4, n_init=5, seed=0)
+    assert degenerate.any()  # a collapsed component has an unbounded likelihood (capped by reg_covar)
+    ic = study.information_criteria(x, k_max=4, n_init=5, seed=0)
+    assert ic["loglik"][3] < ic["loglik_raw"][3]
+    assert ic["bic"].argmin() == 0 and ic["bic_raw"].argmin() > 0
 
 
 def test_analyse_counts_and_scores():
@@ -142,7 +157,14 @@ def test_analyse_counts_and_scores():
         log_probs = np.log(np.full((2, study.K_MAX), 0.5 / (study.K_MAX - 1)))
         log_probs[:, k - 1] = np.log(0.5)
         blocks[(2, 32, k)] = {
-            "baselines": {"bic": b, "aic": b, "loglik": -b, "bgm_weights": weights},
+            "baselines": {
+                "bic": b,
+                "aic": b,
+                "bic_raw": b,
+                "aic_raw": b,
+                "bgm_weights": weights,
+                "degenerate_restarts": np.zeros_like(b),
+            },
             "model": {"log_probs": log_probs},
         }
     saved = study.analyse(blocks, [2], [32], 2, 32, 0.03)
@@ -166,7 +188,14 @@ def test_report_section_renders():
         weights = np.zeros((2, study.K_MAX))
         weights[:, :k] = 1.0 / k
         blocks[(2, 32, k)] = {
-            "baselines": {"bic": bic, "aic": bic, "loglik": -bic, "bgm_weights": weights},
+            "baselines": {
+                "bic": bic,
+                "aic": bic,
+                "bic_raw": bic,
+                "aic_raw": bic,
+                "bgm_weights": weights,
+                "degenerate_restarts": np.zeros_like(bic),
+            },
             "model": {"log_probs": log_probs},
         }
     saved = study.analyse(blocks, [2], [32], 2, 32, 0.03)
