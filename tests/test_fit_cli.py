@@ -19,7 +19,7 @@ import pytest
 from experiments import fit
 from tests.estimator_helpers import save_tiny_checkpoint
 from tgmm_jax import export_cache, pretrained
-from tgmm_jax.estimator import TGMMEstimator
+from tgmm_jax.estimator import TGMMEstimator, TGMMEstimatorCore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT = "cluster"
@@ -199,13 +199,13 @@ def test_dropped_index_and_unscorable_k_give_strict_json(tmp_path, capsys, monke
     rows = "".join(f"{i},{x},{y}\n" for i, (x, y) in enumerate(X))
     path = _write(tmp_path / "idx.csv", ",a,b\n" + rows)  # what DataFrame.to_csv writes by default
 
-    class NoK5(TGMMEstimator):  # as if K=5 could not be scored (fewer points than components): BIC inf
+    class NoK5(TGMMEstimatorCore):  # as if K=5 could not be scored (fewer points than components): BIC inf
         def fit(self, X, y=None):
             super().fit(X, y)
             self.bic_by_k_ = {**self.bic_by_k_, 5: float("inf")}
             return self
 
-    monkeypatch.setattr(fit, "TGMMEstimator", NoK5)
+    monkeypatch.setattr(fit, "TGMMEstimatorCore", NoK5)
     rc, out, _ = _run(capsys, path, drop_index=True)
     result = _strict_json(out)
     assert rc == 0 and result["n_samples"] == 40 and result["n_features"] == 2
