@@ -106,6 +106,7 @@ def test_padding_to_the_bucket_changes_nothing(tiny, monkeypatch):
                     restarts,
                     "spherical",
                     2,
+                    False,
                     ckpt.params,
                     jax.random.key(0),
                     points,
@@ -198,9 +199,9 @@ def test_large_n_path_subsamples_streams_and_compiles_once_per_bucket(tiny, monk
     seen = []
     fit_tasks = estimator._fit_tasks
 
-    def spy(model, steps, restarts, cov, passes, params, key, points, mask, k):
+    def spy(model, steps, restarts, cov, passes, network_variances, params, key, points, mask, k):
         seen.append((points.shape, steps, restarts))
-        return fit_tasks(model, steps, restarts, cov, passes, params, key, points, mask, k)
+        return fit_tasks(model, steps, restarts, cov, passes, network_variances, params, key, points, mask, k)
 
     monkeypatch.setattr(estimator, "_fit_tasks", spy)
     kw = dict(checkpoint=tiny, refine="em", em_steps=4, n_restarts=2, random_state=3)
@@ -235,7 +236,7 @@ def test_ten_thousand_points_recover_the_means(monkeypatch):
     X = centres[rng.integers(0, 3, 10_000)] + rng.standard_normal((10_000, 8))  # > LARGE_N, 3 stream blocks
     shapes = []
     fit_tasks = estimator._fit_tasks
-    monkeypatch.setattr(estimator, "_fit_tasks", lambda *a: shapes.append(a[7].shape) or fit_tasks(*a))
+    monkeypatch.setattr(estimator, "_fit_tasks", lambda *a: shapes.append(a[8].shape) or fit_tasks(*a))
     est = TGMMEstimator(3, random_state=0).fit(X)
     assert shapes == [(1, estimator.SUBSAMPLE, 8)]
     assert est.n_iter_ == est.em_steps and est.converged_

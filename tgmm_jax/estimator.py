@@ -109,7 +109,10 @@ def _restart_starts(n_restarts: int, k_max: int, key, points_BxNxD, mask_BxN, k_
 
 
 def _with_variances(points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str) -> MixtureParams:
-    """``VARIANCE_ITERS`` variance M-steps with the weights and means held (``mixture.variance_step``)."""
+    """``VARIANCE_ITERS`` variance M-steps with the weights and means held (``mixture.variance_step``); unit
+    variances for ``"isotropic"`` (a known noise variance: 1 in the fit's coordinates)."""
+    if covariance_type == "isotropic":
+        return params.replace(scales=jnp.ones_like(params.means))
     return jax.lax.fori_loop(
         0,
         VARIANCE_ITERS,
@@ -118,9 +121,15 @@ def _with_variances(points_BxNxD, mask_BxN, params: MixtureParams, covariance_ty
     )
 
 
+def _em_step(points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str) -> MixtureParams:
+    """One EM step; ``"isotropic"`` (a known noise variance, 1 in the fit's coordinates) keeps unit scales."""
+    out = mixture.em_step(points_BxNxD, mask_BxN, params, covariance_type)
+    return out.replace(scales=params.scales) if covariance_type == "isotropic" else out
+
+
 def _em(points_BxNxD, mask_BxN, params: MixtureParams, steps: int, covariance_type: str) -> MixtureParams:
     return jax.lax.fori_loop(
-        0, steps, lambda _, p: mixture.em_step(points_BxNxD, mask_BxN, p, covariance_type), params
+        0, steps, lambda _, p: _em_step(points_BxNxD, mask_BxN, p, covariance_type), params
     )
 
 
@@ -142,35 +151,41 @@ def _kmeanspp_starts(n_restarts: int, k_max: int, key, points_BxNxD, mask_BxN, k
 
 
 @functools.partial(
-    jax.jit, static_argnames=("model", "refine_steps", "n_restarts", "covariance_type", "passes")
+    jax.jit,
+    static_argnames=("model", "refine_steps", "n_restarts", "covariance_type", "passes", "network_variances"),
 )
 def _fit_tasks(
-    model, refine_steps: int, n_restarts: int, covariance_type: str, passes: int, params, key,
-    points_BxNxD, mask_BxN, k_B,
+    model, refine_steps: int, n_restarts: int, covariance_type: str, passes: int, network_variances: bool,
+    params, key, points_BxNxD, mask_BxN, k_B,
 ):  # fmt: skip
     """The network (``scoring.model_method(model)``) on the tasks, its variances (``_with_variances``), then
     ``refine_steps`` EM steps; ``passes`` = 2 runs the network a second time on the points divided by the
     first fit's pooled within-component standard deviation (unit noise, the training tasks' scale) and keeps
     the pass of higher log-likelihood (the second on ties). ``n_restarts`` > 0 adds as many EM runs from
     k-means++ starts; per task the fit of highest log-likelihood wins (the network's on ties). Everything is
-    in the coordinates of ``points``. Returns the estimate (scales always set), its mean log-likelihood and
+    in the coordinates of ``points``. ``covariance_type="isotropic"``: the noise variance is known and is 1 in
+    these coordinates (a noise-conditioned network is told so; else it is estimated, and a noise-conditioned
+    network is told it is unknown). ``network_variances``: keep the network's own (spherical) variances
+    instead of the variance M-steps. Returns the estimate (scales always set), its mean log-likelihood and
     that after one more EM step."""
     count_trace("fit_tasks")
     k_max = max(model.ks)
     b, n, d = points_BxNxD.shape
     comp_BxK = jnp.arange(k_max)[None, :] < k_B[:, None]
     zeros_BxK = jnp.zeros((b, k_max), points_BxNxD.dtype)
-    network = scoring.model_method(model, 0)
+    known = covariance_type == "isotropic"
+    network = scoring.model_method(model, 0, noise="known" if known else "unknown")
 
     def one_pass(scale_B):
-        task = GMMTask(
+        task = GMMTask(  # scales: the noise a noise-conditioned network is told when it is known
             points_BxNxD / scale_B[:, None, None], mask_BxN, jnp.zeros((b, n), jnp.int32), zeros_BxK,
-            jnp.zeros((b, k_max, d)), jnp.ones((b, k_max, d)), comp_BxK, k_B,
+            jnp.zeros((b, k_max, d)), jnp.ones((b, k_max, d)) / scale_B[:, None, None], comp_BxK, k_B,
         )  # fmt: skip
         est, _ = network(params, key, task)
         scales = jnp.ones_like(est.means) if est.scales is None else est.scales
         est = est.replace(means=est.means * scale_B[:, None, None], scales=scales * scale_B[:, None, None])
-        est = _with_variances(points_BxNxD, mask_BxN, est, covariance_type)
+        if not network_variances:
+            est = _with_variances(points_BxNxD, mask_BxN, est, covariance_type)
         est = _em(points_BxNxD, mask_BxN, est, refine_steps, covariance_type)
         return est, _nan_to_worst(mixture.log_likelihood(points_BxNxD, mask_BxN, est))
 
@@ -207,18 +222,19 @@ def _fit_tasks(
         stacked = jax.tree.map(lambda a, f: jnp.concatenate([a[None], f]), estimate, fits)
         estimate = jax.tree.map(lambda a: jax.vmap(lambda x, i: x[i], in_axes=(1, 0))(a, best_B), stacked)
         loglik_B = jnp.take_along_axis(all_ll, best_B[None], axis=0)[0]
-    following = mixture.em_step(points_BxNxD, mask_BxN, estimate, covariance_type)
+    following = _em_step(points_BxNxD, mask_BxN, estimate, covariance_type)
     next_B = mixture.log_likelihood(points_BxNxD, mask_BxN, following)
     return estimate, loglik_B, next_B
 
 
-def n_parameters(k, d: int, covariance_type: str):
+def n_parameters(k, d: int, covariance_type: str, noise_known: bool = False):
     """Free parameters of a K-component fit, as scikit-learn's ``GaussianMixture._n_parameters``: K - 1
-    weights, K d means, and K (spherical) or K d (diag) variances (``standardize``'s centre and scale are the
-    same for every K and left out)."""
+    weights, K d means, and K (spherical) or K d (diag) variances, none when the noise variance is known
+    (``noise_known``; ``standardize``'s centre and scale are the same for every K and left out)."""
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
-    return (k - 1) + k * d + (k if covariance_type == "spherical" else k * d)
+    variances = 0 if noise_known else (k if covariance_type == "spherical" else k * d)
+    return (k - 1) + k * d + variances
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -342,6 +358,8 @@ def _one_component(x_NxD: np.ndarray, covariance_type: str) -> tuple[np.ndarray,
     variance of ``covariance_type`` plus ``VARIANCE_REG``, as EM's), mean log-likelihood)."""
     mean_D = x_NxD.mean(axis=0)
     second_D = np.square(x_NxD - mean_D).mean(axis=0)
+    if covariance_type == "isotropic":  # a known noise variance: 1 in the fit's coordinates
+        return mean_D, np.ones_like(mean_D), -0.5 * float(np.sum(np.log(2.0 * np.pi) + second_D))
     if covariance_type == "spherical":
         second_D = np.full_like(second_D, second_D.mean())
     var_D = second_D + VARIANCE_REG
@@ -349,12 +367,32 @@ def _one_component(x_NxD: np.ndarray, covariance_type: str) -> tuple[np.ndarray,
     return mean_D, np.sqrt(var_D), loglik
 
 
-def _standardize(pts_NxD: np.ndarray, standardize: bool, where: str) -> tuple[np.ndarray, np.ndarray, float]:
+def _standardize(
+    pts_NxD: np.ndarray, standardize: bool, where: str, noise_variance=None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(points in the fit's coordinates (float64), centre [D], scale): x = (points - centre) / scale.
+
+    ``noise_variance`` v (known, in the data's units): scale = sqrt(v), so the noise has unit variance in the
+    fit's coordinates, whatever ``standardize`` says; refused where the points lie more than ``MAX_RAW`` noise
+    standard deviations from their mean (float32 would lose them).
 
     ``standardize``: scale = (root mean squared distance to the centre) / sqrt(TRAINING_VARIANCE), so the
     network's first pass sees the training tasks' spread; computed after an exact power-of-two rescaling, so
     nothing overflows for any finite float64 input. Else scale 1 (the data's units)."""
+    if noise_variance is not None:
+        top = float(np.max(np.abs(pts_NxD)))
+        p = 1.0 if top == 0.0 else float(2.0 ** np.frexp(top)[1])  # |pts / p| < 1, exactly
+        centre_D = (pts_NxD / p).mean(axis=0) * p
+        noise_std = float(np.sqrt(noise_variance))
+        x_NxD = (pts_NxD / p - centre_D / p) * (p / noise_std)
+        big = float(np.max(np.abs(x_NxD)))
+        if not big <= MAX_RAW:
+            raise ValueError(
+                f"{where} has values {big:.3g} noise standard deviations from its mean with "
+                f"noise_variance={noise_variance!r}; the fit needs them below {MAX_RAW:g} (is noise_variance "
+                "in the data's units?)"
+            )
+        return x_NxD, centre_D, noise_std
     if not standardize:
         centre_D = pts_NxD.mean(axis=0)
         x_NxD = pts_NxD - centre_D
@@ -408,6 +446,14 @@ class TGMMEstimatorCore:
                     ``GaussianMixture`` of that type does (plus ``VARIANCE_REG`` = 1e-6 in the fit's standardised
                     coordinates): with ``refine="none"`` by ``VARIANCE_ITERS`` variance M-steps around the
                     network's means and weights, with ``refine="em"`` then by every EM step.
+      noise_variance  None (default): the within-component variances are estimated (``covariance_type``).
+                    A number v > 0: every component's noise is known to be isotropic with variance v, in the
+                    data's units (the paper's setting is ``noise_variance=1.0``): the fit runs on X / sqrt(v)
+                    (one pass, whatever ``standardize`` says), a noise-conditioned checkpoint is told the
+                    value, the EM steps keep it, ``covariances_`` holds v and ``bic``/``aic`` count no variance
+                    parameters. A noise-conditioned checkpoint (``ModelConfig.noise="conditioned"``) with
+                    None is told the noise is unknown and estimates it (scale-equivariant, one pass; with
+                    ``"spherical"`` its own per-component variances are kept).
       standardize   True (default): any units. The networks were trained on tasks with unit within-component
                     noise (means in [-5, 5]^d). Each dataset is centred and divided by
                     s1 = (root mean squared distance to the mean) / sqrt(TRAINING_VARIANCE); the network
@@ -454,6 +500,7 @@ class TGMMEstimatorCore:
         em_steps=5,
         n_restarts=0,
         covariance_type="spherical",
+        noise_variance=None,
         standardize=True,
         random_state=None,
     ):
@@ -463,6 +510,7 @@ class TGMMEstimatorCore:
         self.em_steps = em_steps
         self.n_restarts = n_restarts
         self.covariance_type = covariance_type
+        self.noise_variance = noise_variance
         self.standardize = standardize
         self.random_state = random_state
 
@@ -481,6 +529,13 @@ class TGMMEstimatorCore:
             )
         if not isinstance(self.standardize, (bool, np.bool_)):
             raise ValueError(f"standardize must be True or False, got {self.standardize!r}")
+        v = self.noise_variance
+        if v is not None and (
+            isinstance(v, (bool, np.bool_))
+            or not isinstance(v, (int, float, np.integer, np.floating))
+            or not (np.isfinite(v) and v > 0)
+        ):
+            raise ValueError(f"noise_variance must be None (estimated) or a finite number > 0, got {v!r}")
         if self.n_restarts and self.refine != "em":
             raise ValueError("n_restarts > 0 needs refine='em' (the restarts are EM runs)")
         ckpt = load_checkpoint(self.checkpoint)
@@ -552,7 +607,9 @@ class TGMMEstimatorCore:
         for i in range(b):
             pts_NxD = points_BxNxD[i] if mask_BxN[i].all() else points_BxNxD[i][mask_BxN[i]]
             where = "X" if b == 1 else f"dataset {i}"
-            x_NxD, centre_BxD[i], scale_B[i] = _standardize(pts_NxD, bool(self.standardize), where)
+            x_NxD, centre_BxD[i], scale_B[i] = _standardize(
+                pts_NxD, bool(self.standardize), where, self.noise_variance
+            )
             xs.append(x_NxD)
         distinct_B = np.array([_distinct_rows(x, k_max + 1) for x in xs])
 
@@ -581,7 +638,7 @@ class TGMMEstimatorCore:
                 loglik_BxS[at], next_BxS[at], iters_BxS[at] = ll_GxC, next_GxC, steps
         one_fits = {}
         for i, j in zip(*np.nonzero(cand_BxS == 1)):
-            one_fits[i] = one_fits.get(i) or _one_component(xs[i], cov)
+            one_fits[i] = one_fits.get(i) or _one_component(xs[i], self._fit_covariance())
             mean_D, scale_D, ll = one_fits[i]
             weights[i, j], means[i, j], comp[i, j] = 0.0, 0.0, False
             weights[i, j, 0], means[i, j, 0], comp[i, j, 0] = 1.0, mean_D, True
@@ -591,7 +648,7 @@ class TGMMEstimatorCore:
 
         change_BxS = np.abs(next_BxS - loglik_BxS)
         loglik_BxS = loglik_BxS - d * np.log(scale_B)[:, None]  # in the data's units
-        p_BxS = n_parameters(cand_BxS, d, cov)
+        p_BxS = n_parameters(cand_BxS, d, cov, self.noise_variance is not None)
         bic_BxS = -2.0 * loglik_BxS * count_B[:, None] + p_BxS * np.log(count_B)[:, None]
         bic_BxS = np.where(cand_BxS <= count_B[:, None], bic_BxS, np.inf)
         bic_BxS = np.where(np.isnan(bic_BxS), np.inf, bic_BxS)
@@ -605,7 +662,7 @@ class TGMMEstimatorCore:
         for i in np.flatnonzero(degenerate_B):
             converged_B[i] = False
             if distinct_B[i] == 1:  # every point the same: K copies of the K = 1 fit, equal weights
-                mean_D, scale_D, ll = one_fits.get(i) or _one_component(xs[i], cov)
+                mean_D, scale_D, ll = one_fits.get(i) or _one_component(xs[i], self._fit_covariance())
                 k = int(k_B[i])
                 chosen.weights[i, :k], chosen.means[i, :k] = 1.0 / k, mean_D
                 chosen.scales[i, :k] = scale_D
@@ -659,7 +716,14 @@ class TGMMEstimatorCore:
         steps = int(self.em_steps) if self.refine == "em" else 0
         estimate, loglik_T, next_T = export_cache.call(  # _fit_tasks(...), traced once per cache entry
             _fit_tasks,
-            (ckpt.model, steps, int(self.n_restarts), self.covariance_type, self._passes()),
+            (
+                ckpt.model,
+                steps,
+                int(self.n_restarts),
+                self._fit_covariance(),
+                self._passes(ckpt),
+                self._network_variances(ckpt),
+            ),
             (ckpt.params, key, points.reshape(g * c, n, d), mask.reshape(g * c, n), k_GxC.reshape(-1)),
         )
 
@@ -670,15 +734,31 @@ class TGMMEstimatorCore:
         estimate = estimate.replace(component_mask=estimate.component_mask.astype(bool))
         return estimate, to_gc(loglik_T), to_gc(next_T), steps
 
-    def _passes(self) -> int:
-        return 2 if self.standardize else 1
+    def _passes(self, ckpt) -> int:
+        """Network passes: 2 (the second at the first's noise scale) only where the noise is estimated, the data
+        standardised and the network assumes unit noise; a noise-conditioned network is scale-equivariant."""
+        unit_noise = ckpt.model_config.noise != "conditioned"
+        return 2 if self.standardize and self.noise_variance is None and unit_noise else 1
+
+    def _fit_covariance(self) -> str:
+        """The fit's covariance type: ``"isotropic"`` (unit variance in the fit's coordinates) for a known
+        ``noise_variance``, else ``covariance_type``."""
+        return "isotropic" if self.noise_variance is not None else self.covariance_type
+
+    def _network_variances(self, ckpt) -> bool:
+        """Keep a noise-conditioned network's own spherical variances (estimated noise, spherical type)."""
+        return (
+            ckpt.model_config.noise == "conditioned"
+            and self.noise_variance is None
+            and self.covariance_type == "spherical"
+        )
 
     def _fit_large(self, ckpt, key, rng, xs, k_GxC):
         """Datasets above ``LARGE_N`` points: the network (both passes, with variances) on a uniform subsample
         of ``SUBSAMPLE`` points (and the k-means++ starts of ``n_restarts``), then ``em_steps`` EM steps on all
         points in blocks; the best start per task by full-data log-likelihood. Returns as ``_fit_small``."""
         c = k_GxC.shape[1]
-        cov = self.covariance_type
+        cov = self._fit_covariance()
         sub_GxMxD = np.stack(
             [x[np.sort(rng.choice(x.shape[0], SUBSAMPLE, replace=False))] for x in xs]
         ).astype(np.float32)
@@ -686,7 +766,9 @@ class TGMMEstimatorCore:
         mask = np.ones(points.shape[:2], bool)
         k_T = k_GxC.reshape(-1)
         estimate, _, _ = export_cache.call(
-            _fit_tasks, (ckpt.model, 0, 0, cov, self._passes()), (ckpt.params, key, points, mask, k_T)
+            _fit_tasks,
+            (ckpt.model, 0, 0, cov, self._passes(ckpt), self._network_variances(ckpt)),
+            (ckpt.params, key, points, mask, k_T),
         )
         starts = jax.tree.map(lambda a: np.asarray(a)[None], estimate)
         r = int(self.n_restarts)
@@ -706,7 +788,11 @@ class TGMMEstimatorCore:
             start = jax.tree.map(
                 lambda a, i=i: a[:, i * c : (i + 1) * c].reshape(((r + 1) * c,) + a.shape[2:]), starts
             )
+            if cov == "isotropic":  # known noise: unit variance in the fit's coordinates, no scales
+                start = start.replace(scales=None)
             fit, ll_T, next_T = stream_em(x_MxLxD, mask_MxL, used, start, steps, cov)
+            if cov == "isotropic":
+                fit = fit.replace(scales=jnp.ones_like(fit.means))
             ll_RxC = np.asarray(ll_T, np.float64).reshape(r + 1, c)
             best_C = np.argmax(np.where(np.isnan(ll_RxC), -np.inf, ll_RxC), axis=0)  # the network's on ties
             take = best_C * c + np.arange(c)
@@ -726,6 +812,8 @@ class TGMMEstimatorCore:
         self.weights_ = fitted.weights[0, :k]
         self.means_ = fitted.means[0, :k]
         variances_KxD = np.square(fitted.scales[0, :k])
+        if self.noise_variance is not None:  # known: exactly the value given (not sqrt(v)^2)
+            variances_KxD = np.full_like(variances_KxD, float(self.noise_variance))
         self.covariance_type_ = self.covariance_type
         self.covariances_ = (
             variances_KxD[:, 0].copy() if self.covariance_type == "spherical" else variances_KxD
@@ -788,7 +876,9 @@ class TGMMEstimatorCore:
         return np.argmax(self._log_joint(self._check_X(X)), axis=1)
 
     def _n_parameters(self) -> int:
-        return n_parameters(self.n_components_, self.n_features_in_, self.covariance_type_)
+        return n_parameters(
+            self.n_components_, self.n_features_in_, self.covariance_type_, self.noise_variance is not None
+        )
 
     def bic(self, X) -> float:
         """-2 log L + p log N with p = ``n_parameters`` (counted as scikit-learn's ``GaussianMixture``)."""
