@@ -12,9 +12,12 @@ chunks already computed). Every method sees the same tasks:
   points is read through a seeded subsample of ``n_max`` points (without replacement), so the model never reads
   an N outside its training range; ``model_all`` is the same network reading all points (only where N > n_max).
 * ``bic``, ``aic``: EM with learned spherical variances for each K = 1..8, scikit-learn
-  ``GaussianMixture(covariance_type="spherical", n_init=10, init_params="k-means++")`` (best of 10 k-means++
-  restarts, max_iter 100, tol 1e-3, reg_covar 1e-6); p = K D + K + (K - 1) free parameters; the K of least
-  criterion. ``bic_softmax``: P(K) proportional to exp(-BIC_K / 2), the probabilities of the log-loss comparison.
+  ``GaussianMixture(covariance_type="spherical", n_init=1, init_params="k-means++")`` run from 10 k-means++
+  seeds, the best non-collapsed restart kept (max_iter 100, tol 1e-3, reg_covar 1e-6); p = K D + K + (K - 1) free parameters; the K of least
+  criterion. ``bic_softmax``: P(K) proportional to exp(-BIC_K / 2), the probabilities of the log-loss comparison,
+  mixed with 1e-3 of the uniform distribution (a K whose 10 restarts all collapsed has probability 0 otherwise).
+  Restarts where a component collapsed on a point are excluded (``em_restarts``); ``bic_raw``/``aic_raw`` keep
+  them, as sklearn's own ``n_init`` does.
 * ``bgm``: scikit-learn ``BayesianGaussianMixture(n_components=8, covariance_type="spherical", max_iter=500)``
   (Dirichlet-process weights, concentration 1/8, k-means init); K = the number of components whose weight is
   above ``--bgm_threshold`` (0.03, about half the smallest weight the K = 8 prior typically draws); the weights
@@ -47,6 +50,8 @@ CHUNK = 32
 BGM_THRESHOLDS = (0.01, 0.03, 1.0 / 16)
 # A restart whose smallest component variance is below this times the data's variance has collapsed on a point.
 DEGENERATE_VARIANCE = 1e-3
+# Mixed into the BIC-softmax's probabilities (uniform weight) before its log-loss (``smoothed_log_softmax``).
+SMOOTHING = 1e-3
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/k_posterior", "The trained KPosterior run.")
 _RESULTS = flags.DEFINE_string("results", "results/k_posterior/", "Output directory.")
@@ -56,7 +61,12 @@ _TASKS = flags.DEFINE_integer("tasks", 64, f"Tasks per (D, N, K) cell, a multipl
 _SEED = flags.DEFINE_integer("seed", 2026, "Seed of the held-out tasks (training uses fold_in(seed 0, 1)).")
 _N_INIT = flags.DEFINE_integer("n_init", 10, "k-means++ restarts of the EM of BIC/AIC.")
 _BGM_THRESHOLD = flags.DEFINE_float("bgm_threshold", 0.03, "Weight above which a BGM component counts.")
-_METHODS = flags.DEFINE_enum("methods", "all", ["all", "baselines", "model"], "Which blocks to compute.")
+_METHODS = flags.DEFINE_enum(
+    "methods",
+    "all",
+    ["all", "baselines", "model", "none"],
+    "Which blocks to compute; all but `baselines` then analyse every cell whose blocks are cached (`none`: only that).",
+)
 
 
 def held_out_tasks(seed: int, dim: int, n: int, k: int, chunk: int):
@@ -144,6 +154,12 @@ def log_softmax_np(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.sum(np.exp(x), axis=-1, keepdims=True))
 
 
+def smoothed_log_softmax(x: np.ndarray, eps: float = SMOOTHING) -> np.ndarray:
+    """log((1 - eps) softmax(x) + eps / K): the BIC-softmax's probabilities, never 0 (a K whose every restart
+    collapsed has BIC = +inf, and the true K there would give an infinite log-loss). The model's are not smoothed."""
+    return np.log((1.0 - eps) * np.exp(log_softmax_np(x)) + eps / x.shape[-1])
+
+
 def subsample(points_BxNxD: np.ndarray, m: int, seed: int) -> np.ndarray:
     """Each task's points reduced to a seeded random subset of m (no replacement); as is when N <= m."""
     b, n, _ = points_BxNxD.shape
@@ -224,7 +240,7 @@ def reliability(probs_TxK: np.ndarray, true_k_T: np.ndarray, bins: int = 10) -> 
     return {"bins": rows, "ece": float(ece)}
 
 
-def analyse(blocks: dict, dims, ns, tasks: int, n_read: int, bgm_threshold: float, n_init: int = 10) -> dict:
+def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_init: int = 10) -> dict:
     """blocks[(dim, n, k)] = {'baselines': {...}, 'model': {...} or None} (chunks joined) -> the JSON."""
     cells, pooled = [], {}
     for dim in dims:
@@ -244,10 +260,10 @@ def analyse(blocks: dict, dims, ns, tasks: int, n_read: int, bgm_threshold: floa
                 }
                 for t in BGM_THRESHOLDS:
                     preds[f"bgm@{t:.3g}"] = (base["bgm_weights"] > t).sum(-1)
-                bic_lp = log_softmax_np(-0.5 * base["bic"])
+                bic_lp = smoothed_log_softmax(-0.5 * base["bic"])
                 logloss = {
                     "bic_softmax": float(-bic_lp[:, k - 1].mean()),
-                    "bic_raw_softmax": float(-log_softmax_np(-0.5 * base["bic_raw"])[:, k - 1].mean()),
+                    "bic_raw_softmax": float(-smoothed_log_softmax(-0.5 * base["bic_raw"])[:, k - 1].mean()),
                 }
                 probs = {"bic_softmax": np.exp(bic_lp)}
                 if model is not None:
@@ -412,24 +428,33 @@ def main(argv):
         print(f"[{time.time() - t0:6.0f} s] D={d} N={n} K={k} chunk {c}", flush=True)
     if _METHODS.value == "baselines":
         return
-    blocks = {}
+    if n_read is None:
+        with open(os.path.join(_WORKDIR.value, "config.json")) as f:
+            n_read = json.load(f)["n_max"]
+    blocks, counts = {}, []
     for d in dims:
         for n in ns:
             for k in range(1, K_MAX + 1):
-                parts = [
-                    (
-                        np.load(_cache_path(results, "baselines", d, n, k, c)),
-                        np.load(_cache_path(results, "model", d, n, k, c)),
-                    )
+                paths = [
+                    (_cache_path(results, "baselines", d, n, k, c), _cache_path(results, "model", d, n, k, c))
                     for c in chunks
                 ]
+                parts = [
+                    (np.load(b), np.load(m)) for b, m in paths if os.path.exists(b) and os.path.exists(m)
+                ]
+                if not parts:
+                    continue
+                counts.append(CHUNK * len(parts))
                 blocks[(d, n, k)] = {
                     "baselines": {
                         key: np.concatenate([b[key] for b, _ in parts]) for key in parts[0][0].files
                     },
                     "model": {key: np.concatenate([m[key] for _, m in parts]) for key in parts[0][1].files},
                 }
-    saved = analyse(blocks, dims, ns, _TASKS.value, n_read, _BGM_THRESHOLD.value, _N_INIT.value)
+    if not blocks:
+        raise app.UsageError(f"no cell has both its baseline and model blocks in {results}/cache")
+    tasks = counts[0] if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+    saved = analyse(blocks, dims, ns, tasks, n_read, _BGM_THRESHOLD.value, _N_INIT.value)
     saved["settings"].update({"workdir": _WORKDIR.value, "seed": seed, "n_init": _N_INIT.value})
     with open(os.path.join(results, "k_posterior.json"), "w") as f:
         json.dump(saved, f, indent=1)

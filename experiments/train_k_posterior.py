@@ -33,21 +33,26 @@ from tgmm_jax.train.checkpoint import Checkpoints
 from tgmm_jax.train.state import make_optimizer
 from tgmm_jax.train.writer import MetricWriter
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, config.json and metrics.jsonl go here.")
-_STEPS = flags.DEFINE_integer("steps", 6000, "Total training steps.")
-_SIZE = flags.DEFINE_string("size", "small", "Model size (tgmm_jax.models.MODEL_SIZES).")
-_LAYERS = flags.DEFINE_integer("num_layers", 0, "Override the size's number of layers (0: keep).")
-_K_MAX = flags.DEFINE_integer("k_max", 8, "Largest K of the prior and the output.")
-_DIMS = flags.DEFINE_list("dims", ["2", "8"], "Data dimensions, cycled by step.")
-_N_MIN = flags.DEFINE_integer("n_min", 32, "Smallest number of points per task.")
-_N_MAX = flags.DEFINE_integer("n_max", 128, "Largest number of points per task.")
-_TASKS_PER_K = flags.DEFINE_integer("tasks_per_k", 8, "Tasks of each K per batch.")
-_LR = flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
-_WARMUP = flags.DEFINE_integer("warmup_steps", 200, "Linear warmup steps.")
-_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 1e-4, "AdamW weight decay.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the parameters and the data stream.")
-_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between metrics.jsonl lines.")
-_CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 250, "Steps between checkpoints.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined when it runs as a command, so importing this module defines none)."""
+    flags.DEFINE_string("workdir", None, "Checkpoints, config.json and metrics.jsonl go here.")
+    flags.DEFINE_integer("steps", 6000, "Total training steps.")
+    flags.DEFINE_string("size", "small", "Model size (tgmm_jax.models.MODEL_SIZES).")
+    flags.DEFINE_integer("num_layers", 0, "Override the size's number of layers (0: keep).")
+    flags.DEFINE_integer("k_max", 8, "Largest K of the prior and the output.")
+    flags.DEFINE_list("dims", ["2", "8"], "Data dimensions, cycled by step.")
+    flags.DEFINE_integer("n_min", 32, "Smallest number of points per task.")
+    flags.DEFINE_integer("n_max", 128, "Largest number of points per task.")
+    flags.DEFINE_integer("tasks_per_k", 8, "Tasks of each K per batch.")
+    flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
+    flags.DEFINE_integer("warmup_steps", 200, "Linear warmup steps.")
+    flags.DEFINE_float("weight_decay", 1e-4, "AdamW weight decay.")
+    flags.DEFINE_integer("seed", 0, "Seed of the parameters and the data stream.")
+    flags.DEFINE_integer("log_every", 50, "Steps between metrics.jsonl lines.")
+    flags.DEFINE_integer("checkpoint_every", 250, "Steps between checkpoints.")
 
 
 _RESUMABLE = ("steps", "log_every")  # may change on resume (the cosine schedule follows ``steps``)
@@ -69,18 +74,18 @@ def task_spec(
 
 def run_config() -> dict:
     return {
-        "size": _SIZE.value,
-        "num_layers": _LAYERS.value,
-        "k_max": _K_MAX.value,
-        "dims": [int(d) for d in _DIMS.value],
-        "n_min": _N_MIN.value,
-        "n_max": _N_MAX.value,
-        "tasks_per_k": _TASKS_PER_K.value,
-        "learning_rate": _LR.value,
-        "warmup_steps": _WARMUP.value,
-        "weight_decay": _WEIGHT_DECAY.value,
-        "seed": _SEED.value,
-        "steps": _STEPS.value,
+        "size": FLAGS.size,
+        "num_layers": FLAGS.num_layers,
+        "k_max": FLAGS.k_max,
+        "dims": [int(d) for d in FLAGS.dims],
+        "n_min": FLAGS.n_min,
+        "n_max": FLAGS.n_max,
+        "tasks_per_k": FLAGS.tasks_per_k,
+        "learning_rate": FLAGS.learning_rate,
+        "warmup_steps": FLAGS.warmup_steps,
+        "weight_decay": FLAGS.weight_decay,
+        "seed": FLAGS.seed,
+        "steps": FLAGS.steps,
     }
 
 
@@ -134,8 +139,8 @@ def make_step(cfg: dict, model: KPosterior, tx, spec: TaskSpec):
     return step_fn
 
 
-def train(workdir: str, cfg: dict, checkpoint_every: int = 250) -> dict:
-    """Runs (or resumes) to ``cfg['steps']``; returns the final state."""
+def train(workdir: str, cfg: dict, checkpoint_every: int = 250, stop_after: int | None = None) -> dict:
+    """Runs (or resumes) to ``cfg['steps']`` (or stops, checkpointed, after step ``stop_after``); returns the state."""
     workdir_path = epath.Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     model, tx = build_model(cfg), make_tx(cfg)
@@ -161,7 +166,8 @@ def train(workdir: str, cfg: dict, checkpoint_every: int = 250) -> dict:
         losses, accs, t0, t_log = [], [], time.time(), time.time()
         step = int(state["step"])
         first = step
-        while step < cfg["steps"]:
+        end = cfg["steps"] if stop_after is None else min(stop_after, cfg["steps"])
+        while step < end:
             state, loss, acc = steps[dims[step % len(dims)]](state)
             step += 1
             losses.append(loss)
@@ -177,7 +183,7 @@ def train(workdir: str, cfg: dict, checkpoint_every: int = 250) -> dict:
                 )
                 writer.progress(step, cfg["steps"], loss_v, rate)
                 losses, accs, t_log = [], [], now
-            ckpt.save(step, state, cfg, force=step == cfg["steps"])
+            ckpt.save(step, state, cfg, force=step == end)
         ckpt.wait()
         writer.message(f"trained steps {first}..{step} in {time.time() - t0:.0f} s")
     writer.close()
@@ -197,9 +203,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    train(_WORKDIR.value, {**run_config(), "log_every": _LOG_EVERY.value}, _CKPT_EVERY.value)
+    train(FLAGS.workdir, {**run_config(), "log_every": FLAGS.log_every}, FLAGS.checkpoint_every)
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["workdir"])
     app.run(main)

@@ -1,5 +1,7 @@
 """KPosterior (learned P(K | X)): normalisation, invariances, masking, a training step, the study's criteria."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,3 +204,34 @@ def test_report_section_renders():
     text = "\n".join(k_posterior_section(saved))
     assert "| 2 | 32 | 100.0 | 100.0 | 100.0 | 100.0 |" in text
     assert "**met**" in text and "**not met**" in text  # accuracy gap 0 < 10 points; the others met
+
+
+@pytest.mark.slow  # compiles and runs the training step three times
+def test_training_resumes_exactly(tmp_path):
+    from experiments import train_k_posterior as tk
+
+    cfg = dict(
+        size="tiny",
+        num_layers=1,
+        k_max=3,
+        dims=[2],
+        n_min=6,
+        n_max=10,
+        tasks_per_k=2,
+        learning_rate=1e-3,
+        warmup_steps=1,
+        weight_decay=1e-4,
+        seed=0,
+        steps=4,
+        log_every=2,
+    )
+    straight = tk.train(str(tmp_path / "a"), cfg, checkpoint_every=2)
+    tk.train(str(tmp_path / "b"), cfg, checkpoint_every=2, stop_after=2)
+    resumed = tk.train(str(tmp_path / "b"), cfg, checkpoint_every=2)
+    assert int(resumed["step"]) == 4
+    jax.tree.map(np.testing.assert_array_equal, straight["params"], resumed["params"])
+    _, params, saved = tk.load(str(tmp_path / "b"))
+    assert saved["steps"] == 4
+    jax.tree.map(np.testing.assert_array_equal, params, resumed["params"])
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4]
