@@ -6,13 +6,15 @@ paths are as the report should link them (relative to the report).
 
 from __future__ import annotations
 
-METHODS = ("model", "model_all", "bic", "aic", "bgm")
+METHODS = ("model", "model_all", "bic", "aic", "bgm", "bic_raw", "aic_raw")
 LABELS = {
     "model": "learned P(K|X)",
     "model_all": "learned, all points",
     "bic": "BIC",
     "aic": "AIC",
     "bgm": "BayesianGMM",
+    "bic_raw": "BIC, collapsed kept",
+    "aic_raw": "AIC, collapsed kept",
     "bic_softmax": "BIC-softmax",
 }
 
@@ -44,8 +46,12 @@ def k_posterior_section(
             "the cross-entropy of the true K on the prior Algorithm 1 without the cosine filter (it cannot place 8 "
             "means at D = 2), K uniform on 1..8, N ~ U{32..128}, D alternating 2 and 8. "
             f"Held-out tasks from that prior (seed {s.get('seed')}), {s['tasks_per_cell']} per (D, N, true K), "
-            "the same tasks for every method. BIC and AIC: spherical EM per K = 1..8, best of "
-            f"{s.get('n_init', 10)} k-means++ restarts (scikit-learn GaussianMixture). BayesianGMM: scikit-learn, 8 "
+            "the same tasks for every method. BIC and AIC: spherical EM per K = 1..8, the best of "
+            f"{s.get('n_init', 10)} k-means++ restarts (scikit-learn GaussianMixture) among those where no component "
+            "collapsed on a point (smallest variance < 1e-3 x the data's variance: an unbounded likelihood); "
+            "the `collapsed kept` columns are sklearn's own rule (best restart whatever it is), which at small N "
+            "picks large K on pure noise. The BIC-softmax P(K) ∝ exp(-BIC/2) is mixed with 1e-3 of the uniform "
+            "distribution (a K whose restarts all collapsed would have probability 0). BayesianGMM: scikit-learn, 8 "
             f"spherical components, Dirichlet-process weights; K = components with weight > {s['bgm_threshold']}. "
             f"Tasks with N > {s['model_reads_at_most']} (the training range) are read by the model through a seeded "
             f"subsample of {s['model_reads_at_most']} points (`learned, all points` reads every point). The MCMC "
