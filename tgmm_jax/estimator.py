@@ -10,8 +10,9 @@ standardised data (any units: see ``standardize``), estimates spherical or diago
 (``tgmm_jax.mixture``) when ``refine="em"``, jitted once per shape bucket
 (``bucket_size``: N is padded with masked points up to a power of two, so new N rarely compile again); above
 ``LARGE_N`` points the network reads a seeded subsample and EM runs on all points in blocks
-(``tgmm_jax.streaming``), so memory stays O(N K d). K = 1 is closed form. Predictions on a fitted estimator
-are float64 NumPy, like ``sklearn.mixture.GaussianMixture``.
+(``tgmm_jax.streaming``), so memory stays O(N K d). K = 1 is closed form. ``missing="allow"`` reads NaN as
+missing values (exact missing-data EM from the network's estimate on mean-imputed points; the density methods
+marginalise them). Predictions on a fitted estimator are float64 NumPy, like ``sklearn.mixture.GaussianMixture``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ __all__ = [
     "MAX_SCALE",
     "MIN_BUCKET",
     "MIN_SCALE",
+    "MISSING",
+    "MISSING_EM_STEPS",
     "PREDICT_CHUNK",
     "REFINES",
     "STREAM_BLOCK",
@@ -55,6 +58,10 @@ __all__ = [
 # TRACE_COUNTS (re-exported from tgmm_jax.streaming): how often each jitted fit program was traced (compiled)
 
 REFINES = ("none", "em")
+MISSING = ("error", "allow")  # ``missing``: a NaN in X is an error, or a missing value
+# With missing values the network reads mean-imputed points, so exact missing-data EM steps always follow:
+# at least this many, whatever ``refine`` says (``em_steps`` when refine="em" asks for more).
+MISSING_EM_STEPS = 5
 COVARIANCE_TYPES = ("spherical", "diag")  # the estimator's (tgmm_jax.mixture also has the fixed "isotropic")
 # Mean per-feature variance of the training tasks (U[-5, 5] means, unit noise, K in 2..5): 6.4-7.4 for
 # d = 2, 8, 32 (256 tasks per K of sample_tasks). ``standardize``'s first pass rescales data to it.
@@ -108,29 +115,59 @@ def _restart_starts(n_restarts: int, k_max: int, key, points_BxNxD, mask_BxN, k_
     return MixtureParams(jnp.swapaxes(start.weights_CxRxK, 0, 1), means, jnp.ones_like(means), comp_RxBxK)
 
 
-def _with_variances(points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str) -> MixtureParams:
-    """``VARIANCE_ITERS`` variance M-steps with the weights and means held (``mixture.variance_step``); unit
-    variances for ``"isotropic"`` (a known noise variance: 1 in the fit's coordinates)."""
+def _missing_variance_step(points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str, observed):
+    """``mixture.variance_step`` with missing coordinates (``observed`` [B, N, D], True = observed): the
+    expected sufficient statistics of ``mixture.missing`` (a missing coordinate contributes mu and mu^2 + v
+    under the current variances), then the squared deviations from the held means."""
+    stats = mixture.missing.statistics(points_BxNxD, mask_BxN, params, observed)
+    inv_mass_BxKx1 = (1.0 / jnp.maximum(stats.mass, 1e-30))[..., None]  # as mixture.steps'
+    mu = params.means
+    sq_dev = (stats.second - 2.0 * mu * stats.first) * inv_mass_BxKx1 + mu**2
+    variances = mixture.variances_of(sq_dev, covariance_type)
+    return params.replace(scales=jnp.where(params.component_mask[..., None], jnp.sqrt(variances), 1.0))
+
+
+def _with_variances(
+    points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str, observed=None
+) -> MixtureParams:
+    """``VARIANCE_ITERS`` variance M-steps with the weights and means held (``mixture.variance_step``, or its
+    missing-data form where ``observed`` is given); unit variances for ``"isotropic"`` (a known noise
+    variance: 1 in the fit's coordinates)."""
     if covariance_type == "isotropic":
         return params.replace(scales=jnp.ones_like(params.means))
-    return jax.lax.fori_loop(
-        0,
-        VARIANCE_ITERS,
-        lambda _, p: mixture.variance_step(points_BxNxD, mask_BxN, p, covariance_type),
-        params,
-    )
+    if observed is None:
+        step = functools.partial(mixture.variance_step, points_BxNxD, mask_BxN)
+    else:
+        step = functools.partial(_missing_variance_step, points_BxNxD, mask_BxN, observed=observed)
+    return jax.lax.fori_loop(0, VARIANCE_ITERS, lambda _, p: step(p, covariance_type), params)
 
 
-def _em_step(points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str) -> MixtureParams:
-    """One EM step; ``"isotropic"`` (a known noise variance, 1 in the fit's coordinates) keeps unit scales."""
-    out = mixture.em_step(points_BxNxD, mask_BxN, params, covariance_type)
+def _em_step(
+    points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str, observed=None
+) -> MixtureParams:
+    """One EM step (``mixture.missing``'s exact missing-data step where ``observed`` is given); ``"isotropic"``
+    (a known noise variance, 1 in the fit's coordinates) keeps unit scales."""
+    if observed is None:
+        out = mixture.em_step(points_BxNxD, mask_BxN, params, covariance_type)
+    else:
+        out = mixture.missing.em_step(points_BxNxD, mask_BxN, params, covariance_type, observed)
     return out.replace(scales=params.scales) if covariance_type == "isotropic" else out
 
 
-def _em(points_BxNxD, mask_BxN, params: MixtureParams, steps: int, covariance_type: str) -> MixtureParams:
+def _em(
+    points_BxNxD, mask_BxN, params: MixtureParams, steps: int, covariance_type: str, observed=None
+) -> MixtureParams:
     return jax.lax.fori_loop(
-        0, steps, lambda _, p: _em_step(points_BxNxD, mask_BxN, p, covariance_type), params
+        0, steps, lambda _, p: _em_step(points_BxNxD, mask_BxN, p, covariance_type, observed), params
     )
+
+
+def _log_likelihood(points_BxNxD, mask_BxN, params: MixtureParams, observed=None) -> jax.Array:
+    """Mean log-likelihood per point: [B]; the observed-data one (``mixture.missing``) where ``observed`` is
+    given."""
+    if observed is None:
+        return mixture.log_likelihood(points_BxNxD, mask_BxN, params)
+    return mixture.missing.log_likelihood(points_BxNxD, mask_BxN, params, observed)
 
 
 def _pooled_variance(params: MixtureParams) -> jax.Array:
@@ -150,13 +187,39 @@ def _kmeanspp_starts(n_restarts: int, k_max: int, key, points_BxNxD, mask_BxN, k
     return _restart_starts(n_restarts, k_max, key, points_BxNxD, mask_BxN, k_B)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("model", "refine_steps", "n_restarts", "covariance_type", "passes", "network_variances"),
-)
+_FIT_STATICS = ("model", "refine_steps", "n_restarts", "covariance_type", "passes", "network_variances")
+
+
+@functools.partial(jax.jit, static_argnames=_FIT_STATICS)
 def _fit_tasks(
     model, refine_steps: int, n_restarts: int, covariance_type: str, passes: int, network_variances: bool,
     params, key, points_BxNxD, mask_BxN, k_B,
+):  # fmt: skip
+    """``_fit_body`` on complete data (see there)."""
+    count_trace("fit_tasks")
+    return _fit_body(
+        model, refine_steps, n_restarts, covariance_type, passes, network_variances,
+        params, key, points_BxNxD, mask_BxN, k_B,
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=_FIT_STATICS)
+def _fit_tasks_missing(
+    model, refine_steps: int, n_restarts: int, covariance_type: str, passes: int, network_variances: bool,
+    params, key, imputed_BxNxD, mask_BxN, k_B, observed_BxNxD,
+):  # fmt: skip
+    """``_fit_body`` with missing coordinates: ``imputed_BxNxD`` holds the observed values and, at the missing
+    coordinates (``observed_BxNxD`` False), the column means of the observed ones (see there)."""
+    count_trace("fit_tasks_missing")
+    return _fit_body(
+        model, refine_steps, n_restarts, covariance_type, passes, network_variances,
+        params, key, imputed_BxNxD, mask_BxN, k_B, observed_BxNxD,
+    )  # fmt: skip
+
+
+def _fit_body(
+    model, refine_steps: int, n_restarts: int, covariance_type: str, passes: int, network_variances: bool,
+    params, key, points_BxNxD, mask_BxN, k_B, observed=None,
 ):  # fmt: skip
     """The network (``scoring.model_method(model)``) on the tasks, its variances (``_with_variances``), then
     ``refine_steps`` EM steps; ``passes`` = 2 runs the network a second time on the points divided by the
@@ -167,8 +230,11 @@ def _fit_tasks(
     these coordinates (a noise-conditioned network is told so; else it is estimated, and a noise-conditioned
     network is told it is unknown). ``network_variances``: keep the network's own (spherical) variances
     instead of the variance M-steps. Returns the estimate (scales always set), its mean log-likelihood and
-    that after one more EM step."""
-    count_trace("fit_tasks")
+    that after one more EM step.
+
+    ``observed`` [B, N, D] (True = observed; None: every coordinate is): missing coordinates. The network (not
+    trained with masks) and the k-means++ seeding read ``points_BxNxD`` as given (mean-imputed by the caller);
+    the variance steps, EM steps and log-likelihoods are ``mixture.missing``'s exact observed-data ones."""
     k_max = max(model.ks)
     b, n, d = points_BxNxD.shape
     comp_BxK = jnp.arange(k_max)[None, :] < k_B[:, None]
@@ -185,9 +251,9 @@ def _fit_tasks(
         scales = jnp.ones_like(est.means) if est.scales is None else est.scales
         est = est.replace(means=est.means * scale_B[:, None, None], scales=scales * scale_B[:, None, None])
         if not network_variances:
-            est = _with_variances(points_BxNxD, mask_BxN, est, covariance_type)
-        est = _em(points_BxNxD, mask_BxN, est, refine_steps, covariance_type)
-        return est, _nan_to_worst(mixture.log_likelihood(points_BxNxD, mask_BxN, est))
+            est = _with_variances(points_BxNxD, mask_BxN, est, covariance_type, observed)
+        est = _em(points_BxNxD, mask_BxN, est, refine_steps, covariance_type, observed)
+        return est, _nan_to_worst(_log_likelihood(points_BxNxD, mask_BxN, est, observed))
 
     def next_pass(_, carry):
         best, best_ll, scale_B = carry
@@ -212,18 +278,20 @@ def _fit_tasks(
     estimate, loglik_B, _ = jax.lax.fori_loop(0, passes, next_pass, init)
     if n_restarts:
         start = _restart_starts(n_restarts, k_max, key, points_BxNxD, mask_BxN, k_B)
-        fit_one = functools.partial(_with_variances, points_BxNxD, mask_BxN, covariance_type=covariance_type)
+        fit_one = functools.partial(
+            _with_variances, points_BxNxD, mask_BxN, covariance_type=covariance_type, observed=observed
+        )
         fits = jax.vmap(
-            lambda p: _em(points_BxNxD, mask_BxN, fit_one(params=p), refine_steps, covariance_type)
+            lambda p: _em(points_BxNxD, mask_BxN, fit_one(params=p), refine_steps, covariance_type, observed)
         )(start)
-        ll_RxB = jax.vmap(lambda p: mixture.log_likelihood(points_BxNxD, mask_BxN, p))(fits)
+        ll_RxB = jax.vmap(lambda p: _log_likelihood(points_BxNxD, mask_BxN, p, observed))(fits)
         all_ll = jnp.concatenate([loglik_B[None], _nan_to_worst(ll_RxB)])
         best_B = jnp.argmax(all_ll, axis=0)
         stacked = jax.tree.map(lambda a, f: jnp.concatenate([a[None], f]), estimate, fits)
         estimate = jax.tree.map(lambda a: jax.vmap(lambda x, i: x[i], in_axes=(1, 0))(a, best_B), stacked)
         loglik_B = jnp.take_along_axis(all_ll, best_B[None], axis=0)[0]
-    following = _em_step(points_BxNxD, mask_BxN, estimate, covariance_type)
-    next_B = mixture.log_likelihood(points_BxNxD, mask_BxN, following)
+    following = _em_step(points_BxNxD, mask_BxN, estimate, covariance_type, observed)
+    next_B = _log_likelihood(points_BxNxD, mask_BxN, following, observed)
     return estimate, loglik_B, next_B
 
 
@@ -241,11 +309,15 @@ def n_parameters(k, d: int, covariance_type: str, noise_known: bool = False):
 # Input checks: every message names the problem.
 
 
-def check_points(X, name: str = "X") -> np.ndarray:
+def check_points(X, name: str = "X", missing: str = "error") -> np.ndarray:
     """``X`` as a finite float64 [n_samples, n_features] array, or a ValueError saying what is wrong.
 
     Accepts NumPy/JAX arrays, nested lists and pandas DataFrames (pandas is not imported here); scipy.sparse
-    matrices are refused (the models need every coordinate)."""
+    matrices are refused (the models need every coordinate). ``missing="allow"``: NaN entries are kept (missing
+    values; pandas' NA becomes NaN), but a row with every entry missing is refused (it carries no information)
+    and infinity is still an error."""
+    if missing not in MISSING:
+        raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
     if _is_sparse(X):
         raise ValueError(f"{name}: sparse input is not supported; densify it first (e.g. X.toarray())")
     if type(X).__module__.startswith("pandas") and hasattr(X, "to_numpy"):  # DataFrame (or Series)
@@ -278,13 +350,28 @@ def check_points(X, name: str = "X") -> np.ndarray:
             f"{name} is empty: found 0 {what}(s) (shape={arr.shape}) while a minimum of 1 is required."
         )
     arr = np.asarray(arr, np.float64)  # no copy when already float64 (nothing here writes to it)
-    bad = ~np.isfinite(arr)
+    nan = np.isnan(arr)
+    bad = ~np.isfinite(arr) & ~nan if missing == "allow" else ~np.isfinite(arr)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
+        hint = (
+            "infinity is never a missing value"
+            if missing == "allow"
+            else "pass missing='allow' to treat NaN as missing values"
+        )
         raise ValueError(
             f"{name} contains NaN or infinity ({int(bad.sum())} entries; first at row {row}, column {col}, "
-            "counting from 0)"
+            f"counting from 0; {hint})"
         )
+    if missing == "allow" and nan.any():
+        empty_N = nan.all(axis=1)
+        if empty_N.any():
+            row = int(np.argmax(empty_N))
+            raise ValueError(
+                f"{name}: row {row} (counting from 0) has every value missing (NaN)"
+                + (f", as have {int(empty_N.sum()) - 1} more rows" if empty_N.sum() > 1 else "")
+                + "; such a row carries no information: drop it"
+            )
     return arr
 
 
@@ -353,9 +440,32 @@ def _distinct_rows(x_NxD: np.ndarray, cap: int) -> int:
     return count
 
 
+def _one_component_missing(x_NxD: np.ndarray, covariance_type: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """``_one_component`` with NaN = missing: the observed-data maximum likelihood (the limit of missing-data
+    EM). With a diagonal covariance the dimensions are independent, so each mean is its column's observed
+    mean and each variance its observed mean squared deviation (pooled over every observed entry for
+    "spherical"); the mean log-likelihood sums each point's observed coordinates only."""
+    obs_NxD = ~np.isnan(x_NxD)
+    n_D = obs_NxD.sum(axis=0)
+    mean_D = np.nanmean(x_NxD, axis=0)
+    sq_D = np.nansum(np.square(x_NxD - mean_D), axis=0)
+    second_D = sq_D / n_D
+    frac_D = n_D / x_NxD.shape[0]  # observed coordinates per point, per dimension
+    if covariance_type == "isotropic":
+        return mean_D, np.ones_like(mean_D), -0.5 * float(np.sum(frac_D * (np.log(2.0 * np.pi) + second_D)))
+    if covariance_type == "spherical":
+        second_D = np.full_like(second_D, sq_D.sum() / n_D.sum())
+    var_D = second_D + VARIANCE_REG
+    loglik = -0.5 * float(np.sum(frac_D * (np.log(2.0 * np.pi * var_D) + second_D / var_D)))
+    return mean_D, np.sqrt(var_D), loglik
+
+
 def _one_component(x_NxD: np.ndarray, covariance_type: str) -> tuple[np.ndarray, np.ndarray, float]:
     """The K = 1 maximum-likelihood fit in closed form: (mean [D], per-dimension standard deviations [D] (the
-    variance of ``covariance_type`` plus ``VARIANCE_REG``, as EM's), mean log-likelihood)."""
+    variance of ``covariance_type`` plus ``VARIANCE_REG``, as EM's), mean log-likelihood). NaN = missing
+    (``_one_component_missing``)."""
+    if np.isnan(x_NxD).any():
+        return _one_component_missing(x_NxD, covariance_type)
     mean_D = x_NxD.mean(axis=0)
     second_D = np.square(x_NxD - mean_D).mean(axis=0)
     if covariance_type == "isotropic":  # a known noise variance: 1 in the fit's coordinates
@@ -378,7 +488,11 @@ def _standardize(
 
     ``standardize``: scale = (root mean squared distance to the centre) / sqrt(TRAINING_VARIANCE), so the
     network's first pass sees the training tasks' spread; computed after an exact power-of-two rescaling, so
-    nothing overflows for any finite float64 input. Else scale 1 (the data's units)."""
+    nothing overflows for any finite float64 input. Else scale 1 (the data's units).
+
+    NaN = missing (``_standardize_missing``): the centre and spread come from the observed values only."""
+    if np.isnan(pts_NxD).any():
+        return _standardize_missing(pts_NxD, standardize, where, noise_variance)
     if noise_variance is not None:
         top = float(np.max(np.abs(pts_NxD)))
         p = 1.0 if top == 0.0 else float(2.0 ** np.frexp(top)[1])  # |pts / p| < 1, exactly
@@ -410,6 +524,56 @@ def _standardize(
     x_NxD = y_NxD - centre_D
     spread = float(np.sqrt(np.mean(np.square(x_NxD))))
     if spread == 0.0:  # every point the same: nothing to rescale
+        return x_NxD, centre_D * p, 1.0
+    scale = spread / np.sqrt(TRAINING_VARIANCE)
+    data_scale = scale * p
+    if not MIN_SCALE <= data_scale <= MAX_SCALE:
+        raise ValueError(
+            f"{where} has a spread (root mean squared distance to the mean) of {spread * p:.3g}, outside "
+            f"[{MIN_SCALE:g}, {MAX_SCALE:g}]: its variances would under- or overflow float64; rescale it first"
+        )
+    return x_NxD / scale, centre_D * p, data_scale
+
+
+def _standardize_missing(
+    pts_NxD: np.ndarray, standardize: bool, where: str, noise_variance=None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """``_standardize`` on points with NaN (missing) entries, which stay NaN: the centre is each column's mean
+    over its observed values, the spread the root mean squared deviation over every observed entry, so the
+    fit stays scale-equivariant. A column with no observed value is refused (nothing could be said about it)."""
+    empty_D = np.isnan(pts_NxD).all(axis=0)
+    if empty_D.any():
+        raise ValueError(
+            f"{where}: column {int(np.argmax(empty_D))} (counting from 0) has no observed value (every entry is "
+            "NaN); drop it"
+        )
+    top = float(np.nanmax(np.abs(pts_NxD)))
+    p = 1.0 if top == 0.0 else float(2.0 ** np.frexp(top)[1])  # |pts / p| < 1, exactly
+    y_NxD = pts_NxD / p
+    centre_D = np.nanmean(y_NxD, axis=0)
+    x_NxD = y_NxD - centre_D
+    if noise_variance is not None:
+        noise_std = float(np.sqrt(noise_variance))
+        x_NxD = x_NxD * (p / noise_std)
+        big = float(np.nanmax(np.abs(x_NxD)))
+        if not big <= MAX_RAW:
+            raise ValueError(
+                f"{where} has values {big:.3g} noise standard deviations from its mean with "
+                f"noise_variance={noise_variance!r}; the fit needs them below {MAX_RAW:g} (is noise_variance "
+                "in the data's units?)"
+            )
+        return x_NxD, centre_D * p, noise_std
+    if not standardize:
+        x_NxD = x_NxD * p
+        big = float(np.nanmax(np.abs(x_NxD)))
+        if not big <= MAX_RAW:
+            raise ValueError(
+                f"{where} has values {big:.3g} from its mean; with standardize=False the fit runs in float32 "
+                f"in the data's units and needs them below {MAX_RAW:g} (use standardize=True)"
+            )
+        return x_NxD, centre_D * p, 1.0
+    spread = float(np.sqrt(np.nanmean(np.square(x_NxD))))
+    if spread == 0.0:  # every observed value equal to its column's mean: nothing to rescale
         return x_NxD, centre_D * p, 1.0
     scale = spread / np.sqrt(TRAINING_VARIANCE)
     data_scale = scale * p
@@ -466,6 +630,22 @@ class TGMMEstimatorCore:
                     leave float64). False: X is taken to be at the training scale (the paper's setting) and
                     the network reads it as given (only centred), one pass, float32 in the data's units
                     (|x - mean| above 1e15 is refused).
+      missing       ``"error"`` (default): a NaN in X is a ValueError (as is infinity, always). ``"allow"``: NaN
+                    entries are missing values (missing at random). A row with every value missing is refused
+                    (a ValueError naming it: it carries no information), as is a column with none observed.
+                    The centre and spread of ``standardize`` come from the observed values only (the labels
+                    stay unit-free). The network, which was not trained with masks, reads the points with each
+                    missing value replaced by its column's observed mean; from its estimate, exact
+                    missing-data EM steps run (``tgmm_jax.mixture.missing``: the E-step marginalises the
+                    missing coordinates, the M-step uses their expected sufficient statistics), at least
+                    ``MISSING_EM_STEPS`` (5) of them even with ``refine="none"`` (``em_steps`` when
+                    ``refine="em"`` asks for more); ``n_restarts`` seeds k-means++ on the imputed points and
+                    runs the same exact EM; the best observed-data log-likelihood is kept. ``noise_variance``
+                    works as without missing values. ``score_samples``, ``score``, ``predict``,
+                    ``predict_proba``, ``bic`` and ``aic`` use the density of each row's observed
+                    coordinates (the missing ones marginalised). Data with missing values is limited to
+                    ``LARGE_N`` points per dataset (refused above: the streamed EM has no missing-data form).
+                    Without any NaN in X, ``"allow"`` gives exactly the default's fit.
       random_state  int, RandomState or None: seeds the k-means++ restarts, the subsample of large data and
                     ``sample`` (as in sklearn).
 
@@ -502,6 +682,7 @@ class TGMMEstimatorCore:
         covariance_type="spherical",
         noise_variance=None,
         standardize=True,
+        missing="error",
         random_state=None,
     ):
         self.n_components = n_components
@@ -512,6 +693,7 @@ class TGMMEstimatorCore:
         self.covariance_type = covariance_type
         self.noise_variance = noise_variance
         self.standardize = standardize
+        self.missing = missing
         self.random_state = random_state
 
     # -- configuration ---------------------------------------------------------------------------------
@@ -529,6 +711,8 @@ class TGMMEstimatorCore:
             )
         if not isinstance(self.standardize, (bool, np.bool_)):
             raise ValueError(f"standardize must be True or False, got {self.standardize!r}")
+        if not (isinstance(self.missing, str) and self.missing in MISSING):
+            raise ValueError(f"missing must be one of {MISSING}, got {self.missing!r}")
         v = self.noise_variance
         if v is not None and (
             isinstance(v, (bool, np.bool_))
@@ -579,7 +763,7 @@ class TGMMEstimatorCore:
         else:
             # padded points may hold anything (NaN): only the real ones are checked
             real = np.where(mask_BxN[..., None], arr, 0) if arr.dtype.kind in "fiu" else arr
-            points_BxNxD = check_points(real.reshape(-1, d), "X").reshape(arr.shape)
+            points_BxNxD = check_points(real.reshape(-1, d), "X", self.missing).reshape(arr.shape)
         ckpt, ks = self._setup(d)
         trained = tuple(int(k) for k in ckpt.spec.ks)
         cand_BxS = np.tile(np.asarray(ks, np.int32), (b, 1))  # candidate Ks: one, or 1 + the trained ("auto")
@@ -611,7 +795,21 @@ class TGMMEstimatorCore:
                 pts_NxD, bool(self.standardize), where, self.noise_variance
             )
             xs.append(x_NxD)
-        distinct_B = np.array([_distinct_rows(x, k_max + 1) for x in xs])
+        nan_B = np.array([np.isnan(x).any() for x in xs])
+        large_B = count_B > LARGE_N
+        if (nan_B & large_B).any():
+            i = int(np.argmax(nan_B & large_B))
+            raise ValueError(
+                f"{'X' if b == 1 else f'dataset {i}'} has {int(count_B[i])} points and missing values: "
+                f"missing='allow' fits at most LARGE_N = {LARGE_N} points per dataset (the streamed EM of "
+                "larger data has no missing-data form); fit a subsample, or impute the missing values first"
+            )
+        # observed coordinates per point: the log-likelihood's change of units (d without missing values)
+        obs_B = np.array(
+            [d if not nan_B[i] else np.mean(np.sum(~np.isnan(x), axis=1)) for i, x in enumerate(xs)]
+        )
+        # NaN never equals itself: for counting, a missing value is one more value (+inf), equal to itself
+        distinct_B = np.array([_distinct_rows(np.where(np.isnan(x), np.inf, x), k_max + 1) for x in xs])
 
         # every candidate K of every dataset: task (b, j) has K = cand[b, j]; K = 1 in closed form
         s = cand_BxS.shape[1]
@@ -626,8 +824,12 @@ class TGMMEstimatorCore:
             cols = np.flatnonzero(net_BxS.any(axis=0))
             k_BxC = np.where(net_BxS[:, cols], cand_BxS[:, cols], trained[0]).astype(np.int32)
             key, rng = jax.random.key(seed), np.random.default_rng(seed)
-            large_B = count_B > LARGE_N
-            for group, fit_group in ((~large_B, self._fit_small), (large_B, self._fit_large)):
+            groups = (
+                (~large_B & ~nan_B, self._fit_small),
+                (large_B, self._fit_large),
+                (nan_B, self._fit_missing),
+            )
+            for group, fit_group in groups:
                 rows = np.flatnonzero(group)
                 if rows.size == 0:
                     continue
@@ -647,7 +849,7 @@ class TGMMEstimatorCore:
             iters_BxS[i, j] = 0
 
         change_BxS = np.abs(next_BxS - loglik_BxS)
-        loglik_BxS = loglik_BxS - d * np.log(scale_B)[:, None]  # in the data's units
+        loglik_BxS = loglik_BxS - obs_B[:, None] * np.log(scale_B)[:, None]  # in the data's units
         p_BxS = n_parameters(cand_BxS, d, cov, self.noise_variance is not None)
         bic_BxS = -2.0 * loglik_BxS * count_B[:, None] + p_BxS * np.log(count_B)[:, None]
         bic_BxS = np.where(cand_BxS <= count_B[:, None], bic_BxS, np.inf)
@@ -666,7 +868,7 @@ class TGMMEstimatorCore:
                 k = int(k_B[i])
                 chosen.weights[i, :k], chosen.means[i, :k] = 1.0 / k, mean_D
                 chosen.scales[i, :k] = scale_D
-                loglik_BxS[i, pick_B[i]] = ll - d * np.log(scale_B[i])
+                loglik_BxS[i, pick_B[i]] = ll - obs_B[i] * np.log(scale_B[i])
         if degenerate_B.any():
             i = int(np.argmax(degenerate_B))
             where = "X" if b == 1 else f"dataset {i}"
@@ -725,6 +927,49 @@ class TGMMEstimatorCore:
                 self._network_variances(ckpt),
             ),
             (ckpt.params, key, points.reshape(g * c, n, d), mask.reshape(g * c, n), k_GxC.reshape(-1)),
+        )
+
+        def to_gc(a):
+            return np.asarray(a, np.float64).reshape((g, c) + a.shape[1:])
+
+        estimate = jax.tree.map(to_gc, estimate)
+        estimate = estimate.replace(component_mask=estimate.component_mask.astype(bool))
+        return estimate, to_gc(loglik_T), to_gc(next_T), steps
+
+    def _fit_missing(self, ckpt, key, rng, xs, k_GxC):
+        """Datasets (at most ``LARGE_N`` points) with missing values (NaN): the network and the k-means++
+        seeding of the restarts read the points with each missing value replaced by its column's observed
+        mean; the variance steps, at least ``MISSING_EM_STEPS`` EM steps and the log-likelihoods are the exact
+        missing-data ones of ``mixture.missing``. Returns as ``_fit_small``."""
+        del rng
+        (g, c), d = k_GxC.shape, xs[0].shape[1]
+        n = bucket_size(max(x.shape[0] for x in xs))
+        points = np.zeros((g, c, n, d), np.float32)
+        observed = np.ones((g, c, n, d), bool)
+        mask = np.zeros((g, c, n), bool)
+        for i, x in enumerate(xs):
+            obs_NxD = ~np.isnan(x)
+            points[i, :, : x.shape[0]] = np.where(obs_NxD, x, np.nanmean(x, axis=0))
+            observed[i, :, : x.shape[0]], mask[i, :, : x.shape[0]] = obs_NxD, True
+        steps = max(MISSING_EM_STEPS, int(self.em_steps) if self.refine == "em" else 0)
+        estimate, loglik_T, next_T = export_cache.call(  # _fit_tasks_missing(...), traced once per entry
+            _fit_tasks_missing,
+            (
+                ckpt.model,
+                steps,
+                int(self.n_restarts),
+                self._fit_covariance(),
+                self._passes(ckpt),
+                self._network_variances(ckpt),
+            ),
+            (
+                ckpt.params,
+                key,
+                points.reshape(g * c, n, d),
+                mask.reshape(g * c, n),
+                k_GxC.reshape(-1),
+                observed.reshape(g * c, n, d),
+            ),
         )
 
         def to_gc(a):
@@ -806,7 +1051,7 @@ class TGMMEstimatorCore:
     def fit(self, X, y=None):
         """Fits one dataset ``X`` [n_samples, n_features]; returns self."""
         del y
-        X = check_points(X)
+        X = check_points(X, missing=self.missing)
         fitted, info = self._fit_batch(X[None], None, checked=True)
         k = int(fitted.component_mask[0].sum())
         self.weights_ = fitted.weights[0, :k]
@@ -835,7 +1080,7 @@ class TGMMEstimatorCore:
 
     def _check_X(self, X) -> np.ndarray:
         _check_fitted(self)
-        X = check_points(X)
+        X = check_points(X, missing=getattr(self, "missing", "error"))
         if X.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {X.shape[1]} features, but TGMMEstimator is expecting {self.n_features_in_} features "
@@ -854,12 +1099,20 @@ class TGMMEstimatorCore:
         out_NxK = np.empty((X.shape[0], self.means_.shape[0]))
         for start in range(0, X.shape[0], PREDICT_CHUNK):  # memory O(chunk K d), never N x N
             x_CxD = X[start : start + PREDICT_CHUNK]
+            if np.isnan(x_CxD).any():  # missing values: the density of each row's observed coordinates
+                obs_CxD = ~np.isnan(x_CxD)
+                diff_CxKxD = np.where(obs_CxD[:, None, :], x_CxD[:, None, :] - self.means_[None], 0.0)
+                sq_CxK = np.sum(diff_CxKxD**2 / var_KxD[None], axis=-1)
+                log_det_CxK = obs_CxD.astype(np.float64) @ np.log(2.0 * np.pi * var_KxD).T
+                out_NxK[start : start + PREDICT_CHUNK] = log_w_K[None] - 0.5 * (sq_CxK + log_det_CxK)
+                continue
             sq_CxK = np.sum((x_CxD[:, None, :] - self.means_[None]) ** 2 / var_KxD[None], axis=-1)
             out_NxK[start : start + PREDICT_CHUNK] = log_w_K[None] - 0.5 * (sq_CxK + log_det_K[None])
         return out_NxK
 
     def score_samples(self, X) -> np.ndarray:
-        """log p(x) of each sample: [n_samples]."""
+        """log p(x) of each sample: [n_samples]; with ``missing="allow"``, the density of a row's observed
+        coordinates (its missing ones marginalised)."""
         return _logsumexp(self._log_joint(self._check_X(X)))
 
     def score(self, X, y=None) -> float:
