@@ -12,11 +12,20 @@ Input, ``--data``:
         pandas' ``DataFrame.to_csv`` writes by default: it is refused, never read as a feature; write the
         file with ``to_csv(..., index=False)`` or pass ``--drop_index``, which drops the first column of
         the CSV. Every error names the file's 1-based line number (the header counted) and column.
+Missing values:
+  An error by default (a NaN in a .npy, an empty field or 'nan' in a CSV; the message names the row or line).
+  ``--missing=allow`` reads them as missing (NaN) and fits with the estimator's ``missing="allow"``: the
+  network reads mean-imputed points, then EM steps that handle the missing coordinates exactly (marginal
+  E-step, expected statistics) run from it; the labels use each point's observed coordinates. A row with
+  every value missing is still an error, as is infinity, and so are more than 2048 points with missing values.
 Units:
   Any (``--standardize``, on by default: the estimator centres and rescales each dataset, fits, and maps the
   parameters back; labels do not depend on the units). Variances are estimated, one per component
   (``--covariance_type=spherical``) or per component and feature (``diag``). ``--nostandardize`` takes the
   data to be at the training scale (unit within-component noise), as in the paper's experiments.
+  ``--noise_variance=V`` (a number > 0, in the data's units): the within-component noise is known to be
+  isotropic with variance V; every component's covariance is V (``covariances`` in the JSON), and BIC/AIC count
+  no variance parameters. By default (unset) the variances are estimated.
 Output:
   The result (parameters, BIC, AIC, log-likelihood, label counts) as JSON on stdout, or with ``--output=FILE``
   in FILE. It is always valid JSON: a NaN or infinity in the fit is an error; ``bic_by_k`` holds null for a
@@ -73,6 +82,14 @@ _COVARIANCE = flags.DEFINE_enum(
 _STANDARDIZE = flags.DEFINE_bool(
     "standardize", True, "Fit in any units (centre, rescale to unit within-component noise, map back)."
 )
+_NOISE_VARIANCE = flags.DEFINE_float(
+    "noise_variance",
+    None,
+    "Known isotropic noise variance in the data's units (a number > 0); unset: the variances are estimated.",
+)
+_MISSING = flags.DEFINE_enum(
+    "missing", "error", ["error", "allow"], "NaN / empty CSV fields: an error, or missing values (exact EM)."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "random_state (restarts).")
 _DROP_INDEX = flags.DEFINE_bool(
     "drop_index", False, "CSV only: drop the first column (e.g. the index column of pandas' to_csv)."
@@ -94,6 +111,18 @@ _COMPILATION_CACHE = flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["data"])
 
+
+def valid_noise_variance(value) -> bool:
+    """--noise_variance: unset (None) or a finite number > 0."""
+    return value is None or (math.isfinite(value) and value > 0)
+
+
+flags.register_validator(
+    "noise_variance",
+    valid_noise_variance,
+    message="--noise_variance must be a finite number > 0 (the known noise variance, in the data's units)",
+)
+
 NO_CACHE_ENV = "TGMM_JAX_NO_CACHE"
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -103,9 +132,13 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 # Reading the points: every message names the file, and for a CSV the 1-based line and column.
 
 
-def load_points(path: str, drop_index: bool = False) -> np.ndarray:
+def load_points(path: str, drop_index: bool = False, missing: str = "error") -> np.ndarray:
     """A .npy array or a comma-separated .csv (see the module docstring), as finite float64
-    [n_samples, n_features]; a ValueError naming the file (and line) otherwise."""
+    [n_samples, n_features]; a ValueError naming the file (and line) otherwise. ``missing="allow"``: NaN in a
+    .npy, and empty fields or 'nan' in a CSV, are missing values (NaN); a row with every value missing is
+    still an error."""
+    if missing not in ("error", "allow"):
+        raise ValueError(f"--missing must be 'error' or 'allow', got {missing!r}")
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".npy", ".csv"):
         raise ValueError(f"--data must be a .npy or .csv file, got {path!r}")
@@ -114,7 +147,7 @@ def load_points(path: str, drop_index: bool = False) -> np.ndarray:
     if not os.path.exists(path):
         raise ValueError(f"{path}: no such file")
     if ext == ".csv":
-        return _load_csv(path, drop_index)
+        return _load_csv(path, drop_index, missing == "allow")
     if drop_index:
         raise ValueError("--drop_index applies to .csv files only")
     try:
@@ -125,7 +158,7 @@ def load_points(path: str, drop_index: bool = False) -> np.ndarray:
         raise ValueError(f"{path}: holds {type(arr).__name__}, not one array")
     if arr.dtype == bool:
         raise ValueError(f"{path} must hold real numbers; got dtype bool")
-    return check_points(arr, name=path)
+    return check_points(arr, name=path, missing=missing)
 
 
 def _is_number(field: str) -> bool:
@@ -138,7 +171,7 @@ def _is_number(field: str) -> bool:
     return True
 
 
-def _load_csv(path: str, drop_index: bool) -> np.ndarray:
+def _load_csv(path: str, drop_index: bool, allow_missing: bool = False) -> np.ndarray:
     try:
         with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: a byte-order mark is not part of a field
             text = f.read()
@@ -170,7 +203,12 @@ def _load_csv(path: str, drop_index: bool) -> np.ndarray:
             )
         if drop_index:
             fields = fields[1:]
-        rows.append(_parse_row(path, lineno, fields, first=lineno == first_line, drop_index=drop_index))
+        row = _parse_row(path, lineno, fields, lineno == first_line, drop_index, allow_missing)
+        if row and all(math.isnan(v) for v in row):
+            raise ValueError(
+                f"{path}, line {lineno}: every value is missing; such a row carries no information"
+            )
+        rows.append(row)
     if not rows:
         what = f"a header on line {header_line} but no data rows" if header_line else "no data rows"
         raise ValueError(f"{path}: {what}")
@@ -179,18 +217,27 @@ def _load_csv(path: str, drop_index: bool) -> np.ndarray:
     return np.asarray(rows, np.float64)
 
 
-def _parse_row(path: str, lineno: int, fields: list[str], first: bool, drop_index: bool) -> list[float]:
+def _parse_row(
+    path: str, lineno: int, fields: list[str], first: bool, drop_index: bool, allow_missing: bool = False
+) -> list[float]:
     values = []
     for col, field in enumerate(fields, start=2 if drop_index else 1):
         where = f"{path}, line {lineno}, column {col}"
         if field == "":
-            raise ValueError(f"{where}: missing value (empty field)")
+            if allow_missing:
+                values.append(math.nan)
+                continue
+            raise ValueError(f"{where}: missing value (empty field); --missing=allow reads it as missing")
         if not _is_number(field):
             hint = " (a first row is a header only when none of its fields is a number)" if first else ""
             raise ValueError(f"{where}: not a number: {field!r}{hint}")
         value = float(field)
+        if math.isnan(value) and allow_missing:
+            values.append(math.nan)
+            continue
         if not math.isfinite(value):
-            raise ValueError(f"{where}: missing or non-finite value {field!r}")
+            hint = "; --missing=allow reads it as missing" if math.isnan(value) else ""
+            raise ValueError(f"{where}: missing or non-finite value {field!r}{hint}")
         values.append(value)
     return values
 
@@ -234,7 +281,8 @@ def fit_points(X: np.ndarray, n_components="3", **params) -> tuple[dict, np.ndar
 
 def fit_file(path: str, n_components="3", *, drop_index: bool = False, **params) -> dict:
     """Fits the points in ``path``; returns the JSON-ready result (parameters, BIC, AIC, log-likelihood)."""
-    result, _ = fit_points(load_points(path, drop_index=drop_index), n_components, **params)
+    X = load_points(path, drop_index=drop_index, missing=params.get("missing", "error"))
+    result, _ = fit_points(X, n_components, **params)
     return {"data": path, **result}
 
 
@@ -362,7 +410,7 @@ def run(
             _check_target(output, "output")
         if labels_output:
             _check_target(labels_output, "labels_output")
-        X = load_points(data, drop_index=drop_index)
+        X = load_points(data, drop_index=drop_index, missing=params.get("missing", "error"))
         result, labels = fit_points(X, n_components, **params)
         result = {"data": data, **result}
         text = to_json(result)
@@ -453,6 +501,8 @@ def main(argv) -> int:
         n_restarts=_RESTARTS.value,
         covariance_type=_COVARIANCE.value,
         standardize=_STANDARDIZE.value,
+        noise_variance=_NOISE_VARIANCE.value,
+        missing=_MISSING.value,
         random_state=_SEED.value,
     )
 

@@ -462,3 +462,83 @@ def test_core_helpers_match_sklearn_and_scipy():
             cls(2).predict(np.zeros((3, 2)))
     assert issubclass(TGMMEstimator, estimator.TGMMEstimatorCore)
     assert TGMMEstimator.__module__ == "tgmm_jax.estimator" and TGMMEstimator.__doc__
+
+
+# ----------------------------------------------------------------------------------------------------
+# --missing=allow (NaN / empty CSV fields as missing values) and --noise_variance (a known noise variance).
+
+
+def test_missing_values_are_an_error_unless_allowed(tmp_path):
+    text = "x,y\n1,2\n3,\nnan,4\n5,NaN\n"
+    path = _write(tmp_path / "m.csv", text)
+    with pytest.raises(ValueError, match=r"line 3, column 2: missing value \(empty field\)"):
+        fit.load_points(path)  # the default's message, as before (now with the flag to pass)
+    with pytest.raises(ValueError, match="--missing=allow"):
+        fit.load_points(path)
+    X = fit.load_points(path, missing="allow")
+    np.testing.assert_array_equal(X, [[1, 2], [3, np.nan], [np.nan, 4], [5, np.nan]])
+    empty = _write(tmp_path / "e.csv", "x,y\n1,2\n,\n")
+    with pytest.raises(ValueError, match="line 3: every value is missing"):
+        fit.load_points(empty, missing="allow")
+    inf = _write(tmp_path / "i.csv", "x,y\n1,2\n3,inf\n")
+    with pytest.raises(ValueError, match="line 3, column 2: missing or non-finite value 'inf'"):
+        fit.load_points(inf, missing="allow")
+    no_header = fit.load_points(_write(tmp_path / "n.csv", ",2\n3,4\n"), missing="allow")
+    np.testing.assert_array_equal(no_header, [[np.nan, 2], [3, 4]])  # a row with a number is data
+    np.save(tmp_path / "m.npy", np.array([[1.0, np.nan], [2.0, 3.0]]))
+    with pytest.raises(ValueError, match="row 0, column 1.*missing='allow'"):
+        fit.load_points(str(tmp_path / "m.npy"))
+    assert np.isnan(fit.load_points(str(tmp_path / "m.npy"), missing="allow")[0, 1])
+    with pytest.raises(ValueError, match="--missing must be"):
+        fit.load_points(path, missing="impute")
+
+
+@pytest.mark.slow
+def test_missing_allow_fits_a_csv_with_empty_fields(tmp_path, capsys):
+    X = _points()
+    rows = "".join(
+        ",".join("" if (i + j) % 5 == 0 and j == i % 2 else repr(float(v)) for j, v in enumerate(x)) + "\n"
+        for i, x in enumerate(X)
+    )
+    path = _write(tmp_path / "holes.csv", "x,y\n" + rows)
+    assert np.isnan(fit.load_points(path, missing="allow")).sum() == 8
+    _assert_failed(*_run(capsys, path), "line 2, column 1", "missing value")
+    rc, out, err = _run(capsys, path, missing="allow", labels_output=str(tmp_path / "labels.txt"))
+    assert rc == 0, err
+    result = _strict_json(out)
+    assert result["n_samples"] == 40 and result["n_components"] == 2
+    labels = np.loadtxt(tmp_path / "labels.txt", dtype=int)
+    truth = np.repeat([0, 1], 20)
+    assert max(np.mean(labels == truth), np.mean(labels != truth)) == 1.0  # two far-apart blobs
+
+
+def test_noise_variance_flag_values():
+    assert fit.valid_noise_variance(None) and fit.valid_noise_variance(2.5)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        assert not fit.valid_noise_variance(bad)
+
+
+@pytest.mark.slow
+def test_noise_variance_gives_the_known_covariances(tmp_path, capsys):
+    data = _csv(tmp_path, _points())
+    rc, out, err = _run(capsys, data, noise_variance=2.5)
+    assert rc == 0, err
+    result = _strict_json(out)
+    assert result["covariances"] == [2.5, 2.5]
+    # BIC counts no variance parameters: K - 1 + K d = 5 for K = 2, d = 2
+    loglik = result["mean_log_likelihood"] * 40
+    assert result["bic"] == pytest.approx(-2 * loglik + 5 * np.log(40), rel=1e-4)
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_command_refuses_bad_noise_variance_and_missing_flags(tmp_path):
+    data = _csv(tmp_path, _points())
+    for flag, fragment in (
+        ("--noise_variance=-1", "--noise_variance must be a finite number > 0"),
+        ("--noise_variance=abc", "noise_variance"),
+        ("--missing=maybe", "missing"),
+    ):
+        proc = _command(f"--data={data}", flag)
+        _assert_failed(proc.returncode, proc.stdout, proc.stderr, fragment)
+        assert proc.returncode == 2, flag
