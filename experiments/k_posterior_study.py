@@ -53,20 +53,26 @@ DEGENERATE_VARIANCE = 1e-3
 # Mixed into the BIC-softmax's probabilities (uniform weight) before its log-loss (``smoothed_log_softmax``).
 SMOOTHING = 1e-3
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/k_posterior", "The trained KPosterior run.")
-_RESULTS = flags.DEFINE_string("results", "results/k_posterior/", "Output directory.")
-_DIMS = flags.DEFINE_list("dims", ["2", "8"], "Data dimensions.")
-_NS = flags.DEFINE_list("ns", ["32", "128", "512"], "Points per task.")
-_TASKS = flags.DEFINE_integer("tasks", 64, f"Tasks per (D, N, K) cell, a multiple of {CHUNK}.")
-_SEED = flags.DEFINE_integer("seed", 2026, "Seed of the held-out tasks (training uses fold_in(seed 0, 1)).")
-_N_INIT = flags.DEFINE_integer("n_init", 10, "k-means++ restarts of the EM of BIC/AIC.")
-_BGM_THRESHOLD = flags.DEFINE_float("bgm_threshold", 0.03, "Weight above which a BGM component counts.")
-_METHODS = flags.DEFINE_enum(
-    "methods",
-    "all",
-    ["all", "baselines", "model", "none"],
-    "Which blocks to compute; all but `baselines` then analyse every cell whose blocks are cached (`none`: only that).",
-)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (tests import this module beside others
+    that define flags of the same names)."""
+    flags.DEFINE_string("workdir", "runs/k_posterior", "The trained KPosterior run.")
+    flags.DEFINE_string("results", "results/k_posterior/", "Output directory.")
+    flags.DEFINE_list("dims", ["2", "8"], "Data dimensions.")
+    flags.DEFINE_list("ns", ["32", "128", "512"], "Points per task.")
+    flags.DEFINE_integer("tasks", 64, f"Tasks per (D, N, K) cell, a multiple of {CHUNK}.")
+    flags.DEFINE_integer("seed", 2026, "Seed of the held-out tasks (training uses fold_in(seed 0, 1)).")
+    flags.DEFINE_integer("n_init", 10, "k-means++ restarts of the EM of BIC/AIC.")
+    flags.DEFINE_float("bgm_threshold", 0.03, "Weight above which a BGM component counts.")
+    flags.DEFINE_enum(
+        "methods",
+        "all",
+        ["all", "baselines", "model", "none"],
+        "Which blocks to compute; all but `baselines` then analyse every cell whose blocks are cached (`none`: only that).",
+    )
 
 
 def held_out_tasks(seed: int, dim: int, n: int, k: int, chunk: int):
@@ -402,34 +408,34 @@ def plot(saved: dict, path: str, reliability_path: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _TASKS.value % CHUNK:
+    if FLAGS.tasks % CHUNK:
         raise app.UsageError(f"--tasks must be a multiple of {CHUNK}")
-    dims, ns = [int(d) for d in _DIMS.value], [int(n) for n in _NS.value]
-    results, seed = _RESULTS.value, _SEED.value
+    dims, ns = [int(d) for d in FLAGS.dims], [int(n) for n in FLAGS.ns]
+    results, seed = FLAGS.results, FLAGS.seed
     os.makedirs(results, exist_ok=True)
-    chunks = range(_TASKS.value // CHUNK)
+    chunks = range(FLAGS.tasks // CHUNK)
     order = sorted(
         ((d, n, k, c) for d in dims for n in ns for k in range(1, K_MAX + 1) for c in chunks),
         key=lambda t: (t[3], t[1], t[0], t[2]),
     )  # chunk 0 of every cell first, small N first
     apply_fn, n_read = None, None
-    if _METHODS.value in ("all", "model"):
+    if FLAGS.methods in ("all", "model"):
         from experiments.train_k_posterior import load
 
-        model, params, cfg = load(_WORKDIR.value)
+        model, params, cfg = load(FLAGS.workdir)
         n_read = cfg["n_max"]
         apply_fn = jax.jit(lambda x: model.apply(params, x, jnp.ones(x.shape[:2], bool)))
     t0 = time.time()
     for d, n, k, c in order:
-        if _METHODS.value in ("all", "model"):
+        if FLAGS.methods in ("all", "model"):
             model_block(results, seed, d, n, k, c, apply_fn, n_read)
-        if _METHODS.value in ("all", "baselines"):
-            baseline_block(results, seed, d, n, k, c, _N_INIT.value)
+        if FLAGS.methods in ("all", "baselines"):
+            baseline_block(results, seed, d, n, k, c, FLAGS.n_init)
         print(f"[{time.time() - t0:6.0f} s] D={d} N={n} K={k} chunk {c}", flush=True)
-    if _METHODS.value == "baselines":
+    if FLAGS.methods == "baselines":
         return
     if n_read is None:
-        with open(os.path.join(_WORKDIR.value, "config.json")) as f:
+        with open(os.path.join(FLAGS.workdir, "config.json")) as f:
             n_read = json.load(f)["n_max"]
     blocks, counts = {}, []
     for d in dims:
@@ -454,8 +460,8 @@ def main(argv):
     if not blocks:
         raise app.UsageError(f"no cell has both its baseline and model blocks in {results}/cache")
     tasks = counts[0] if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
-    saved = analyse(blocks, dims, ns, tasks, n_read, _BGM_THRESHOLD.value, _N_INIT.value)
-    saved["settings"].update({"workdir": _WORKDIR.value, "seed": seed, "n_init": _N_INIT.value})
+    saved = analyse(blocks, dims, ns, tasks, n_read, FLAGS.bgm_threshold, FLAGS.n_init)
+    saved["settings"].update({"workdir": FLAGS.workdir, "seed": seed, "n_init": FLAGS.n_init})
     with open(os.path.join(results, "k_posterior.json"), "w") as f:
         json.dump(saved, f, indent=1)
     plot(
@@ -466,4 +472,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
