@@ -378,7 +378,11 @@ def plot(saved: dict, path: str, reliability_path: str) -> None:
             ax.set_xlabel("true K")
             if j == 0:
                 ax.set_ylabel("K accuracy")
-    axes[0][0].legend(fontsize=7)
+    handles = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
