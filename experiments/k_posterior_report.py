@@ -36,7 +36,7 @@ def k_posterior_section(
     dims, ns = s["dims"], s["ns"]
     present = [m for m in METHODS if any(m in c["accuracy"] for c in saved["cells"])]
     out = [
-        "## How many clusters: a learned posterior over K (issue 26)",
+        "## How many clusters: a learned posterior over K",
         f"![K accuracy against true K]({figure})",
         "",
         (
@@ -108,7 +108,7 @@ def k_posterior_section(
             return "**met**" if t["met"] else "**not met**"
 
         out += [
-            "Issue 26's targets on these held-out tasks:",
+            "The targets on these held-out tasks:",
             (
                 f"- K accuracy over BIC at N ≤ 128 (mean over D, N, K): {100 * a['model_minus_bic']:+.1f} points "
                 f"(target ≥ +10): {verdict(a)}."

@@ -1,4 +1,4 @@
-"""How many clusters: the learned P(K | X) (``KPosterior``) against BIC, AIC and variational Bayes (issue 26).
+"""How many clusters: the learned P(K | X) (``KPosterior``) against BIC, AIC and variational Bayes.
 
     python -m experiments.k_posterior_study --workdir=runs/k_posterior --results=results/k_posterior/
 

@@ -23,6 +23,7 @@ from experiments.hard_regime_report import (
     small_n_ablation_section,
     unknown_noise_section,
 )
+from experiments.k_posterior_report import k_posterior_section
 from experiments.phase_transition_report import phase_transition_section
 from experiments.real_data_report import real_data_section
 from experiments.reporting import format_gain, format_stat, ordered_methods
@@ -469,6 +470,9 @@ def main(argv):
             speed = _load(os.path.join(r, "benchmark_speed_vs_bayes_cpu.json"))
             easy = _load(os.path.join(r, "small_n_ablation", "noise_cond3_easy.json"))
             lines += learning_targets_section(arm, label, speed, easy)
+    k_posterior = _load(os.path.join(r, "k_posterior", "k_posterior.json"))  # how many clusters: P(K | X)
+    if k_posterior and scale == "cpu":
+        lines += k_posterior_section(k_posterior)
     previous = _previous_descriptions(os.path.join(r, "REPORT.md"))
     lines += ["## What was run", ""]
     lines += [f"- {_run_description(w, step, previous)}" for w, step in dict.fromkeys(runs)] + [""]

@@ -1,4 +1,4 @@
-"""Missing values, the classical half: exact missing-data EM against mean imputation + EM (issue 26).
+"""Missing values, the classical half: exact missing-data EM against mean imputation + EM.
 
 Held-out Algorithm-1 tasks (``--dims`` 2 and 8, N = 128, K = 3, ``--tasks`` per cell, isotropic unit
 variance) with coordinates masked completely at random (``tgmm_jax.masking``: each point keeps at least one
