@@ -205,8 +205,9 @@ def small_n_ablation_section(arms: dict[str, dict], figure_dir: str = "small_n_a
         "## Small N: can the learned part beat its skeleton? (same-budget ablation)",
         "",
         (
-            f"{_count_word(len(arms))} clustering TGMMs trained with the same recipe, seed and budget on the gap"
-            " regime (d cycling over 2 and 8, N from 16 to 32, K = 2..5): "
+            f"{_count_word(len(arms))} clustering TGMMs trained with the same recipe and seed on the gap regime"
+            " (d cycling over 2 and 8, N from 16 to 32, K = 2..5), for the same budget (each checkpoint's step"
+            " below) except where the label names more steps: "
             + "; ".join(f"`{label}`: {arm['checkpoint']}" for label, arm in arms.items())
             + ". Each is evaluated by `experiments.hard_regime --workdir` on the main study's tasks (same seed:"
             f" {first['settings']['tasks_per_cell']} per cell, bayes on the first {first['settings']['bayes_tasks']})."

@@ -118,3 +118,24 @@ def test_known_noise_on_large_n_streams_with_the_variance_held(checkpoints):
     np.testing.assert_array_equal(gm.covariances_, np.full(3, 4.0))
     err = np.sort(np.linalg.norm(gm.means_[:, None] - centres[None], axis=-1).min(axis=1))
     assert err.max() < 0.5, err
+
+
+@pytest.mark.slow
+def test_shipped_noise_conditioned_checkpoint_is_scale_free():
+    """The shipped ``cluster_noise``: noise-conditioned, and its fits follow the data's units (c = 1e-3, 1e3) with
+    the noise unknown and known."""
+    from tgmm_jax import pretrained
+
+    ckpt = pretrained.load_pretrained("cluster_noise")
+    assert ckpt.model_config.noise == "conditioned" and ckpt.model_config.dimension_free
+    x = _blobs(n_per=15, seed=7, spread=3.0)
+    for v in (None, 1.0):
+        base = TGMMEstimator(3, checkpoint="cluster_noise", noise_variance=v).fit(x)
+        for c in (1e-3, 1e3):
+            scaled = TGMMEstimator(
+                3, checkpoint="cluster_noise", noise_variance=None if v is None else v * c * c
+            )
+            scaled.fit(c * x)
+            np.testing.assert_array_equal(scaled.predict(c * x), base.predict(x))
+            np.testing.assert_allclose(scaled.means_ / c, base.means_, rtol=0, atol=1e-3 * np.abs(x).max())
+            np.testing.assert_allclose(scaled.covariances_ / c**2, base.covariances_, rtol=1e-3)
