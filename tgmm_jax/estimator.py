@@ -490,57 +490,9 @@ def _standardize(
     network's first pass sees the training tasks' spread; computed after an exact power-of-two rescaling, so
     nothing overflows for any finite float64 input. Else scale 1 (the data's units).
 
-    NaN = missing (``_standardize_missing``): the centre and spread come from the observed values only."""
-    if np.isnan(pts_NxD).any():
-        return _standardize_missing(pts_NxD, standardize, where, noise_variance)
-    if noise_variance is not None:
-        top = float(np.max(np.abs(pts_NxD)))
-        p = 1.0 if top == 0.0 else float(2.0 ** np.frexp(top)[1])  # |pts / p| < 1, exactly
-        centre_D = (pts_NxD / p).mean(axis=0) * p
-        noise_std = float(np.sqrt(noise_variance))
-        x_NxD = (pts_NxD / p - centre_D / p) * (p / noise_std)
-        big = float(np.max(np.abs(x_NxD)))
-        if not big <= MAX_RAW:
-            raise ValueError(
-                f"{where} has values {big:.3g} noise standard deviations from its mean with "
-                f"noise_variance={noise_variance!r}; the fit needs them below {MAX_RAW:g} (is noise_variance "
-                "in the data's units?)"
-            )
-        return x_NxD, centre_D, noise_std
-    if not standardize:
-        centre_D = pts_NxD.mean(axis=0)
-        x_NxD = pts_NxD - centre_D
-        big = float(np.max(np.abs(x_NxD)))
-        if not big <= MAX_RAW:
-            raise ValueError(
-                f"{where} has values {big:.3g} from its mean; with standardize=False the fit runs in float32 "
-                f"in the data's units and needs them below {MAX_RAW:g} (use standardize=True)"
-            )
-        return x_NxD, centre_D, 1.0
-    top = float(np.max(np.abs(pts_NxD)))
-    p = 1.0 if top == 0.0 else float(2.0 ** np.frexp(top)[1])  # |pts / p| < 1, exactly
-    y_NxD = pts_NxD / p
-    centre_D = y_NxD.mean(axis=0)
-    x_NxD = y_NxD - centre_D
-    spread = float(np.sqrt(np.mean(np.square(x_NxD))))
-    if spread == 0.0:  # every point the same: nothing to rescale
-        return x_NxD, centre_D * p, 1.0
-    scale = spread / np.sqrt(TRAINING_VARIANCE)
-    data_scale = scale * p
-    if not MIN_SCALE <= data_scale <= MAX_SCALE:
-        raise ValueError(
-            f"{where} has a spread (root mean squared distance to the mean) of {spread * p:.3g}, outside "
-            f"[{MIN_SCALE:g}, {MAX_SCALE:g}]: its variances would under- or overflow float64; rescale it first"
-        )
-    return x_NxD / scale, centre_D * p, data_scale
-
-
-def _standardize_missing(
-    pts_NxD: np.ndarray, standardize: bool, where: str, noise_variance=None
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """``_standardize`` on points with NaN (missing) entries, which stay NaN: the centre is each column's mean
-    over its observed values, the spread the root mean squared deviation over every observed entry, so the
-    fit stays scale-equivariant. A column with no observed value is refused (nothing could be said about it)."""
+    NaN entries (missing values) stay NaN: the centre is each column's mean over its observed values, the
+    spread the root mean squared deviation over every observed entry, so the fit stays scale-equivariant. A
+    column with no observed value is refused (nothing could be said about it)."""
     empty_D = np.isnan(pts_NxD).all(axis=0)
     if empty_D.any():
         raise ValueError(
