@@ -7,9 +7,12 @@ combined standard error of the two means (same tasks for every variant).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from experiments.reporting import format_stat
+from experiments.studies.base import Part, load_json
 
 REFERENCE = "set-2x64"
 TRIVIAL_L2 = 25.0 / 3.0  # the zero estimator's l2 on means ~ U[-5, 5]^d: E[mu^2] = 8.33 per coordinate
@@ -453,3 +456,27 @@ def curves_section(curves: dict, figure: str) -> tuple[list[str], dict]:
             + "\n".join(r for r, _ in rows)
         )
     return out, claims
+
+
+def build(results: str, scale: str):
+    """The architecture study (RQ3 and the ablations), then the same runs by training loss."""
+    if scale != "cpu":
+        return None
+    part = Part()
+    arch = load_json(os.path.join(results, "architecture_study.json"))
+    if arch:
+        sections, claims = architecture_section(arch, "architecture_study.png")
+        part.sections += sections
+        part.claims.update(claims)
+        part.runs += [
+            (v["workdir"], v["step"])
+            for which in ("isotropic", "anisotropic")
+            for v in arch.get(which, {}).get("variants", [])
+        ]
+    curves = load_json(os.path.join(results, "architecture_curves.json"))
+    if curves:
+        sections, claims = curves_section(curves, "architecture_curves.png")
+        part.sections += sections
+        part.claims.update(claims)
+        part.runs += [(run["workdir"], run["step"]) for run in curves["runs"].values()]
+    return part

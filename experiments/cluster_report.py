@@ -6,9 +6,12 @@ here, with the margin by which it is missed where it is.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from experiments.reporting import GAIN_TITLE, format_gain, format_gain_table, format_stat
+from experiments.studies.base import Part, load_json
 from tgmm_jax.scoring import MODEL_METHOD
 
 REFINED = "tgmm+em"
@@ -334,3 +337,14 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
                 out.append(f"- {name} (K = 2/3/4/5): {text}")
         out.append("")
     return out
+
+
+def build(results: str, scale: str):
+    cluster = load_json(os.path.join(results, "cluster_study.json"))
+    if not cluster or scale != "cpu":
+        return None
+    previous = load_json(os.path.join(results, "cluster_study_farthest_init.json"))
+    part = Part(sections=cluster_section(cluster, "cluster_study.png", previous))
+    part.runs += [(cluster["workdir"], cluster["step"])] if "step" in cluster else []
+    part.runs += [(stage["workdir"], stage["step"]) for stage in cluster.get("ablation", [])]
+    return part

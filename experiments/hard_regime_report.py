@@ -3,9 +3,12 @@ over its skeleton, and every method against the Bayes limit, with the gap cells 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from experiments.reporting import format_gain
+from experiments.studies.base import Part, load_json
 
 ORDER = ("tgmm", "tgmm+em", "em_seeded", "em_seeded+em", "em_kmeanspp", "spectral", "bgm", "bayes")
 
@@ -452,3 +455,35 @@ def learning_targets_section(
             )
         out.append("")
     return out
+
+
+def build(results: str, scale: str):
+    """The report's opening: the hard-regime limits, then the small-N ablation, its unknown-noise cells and
+    the learning targets on its longest-trained noise-conditioned arm."""
+    if scale != "cpu":
+        return None
+    part = Part()
+    hard = load_json(os.path.join(results, "hard_regime.json"))  # the measuring stick
+    if hard:
+        part.lead += hard_regime_section(hard, "hard_regime.png")
+
+    def arm(name):
+        return load_json(os.path.join(results, "small_n_ablation", f"{name}.json"))
+
+    arms = {"no correction": arm("corr0"), "correction head": arm("corr1")}
+    # the same recipe with noise='conditioned' (and at 4x the steps): their known-noise cells join the ablation
+    noise_arms = {
+        "noise-conditioned": arm("noise_cond1"),
+        "noise-conditioned, 6000 steps": arm("noise_cond2"),
+        "noise-conditioned, 20000 steps": arm("noise_cond3"),
+    }
+    noise_arms = {label: saved for label, saved in noise_arms.items() if saved}
+    if arms["no correction"] and arms["correction head"]:
+        part.lead += small_n_ablation_section({**arms, **noise_arms})
+        for label, saved in noise_arms.items():
+            part.lead += unknown_noise_section(saved, label)
+        if noise_arms:  # the learning targets, on the longest-trained arm (and the speed benchmark's JSON)
+            label, saved = list(noise_arms.items())[-1]
+            speed = load_json(os.path.join(results, "benchmark_speed_vs_bayes_cpu.json"))
+            part.lead += learning_targets_section(saved, label, speed, arm("noise_cond3_easy"))
+    return part

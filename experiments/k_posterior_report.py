@@ -6,6 +6,10 @@ paths are as the report should link them (relative to the report).
 
 from __future__ import annotations
 
+import os
+
+from experiments.studies.base import Part, load_json
+
 METHODS = ("model", "model_all", "bic", "aic", "bgm", "bic_raw", "aic_raw")
 LABELS = {
     "model": "learned P(K|X)",
@@ -124,3 +128,8 @@ def k_posterior_section(
             "",
         ]
     return out
+
+
+def build(results: str, scale: str):
+    saved = load_json(os.path.join(results, "k_posterior", "k_posterior.json"))
+    return Part(lead=k_posterior_section(saved)) if saved and scale == "cpu" else None

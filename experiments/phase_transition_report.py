@@ -6,9 +6,12 @@ computed here with the rule stated next to it.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from experiments.reporting import format_gain
+from experiments.studies.base import Part, load_json
 from tgmm_jax.scoring import MODEL_METHOD
 
 PLANNED = ("d2", "d8", "b0.1", "b1")  # experiments.phase_transition's default settings
@@ -191,3 +194,14 @@ def _observations(saved: dict) -> list[str]:
 
 def _cell_in(cells, setting, method, rho):
     return _cell([c for c in cells if c["setting"] == setting], method, rho)
+
+
+def build(results: str, scale: str):
+    saved = load_json(
+        os.path.join(results, "phase_transition.json")
+    )  # an evaluation-only study of shipped models
+    return (
+        Part(sections=phase_transition_section(saved, "phase_transition.png"))
+        if saved and scale == "cpu"
+        else None
+    )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from experiments.reporting import format_gain
+from experiments.studies.base import Part, load_json
 
 CLAIM = (
     "Rebuttal to Reviewer TJ7f, Q2 (OpenReview): TGMM models meta-trained on synthetic mixtures cluster the"
@@ -168,3 +171,8 @@ def _subset_effect(cells, subset: int) -> list[str]:
         *rows,
         "",
     ]
+
+
+def build(results: str, scale: str):
+    saved = load_json(os.path.join(results, "real_data.json"))  # an evaluation-only study of shipped models
+    return Part(sections=real_data_section(saved, "real_data.png")) if saved and scale == "cpu" else None

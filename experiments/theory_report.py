@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+from experiments.studies.base import Part, load_json
+
 
 def theory_section(saved: dict, figure: str) -> list[str]:
     setting = saved["setting"]
@@ -31,3 +35,8 @@ def theory_section(saved: dict, figure: str) -> list[str]:
         )
     out.append("")
     return out
+
+
+def build(results: str, scale: str):
+    saved = load_json(os.path.join(results, "theory_em.json"))
+    return Part(sections=theory_section(saved, "theory_em.png")) if saved and scale == "cpu" else None

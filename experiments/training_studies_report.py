@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from experiments.studies.base import Part
 from experiments.training_studies import cell
 from tgmm_jax.scoring import MODEL_METHOD
 
@@ -422,3 +423,10 @@ def training_studies_sections(results_dir: str) -> tuple[list[str], list[tuple[s
         sections += seeds_section(seeds, "seeds_study.png")
         runs += [(r["workdir"], r["step"]) for part in seeds["parts"].values() for r in part["runs"]]
     return sections, runs
+
+
+def build(results: str, scale: str):
+    if scale != "cpu":
+        return None
+    sections, runs = training_studies_sections(results)
+    return Part(sections=sections, runs=runs)

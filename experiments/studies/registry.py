@@ -1,0 +1,139 @@
+"""Every study: its name, the command that reruns it, what builds its part of REPORT.md and the results it
+writes. ``experiments.make_report`` walks ``STUDIES`` in order: the report's opening takes each part's ``lead``
+in this order, then the list of runs, the claims and the ``sections``, each in this order too."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from experiments import (
+    architecture_report,
+    cluster_report,
+    hard_regime_report,
+    k_posterior_report,
+    phase_transition_report,
+    real_data_report,
+    theory_report,
+    training_studies_report,
+)
+from experiments.studies.base import Part
+from experiments.studies.baseline_speed import report as baseline_speed_report
+from experiments.studies.prototype import report as prototype_report
+from experiments.studies.rq import report as rq_report
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """``commands``: how its committed results were made, run from the repository root (the documented
+    commands; every flag has a default); ``report``: ``(results_dir, scale) -> Part | None`` (None: nothing
+    saved at that scale), or None for a study REPORT.md does not include; ``results``: what it writes, under
+    the results folder."""
+
+    name: str
+    commands: tuple[str, ...]
+    results: tuple[str, ...]
+    report: Callable[[str, str], Part | None] | None = None
+
+
+STUDIES = (
+    Study(
+        "hard_regime",
+        (
+            "python -m experiments.hard_regime --tasks_per_cell=256 --bayes_tasks=64",
+            "python -m experiments.hard_regime --name=small_n_ablation/<arm> ... (one per trained arm)",
+        ),
+        ("hard_regime.json", "hard_regime.png", "small_n_ablation/"),
+        hard_regime_report.build,
+    ),
+    Study(
+        "k_posterior",
+        (
+            "python -m experiments.train_k_posterior --workdir=runs/k_posterior",
+            "python -m experiments.k_posterior_study --workdir=runs/k_posterior",
+        ),
+        ("k_posterior/",),
+        k_posterior_report.build,
+    ),
+    Study(
+        "rq",
+        (
+            "python -m experiments.rq1_effectiveness --scale=cpu --steps=3000 --tasks_per_cell=256",
+            "python -m experiments.rq2_sample_size --scale=cpu --steps=1000 --tasks_per_cell=128",
+            "python -m experiments.rq2_distribution_shift --scale=cpu --steps=3000 --tasks_per_cell=256",
+        ),
+        (
+            "rq1_<scale>.json",
+            "rq2_sample_size_<scale>.json",
+            "rq2_distribution_shift_<scale>.json",
+            "rq1/",
+            "rq2/",
+        ),
+        rq_report.build,
+    ),
+    Study(
+        "prototype_matched_loss",
+        (
+            "python -m experiments.prototype_matched_loss --steps 4000 --log_every 1000 --eval_tasks_per_k 256",
+        ),
+        ("prototype_matched_loss.json",),
+        prototype_report.build,
+    ),
+    Study(
+        "cluster",
+        (
+            "python -m experiments.train --config=experiments/configs/cluster.py:steps=8000 --workdir=runs/cluster",
+            "python -m experiments.cluster_study --workdir=runs/cluster --tasks_per_cell=256 --ablation_steps=600",
+        ),
+        ("cluster_study.json", "cluster_study.png", "cluster/"),
+        cluster_report.build,
+    ),
+    Study(
+        "theory_em",
+        ("python -m experiments.theory_em",),
+        ("theory_em.json", "theory_em.png"),
+        theory_report.build,
+    ),
+    Study(
+        "training",
+        (
+            "python -m experiments.depth_study --layers=1,3,6 --steps=300",
+            "python -m experiments.seeds_study --parts=paper --paper_steps=150",
+            "python -m experiments.objectives_study --objectives=est,est_matched,lik --steps=150 --partial",
+        ),
+        ("depth_sample_size.json", "objectives_study.json", "seeds_study.json", "training_studies/"),
+        training_studies_report.build,
+    ),
+    Study(
+        "architecture",
+        ("python -m experiments.architecture_study", "python -m experiments.architecture_curves"),
+        ("architecture_study.json", "architecture_curves.json"),
+        architecture_report.build,
+    ),
+    Study(
+        "phase_transition",
+        ("python -m experiments.phase_transition",),
+        ("phase_transition.json", "phase_transition.png"),
+        phase_transition_report.build,
+    ),
+    Study(
+        "real_data",
+        ("python -m experiments.real_data",),
+        ("real_data.json", "real_data.png"),
+        real_data_report.build,
+    ),
+    Study("missing_values", ("python -m experiments.missing_values",), ("missing_values/",)),
+    Study(
+        "baseline_speed",
+        ("python -m benchmarks.baselines --json results/benchmark_baselines_cpu.json",),
+        ("benchmark_baselines_<scale>.json",),
+        baseline_speed_report.build,
+    ),
+)
+
+
+def get(name: str) -> Study:
+    for study in STUDIES:
+        if study.name == name:
+            return study
+    raise KeyError(f"no study {name!r}; the studies are {[s.name for s in STUDIES]}")
