@@ -27,8 +27,9 @@ from tgmm_jax.models import (
     make_model,
     model_config,
 )
-from tgmm_jax.models.gpt2 import Gpt2Options, TransformerBackbone
+from tgmm_jax.models.gpt2 import TransformerBackbone
 from tgmm_jax.models.mamba2 import Mamba2Backbone
+from tgmm_jax.models.options import BACKBONE_OPTIONS, Gpt2Options
 from tgmm_jax.models.readout import AttentiveReadout
 from tgmm_jax.tasks import VARIANTS, GMMTask, TaskSpec
 
@@ -163,14 +164,15 @@ def test_bad_backbone_options_raise_naming_the_field(backbone, options, message)
         ModelConfig(backbone=backbone, backbone_options=options)
 
 
-def test_a_new_backbone_is_one_registry_entry(monkeypatch):
-    """A backbone registered by name alone is configured, validated and built by the generic code."""
+def test_a_new_backbone_is_one_entry_per_registry(monkeypatch):
+    """A backbone registered by name alone (its options in the leaf registry, its module in BACKBONES) is
+    configured, validated and built by the generic code."""
 
     @dataclasses.dataclass(frozen=True)
     class ScaleOptions(BackboneOptions):
         factor: float = 2.0
 
-        def validate(self, config):
+        def validate(self, width, num_heads):
             if self.factor <= 0:
                 raise ValueError("backbone_options.factor must be > 0")
 
@@ -180,6 +182,7 @@ def test_a_new_backbone_is_one_registry_entry(monkeypatch):
         def __call__(self, tokens_BxNxE, point_mask_BxN):
             return tokens_BxNxE.astype(jnp.float32) * self.config.backbone_options.factor
 
+    monkeypatch.setitem(BACKBONE_OPTIONS, "scale", ScaleOptions)
     monkeypatch.setitem(BACKBONES, "scale", Backbone(ScaleBackbone, ScaleOptions))
     config = model_config("tiny", backbone="scale", backbone_options={"factor": 3.0})
     assert config.backbone_options == ScaleOptions(3.0)
@@ -192,8 +195,12 @@ def test_a_new_backbone_is_one_registry_entry(monkeypatch):
     assert "backbone" not in shapes["params"] and set(shapes["params"]) == {"read_in", "read_out"}
 
 
+def test_every_backbone_has_its_options_class():
+    assert {name: b.options for name, b in BACKBONES.items()} == BACKBONE_OPTIONS
+
+
 def test_unknown_fields_and_sizes_raise():
-    with pytest.raises(ValueError, match="n_layer"):
+    with pytest.raises(ValueError, match="n_layer.*did you mean 'num_layers'"):
         ModelConfig.from_dict({"n_layer": 3})
     with pytest.raises(ValueError, match="huge"):
         model_config("huge")

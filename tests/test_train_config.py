@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from tgmm_jax.models import BACKBONES
-from tgmm_jax.models.mamba2 import Mamba2Options
+from tgmm_jax.models.options import Mamba2Options
 from tgmm_jax.train.config import model_group, validate_config
 
 

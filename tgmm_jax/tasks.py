@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tgmm_jax.validation import check_bool, check_choice, check_int, check_number, is_int, is_number
+
 VARIANTS = ("isotropic", "anisotropic")
 
 # Below this acceptance rate of the cosine filter the sampler refuses the spec instead of looping for ages.
@@ -97,34 +99,23 @@ class TaskSpec:
         return self.noise_scale_range is not None or self.component_scale_range is not None
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
 def _validate(spec: TaskSpec) -> None:
-    if not _is_int(spec.dim) or spec.dim < 1:
-        raise ValueError(f"TaskSpec.dim must be an integer >= 1, got {spec.dim!r}")
+    check_int(spec.dim, "TaskSpec.dim", 1)
     if len(spec.ks) == 0:
         raise ValueError("TaskSpec.ks is empty: give at least one component count K")
     for k in spec.ks:
-        if not _is_int(k) or k < 1:
+        if not is_int(k) or k < 1:
             raise ValueError(f"TaskSpec.ks must hold integers K >= 1, got {spec.ks!r}")
     if len(set(spec.ks)) != len(spec.ks):
         raise ValueError(f"TaskSpec.ks has repeated values: {spec.ks!r}")
-    if not _is_int(spec.n_max) or spec.n_max < 1:
-        raise ValueError(f"TaskSpec.n_max must be an integer >= 1, got {spec.n_max!r}")
+    check_int(spec.n_max, "TaskSpec.n_max", 1)
     if spec.n_max < max(spec.ks):
         raise ValueError(f"TaskSpec.n_max={spec.n_max} is smaller than the largest K={max(spec.ks)}")
-    if not _is_int(spec.n_min) or spec.n_min < 1:
-        raise ValueError(f"TaskSpec.n_min must be an integer >= 1, got {spec.n_min!r}")
+    check_int(spec.n_min, "TaskSpec.n_min", 1)
     if spec.n_min > spec.n_max:
         raise ValueError(f"TaskSpec.n_min={spec.n_min} is larger than n_max={spec.n_max}")
-    if spec.variant not in VARIANTS:
-        raise ValueError(f"TaskSpec.variant must be one of {VARIANTS}, got {spec.variant!r}")
-    if not (
-        isinstance(spec.mean_shift, (int, float)) and math.isfinite(spec.mean_shift) and spec.mean_shift >= 0
-    ):
-        raise ValueError(f"TaskSpec.mean_shift must be a finite number >= 0, got {spec.mean_shift!r}")
+    check_choice(spec.variant, "TaskSpec.variant", VARIANTS)
+    check_number(spec.mean_shift, "TaskSpec.mean_shift", 0)
     if not (isinstance(spec.cos_threshold, (int, float)) and -1.0 < spec.cos_threshold <= 1.0):
         raise ValueError(f"TaskSpec.cos_threshold must lie in (-1, 1], got {spec.cos_threshold!r}")
     wr = spec.weight_range
@@ -134,8 +125,7 @@ def _validate(spec: TaskSpec) -> None:
         )
     if len(spec.mean_range) != 2 or not (-math.inf < spec.mean_range[0] < spec.mean_range[1] < math.inf):
         raise ValueError(f"TaskSpec.mean_range must be (lo, hi) with lo < hi, got {spec.mean_range!r}")
-    if not isinstance(spec.variable_n, bool):
-        raise ValueError(f"TaskSpec.variable_n must be a bool, got {spec.variable_n!r}")
+    check_bool(spec.variable_n, "TaskSpec.variable_n")
     for name in ("noise_scale_range", "component_scale_range"):
         value = getattr(spec, name)
         if value is None:
@@ -143,7 +133,7 @@ def _validate(spec: TaskSpec) -> None:
         ok = (
             isinstance(value, tuple)
             and len(value) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and all(is_number(v) for v in value)
             and 0.0 < value[0] <= value[1] < math.inf
         )
         if not ok:
@@ -335,8 +325,7 @@ def sample_tasks(key: jax.Array, spec: TaskSpec, tasks_per_k: int) -> GMMTask:
     """Samples ``tasks_per_k`` tasks of each K in ``spec.ks``; B = tasks_per_k * len(ks), grouped in ks order."""
     if not isinstance(spec, TaskSpec):
         raise TypeError(f"spec must be a TaskSpec, got {type(spec).__name__}")
-    if not _is_int(tasks_per_k) or tasks_per_k < 1:
-        raise ValueError(f"tasks_per_k must be an integer >= 1, got {tasks_per_k!r}")
+    check_int(tasks_per_k, "tasks_per_k", 1)
     ks_B = jnp.repeat(jnp.asarray(spec.ks, jnp.int32), tasks_per_k)
     keys = jax.random.split(key, ks_B.shape[0])
     return jax.vmap(sample_task, in_axes=(0, None, 0))(keys, spec, ks_B)
@@ -349,8 +338,7 @@ def sample_phase_transition_tasks(key: jax.Array, n: int, a: float, b: float, ba
     Separation Delta = sqrt((1 + sqrt(a)) log n), dimension D = int(b n log n); means are
     +-(Delta / 2) u with u uniform on the sphere, plus a shared offset Delta * N(0, I). N = n points.
     """
-    if not _is_int(n) or n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    check_int(n, "n", 2)
     if not (a > 0 and b > 0):
         raise ValueError(f"a and b must be positive, got a={a!r}, b={b!r}")
     delta = math.sqrt((1.0 + math.sqrt(a)) * math.log(n))

@@ -1,7 +1,7 @@
 """Model configuration: one frozen dataclass, validated on construction, and the named model sizes.
 
 The fields every backbone shares live here; each backbone's own options are its ``BackboneOptions`` dataclass
-(models/backbones.py), held as ``ModelConfig.backbone_options``.
+(models/options.py), held as ``ModelConfig.backbone_options``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from tgmm_jax.models.backbones import BACKBONES
 from tgmm_jax.models.cluster_readout import seeding_functions
-from tgmm_jax.models.options import BackboneOptions, check_positive_ints
+from tgmm_jax.models.options import BACKBONE_OPTIONS, BackboneOptions
+from tgmm_jax.validation import check_bool, check_choice, check_fields, check_int, check_ints
 
 READOUTS = ("attentive", "naive", "cluster")
 READINS = ("raw", "normalized")
@@ -40,7 +40,7 @@ class ModelConfig:
     """Everything that defines a TGMM network except the task (dim, ks, variant come from the TaskSpec).
 
     Defaults are the paper's model (GPT-2, 12 layers, width 128, 4 heads, task embedding 128).
-    ``backbone_options`` is the backbone's options dataclass (``BACKBONES[backbone].options``); given as None it
+    ``backbone_options`` is the backbone's options dataclass (``BACKBONE_OPTIONS[backbone]``); given as None it
     becomes that class's defaults, given as a dict (fields to change) that class built from it.
     """
 
@@ -104,10 +104,7 @@ class ModelConfig:
         """Builds a config from a dict (``backbone_options`` a dict too); unknown field names raise ValueError."""
         if not isinstance(d, dict):
             raise TypeError(f"ModelConfig.from_dict expects a dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known fields: {sorted(known)}")
+        check_fields(d, (f.name for f in dataclasses.fields(cls)), "ModelConfig")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,15 +135,14 @@ def model_config(size: str = "tiny", **overrides) -> ModelConfig:
 
 
 def _validate(c: ModelConfig) -> None:
-    def choice(name, options):
-        if getattr(c, name) not in options:
-            raise ValueError(f"ModelConfig.{name} must be one of {tuple(options)}, got {getattr(c, name)!r}")
-
-    choice("backbone", BACKBONES)
-    choice("readout", READOUTS)
-    choice("dtype", DTYPES)
-    choice("readin", READINS)
-    choice("noise", NOISE_MODES)
+    for name, options in (
+        ("backbone", BACKBONE_OPTIONS),
+        ("readout", READOUTS),
+        ("dtype", DTYPES),
+        ("readin", READINS),
+        ("noise", NOISE_MODES),
+    ):
+        check_choice(getattr(c, name), f"ModelConfig.{name}", options)
     if c.noise == "conditioned" and (c.readin != "normalized" or c.readout != "cluster"):
         raise ValueError(
             "ModelConfig.noise='conditioned' needs readin='normalized' and readout='cluster' (the scale-free "
@@ -158,23 +154,16 @@ def _validate(c: ModelConfig) -> None:
         seeding_functions(c.slot_init)
     except ValueError as err:
         raise ValueError(f"ModelConfig.{err}") from None
-    check_positive_ints(
+    check_ints(
         c, ("num_layers", "width", "num_heads", "task_embed_dim", "mlp_ratio", "project_rank"), "ModelConfig"
     )
-    if isinstance(c.cluster_iters, bool) or not isinstance(c.cluster_iters, int) or c.cluster_iters < 0:
-        raise ValueError(f"ModelConfig.cluster_iters must be an integer >= 0, got {c.cluster_iters!r}")
-    for name in ("slot_attention", "em_logits", "cluster_correction"):
-        if type(getattr(c, name)) is not bool:
-            raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(c, name)!r}")
+    check_int(c.cluster_iters, "ModelConfig.cluster_iters", 0)
+    for name in ("slot_attention", "em_logits", "cluster_correction", "official_pooling_mask_bug"):
+        check_bool(getattr(c, name), f"ModelConfig.{name}")
     if c.cluster_correction and c.readout != "cluster":
         raise ValueError(f"ModelConfig.cluster_correction needs readout='cluster', got readout={c.readout!r}")
-    if c.scan_layers is not None and type(c.scan_layers) is not bool:
-        raise ValueError(f"ModelConfig.scan_layers must be None or a bool, got {c.scan_layers!r}")
-    if type(c.official_pooling_mask_bug) is not bool:
-        raise ValueError(
-            f"ModelConfig.official_pooling_mask_bug must be a bool, got {c.official_pooling_mask_bug!r}"
-        )
-    options_cls = BACKBONES[c.backbone].options
+    check_bool(c.scan_layers, "ModelConfig.scan_layers", optional=True)
+    options_cls = BACKBONE_OPTIONS[c.backbone]
     options = c.backbone_options
     if options is None:
         options = options_cls()
@@ -186,4 +175,4 @@ def _validate(c: ModelConfig) -> None:
             f"(or a dict of its fields), got {type(options).__name__}"
         )
     object.__setattr__(c, "backbone_options", options)  # frozen: set once, before anyone reads it
-    options.validate(c)
+    options.validate(c.width, c.num_heads)

@@ -7,8 +7,8 @@ permutation-equivariant and a pooled read-out is invariant to the order of the p
 
 Padded tokens (point_mask False) are masked as keys. The causal backbone assumes padding sits at the end
 (TGMM moves the real points to the front); then real tokens never see padded ones either way.
-Layers are scanned or unrolled per ``ModelConfig.scan_layers`` (see models/stack.py). Options: none for `set`
-(``TransformerOptions``), the size of the position table for `gpt2` (``Gpt2Options``).
+Layers are scanned or unrolled per ``ModelConfig.scan_layers`` (see models/stack.py). Options (models/options.py):
+none for `set` (``TransformerOptions``), the size of the position table for `gpt2` (``Gpt2Options``).
 The residual stream stays float32; matmuls run in the compute dtype and softmax in float32. ``attention`` is
 the same core with a hand-written backward (equal to the autodiff of ``plain_attention`` to rounding) that, on
 CPU, loops over cache-sized chunks of tasks.
@@ -16,53 +16,20 @@ CPU, loops over cache-sized chunks of tasks.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tgmm_jax.models.options import BackboneOptions, check_positive_ints
+from tgmm_jax.models.config import ModelConfig
 from tgmm_jax.models.stack import apply_blocks
-
-if TYPE_CHECKING:  # config.py imports the backbone registry, which imports this file
-    from tgmm_jax.models.config import ModelConfig
 
 _LN_EPS = 1e-5
 _INIT_STD = 0.02
 # Masked attention logits: finite, so a query with no visible key gets a uniform (not NaN) row.
 _MASKED_LOGIT = -1e30
-
-
-@dataclasses.dataclass(frozen=True)
-class TransformerOptions(BackboneOptions):
-    """The `set` backbone: no options of its own; the heads must split the width."""
-
-    def validate(self, config: ModelConfig) -> None:
-        if config.width % config.num_heads:
-            raise ValueError(
-                f"ModelConfig.width={config.width} is not divisible by num_heads={config.num_heads}"
-            )
-
-
-@dataclasses.dataclass(frozen=True)
-class Gpt2Options(TransformerOptions):
-    """The `gpt2` backbone: a learned position table of ``max_positions`` rows bounds the number of points."""
-
-    max_positions: int = 4096
-
-    def validate(self, config: ModelConfig) -> None:
-        check_positive_ints(self, ("max_positions",), "ModelConfig.backbone_options")
-        super().validate(config)
-
-    def check_num_points(self, num_points: int) -> None:
-        if num_points > self.max_positions:
-            raise ValueError(
-                f"backbone_options.max_positions={self.max_positions} is smaller than the number of points {num_points}"
-            )
 
 
 def _dense(features: int, config: ModelConfig, std: float, name: str) -> nn.Dense:

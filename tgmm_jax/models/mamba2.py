@@ -16,55 +16,18 @@ The SSD math runs in float32 whatever the compute dtype.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tgmm_jax.models.options import BackboneOptions, check_positive_ints, is_int
+from tgmm_jax.models.config import ModelConfig
 from tgmm_jax.models.readin import torch_linear_init, torch_uniform_init
 from tgmm_jax.models.stack import apply_blocks
 
-if TYPE_CHECKING:  # config.py imports the backbone registry, which imports this file
-    from tgmm_jax.models.config import ModelConfig
-
 _EPS = 1e-5
 _DT_MIN, _DT_MAX, _DT_FLOOR = 1e-3, 1e-1, 1e-4
-
-
-@dataclasses.dataclass(frozen=True)
-class Mamba2Options(BackboneOptions):
-    """Defaults are the official Mamba2 config: 8 heads of 64 (= 4 x 128 at the paper width), state 16, 2 groups."""
-
-    heads: int = 8
-    head_dim: int | None = None  # None: expand * width // heads (64 for the paper size)
-    state: int = 16
-    groups: int = 2
-    expand: int = 4
-    conv: int = 4
-    chunk: int = 64  # chunk length of the SSD scan (a speed knob; the result does not depend on it)
-
-    def resolved_head_dim(self, width: int) -> int:
-        return self.expand * width // self.heads if self.head_dim is None else self.head_dim
-
-    def validate(self, config: ModelConfig) -> None:
-        where = "ModelConfig.backbone_options"
-        check_positive_ints(self, ("heads", "state", "groups", "expand", "conv", "chunk"), where)
-        inner = self.expand * config.width
-        if self.head_dim is None:
-            if inner % self.heads:
-                raise ValueError(f"{where}.heads={self.heads} does not divide expand * width = {inner}")
-        elif not is_int(self.head_dim) or self.head_dim < 1:
-            raise ValueError(f"{where}.head_dim must be None or an integer >= 1, got {self.head_dim!r}")
-        elif self.heads * self.head_dim != inner:
-            raise ValueError(
-                f"{where}.head_dim: heads * head_dim = {self.heads * self.head_dim} must equal expand * width = {inner}"
-            )
-        if self.heads % self.groups:
-            raise ValueError(f"{where}.groups={self.groups} does not divide heads={self.heads}")
 
 
 def _segsum(a_XxT: jax.Array) -> jax.Array:

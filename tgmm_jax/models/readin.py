@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-if (
-    TYPE_CHECKING
-):  # config.py imports the backbone registry, which imports this file (mamba2.py, for the inits)
-    from tgmm_jax.models.config import ModelConfig
+from tgmm_jax.models.config import ModelConfig
 
 
 def torch_linear_init(fan_in_axis: int = -2, batch_axis: tuple[int, ...] = ()):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import flax.linen as nn
 import jax
 
-if TYPE_CHECKING:  # config.py imports the backbone registry, which imports this file
-    from tgmm_jax.models.config import ModelConfig
+from tgmm_jax.models.config import ModelConfig
 
 
 def apply_blocks(
