@@ -8,6 +8,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.methods import train
+from tgmm_jax.train.config import TrainConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, config.json and metrics.jsonl.")
@@ -24,7 +25,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO; our progress goes to stdout
-    train(_CONFIG.value, _WORKDIR.value, distributed=_DISTRIBUTED.value)
+    config = TrainConfig.from_config(_CONFIG.value)  # checked once, here; the trainer takes the typed config
+    train(config, _WORKDIR.value, distributed=_DISTRIBUTED.value)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""The training config's model group: the paper configs validate, backbone options are a nested group that
-the command line can set, and the backbone's own check on the number of points runs from validate_config."""
+"""The training config: the typed TrainConfig is the schema of default_config and round-trips through config.json,
+unknown fields fail with a "did you mean", bad values are named; the model group: the paper configs validate,
+backbone options are a nested group that the command line can set, and the backbone's own check on the number
+of points runs from validate_config."""
 
+import dataclasses
 import importlib
+import json
 
 import jax
 
@@ -11,9 +15,17 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from tests import train_config
 from tgmm_jax.models import BACKBONES
 from tgmm_jax.models.options import Mamba2Options
-from tgmm_jax.train.config import model_group, validate_config
+from tgmm_jax.train.config import (
+    EvalConfig,
+    OptimConfig,
+    TrainConfig,
+    default_config,
+    model_group,
+    validate_config,
+)
 
 
 @pytest.mark.parametrize("name", ["paper", "mamba2", "tiny", "lik", "anisotropic"])
@@ -131,3 +143,73 @@ def test_eval_slot_init_reseeds_only_a_seeded_cluster_readout():
             validate_config(bad)
     # checkpoints saved before the field existed are read as "evaluate as trained"
     assert upgrade_saved_config({"eval": {"tasks_per_k": 4}})["eval"] == {"tasks_per_k": 4, "slot_init": None}
+
+
+def test_typed_config_is_the_schema_of_default_config():
+    config = default_config()
+    typed = TrainConfig.from_config(config)
+    assert typed == TrainConfig() and TrainConfig.from_config(typed) is typed
+    assert TrainConfig.from_dict(typed.to_dict()) == typed
+    saved = json.loads(config.to_json())  # what config.json held: n_min None follows n_max
+    assert typed.to_dict() == {**saved, "task": {**saved["task"], "n_min": typed.task.n_max // 2}}
+    assert TrainConfig.from_dict(saved) == typed
+
+
+@pytest.mark.parametrize(
+    "where, field, guess",
+    [
+        ("", "learning_rate", "optim.learning_rate"),  # a field of a group, given at the top level
+        ("", "total_step", "total_steps"),
+        ("optim.", "learnig_rate", "learning_rate"),
+        ("eval.", "baseline", "baselines"),
+        ("task.", "n_mx", "n_max"),
+        ("model.", "n_layers", "num_layers"),
+    ],
+)
+def test_unknown_fields_fail_with_did_you_mean(where, field, guess):
+    config = default_config()
+    group = config
+    for name in where.split(".")[:-1]:
+        group = group[name]
+    group[field] = 3
+    with pytest.raises(
+        ValueError,
+        match=rf"config\.?{where[:-1]}: .*unknown field\(s\) \['{field}'\].*did you mean '{guess}'",
+    ):
+        TrainConfig.from_config(config)
+
+
+def test_missing_and_bad_fields_are_named():
+    fields = TrainConfig().to_dict()
+    del fields["optim"]["b2"]
+    with pytest.raises(ValueError, match=r"config\.optim is missing field\(s\) \['b2'\]"):
+        TrainConfig.from_dict(fields)
+    for field, value, message in [
+        ("seed", True, r"config\.seed must be an integer >= 0, got True"),
+        ("eval_every", -1, r"config\.eval_every must be an integer >= 0"),
+        ("lik_weight", float("nan"), r"config\.lik_weight must be a finite number >= 0"),
+        ("tensorboard", 1, r"config\.tensorboard must be a bool"),
+        ("train_dims", 8, r"config\.train_dims must be a tuple of integers"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(TrainConfig(), **{field: value})
+    with pytest.raises(ValueError, match=r"config\.optim\.b1 must be a finite number in \[0\.0, 1\.0\]"):
+        OptimConfig(b1=1.5)
+    with pytest.raises(ValueError, match=r"config\.optim\.warmup_steps .*total_steps"):
+        TrainConfig(total_steps=10, optim=OptimConfig(warmup_steps=11))
+    with pytest.raises(ValueError, match=r"config\.eval\.n must be None or an integer >= 1"):
+        EvalConfig(n=0)
+
+
+def test_the_trainer_setup_takes_the_typed_config_without_checking_it_again(monkeypatch):
+    from tgmm_jax.train import sharding
+    from tgmm_jax.train import state as state_lib
+
+    typed = TrainConfig.from_config(train_config.get_config())
+
+    def refuse(*args):
+        raise AssertionError("checked twice")
+
+    monkeypatch.setattr(TrainConfig, "__post_init__", refuse)
+    training = state_lib.build_training(typed, sharding.make_mesh())
+    assert training.spec is typed.task and training.model_config is typed.model

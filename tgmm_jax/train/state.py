@@ -31,7 +31,9 @@ class TrainState:
     window_steps: jax.Array  # int32: steps in the current log window
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    optim: config_lib.OptimConfig | ml_collections.ConfigDict, total_steps: int
+) -> optax.GradientTransformation:
     """AdamW with an optional warmup/cosine schedule and optional global-norm clipping (both off by default)."""
     lr = optim.learning_rate
     if optim.schedule == "cosine":
@@ -64,7 +66,7 @@ class Objective:
     resp_weight: float = 0.0
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> Objective:
+    def from_config(cls, config: config_lib.TrainConfig | ml_collections.ConfigDict) -> Objective:
         return cls(config.objective, config.lik_weight, config.resp_weight)
 
 
@@ -250,9 +252,11 @@ class Training:
     eval_key: jax.Array
 
 
-def build_training(config: ml_collections.ConfigDict, mesh) -> Training:
-    """The trainer's setup from ``config`` (validated here), shared with the benchmarks that time its step."""
-    spec, model_config = config_lib.validate_config(config)
+def build_training(config: config_lib.TrainConfig | ml_collections.ConfigDict, mesh) -> Training:
+    """The trainer's setup from ``config`` (a ConfigDict is checked here), shared with the benchmarks that time
+    its step."""
+    config = config_lib.as_train_config(config)
+    spec, model_config = config.task, config.model
     model = make_model(model_config, spec)
     init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
     tx = make_optimizer(config.optim, config.total_steps)
@@ -269,7 +273,7 @@ def build_training(config: ml_collections.ConfigDict, mesh) -> Training:
             mesh,
             config.grad_accum_steps,
         )
-        for step_spec in config_lib.train_specs(spec, config)
+        for step_spec in config.train_specs()
     )
     data_key = sharding.replicate(data_key, mesh)
     return Training(spec, model_config, model, tx, objective, state, step_fns, data_key, eval_key)

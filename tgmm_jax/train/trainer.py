@@ -72,8 +72,16 @@ class _PreemptionFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_same_run(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
-    current = json.loads(config.to_json())
+def _check_same_run(saved: dict, config: config_lib.TrainConfig, workdir: str) -> None:
+    """``saved`` (the checkpoint's config, upgraded to today's layout) trains the same parameters as ``config``;
+    both are compared as typed configs, so a default written out (n_min = n_max // 2) equals one left None."""
+    try:
+        saved = config_lib.TrainConfig.from_dict(saved).to_dict()
+    except ValueError as err:
+        raise ValueError(
+            f"{workdir} holds a run whose config no longer validates ({err}); use a new --workdir"
+        ) from None
+    current = config.to_dict()
     changed = sorted(
         k for k in set(saved) | set(current) if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k)
     )
@@ -166,7 +174,7 @@ def _window_means(state) -> tuple[dict, float]:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict,
+    config: config_lib.TrainConfig | ml_collections.ConfigDict,
     workdir: str,
     *,
     baselines: Mapping[str, scoring.Method] | None = None,
@@ -175,12 +183,15 @@ def train_and_evaluate(
 ) -> dict:
     """Trains (resuming from ``workdir`` if it holds checkpoints); returns the last evaluation summaries.
 
+    ``config`` is a ``TrainConfig``, or the ConfigDict of the command line, checked here once.
+
     ``baselines`` ({name: method}, see ``tgmm_jax.scoring``) must hold every name of ``config.eval.baselines``
     when periodic evaluation is on; ``experiments/methods.py`` builds them from the baselines registry.
     ``reference``, a name among ``baselines``, is the parameter-free method the model's learned gain is
     measured against in every evaluation (``experiments.methods.reference_for``).
     """
-    spec, model_config = config_lib.validate_config(config)
+    config = config_lib.as_train_config(config)
+    spec = config.task
     if config.eval_every:
         config_lib.check_eval_baselines(config.eval, baselines or {})
         if reference is not None and reference not in (baselines or {}):
@@ -192,7 +203,7 @@ def train_and_evaluate(
 
     workdir_path = epath.Path(workdir)  # local path or an object store such as gs://
     workdir_path.mkdir(parents=True, exist_ok=True)
-    config_json = json.loads(config.to_json())
+    config_json = config.to_dict()
     ckpts = checkpoint.Checkpoints(
         workdir_path / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints
     )
@@ -216,7 +227,7 @@ def train_and_evaluate(
 
         evaluator = (
             PeriodicEvaluator(
-                make_model(config_lib.eval_model_config(model_config, config.eval), spec),
+                make_model(config.eval_model_config(), spec),
                 spec,
                 config.eval,
                 eval_key,
