@@ -58,9 +58,9 @@ STUDIES = (
     Study(
         "rq",
         (
-            "python -m experiments.rq1_effectiveness --scale=cpu --steps=3000 --tasks_per_cell=256",
-            "python -m experiments.rq2_sample_size --scale=cpu --steps=1000 --tasks_per_cell=128",
-            "python -m experiments.rq2_distribution_shift --scale=cpu --steps=3000 --tasks_per_cell=256",
+            "python -m experiments.studies.rq.run --part=effectiveness --scale=cpu --steps=3000 --tasks_per_cell=256",
+            "python -m experiments.studies.rq.run --part=sample_size --scale=cpu --steps=1000 --tasks_per_cell=128",
+            "python -m experiments.studies.rq.run --part=shift --scale=cpu --steps=3000 --tasks_per_cell=256",
         ),
         (
             "rq1_<scale>.json",
