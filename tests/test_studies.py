@@ -9,4 +9,6 @@ from experiments.studies.rq import run as rq_run
 def test_rq_run_defines_no_flags_at_import():
     assert "part" not in flags.FLAGS and "sigma_p" not in flags.FLAGS
     assert set(rq_run.PARTS) == {"effectiveness", "sample_size", "shift"}
-    assert rq_run.PARTS["shift"][0] == rq_run.PARTS["effectiveness"][0]  # the shift part reuses RQ1's d = 8 model
+    assert (
+        rq_run.PARTS["shift"][0] == rq_run.PARTS["effectiveness"][0]
+    )  # the shift part reuses RQ1's d = 8 model
