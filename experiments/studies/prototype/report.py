@@ -1,5 +1,5 @@
 """REPORT.md's d = 2 loss comparison (paper loss vs matched loss vs EM), from
-``results/prototype_matched_loss.json``. The fixed prose is in ``report.md`` beside this file."""
+``results/prototype_matched_loss.json``, the result of a retired prototype script. The fixed prose is in ``report.md`` beside this file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 
 from experiments.studies.base import Part, load_json, prose
 from experiments.studies.rq.report import ratio_rows
+
+_LAST_COMMIT = "91173fa"  # the retired script's last commit (results/prototype_matched_loss.json: "retired")
 
 
 def prototype_section(proto):
@@ -18,7 +20,7 @@ def prototype_section(proto):
     out = [
         prose(__file__, "heading"),
         "",
-        prose(__file__, "source", metric=proto["metric"], machine=proto["machine"]),
+        prose(__file__, "source", metric=proto["metric"], machine=proto["machine"], last=_LAST_COMMIT),
         "",
         "| method | " + " | ".join(f"K={k}" for k in ks) + " |",
         "|---" * (len(ks) + 1) + "|",
