@@ -14,13 +14,13 @@ from experiments import (
     k_posterior_report,
     phase_transition_report,
     real_data_report,
-    theory_report,
     training_studies_report,
 )
 from experiments.studies.base import Part
 from experiments.studies.baseline_speed import report as baseline_speed_report
 from experiments.studies.prototype import report as prototype_report
 from experiments.studies.rq import report as rq_report
+from experiments.studies.theory_em import report as theory_report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ STUDIES = (
     ),
     Study(
         "theory_em",
-        ("python -m experiments.theory_em",),
+        ("python -m experiments.studies.theory_em.run",),
         ("theory_em.json", "theory_em.png"),
         theory_report.build,
     ),

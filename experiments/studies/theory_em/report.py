@@ -1,4 +1,4 @@
-"""The REPORT section of the executable-theory check (``experiments/theory_em.py``), from its saved JSON."""
+"""The REPORT section of the executable-theory check (``experiments/studies/theory_em/run.py``), from its saved JSON."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def theory_section(saved: dict, figure: str) -> list[str]:
             " responsibility-weighted M-step; log and z^2 are ReLU MLPs of the given width (exact when width = none)."
             f" Distance to exact EM from the same start ({setting['init']}), d in {setting['dims']}, K in"
             f" {setting['ks']}, N = {setting['num_points']}, {setting['tasks_per_cell']} tasks per (d, K),"
-            f" {setting['dtype']}; median over tasks of the largest component error (`python -m experiments.theory_em`):"
+            f" {setting['dtype']}; median over tasks of the largest component error (`python -m experiments.studies.theory_em.run`):"
         ),
         "",
         "| MLP width | log floor | EM steps L | means: median | means: max | weights: median |",

@@ -7,7 +7,7 @@ L in {1, 5, 10} steps; the table gives their median / 90th percentile / max over
 (units per approximated scalar function: log and z^2), log floors, and the exact nonlinearities
 (width None: the wiring alone, float rounding).
 
-Usage: python -m experiments.theory_em [--tasks_per_cell 16] [--out results/theory_em.json]
+Usage: python -m experiments.studies.theory_em.run [--tasks_per_cell 16] [--out results/theory_em.json]
 """
 
 from __future__ import annotations
