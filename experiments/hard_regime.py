@@ -3,7 +3,7 @@
     python -m experiments.hard_regime [--tasks_per_cell=256] [--bayes_tasks=64] [--dims=2,8,32] [--ns=16,32,128]
 
 Cells: Algorithm 1's isotropic tasks at d in {2, 8, 32}, K in {2, 3, 4, 5}, N in {16, 32, 128} (N fixed per
-cell), and the phase-transition settings b0.1 and b1 (``experiments.phase_transition``) at rho in {1, 1.5, 2}.
+cell), and the phase-transition settings b0.1 and b1 (``experiments.studies.phase_transition.run``) at rho in {1, 1.5, 2}.
 Every method sees the same tasks of a cell (``tasks_per_cell`` per K; ``bayes`` runs on the first
 ``bayes_tasks`` of them, and the gap ratio compares em_kmeanspp with it on exactly those tasks):
 
@@ -56,8 +56,8 @@ from matplotlib.figure import Figure
 from baselines import get_baseline
 from baselines.seeded_em import skeleton_settings
 from experiments import methods as methods_lib
-from experiments import phase_transition as pt
 from experiments import study
+from experiments.studies.phase_transition import run as pt
 from tgmm_jax import scoring
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.metrics import evaluate_estimates

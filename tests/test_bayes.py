@@ -13,7 +13,7 @@ from scipy.stats import norm, truncnorm
 
 from baselines import bayes, get_baseline
 from baselines.bayes import BayesConfig
-from experiments import phase_transition
+from experiments.studies.phase_transition import run as phase_transition
 from tests.baseline_helpers import aligned_l2_means, fast_baseline, fast_jit, make_tasks
 from tgmm_jax.metrics import evaluate_estimates
 from tgmm_jax.tasks import GMMTask, TaskSpec, sample_phase_transition_tasks, sample_tasks

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import datasets, label_metrics, phase_transition, real_data
+from experiments import datasets, label_metrics, real_data
+from experiments.studies.phase_transition import run as phase_transition
 from tgmm_jax.tasks import sample_phase_transition_tasks
 
 

@@ -23,7 +23,7 @@ def _run(module, *args):
 def test_phase_transition_script(tmp_path):
     results = tmp_path / "results"
     _run(
-        "experiments.phase_transition",
+        "experiments.studies.phase_transition.run",
         "--settings=d2",
         "--rhos=1,3",
         "--tasks_per_cell=4",

@@ -12,12 +12,12 @@ from experiments import (
     cluster_report,
     hard_regime_report,
     k_posterior_report,
-    phase_transition_report,
     real_data_report,
     training_studies_report,
 )
 from experiments.studies.base import Part
 from experiments.studies.baseline_speed import report as baseline_speed_report
+from experiments.studies.phase_transition import report as phase_transition_report
 from experiments.studies.prototype import report as prototype_report
 from experiments.studies.rq import report as rq_report
 from experiments.studies.theory_em import report as theory_report
@@ -115,7 +115,7 @@ STUDIES = (
     ),
     Study(
         "phase_transition",
-        ("python -m experiments.phase_transition",),
+        ("python -m experiments.studies.phase_transition.run",),
         ("phase_transition.json", "phase_transition.png"),
         phase_transition_report.build,
     ),

@@ -1,6 +1,6 @@
 """Phase transition (rebuttal Q4, after Ndaoud 2018): two-component tasks around the exact-recovery threshold.
 
-    python -m experiments.phase_transition [--tasks_per_cell=128] [--settings=d2,d8,b0.1,b1]
+    python -m experiments.studies.phase_transition.run [--tasks_per_cell=128] [--settings=d2,d8,b0.1,b1]
 
 (b1 runs at most ``MAX_TASKS['b1']`` = 32 tasks per cell: at D = 621 every task costs ~20x more CPU.)
 

@@ -1,4 +1,4 @@
-"""The REPORT section of the phase-transition study (``experiments/phase_transition.py``), from its saved JSON.
+"""The REPORT section of the phase-transition study (``experiments/studies/phase_transition/run.py``), from its saved JSON.
 
 The rebuttal's claim is qualitative (its table did not survive in the text we have); the verdict on it is
 computed here with the rule stated next to it.
@@ -14,7 +14,7 @@ from experiments.reporting import format_gain
 from experiments.studies.base import Part, load_json
 from tgmm_jax.scoring import MODEL_METHOD
 
-PLANNED = ("d2", "d8", "b0.1", "b1")  # experiments.phase_transition's default settings
+PLANNED = ("d2", "d8", "b0.1", "b1")  # experiments.studies.phase_transition.run's default settings
 METHODS = (
     "oracle",
     MODEL_METHOD,
@@ -86,7 +86,7 @@ def phase_transition_section(saved: dict, figure: str) -> list[str]:
         f"![accuracy against separation]({figure})",
         "",
         (
-            "`python -m experiments.phase_transition`: tasks from `sample_phase_transition_tasks` (the official"
+            "`python -m experiments.studies.phase_transition.run`: tasks from `sample_phase_transition_tasks` (the official"
             " `abn_config`: n points, D = int(b n log n), weights 1/2, means ±(Δ/2)u plus a shared offset Δ N(0, I),"
             " unit noise); tasks per (setting, ρ) as in each heading, the same tasks for every method."
             " The sweep is ρ = Δ / Δ_line with Δ_line² = (1 + √(1 + 2b)) log n. **Two thresholds:** the official"
@@ -109,7 +109,7 @@ def phase_transition_section(saved: dict, figure: str) -> list[str]:
             (
                 f"Not in these results: setting(s) {', '.join(missing)} of the script's default list (b1: n = 128,"
                 " b = 1, D = 621) did not finish on the 2-core CPU (load 30-40 from other jobs during the run)"
-                " and were stopped; `python -m experiments.phase_transition` resumes them (finished settings"
+                " and were stopped; `python -m experiments.studies.phase_transition.run` resumes them (finished settings"
                 " are cached)."
             ),
             "",
