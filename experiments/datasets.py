@@ -139,7 +139,7 @@ def load_mnist(directory: str, split: str = "train") -> tuple[np.ndarray, np.nda
 def mnist_task(images, labels, digits) -> tuple[np.ndarray, np.ndarray]:
     """(X [N, rows*cols] float64 pixels in [0, 1], y [N] int32 in 0..len(digits)-1) for the given digits:
     ``MNIST_TASKS['mnist01']`` = 0-vs-1 and ``['mnist04']`` = digits 0-4, the rebuttal's 784-dim tasks
-    (projection to the model's d is the study's preprocessing, ``experiments.real_data.preprocess``)."""
+    (projection to the model's d is the study's preprocessing, ``experiments.studies.real_data.run.preprocess``)."""
     images = np.asarray(images)
     if images.ndim != 3:
         raise ValueError(f"images must be [N, rows, cols]; got shape {images.shape}")

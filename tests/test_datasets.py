@@ -9,8 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import datasets, label_metrics, real_data
+from experiments import datasets, label_metrics
 from experiments.studies.phase_transition import run as phase_transition
+from experiments.studies.real_data import run as real_data
 from tgmm_jax.tasks import sample_phase_transition_tasks
 
 

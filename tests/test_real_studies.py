@@ -65,7 +65,7 @@ def test_phase_transition_script(tmp_path):
 def test_real_data_script(tmp_path):
     results = tmp_path / "results"
     _run(
-        "experiments.real_data",
+        "experiments.studies.real_data.run",
         "--datasets=iris",
         "--views=std",
         "--splits=2",

@@ -12,13 +12,13 @@ from experiments import (
     cluster_report,
     hard_regime_report,
     k_posterior_report,
-    real_data_report,
     training_studies_report,
 )
 from experiments.studies.base import Part
 from experiments.studies.baseline_speed import report as baseline_speed_report
 from experiments.studies.phase_transition import report as phase_transition_report
 from experiments.studies.prototype import report as prototype_report
+from experiments.studies.real_data import report as real_data_report
 from experiments.studies.rq import report as rq_report
 from experiments.studies.theory_em import report as theory_report
 
@@ -121,7 +121,7 @@ STUDIES = (
     ),
     Study(
         "real_data",
-        ("python -m experiments.real_data",),
+        ("python -m experiments.studies.real_data.run",),
         ("real_data.json", "real_data.png"),
         real_data_report.build,
     ),

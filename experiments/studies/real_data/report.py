@@ -1,4 +1,4 @@
-"""The REPORT section of the real-data study (``experiments/real_data.py``), from its saved JSON."""
+"""The REPORT section of the real-data study (``experiments/studies/real_data/run.py``), from its saved JSON."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def real_data_section(saved: dict, figure: str) -> list[str]:
         f"**The paper's claim.** {CLAIM}",
         "",
         (
-            "**What we ran** (`python -m experiments.real_data`; no downloads, so scikit-learn's 8x8 `load_digits`"
+            "**What we ran** (`python -m experiments.studies.real_data.run`; no downloads, so scikit-learn's 8x8 `load_digits`"
             " stands in for MNIST): "
             + ", ".join(
                 f"{name} (N = {d['n']}, D = {d['dim']}, K = {d['K']})"
@@ -126,7 +126,7 @@ def real_data_section(saved: dict, figure: str) -> list[str]:
                 "**MNIST.** Not run: the study needs the MNIST IDX files, and nothing downloads."
                 " `experiments/datasets.py` reads the IDX files (`load_mnist(directory, 'test')`, plain or gzipped, magic number, shape and size"
                 " checked) and `mnist_task` builds the rebuttal's 0-vs-1 and 0-4 tasks (784 pixels in [0, 1]);"
-                " `python -m experiments.real_data --mnist_dir=DIR` adds both to this study. The loader lives in"
+                " `python -m experiments.studies.real_data.run --mnist_dir=DIR` adds both to this study. The loader lives in"
                 " `experiments/`, not the library: reading a file format and picking digit classes are the study's"
                 " inputs, not the estimator's; a user hands the array to `TGMMEstimator.fit`."
             ),

@@ -1,6 +1,6 @@
 """Real data (rebuttal Q2): clustering and held-out log-likelihood on datasets that ship inside scikit-learn.
 
-    python -m experiments.real_data [--splits=10] [--datasets=digits01,digits04,iris,wine] [--mnist_dir=DIR]
+    python -m experiments.studies.real_data.run [--splits=10] [--datasets=digits01,digits04,iris,wine] [--mnist_dir=DIR]
 
 Data (no downloads): scikit-learn's ``load_digits`` (8x8 images, D = 64) as 0-vs-1 (K = 2, N = 360) and 0-4
 (K = 5, N = 901), ``load_iris`` (K = 3, D = 4, N = 150), ``load_wine`` (K = 3, D = 13, N = 178); with
