@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import k_posterior_study as study
+from experiments.studies.k_posterior import run as study
 from tgmm_jax.models.k_posterior import KPosterior, k_cross_entropy, k_posterior_config
 
 K_MAX = 5
@@ -179,7 +179,7 @@ def test_analyse_counts_and_scores():
 
 
 def test_report_section_renders():
-    from experiments.k_posterior_report import k_posterior_section
+    from experiments.studies.k_posterior.report import k_posterior_section
 
     blocks = {}
     for k in (1, 2):

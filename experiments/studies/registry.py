@@ -11,11 +11,11 @@ from experiments import (
     architecture_report,
     cluster_report,
     hard_regime_report,
-    k_posterior_report,
     training_studies_report,
 )
 from experiments.studies.base import Part
 from experiments.studies.baseline_speed import report as baseline_speed_report
+from experiments.studies.k_posterior import report as k_posterior_report
 from experiments.studies.phase_transition import report as phase_transition_report
 from experiments.studies.prototype import report as prototype_report
 from experiments.studies.real_data import report as real_data_report
@@ -50,7 +50,7 @@ STUDIES = (
         "k_posterior",
         (
             "python -m experiments.train_k_posterior --workdir=runs/k_posterior",
-            "python -m experiments.k_posterior_study --workdir=runs/k_posterior",
+            "python -m experiments.studies.k_posterior.run --workdir=runs/k_posterior",
         ),
         ("k_posterior/",),
         k_posterior_report.build,

@@ -1,4 +1,4 @@
-"""The REPORT section of the how-many-clusters study (``experiments/k_posterior_study.py``), from its JSON.
+"""The REPORT section of the how-many-clusters study (``experiments/studies/k_posterior/run.py``), from its JSON.
 
 ``k_posterior_section(saved, figure, reliability_figure)`` returns the section's markdown lines; the figure
 paths are as the report should link them (relative to the report).
@@ -44,7 +44,7 @@ def k_posterior_section(
         f"![K accuracy against true K]({figure})",
         "",
         (
-            "`python -m experiments.train_k_posterior` then `python -m experiments.k_posterior_study`: "
+            "`python -m experiments.train_k_posterior` then `python -m experiments.studies.k_posterior.run`: "
             "`KPosterior` (tgmm_jax/models/k_posterior.py: the normalised read-in without the absolute scale, the "
             "`set` backbone, masked-mean and attention pooling, an MLP head to log P(K | X), K = 1..8) trained by "
             "the cross-entropy of the true K on the prior Algorithm 1 without the cosine filter (it cannot place 8 "

@@ -1,6 +1,6 @@
 """How many clusters: the learned P(K | X) (``KPosterior``) against BIC, AIC and variational Bayes.
 
-    python -m experiments.k_posterior_study --workdir=runs/k_posterior --results=results/k_posterior/
+    python -m experiments.studies.k_posterior.run --workdir=runs/k_posterior --results=results/k_posterior/
 
 Held-out tasks from the training prior (experiments/train_k_posterior.py ``task_spec``: Algorithm 1 without the
 cosine filter, means U[-5, 5]^D, unit isotropic noise, weights sort(U[0.2, 0.8]^K) normalised), drawn with a
