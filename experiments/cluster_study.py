@@ -37,7 +37,8 @@ from experiments import study
 from experiments.configs import cluster
 from tgmm_jax import scoring
 from tgmm_jax.tasks import sample_tasks
-from tgmm_jax.train.restore import load_run, with_slot_init
+from tgmm_jax.train.restore import load_run
+from tgmm_jax.trained import with_slot_init
 
 flags.DEFINE_string("workdir", "runs/cluster", "The trained clustering TGMM (configs/cluster.py).")
 flags.DEFINE_string(

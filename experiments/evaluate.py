@@ -19,7 +19,8 @@ from experiments import reporting
 from experiments.methods import methods_for_run
 from tgmm_jax import scoring
 from tgmm_jax.pretrained import load_pretrained
-from tgmm_jax.train.restore import load_run, with_slot_init
+from tgmm_jax.train.restore import load_run
+from tgmm_jax.trained import with_slot_init
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config + checkpoints).")
 _CHECKPOINT = flags.DEFINE_string(

@@ -24,7 +24,8 @@ import os
 from absl import app, flags
 
 from tgmm_jax import pretrained
-from tgmm_jax.train.restore import load_run, with_slot_init
+from tgmm_jax.train.restore import load_run
+from tgmm_jax.trained import with_slot_init
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (orbax checkpoints + config).")
 _NAME = flags.DEFINE_string("name", None, "Checkpoint name, e.g. 'cluster' (the estimator's default).")

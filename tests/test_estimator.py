@@ -76,7 +76,8 @@ def test_exported_checkpoint_equals_the_workdir(ckpts):
 
 @pytest.mark.slow
 def test_export_with_other_seedings_keeps_the_weights(ckpts, tmp_path):
-    from tgmm_jax.train.restore import load_run, with_slot_init
+    from tgmm_jax.train.restore import load_run
+    from tgmm_jax.trained import with_slot_init
 
     shipped = export_pretrained.export(
         ckpts["workdir"], "seeded", out_dir=str(tmp_path), slot_init="farthest+greedy+smooth3"

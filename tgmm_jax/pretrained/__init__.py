@@ -8,7 +8,8 @@ A checkpoint is a directory ``tgmm_jax/pretrained/NAME/`` (or anywhere, for ``lo
 checkpoint of ``TGMMEstimator`` is ``DEFAULT`` (the dimension-free clustering model, which serves every d).
 
 A checkpoint that cannot be read raises ``CheckpointLoadError`` (a ValueError) naming the file, and
-``$TGMM_CHECKPOINT_DIR`` when that is where the path came from.
+``$TGMM_CHECKPOINT_DIR`` when that is where the path came from. Every loader returns a ``Checkpoint``
+(``tgmm_jax.trained``), the record ``train.restore.load_run`` returns too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any
 
 import jax
 import numpy as np
@@ -26,6 +26,7 @@ from flax import serialization
 from tgmm_jax import export_cache
 from tgmm_jax.models import TGMM, ModelConfig, make_model
 from tgmm_jax.tasks import TaskSpec
+from tgmm_jax.trained import Checkpoint
 
 DEFAULT = "cluster"
 ENV_CHECKPOINT = "TGMM_CHECKPOINT_DIR"  # the user's own workdir, used for checkpoint="pretrained" when set
@@ -37,18 +38,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 class CheckpointLoadError(ValueError):
     """A checkpoint is missing or unreadable; the message names the file (and ``$TGMM_CHECKPOINT_DIR``
     when the path came from it)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
-    """A model ready to apply: ``model.apply({"params": params}, points, point_mask, num_components)``."""
-
-    name: str  # shipped name or the path it was loaded from
-    model_config: ModelConfig
-    spec: TaskSpec
-    model: TGMM
-    params: Any
-    step: int | None = None
 
 
 def available() -> list[str]:
@@ -240,7 +229,6 @@ def _load_path_cached(path: str, stamp: float) -> Checkpoint:
     from tgmm_jax.train.restore import load_run  # orbax only for training workdirs
 
     try:
-        run = load_run(path)
+        return load_run(path)
     except Exception as e:  # orbax/our restore: an empty checkpoints/, a half-written step, a foreign config
         raise CheckpointLoadError(f"{path}: cannot restore the training workdir ({_describe(e)})") from e
-    return Checkpoint(path, run.model_config, run.spec, run.model, run.params, run.step)

@@ -1,4 +1,5 @@
-"""Rebuilding a trained model from a workdir alone: the config saved in the checkpoint + its parameters.
+"""Rebuilding a trained model from a workdir alone: the config saved in the checkpoint + its parameters, as a
+``tgmm_jax.trained.Checkpoint`` (the record the exported checkpoints load into too).
 
 Configs saved by older code are upgraded to today's layout (``upgrade_saved_config``) before validation.
 """
@@ -11,12 +12,11 @@ import jax
 import ml_collections
 from etils import epath
 
-from tgmm_jax.models import TGMM, ModelConfig, make_model
-from tgmm_jax.models.config import reseeded
-from tgmm_jax.tasks import TaskSpec
+from tgmm_jax.models import ModelConfig, make_model
 from tgmm_jax.train import checkpoint, sharding
 from tgmm_jax.train import config as config_lib
 from tgmm_jax.train import state as state_lib
+from tgmm_jax.trained import Checkpoint
 
 # Before the backbone registry (fdeec3c and earlier), the backbone options were flat ModelConfig fields:
 # old name -> the option's name, per backbone. History only: new backbones never appear here.
@@ -71,25 +71,6 @@ _ADDED_MODEL_FIELDS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainedRun:
-    config: ml_collections.ConfigDict
-    spec: TaskSpec
-    model_config: ModelConfig
-    model: TGMM
-    params: dict
-    step: int
-
-
-def with_slot_init(run: TrainedRun, slot_init: str | None) -> TrainedRun:
-    """``run`` with its clustering read-out seeded by ``slot_init`` (ModelConfig.slot_init) instead of the trained
-    seeding; the seedings have no parameters, so the weights are unchanged. None or '' keeps the trained one."""
-    model_config = reseeded(run.model_config, slot_init)
-    if model_config is run.model_config:
-        return run
-    return dataclasses.replace(run, model_config=model_config, model=make_model(model_config, run.spec))
-
-
 def abstract_train_state(config: ml_collections.ConfigDict, mesh):
     """Shapes, dtypes and (replicated) shardings of the train state that ``config`` trains."""
     spec, model_config = config_lib.validate_config(config)
@@ -104,10 +85,11 @@ def abstract_train_state(config: ml_collections.ConfigDict, mesh):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
 
 
-def load_run(workdir: str, step: int | None = None) -> TrainedRun:
-    """The model and parameters of ``workdir``'s checkpoint at ``step`` (default: the latest), the model as the
-    run's periodic evaluation ran it: a clustering read-out is seeded by ``eval.slot_init`` where the config sets
-    it (``config.model.slot_init`` keeps the trained seeding)."""
+def load_run(workdir: str, step: int | None = None) -> Checkpoint:
+    """The model and parameters of ``workdir``'s checkpoint at ``step`` (default: the latest), named ``workdir``
+    and carrying its training config, the model as the run's periodic evaluation ran it: a clustering read-out is
+    seeded by ``eval.slot_init`` where the config sets it (``config.model.slot_init`` keeps the trained
+    seeding)."""
     if not epath.Path(workdir).is_dir():
         raise checkpoint.CheckpointError(f"workdir {workdir} does not exist")
     directory = epath.Path(workdir) / "checkpoints"
@@ -117,6 +99,5 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
         mesh = sharding.make_mesh()
         state = ckpts.restore(abstract_train_state(config, mesh), step)
     model_config = config_lib.eval_model_config(model_config, config.eval)
-    return TrainedRun(
-        config, spec, model_config, make_model(model_config, spec), state.params, int(state.step)
-    )
+    model = make_model(model_config, spec)
+    return Checkpoint(workdir, model_config, spec, model, state.params, int(state.step), config)
