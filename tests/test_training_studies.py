@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import training_studies as ts
-from experiments import training_studies_report as report
+from experiments.studies.training import common as ts
+from experiments.studies.training import report
 from tgmm_jax.scoring import MODEL_METHOD
 from tgmm_jax.train.config import validate_config
 
@@ -44,7 +44,7 @@ def _load(path):
 @pytest.mark.slow
 def test_depth_study(tmp_path):
     results, text, runs = _run(
-        "experiments.depth_study", tmp_path, "--layers=1", "--steps=2", "--test_n=16,32"
+        "experiments.studies.training.depth", tmp_path, "--layers=1", "--steps=2", "--test_n=16,32"
     )
     saved = _load(results / "depth_sample_size.json")
     assert saved["n_train"] == [8, 16] and saved["test_n"] == [16, 32] and list(saved["by_layers"]) == ["1"]
@@ -73,7 +73,9 @@ def test_depth_study(tmp_path):
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_objectives_study(tmp_path):
-    results, text, _ = _run("experiments.objectives_study", tmp_path, "--objectives=est,lik", "--steps=2")
+    results, text, _ = _run(
+        "experiments.studies.training.objectives", tmp_path, "--objectives=est,lik", "--steps=2"
+    )
     saved = _load(results / "objectives_study.json")
     assert list(saved["by_objective"]) == ["est", "lik"] and saved["ks"] == [2, 3, 4, 5]
     l2 = {}
@@ -101,7 +103,7 @@ def test_objectives_study(tmp_path):
 @pytest.mark.slow
 def test_seeds_study(tmp_path):
     results, text, runs = _run(
-        "experiments.seeds_study", tmp_path, "--seeds=0,1", "--parts=paper", "--paper_steps=2"
+        "experiments.studies.training.seeds", tmp_path, "--seeds=0,1", "--parts=paper", "--paper_steps=2"
     )
     saved = _load(results / "seeds_study.json")
     part = saved["parts"]["paper"]

@@ -11,7 +11,6 @@ from experiments import (
     architecture_report,
     cluster_report,
     hard_regime_report,
-    training_studies_report,
 )
 from experiments.studies.base import Part
 from experiments.studies.baseline_speed import report as baseline_speed_report
@@ -21,6 +20,7 @@ from experiments.studies.prototype import report as prototype_report
 from experiments.studies.real_data import report as real_data_report
 from experiments.studies.rq import report as rq_report
 from experiments.studies.theory_em import report as theory_report
+from experiments.studies.training import report as training_studies_report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +100,9 @@ STUDIES = (
     Study(
         "training",
         (
-            "python -m experiments.depth_study --layers=1,3,6 --steps=300",
-            "python -m experiments.seeds_study --parts=paper --paper_steps=150",
-            "python -m experiments.objectives_study --objectives=est,est_matched,lik --steps=150 --partial",
+            "python -m experiments.studies.training.depth --layers=1,3,6 --steps=300",
+            "python -m experiments.studies.training.seeds --parts=paper --paper_steps=150",
+            "python -m experiments.studies.training.objectives --objectives=est,est_matched,lik --steps=150 --partial",
         ),
         ("depth_sample_size.json", "objectives_study.json", "seeds_study.json", "training_studies/"),
         training_studies_report.build,

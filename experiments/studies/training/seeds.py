@@ -1,6 +1,6 @@
 """Seeds: the headline cells trained with several seeds, reported as mean and spread.
 
-    python -m experiments.seeds_study --paper_steps=300 --cluster_steps=300
+    python -m experiments.studies.training.seeds --paper_steps=300 --cluster_steps=300
 
 Two parts, each trained once per ``--seeds`` entry (resumable, under ``--root``) and evaluated once on the
 same fresh tasks (``--tasks_per_cell`` per K at d = 8, N = 128; the baselines once, with the first seed):
@@ -16,7 +16,7 @@ import os
 from absl import app, flags, logging
 
 from experiments import study
-from experiments import training_studies as ts
+from experiments.studies.training import common as ts
 from tgmm_jax.scoring import MODEL_METHOD
 
 PARTS = ("paper", "cluster")

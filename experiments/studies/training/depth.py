@@ -1,7 +1,7 @@
 """Depth x sample size (the rebuttal's Tables 1 and 3): does TGMM's error fall as the test N
 grows, and only when the network is deep enough?
 
-    python -m experiments.depth_study --layers=1,3,6 --steps=300
+    python -m experiments.studies.training.depth --layers=1,3,6 --steps=300
 
 One model per depth L (the tiny recipe at the ``tiny`` width: set backbone, 32 wide, 2 heads), trained on
 N in [n/2, n] at d = ``--dim`` (resumable, ``--root/L=<L>``), evaluated once on the same fresh tasks at every
@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import study
-from experiments import training_studies as ts
+from experiments.studies.training import common as ts
 from tgmm_jax.scoring import MODEL_METHOD
 
 flags.DEFINE_list("layers", ["1", "3", "6"], "Depths L (the rebuttal: up to 12).")

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from experiments.studies.base import Part
-from experiments.training_studies import cell
+from experiments.studies.training.common import cell
 from tgmm_jax.scoring import MODEL_METHOD
 
 FALLS = 0.8  # "the error falls with N": l2 at the largest test N <= FALLS x l2 at the training N
@@ -76,7 +76,7 @@ def depth_section(p: dict, figure: str) -> list[str]:
         ),
         "",
         (
-            f"**Ours** (`python -m experiments.depth_study`): one model per depth L in {{{', '.join(layers)}}}, the"
+            f"**Ours** (`python -m experiments.studies.training.depth`): one model per depth L in {{{', '.join(layers)}}}, the"
             f" tiny recipe at the `tiny` width (set backbone, width 32, 2 heads, est_matched, Adam 2e-3, 16 tasks"
             f" per K), d = {p['dim']}, K = 2..5, trained on N in [{n_lo}, {n_hi}] for {p['steps']} steps each;"
             f" tested at N = {', '.join(map(str, ns))} on the same {p['tasks_per_cell']} fresh tasks per (K, N)."
@@ -163,7 +163,7 @@ def objectives_section(p: dict, figure: str) -> list[str]:
         ),
         "",
         (
-            f"**Ours** (`python -m experiments.objectives_study`): the paper's architecture at CPU size"
+            f"**Ours** (`python -m experiments.studies.training.objectives`): the paper's architecture at CPU size"
             f" (`tiny.py:d={p['dim']},n={p['n']}`: set backbone 2 layers x 64, Adam 2e-3, 16 tasks per K; the"
             f" objective switch of `lik.py`, whose paper-size model does not fit a CPU budget), seed {p['seed']},"
             f" {p['steps']} steps per objective (the paper: 100k), the same data stream for all; evaluated on the"
@@ -295,7 +295,7 @@ def seeds_section(p: dict, figure: str) -> list[str]:
             " differ by -10% to +74% per K; we did not rerun them). The same seed on another machine follows another"
             " trajectory (float rounding in XLA's CPU kernels differs), so training seeds measure that spread. Here"
             " each headline model is trained with several seeds and evaluated on the same"
-            f" {p['tasks_per_cell']} fresh tasks per K (`python -m experiments.seeds_study`)."
+            f" {p['tasks_per_cell']} fresh tasks per K (`python -m experiments.studies.training.seeds`)."
         ),
         "",
     ]
@@ -305,7 +305,7 @@ def seeds_section(p: dict, figure: str) -> list[str]:
                 "**Not run: the README's main job (`cluster.py`) with several seeds.** On the 2-core CPU of"
                 " these runs, under a load average of 20-40 from other jobs, one seed of `cluster.py:steps=300` had not"
                 " logged its 50th step after 16 minutes (the step's compilation alone took minutes), so the three"
-                " seeds, let alone three 1000-step runs, did not fit; `python -m experiments.seeds_study"
+                " seeds, let alone three 1000-step runs, did not fit; `python -m experiments.studies.training.seeds"
                 " --parts=cluster --cluster_steps=1000` runs them (6-9 minutes per 1000-step seed on an idle 2-core CPU)."
                 " The README's wording rests on the spread measured here for the paper architecture and on the two"
                 " runs of the older job quoted above."

@@ -1,8 +1,8 @@
 """Shared pieces of the training studies (depth x N, objectives, seeds): their configs, the
 learning curves read from a run's ``metrics.jsonl``, and statistics across training seeds.
 
-The scripts are ``experiments/depth_study.py``, ``experiments/objectives_study.py`` and
-``experiments/seeds_study.py``; their REPORT sections are in ``experiments/training_studies_report.py``.
+The scripts are ``experiments/studies/training/depth.py``, ``experiments/studies/training/objectives.py`` and
+``experiments/studies/training/seeds.py``; their REPORT sections are in ``experiments/studies/training/report.py``.
 """
 
 from __future__ import annotations

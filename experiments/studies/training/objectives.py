@@ -1,7 +1,7 @@
 """Objectives (the rebuttal's Table 3 and ours): TGMM trained on est (the paper's),
 est_matched (permutation-matched), lik (the mixture's negative log-likelihood alone) and est+lik.
 
-    python -m experiments.objectives_study --steps=150
+    python -m experiments.studies.training.objectives --steps=150
 
 One model per objective, the paper's architecture at CPU size (``tiny.py:d=8,n=128``; lik.py's switch on the
 tiny recipe instead of the paper-size model), the same seed, data stream and budget; resumable under
@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from matplotlib.figure import Figure
 
 from experiments import study
-from experiments import training_studies as ts
+from experiments.studies.training import common as ts
 from tgmm_jax.losses import OBJECTIVES
 from tgmm_jax.scoring import MODEL_METHOD
 
