@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from experiments.architecture_report import architecture_section
 from experiments.studies import registry
+from experiments.studies.architecture.report import architecture_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +19,7 @@ def study(tmp_path_factory):
     cmd = [
         sys.executable,
         "-m",
-        "experiments.architecture_study",
+        "experiments.studies.architecture.run",
         "--variants=set-2x64,aniso-set-2x64",
         "--dim=2",
         "--n=16",
@@ -87,8 +87,8 @@ def _fake_run(path, backbone, losses, total=400):
 
 
 def test_curves_read_the_logs_and_compare_at_equal_steps(tmp_path):
-    from experiments import architecture_curves
-    from experiments.architecture_report import curves_section
+    from experiments.studies.architecture import curves as architecture_curves
+    from experiments.studies.architecture.report import curves_section
 
     set_losses = [6.0] * 8 + [3.0, 3.1, 2.9, 3.0] * 10
     _fake_run(tmp_path / "set-2x64", "set", set_losses, total=2000)

@@ -8,10 +8,10 @@ import dataclasses
 from collections.abc import Callable
 
 from experiments import (
-    architecture_report,
     cluster_report,
     hard_regime_report,
 )
+from experiments.studies.architecture import report as architecture_report
 from experiments.studies.base import Part
 from experiments.studies.baseline_speed import report as baseline_speed_report
 from experiments.studies.k_posterior import report as k_posterior_report
@@ -109,7 +109,10 @@ STUDIES = (
     ),
     Study(
         "architecture",
-        ("python -m experiments.architecture_study", "python -m experiments.architecture_curves"),
+        (
+            "python -m experiments.studies.architecture.run",
+            "python -m experiments.studies.architecture.curves",
+        ),
         ("architecture_study.json", "architecture_curves.json"),
         architecture_report.build,
     ),

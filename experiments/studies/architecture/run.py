@@ -1,7 +1,7 @@
 """Architecture study (RQ3 and ablations): named variants trained at one budget, scored once.
 
-    python -m experiments.architecture_study --sections=timing             # ms/step of every variant
-    nohup python -m experiments.architecture_study > runs/architecture.log 2>&1 &
+    python -m experiments.studies.architecture.run --sections=timing             # ms/step of every variant
+    nohup python -m experiments.studies.architecture.run > runs/architecture.log 2>&1 &
 
 Every variant trains with the same steps, tasks per K, data seed and task family (d, N_max); only the network
 (and, for the clustering TGMM, its own recipe) differs. Each trains in ``--root/<name>`` (resumable; a finished

@@ -1,4 +1,4 @@
-"""The REPORT section of the architecture study (``experiments/architecture_study.py``), from its saved JSON.
+"""The REPORT section of the architecture study (``experiments/studies/architecture/run.py``), from its saved JSON.
 
 Each paper claim (RQ3: anisotropic mixtures, Mamba2) and each of our ablation hypotheses gets a rule and a
 verdict computed here, next to the numbers. A difference counts as clear only where it exceeds twice the
@@ -241,7 +241,7 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
         f"![architecture study]({figure})",
         "",
         (
-            f"`python -m experiments.architecture_study` (CPU scale): planned budget {b['steps']} training steps"
+            f"`python -m experiments.studies.architecture.run` (CPU scale): planned budget {b['steps']} training steps"
             " per variant (a variant evaluated at an earlier checkpoint, stopped for CPU time, is marked in the"
             f" tables with its step) x {b['tasks_per_k']} tasks per K (K = 2..5, so {4 * b['tasks_per_k']} tasks per step), the same data"
             f" seed, d = {b['dim']}, N from {b['n'] // 2} to {b['n']}; evaluated once on the same"
@@ -309,7 +309,7 @@ def architecture_section(payload: dict, figure: str) -> tuple[list[str], dict]:
             (
                 "The anisotropic section (`aniso-set-2x64`: the paper read-out with its scale head, and"
                 " `aniso-cluster-3x64`, against diagonal EM) is defined in the script but was not run (too"
-                " slow on the 2-core CPU of these runs): `python -m experiments.architecture_study"
+                " slow on the 2-core CPU of these runs): `python -m experiments.studies.architecture.run"
                 " --sections=anisotropic` with the budget above runs it. No claim about anisotropic mixtures is made here."
             ),
             "",
@@ -362,15 +362,15 @@ def _curve_pair(runs, a, b, last, window):
 
 
 def curves_section(curves: dict, figure: str) -> tuple[list[str], dict]:
-    """The training-loss comparison (``experiments/architecture_curves.py``): same batch stream, equal steps."""
+    """The training-loss comparison (``experiments/studies/architecture/curves.py``): same batch stream, equal steps."""
     runs = {n: r for n, r in curves["runs"].items() if r["variant"] == "isotropic" and not r["resp_weight"]}
     out = [
         "## Architecture ablations by training loss (same batches, equal steps)",
         f"![training loss]({figure})",
         "",
         (
-            "Read from the runs' logs by `python -m experiments.architecture_curves` (no evaluation). Every run"
-            " of `experiments/architecture_study.py` trains on the same batch stream (seed 0; each step's tasks"
+            "Read from the runs' logs by `python -m experiments.studies.architecture.curves` (no evaluation). Every run"
+            " of `experiments/studies/architecture/run.py` trains on the same batch stream (seed 0; each step's tasks"
             " are fresh draws from (seed, step), d = 8, N from 16 to 32, 8 tasks per K, K = 2..5), and the logged"
             " loss of a step is measured on that step's fresh batch before the update: an estimate of the"
             " population est_matched loss (matched means MSE + weights cross-entropy) at that step. Values: mean"

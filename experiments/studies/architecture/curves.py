@@ -1,8 +1,8 @@
 """Training-loss comparison of the architecture study's runs, read from their logs (no JAX, no evaluation).
 
-    python -m experiments.architecture_curves [--root=runs/architecture] [--results=results]
+    python -m experiments.studies.architecture.curves [--root=runs/architecture] [--results=results]
 
-Every variant of ``experiments/architecture_study.py`` trains on the same batch stream (same seed; each step's
+Every variant of ``experiments/studies/architecture/run.py`` trains on the same batch stream (same seed; each step's
 tasks are drawn from (seed, step) only, fresh every step), and the trainer logs the mean loss of each window
 of steps on its batches before the update. So the logged loss at a step is an estimate of the population
 objective of the network at that step, comparable across variants with the same objective at equal steps.
