@@ -128,7 +128,7 @@ STUDIES = (
         ("real_data.json", "real_data.png"),
         real_data_report.build,
     ),
-    Study("missing_values", ("python -m experiments.missing_values",), ("missing_values/",)),
+    Study("missing_values", ("python -m experiments.studies.missing_values.run",), ("missing_values/",)),
     Study(
         "baseline_speed",
         ("python -m benchmarks.baselines --json results/benchmark_baselines_cpu.json",),

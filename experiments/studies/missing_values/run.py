@@ -21,7 +21,7 @@ At d = 2 a rate of 50% is the maximum: every point has exactly one coordinate mi
 coordinates together: the data identify the two marginal mixtures, and only their weights tell which cluster
 of x_1 goes with which cluster of x_2 (weakly: close weights swap). A large l2 there is mostly the data's limit.
 
-Usage: python -m experiments.missing_values [--tasks 128] [--results results/missing_values]
+Usage: python -m experiments.studies.missing_values.run [--tasks 128] [--results results/missing_values]
 Writes ``missing_values.json`` to ``--results``.
 """
 
