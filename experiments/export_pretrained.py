@@ -41,7 +41,7 @@ _SLOT_INIT = flags.DEFINE_string(
 _TARGETS = flags.DEFINE_string(
     "targets_results",
     None,
-    "An experiments.hard_regime JSON of this checkpoint (--workdir run with --noise_scale_range): the card gets "
+    "An experiments.studies.hard_regime.run JSON of this checkpoint (--workdir run with --noise_scale_range): the card gets "
     "its learned gain over the skeleton, its distance to bayes and the unknown-noise cells.",
 )
 _SPEED = flags.DEFINE_string("speed_results", None, "A benchmarks.speed_vs_bayes JSON of this checkpoint.")
@@ -206,7 +206,7 @@ def main(argv):
         raise app.UsageError("--workdir is required (except with --refresh_card)")
     extra = ""
     if _TARGETS.value:
-        from experiments.hard_regime_report import learning_targets_section, unknown_noise_section
+        from experiments.studies.hard_regime.report import learning_targets_section, unknown_noise_section
 
         saved = _read_json(_TARGETS.value)
         if saved is None:

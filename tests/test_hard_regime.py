@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments.hard_regime_report import hard_regime_section
+from experiments.studies.hard_regime.report import hard_regime_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +21,7 @@ def test_hard_regime_script(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "experiments.hard_regime",
+        "experiments.studies.hard_regime.run",
         "--dims=2",
         "--ns=16",
         "--pt_settings=",
@@ -71,7 +71,7 @@ def test_sklearn_gmm_fit_in_data_units():
     import jax
     import jax.numpy as jnp
 
-    from experiments import hard_regime
+    from experiments.studies.hard_regime import run as hard_regime
     from tests.baseline_helpers import aligned_l2_means, make_tasks
 
     # (not below ~0.01: scikit-learn adds reg_covar = 1e-6 to every variance, in the data's units; at sigma = 1e-3
@@ -87,7 +87,7 @@ def test_sklearn_gmm_fit_in_data_units():
 
 
 def test_noise_summary_ratios():
-    from experiments.hard_regime import noise_summary
+    from experiments.studies.hard_regime.run import noise_summary
 
     def cell(method, l2, sigma_units, on_bayes=None):
         c = dict(kind="grid_noise", dim=2, N=16, K=3, method=method, l2={"mean": l2})
@@ -109,7 +109,7 @@ def test_hard_regime_unknown_noise_cells(tmp_path):
     sigma), alone (--methods= runs no known-noise block and loads no checkpoint)."""
     results = tmp_path / "results"
     cmd = [
-        sys.executable, "-m", "experiments.hard_regime", "--dims=2", "--ns=16", "--pt_settings=", "--methods=",
+        sys.executable, "-m", "experiments.studies.hard_regime.run", "--dims=2", "--ns=16", "--pt_settings=", "--methods=",
         "--noise_scale_range=0.01,100", "--noise_methods=sklearn_gmm,bayes", "--tasks_per_cell=3",
         "--bayes_tasks=2", "--bayes_sweeps=30", f"--cache={tmp_path / 'cache'}", f"--results={results}",
     ]  # fmt: skip
@@ -131,7 +131,7 @@ def test_hard_regime_unknown_noise_cells(tmp_path):
 def test_unknown_noise_section_pools_cells_equally():
     """The unknown-noise REPORT section: the pooled learned gain weights every cell alike (mean of the means,
     sem = root of the summed squared sems / cells) and the data-unit ratio is the model's mean l2 over sklearn's."""
-    from experiments.hard_regime_report import pooled_gain, unknown_noise_section
+    from experiments.studies.hard_regime.report import pooled_gain, unknown_noise_section
 
     def cell(method, k, l2, sigma_units, gain=None):
         c = dict(kind="grid_noise", dim=2, N=16, K=k, method=method, noise_scale_range=[0.01, 100.0])
@@ -160,7 +160,7 @@ def test_unknown_noise_section_pools_cells_equally():
 def test_learning_targets_section_closes_the_gap_on_bayes_tasks():
     """The targets section: share closed = (em - tgmm) / (em - bayes) on bayes' tasks, per gap cell; pooled gains
     weight gap cells alike; the unknown-noise ratio is the model's mean l2 over GaussianMixture's."""
-    from experiments.hard_regime_report import learning_targets_section
+    from experiments.studies.hard_regime.report import learning_targets_section
 
     def cell(kind, method, k, l2, on_bayes=None, gain=None, over=None):
         c = dict(kind=kind, dim=2, N=16, K=k, method=method, l2={"mean": l2})

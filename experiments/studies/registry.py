@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 from experiments import (
     cluster_report,
-    hard_regime_report,
 )
 from experiments.studies.architecture import report as architecture_report
 from experiments.studies.base import Part
 from experiments.studies.baseline_speed import report as baseline_speed_report
+from experiments.studies.hard_regime import report as hard_regime_report
 from experiments.studies.k_posterior import report as k_posterior_report
 from experiments.studies.phase_transition import report as phase_transition_report
 from experiments.studies.prototype import report as prototype_report
@@ -40,8 +40,8 @@ STUDIES = (
     Study(
         "hard_regime",
         (
-            "python -m experiments.hard_regime --tasks_per_cell=256 --bayes_tasks=64",
-            "python -m experiments.hard_regime --name=small_n_ablation/<arm> ... (one per trained arm)",
+            "python -m experiments.studies.hard_regime.run --tasks_per_cell=256 --bayes_tasks=64",
+            "python -m experiments.studies.hard_regime.run --name=small_n_ablation/<arm> ... (one per trained arm)",
         ),
         ("hard_regime.json", "hard_regime.png", "small_n_ablation/"),
         hard_regime_report.build,

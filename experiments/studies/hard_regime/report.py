@@ -1,4 +1,4 @@
-"""The REPORT section of the hard-regime study (``experiments.hard_regime``): the learned gain of the shipped model
+"""The REPORT section of the hard-regime study (``experiments.studies.hard_regime.run``): the learned gain of the shipped model
 over its skeleton, and every method against the Bayes limit, with the gap cells listed."""
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def hard_regime_section(saved: dict, figure: str) -> list[str]:
         f"![hard regime]({figure})",
         "",
         (
-            f"`python -m experiments.hard_regime` ({saved['checkpoint']}): Algorithm 1's isotropic tasks at every"
+            f"`python -m experiments.studies.hard_regime.run` ({saved['checkpoint']}): Algorithm 1's isotropic tasks at every"
             f" (d, K, N) below, {s['tasks_per_cell']} tasks per cell, the same tasks for every method; `bayes` (the"
             f" posterior mean under the task prior, by MCMC: `baselines/bayes.py`) on the first"
             f" {s['bayes_tasks']} of each cell, and every ratio to it is taken on exactly those tasks. `em_seeded`"
@@ -212,7 +212,7 @@ def small_n_ablation_section(arms: dict[str, dict], figure_dir: str = "small_n_a
             " (d cycling over 2 and 8, N from 16 to 32, K = 2..5), for the same budget (each checkpoint's step"
             " below) except where the label names more steps: "
             + "; ".join(f"`{label}`: {arm['checkpoint']}" for label, arm in arms.items())
-            + ". Each is evaluated by `experiments.hard_regime --workdir` on the main study's tasks (same seed:"
+            + ". Each is evaluated by `experiments.studies.hard_regime.run --workdir` on the main study's tasks (same seed:"
             f" {first['settings']['tasks_per_cell']} per cell, bayes on the first {first['settings']['bayes_tasks']})."
             " Learned gain: its own skeleton's l2 minus the model's, same tasks (mean ± sem, z). tgmm / bayes:"
             " the ratio of mean l2 on bayes' tasks."

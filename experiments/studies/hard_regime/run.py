@@ -1,6 +1,6 @@
 """The hard-regime study: where is maximum likelihood far from the Bayes answer, and does the learned model help?
 
-    python -m experiments.hard_regime [--tasks_per_cell=256] [--bayes_tasks=64] [--dims=2,8,32] [--ns=16,32,128]
+    python -m experiments.studies.hard_regime.run [--tasks_per_cell=256] [--bayes_tasks=64] [--dims=2,8,32] [--ns=16,32,128]
 
 Cells: Algorithm 1's isotropic tasks at d in {2, 8, 32}, K in {2, 3, 4, 5}, N in {16, 32, 128} (N fixed per
 cell), and the phase-transition settings b0.1 and b1 (``experiments.studies.phase_transition.run``) at rho in {1, 1.5, 2}.
