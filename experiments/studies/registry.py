@@ -7,12 +7,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from experiments import (
-    cluster_report,
-)
 from experiments.studies.architecture import report as architecture_report
 from experiments.studies.base import Part
 from experiments.studies.baseline_speed import report as baseline_speed_report
+from experiments.studies.cluster import report as cluster_report
 from experiments.studies.hard_regime import report as hard_regime_report
 from experiments.studies.k_posterior import report as k_posterior_report
 from experiments.studies.phase_transition import report as phase_transition_report
@@ -86,7 +84,7 @@ STUDIES = (
         "cluster",
         (
             "python -m experiments.train --config=experiments/configs/cluster.py:steps=8000 --workdir=runs/cluster",
-            "python -m experiments.cluster_study --workdir=runs/cluster --tasks_per_cell=256 --ablation_steps=600",
+            "python -m experiments.studies.cluster.run --workdir=runs/cluster --tasks_per_cell=256 --ablation_steps=600",
         ),
         ("cluster_study.json", "cluster_study.png", "cluster/"),
         cluster_report.build,

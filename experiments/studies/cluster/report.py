@@ -1,4 +1,4 @@
-"""The REPORT section of the clustering TGMM study (``experiments/cluster_study.py``), from its saved JSON.
+"""The REPORT section of the clustering TGMM study (``experiments/studies/cluster/run.py``), from its saved JSON.
 
 Every number is read from ``cluster_study.json``; each target of the study gets a rule and a verdict computed
 here, with the margin by which it is missed where it is.

@@ -1,7 +1,7 @@
 """The clustering TGMM study: one dimension-free checkpoint against EM and spectral at every d.
 
     python -m experiments.train --config=experiments/configs/cluster.py:steps=8000 --workdir=runs/cluster
-    python -m experiments.cluster_study --workdir=runs/cluster            # grid, shift, timing, ablation
+    python -m experiments.studies.cluster.run --workdir=runs/cluster            # grid, shift, timing, ablation
 
 Sections (each cached in ``--results/cluster/*.json``; rerunning skips what is done, retraining resumes):
   grid      d in --dims x K in 2..5 at N = 128, ``--tasks_per_cell`` fresh tasks per cell: tgmm (network
