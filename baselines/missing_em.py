@@ -152,18 +152,11 @@ def _fit_em_missing(
         n_iter=pick(n_iter_BxR),
         converged=pick(converged_BxR),
         loglik=pick(ll_BxR),
-        valid=_finite(weights, means, scales),
+        valid=fused.finite_estimates(weights, means, scales),
     )
     if learn_variances:
         info["degenerate"] = pick(degenerate_BxR)
     return MixtureParams(weights, means, scales, mask_BxK), info
-
-
-def _finite(weights_BxK, means_BxKxD, scales_BxKxD) -> jax.Array:
-    finite_B = jnp.all(jnp.isfinite(weights_BxK), axis=-1) & jnp.all(jnp.isfinite(means_BxKxD), axis=(-2, -1))
-    if scales_BxKxD is not None:
-        finite_B &= jnp.all(jnp.isfinite(scales_BxKxD), axis=(-2, -1))
-    return finite_B
 
 
 MEAN_IMPUTE_DEFAULT = em.EMConfig(init="kmeans++", n_init=10)

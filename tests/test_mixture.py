@@ -131,14 +131,17 @@ def test_bad_covariance_type():
 
 
 @pytest.mark.parametrize("covariance_type", ["isotropic", "diag"])
-def test_fused_chunk_step_equals_the_core_step(covariance_type):
-    """``mixture.fused`` (centred features, one matmul per step) is the arithmetic of ``em_step`` and
-    ``log_likelihood``, rearranged: equal to float32 rounding, with padded points and components."""
+def test_fused_chunk_step_matches_sklearn(covariance_type):
+    """``mixture.fused`` (centred features, one matmul per step, a reduced log-likelihood plus its offset), the
+    second arithmetic form of the E-step, against scikit-learn: its responsibilities are GaussianMixture's
+    ``predict_proba``, its log-likelihood ``score``, and its M-step the NumPy update of sklearn's
+    responsibilities, with padded points and components."""
     X, gm, var_KxD = _problem(3, "diag")
-    points, mask, params = _padded(X, gm, var_KxD)
     learn = covariance_type == "diag"
-    if not learn:
-        params = params.replace(scales=None)
+    if not learn:  # unit variance: sklearn's diagonal mixture with every variance 1
+        var_KxD = np.ones_like(var_KxD)
+        gm.covariances_, gm.precisions_cholesky_ = var_KxD, np.ones_like(var_KxD)
+    points, mask, params = _padded(X, gm, var_KxD)
     data = fused.prepare_chunk(points[None], mask[None], learn)
     centre_D = data.centre_CxD[0]
     state = fused.FitState(
@@ -147,22 +150,29 @@ def test_fused_chunk_step_equals_the_core_step(covariance_type):
         jnp.square(params.scales)[None, None] if learn else None,
     )
     resp, reduced_CxR = fused.e_step(data, state, params.component_mask[None])
+    n, k = X.shape[0], gm.means_.shape[0]
     loglik = reduced_CxR[0, 0] + fused.log_likelihood_offset(data, learn)[0]
-    np.testing.assert_allclose(float(loglik), float(mixture.log_likelihood(points, mask, params)), rtol=1e-5)
+    np.testing.assert_allclose(float(loglik), gm.score(X), rtol=1e-5)
+    resp_KxN = np.asarray(resp[0, 0])
+    resp_NxK = gm.predict_proba(X)
+    np.testing.assert_allclose(resp_KxN[:k, :n].T, resp_NxK, atol=1e-5)
+    assert np.all(resp_KxN[k:] == 0) and np.all(resp_KxN[:, n:] == 0)  # padded components and points
+
     new = fused.m_step(data, resp, learn)
-    ref = mixture.em_step(points, mask, params, covariance_type)
-    k = gm.means_.shape[0]
-    np.testing.assert_allclose(np.asarray(new.weights_CxRxK[0, 0]), np.asarray(ref.weights), atol=1e-6)
+    nk = resp_NxK.sum(0)
+    means = resp_NxK.T @ X / nk[:, None]
+    np.testing.assert_allclose(np.asarray(new.weights_CxRxK[0, 0, :k]), nk / n, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(new.weights_CxRxK[0, 0, k:]), 0.0)
     np.testing.assert_allclose(
-        np.asarray(new.means_CxRxKxD[0, 0, :k] + centre_D[None]),
-        np.asarray(ref.means)[:k],
-        rtol=1e-5,
-        atol=1e-5,
+        np.asarray(new.means_CxRxKxD[0, 0, :k] + centre_D[None]), means, rtol=1e-4, atol=1e-4
     )
     if learn:
-        np.testing.assert_allclose(
-            np.asarray(new.variances_CxRxKxD[0, 0, :k]), np.asarray(ref.scales)[:k] ** 2, rtol=1e-4
+        var = (
+            np.stack([resp_NxK[:, j] @ (X - means[j]) ** 2 / nk[j] for j in range(k)]) + mixture.VARIANCE_REG
         )
+        np.testing.assert_allclose(np.asarray(new.variances_CxRxKxD[0, 0, :k]), var, rtol=1e-4)
+    else:
+        assert new.variances_CxRxKxD is None
 
 
 def test_kmeanspp_seeding_takes_one_real_point_per_separated_blob():

@@ -1,5 +1,5 @@
 """tgmm_jax.mixture.missing: exact EM with missing coordinates against a NumPy reference written here (plain
-loops, float64), against the complete-data core when nothing is missing, and against scikit-learn."""
+loops, float64), with the complete-data entry points when nothing is missing, and against scikit-learn."""
 
 import warnings
 
@@ -194,24 +194,66 @@ def test_observed_mask_argument_equals_nan_marking_and_batches_vmap():
 
 
 @pytest.mark.parametrize("covariance_type", ["isotropic", "spherical", "diag"])
-def test_no_missing_values_equal_the_complete_data_core(covariance_type):
+def test_no_missing_values_match_the_numpy_reference_through_both_entry_points(covariance_type):
+    """With every coordinate observed, the missing-data functions and the complete-data ones (``mixture``)
+    both give the NumPy reference's E-step, log-likelihood and EM step."""
     points, point_mask, params, r = _problem(4, covariance_type, rate=0.0)
-    n = r["n"]
+    n, k = r["n"], r["k"]
     points = points.at[:n].set(jnp.asarray(r["X"], jnp.float32))  # every real coordinate observed
     points = points.at[n:].set(1e3)  # padded points: garbage
+    everything = np.ones_like(r["O"])
+    resp_ref, log_p_ref = ref_e_step(r["X"], everything, r["keep"], r["w"], r["mu"], r["var"])
+    w_ref, mu_ref, var_ref = ref_m_step(
+        r["X"], everything, r["keep"], resp_ref, r["mu"], r["var"], covariance_type
+    )
 
     @jax.jit
     def both(points, point_mask, params):
-        ours = [f(points, point_mask, params) for f in (missing.statistics, missing.log_likelihood)]
-        core = [f(points, point_mask, params) for f in (mixture.statistics, mixture.log_likelihood)]
-        ours.append(missing.em_step(points, point_mask, params, covariance_type))
-        core.append(mixture.em_step(points, point_mask, params, covariance_type))
-        return ours, core
+        entry_points = (
+            (missing.statistics, missing.log_likelihood, missing.em_step),
+            (mixture.statistics, mixture.log_likelihood, mixture.em_step),
+        )
+        return [
+            (
+                stats(points, point_mask, params),
+                ll(points, point_mask, params),
+                em(points, point_mask, params, covariance_type),
+            )
+            for stats, ll, em in entry_points
+        ]
 
-    ours, core = both(points, point_mask, params)
-    assert jax.tree.structure(ours) == jax.tree.structure(core)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(core)):
-        np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-5)
+    for stats, ll, new in both(points, point_mask, params):
+        np.testing.assert_allclose(np.asarray(stats.mass)[:k], resp_ref.sum(0), rtol=2e-6)
+        np.testing.assert_allclose(np.asarray(stats.first)[:k], resp_ref.T @ r["X"], rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(float(stats.log_likelihood), log_p_ref.sum(), rtol=2e-6)
+        np.testing.assert_allclose(float(ll), log_p_ref.mean(), rtol=2e-6)
+        np.testing.assert_allclose(np.asarray(new.weights)[:k], w_ref, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(new.means)[:k], mu_ref, rtol=1e-5, atol=1e-5)
+        if covariance_type == "isotropic":
+            assert new.scales is None
+        else:
+            np.testing.assert_allclose(np.asarray(new.scales)[:k] ** 2, var_ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("covariance_type", ["spherical", "diag"])
+def test_variance_step_holds_the_means_and_matches_numpy(covariance_type):
+    """``missing.variance_step``: the weights and means stay, and the variances are the expected squared
+    deviations from the held means (a missing coordinate contributes its component's current variance)."""
+    points, point_mask, params, r = _problem(6, covariance_type)
+    resp_ref, _ = ref_e_step(r["X"], r["O"], r["keep"], r["w"], r["mu"], r["var"])
+    dev_KxD = np.stack(
+        [
+            resp_ref[:, c] @ np.where(r["O"], (r["X"] - r["mu"][c]) ** 2, r["var"][c]) / resp_ref[:, c].sum()
+            for c in range(r["k"])
+        ]
+    )
+    if covariance_type == "spherical":
+        dev_KxD = np.broadcast_to(dev_KxD.mean(1, keepdims=True), dev_KxD.shape)
+    new = jax.jit(missing.variance_step, static_argnums=3)(points, point_mask, params, covariance_type)
+    np.testing.assert_array_equal(np.asarray(new.means), np.asarray(params.means))
+    np.testing.assert_array_equal(np.asarray(new.weights), np.asarray(params.weights))
+    np.testing.assert_allclose(np.asarray(new.scales)[: r["k"]] ** 2, dev_KxD + REG, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(new.scales)[r["k"] :], 1.0)
 
 
 @pytest.mark.parametrize("covariance_type", ["spherical", "diag"])

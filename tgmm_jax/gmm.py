@@ -32,8 +32,15 @@ class MixtureParams:
         return jnp.sum(self.component_mask, axis=-1)
 
 
-def component_log_density(points_NxD: jax.Array, params: MixtureParams) -> jax.Array:
+def component_log_density(
+    points_NxD: jax.Array, params: MixtureParams, observed_NxD: jax.Array | None = None
+) -> jax.Array:
     """log N(x_n; mu_k, diag(scale_k^2)) for every point and component: [..., N, K].
+
+    ``observed_NxD`` (bool [..., N, D], True = observed; None: every coordinate) restricts each point's density
+    to its observed coordinates (the marginal, exact for diagonal covariances): the missing ones may hold
+    anything, even NaN, and a point with none observed gets 0 (density 1). This is the one Gaussian log-density
+    kernel of the package; ``mixture.missing`` and the E-step of ``mixture.steps`` build on it.
 
     Points and means are centred on the mixture's mean first (the density is translation invariant),
     so the expanded quadratic form keeps its precision for mixtures far from the origin; the centre
@@ -41,14 +48,14 @@ def component_log_density(points_NxD: jax.Array, params: MixtureParams) -> jax.A
     """
     real_w_K = jnp.where(params.component_mask, params.weights, 0.0)
     real_w_K = real_w_K / jnp.maximum(jnp.sum(real_w_K, axis=-1, keepdims=True), 1e-30)
-    centre = jnp.einsum(
-        "...k,...kd->...d", real_w_K, jnp.where(params.component_mask[..., None], params.means, 0.0)
-    )
-    centre = jax.lax.stop_gradient(centre)[..., None, :]  # [..., 1, D]
-    x_NxD = points_NxD - centre
-    mu_KxD = params.means - centre
-    dim = points_NxD.shape[-1]
+    masked_mu_KxD = jnp.where(params.component_mask[..., None], params.means, 0.0)
     hi = jax.lax.Precision.HIGHEST
+    centre_D = jax.lax.stop_gradient(jnp.einsum("...k,...kd->...d", real_w_K, masked_mu_KxD, precision=hi))
+    mu_KxD = params.means - centre_D[..., None, :]
+    if observed_NxD is not None:
+        return _observed_log_density(points_NxD - centre_D[..., None, :], mu_KxD, params.scales, observed_NxD)
+    x_NxD = points_NxD - centre_D[..., None, :]
+    dim = points_NxD.shape[-1]
     if params.scales is None:
         sq_NxK = (
             jnp.sum(x_NxD**2, axis=-1)[..., :, None]
@@ -68,15 +75,37 @@ def component_log_density(points_NxD: jax.Array, params: MixtureParams) -> jax.A
     return -0.5 * (sq_NxK + dim * _LOG_2PI + log_det_K[..., None, :])
 
 
+def _observed_log_density(x_NxD, mu_KxD, scales_KxD, observed_NxD) -> jax.Array:
+    """``component_log_density`` over the observed coordinates of centred points and means: the sums over
+    dimensions become products with the observed mask, so each point sums its own |O_n| terms."""
+    hi = jax.lax.Precision.HIGHEST
+    obs_NxD = observed_NxD.astype(bool)
+    o_NxD = obs_NxD.astype(mu_KxD.dtype)
+    x_NxD = jnp.where(obs_NxD, x_NxD, 0.0)
+    inv_var_KxD = 1.0 / (jnp.ones_like(mu_KxD) if scales_KxD is None else jnp.square(scales_KxD))
+    sq_NxK = (
+        jnp.einsum("...nd,...kd->...nk", x_NxD**2, inv_var_KxD, precision=hi)
+        - 2.0 * jnp.einsum("...nd,...kd->...nk", x_NxD, mu_KxD * inv_var_KxD, precision=hi)
+        + jnp.einsum("...nd,...kd->...nk", o_NxD, mu_KxD**2 * inv_var_KxD, precision=hi)
+    )
+    sq_NxK = jnp.maximum(sq_NxK, 0.0)  # the expansion can round slightly below zero
+    log_det_NxK = -jnp.einsum("...nd,...kd->...nk", o_NxD, jnp.log(inv_var_KxD), precision=hi)
+    num_obs_Nx1 = jnp.sum(o_NxD, axis=-1, keepdims=True)
+    return -0.5 * (sq_NxK + log_det_NxK + num_obs_Nx1 * _LOG_2PI)
+
+
 def log_weights(params: MixtureParams) -> jax.Array:
     """log pi_k with -inf on padded components: [..., K]."""
     safe = jnp.where(params.component_mask, params.weights, 1.0)
     return jnp.where(params.component_mask, jnp.log(safe), -jnp.inf)
 
 
-def log_joint(points_NxD: jax.Array, params: MixtureParams) -> jax.Array:
-    """log pi_k + log N(x_n; mu_k, Sigma_k): [..., N, K], -inf on padded components."""
-    return log_weights(params)[..., None, :] + component_log_density(points_NxD, params)
+def log_joint(
+    points_NxD: jax.Array, params: MixtureParams, observed_NxD: jax.Array | None = None
+) -> jax.Array:
+    """log pi_k + log N(x_n; mu_k, Sigma_k): [..., N, K], -inf on padded components (over the observed
+    coordinates only where ``observed_NxD`` is given, as ``component_log_density``)."""
+    return log_weights(params)[..., None, :] + component_log_density(points_NxD, params, observed_NxD)
 
 
 def point_log_density(points_NxD: jax.Array, params: MixtureParams) -> jax.Array:

@@ -66,13 +66,12 @@ def _statistics(x_MxLxD, mask_MxL, num_blocks, shift_D, params: MixtureParams):
         m_L = mask_MxL[i]
         x_LxD = jnp.where(m_L[:, None], x_MxLxD[i] - shift_D[None, :], 0.0)
         log_joint_TxLxK = gmm.log_joint(jnp.broadcast_to(x_LxD[None], (t, block, d)), params)
-        log_p_TxL = jax.nn.logsumexp(log_joint_TxLxK, axis=-1)
-        resp_TxLxK = jnp.exp(log_joint_TxLxK - log_p_TxL[..., None]) * m_L[None, :, None]  # the softmax
+        resp_TxLxK, block_loglik_T = mixture.e_step(log_joint_TxLxK, jnp.broadcast_to(m_L[None], (t, block)))
         mass_TxK = mass_TxK + jnp.sum(resp_TxLxK, axis=1)
         first_TxKxD = first_TxKxD + jnp.einsum("tlk,ld->tkd", resp_TxLxK, x_LxD, precision=hi)
         if second:
             second_TxKxD = second_TxKxD + jnp.einsum("tlk,ld->tkd", resp_TxLxK, x_LxD**2, precision=hi)
-        loglik_T = loglik_T + jnp.sum(jnp.where(m_L[None, :], log_p_TxL, 0.0), axis=-1)
+        loglik_T = loglik_T + block_loglik_T
         return mass_TxK, first_TxKxD, second_TxKxD, loglik_T
 
     zeros_TxKxD = jnp.zeros((t, k, d), jnp.float32)

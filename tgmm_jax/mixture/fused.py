@@ -13,6 +13,14 @@ arithmetic layout, chosen for speed on chunks of many small fits:
     which XLA:CPU fuses into one elementwise pass (reductions over a short minor axis are slow there).
 The expansion x.mu - ||mu||^2 / 2 needs the centring: ``steps`` (any batch dims, any units) keeps the
 difference form of ``gmm.log_joint``.
+Why a second form of the E-step and not ``steps.e_step`` on ``gmm.log_joint``: the kernel centres on each
+mixture's mean and expands around it on every call, which on a chunk of R fits per task forms the points'
+features R times per iteration, and its log-sum-exp reduces over the short minor K axis; this form builds
+the features once per chunk and unrolls the softmax. On CPU, 20 EM steps of 64 tasks x 10 fits (K 5, N 128)
+took 5.3-8.5x longer through ``steps.em_step`` than here (D 2 and 8, isotropic and diagonal; median of 7
+calls, 2 cores at load ~5).
+What is shared: the mixture (``tgmm_jax.gmm``), the M-step (``steps.moments``) and ``VARIANCE_REG``; the
+tests hold both forms to scikit-learn's ``GaussianMixture``, not to each other.
 Shapes: C tasks in a chunk, R fits per task, K components (padded), N points (padded), D dims, F features.
 """
 

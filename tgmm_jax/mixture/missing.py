@@ -8,7 +8,8 @@ at random is assumed: the mechanism is ignorable and EM maximises the likelihood
 **E-step.** With diagonal covariances the observed coordinates O_n of x_n are, given z_n = k, independent
 Gaussians, so the marginal is exact and only the observed coordinates enter:
     log p(x_{n,O} | z = k) = -1/2 sum_{j in O_n} [(x_nj - mu_kj)^2 / v_kj + log v_kj + log 2 pi]
-(|O_n| terms of log 2 pi). r_nk = p(z_n = k | x_{n,O}) and log p(x_{n,O}) follow by a log-sum-exp over k.
+(|O_n| terms of log 2 pi): ``gmm.component_log_density`` with the observed mask. r_nk = p(z_n = k | x_{n,O})
+and log p(x_{n,O}) follow by a log-sum-exp over k (``steps.e_step``).
 
 **M-step** (expected sufficient statistics). Given z = k the missing coordinates have the conditional law of
 their component, so under the current (mu, v): E[x_nj | x_{n,O}, z = k] = mu_kj and
@@ -40,16 +41,20 @@ Everything is a pure function of arrays, jit-able and vmap-able; the points shou
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
 from tgmm_jax import gmm
 from tgmm_jax.gmm import MixtureParams
-from tgmm_jax.mixture.steps import Statistics, _check_type, m_step
+from tgmm_jax.mixture.steps import (
+    Statistics,
+    _check_type,
+    e_step,
+    held_means_variances,
+    m_step,
+    weighted_sums,
+)
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _HI = jax.lax.Precision.HIGHEST
 
 
@@ -76,36 +81,16 @@ def _variances(params: MixtureParams) -> jax.Array:
 def component_log_density(
     points_NxD: jax.Array, params: MixtureParams, observed_NxD: jax.Array | None = None
 ) -> jax.Array:
-    """log N(x_{n,O}; mu_{k,O}, diag v_{k,O}) over each point's observed coordinates only: [..., N, K].
-
-    A point with no observed coordinate gets 0 (density 1) for every component. As ``gmm``'s, the points
-    and means are centred on the mixture's mean first, so the expanded quadratic form keeps its precision.
-    """
-    obs_NxD = observed_of(points_NxD, observed_NxD)
-    o_NxD = obs_NxD.astype(params.means.dtype)
-    real_w_K = jnp.where(params.component_mask, params.weights, 0.0)
-    real_w_K = real_w_K / jnp.maximum(jnp.sum(real_w_K, axis=-1, keepdims=True), 1e-30)
-    masked_mu_KxD = jnp.where(params.component_mask[..., None], params.means, 0.0)
-    centre_D = jax.lax.stop_gradient(jnp.einsum("...k,...kd->...d", real_w_K, masked_mu_KxD, precision=_HI))
-    x_NxD = jnp.where(obs_NxD, points_NxD - centre_D[..., None, :], 0.0)
-    mu_KxD = params.means - centre_D[..., None, :]
-    inv_var_KxD = 1.0 / _variances(params)
-    sq_NxK = (
-        jnp.einsum("...nd,...kd->...nk", x_NxD**2, inv_var_KxD, precision=_HI)
-        - 2.0 * jnp.einsum("...nd,...kd->...nk", x_NxD, mu_KxD * inv_var_KxD, precision=_HI)
-        + jnp.einsum("...nd,...kd->...nk", o_NxD, mu_KxD**2 * inv_var_KxD, precision=_HI)
-    )
-    sq_NxK = jnp.maximum(sq_NxK, 0.0)  # the expansion can round slightly below zero
-    log_det_NxK = -jnp.einsum("...nd,...kd->...nk", o_NxD, jnp.log(inv_var_KxD), precision=_HI)
-    num_obs_Nx1 = jnp.sum(o_NxD, axis=-1, keepdims=True)
-    return -0.5 * (sq_NxK + log_det_NxK + num_obs_Nx1 * _LOG_2PI)
+    """log N(x_{n,O}; mu_{k,O}, diag v_{k,O}) over each point's observed coordinates only: [..., N, K]
+    (``gmm.component_log_density`` with the observed mask). A point with no observed coordinate gets 0."""
+    return gmm.component_log_density(points_NxD, params, observed_of(points_NxD, observed_NxD))
 
 
 def log_joint(
     points_NxD: jax.Array, params: MixtureParams, observed_NxD: jax.Array | None = None
 ) -> jax.Array:
     """log pi_k + log p(x_{n,O} | z = k): [..., N, K], -inf on padded components."""
-    return gmm.log_weights(params)[..., None, :] + component_log_density(points_NxD, params, observed_NxD)
+    return gmm.log_joint(points_NxD, params, observed_of(points_NxD, observed_NxD))
 
 
 def responsibilities(
@@ -127,19 +112,16 @@ def statistics(
     obs_NxD = observed_of(points_NxD, observed_NxD)
     keep_N = informative_points(point_mask_N, obs_NxD)
     obs_NxD = obs_NxD & keep_N[..., None]
-    log_joint_NxK = log_joint(points_NxD, params, obs_NxD)
-    log_p_N = jax.nn.logsumexp(log_joint_NxK, axis=-1)
-    resp_NxK = jnp.exp(log_joint_NxK - log_p_N[..., None]) * keep_N[..., None]
-    x_NxD = jnp.where(obs_NxD, points_NxD, 0.0)
+    resp_NxK, loglik = e_step(log_joint(points_NxD, params, obs_NxD), keep_N)
+    mass_K, first_KxD, second_KxD = weighted_sums(resp_NxK, jnp.where(obs_NxD, points_NxD, 0.0))
     miss_NxD = (keep_N[..., None] & ~obs_NxD).astype(params.means.dtype)
     mu_KxD = params.means
     resp_miss_KxD = jnp.einsum("...nk,...nd->...kd", resp_NxK, miss_NxD, precision=_HI)
     return Statistics(
-        mass=jnp.sum(resp_NxK, axis=-2),
-        first=jnp.einsum("...nk,...nd->...kd", resp_NxK, x_NxD, precision=_HI) + resp_miss_KxD * mu_KxD,
-        second=jnp.einsum("...nk,...nd->...kd", resp_NxK, x_NxD**2, precision=_HI)
-        + resp_miss_KxD * (mu_KxD**2 + _variances(params)),
-        log_likelihood=jnp.sum(jnp.where(keep_N, log_p_N, 0.0), axis=-1),
+        mass=mass_K,
+        first=first_KxD + resp_miss_KxD * mu_KxD,
+        second=second_KxD + resp_miss_KxD * (mu_KxD**2 + _variances(params)),
+        log_likelihood=loglik,
     )
 
 
@@ -161,6 +143,19 @@ def em_step(
     stats = statistics(points_NxD, point_mask_N, params, obs_NxD)
     num = count(point_mask_N, obs_NxD, params.means.dtype)
     return m_step(stats, num, params.component_mask, covariance_type)
+
+
+def variance_step(
+    points_NxD: jax.Array,
+    point_mask_N: jax.Array,
+    params: MixtureParams,
+    covariance_type: str,
+    observed_NxD: jax.Array | None = None,
+) -> MixtureParams:
+    """``steps.variance_step`` with missing coordinates: the expected sufficient statistics under ``params`` (a
+    missing coordinate contributes mu and mu^2 + v), then the squared deviations from the held means."""
+    stats = statistics(points_NxD, point_mask_N, params, observed_NxD)
+    return held_means_variances(stats, params, covariance_type)
 
 
 def log_likelihood(

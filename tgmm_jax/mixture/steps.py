@@ -5,10 +5,12 @@ points never contribute) and ``gmm.MixtureParams`` (weights [..., K], means [...
 standard deviations or None for unit variance, component_mask [..., K]). A spherical mixture stores its one
 standard deviation per component in every dimension of ``scales``.
 
-The M-step is scikit-learn's (``GaussianMixture``, its ``covariance_type`` of the same name): weights = mean
-responsibility, means = responsibility-weighted means, variances = responsibility-weighted squared deviations
-(per dimension for ``"diag"``, averaged over dimensions for ``"spherical"``) plus ``VARIANCE_REG``. The
-statistics are sums (``statistics``), so a caller can add them over blocks of points (``tgmm_jax.streaming``).
+The E-step (``e_step``) takes the log-joint of ``gmm.log_joint`` (the package's one log-density kernel) to
+responsibilities and the log-likelihood. The M-step is scikit-learn's (``GaussianMixture``, its
+``covariance_type`` of the same name): weights = mean responsibility, means = responsibility-weighted means,
+variances = responsibility-weighted squared deviations (per dimension for ``"diag"``, averaged over dimensions
+for ``"spherical"``) plus ``VARIANCE_REG``. The statistics are sums (``statistics``), so a caller can add them
+over blocks of points (``tgmm_jax.streaming``).
 A component with no mass keeps weight 0 and moves to the origin: callers run the steps on centred points.
 """
 
@@ -46,19 +48,31 @@ def _check_type(covariance_type: str) -> None:
         raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
 
 
+def e_step(log_joint_NxK: jax.Array, point_mask_N: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The E-step from log pi_k + log p(x_n | z = k) [..., N, K]: (responsibilities [..., N, K], zero outside
+    ``point_mask_N``, and sum over the masked points of log p(x_n) [...]). Every E-step of the package but the
+    fused chunk form (``fused``) is this one: ``statistics``, ``missing.statistics``, ``tgmm_jax.streaming``."""
+    mask_N = point_mask_N.astype(bool)
+    log_p_N = jax.nn.logsumexp(log_joint_NxK, axis=-1)
+    resp_NxK = jnp.exp(log_joint_NxK - log_p_N[..., None]) * mask_N[..., None]
+    return resp_NxK, jnp.sum(jnp.where(mask_N, log_p_N, 0.0), axis=-1)
+
+
+def weighted_sums(resp_NxK: jax.Array, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(sum_n r_nk [..., K], sum_n r_nk x_n [..., K, D], sum_n r_nk x_n^2 [..., K, D])."""
+    return (
+        jnp.sum(resp_NxK, axis=-2),
+        jnp.einsum("...nk,...nd->...kd", resp_NxK, x_NxD, precision=_HI),
+        jnp.einsum("...nk,...nd->...kd", resp_NxK, x_NxD**2, precision=_HI),
+    )
+
+
 def statistics(points_NxD: jax.Array, point_mask_N: jax.Array, params: MixtureParams) -> Statistics:
     """The E-step on the real points and the sums an M-step needs (``Statistics``)."""
     mask_N = point_mask_N.astype(bool)
     x_NxD = jnp.where(mask_N[..., None], points_NxD, 0.0)
-    log_joint_NxK = gmm.log_joint(x_NxD, params)
-    log_p_N = jax.nn.logsumexp(log_joint_NxK, axis=-1)
-    resp_NxK = jnp.exp(log_joint_NxK - log_p_N[..., None]) * mask_N[..., None]
-    return Statistics(
-        mass=jnp.sum(resp_NxK, axis=-2),
-        first=jnp.einsum("...nk,...nd->...kd", resp_NxK, x_NxD, precision=_HI),
-        second=jnp.einsum("...nk,...nd->...kd", resp_NxK, x_NxD**2, precision=_HI),
-        log_likelihood=jnp.sum(jnp.where(mask_N, log_p_N, 0.0), axis=-1),
-    )
+    resp_NxK, loglik = e_step(gmm.log_joint(x_NxD, params), mask_N)
+    return Statistics(*weighted_sums(resp_NxK, x_NxD), log_likelihood=loglik)
 
 
 def variances_of(sq_dev_KxD: jax.Array, covariance_type: str) -> jax.Array | None:
@@ -112,7 +126,12 @@ def em_step(points_NxD, point_mask_N, params: MixtureParams, covariance_type: st
 def variance_step(points_NxD, point_mask_N, params: MixtureParams, covariance_type: str) -> MixtureParams:
     """The variances' M-step with the weights and means held: responsibilities under ``params``, then the
     weighted squared deviations from the given means. Used to give a means-only estimate its variances."""
-    stats = statistics(points_NxD, point_mask_N, params)
+    return held_means_variances(statistics(points_NxD, point_mask_N, params), params, covariance_type)
+
+
+def held_means_variances(stats: Statistics, params: MixtureParams, covariance_type: str) -> MixtureParams:
+    """``params`` with the variances of ``covariance_type`` that maximise the expected log-likelihood of
+    ``stats`` around its own (held) means: sum_n r_nk (x_n - mu_k)^2 / mass_k from the sums of ``stats``."""
     inv_mass_KxD = (1.0 / jnp.maximum(stats.mass, _TINY))[..., None]
     mu_KxD = params.means
     sq_dev_KxD = (stats.second - 2.0 * mu_KxD * stats.first) * inv_mass_KxD + mu_KxD**2
