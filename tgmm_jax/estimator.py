@@ -115,18 +115,6 @@ def _restart_starts(n_restarts: int, k_max: int, key, points_BxNxD, mask_BxN, k_
     return MixtureParams(jnp.swapaxes(start.weights_CxRxK, 0, 1), means, jnp.ones_like(means), comp_RxBxK)
 
 
-def _missing_variance_step(points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str, observed):
-    """``mixture.variance_step`` with missing coordinates (``observed`` [B, N, D], True = observed): the
-    expected sufficient statistics of ``mixture.missing`` (a missing coordinate contributes mu and mu^2 + v
-    under the current variances), then the squared deviations from the held means."""
-    stats = mixture.missing.statistics(points_BxNxD, mask_BxN, params, observed)
-    inv_mass_BxKx1 = (1.0 / jnp.maximum(stats.mass, 1e-30))[..., None]  # as mixture.steps'
-    mu = params.means
-    sq_dev = (stats.second - 2.0 * mu * stats.first) * inv_mass_BxKx1 + mu**2
-    variances = mixture.variances_of(sq_dev, covariance_type)
-    return params.replace(scales=jnp.where(params.component_mask[..., None], jnp.sqrt(variances), 1.0))
-
-
 def _with_variances(
     points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str, observed=None
 ) -> MixtureParams:
@@ -138,7 +126,7 @@ def _with_variances(
     if observed is None:
         step = functools.partial(mixture.variance_step, points_BxNxD, mask_BxN)
     else:
-        step = functools.partial(_missing_variance_step, points_BxNxD, mask_BxN, observed=observed)
+        step = functools.partial(mixture.missing.variance_step, points_BxNxD, mask_BxN, observed_NxD=observed)
     return jax.lax.fori_loop(0, VARIANCE_ITERS, lambda _, p: step(p, covariance_type), params)
 
 
