@@ -103,9 +103,8 @@ class TrainConfig:
     lik_weight: float = 1.0
     # weight of the clustering read-out's responsibility cross-entropy (readout='cluster')
     resp_weight: float = 0.0
-    train_dims: tuple[
-        int, ...
-    ] = ()  # data dimensions to cycle through per step (a dimension-free model); () = task.dim only
+    # data dimensions to cycle through per step (a dimension-free model); () = task.dim only
+    train_dims: tuple[int, ...] = ()
     grad_accum_steps: int = 1  # micro-batches per step (divides tasks_per_k); the same gradient, less memory
     tensorboard: bool = True
     task: TaskSpec = dataclasses.field(default_factory=_default_task)
@@ -173,12 +172,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> TrainConfig:
         """Every field must be given (a saved config is first upgraded: train.restore.upgrade_saved_config)."""
-        _check_group(
-            fields,
-            cls,
-            "config",
-            also=[f"{g}.{name}" for g, names in _nested_names().items() for name in names],
-        )
+        nested = [
+            f"{group}.{f.name}" for group, group_cls in _GROUPS.items() for f in dataclasses.fields(group_cls)
+        ]
+        _check_group(fields, cls, "config", also=nested)  # a group's field given at the top: "optim.<name>"?
         optim, eval_ = fields["optim"], fields["eval"]
         for group, group_cls in (("optim", OptimConfig), ("eval", EvalConfig)):
             _check_group(fields[group], group_cls, f"config.{group}")
@@ -215,10 +212,6 @@ class TrainConfig:
 
 _GROUPS = {"task": TaskSpec, "model": ModelConfig, "optim": OptimConfig, "eval": EvalConfig}
 _TOP_LEVEL_SCALARS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in _GROUPS)
-
-
-def _nested_names() -> dict[str, list[str]]:
-    return {group: [f.name for f in dataclasses.fields(cls)] for group, cls in _GROUPS.items()}
 
 
 def _check_group(fields, cls, where: str, also=()) -> None:
