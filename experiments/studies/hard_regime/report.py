@@ -1,5 +1,6 @@
 """The REPORT section of the hard-regime study (``experiments.studies.hard_regime.run``): the learned gain of the shipped model
-over its skeleton, and every method against the Bayes limit, with the gap cells listed."""
+over its skeleton, and every method against the Bayes limit, with the gap cells listed. The fixed prose is in
+``report.md`` beside this file."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import numpy as np
 
 from experiments.reporting import format_gain
 from experiments.studies.base import Part, load_json
+from experiments.studies.base import prose as _prose
 
 ORDER = ("tgmm", "tgmm+em", "em_seeded", "em_seeded+em", "em_kmeanspp", "spectral", "bgm", "bayes")
+
+
+def prose(name: str, **fields) -> str:
+    return _prose(__file__, name, **fields)
 
 
 def _cells(saved, kind):
@@ -73,30 +79,19 @@ def hard_regime_section(saved: dict, figure: str) -> list[str]:
     gap_ratio = saved["gap_ratio"]
     s = saved["settings"]
     grid, pt = _cells(saved, "grid"), _cells(saved, "phase_transition")
-    out = [
-        "## Learned gain and the Bayes limit: the hard-regime study",
-        f"![hard regime]({figure})",
-        "",
-        (
-            f"`python -m experiments.studies.hard_regime.run` ({saved['checkpoint']}): Algorithm 1's isotropic tasks at every"
-            f" (d, K, N) below, {s['tasks_per_cell']} tasks per cell, the same tasks for every method; `bayes` (the"
-            f" posterior mean under the task prior, by MCMC: `baselines/bayes.py`) on the first"
-            f" {s['bayes_tasks']} of each cell, and every ratio to it is taken on exactly those tasks. `em_seeded`"
-            f" is the shipped model's parameter-free skeleton (its four seedings and 4 EM steps, no learned term);"
-            f" `+em` adds {saved['refine_steps']} EM steps; `bgm` is scikit-learn's BayesianGaussianMixture"
-            " (spherical, its default Dirichlet-process weight prior, the true K). The **learned gain** is the"
-            " skeleton's l2 minus the model's on the same tasks (mean ± sem, z): positive means the network adds"
-            " accuracy to the machinery it is built on. A **gap** cell has em_kmeanspp at least"
-            f" {gap_ratio}x bayes."
-        ),
-        "",
-    ]
+    intro = prose(
+        "intro",
+        figure=figure,
+        checkpoint=saved["checkpoint"],
+        tasks_per_cell=s["tasks_per_cell"],
+        bayes_tasks=s["bayes_tasks"],
+        refine_steps=saved["refine_steps"],
+        gap_ratio=gap_ratio,
+    )
+    out = [intro, ""]
     gaps = [g for g in saved.get("gaps", []) if g["gap"]]
     checked = [g for g in saved.get("gaps", [])]
-    out += [
-        f"**Gap cells: {len(gaps)} of {len(checked)}** (em_kmeanspp / bayes on the same tasks):",
-        "",
-    ]
+    out += [prose("gaps", gaps=len(gaps), checked=len(checked)), ""]
     for g in gaps:
         where = (
             f"d={g['dim']}, K={g['K']}, N={g['N']}"
@@ -111,25 +106,23 @@ def hard_regime_section(saved: dict, figure: str) -> list[str]:
     if target:
         t = target
         ratio = t["bayes_over_em"]
-        out += [
-            "",
-            (
-                f"**The target check** (bayes at most 0.6x em_kmeanspp at d = {t['dim']}, K = {t['K']}, N ="
-                f" {t['N']}; all {t['num_tasks']} tasks of the cell): bayes l2 {t['l2']['bayes']['mean']:.3f} ±"
-                f" {t['l2']['bayes']['sem']:.3f}, em_kmeanspp {t['l2']['em_kmeanspp']['mean']:.3f} ±"
-                f" {t['l2']['em_kmeanspp']['sem']:.3f}: {ratio:.2f}x, so the target is"
-                f" {'met' if ratio <= 0.6 else 'NOT met'}. Where the advantage comes from: em_kmeanspp fails"
-                f" (l2 > 1, a local optimum) on {t['em_failures']} of {t['num_tasks']} tasks; without them the ratio"
-                f" is {t['bayes_over_em_without_failures']:.2f}x, and the median per-task ratio is"
-                f" {t['median_per_task_ratio']:.2f}. Against EM started from the true parameters (no local-optimum"
-                f" failures; l2 {t['l2']['em_from_truth']['mean']:.3f}) bayes is {t['bayes_over_em_from_truth']:.2f}x:"
-                " the sampler is better than the maximum-likelihood fixed point nearest the truth, as a posterior"
-                " mean should be. Much of the mean ratio is EM's occasional failure; the rest is a smaller gain on"
-                " typical tasks. The gap ratios above use the first 64 tasks of each cell, so in cells where EM"
-                " fails rarely they move with the few failures the subset happens to hold (this cell's 64-task"
-                " ratio is lower than its 256-task one)."
-            ),
-        ]
+        check = prose(
+            "target_check",
+            dim=t["dim"],
+            k=t["K"],
+            n=t["N"],
+            num_tasks=t["num_tasks"],
+            bayes=f"{t['l2']['bayes']['mean']:.3f} ± {t['l2']['bayes']['sem']:.3f}",
+            em=f"{t['l2']['em_kmeanspp']['mean']:.3f} ± {t['l2']['em_kmeanspp']['sem']:.3f}",
+            ratio=f"{ratio:.2f}",
+            met="met" if ratio <= 0.6 else "NOT met",
+            em_failures=t["em_failures"],
+            ratio_without_failures=f"{t['bayes_over_em_without_failures']:.2f}",
+            median_ratio=f"{t['median_per_task_ratio']:.2f}",
+            em_from_truth=f"{t['l2']['em_from_truth']['mean']:.3f}",
+            ratio_from_truth=f"{t['bayes_over_em_from_truth']:.2f}",
+        )
+        out += ["", check]
     head = (
         "| cell | bayes l2 | em_kmeanspp / bayes | em_seeded / bayes | tgmm / bayes | tgmm+em / bayes | bgm / bayes"
         " | learned gain of tgmm (vs em_seeded) | of tgmm+em (vs em_seeded+em) |"
@@ -138,31 +131,19 @@ def hard_regime_section(saved: dict, figure: str) -> list[str]:
     for dim in sorted({c["dim"] for c in grid}):
         mine = [c for c in grid if c["dim"] == dim]
         keys = sorted({(c["K"], c["N"]) for c in mine}, key=lambda kn: (kn[1], kn[0]))
-        out += ["", f"### d = {dim}: against the Bayes limit", "", head, sep]
+        out += ["", prose("limit.dim", dim=dim), "", head, sep]
         out += _limit_rows(mine, keys, lambda kn: dict(N=kn[1], K=kn[0]), gap_ratio)
     if pt:
-        out += [
-            "",
-            "### Phase-transition settings (K = 2, N = 128; rho = Delta / Delta_line, see the phase-transition section)",
-            "",
-            head,
-            sep,
-        ]
+        out += ["", prose("limit.phase_transition"), "", head, sep]
         keys = sorted({(c["setting"], c["rho"]) for c in pt})
         out += _limit_rows(pt, keys, lambda sr: dict(setting=sr[0], rho=sr[1]), gap_ratio)
         if not any(c["method"] == "bayes" for c in pt):
-            out += [
-                "",
-                (
-                    "`bayes` has no sampler for the phase-transition prior (equal weights, means ±Δ/2·u plus an"
-                    " offset): those rows have no limit column."
-                ),
-            ]
-    for metric, title in (("l2", "l2 error, mean"), ("cluster_acc", "clustering accuracy, mean")):
+            out += ["", prose("limit.no_bayes_sampler")]
+    for metric in ("l2", "cluster_acc"):
         methods = _methods(grid)
         out += [
             "",
-            f"### {title} per method (all {s['tasks_per_cell']} tasks; bayes: its {s['bayes_tasks']})",
+            prose(f"per_method.{metric}", tasks_per_cell=s["tasks_per_cell"], bayes_tasks=s["bayes_tasks"]),
             "",
             "| d | N | K | " + " | ".join(methods) + " |",
             "|---" * (3 + len(methods)) + "|",
@@ -179,7 +160,7 @@ def hard_regime_section(saved: dict, figure: str) -> list[str]:
     methods = _methods(saved["cells"])
     out += [
         "",
-        "### Time per task (seconds, compiled; mean over the cells of each d; the same 2-core CPU for all)",
+        prose("time_per_task"),
         "",
         "| d | " + " | ".join(methods) + " |",
         "|---" * (1 + len(methods)) + "|",
@@ -204,25 +185,16 @@ def small_n_ablation_section(arms: dict[str, dict], figure_dir: str = "small_n_a
     first = next(iter(arms.values()))
     grid = [c for c in first["cells"] if c["kind"] == "grid"]
     keys = sorted({(c["dim"], c["N"], c["K"]) for c in grid})
+    intro = prose(
+        "small_n.intro",
+        count=_count_word(len(arms)),
+        arms="; ".join(f"`{label}`: {arm['checkpoint']}" for label, arm in arms.items()),
+        tasks_per_cell=first["settings"]["tasks_per_cell"],
+        bayes_tasks=first["settings"]["bayes_tasks"],
+        noise=" " + prose("small_n.noise") if "noise-conditioned" in arms else "",
+    )
     out = [
-        "## Small N: can the learned part beat its skeleton? (same-budget ablation)",
-        "",
-        (
-            f"{_count_word(len(arms))} clustering TGMMs trained with the same recipe and seed on the gap regime"
-            " (d cycling over 2 and 8, N from 16 to 32, K = 2..5), for the same budget (each checkpoint's step"
-            " below) except where the label names more steps: "
-            + "; ".join(f"`{label}`: {arm['checkpoint']}" for label, arm in arms.items())
-            + ". Each is evaluated by `experiments.studies.hard_regime.run --workdir` on the main study's tasks (same seed:"
-            f" {first['settings']['tasks_per_cell']} per cell, bayes on the first {first['settings']['bayes_tasks']})."
-            " Learned gain: its own skeleton's l2 minus the model's, same tasks (mean ± sem, z). tgmm / bayes:"
-            " the ratio of mean l2 on bayes' tasks."
-            + (
-                " The noise-conditioned model (trained on half its tasks with the variance unknown) is told the"
-                " true variance here, as EM and bayes assume it."
-                if "noise-conditioned" in arms
-                else ""
-            )
-        ),
+        intro,
         "",
         "| d | N | K | em_kmeanspp / bayes | "
         + " | ".join(f"{label}: learned gain | {label}: tgmm / bayes" for label in labels)
@@ -244,13 +216,8 @@ def small_n_ablation_section(arms: dict[str, dict], figure_dir: str = "small_n_a
                 wins[label] += model["learned_gain"]["z"] > 2
                 losses[label] += model["learned_gain"]["z"] < -2
         out.append("| " + " | ".join(row) + " |")
-    out += [
-        "",
-        "Cells where the learned gain is significantly positive (z > 2) / negative (z < -2): "
-        + ", ".join(f"{label} {wins[label]} / {losses[label]} of {len(keys)}" for label in labels)
-        + ".",
-        "",
-    ]
+    counts = ", ".join(f"{label} {wins[label]} / {losses[label]} of {len(keys)}" for label in labels)
+    out += ["", prose("small_n.significant", counts=counts), ""]
     return out
 
 
@@ -278,20 +245,16 @@ def unknown_noise_section(saved: dict, label: str) -> list[str]:
         return []
     keys = sorted({(c["dim"], c["N"], c["K"]) for c in cells})
     lo, hi = cells[0]["noise_scale_range"]
+    intro = prose(
+        "unknown.intro",
+        label=label,
+        checkpoint=saved["checkpoint"],
+        lo=f"{lo:g}",
+        hi=f"{hi:g}",
+        bayes_tasks=saved["settings"]["bayes_tasks"],
+    )
     out = [
-        f"## Unknown noise: the noise-conditioned model, `{label}`",
-        "",
-        (
-            f"`{label}`: {saved['checkpoint']}. The tasks of the known-noise table above, each multiplied by its own sigma ~ log-U[{lo:g}, {hi:g}]"
-            " (means and box included), and no method is told sigma: `tgmm` is the noise-conditioned model"
-            " given NaN, `em_seeded` its skeleton with the tied variance estimated at each E-step, `sklearn_gmm`"
-            " scikit-learn's `GaussianMixture(covariance_type='spherical', n_init=10)`, `bayes` the Gibbs"
-            " sampler with sigma unknown under the log-uniform prior (on the first"
-            f" {saved['settings']['bayes_tasks']} tasks of each cell). l2 / sigma^2: l2_means / sigma^2 +"
-            " l2_weights, so every task counts alike; the ratio to sklearn_gmm is of mean l2 in the data's units"
-            " (the issue's measure, dominated by the tasks of largest sigma). Learned gain: the skeleton's l2 /"
-            " sigma^2 minus the model's, same tasks."
-        ),
+        intro,
         "",
         "| d | N | K | sklearn_gmm | em_seeded | tgmm | bayes | tgmm / sklearn_gmm (data units) | learned gain |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -319,21 +282,35 @@ def unknown_noise_section(saved: dict, label: str) -> list[str]:
     summary = []
     if ratios:
         summary.append(
-            f"tgmm / sklearn_gmm in the data's units: {min(ratios):.2f}-{max(ratios):.2f} over the"
-            f" {len(ratios)} cells, at most 0.8 in {sum(r <= 0.8 for r in ratios)}."
+            prose(
+                "unknown.ratios",
+                low=f"{min(ratios):.2f}",
+                high=f"{max(ratios):.2f}",
+                cells=len(ratios),
+                within=sum(r <= 0.8 for r in ratios),
+            )
         )
     if pooled:
         summary.append(
-            f"Learned gain pooled over the {pooled['cells']} cells (each weighted equally):"
-            f" {pooled['mean']:+.3f} ± {pooled['sem']:.3f} (z {pooled['z']:+.1f})."
+            prose(
+                "unknown.pooled",
+                cells=pooled["cells"],
+                mean=f"{pooled['mean']:+.3f}",
+                sem=f"{pooled['sem']:.3f}",
+                z=f"{pooled['z']:+.1f}",
+            )
         )
     rest = pooled_gain([_find(cells, "tgmm", dim=d, N=n, K=k) for d, n, k in keys if (d, n, k) not in weak])
     if weak and rest:
         summary.append(
-            "The skeleton is worse than sklearn_gmm in "
-            + ", ".join(f"d={d} N={n} K={k}" for d, n, k in weak)
-            + f"; without those cells the pooled gain is {rest['mean']:+.3f} ± {rest['sem']:.3f}"
-            f" (z {rest['z']:+.1f}, {rest['cells']} cells)."
+            prose(
+                "unknown.weak",
+                weak=", ".join(f"d={d} N={n} K={k}" for d, n, k in weak),
+                mean=f"{rest['mean']:+.3f}",
+                sem=f"{rest['sem']:.3f}",
+                z=f"{rest['z']:+.1f}",
+                cells=rest["cells"],
+            )
         )
     return out + ["", " ".join(summary), ""] if summary else out + [""]
 
@@ -363,15 +340,11 @@ def learning_targets_section(
     in sigma units), the easy cells of ``easy`` (a hard_regime JSON of the same model at large N: tgmm over
     em_kmeanspp, target 1.03) and the speed of ``benchmarks.speed_vs_bayes`` (``speed``, its JSON) where given."""
     grid, noise = _cells(saved, "grid"), _cells(saved, "grid_noise")
-    out = [f"## The learning targets, checked: `{label}`", "", f"`{label}`: {saved['checkpoint']}.", ""]
+    out = [prose("targets.intro", label=label, checkpoint=saved["checkpoint"]), ""]
     keys = _gap_keys(saved, "grid")
     if keys:
         out += [
-            (
-                "**Noise known** (every method told the variance), gap cells (em_kmeanspp >="
-                f" {saved['gap_ratio']}x bayes). Closed: (em_kmeanspp - tgmm) / (em_kmeanspp - bayes), all on bayes'"
-                " tasks; target >= 60%, stretch tgmm <= 1.1x bayes. Gains: paired, all the cell's tasks."
-            ),
+            prose("targets.known", gap_ratio=saved["gap_ratio"]),
             "",
             "| d | N | K | em_kmeanspp / bayes | tgmm / bayes | closed | gain over em_seeded | gain over em_kmeanspp |",
             "|---|---|---|---|---|---|---|---|",
@@ -390,16 +363,16 @@ def learning_targets_section(
                 f"| {dim} | {n} | {k} | {e / b:.2f} | {t / b:.2f} | {100 * closed:.0f}% | {_gain(model)} | {over_em} |"
             )
         met = sum(c >= 0.6 for c in closed_all)
-        out += [
-            "",
-            (
-                f"At least 60% closed in {met} of {len(keys)} gap cells (target: all); the share closed ranges"
-                f" {100 * min(closed_all):.0f}% to {100 * max(closed_all):.0f}%. Pooled over the gap cells, each"
-                f" weighted equally: gain over the skeleton {_z(_pooled(models, 'learned_gain'))}; over em_kmeanspp"
-                f" {_z(_pooled(models, 'gain_over_classical'))}."
-            ),
-            "",
-        ]
+        summary = prose(
+            "targets.known.summary",
+            met=met,
+            cells=len(keys),
+            low=f"{100 * min(closed_all):.0f}",
+            high=f"{100 * max(closed_all):.0f}",
+            over_skeleton=_z(_pooled(models, "learned_gain")),
+            over_em=_z(_pooled(models, "gain_over_classical")),
+        )
+        out += ["", summary, ""]
     keys = _gap_keys(saved, "grid_noise")
     if keys:
         ratios, models = [], []
@@ -410,15 +383,15 @@ def learning_targets_section(
                 ratios.append((dim, n, k, model["l2"]["mean"] / sk["l2"]["mean"]))
                 models.append(model)
         if ratios:
-            out += [
-                "**Noise unknown** (the same tasks times sigma ~ log-U; nobody told sigma), gap cells:"
-                " tgmm / GaussianMixture(spherical, n_init=10) in mean l2 in the data's units (target <= 0.8): "
-                + ", ".join(f"d={d} N={n} K={k} {r:.2f}" for d, n, k, r in ratios)
-                + f". At most 0.8 in {sum(r <= 0.8 for *_, r in ratios)} of {len(ratios)}. Pooled paired gain"
-                f" over GaussianMixture in sigma units: {_z(_pooled(models, 'gain_over_classical'))}; over the"
-                f" skeleton: {_z(_pooled(models, 'learned_gain'))}.",
-                "",
-            ]
+            unknown = prose(
+                "targets.unknown",
+                ratios=", ".join(f"d={d} N={n} K={k} {r:.2f}" for d, n, k, r in ratios),
+                within=sum(r <= 0.8 for *_, r in ratios),
+                cells=len(ratios),
+                over_gmm=_z(_pooled(models, "gain_over_classical")),
+                over_skeleton=_z(_pooled(models, "learned_gain")),
+            )
+            out += [unknown, ""]
     if easy:
         rows = []
         for c in sorted(_cells(easy, "grid"), key=lambda c: (c["N"], c["dim"], c["K"])):
@@ -426,21 +399,21 @@ def learning_targets_section(
             if c["method"] == "tgmm" and em and "l2" in c and "l2" in em:
                 rows.append((c["dim"], c["N"], c["K"], c["l2"]["mean"] / em["l2"]["mean"]))
         if rows:
-            out += [
-                (
-                    "**Easy cells** (noise known; tgmm / em_kmeanspp in mean l2, target <= 1.03; "
-                    f"{easy['checkpoint']}): "
-                    + ", ".join(f"d={d} N={n} K={k} {r:.2f}" for d, n, k, r in rows)
-                    + f". At most 1.03 in {sum(r <= 1.03 for *_, r in rows)} of {len(rows)}."
-                ),
-                "",
-            ]
+            easy_text = prose(
+                "targets.easy",
+                checkpoint=easy["checkpoint"],
+                ratios=", ".join(f"d={d} N={n} K={k} {r:.2f}" for d, n, k, r in rows),
+                within=sum(r <= 1.03 for *_, r in rows),
+                cells=len(rows),
+            )
+            out += [easy_text, ""]
     if speed:
+        machine = speed["machine"]
         out += [
-            (
-                "**Speed** (`python -m benchmarks.speed_vs_bayes`, one run, seconds per task on the same tasks;"
-                f" {speed['machine'].get('cpu', speed['machine'].get('device_kind', ''))}, load"
-                f" {speed['machine']['load_average_before'][0]:.1f} before):"
+            prose(
+                "targets.speed",
+                machine=machine.get("cpu", machine.get("device_kind", "")),
+                load=f"{machine['load_average_before'][0]:.1f}",
             ),
             "",
             "| N | tgmm | em_seeded | em_kmeanspp | bayes | tgmm / bayes | tgmm / em_kmeanspp |",
