@@ -1,7 +1,8 @@
 """The REPORT sections of the training studies (depth x N, objectives, seeds), from their JSON.
 
 Every number is read from ``depth_sample_size.json``, ``objectives_study.json`` and ``seeds_study.json``; the
-verdicts are computed here with the rules stated beside them.
+verdicts are computed here with the rules stated beside them. The fixed prose is in ``report.md`` beside this
+file.
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ import os
 import numpy as np
 
 from experiments.studies.base import Part
+from experiments.studies.base import prose as _prose
 from experiments.studies.training.common import cell
 from tgmm_jax.scoring import MODEL_METHOD
 
 FALLS = 0.8  # "the error falls with N": l2 at the largest test N <= FALLS x l2 at the training N
+
+
+def prose(name: str, **fields) -> str:
+    return _prose(__file__, name, **fields)
 
 
 def _side(ours: dict, baseline: dict) -> str:
@@ -63,31 +69,19 @@ def depth_section(p: dict, figure: str) -> list[str]:
     layers = sorted(p["by_layers"], key=int)
     deepest = p["by_layers"][layers[-1]]["cells"]
     baselines = list(dict.fromkeys(c["method"] for c in deepest if c["method"] != MODEL_METHOD))
+    intro = prose(
+        "depth.intro",
+        figure=figure,
+        layers=", ".join(layers),
+        dim=p["dim"],
+        n_lo=n_lo,
+        n_hi=n_hi,
+        steps=p["steps"],
+        test_n=", ".join(map(str, ns)),
+        tasks_per_cell=p["tasks_per_cell"],
+    )
     out = [
-        "## Depth x sample size (rebuttal Tables 1 and 3)",
-        f"![depth x N]({figure})",
-        "",
-        (
-            "**The paper's claim** (rebuttal to Reviewer 4R4H, Table 1; to Reviewer YKHK, Table 3): a deep enough"
-            " TGMM, trained on a range of N, has an error that keeps falling as the test N grows, beyond the training"
-            " N too; without proper depth the errors do not shrink as N grows, and a 1-layer TGMM is poor. (The"
-            " rebuttal's d, K, depths and N range are symbols lost from our stored copy of the text, so the setting"
-            " below is ours.)"
-        ),
-        "",
-        (
-            f"**Ours** (`python -m experiments.studies.training.depth`): one model per depth L in {{{', '.join(layers)}}}, the"
-            f" tiny recipe at the `tiny` width (set backbone, width 32, 2 heads, est_matched, Adam 2e-3, 16 tasks"
-            f" per K), d = {p['dim']}, K = 2..5, trained on N in [{n_lo}, {n_hi}] for {p['steps']} steps each;"
-            f" tested at N = {', '.join(map(str, ns))} on the same {p['tasks_per_cell']} fresh tasks per (K, N)."
-            f" Deviations from the paper: CPU scale ({p['steps']} steps, not 100k; width 32, not 128; depths"
-            " up to 6 where the rebuttal went to 12, as the deeper models did not fit the CPU budget); the set"
-            " backbone instead of the causal GPT-2, because GPT-2's learned position rows beyond the training N are"
-            " never trained (ours would run at N = 512, `max_positions` = 4096, but on untrained positions), while"
-            " the set backbone has no positions."
-        ),
-        "",
-        "l2 error (mean over K = 2..5 of the per-K means ± combined sem):",
+        intro,
         "",
         "| model | " + " | ".join(f"N={n}" for n in ns) + f" | l2(N={ns[-1]}) / l2(N={n_hi}) |",
         "|---" * (len(ns) + 2) + "|",
@@ -101,14 +95,7 @@ def depth_section(p: dict, figure: str) -> list[str]:
     for m in baselines:
         row = [_fmt(*_over_k(deepest, m, N=n)) for n in ns]
         out.append(f"| {m} | " + " | ".join(row) + f" | {p['baseline_trend'][m]['geomean']:.2f} |")
-    out += [
-        "",
-        (
-            f"The last column is the geometric mean over K of l2(N = {ns[-1]}) / l2(N = {n_hi}); with the labels"
-            f" known the means' error would fall as 1/N, a ratio of {n_hi / ns[-1]:.3f}."
-        ),
-        "",
-    ]
+    out += ["", prose("depth.ratio", n_max=ns[-1], n_hi=n_hi, known_labels=f"{n_hi / ns[-1]:.3f}"), ""]
     falls = {L: r <= FALLS for L, r in ratios.items() if np.isfinite(r)}
     shallow, deep = layers[0], [L for L in layers if L != layers[0]]
     best = min(layers, key=lambda L: _over_k(p["by_layers"][L]["cells"], MODEL_METHOD, N=n_hi)[0])
@@ -116,9 +103,7 @@ def depth_section(p: dict, figure: str) -> list[str]:
     best_at_train = _over_k(p["by_layers"][best]["cells"], MODEL_METHOD, N=n_hi)[0]
     undertrained = np.isfinite(em_at_train) and best_at_train >= em_at_train
     verdict = (
-        "inconclusive: no depth beats EM with the official initialisation even at the training N"
-        f" ({best_at_train:.2f} against {em_at_train:.2f}), so the models are undertrained and a flat curve says"
-        " nothing about depth"
+        prose("depth.inconclusive", best=f"{best_at_train:.2f}", em=f"{em_at_train:.2f}")
         if undertrained
         else "holds"
         if not falls.get(shallow, True) and all(falls.get(L, False) for L in deep)
@@ -126,17 +111,17 @@ def depth_section(p: dict, figure: str) -> list[str]:
         if any(falls.values()) and not falls.get(shallow, True)
         else "does not hold"
     )
-    out += [
-        (
-            f'**Verdict** (rule: the error "falls with N" where the ratio is <= {FALLS}; the claim holds when it'
-            f" falls for every L > {shallow} and not for L = {shallow}; inconclusive where no depth beats EM's official"
-            f" initialisation at the training N): **{verdict}**, at this scale. The error falls"
-            f" with N for L = {', '.join(L for L, f in falls.items() if f) or 'none'}; it does not for L ="
-            f" {', '.join(L for L, f in falls.items() if not f) or 'none'}. The lowest in-distribution error"
-            f" (N = {n_hi}) is at L = {best}."
-        ),
-        "",
-    ]
+    text = prose(
+        "depth.verdict",
+        falls=FALLS,
+        shallow=shallow,
+        verdict=verdict,
+        falling=", ".join(L for L, f in falls.items() if f) or "none",
+        flat=", ".join(L for L, f in falls.items() if not f) or "none",
+        n_hi=n_hi,
+        best=best,
+    )
+    out += [text, ""]
     return out
 
 
@@ -151,43 +136,22 @@ def objectives_section(p: dict, figure: str) -> list[str]:
 
     rows = [(name(o), p["by_objective"][o]["cells"], MODEL_METHOD) for o in objectives]
     rows += [(m, p["baselines"], m) for m in baselines]
-    out = [
-        "## Objectives: est, est_matched, lik, est+lik (rebuttal Table 3 to Reviewer TJ7f)",
-        f"![objectives]({figure})",
-        "",
-        (
-            "**The paper's claim** (rebuttal, Table 3): training on the observed log-likelihood (TGMM(lik))"
-            " significantly improves the test log-likelihood, surpassing EM and spectral, while its parameter"
-            " estimation and cluster recovery deteriorate against TGMM(est); est+lik strikes a balance between the"
-            " two. Ours adds est_matched, the permutation-matched loss of our CPU recipe."
-        ),
-        "",
-        (
-            f"**Ours** (`python -m experiments.studies.training.objectives`): the paper's architecture at CPU size"
-            f" (`tiny.py:d={p['dim']},n={p['n']}`: set backbone 2 layers x 64, Adam 2e-3, 16 tasks per K; the"
-            f" objective switch of `lik.py`, whose paper-size model does not fit a CPU budget), seed {p['seed']},"
-            f" {p['steps']} steps per objective (the paper: 100k), the same data stream for all; evaluated on the"
-            f" same {p['tasks_per_cell']} fresh tasks per K at N = {p['n']}. log-likelihood is the mean per point"
-            " under the estimate (the true parameters' value minus `oracle_gap`)."
-        ),
-        "",
-    ]
+    intro = prose(
+        "objectives.intro",
+        figure=figure,
+        dim=p["dim"],
+        n=p["n"],
+        seed=p["seed"],
+        steps=p["steps"],
+        tasks_per_cell=p["tasks_per_cell"],
+    )
+    out = [intro, ""]
     missing = [o for o in ("est", "est_matched", "lik", "est+lik") if o not in objectives]
     if missing:
+        out += [prose("objectives.missing", missing="), TGMM(".join(missing)), ""]
+    for metric, digits in (("l2", 3), ("loglik", 3), ("cluster_acc", 3)):
         out += [
-            (
-                f"**Not evaluated:** TGMM({'), TGMM('.join(missing)}): not trained to the budget (rerun the"
-                " command above; training resumes)."
-            ),
-            "",
-        ]
-    for metric, title, digits in (
-        ("l2", "aligned l2 error", 3),
-        ("loglik", "log-likelihood per point (higher is better)", 3),
-        ("cluster_acc", "cluster accuracy", 3),
-    ):
-        out += [
-            f"{title}, mean ± sem:",
+            prose(f"objectives.{metric}"),
             "",
             "| method | " + " | ".join(f"K={k}" for k in ks) + " | mean over K |",
         ]
@@ -208,46 +172,36 @@ def objectives_section(p: dict, figure: str) -> list[str]:
     base = {m: _over_k(p["baselines"], m, "loglik")[0] for m in baselines}
     if {"est", "lik"} <= set(mean):
         checks = [
-            (
-                "TGMM(lik) has a higher log-likelihood than TGMM(est)",
-                mean["lik"]["loglik"] > mean["est"]["loglik"],
-            ),
+            (prose("objectives.check.lik_loglik"), mean["lik"]["loglik"] > mean["est"]["loglik"]),
             *[
-                (f"TGMM(lik) has a higher log-likelihood than {m}", mean["lik"]["loglik"] > v)
+                (prose("objectives.check.lik_loglik_baseline", baseline=m), mean["lik"]["loglik"] > v)
                 for m, v in base.items()
                 if np.isfinite(v)
             ],
-            ("TGMM(lik) has a larger l2 than TGMM(est)", mean["lik"]["l2"] > mean["est"]["l2"]),
+            (prose("objectives.check.lik_l2"), mean["lik"]["l2"] > mean["est"]["l2"]),
             (
-                "TGMM(lik) has a lower cluster accuracy than TGMM(est)",
+                prose("objectives.check.lik_cluster_acc"),
                 mean["lik"]["cluster_acc"] < mean["est"]["cluster_acc"],
             ),
         ]
         if "est+lik" in mean:
             lo, hi = sorted((mean["est"]["loglik"], mean["lik"]["loglik"]))
-            checks.append(
-                (
-                    "TGMM(est+lik)'s log-likelihood lies between est's and lik's",
-                    lo <= mean["est+lik"]["loglik"] <= hi,
-                )
-            )
+            checks.append((prose("objectives.check.balance_loglik"), lo <= mean["est+lik"]["loglik"] <= hi))
             lo, hi = sorted((mean["est"]["l2"], mean["lik"]["l2"]))
-            checks.append(
-                ("TGMM(est+lik)'s l2 lies between est's and lik's", lo <= mean["est+lik"]["l2"] <= hi)
-            )
+            checks.append((prose("objectives.check.balance_l2"), lo <= mean["est+lik"]["l2"] <= hi))
         est_curve = p["by_objective"]["est"]["curve"]
         if est_curve:
             first, last = (np.mean(list(est_curve[i]["l2"].values())) for i in (0, -1))
-            out += [
-                (
-                    f"At this budget TGMM(est)'s l2 (mean over K) only fell from {first:.2f} (step"
-                    f" {est_curve[0]['step']}) to {last:.2f} (step {est_curve[-1]['step']}): every comparison with it"
-                    " measures learning speed more than where each objective ends after the paper's 100k steps."
-                ),
-                "",
-            ]
+            budget = prose(
+                "objectives.est_budget",
+                first=f"{first:.2f}",
+                first_step=est_curve[0]["step"],
+                last=f"{last:.2f}",
+                last_step=est_curve[-1]["step"],
+            )
+            out += [budget, ""]
         out += [
-            "Each part of the claim, on the means over K above (a part holds or not at this scale and budget):",
+            prose("objectives.checks"),
             "",
             "| part of the claim | ours |",
             "|---|---|",
@@ -258,10 +212,7 @@ def objectives_section(p: dict, figure: str) -> list[str]:
     steps = sorted({pt["step"] for c in curves.values() for pt in c})
     if steps:
         out += [
-            (
-                "Learning curves: l2 (mean over K) of the periodic evaluations during training (the same 32 tasks"
-                f" per K at N = {p['n']} every round, from each run's metrics.jsonl):"
-            ),
+            prose("objectives.curves", n=p["n"]),
             "",
             "| objective | " + " | ".join(f"step {s}" for s in steps) + " |",
             "|---" * (len(steps) + 1) + "|",
@@ -274,61 +225,28 @@ def objectives_section(p: dict, figure: str) -> list[str]:
         out.append("")
         reach = p.get("reach_est_final")
         if reach:
-            never = f"not within {p['steps']} steps"
+            never = prose("objectives.never", steps=p["steps"])
             text = ", ".join(f"{o}: {never if s is None else f'step {s}'}" for o, s in reach["steps"].items())
-            out += [
-                f"First evaluated step at which each reaches TGMM(est)'s last l2 ({reach['level']:.3f}): {text}.",
-                "",
-            ]
+            out += [prose("objectives.reach", level=f"{reach['level']:.3f}", steps=text), ""]
     return out
 
 
 def seeds_section(p: dict, figure: str) -> list[str]:
-    out = [
-        "## Seeds and machines: the headline cells with several training seeds",
-        f"![seeds]({figure})",
-        "",
-        (
-            "**The question**: the README's main job printed different numbers on different machines (a"
-            " fresh clone printed 0.47 / 0.82 / 1.15 / 1.48 for TGMM at K = 2..5 with the older README job, the"
-            " paper architecture at d = 2, against 0.27 / 0.55 / 0.91 / 1.64 in an earlier note: those two runs"
-            " differ by -10% to +74% per K; we did not rerun them). The same seed on another machine follows another"
-            " trajectory (float rounding in XLA's CPU kernels differs), so training seeds measure that spread. Here"
-            " each headline model is trained with several seeds and evaluated on the same"
-            f" {p['tasks_per_cell']} fresh tasks per K (`python -m experiments.studies.training.seeds`)."
-        ),
-        "",
-    ]
+    out = [prose("seeds.intro", figure=figure, tasks_per_cell=p["tasks_per_cell"]), ""]
     if "cluster" not in p["parts"]:
-        out += [
-            (
-                "**Not run: the README's main job (`cluster.py`) with several seeds.** On the 2-core CPU of"
-                " these runs, under a load average of 20-40 from other jobs, one seed of `cluster.py:steps=300` had not"
-                " logged its 50th step after 16 minutes (the step's compilation alone took minutes), so the three"
-                " seeds, let alone three 1000-step runs, did not fit; `python -m experiments.studies.training.seeds"
-                " --parts=cluster --cluster_steps=1000` runs them (6-9 minutes per 1000-step seed on an idle 2-core CPU)."
-                " The README's wording rests on the spread measured here for the paper architecture and on the two"
-                " runs of the older job quoted above."
-            ),
-            "",
-        ]
+        out += [prose("seeds.cluster_not_run"), ""]
     for name, part in p["parts"].items():
         steps = p["paper_steps"] if name == "paper" else p["cluster_steps"]
-        what = (
-            f"the paper's architecture at CPU size, `tiny.py:d={part['d']},n={part['N']}` with {steps} steps"
-            " (the shipped `paper_d8` has 3000; the budget here is reduced)"
-            if name == "paper"
-            else f"the README's main job, `cluster.py:steps={steps}`"
-            + ("" if steps >= 1000 else " (the README runs 1000 steps; the budget here is reduced)")
-        )
+        if name == "paper":
+            heading = prose("seeds.heading.paper", d=part["d"], n=part["N"], steps=steps)
+        else:
+            reduced = "" if steps >= 1000 else " " + prose("seeds.heading.cluster.reduced")
+            heading = prose("seeds.heading.cluster", steps=steps, reduced=reduced)
         ks = part["ks"]
         out += [
-            f"### {'Paper architecture' if name == 'paper' else 'Clustering TGMM (README job)'}: {what}",
+            heading,
             "",
-            (
-                f"TGMM l2 per seed (mean ± sem over {p['tasks_per_cell']} tasks), across seeds (mean, std, min-max), and"
-                " the baselines on the same tasks:"
-            ),
+            prose("seeds.per_seed", tasks_per_cell=p["tasks_per_cell"]),
             "",
             "| K | "
             + " | ".join(f"seed {r['seed']}" for r in part["runs"])
@@ -352,10 +270,7 @@ def seeds_section(p: dict, figure: str) -> list[str]:
             )
         out += [
             "",
-            (
-                "Orderings against the baselines that every seed shares (TGMM's l2 below or above the baseline's;"
-                " 'tied' where the two means differ by less than their combined standard error):"
-            ),
+            prose("seeds.orderings"),
             "",
         ]
         out += ["| baseline | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
@@ -377,33 +292,20 @@ def seeds_section(p: dict, figure: str) -> list[str]:
             out.append(f"| {m} | " + " | ".join(row) + " |")
         job = [part["spread"][str(k)]["training_job_l2"] for k in ks]
         if all(v is not None for vs in job for v in vs):
-            out += [
-                "",
-                "What the training job itself printed at its last evaluation (its own 32 or 64 tasks per K, drawn"
-                " from each seed's own key), per seed: "
-                + "; ".join(
-                    f"seed {r['seed']}: " + " / ".join(f"{job[i][j]:.3f}" for i in range(len(ks)))
-                    for j, r in enumerate(part["runs"])
-                )
-                + ". These prints vary between seeds by a factor max/min of "
-                + " / ".join(f"{max(vs) / min(vs):.2f}" for vs in job)
-                + " (the two runs of the older README job: 1.74 / 1.49 / 1.26 / 1.11), more than the evaluation on"
-                " the larger, shared task set below: a print on a few dozen tasks per K adds task sampling noise to"
-                " the seed spread.",
-            ]
+            prints = "; ".join(
+                f"seed {r['seed']}: " + " / ".join(f"{job[i][j]:.3f}" for i in range(len(ks)))
+                for j, r in enumerate(part["runs"])
+            )
+            factors = " / ".join(f"{max(vs) / min(vs):.2f}" for vs in job)
+            out += ["", prose("seeds.job_prints", prints=prints, factors=factors)]
         rel = [part["spread"][str(k)]["l2"] for k in ks]
-        out += [
-            "",
-            (
-                "Across seeds, TGMM's l2 varies by a factor max/min of "
-                + " / ".join(f"{s['max'] / s['min']:.2f}" for s in rel)
-                + f" at K = {'/'.join(map(str, ks))}, against a within-seed sem of "
-                + " / ".join(f"{part['spread'][str(k)]['l2_sem_within_seed']:.3f}" for k in ks)
-                + ". Claims worded to survive it: an ordering against a baseline only where the table above says"
-                " 'in all' seeds, and single-run numbers quoted as one run's, with the seed spread beside them."
-            ),
-            "",
-        ]
+        spread = prose(
+            "seeds.spread",
+            factors=" / ".join(f"{s['max'] / s['min']:.2f}" for s in rel),
+            ks="/".join(map(str, ks)),
+            sems=" / ".join(f"{part['spread'][str(k)]['l2_sem_within_seed']:.3f}" for k in ks),
+        )
+        out += ["", spread, ""]
     return out
 
 
