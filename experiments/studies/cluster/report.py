@@ -1,7 +1,7 @@
 """The REPORT section of the clustering TGMM study (``experiments/studies/cluster/run.py``), from its saved JSON.
 
 Every number is read from ``cluster_study.json``; each target of the study gets a rule and a verdict computed
-here, with the margin by which it is missed where it is.
+here, with the margin by which it is missed where it is. The fixed prose is in ``report.md`` beside this file.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 
 from experiments.reporting import GAIN_TITLE, format_gain, format_gain_table, format_stat
 from experiments.studies.base import Part, load_json
+from experiments.studies.base import prose as _prose
 from tgmm_jax.scoring import MODEL_METHOD
 
 REFINED = "tgmm+em"
@@ -27,6 +28,10 @@ METHODS = (
     "em_kmeanspp",
     "spectral",
 )
+
+
+def prose(name: str, **fields) -> str:
+    return _prose(__file__, name, **fields)
 
 
 def _cell(cells, method, k):
@@ -83,16 +88,18 @@ def _gain_summary(grid: dict) -> list[str]:
     worse = [(lab, g) for lab, g in gains if g["z"] < -2]
     tied = len(gains) - len(better) - len(worse)
     largest = max(gains, key=lambda lg: abs(lg[1]["mean"]))
-    ref = gains[0][1]["reference"]
-    text = (
-        f"**What the network adds (learned gain of `tgmm` over `{ref}`, its parameter-free skeleton, same tasks).**"
-        f" Significantly better (z > 2) in {len(better)} of {len(gains)} cells"
-        + (f" ({', '.join(f'{lab}: {format_gain(g)}' for lab, g in better)})" if better else "")
-        + f", significantly worse (z < -2) in {len(worse)}"
-        + (f" ({', '.join(f'{lab}: {format_gain(g)}' for lab, g in worse)})" if worse else "")
-        + f", no detectable difference in {tied}. The largest |gain| is {largest[0]}: {format_gain(largest[1])}."
-        " The targets above compare the whole model with EM; the accuracy in them is the skeleton's wherever the"
-        " gain is zero."
+    listed = lambda found: f" ({', '.join(f'{lab}: {format_gain(g)}' for lab, g in found)})" if found else ""
+    text = prose(
+        "gain_summary",
+        reference=gains[0][1]["reference"],
+        better=len(better),
+        cells=len(gains),
+        better_cells=listed(better),
+        worse=len(worse),
+        worse_cells=listed(worse),
+        tied=tied,
+        largest=largest[0],
+        largest_gain=format_gain(largest[1]),
     )
     return [text, ""]
 
@@ -118,9 +125,9 @@ def _seeding_text(payload: dict) -> str:
     model = payload.get("config", {}).get("model", {})
     trained = payload.get("trained_slot_init", model.get("slot_init", "learned"))
     evaluated = payload.get("slot_init", trained)
-    text = f"slot_init {trained!r}"
+    text = prose("seeding", trained=repr(trained))
     if evaluated != trained:
-        text += f" in training, {evaluated!r} in this evaluation (same weights)"
+        text += " " + prose("seeding.overridden", evaluated=repr(evaluated))
     return text
 
 
@@ -128,14 +135,13 @@ def _previous_table(payload: dict, previous: dict) -> list[str]:
     """TGMM alone (and + EM) of the previous checkpoint beside this one, per (d, K), with em_kmeanspp."""
     heads = previous.get("config", {}).get("model", {}).get("num_heads")
     lines = [
-        (
-            f"### Against the previous checkpoint (`{previous['workdir']}`: {_seeding_text(previous)}, "
-            f"{heads} heads, step {previous.get('step')})"
-        ),
-        "",
-        (
-            "l2 mean per cell, same evaluation seed and tasks per cell; the shift row is d = 8 at "
-            f"sigma_p = {payload.get('shift', {}).get('mean_shift', float('nan')):g}."
+        prose(
+            "previous",
+            workdir=previous["workdir"],
+            seeding=_seeding_text(previous),
+            heads=heads,
+            step=previous.get("step"),
+            shift=f"{payload.get('shift', {}).get('mean_shift', float('nan')):g}",
         ),
         "",
         f"| cell | previous {MODEL_METHOD} | this {MODEL_METHOD} | previous {REFINED} | this {REFINED} | em_kmeanspp |",
@@ -169,18 +175,19 @@ def _why_missed(pairs: dict, timing: dict) -> list[str]:
     missed = [(lab, r) for lab, r in refined if r > 1.0]
     if missed:
         worst = max(r for _, r in missed)
-        kind = "equal to 3 significant digits, a tie in effect" if worst < 1.001 else "real misses"
+        kind = prose("missed.near_tie") if worst < 1.001 else prose("missed.real")
         lines.append(
-            f"- network + EM above em_kmeanspp in {len(missed)} cells ({', '.join(lab for lab, _ in missed)}), "
-            f"by at most {100 * (worst - 1):.2f}%: {kind}."
+            prose(
+                "missed.refined",
+                missed=len(missed),
+                cells=", ".join(lab for lab, _ in missed),
+                percent=f"{100 * (worst - 1):.2f}",
+                kind=kind,
+            )
         )
     if timing:
         alone = [t["em_kmeanspp"] / t[MODEL_METHOD] for t in timing.values()]
-        lines.append(
-            f"- speed: the network alone is already {min(alone):.2f}-{max(alone):.2f}x the speed of em_kmeanspp "
-            "(below 1 = slower): its forward pass on these batches costs more than batched EM with 10 k-means++ "
-            "restarts, so no number of EM steps after it can be 5x faster at this model size."
-        )
+        lines.append(prose("missed.speed", low=f"{min(alone):.2f}", high=f"{max(alone):.2f}"))
     return lines + ([""] if lines else [])
 
 
@@ -188,30 +195,34 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
     grid = payload.get("grid", {})
     config = payload.get("config", {})
     model = config.get("model", {})
-    out = [
-        "## Beyond the paper: the clustering TGMM (one checkpoint for every d)",
-        f"![clustering TGMM]({figure})",
-        "",
-        (
-            f"One checkpoint (`{payload['workdir']}`, step {payload.get('step')}"
-            + (f"; the grid and shift {payload['checkpoint']}" if payload.get("checkpoint") else "")
-            + f"): normalised read-in (rank "
-            f"{model.get('project_rank')}), {model.get('backbone')} backbone {model.get('num_layers')}L x "
-            f"{model.get('width')}, {model.get('num_heads')} heads, clustering read-out "
-            f"({model.get('cluster_iters')} iterations, {_seeding_text(payload)}), objective "
-            f"{config.get('objective')} + {config.get('resp_weight')} x responsibility cross-entropy, trained on "
-            f"d cycling through {tuple(config.get('train_dims', ()))}, {config.get('tasks_per_k')} tasks per K "
-            f"per step, N_max = {config.get('task', {}).get('n_max')} (N from N_max / 2 to N_max). "
-            f"`{REFINED}` adds {payload.get('refine_steps')} parameter-free EM steps (`tgmm_jax.refine`). "
-            f"Evaluated on {payload.get('tasks_per_cell')} fresh tasks per (d, K) at N = 128; l2 mean ± sem "
-            "(median); the d = 2 model was never trained at d = 128 (the largest training d is 32)."
-        ),
-        "",
-    ]
+    checkpoint = payload.get("checkpoint")
+    intro = prose(
+        "intro",
+        figure=figure,
+        workdir=payload["workdir"],
+        step=payload.get("step"),
+        checkpoint=prose("intro.checkpoint", checkpoint=checkpoint) if checkpoint else "",
+        rank=model.get("project_rank"),
+        backbone=model.get("backbone"),
+        layers=model.get("num_layers"),
+        width=model.get("width"),
+        heads=model.get("num_heads"),
+        iters=model.get("cluster_iters"),
+        seeding=_seeding_text(payload),
+        objective=config.get("objective"),
+        resp_weight=config.get("resp_weight"),
+        train_dims=tuple(config.get("train_dims", ())),
+        tasks_per_k=config.get("tasks_per_k"),
+        n_max=config.get("task", {}).get("n_max"),
+        refined=REFINED,
+        refine_steps=payload.get("refine_steps"),
+        tasks_per_cell=payload.get("tasks_per_cell"),
+    )
+    out = [intro, ""]
     pairs = {name: [] for name in ("alone_vs_em", "alone_vs_kpp", "refined_vs_kpp", "restarts_vs_kpp")}
     for d, res in sorted(grid.items(), key=lambda kv: int(kv[0])):
         cells = res["cells"]
-        out += [f"### d = {d}", "", _table(cells), ""]
+        out += [prose("dim", dim=d), "", _table(cells), ""]
         gains = _gain_table(cells)
         if gains:
             out += [f"{GAIN_TITLE}:", "", gains, ""]
@@ -226,23 +237,12 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
             pairs["restarts_vs_kpp"].append((label, _mean(cells, RESTARTS, k), kpp))
     targets = ["| target | holds in | verdict | margin |", "|---|---|---|---|"]
     if grid:
+        targets.append(_verdict(pairs["alone_vs_em"], 1.0, prose("target.alone_vs_em")))
+        targets.append(_verdict(pairs["alone_vs_kpp"], 2.0, prose("target.alone_vs_kpp")))
+        refined = prose("target.refined_vs_kpp", refine_steps=payload.get("refine_steps"))
+        targets.append(_verdict(pairs["refined_vs_kpp"], 1.0, refined))
         targets.append(
-            _verdict(pairs["alone_vs_em"], 1.0, "network alone below EM (official init), every cell")
-        )
-        targets.append(_verdict(pairs["alone_vs_kpp"], 2.0, "network alone within 2x of em_kmeanspp, d >= 8"))
-        targets.append(
-            _verdict(
-                pairs["refined_vs_kpp"],
-                1.0,
-                f"network + {payload.get('refine_steps')} EM steps at most em_kmeanspp",
-            )
-        )
-        targets.append(
-            _verdict(
-                pairs["restarts_vs_kpp"],
-                1.0,
-                f"{RESTARTS} (not a target: TGMM as the first restart) at most em_kmeanspp",
-            )
+            _verdict(pairs["restarts_vs_kpp"], 1.0, prose("target.restarts_vs_kpp", restarts=RESTARTS))
         )
     timing = payload.get("timing", {})
     if timing:
@@ -253,7 +253,7 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
         ok = sum(s >= 5 for _, s in speed)
         slowest = min(speed, key=lambda x: x[1])
         targets.append(
-            f"| {REFINED} at least 5x faster than em_kmeanspp (same batch, warm) | {ok} of {len(speed)} d | "
+            f"| {prose('target.speed', refined=REFINED)} | {ok} of {len(speed)} d | "
             f"{'met' if ok == len(speed) else 'NOT met'} | slowest {slowest[0]}: {slowest[1]:.2f}x |"
         )
     shift = payload.get("shift")
@@ -261,25 +261,15 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
         cells = shift["cells"]
         ks = sorted({c["K"] for c in cells})
         shift_pairs = [(f"K={k}", _mean(cells, REFINED, k), _mean(cells, "em_kmeanspp", k)) for k in ks]
-        targets.append(
-            _verdict(
-                shift_pairs,
-                1.5,
-                f"sigma_p = {shift['mean_shift']:g}: network + EM within 1.5x of em_kmeanspp",
-            )
-        )
-    out += ["### Targets", "", *targets, ""]
+        targets.append(_verdict(shift_pairs, 1.5, prose("target.shift", shift=f"{shift['mean_shift']:g}")))
+    out += [prose("targets"), "", *targets, ""]
     out += _gain_summary(grid)
     out += _why_missed(pairs, timing)
     if previous and grid:
         out += _previous_table(payload, previous)
     if timing:
         out += [
-            (
-                "Warm wall time on one batch per d (best of 3 after a compiling call, seconds). The machine is a"
-                " 2-core CPU that other jobs also used; the load average (1 min) during the measurement is in"
-                " the last column, and a load above 2 inflates every time (the ratio compares methods timed back to back):"
-            ),
+            prose("timing"),
             "",
             f"| d | tasks | {MODEL_METHOD} | {REFINED} | {RESTARTS} | em_kmeanspp | em_kmeanspp / {REFINED} | load |",
             "|---|---|---|---|---|---|---|---|",
@@ -292,7 +282,7 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
         out.append("")
     if shift:
         out += [
-            f"### Distribution shift, d = 8, sigma_p = {shift['mean_shift']:g}",
+            prose("shift", shift=f"{shift['mean_shift']:g}"),
             "",
             _table(shift["cells"]),
             "",
@@ -304,7 +294,7 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
     if ablation:
         ks = sorted({c["K"] for c in ablation[0]["by_dim"]["8"]["cells"]})
         out += [
-            "### Ablation (same step budget, same batch and schedule; TGMM alone)",
+            prose("ablation"),
             "",
             "| stage | steps | "
             + " | ".join(f"d=8 K={k}" for k in ks)
@@ -322,10 +312,7 @@ def cluster_section(payload: dict, figure: str, previous: dict | None = None) ->
         out.append("")
     curves = payload.get("curves", {})
     if curves:
-        out += [
-            "### Learning curves (TGMM l2 of the periodic evaluations at d = 8, by wall-clock minutes)",
-            "",
-        ]
+        out += [prose("curves"), ""]
         for name, curve in curves.items():
             pts = curve.get("points", [])
             if pts:
