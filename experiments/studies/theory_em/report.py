@@ -1,27 +1,28 @@
-"""The REPORT section of the executable-theory check (``experiments/studies/theory_em/run.py``), from its saved JSON."""
+"""The REPORT section of the executable-theory check (``experiments/studies/theory_em/run.py``), from its saved JSON.
+The fixed prose is in ``report.md`` beside this file."""
 
 from __future__ import annotations
 
 import os
 
-from experiments.studies.base import Part, load_json
+from experiments.studies.base import Part, load_json, prose
 
 
 def theory_section(saved: dict, figure: str) -> list[str]:
     setting = saved["setting"]
+    intro = prose(
+        __file__,
+        "intro",
+        figure=figure,
+        init=setting["init"],
+        dims=setting["dims"],
+        ks=setting["ks"],
+        num_points=setting["num_points"],
+        tasks_per_cell=setting["tasks_per_cell"],
+        dtype=setting["dtype"],
+    )
     out = [
-        "## Theory: a transformer that runs EM steps (Theorem 1), and one that runs a tensor power step (Theorem 2)",
-        f"![Theorem 1 construction vs EM]({figure})",
-        "",
-        (
-            "`tgmm_jax/theory/` builds the weights the proofs describe (derivations in `docs/theory.md`). Theorem 2"
-            " (ReLU attention, d heads) computes T(I, v, v) to float32 rounding (tested against `baselines.spectral`'s"
-            " power update). Theorem 1: two layers per EM step, softmax attention for the E-step and for the"
-            " responsibility-weighted M-step; log and z^2 are ReLU MLPs of the given width (exact when width = none)."
-            f" Distance to exact EM from the same start ({setting['init']}), d in {setting['dims']}, K in"
-            f" {setting['ks']}, N = {setting['num_points']}, {setting['tasks_per_cell']} tasks per (d, K),"
-            f" {setting['dtype']}; median over tasks of the largest component error (`python -m experiments.studies.theory_em.run`):"
-        ),
+        intro,
         "",
         "| MLP width | log floor | EM steps L | means: median | means: max | weights: median |",
         "|---|---|---|---|---|---|",
