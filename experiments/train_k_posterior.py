@@ -8,6 +8,8 @@ schedule (``tgmm_jax.train.state.make_optimizer``), one jitted step that samples
 (seed, step) alone, orbax checkpoints through ``tgmm_jax.train.checkpoint.Checkpoints`` and
 ``metrics.jsonl`` through ``MetricWriter``. Rerunning the same command resumes from the latest checkpoint
 and, since the data depend on (seed, step) only, continues exactly as an uninterrupted run would.
+``--init_from=WORKDIR`` starts from another run's latest parameters (a fresh optimizer and schedule), e.g. to
+fine-tune on more dimensions (use another ``--seed`` so the data stream differs from that run's).
 
 Task prior (``task_spec``): ``TaskSpec(dim, ks=(1..k_max), n_max, n_min, cos_threshold=1.0)``: Algorithm 1
 (weights sort(U[0.2, 0.8]^K) normalised, means U[-5, 5]^D, unit isotropic noise) without the cosine filter
@@ -53,6 +55,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the parameters and the data stream.")
     flags.DEFINE_integer("log_every", 50, "Steps between metrics.jsonl lines.")
     flags.DEFINE_integer("checkpoint_every", 250, "Steps between checkpoints.")
+    flags.DEFINE_string(
+        "init_from",
+        "",
+        "Start from the parameters of this run's latest checkpoint (same model; a fresh "
+        "optimizer and schedule): fine-tuning, e.g. on more dimensions.",
+    )
 
 
 _RESUMABLE = ("steps", "log_every")  # may change on resume (the cosine schedule follows ``steps``)
@@ -86,6 +94,7 @@ def run_config() -> dict:
         "weight_decay": FLAGS.weight_decay,
         "seed": FLAGS.seed,
         "steps": FLAGS.steps,
+        **({"init_from": FLAGS.init_from} if FLAGS.init_from else {}),  # absent: runs saved before it resume
     }
 
 
@@ -111,10 +120,18 @@ def make_tx(cfg: dict):
 
 
 def init_state(cfg: dict, model: KPosterior, tx) -> dict:
+    """Step 0: fresh parameters, or (``init_from``) those of another run of the same model."""
     dim = cfg["dims"][0]
     params = model.init(
         jax.random.PRNGKey(cfg["seed"]), jnp.zeros((1, cfg["n_max"], dim)), jnp.ones((1, cfg["n_max"]), bool)
     )
+    if cfg.get("init_from"):
+        _, params_from, cfg_from = load(cfg["init_from"])
+        if jax.tree.structure(params_from) != jax.tree.structure(params) or any(
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(params_from), jax.tree.leaves(params))
+        ):
+            raise ValueError(f"--init_from={cfg['init_from']!r} holds another model ({cfg_from})")
+        params = params_from
     return {"step": jnp.int32(0), "params": params, "opt_state": tx.init(params)}
 
 
@@ -195,7 +212,7 @@ def load(workdir: str, step: int | None = None):
     with Checkpoints(str(epath.Path(workdir) / "checkpoints"), read_only=True) as ckpt:
         cfg = ckpt.restore_config(step)
         model, tx = build_model(cfg), make_tx(cfg)
-        state = ckpt.restore(init_state(cfg, model, tx), step)
+        state = ckpt.restore(init_state({**cfg, "init_from": ""}, model, tx), step)
     return model, state["params"], cfg
 
 

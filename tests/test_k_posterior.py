@@ -235,3 +235,9 @@ def test_training_resumes_exactly(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params, resumed["params"])
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4]
+    # --init_from: a new run (other dimensions, seed, steps) starts from that run's parameters
+    tk_cfg = dict(cfg, dims=[3, 5], seed=1, steps=4, init_from=str(tmp_path / "b"))
+    started = tk.train(str(tmp_path / "c"), tk_cfg, checkpoint_every=2, stop_after=0)
+    jax.tree.map(np.testing.assert_array_equal, started["params"], resumed["params"])
+    with pytest.raises(ValueError, match="holds another model"):
+        tk.train(str(tmp_path / "d"), dict(tk_cfg, num_layers=2), checkpoint_every=2)
