@@ -1,7 +1,8 @@
 """The REPORT section of the how-many-clusters study (``experiments/studies/k_posterior/run.py``), from its JSON.
 
 ``k_posterior_section(saved, figure, reliability_figure)`` returns the section's markdown lines; the figure
-paths are as the report should link them (relative to the report).
+paths are as the report should link them (relative to the report). The fixed prose is in ``report.md`` beside
+this file.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 
 from experiments.studies.base import Part, load_json
+from experiments.studies.base import prose as _prose
 
 METHODS = ("model", "model_all", "bic", "aic", "bgm", "bic_raw", "aic_raw")
 LABELS = {
@@ -21,6 +23,10 @@ LABELS = {
     "aic_raw": "AIC, collapsed kept",
     "bic_softmax": "BIC-softmax",
 }
+
+
+def prose(name: str, **fields) -> str:
+    return _prose(__file__, name, **fields)
 
 
 def _pct(x) -> str:
@@ -39,31 +45,17 @@ def k_posterior_section(
     s, summary, targets = saved["settings"], saved["summary"], saved.get("targets", {})
     dims, ns = s["dims"], s["ns"]
     present = [m for m in METHODS if any(m in c["accuracy"] for c in saved["cells"])]
+    intro = prose(
+        "intro",
+        figure=figure,
+        seed=s.get("seed"),
+        tasks_per_cell=s["tasks_per_cell"],
+        n_init=s.get("n_init", 10),
+        bgm_threshold=s["bgm_threshold"],
+        reads_at_most=s["model_reads_at_most"],
+    )
     out = [
-        "## How many clusters: a learned posterior over K",
-        f"![K accuracy against true K]({figure})",
-        "",
-        (
-            "`python -m experiments.train_k_posterior` then `python -m experiments.studies.k_posterior.run`: "
-            "`KPosterior` (tgmm_jax/models/k_posterior.py: the normalised read-in without the absolute scale, the "
-            "`set` backbone, masked-mean and attention pooling, an MLP head to log P(K | X), K = 1..8) trained by "
-            "the cross-entropy of the true K on the prior Algorithm 1 without the cosine filter (it cannot place 8 "
-            "means at D = 2), K uniform on 1..8, N ~ U{32..128}, D alternating 2 and 8. "
-            f"Held-out tasks from that prior (seed {s.get('seed')}), {s['tasks_per_cell']} per (D, N, true K), "
-            "the same tasks for every method. BIC and AIC: spherical EM per K = 1..8, the best of "
-            f"{s.get('n_init', 10)} k-means++ restarts (scikit-learn GaussianMixture) among those where no component "
-            "collapsed on a point (smallest variance < 1e-3 x the data's variance: an unbounded likelihood); "
-            "the `collapsed kept` columns are sklearn's own rule (best restart whatever it is), which at small N "
-            "picks large K on pure noise. The BIC-softmax P(K) ∝ exp(-BIC/2) is mixed with 1e-3 of the uniform "
-            "distribution (a K whose restarts all collapsed would have probability 0). BayesianGMM: scikit-learn, 8 "
-            f"spherical components, Dirichlet-process weights; K = components with weight > {s['bgm_threshold']}. "
-            f"Tasks with N > {s['model_reads_at_most']} (the training range) are read by the model through a seeded "
-            f"subsample of {s['model_reads_at_most']} points (`learned, all points` reads every point). The MCMC "
-            "reference (baselines/bayes.py) is fixed-K and is not run: choosing K with it would need each K's "
-            "marginal likelihood."
-        ),
-        "",
-        "K accuracy (%) per (D, N), averaged over true K = 1..8:",
+        intro,
         "",
         "| D | N | " + " | ".join(LABELS[m] for m in present) + " |",
         "|---|---|" + "---|" * len(present),
@@ -89,18 +81,20 @@ def k_posterior_section(
             f"{_num(rel.get('model', {}).get('ece'))} | {_num(rel.get('bic_softmax', {}).get('ece'))} |"
         ),
         "",
-        "On pure noise (K = 1), share of tasks answered 1 (%): "
-        + ", ".join(f"{LABELS[m]} {_pct(summary['k1_rate'].get(m))}" for m in present)
-        + ".",
+        prose(
+            "k1_rate",
+            rates=", ".join(f"{LABELS[m]} {_pct(summary['k1_rate'].get(m))}" for m in present),
+        ),
         "",
-        "BayesianGMM at other weight thresholds (K accuracy %, all cells): "
-        + ", ".join(
-            f"{t:.3g}: {_pct(summary['accuracy'].get(f'bgm@{t:.3g}'))}"
-            for t in s["bgm_thresholds_sensitivity"]
-        )
-        + ".",
+        prose(
+            "bgm_thresholds",
+            accuracies=", ".join(
+                f"{t:.3g}: {_pct(summary['accuracy'].get(f'bgm@{t:.3g}'))}"
+                for t in s["bgm_thresholds_sensitivity"]
+            ),
+        ),
         "",
-        f"![reliability of P(K | X)]({reliability_figure})",
+        prose("reliability", figure=reliability_figure),
         "",
     ]
     if targets:
@@ -109,24 +103,19 @@ def k_posterior_section(
         k1 = targets["k1_answers_1_at_least_95pct"]
 
         def verdict(t):
-            return "**met**" if t["met"] else "**not met**"
+            return prose("met") if t["met"] else prose("not_met")
 
-        out += [
-            "The targets on these held-out tasks:",
-            (
-                f"- K accuracy over BIC at N ≤ 128 (mean over D, N, K): {100 * a['model_minus_bic']:+.1f} points "
-                f"(target ≥ +10): {verdict(a)}."
-            ),
-            (
-                f"- log-loss of the true K: {lo['model']:.3f} against the BIC-softmax's {lo['bic_softmax']:.3f}: "
-                f"{verdict(lo)}."
-            ),
-            (
-                f"- K = 1 answered 1: {_pct(k1['model'])}% of the tasks (target ≥ 95%): {verdict(k1)}. (The estimator's "
-                '`n_components="auto"` does not use this model yet.)'
-            ),
-            "",
-        ]
+        text = prose(
+            "targets",
+            accuracy_gain=f"{100 * a['model_minus_bic']:+.1f}",
+            accuracy=verdict(a),
+            logloss=f"{lo['model']:.3f}",
+            logloss_bic=f"{lo['bic_softmax']:.3f}",
+            logloss_verdict=verdict(lo),
+            k1=_pct(k1["model"]),
+            k1_verdict=verdict(k1),
+        )
+        out += [text, ""]
     return out
 
 
