@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.special import logsumexp
 
 from baselines import get_baseline
 from tgmm_jax.tasks import GMMTask
@@ -105,3 +106,34 @@ def fast_baseline(name, variant="isotropic", **overrides):
     partial = get_baseline(name, variant=variant, **overrides)
     fit = fast_jit(partial.func, static_argnames="config")
     return functools.partial(fit, config=partial.keywords["config"])
+
+
+REG = 1e-6
+
+
+def numpy_em(x, weights, means, variances, max_iter, tol):
+    """Textbook EM in float64 on one task's real points (variances None = unit, known; ``REG`` added to estimated
+    variances, as the mixture core's VARIANCE_REG): (weights, means, variances, n_iter, log-likelihood at the
+    last E-step). The independent reference of the EM tests."""
+    n = x.shape[0]
+    prev, n_iter = -np.inf, 0
+    for _ in range(max_iter):
+        var = np.ones_like(means) if variances is None else variances
+        log_p = (
+            np.log(weights)[None, :]
+            - 0.5 * np.sum((x[:, None, :] - means[None]) ** 2 / var[None], axis=-1)
+            - 0.5 * np.sum(np.log(2 * np.pi * var), axis=-1)[None, :]
+        )
+        lse = logsumexp(log_p, axis=1)
+        ll = lse.mean()
+        resp = np.exp(log_p - lse[:, None])
+        nk = resp.sum(0)
+        weights = nk / n
+        means = resp.T @ x / nk[:, None]
+        if variances is not None:
+            variances = resp.T @ (x**2) / nk[:, None] - means**2 + REG
+        n_iter += 1
+        if abs(ll - prev) < tol:
+            break
+        prev = ll
+    return weights, means, variances, n_iter, ll

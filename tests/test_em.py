@@ -7,45 +7,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from baselines import em
 from baselines.em import EMConfig, fit_em_from
-from tests.baseline_helpers import FAST_COMPILE, aligned_l2_means, fast_baseline, fast_jit, make_tasks
+from tests.baseline_helpers import (
+    FAST_COMPILE,
+    aligned_l2_means,
+    fast_baseline,
+    fast_jit,
+    make_tasks,
+    numpy_em,
+)
 from tgmm_jax.gmm import MixtureParams
 
 jax.config.update("jax_numpy_rank_promotion", "raise")  # also set by tests/conftest.py
 
 REG = 1e-6
 em_from = fast_jit(fit_em_from, static_argnames="variant")
-
-
-def _numpy_em(x, weights, means, variances, max_iter, tol):
-    """Textbook EM in float64 on one task's real points; variances None = unit, known."""
-    n = x.shape[0]
-    prev, n_iter = -np.inf, 0
-    for _ in range(max_iter):
-        var = np.ones_like(means) if variances is None else variances
-        log_p = (
-            np.log(weights)[None, :]
-            - 0.5 * np.sum((x[:, None, :] - means[None]) ** 2 / var[None], axis=-1)
-            - 0.5 * np.sum(np.log(2 * np.pi * var), axis=-1)[None, :]
-        )
-        lse = logsumexp(log_p, axis=1)
-        ll = lse.mean()
-        resp = np.exp(log_p - lse[:, None])
-        nk = resp.sum(0)
-        weights = nk / n
-        means = resp.T @ x / nk[:, None]
-        if variances is not None:
-            variances = resp.T @ (x**2) / nk[:, None] - means**2 + REG
-        n_iter += 1
-        if abs(ll - prev) < tol:
-            break
-        prev = ll
-    return weights, means, variances, n_iter, ll
 
 
 def _tasks(variant="isotropic", seed=0):
@@ -79,7 +59,7 @@ def test_em_from_init_matches_float64_numpy(variant):
         k = int(task.num_components[b])
         x = np.asarray(task.points[b], np.float64)[np.asarray(task.point_mask[b])]
         var0 = None if s0 is None else s0[b, :k] ** 2
-        w, mu, var, n_iter, last_ll = _numpy_em(x, w0[b, :k], mu0[b, :k], var0, 25, 0.0)
+        w, mu, var, n_iter, last_ll = numpy_em(x, w0[b, :k], mu0[b, :k], var0, 25, 0.0)
         assert int(info["n_iter"][b]) == n_iter == 25
         np.testing.assert_allclose(np.asarray(est.weights[b, :k]), w, atol=1e-4)
         np.testing.assert_allclose(np.asarray(est.means[b, :k]), mu, atol=1e-4)
@@ -103,7 +83,7 @@ def test_em_early_stopping_matches_numpy_and_freezes_converged_tasks():
     for b in range(task.points.shape[0]):
         k = int(task.num_components[b])
         x = np.asarray(task.points[b], np.float64)[np.asarray(task.point_mask[b])]
-        _, mu, _, n_iter, _ = _numpy_em(x, w0[b, :k], mu0[b, :k], None, 100, tol)
+        _, mu, _, n_iter, _ = numpy_em(x, w0[b, :k], mu0[b, :k], None, 100, tol)
         if int(info["n_iter"][b]) == n_iter:
             agree += 1
             np.testing.assert_allclose(np.asarray(est.means[b, :k]), mu, atol=1e-4)
