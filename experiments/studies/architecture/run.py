@@ -32,32 +32,39 @@ from experiments.configs import cluster, tiny
 from tgmm_jax import scoring
 from tgmm_jax.train.restore import load_run
 
-flags.DEFINE_integer("dim", 8, "Data dimension of every task.")
-flags.DEFINE_integer("n", 128, "N_max of training (N from N_max / 2) and N of the evaluation tasks.")
-flags.DEFINE_integer("steps", 1500, "Training steps of every variant.")
-flags.DEFINE_integer("tasks_per_k", 16, "Training tasks per K per step (K in 2..5).")
-flags.DEFINE_integer("tasks_per_cell", 256, "Evaluation tasks per K.")
-flags.DEFINE_integer("eval_seed", 20261215, "Seed of the evaluation tasks (the same for every variant).")
-flags.DEFINE_integer("timing_steps", 30, "Steps of each timing run.")
-flags.DEFINE_string("root", "runs/architecture", "Parent of the training workdirs.")
-flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
-flags.DEFINE_list(
-    "sections", ["isotropic", "anisotropic"], "Sections to run (isotropic, anisotropic, timing)."
-)
-flags.DEFINE_list("variants", [], "Only these variants (default: all of the sections').")
-flags.DEFINE_bool("train_only", False, "Train (or resume) the selected variants and stop (parallel runs).")
-flags.DEFINE_bool(
-    "eval_only", False, "Never train: wait for each variant's run (trained elsewhere) to finish."
-)
-flags.DEFINE_integer(
-    "min_steps",
-    None,
-    "With --eval_only: evaluate a run's latest checkpoint once it reaches this step (default --steps).",
-)
-flags.DEFINE_list(
-    "baselines", [], "Only these baselines (default: em, em_kmeanspp and, isotropic only, spectral)."
-)
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command: importing this module defines none."""
+    flags.DEFINE_integer("dim", 8, "Data dimension of every task.")
+    flags.DEFINE_integer("n", 128, "N_max of training (N from N_max / 2) and N of the evaluation tasks.")
+    flags.DEFINE_integer("steps", 1500, "Training steps of every variant.")
+    flags.DEFINE_integer("tasks_per_k", 16, "Training tasks per K per step (K in 2..5).")
+    flags.DEFINE_integer("tasks_per_cell", 256, "Evaluation tasks per K.")
+    flags.DEFINE_integer("eval_seed", 20261215, "Seed of the evaluation tasks (the same for every variant).")
+    flags.DEFINE_integer("timing_steps", 30, "Steps of each timing run.")
+    flags.DEFINE_string("root", "runs/architecture", "Parent of the training workdirs.")
+    flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
+    flags.DEFINE_list(
+        "sections", ["isotropic", "anisotropic"], "Sections to run (isotropic, anisotropic, timing)."
+    )
+    flags.DEFINE_list("variants", [], "Only these variants (default: all of the sections').")
+    flags.DEFINE_bool(
+        "train_only", False, "Train (or resume) the selected variants and stop (parallel runs)."
+    )
+    flags.DEFINE_bool(
+        "eval_only", False, "Never train: wait for each variant's run (trained elsewhere) to finish."
+    )
+    flags.DEFINE_integer(
+        "min_steps",
+        None,
+        "With --eval_only: evaluate a run's latest checkpoint once it reaches this step (default --steps).",
+    )
+    flags.DEFINE_list(
+        "baselines", [], "Only these baselines (default: em, em_kmeanspp and, isotropic only, spectral)."
+    )
+
 
 REFERENCE = "set-2x64"  # the tiny recipe's network: every other isotropic variant changes one thing
 ISO_BASELINES = ("em", "em_kmeanspp", "spectral")
@@ -335,4 +342,5 @@ def _figure(panels, path: str, budget: dict) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

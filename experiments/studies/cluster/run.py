@@ -40,26 +40,31 @@ from tgmm_jax.tasks import sample_tasks
 from tgmm_jax.train.restore import load_run
 from tgmm_jax.trained import with_slot_init
 
-flags.DEFINE_string("workdir", "runs/cluster", "The trained clustering TGMM (configs/cluster.py).")
-flags.DEFINE_string(
-    "checkpoint", "", "A shipped checkpoint to evaluate instead of --workdir (grid/shift/timing)."
-)
-flags.DEFINE_list("dims", ["2", "8", "32", "128"], "Data dimensions of the grid.")
-flags.DEFINE_integer("tasks_per_cell", 256, "Evaluation tasks per (d, K).")
-flags.DEFINE_integer("refine_steps", 5, "EM steps after the network for tgmm+em.")
-flags.DEFINE_float("shift", 10.0, "sigma_p of the distribution-shift section.")
-flags.DEFINE_integer("eval_seed", 20261202, "Seed of the evaluation tasks.")
-flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
-flags.DEFINE_string("ablation_root", "runs/cluster_ablation", "Parent of the ablation workdirs.")
-flags.DEFINE_integer("ablation_steps", 1000, "Training steps of each ablation run.")
-flags.DEFINE_integer("ablation_tasks_per_cell", 128, "Evaluation tasks per K of the ablation.")
-flags.DEFINE_list("sections", ["grid", "shift", "timing", "ablation"], "Sections to run.")
-flags.DEFINE_string(
-    "slot_init",
-    "",
-    "Evaluate the checkpoint with this slot_init instead of the trained one (the seedings have no parameters).",
-)
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command: importing this module defines none."""
+    flags.DEFINE_string("workdir", "runs/cluster", "The trained clustering TGMM (configs/cluster.py).")
+    flags.DEFINE_string(
+        "checkpoint", "", "A shipped checkpoint to evaluate instead of --workdir (grid/shift/timing)."
+    )
+    flags.DEFINE_list("dims", ["2", "8", "32", "128"], "Data dimensions of the grid.")
+    flags.DEFINE_integer("tasks_per_cell", 256, "Evaluation tasks per (d, K).")
+    flags.DEFINE_integer("refine_steps", 5, "EM steps after the network for tgmm+em.")
+    flags.DEFINE_float("shift", 10.0, "sigma_p of the distribution-shift section.")
+    flags.DEFINE_integer("eval_seed", 20261202, "Seed of the evaluation tasks.")
+    flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
+    flags.DEFINE_string("ablation_root", "runs/cluster_ablation", "Parent of the ablation workdirs.")
+    flags.DEFINE_integer("ablation_steps", 1000, "Training steps of each ablation run.")
+    flags.DEFINE_integer("ablation_tasks_per_cell", 128, "Evaluation tasks per K of the ablation.")
+    flags.DEFINE_list("sections", ["grid", "shift", "timing", "ablation"], "Sections to run.")
+    flags.DEFINE_string(
+        "slot_init",
+        "",
+        "Evaluate the checkpoint with this slot_init instead of the trained one (the seedings have no parameters).",
+    )
+
 
 REFINED = "tgmm+em"
 RESTARTS = "tgmm+kpp3"  # TGMM as the first restart: EM from it and from 3 k-means++ starts, best likelihood
@@ -329,4 +334,5 @@ def plot(payload: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -47,16 +47,20 @@ METHODS = ("em_missing", "em_mean_impute")
 NUM_POINTS = 128
 NUM_COMPONENTS = 3
 
-flags.DEFINE_list("dims", ["2", "8"], "Data dimensions.")
-flags.DEFINE_list(
-    "rates", ["0", "0.1", "0.3", "0.5"], "Missing rates (expected fraction of masked coordinates)."
-)
-flags.DEFINE_integer("tasks", 128, "Tasks per dimension (the same tasks at every rate).")
-flags.DEFINE_enum("variant", "isotropic", ["isotropic", "anisotropic"], "The mixture both methods fit.")
-flags.DEFINE_integer("n_init", 10, "k-means++ restarts of both methods.")
-flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks and masks.")
-flags.DEFINE_string("results", "results/missing_values", "Where missing_values.json goes.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command: importing this module defines none."""
+    flags.DEFINE_list("dims", ["2", "8"], "Data dimensions.")
+    flags.DEFINE_list(
+        "rates", ["0", "0.1", "0.3", "0.5"], "Missing rates (expected fraction of masked coordinates)."
+    )
+    flags.DEFINE_integer("tasks", 128, "Tasks per dimension (the same tasks at every rate).")
+    flags.DEFINE_enum("variant", "isotropic", ["isotropic", "anisotropic"], "The mixture both methods fit.")
+    flags.DEFINE_integer("n_init", 10, "k-means++ restarts of both methods.")
+    flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks and masks.")
+    flags.DEFINE_string("results", "results/missing_values", "Where missing_values.json goes.")
 
 
 def _ari(labels_BxN, pred_BxN, mask_BxN) -> np.ndarray:
@@ -158,4 +162,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -19,19 +19,23 @@ from experiments import study
 from experiments.studies.training import common as ts
 from tgmm_jax.scoring import MODEL_METHOD
 
-flags.DEFINE_list("layers", ["1", "3", "6"], "Depths L (the rebuttal: up to 12).")
-flags.DEFINE_integer("steps", 300, "Training steps per model.")
-flags.DEFINE_integer("dim", 8, "Data dimension.")
-flags.DEFINE_integer("n", 64, "N_max of training (N drawn from [n/2, n]).")
-flags.DEFINE_list("test_n", ["32", "64", "128", "256", "512"], "Test sample sizes.")
-flags.DEFINE_list(
-    "baselines", ["em", "em_kmeanspp", "spectral"], "Baselines scored beside the deepest model."
-)
-flags.DEFINE_integer("tasks_per_cell", 128, "Evaluation tasks per (K, N).")
-flags.DEFINE_integer("eval_seed", 20260416, "Seed of the evaluation tasks (the same for every model).")
-flags.DEFINE_string("root", "runs/depth", "Parent of the training workdirs.")
-flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command: importing this module defines none."""
+    flags.DEFINE_list("layers", ["1", "3", "6"], "Depths L (the rebuttal: up to 12).")
+    flags.DEFINE_integer("steps", 300, "Training steps per model.")
+    flags.DEFINE_integer("dim", 8, "Data dimension.")
+    flags.DEFINE_integer("n", 64, "N_max of training (N drawn from [n/2, n]).")
+    flags.DEFINE_list("test_n", ["32", "64", "128", "256", "512"], "Test sample sizes.")
+    flags.DEFINE_list(
+        "baselines", ["em", "em_kmeanspp", "spectral"], "Baselines scored beside the deepest model."
+    )
+    flags.DEFINE_integer("tasks_per_cell", 128, "Evaluation tasks per (K, N).")
+    flags.DEFINE_integer("eval_seed", 20260416, "Seed of the evaluation tasks (the same for every model).")
+    flags.DEFINE_string("root", "runs/depth", "Parent of the training workdirs.")
+    flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
 
 
 def n_trend(cells: list[dict], method: str, n_train: int, n_large: int) -> dict:
@@ -105,4 +109,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

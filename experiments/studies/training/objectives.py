@@ -21,22 +21,27 @@ from experiments.studies.training import common as ts
 from tgmm_jax.losses import OBJECTIVES
 from tgmm_jax.scoring import MODEL_METHOD
 
-flags.DEFINE_list("objectives", ["est", "est_matched", "lik", "est+lik"], "Training objectives.")
-flags.DEFINE_integer("steps", 150, "Training steps per model.")
-flags.DEFINE_integer("dim", 8, "Data dimension.")
-flags.DEFINE_integer("n", 128, "N_max of training; the evaluation is at N = n.")
-flags.DEFINE_integer("seed", 0, "Training seed (the same for every objective).")
-flags.DEFINE_list(
-    "baselines", ["em", "em_kmeanspp", "spectral"], "Baselines scored beside the first objective."
-)
-flags.DEFINE_integer("tasks_per_cell", 256, "Evaluation tasks per K.")
-flags.DEFINE_integer("eval_seed", 20260417, "Seed of the evaluation tasks (the same for every model).")
-flags.DEFINE_string("root", "runs/training_studies", "Parent of the training workdirs.")
-flags.DEFINE_bool(
-    "partial", False, "Evaluate runs stopped early (SIGTERM) at their latest step; the report says so."
-)
-flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command: importing this module defines none."""
+    flags.DEFINE_list("objectives", ["est", "est_matched", "lik", "est+lik"], "Training objectives.")
+    flags.DEFINE_integer("steps", 150, "Training steps per model.")
+    flags.DEFINE_integer("dim", 8, "Data dimension.")
+    flags.DEFINE_integer("n", 128, "N_max of training; the evaluation is at N = n.")
+    flags.DEFINE_integer("seed", 0, "Training seed (the same for every objective).")
+    flags.DEFINE_list(
+        "baselines", ["em", "em_kmeanspp", "spectral"], "Baselines scored beside the first objective."
+    )
+    flags.DEFINE_integer("tasks_per_cell", 256, "Evaluation tasks per K.")
+    flags.DEFINE_integer("eval_seed", 20260417, "Seed of the evaluation tasks (the same for every model).")
+    flags.DEFINE_string("root", "runs/training_studies", "Parent of the training workdirs.")
+    flags.DEFINE_bool(
+        "partial", False, "Evaluate runs stopped early (SIGTERM) at their latest step; the report says so."
+    )
+    flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
+
 
 METRICS = ("l2", "loglik", "cluster_acc")
 
@@ -148,4 +153,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -21,19 +21,25 @@ from tgmm_jax.scoring import MODEL_METHOD
 
 PARTS = ("paper", "cluster")
 
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
-flags.DEFINE_list("parts", list(PARTS), "Which headline models: paper (tiny.py at d=8) and/or cluster.")
-flags.DEFINE_list("cluster_seeds", [], "Seeds of the cluster part, if not --seeds.")
-flags.DEFINE_integer("paper_steps", 150, "Training steps of the paper-architecture model.")
-flags.DEFINE_integer("cluster_steps", 300, "Training steps of the README's main job (the README says 1000).")
-flags.DEFINE_integer("dim", 8, "Data dimension of the paper-architecture model.")
-flags.DEFINE_integer("n", 128, "N_max of the paper-architecture model; the evaluation is at N = n.")
-flags.DEFINE_list("baselines", ["em", "em_kmeanspp", "spectral"], "Baselines scored once, beside seed 0.")
-flags.DEFINE_integer("tasks_per_cell", 256, "Evaluation tasks per K.")
-flags.DEFINE_integer("eval_seed", 20260415, "Seed of the evaluation tasks (the same for every model).")
-flags.DEFINE_string("root", "runs/training_studies", "Parent of the training workdirs.")
-flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command: importing this module defines none."""
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+    flags.DEFINE_list("parts", list(PARTS), "Which headline models: paper (tiny.py at d=8) and/or cluster.")
+    flags.DEFINE_list("cluster_seeds", [], "Seeds of the cluster part, if not --seeds.")
+    flags.DEFINE_integer("paper_steps", 150, "Training steps of the paper-architecture model.")
+    flags.DEFINE_integer(
+        "cluster_steps", 300, "Training steps of the README's main job (the README says 1000)."
+    )
+    flags.DEFINE_integer("dim", 8, "Data dimension of the paper-architecture model.")
+    flags.DEFINE_integer("n", 128, "N_max of the paper-architecture model; the evaluation is at N = n.")
+    flags.DEFINE_list("baselines", ["em", "em_kmeanspp", "spectral"], "Baselines scored once, beside seed 0.")
+    flags.DEFINE_integer("tasks_per_cell", 256, "Evaluation tasks per K.")
+    flags.DEFINE_integer("eval_seed", 20260415, "Seed of the evaluation tasks (the same for every model).")
+    flags.DEFINE_string("root", "runs/training_studies", "Parent of the training workdirs.")
+    flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
 
 
 def _part(name: str, seeds: list[int]) -> dict:
@@ -124,4 +130,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
