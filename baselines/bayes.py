@@ -142,7 +142,7 @@ mu_k = sigma nu_k, nu_k in [a, b]^D with the cosine constraint, x_n ~ N(mu_{z_n}
     draw; 29 s vs 36 s for the 64 tasks at N = 128, compile included, under load).
 
 ``prior='phase_transition'``: the two-component tasks of ``tasks.sample_phase_transition_tasks(key, n, a, b,
-batch)``, padded or not (``experiments.phase_transition.pad_components``: K_max = 5, 2 real components).
+batch)``, padded or not (``experiments.studies.phase_transition.run.pad_components``: K_max = 5, 2 real ones).
 ``BayesConfig(prior='phase_transition', delta=Delta)``, Delta = sqrt((1 + sqrt(a)) log n) (required, > 0;
 the estimator knows it, as the tasks' setting fixes it). The prior:
   weights   fixed (1/2, 1/2); labels s_n = +1 (component 0) or -1 (component 1), each with probability 1/2;
@@ -189,7 +189,7 @@ task at b = 0.1 (D = 62) and 0.55 s CPU (0.8-0.95 s wall) per task at b = 1 (D =
 config field, so each rho of a study compiles once.
 Quality: mean l2 (evaluate_estimates after padding to K_max = 5) over 16 tasks per cell
 (sample_phase_transition_tasks(key(int(100 rho)), 128, a_for(rho, b), b, 16)), rho = Delta / Delta_line
-(``experiments.phase_transition.a_for``), +- standard error, em_kmeanspp on the same tasks:
+(``experiments.studies.phase_transition.run.a_for``), +- standard error, em_kmeanspp on the same tasks:
     b = 0.1 (D = 62)   rho = 1: 0.0148 +- 0.0005 vs 0.0208 +- 0.0012 (ratio 0.71; Bayes lower on 16/16)
                        rho = 1.5: 0.0147 +- 0.0005 vs 0.0185 +- 0.0012 (0.80; 16/16)
                        rho = 2: 0.0160 +- 0.0004 vs 0.0185 +- 0.0009 (0.86; 15/16)
