@@ -13,6 +13,7 @@ from experiments.studies.baseline_speed import report as baseline_speed_report
 from experiments.studies.cluster import report as cluster_report
 from experiments.studies.hard_regime import report as hard_regime_report
 from experiments.studies.k_posterior import report as k_posterior_report
+from experiments.studies.missing_values import report as missing_values_report
 from experiments.studies.phase_transition import report as phase_transition_report
 from experiments.studies.prototype import report as prototype_report
 from experiments.studies.real_data import report as real_data_report
@@ -126,7 +127,12 @@ STUDIES = (
         ("real_data.json", "real_data.png"),
         real_data_report.build,
     ),
-    Study("missing_values", ("python -m experiments.studies.missing_values.run",), ("missing_values/",)),
+    Study(
+        "missing_values",
+        ("python -m experiments.studies.missing_values.run",),
+        ("missing_values/",),
+        missing_values_report.build,
+    ),
     Study(
         "baseline_speed",
         ("python -m benchmarks.baselines --json results/benchmark_baselines_cpu.json",),

@@ -1,28 +1,36 @@
-"""Missing values, the classical half: exact missing-data EM against mean imputation + EM.
+"""Missing values: the TGMM estimator against exact missing-data EM and mean imputation + EM.
 
 Held-out Algorithm-1 tasks (``--dims`` 2 and 8, N = 128, K = 3, ``--tasks`` per cell, isotropic unit
 variance) with coordinates masked completely at random (``tgmm_jax.masking``: each point keeps at least one
 coordinate; the masked fraction's expectation is the rate) at ``--rates`` 0, 10, 30 and 50%. The tasks are the
-same at every rate, and both methods see the same mask.
+same at every rate, and every method sees the same mask.
 
+  tgmm            ``TGMMEstimator(3, missing="allow", noise_variance=1.0)`` (the shipped checkpoint): the network
+                  reads the mean-imputed points, then exact missing-data EM steps (``MISSING_EM_STEPS`` = 5)
+  tgmm_refine     the same with ``refine="em", em_steps=100`` (the baselines' max_iter), no restarts
   em_missing      exact missing-data EM, k-means++ x 10 seeded on the mean-imputed points (baselines.missing_em)
   em_mean_impute  mean imputation, then EM with k-means++ x 10 (em_kmeanspp on the completed points)
 
-Both fit the task's model (``--variant``, isotropic: unit variance, known; the paper's setting). Scores per task:
+All fit the task's model (``--variant``, isotropic: unit variance, known; the paper's setting; the estimator is
+told ``noise_variance=1.0``). The estimator fits every task of a cell in one ``fit_batch`` call. Scores per task:
   l2          the project's aligned parameter error (``tgmm_jax.metrics.evaluate_estimates``: means and weights
               under the best component matching) against the true mixture
-  ari         adjusted Rand index of each method's own labels against the true ones: em_missing's MAP
-              component under the posterior given the observed coordinates; em_mean_impute's MAP component of
-              the imputed point under its fit (what the imputation pipeline outputs)
-  ari_observed  ARI of the MAP component given the observed coordinates under either fit (the estimates' quality
-              as clusterers, with the same label rule for both)
-and the paired difference em_missing - em_mean_impute of l2 and ARI (mean, SEM over tasks).
+  ari         adjusted Rand index of each method's own labels against the true ones: em_missing's and the
+              estimator's MAP component under the posterior given the observed coordinates (the estimator's
+              ``predict``; ``predict_agreement`` checks it against ``fit(X).predict(X)`` on the first
+              ``PREDICT_CHECKS`` tasks of each cell); em_mean_impute's MAP component of the imputed point under
+              its fit (what the imputation pipeline outputs)
+  ari_observed  ARI of the MAP component given the observed coordinates under any fit (the estimates' quality
+              as clusterers, with the same label rule for all)
+and the paired differences em_missing - em_mean_impute and <model> - <baseline> of l2 and ARI (mean, SEM
+over tasks). ``checks`` holds the issue's two done-when verdicts at rate 0.3 per d (``report.checks``).
 At d = 2 a rate of 50% is the maximum: every point has exactly one coordinate missing, so no point shows both
 coordinates together: the data identify the two marginal mixtures, and only their weights tell which cluster
 of x_1 goes with which cluster of x_2 (weakly: close weights swap). A large l2 there is mostly the data's limit.
 
 Usage: python -m experiments.studies.missing_values.run [--tasks 128] [--results results/missing_values]
-Writes ``missing_values.json`` to ``--results``.
+Writes ``missing_values.json`` and ``missing_values.png`` to ``--results``; ``--plot_only`` redraws the figure
+from the saved JSON.
 """
 
 from __future__ import annotations
@@ -32,20 +40,28 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from sklearn.metrics import adjusted_rand_score
 
 from baselines import get_baseline
 from experiments.label_metrics import stat
-from tgmm_jax import gmm, masking
+from experiments.studies.missing_values import report
+from tgmm_jax import gmm, masking, pretrained
+from tgmm_jax.estimator import TGMMEstimator
+from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.metrics import evaluate_estimates
 from tgmm_jax.mixture import missing
 from tgmm_jax.tasks import TaskSpec, sample_tasks
 
-METHODS = ("em_missing", "em_mean_impute")
+MODELS = report.MODELS  # ("tgmm", "tgmm_refine")
+BASELINES = report.BASELINES  # ("em_missing", "em_mean_impute")
+METHODS = MODELS + BASELINES
 NUM_POINTS = 128
 NUM_COMPONENTS = 3
+REFINE_STEPS = 100  # tgmm_refine's EM steps: the baselines' max_iter (baselines.missing_em)
+PREDICT_CHECKS = 4  # tasks per cell on which fit_batch's labels are checked against fit(X).predict(X)
 
 FLAGS = flags.FLAGS
 
@@ -57,10 +73,12 @@ def define_flags() -> None:
         "rates", ["0", "0.1", "0.3", "0.5"], "Missing rates (expected fraction of masked coordinates)."
     )
     flags.DEFINE_integer("tasks", 128, "Tasks per dimension (the same tasks at every rate).")
-    flags.DEFINE_enum("variant", "isotropic", ["isotropic", "anisotropic"], "The mixture both methods fit.")
-    flags.DEFINE_integer("n_init", 10, "k-means++ restarts of both methods.")
+    flags.DEFINE_enum("variant", "isotropic", ["isotropic", "anisotropic"], "The mixture the baselines fit.")
+    flags.DEFINE_integer("n_init", 10, "k-means++ restarts of both baselines.")
     flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks and masks.")
+    flags.DEFINE_string("checkpoint", pretrained.DEFAULT, "The estimator's checkpoint.")
     flags.DEFINE_string("results", "results/missing_values", "Where missing_values.json goes.")
+    flags.DEFINE_bool("plot_only", False, "Only redraw missing_values.png from the saved JSON.")
 
 
 def _ari(labels_BxN, pred_BxN, mask_BxN) -> np.ndarray:
@@ -70,6 +88,61 @@ def _ari(labels_BxN, pred_BxN, mask_BxN) -> np.ndarray:
 def _paired(a, b) -> dict:
     diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     return stat(diff)
+
+
+def _estimator(name: str) -> TGMMEstimator:
+    """The model method ``name``: the estimator told the known unit isotropic noise (the baselines' model)."""
+    extra = dict(refine="em", em_steps=REFINE_STEPS) if name == "tgmm_refine" else {}
+    return TGMMEstimator(
+        NUM_COMPONENTS,
+        checkpoint=FLAGS.checkpoint,
+        noise_variance=1.0,
+        missing="allow",
+        random_state=0,
+        **extra,
+    )
+
+
+def _fit_model(name: str, masked):
+    """(estimate as the task's MixtureParams (float32, K = NUM_COMPONENTS), the estimator) for every task of
+    ``masked`` in one ``fit_batch`` call (NaN = missing)."""
+    est = _estimator(name)
+    fit = est.fit_batch(np.asarray(masked.points, np.float64), np.asarray(masked.point_mask))
+    k = NUM_COMPONENTS
+    if not (fit.component_mask[:, :k].all() and not fit.component_mask[:, k:].any()):
+        raise RuntimeError(f"{name}: fit_batch did not fit K = {k} components")
+    estimate = MixtureParams(
+        *(jnp.asarray(a[:, :k], jnp.float32) for a in (fit.weights, fit.means, fit.scales)),
+        jnp.asarray(fit.component_mask[:, :k]),
+    )
+    return estimate, est
+
+
+def _predict_agreement(name: str, masked, labels_BxN) -> float:
+    """Fraction of the first ``PREDICT_CHECKS`` tasks' points on which ``fit(X).predict(X)`` of one task gives
+    the labels of the batched fit (``labels_BxN``): the batched scoring is the estimator's own ``predict``."""
+    points = np.asarray(masked.points, np.float64)
+    real = np.asarray(masked.point_mask)
+    same = [
+        _estimator(name).fit(points[i][real[i]]).predict(points[i][real[i]]) == labels_BxN[i][real[i]]
+        for i in range(min(PREDICT_CHECKS, points.shape[0]))
+    ]
+    return float(np.mean(np.concatenate(same)))
+
+
+def _fit(name: str, masked, key):
+    """One method on every task: (estimate, info dict or None, labels it outputs [B, N], seconds)."""
+    if name in MODELS:
+        _fit_model(name, masked)  # compile (the same shapes at every rate)
+        start = time.perf_counter()
+        estimate, _ = _fit_model(name, masked)
+        seconds = time.perf_counter() - start
+        return estimate, None, seconds
+    fit = get_baseline(name, FLAGS.variant, n_init=FLAGS.n_init)
+    jax.block_until_ready(fit(key, masked))  # compile (the same shapes at every rate)
+    start = time.perf_counter()
+    estimate, info = jax.block_until_ready(fit(key, masked))
+    return estimate, info, time.perf_counter() - start
 
 
 def run_cell(task, dim: int, rate: float, key) -> dict:
@@ -86,12 +159,7 @@ def run_cell(task, dim: int, rate: float, key) -> dict:
     )
     per_task = {}
     for name in METHODS:
-        fit = get_baseline(name, FLAGS.variant, n_init=FLAGS.n_init)
-        fit_key = jax.random.fold_in(key, 7)
-        jax.block_until_ready(fit(fit_key, masked))  # compile (the same shapes at every rate)
-        start = time.perf_counter()
-        estimate, info = jax.block_until_ready(fit(fit_key, masked))
-        seconds = time.perf_counter() - start
+        estimate, info, seconds = _fit(name, masked, jax.random.fold_in(key, 7))
         l2 = np.asarray(evaluate_estimates(estimate, task)["l2"], np.float64)
         by_observed = np.asarray(np.argmax(missing.log_joint(masked.points, estimate), axis=-1))
         if name == "em_mean_impute":
@@ -103,24 +171,67 @@ def run_cell(task, dim: int, rate: float, key) -> dict:
         ari_observed = _ari(labels, by_observed, real)
         per_task[name] = dict(l2=l2, ari=ari)
         out["methods"][name] = dict(
-            l2=stat(l2),
-            ari=stat(ari),
-            ari_observed=stat(ari_observed),
-            n_iter=stat(info["n_iter"]),
-            converged=float(np.mean(info["converged"])),
-            valid=float(np.mean(info["valid"])),
-            seconds=seconds,
+            l2=stat(l2), ari=stat(ari), ari_observed=stat(ari_observed), seconds=seconds
         )
+        if info is not None:
+            out["methods"][name].update(
+                n_iter=stat(info["n_iter"]),
+                converged=float(np.mean(info["converged"])),
+                valid=float(np.mean(info["valid"])),
+            )
+        else:
+            out["methods"][name]["predict_agreement"] = _predict_agreement(name, masked, own)
+    for a_name, b_name in [("em_missing", "em_mean_impute")] + [(m, b) for m in MODELS for b in BASELINES]:
+        a, b = per_task[a_name], per_task[b_name]
+        out[f"{a_name}_minus_{b_name}"] = dict(l2=_paired(a["l2"], b["l2"]), ari=_paired(a["ari"], b["ari"]))
     a, b = per_task["em_missing"], per_task["em_mean_impute"]
-    out["em_missing_minus_em_mean_impute"] = dict(
-        l2=_paired(a["l2"], b["l2"]), ari=_paired(a["ari"], b["ari"])
-    )
     out["l2_ratio_em_missing_over_em_mean_impute"] = float(np.mean(a["l2"]) / np.mean(b["l2"]))
+    for m in MODELS:
+        out[f"l2_ratio_{m}_over_em_missing"] = float(np.mean(per_task[m]["l2"]) / np.mean(a["l2"]))
     return out
+
+
+def plot(payload: dict, path: str) -> None:
+    """One row per d: l2 (log scale) and ARI against the missing rate, mean ± sem over tasks, per method."""
+    from matplotlib.figure import Figure
+
+    cells = payload["cells"]
+    dims = sorted({c["dim"] for c in cells})
+    methods = [m for m in METHODS if any(m in c["methods"] for c in cells)]
+    fig = Figure(figsize=(8.0, 2.9 * len(dims)))
+    axes = fig.subplots(len(dims), 2, squeeze=False)
+    for i, dim in enumerate(dims):
+        mine = sorted((c for c in cells if c["dim"] == dim), key=lambda c: c["rate"])
+        for j, metric in enumerate(("l2", "ari")):
+            ax = axes[i][j]
+            for n, m in enumerate(methods):
+                pts = [(c["rate"], c["methods"][m][metric]) for c in mine if m in c["methods"]]
+                ax.errorbar(
+                    [100 * r for r, _ in pts], [s["mean"] for _, s in pts], yerr=[s["sem"] for _, s in pts],
+                    marker="o", ms=3, capsize=2, color=f"C{n}", label=m,
+                    linestyle="--" if m in BASELINES else "-",
+                )  # fmt: skip
+            if metric == "l2":
+                ax.set_yscale("log")
+            label = "ARI" if metric == "ari" else metric
+            ax.set_title(f"d={dim}, N={payload['settings']['num_points']}, K=3: {label}", fontsize=9)
+            ax.set_ylabel(f"{label} (mean ± sem)", fontsize=8)
+            ax.set_xlabel("missing coordinates (%)", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=110)
 
 
 def main(argv):
     del argv
+    json_path = os.path.join(FLAGS.results, "missing_values.json")
+    figure_path = os.path.join(FLAGS.results, "missing_values.png")
+    if FLAGS.plot_only:
+        with open(json_path) as f:
+            plot(json.load(f), figure_path)
+        print(f"wrote {figure_path}")
+        return
     started = time.time()
     cells = []
     for dim in [int(d) for d in FLAGS.dims]:
@@ -149,16 +260,21 @@ def main(argv):
             variant=FLAGS.variant,
             n_init=FLAGS.n_init,
             eval_seed=FLAGS.eval_seed,
+            checkpoint=FLAGS.checkpoint,
+            refine_steps=REFINE_STEPS,
             backend=jax.default_backend(),
         ),
         cells=cells,
-        wall_seconds=time.time() - started,
     )
+    payload["checks"] = report.checks(payload)
+    payload["wall_seconds"] = time.time() - started
+    for c in payload["checks"]:
+        print(report.check_line(c), flush=True)
     os.makedirs(FLAGS.results, exist_ok=True)
-    path = os.path.join(FLAGS.results, "missing_values.json")
-    with open(path, "w") as f:
+    with open(json_path, "w") as f:
         json.dump(payload, f, indent=1)
-    print(f"wrote {path} ({payload['wall_seconds']:.0f} s)")
+    plot(payload, figure_path)
+    print(f"wrote {json_path} and {figure_path} ({payload['wall_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":
