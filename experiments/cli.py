@@ -26,7 +26,7 @@ def evaluate() -> None:
 def fit() -> None:
     from experiments import fit as module
 
-    app.run(module.main, flags_parser=module._parse_flags)  # its one-line usage errors, as under python -m
+    app.run(module.main_and_exit, flags_parser=module._parse_flags)  # one-line usage errors, fast exit
 
 
 def export() -> None:

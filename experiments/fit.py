@@ -71,7 +71,12 @@ from tgmm_jax import export_cache
 from tgmm_jax.estimator import TGMMEstimatorCore, check_points  # the core: no scikit-learn import
 
 _DATA = flags.DEFINE_string("data", None, "Points file: .npy or .csv, [n_samples, n_features].")
-_K = flags.DEFINE_string("n_components", "3", "K (in the checkpoint's trained set) or 'auto' (lowest BIC).")
+_K = flags.DEFINE_string(
+    "n_components",
+    "3",
+    "K (in the checkpoint's trained set), 'auto' (the most probable K under the learned P(K | X)) or 'bic' "
+    "(the lowest BIC).",
+)
 _REFINE = flags.DEFINE_enum("refine", "none", ["none", "em"], "EM steps after the network's estimate.")
 _EM_STEPS = flags.DEFINE_integer("em_steps", 5, "EM steps when --refine=em.")
 _RESTARTS = flags.DEFINE_integer("n_restarts", 0, "Extra k-means++ EM runs when --refine=em.")
@@ -249,13 +254,15 @@ def _parse_row(
 def fit_points(X: np.ndarray, n_components="3", **params) -> tuple[dict, np.ndarray]:
     """Fits the points ``X``; returns the JSON-ready result (parameters, BIC, AIC, log-likelihood) and the
     component of every point."""
-    if n_components == "auto":
-        k = "auto"
+    if n_components in ("auto", "bic"):
+        k = n_components
     else:
         try:
             k = int(n_components)
         except (TypeError, ValueError):
-            raise ValueError(f"--n_components must be an integer or 'auto', got {n_components!r}") from None
+            raise ValueError(
+                f"--n_components must be an integer, 'auto' or 'bic', got {n_components!r}"
+            ) from None
     est = TGMMEstimatorCore(k, **params).fit(X)
     labels = est.predict(X)
     result = {
@@ -272,6 +279,10 @@ def fit_points(X: np.ndarray, n_components="3", **params) -> tuple[dict, np.ndar
         "aic": float(est.aic(X)),
         # a K that could not be scored (more components than points, a non-finite likelihood): null
         "bic_by_k": {str(kk): v if math.isfinite(v) else None for kk, v in est.bic_by_k_.items()},
+        # "auto": the learned P(K | X) for K = 1, 2, ... (null otherwise)
+        "posterior_n_components": (
+            None if est.posterior_n_components_ is None else est.posterior_n_components_.tolist()
+        ),
         "converged": est.converged_,
         "n_iter": est.n_iter_,
         "labels_count": np.bincount(labels, minlength=est.n_components_).tolist(),
@@ -507,6 +518,18 @@ def main(argv) -> int:
     )
 
 
+def main_and_exit(argv) -> None:
+    """``main``, then the process ends at once with its status, after flushing stdout and stderr (every
+    output file is written and closed by then). ``os._exit`` skips the interpreter's teardown, where JAX
+    frees its CPU client and joins its threads: 0.3-1 s of a warm fit's 3 s that the command does not need
+    (measured: ``python -c "import jax; ..."`` 4.2-5.2 s against 3.0-4.0 s with ``os._exit``, load ~7)."""
+    status = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(status)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with a bad or missing flag reported as one line (exit code 2)."""
     try:
@@ -516,4 +539,4 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main_and_exit, flags_parser=_parse_flags)

@@ -156,6 +156,7 @@ def test_fit_batch_equals_one_fit_per_dataset(ckpts):
     for kw in (
         dict(n_components=3),
         dict(n_components="auto"),
+        dict(n_components="bic"),
         dict(n_components=2, refine="em", n_restarts=2),
     ):
         est = TGMMEstimator(checkpoint=ckpts["exported"], random_state=0, **kw)
@@ -200,9 +201,9 @@ def test_estimator_errors_equal_the_scoring_path(ckpts):
 
 
 @pytest.mark.slow
-def test_auto_keeps_the_lowest_bic_of_the_single_k_fits(ckpts):
+def test_bic_keeps_the_lowest_bic_of_the_single_k_fits(ckpts):
     X = _blobs(4, n=60, d=2, k=3, sep=8.0)
-    auto = TGMMEstimator("auto", checkpoint=ckpts["exported"]).fit(X)
+    auto = TGMMEstimator("bic", checkpoint=ckpts["exported"]).fit(X)
     for k in KS:
         single = TGMMEstimator(k, checkpoint=ckpts["exported"]).fit(X)
         np.testing.assert_allclose(auto.bic_by_k_[k], single.bic(X), rtol=1e-4)
@@ -319,10 +320,10 @@ def test_fit_command_prints_the_parameters(ckpts, tmp_path):
     np.savetxt(tmp_path / "points.csv", X, delimiter=",", header="x,y", comments="")
     np.save(tmp_path / "points.npy", X)
     a = fit.fit_file(str(tmp_path / "points.csv"), "2", checkpoint=ckpts["exported"], refine="em")
-    b = fit.fit_file(str(tmp_path / "points.npy"), "auto", checkpoint=ckpts["exported"])
+    b = fit.fit_file(str(tmp_path / "points.npy"), "bic", checkpoint=ckpts["exported"])
     json.dumps(a)
     assert a["n_samples"] == 30 and np.asarray(a["means"]).shape == (2, 2) and sum(a["labels_count"]) == 30
-    # "auto" scores K = 1 (closed form) beside every trained K
+    # "bic" scores K = 1 (closed form) beside every trained K
     assert b["n_components"] in (1, *KS) and set(b["bic_by_k"]) == {"1", "2", "3"}
     assert "K=2" in fit.summary(a)
     with pytest.raises(ValueError, match=r"\.npy or \.csv"):

@@ -120,7 +120,7 @@ def test_padding_to_the_bucket_changes_nothing(tiny, monkeypatch):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4, rtol=1e-4)
     # the public fit: padded to 64 (the default) or to 128 points
     for refine in ("none", "em"):
-        est = TGMMEstimator("auto", checkpoint=tiny, refine=refine, em_steps=3)
+        est = TGMMEstimator("bic", checkpoint=tiny, refine=refine, em_steps=3)
         small = clone(est).fit(X)
         monkeypatch.setattr(estimator, "MIN_BUCKET", 128)
         big = clone(est).fit(X)
@@ -255,12 +255,15 @@ def test_ten_thousand_points_recover_the_means(monkeypatch):
 
 
 @pytest.mark.slow
-def test_auto_picks_one_component_on_gaussian_noise():
+def test_auto_and_bic_pick_one_component_on_gaussian_noise():
     X = np.random.default_rng(0).standard_normal((500, 8))
-    est = TGMMEstimator("auto").fit(X)
+    est = TGMMEstimator("bic").fit(X)
     assert set(est.bic_by_k_) == {1, 2, 3, 4, 5}
     assert est.n_components_ == 1 == min(est.bic_by_k_, key=est.bic_by_k_.get)
     np.testing.assert_allclose(est.bic_by_k_[1], est.bic(X))
+    auto = TGMMEstimator("auto", random_state=0).fit(X)  # the learned P(K | X)
+    assert auto.n_components_ == 1 and auto.posterior_n_components_.argmax() == 0
+    assert auto.bic_by_k_ == {1: pytest.approx(est.bic_by_k_[1])}
 
 
 @pytest.mark.slow
@@ -288,7 +291,7 @@ def test_one_component_is_closed_form(tiny):
     batch = TGMMEstimator(checkpoint=tiny).fit_batch(np.stack([X[:60], Y]), n_components=np.array([1, 2]))
     assert batch.component_mask.sum(axis=1).tolist() == [1, 2]
     np.testing.assert_allclose(batch.means[0, 0], X[:60].mean(axis=0), atol=1e-12)
-    auto = TGMMEstimator("auto", checkpoint=tiny).fit(X)
+    auto = TGMMEstimator("bic", checkpoint=tiny).fit(X)
     assert set(auto.bic_by_k_) == {1, 2, 3}
     np.testing.assert_allclose(auto.bic_by_k_[1], est.bic(X))
 
@@ -304,7 +307,8 @@ def test_identical_points(tiny):
     assert one.converged_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert TGMMEstimator("auto", checkpoint=tiny).fit(X).n_components_ == 1
+        for mode in ("auto", "bic"):
+            assert TGMMEstimator(mode, checkpoint=tiny).fit(X).n_components_ == 1
     for k in (2, 3):
         with pytest.warns(ConvergenceWarning, match=f"X has 1 distinct point.*n_components={k}"):
             est = TGMMEstimator(k, checkpoint=tiny, refine="em").fit(X)
@@ -316,7 +320,8 @@ def test_identical_points(tiny):
     Z = np.repeat([[0.0, 0.0, 0.0], [9.0, 9.0, 9.0]], 25, axis=0)
     with pytest.warns(ConvergenceWarning, match="2 distinct point"):
         assert not TGMMEstimator(3, checkpoint=tiny).fit(Z).converged_
-    assert TGMMEstimator("auto", checkpoint=tiny).fit(Z).n_components_ <= 2
+    for mode in ("auto", "bic"):
+        assert TGMMEstimator(mode, checkpoint=tiny).fit(Z).n_components_ <= 2
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def test_unreadable_inputs_fail_with_one_line(tmp_path, capsys):
         _assert_failed(*_run(capsys, path, output=str(tmp_path / "out.json")), fragment)
     assert not os.path.exists(tmp_path / "out.json")
     data = _csv(tmp_path, _points())
-    _assert_failed(*_run(capsys, data, "two"), "--n_components must be an integer or 'auto'")
+    _assert_failed(*_run(capsys, data, "two"), "--n_components must be an integer, 'auto' or 'bic'")
     _assert_failed(*_run(capsys, data, output=str(tmp_path / "no" / "out.json")), "does not exist")
 
 
