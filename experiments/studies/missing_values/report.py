@@ -53,6 +53,8 @@ def checks(saved: dict) -> list[dict]:
                     l2_reference=l2_ref,
                     l2_limit=L2_FACTOR * l2_ref,
                     l2_met=bool(l2 <= L2_FACTOR * l2_ref),
+                    l2_median=methods[m]["l2"]["median"],
+                    l2_reference_median=methods[L2_REFERENCE]["l2"]["median"],
                 )
             )
     return out
@@ -77,6 +79,8 @@ def check_line(c: dict) -> str:
         l2_limit=f"{c['l2_limit']:.3f}",
         l2_ratio=f"{c['l2'] / c['l2_reference']:.2f}",
         l2_verdict=_verdict(c["l2_met"]),
+        l2_median=f"{c['l2_median']:.3f}",
+        l2_reference_median=f"{c['l2_reference_median']:.3f}",
     )
 
 

@@ -12,7 +12,8 @@ same at every rate, and every method sees the same mask.
   em_mean_impute  mean imputation, then EM with k-means++ x 10 (em_kmeanspp on the completed points)
 
 All fit the task's model (``--variant``, isotropic: unit variance, known; the paper's setting; the estimator is
-told ``noise_variance=1.0``). The estimator fits every task of a cell in one ``fit_batch`` call. Scores per task:
+told ``noise_variance=1.0``). The estimator fits the tasks of a cell by ``fit_batch``, ``FIT_CHUNK`` per call. Scores
+per task:
   l2          the project's aligned parameter error (``tgmm_jax.metrics.evaluate_estimates``: means and weights
               under the best component matching) against the true mixture
   ari         adjusted Rand index of each method's own labels against the true ones: em_missing's and the
@@ -62,6 +63,10 @@ NUM_POINTS = 128
 NUM_COMPONENTS = 3
 REFINE_STEPS = 100  # tgmm_refine's EM steps: the baselines' max_iter (baselines.missing_em)
 PREDICT_CHECKS = 4  # tasks per cell on which fit_batch's labels are checked against fit(X).predict(X)
+# fit_batch gets at most this many datasets per call: at 128 complete datasets (rate 0) with refine="em" and
+# noise_variance=1.0 its fit of a few datasets differs from that dataset's own fit (a component at weight 0;
+# seen in the working tree of 2026-12-06, reported); at 64 every checked dataset matches fit(X).
+FIT_CHUNK = 64
 
 FLAGS = flags.FLAGS
 
@@ -105,9 +110,14 @@ def _estimator(name: str) -> TGMMEstimator:
 
 def _fit_model(name: str, masked):
     """(estimate as the task's MixtureParams (float32, K = NUM_COMPONENTS), the estimator) for every task of
-    ``masked`` in one ``fit_batch`` call (NaN = missing)."""
+    ``masked``, ``FIT_CHUNK`` tasks per ``fit_batch`` call (NaN = missing)."""
     est = _estimator(name)
-    fit = est.fit_batch(np.asarray(masked.points, np.float64), np.asarray(masked.point_mask))
+    points, real = np.asarray(masked.points, np.float64), np.asarray(masked.point_mask)
+    chunks = [
+        est.fit_batch(points[i : i + FIT_CHUNK], real[i : i + FIT_CHUNK])
+        for i in range(0, points.shape[0], FIT_CHUNK)
+    ]
+    fit = jax.tree.map(lambda *a: np.concatenate(a), *chunks)
     k = NUM_COMPONENTS
     if not (fit.component_mask[:, :k].all() and not fit.component_mask[:, k:].any()):
         raise RuntimeError(f"{name}: fit_batch did not fit K = {k} components")
