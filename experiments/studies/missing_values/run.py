@@ -63,9 +63,8 @@ NUM_POINTS = 128
 NUM_COMPONENTS = 3
 REFINE_STEPS = 100  # tgmm_refine's EM steps: the baselines' max_iter (baselines.missing_em)
 PREDICT_CHECKS = 4  # tasks per cell on which fit_batch's labels are checked against fit(X).predict(X)
-# fit_batch gets at most this many datasets per call: at 128 complete datasets (rate 0) with refine="em" and
-# noise_variance=1.0 its fit of a few datasets differs from that dataset's own fit (a component at weight 0;
-# seen in the working tree of 2026-12-06, reported); at 64 every checked dataset matches fit(X).
+# Datasets per fit_batch call (the estimator itself runs at most ``estimator.FIT_TASKS`` = 64 fits per jitted
+# call: see there why).
 FIT_CHUNK = 64
 
 FLAGS = flags.FLAGS
