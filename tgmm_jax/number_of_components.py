@@ -34,12 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from tgmm_jax import export_cache
+from tgmm_jax import export_cache, pretrained
 from tgmm_jax.models.config import ModelConfig
 from tgmm_jax.models.k_posterior import KPosterior
 
 FORMAT = 1
-PARAMS_FILE, CONFIG_FILE, CARD_FILE = "k_posterior.msgpack", "k_posterior.json", "MODEL_CARD.md"
+PARAMS_FILE, CONFIG_FILE = "k_posterior.msgpack", "k_posterior.json"
+CARD_FILE = pretrained.CARD_FILE
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "k_posterior")
 BATCH = 64  # datasets per call at most (the batch is padded to a power of two up to this)
 
@@ -64,10 +65,6 @@ class KPosteriorCheckpoint:
 def save_k_posterior(directory: str, model: KPosterior, params, train_config: dict, *, step: int | None,
                      source: str | None = None, card: str | None = None) -> str:  # fmt: skip
     """Writes the parameters (float32), ``k_posterior.json`` and (when given) the model card into ``directory``."""
-    os.makedirs(directory, exist_ok=True)
-    params = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), params)
-    with open(os.path.join(directory, PARAMS_FILE), "wb") as f:
-        f.write(serialization.msgpack_serialize(params))
     meta = {
         "format": FORMAT,
         "model": model.config.to_dict(),
@@ -76,12 +73,7 @@ def save_k_posterior(directory: str, model: KPosterior, params, train_config: di
         "step": step,
         "source": source,
     }
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=True)
-    if card is not None:
-        with open(os.path.join(directory, CARD_FILE), "w") as f:
-            f.write(card)
-    return directory
+    return pretrained.write_files(directory, params, meta, card, PARAMS_FILE, CONFIG_FILE)
 
 
 @functools.lru_cache(maxsize=4)

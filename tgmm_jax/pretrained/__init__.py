@@ -157,10 +157,6 @@ def save_exported(
     card: str | None = None,
 ) -> str:
     """Writes ``params`` (float32) + config.json (+ MODEL_CARD.md when ``card`` is given) into ``directory``."""
-    os.makedirs(directory, exist_ok=True)
-    params = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), params)
-    with open(os.path.join(directory, PARAMS_FILE), "wb") as f:
-        f.write(serialization.msgpack_serialize(params))
     meta = {
         "format": FORMAT,
         "model": model_config.to_dict(),
@@ -168,7 +164,24 @@ def save_exported(
         "step": step,
         "source": source,
     }
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+    return write_files(directory, params, meta, card)
+
+
+def write_files(
+    directory: str,
+    params,
+    meta: dict,
+    card: str | None = None,
+    params_file: str = PARAMS_FILE,
+    config_file: str = CONFIG_FILE,
+) -> str:
+    """Writes ``params`` (float32 msgpack), ``meta`` (JSON) and, when given, the model card into ``directory``:
+    the files of a shipped network (``save_exported``; the K posterior's, under its own file names)."""
+    os.makedirs(directory, exist_ok=True)
+    params = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), params)
+    with open(os.path.join(directory, params_file), "wb") as f:
+        f.write(serialization.msgpack_serialize(params))
+    with open(os.path.join(directory, config_file), "w") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
     if card is not None:
         with open(os.path.join(directory, CARD_FILE), "w") as f:
