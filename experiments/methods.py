@@ -138,3 +138,19 @@ def method_then_em(method: scoring.Method, steps: int) -> scoring.Method:
     """``method`` followed by ``steps`` parameter-free EM steps (``refine.em_refine``), as ``tgmm+em`` is the
     model followed by them: e.g. em_seeded+em, the skeleton's counterpart of tgmm+em."""
     return functools.partial(_then_em, method, int(steps))
+
+
+def cluster_with_skeleton(ckpt, refine_steps: int, baselines=("em", "em_kmeanspp", "spectral")):
+    """(methods, params) of the studies that score a shipped clustering checkpoint on fixed tasks: the
+    ``baselines``, the model (``tgmm``) and the model + ``refine_steps`` EM steps (``tgmm+em``), and beside them
+    its parameter-free skeleton (``em_seeded``, its learned gain's reference) and the skeleton + the same EM
+    steps (``em_seeded+em``)."""
+    skeleton = reference_for(ckpt.model_config)[1]
+    methods = {
+        **baseline_methods(baselines),
+        scoring.MODEL_METHOD: scoring.model_method(ckpt.model),
+        "tgmm+em": scoring.model_method(ckpt.model, refine_steps),
+        "em_seeded": skeleton,
+        "em_seeded+em": method_then_em(skeleton, refine_steps),
+    }
+    return methods, {scoring.MODEL_METHOD: ckpt.params, "tgmm+em": ckpt.params}

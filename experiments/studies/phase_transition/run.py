@@ -95,16 +95,7 @@ def dimension(n: int, b: float) -> int:
 
 
 def _methods(setting: str, names) -> tuple[dict, dict]:
-    cluster = load_pretrained("cluster")
-    methods = {
-        **methods_lib.baseline_methods(("em", "em_kmeanspp", "spectral")),
-        scoring.MODEL_METHOD: scoring.model_method(cluster.model),
-        "tgmm+em": scoring.model_method(cluster.model, REFINE_STEPS),
-    }
-    skeleton = methods_lib.reference_for(cluster.model_config)[1]
-    methods["em_seeded"] = skeleton  # the model's parameter-free skeleton: its learned gain's reference
-    methods["em_seeded+em"] = methods_lib.method_then_em(skeleton, REFINE_STEPS)
-    params = {scoring.MODEL_METHOD: cluster.params, "tgmm+em": cluster.params}
+    methods, params = methods_lib.cluster_with_skeleton(load_pretrained("cluster"), REFINE_STEPS)
     paper = SETTINGS[setting][2]
     if paper is not None:
         ckpt = load_pretrained(paper)
