@@ -794,8 +794,9 @@ class TGMMEstimatorCore:
             )
             per_call = max(1, FIT_TASKS // len(cols))  # datasets per jitted call (FIT_TASKS fits at most)
             for group, fit_group in groups:
-                for start in range(0, int(group.sum()), per_call):
-                    rows = np.flatnonzero(group)[start : start + per_call]
+                group_rows = np.flatnonzero(group)
+                for start in range(0, group_rows.size, per_call):
+                    rows = group_rows[start : start + per_call]
                     est, ll_GxC, next_GxC, steps = fit_group(
                         ckpt, key, rng, [xs[i] for i in rows], k_BxC[rows]
                     )
