@@ -47,6 +47,7 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
         "resp_weight": 0.0,  # fields added since: the values that reproduce the older runs
         "train_dims": (),
         "grad_accum_steps": 1,
+        "init_from": "",
         "model": {
             "readin": "raw",
             "project_rank": 6,

@@ -175,6 +175,7 @@ def test_jit_and_vmap_equal_eager():
         (dict(dim=2, cos_threshold=1.5), "cos_threshold"),
         (dict(dim=2.5), "dim"),
         (dict(dim=2, ks=4), "ks"),
+        (dict(dim=2, n_distribution="loguniform"), "n_distribution"),
     ],
 )
 def test_bad_specs_rejected(kwargs, field):
@@ -323,3 +324,20 @@ def test_scale_options_checked_and_hashable():
             TaskSpec(dim=2, noise_scale_range=bad)
     with pytest.raises(ValueError, match="component_scale_range"):
         TaskSpec(dim=2, component_scale_range=(-1.0, 1.0))
+
+
+def test_log_uniform_n_gives_each_octave_its_share():
+    """N ~ floor(exp(U[log 16, log 129])): P(N in [a, b)) = log(b / a) / log(129 / 16), checked against that closed
+    form; the bounds hold; and the default ("uniform") draws are unchanged by the option's existence."""
+    key = jax.random.key(3)
+    spec = TaskSpec(dim=2, n_max=128, n_min=16, n_distribution="log_uniform")
+    n = np.asarray(sample_tasks(key, spec, 4000).point_mask.sum(-1))
+    assert n.min() >= 16 and n.max() <= 128
+    total = np.log(129 / 16)
+    for lo, hi in ((16, 32), (32, 64), (64, 129)):
+        expected = np.log(hi / lo) / total
+        observed = np.mean((n >= lo) & (n < hi))
+        assert abs(observed - expected) < 4 * np.sqrt(expected * (1 - expected) / n.size), (lo, hi, observed)
+    uniform = np.asarray(sample_tasks(key, TaskSpec(dim=2, n_max=128, n_min=16), 4000).point_mask.sum(-1))
+    assert abs(np.mean(uniform < 32) - 16 / 113) < 0.03  # uniform on {16..128}: 16 of 113 values below 32
+    assert np.mean(n < 32) > 2 * np.mean(uniform < 32)

@@ -333,3 +333,32 @@ def test_train_dims_picks_the_dimension_of_each_step(tmp_path):
         params[name] = jax.tree.leaves(load_run(str(tmp_path / name)).params)
     assert all(np.array_equal(a, b) for a, b in zip(params["default"], params["same"]))
     assert any(not np.allclose(a, b) for a, b in zip(params["same"], params["mixed"]))
+
+
+@pytest.mark.slow
+def test_init_from_starts_step_zero_from_another_runs_parameters(reference_run, tmp_path, capsys):
+    """init_from: the new run's step-0 parameters are the source run's (its first logged loss equals the source's
+    loss on the same batch, not a fresh init's), with a fresh optimizer; a resume ignores init_from; a model of
+    another shape is refused by name."""
+    source = load_run(reference_run)
+    warm = str(tmp_path / "warm")
+    train_and_evaluate(_config(init_from=reference_run, total_steps=1, log_every=1, eval_every=0), warm)
+    cold = str(tmp_path / "cold")
+    train_and_evaluate(_config(total_steps=1, log_every=1, eval_every=0), cold)
+    assert f"step 0 starts from the parameters of {reference_run}" in capsys.readouterr().out
+    warm_loss = _lines(warm)[-1]["train"]["loss"]
+    cold_loss = _lines(cold)[-1]["train"]["loss"]
+    # the reference run trained 12 steps: its parameters fit the same first batch better than a fresh init
+    assert warm_loss < cold_loss
+    moved = [
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree.leaves(load_run(warm).params), jax.tree.leaves(source.params), strict=True)
+    ]
+    assert 0 < max(moved) < 0.05  # one Adam step (lr 1e-3 per coordinate) away from the source
+    train_and_evaluate(_config(init_from=reference_run, total_steps=2, log_every=1, eval_every=0), warm)
+    assert load_run(warm).step == 2  # resumed from its own step 1
+    with pytest.raises(ValueError, match="init_from"):
+        train_and_evaluate(
+            _config(init_from=reference_run, **{"model.width": 32}, total_steps=1, eval_every=0),
+            str(tmp_path / "other"),
+        )

@@ -10,7 +10,8 @@ A wider prior than the paper's, as ``TaskSpec`` options (all off by default; a d
 bit-for-bit those of the paper's sampler, and ``GMMTask.noise_scale`` is then None):
 
 * small N: N is drawn per task uniformly from {n_min..n_max} (``variable_n``); ``n_min`` defaults to
-  n_max // 2 (the official length mask) and may be set as low as 1, e.g. ``TaskSpec(n_max=128, n_min=8)``.
+  n_max // 2 (the official length mask) and may be set as low as 1, e.g. ``TaskSpec(n_max=128, n_min=8)``;
+  ``n_distribution="log_uniform"`` draws log N uniformly instead (each octave of N equally often).
 * unknown noise scale: ``noise_scale_range=(lo, hi)`` draws sigma per task, log sigma ~ U[log lo, log hi]
   (lo == hi gives a fixed sigma). **The means' box scales with sigma**: the task is sigma times a
   unit-noise Algorithm-1 task (means sigma U[a, b]^D, plus sigma * mean_shift N(0, I); the cosine filter
@@ -43,6 +44,7 @@ from flax import struct
 from tgmm_jax.validation import check_bool, check_choice, check_int, check_number, is_int, is_number
 
 VARIANTS = ("isotropic", "anisotropic")
+N_DISTRIBUTIONS = ("uniform", "log_uniform")
 
 # Below this acceptance rate of the cosine filter the sampler refuses the spec instead of looping for ages.
 _MIN_ACCEPTANCE_RATE = 1e-4
@@ -66,6 +68,9 @@ class TaskSpec:
     weight_range: tuple[float, float] = (0.2, 0.8)
     mean_range: tuple[float, float] = (-5.0, 5.0)
     variable_n: bool = True  # True for training (N ~ U{n_min..n_max}), False for evaluation (N = n_max)
+    # How a variable N is drawn: "uniform" on {n_min..n_max}, or "log_uniform" (floor of exp(U[log n_min,
+    # log(n_max + 1)]): each octave of N equally often, so small N keeps its share of a wide range).
+    n_distribution: str = "uniform"
     # Per-task noise scale sigma, log-uniform on [lo, hi]; None: sigma = 1. The means' box scales with sigma.
     noise_scale_range: tuple[float, float] | None = None
     # Per-component standard deviations sigma u_k, u_k log-uniform on [lo, hi]; None: u_k = 1.
@@ -126,6 +131,7 @@ def _validate(spec: TaskSpec) -> None:
     if len(spec.mean_range) != 2 or not (-math.inf < spec.mean_range[0] < spec.mean_range[1] < math.inf):
         raise ValueError(f"TaskSpec.mean_range must be (lo, hi) with lo < hi, got {spec.mean_range!r}")
     check_bool(spec.variable_n, "TaskSpec.variable_n")
+    check_choice(spec.n_distribution, "TaskSpec.n_distribution", N_DISTRIBUTIONS)
     for name in ("noise_scale_range", "component_scale_range"):
         value = getattr(spec, name)
         if value is None:
@@ -296,12 +302,20 @@ def sample_task(key: jax.Array, spec: TaskSpec, num_components: jax.Array) -> GM
     labels_N = jax.random.categorical(z_key, jnp.log(weights_K), shape=(n,)).astype(jnp.int32)
     points_NxD = means_KxD[labels_N] + scales_KxD[labels_N] * jax.random.normal(e_key, (n, d))
     if spec.variable_n:
-        point_mask_N = jnp.arange(n) < jax.random.randint(n_key, (), spec.n_min, spec.n_max + 1)
+        point_mask_N = jnp.arange(n) < _draw_num_points(n_key, spec)
     else:
         point_mask_N = jnp.ones((n,), bool)
     return GMMTask(
         points_NxD, point_mask_N, labels_N, weights_K, means_KxD, scales_KxD, mask_K, k, noise_scale
     )
+
+
+def _draw_num_points(key: jax.Array, spec: TaskSpec) -> jax.Array:
+    """A task's N under ``spec.n_distribution`` (int32 scalar in [n_min, n_max])."""
+    if spec.n_distribution == "uniform":
+        return jax.random.randint(key, (), spec.n_min, spec.n_max + 1)
+    log_n = jax.random.uniform(key, (), minval=math.log(spec.n_min), maxval=math.log(spec.n_max + 1))
+    return jnp.clip(jnp.floor(jnp.exp(log_n)).astype(jnp.int32), spec.n_min, spec.n_max)
 
 
 def _log_uniform(key: jax.Array, shape: tuple, value_range: tuple[float, float] | None) -> jax.Array:

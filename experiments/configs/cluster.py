@@ -13,6 +13,8 @@ and ``eval_init=`` evaluates as trained). Evaluation during training is at ``d``
     --config=experiments/configs/cluster.py:steps=4000,layers=2,iters=3,rank=6,resp=1.0,dims=2/8/32
     --config=experiments/configs/cluster.py:n=32,n_min=16,dims=2,d=2,correction=1   # small N, learned correction
     --config=experiments/configs/cluster.py:correction=1,noise=conditioned   # known or unknown noise variance
+    # a curriculum stage: N log-uniform on 16..128, starting from another run's parameters
+    --config=experiments/configs/cluster.py:n=128,n_min=16,n_dist=log_uniform,init_from=runs/noise_cond3
 """
 
 from experiments.configs import args
@@ -40,6 +42,8 @@ def get_config(arg: str | None = None):
             correction=0,
             n_min=0,
             noise="unit",
+            n_dist="uniform",
+            init_from="",
         ),
     )
     config = default_config()
@@ -56,6 +60,8 @@ def get_config(arg: str | None = None):
     config.task.n_max = a["n"]
     if a["n_min"]:  # default: n // 2
         config.task.n_min = a["n_min"]
+    config.task.n_distribution = a["n_dist"]
+    config.init_from = a["init_from"]
     config.model = model_group(
         "small",
         backbone="set",

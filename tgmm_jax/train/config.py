@@ -107,6 +107,9 @@ class TrainConfig:
     train_dims: tuple[int, ...] = ()
     grad_accum_steps: int = 1  # micro-batches per step (divides tasks_per_k); the same gradient, less memory
     tensorboard: bool = True
+    # a run's first step starts from these parameters (a workdir, an exported directory or a shipped name) with
+    # a fresh optimizer and schedule, e.g. a curriculum stage; "" = a random initialisation. Resume wins.
+    init_from: str = ""
     task: TaskSpec = dataclasses.field(default_factory=_default_task)
     model: ModelConfig = dataclasses.field(default_factory=_default_model)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -127,6 +130,10 @@ class TrainConfig:
         check_number(self.lik_weight, "config.lik_weight", 0.0)
         check_number(self.resp_weight, "config.resp_weight", 0.0)
         check_bool(self.tensorboard, "config.tensorboard")
+        if not isinstance(self.init_from, str):
+            raise ValueError(
+                f"config.init_from must be a path or a shipped name (a string), got {self.init_from!r}"
+            )
         dims = self.train_dims
         if isinstance(dims, (int, str)) or not all(is_int(d) and d >= 1 for d in dims):
             raise ValueError(f"config.train_dims must be a tuple of integers >= 1, got {dims!r}")

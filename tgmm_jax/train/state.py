@@ -137,6 +137,23 @@ def create_train_state(key, model, tx, spec: TaskSpec, metric_names: tuple[str, 
     return jax.jit(init, out_shardings=sharding.replicated(mesh))(key)
 
 
+def warm_started(state: TrainState, params, init_from: str, tx, mesh) -> TrainState:
+    """``state`` at step 0 with ``params`` (those of the checkpoint ``init_from``: the same tree, shapes and
+    dtypes as ``state.params``) and a fresh optimizer state for them, replicated on the mesh."""
+    expected = jax.tree.map(lambda x: (tuple(x.shape), x.dtype), state.params)
+    given = jax.tree.map(lambda x: (tuple(x.shape), jnp.asarray(x).dtype), params)
+    if jax.tree.structure(expected) != jax.tree.structure(given) or expected != given:
+        raise ValueError(
+            f"config.init_from={init_from!r} holds parameters of another tree or shape than this config's "
+            "model; a warm start keeps the architecture (the config.model fields) unchanged"
+        )
+
+    def start(params):
+        return state.replace(params=params, opt_state=tx.init(params))
+
+    return jax.jit(start, out_shardings=sharding.replicated(mesh))(params)
+
+
 def init_params_shape(key, model, spec: TaskSpec):
     """Abstract parameters (shapes only), for deriving metric names before the real init."""
     dummy = jax.eval_shape(lambda: sample_tasks(jax.random.key(0), spec, 1))

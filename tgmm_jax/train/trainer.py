@@ -173,6 +173,13 @@ def _window_means(state) -> tuple[dict, float]:
     return means, float(sums[state_lib._NONFINITE])
 
 
+def _warm_start(state, config: config_lib.TrainConfig, tx, mesh):
+    """The train state at step 0 with ``config.init_from``'s parameters (same parameter shapes required)."""
+    from tgmm_jax.pretrained import load_checkpoint  # imported here: the loader imports the trainer's modules
+
+    return state_lib.warm_started(state, load_checkpoint(config.init_from).params, config.init_from, tx, mesh)
+
+
 def train_and_evaluate(
     config: config_lib.TrainConfig | ml_collections.ConfigDict,
     workdir: str,
@@ -224,6 +231,9 @@ def train_and_evaluate(
             start_step = int(jax.device_get(state.step))
             writer.truncate_after(start_step)
             writer.message(f"resumed from step {start_step} in {ckpts.directory}")
+        elif config.init_from:
+            state = _warm_start(state, config, training.tx, mesh)
+            writer.message(f"step 0 starts from the parameters of {config.init_from}")
 
         evaluator = (
             PeriodicEvaluator(
