@@ -64,6 +64,28 @@ def test_hard_regime_script(tmp_path):
     text = "\n".join(hard_regime_section(saved, "hard_regime.png"))
     assert "## Learned gain and the Bayes limit" in text and "### d = 2: against the Bayes limit" in text
 
+    # --baseline_cache: the methods without a checkpoint are kept per task; another model (here the same one
+    # seeded otherwise, --slot_init) on the same tasks reuses them: the same cells, timings included
+    def run(name, *extra):
+        args = [a for a in cmd if not a.startswith("--cache")]
+        args += [f"--cache={tmp_path / name}", f"--baseline_cache={tmp_path / 'baselines'}", f"--name={name}"]
+        out = subprocess.run(
+            args + list(extra), check=False, cwd=ROOT, capture_output=True, text=True, timeout=900
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads((results / f"{name}.json").read_text())
+
+    first = run("first")
+    assert len(os.listdir(tmp_path / "baselines")) == 3  # em_kmeanspp, bgm and bayes: one file each
+    other = run("other", "--slot_init=farthest")
+    assert other["checkpoint"].endswith("seeded by 'farthest'") and "seeded by" not in first["checkpoint"]
+    baseline = ("em_kmeanspp", "bgm", "bayes")
+    kept = [c for c in first["cells"] if c["method"] in baseline]
+    assert kept == [c for c in other["cells"] if c["method"] in baseline]
+    for c in kept:  # recomputed in the first run: the same numbers as without the cache, other timings
+        old = by[(c["method"], c["K"])]
+        assert c["l2"] == old["l2"] and c["seconds_per_task"] != old["seconds_per_task"]
+
 
 @pytest.mark.slow
 def test_sklearn_gmm_fit_in_data_units():

@@ -43,6 +43,7 @@ setting is cached in ``--cache`` (rerunning skips finished ones); writes ``--res
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -64,6 +65,7 @@ from tgmm_jax.metrics import evaluate_estimates
 from tgmm_jax.pretrained import load_pretrained
 from tgmm_jax.tasks import GMMTask, TaskSpec, sample_tasks
 from tgmm_jax.train.restore import load_run
+from tgmm_jax.trained import with_slot_init
 
 REFINE_STEPS = 5
 GAP_RATIO = 1.2
@@ -72,7 +74,15 @@ METHODS = ("tgmm", "tgmm+em", "em_seeded", "em_seeded+em", "em_kmeanspp", "spect
 NOISE_METHODS = METHODS + ("sklearn_gmm",)
 HOST_METHODS = ("bgm", "sklearn_gmm")  # fitted on the host with scikit-learn
 _NEEDS_CHECKPOINT = ("tgmm", "tgmm+em", "em_seeded", "em_seeded+em")
-GAINS = {"tgmm": "em_seeded", "tgmm+em": "em_seeded+em"}  # learned method -> its parameter-free skeleton
+GAINS = {"tgmm": "em_seeded", "tgmm+em": "em_seeded+em"}
+# methods whose per-task results do not depend on --workdir: --baseline_cache keeps them
+BASELINE_CACHED = (
+    "em_kmeanspp",
+    "spectral",
+    "bgm",
+    "bayes",
+    "sklearn_gmm",
+)  # learned method -> its parameter-free skeleton
 PT_SETTINGS = ("b0.1", "b1")
 PT_RHOS = (1.0, 1.5, 2.0)
 
@@ -89,9 +99,20 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "workdir", "", "Evaluate this training workdir's model as tgmm instead of the shipped `cluster`."
     )
+    flags.DEFINE_string(
+        "slot_init",
+        "",
+        "Seed the model's read-out (and its skeleton) with these seedings instead ('' = as run).",
+    )
     flags.DEFINE_string("name", "hard_regime", "Base name of the JSON and the figure in --results.")
     flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks (the same for every method).")
     flags.DEFINE_string("cache", "runs/hard_regime", "Per-block cache of finished cells.")
+    flags.DEFINE_string(
+        "baseline_cache",
+        "",
+        "Per-task cache of the methods without a checkpoint (BASELINE_CACHED), shared by the evaluations of "
+        "several models on the same tasks ('' = none).",
+    )
     flags.DEFINE_string("results", "results", "Where the JSON and the figure go.")
     flags.DEFINE_list(
         "noise_scale_range",
@@ -210,7 +231,7 @@ def build_methods(names, noise: tuple[float, float] | None = None) -> tuple[dict
     }
     params = {}
     if any(n in _NEEDS_CHECKPOINT for n in names):
-        cluster = load_run(FLAGS.workdir) if FLAGS.workdir else load_pretrained("cluster")
+        cluster = _evaluated_model()
         # unknown noise: a noise-conditioned model is told nothing, and so is its skeleton (a unit-noise
         # model and skeleton assume variance 1 in the data's units, as they always do)
         unknown = noise is not None and cluster.model_config.noise == "conditioned"
@@ -258,6 +279,34 @@ def _score(name, fn, params, key, task, chunk) -> tuple[dict, float]:
     return metrics, seconds / task.points.shape[0]
 
 
+def _cached_per_task(name: str, where: dict | None, noise, compute) -> tuple[dict, float]:
+    """``compute()`` (per-task metrics, seconds per task), kept in ``--baseline_cache`` for the methods of
+    BASELINE_CACHED, keyed by the method, the block (``where``: its tasks' fingerprint) and every flag that changes
+    their results; ``where`` None: not cached."""
+    if not FLAGS.baseline_cache or name not in BASELINE_CACHED or where is None:
+        return compute()
+    key = dict(
+        method=name,
+        where=where,
+        noise=list(noise) if noise is not None else None,
+        eval_seed=FLAGS.eval_seed,
+        chunk=FLAGS.chunk,
+        bayes=repr(get_baseline("bayes", **bayes_config(noise)).keywords),
+    )
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = os.path.join(FLAGS.baseline_cache, f"{name}_{digest}.npz")
+    if os.path.exists(path):
+        with np.load(path) as saved:
+            return {k: saved[k] for k in saved.files if k != "seconds_per_task"}, float(
+                saved["seconds_per_task"]
+            )
+    values, seconds = compute()
+    os.makedirs(FLAGS.baseline_cache, exist_ok=True)
+    np.savez(path + ".tmp.npz", seconds_per_task=seconds, **values)
+    os.replace(path + ".tmp.npz", path)
+    return values, seconds
+
+
 def _stat(values: np.ndarray) -> dict:
     values = np.asarray(values, np.float64)
     sem = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
@@ -283,7 +332,14 @@ def score_block(
         if name == "bayes":
             full, spent, count = None, 0.0, 0
             for index, method in bayes_runs:
-                values, per = _score(name, method, None, key, _take(task, index), FLAGS.chunk)
+                values, per = _cached_per_task(
+                    name,
+                    dict(where, index=[int(i) for i in index]) if not bayes_by_group else None,
+                    noise,
+                    lambda index=index, method=method, name=name: _score(
+                        name, method, None, key, _take(task, index), FLAGS.chunk
+                    ),
+                )
                 if full is None:
                     full = {k: np.full(task.points.shape[:1], np.nan) for k in values}
                     full["applicable"] = np.zeros(task.points.shape[:1], bool)
@@ -293,8 +349,11 @@ def score_block(
             seconds[name] = spent / count
             per_task[name] = full
         else:
-            per_task[name], seconds[name] = _score(
-                name, methods.get(name), params.get(name), key, task, FLAGS.chunk
+            per_task[name], seconds[name] = _cached_per_task(
+                name,
+                where,
+                noise,
+                lambda name=name: _score(name, methods.get(name), params.get(name), key, task, FLAGS.chunk),
             )
         logging.warning("%s: %s done (%.4f s per task)", where, name, seconds[name])
     cells = []
@@ -488,12 +547,20 @@ def target_check() -> dict:
     )
 
 
+def _evaluated_model():
+    """The model scored as `tgmm`: a workdir's latest checkpoint or the shipped `cluster`, seeded by
+    ``--slot_init`` where given (its skeleton em_seeded then uses the same seedings)."""
+    cluster = load_run(FLAGS.workdir) if FLAGS.workdir else load_pretrained("cluster")
+    return with_slot_init(cluster, FLAGS.slot_init) if FLAGS.slot_init else cluster
+
+
 def model_text() -> str:
     """Which model is `tgmm` here: a workdir's latest checkpoint, or the shipped `cluster`."""
     if FLAGS.workdir:
-        run = load_run(FLAGS.workdir)
+        run = _evaluated_model()
         return f"computed with the workdir `{FLAGS.workdir}` (step {run.step}, slot_init {run.model_config.slot_init!r})"
-    return study.shipped_checkpoint_text("cluster")
+    text = study.shipped_checkpoint_text("cluster")
+    return f"{text}, seeded by {FLAGS.slot_init!r}" if FLAGS.slot_init else text
 
 
 def _cached(path: str, settings: dict, compute) -> list[dict]:
