@@ -28,6 +28,7 @@ from benchmarks import machine
 from tgmm_jax import scoring
 from tgmm_jax.pretrained import load_checkpoint
 from tgmm_jax.tasks import TaskSpec, sample_tasks
+from tgmm_jax.trained import with_slot_init
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "pretrained", "Shipped name, exported directory or workdir.")
 _NS = flags.DEFINE_list("ns", ["16", "32", "128"], "Points per task.")
@@ -35,6 +36,11 @@ _DIM = flags.DEFINE_integer("dim", 2, "Dimension d.")
 _TASKS_PER_K = flags.DEFINE_integer("tasks_per_k", 16, "Tasks of each K in 2..5.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls after the compiling one (the best is kept).")
 _JSON = flags.DEFINE_string("json", None, "Output path (JSON).")
+_SLOT_INIT = flags.DEFINE_string(
+    "slot_init",
+    "",
+    "Seed the model's read-out (and its skeleton) with these seedings ('' = as the checkpoint).",
+)
 
 KS = (2, 3, 4, 5)
 
@@ -53,6 +59,8 @@ def _time(fn, params, key, task, repeats: int) -> dict:
 def main(argv):
     del argv
     ckpt = load_checkpoint(_CHECKPOINT.value)
+    if _SLOT_INIT.value:
+        ckpt = with_slot_init(ckpt, _SLOT_INIT.value)
     skeleton = get_baseline("em_seeded", **skeleton_settings(ckpt.model_config), noise="unit")
     methods = {
         "tgmm": (scoring.model_method(ckpt.model), ckpt.params),
@@ -64,6 +72,7 @@ def main(argv):
         "machine": machine.report_header(),
         "checkpoint": ckpt.name,
         "step": ckpt.step,
+        "slot_init": ckpt.model_config.slot_init,
         "dim": _DIM.value,
     }
     rows = []

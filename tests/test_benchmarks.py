@@ -5,12 +5,16 @@ Checks the JSON's fields and the cost model's consistency, never speeds.
 
 import json
 import math
+import os
+import subprocess
 import sys
 
 import pytest
 
 import benchmarks
 from benchmarks import evaluate, train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -93,3 +97,23 @@ def test_evaluate_runs(tmp_path, no_torch):
 def test_evaluate_refuses_an_unknown_method(tmp_path):
     with pytest.raises(ValueError, match="unknown method.*'emm'"):
         evaluate.main(["--json", str(tmp_path / "e.json"), "--methods", "tgmm,emm"])
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_speed_vs_bayes_runs_with_other_seedings(tmp_path):
+    """The speed benchmark on a shipped checkpoint seeded otherwise (--slot_init): every method timed per N, the
+    ratios those times give, and the seeding recorded."""
+    out = tmp_path / "speed.json"
+    cmd = [
+        sys.executable, "-m", "benchmarks.speed_vs_bayes", "--checkpoint=cluster_noise", "--ns=8",
+        "--tasks_per_k=1", "--repeats=1", "--slot_init=farthest", f"--json={out}",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["slot_init"] == "farthest" and report["checkpoint"] == "cluster_noise"
+    (row,) = report["rows"]
+    per = {m: row[m]["seconds_per_task"] for m in ("tgmm", "em_seeded", "em_kmeanspp", "bayes")}
+    assert all(v > 0 for v in per.values())
+    assert row["tgmm_over_bayes"] == per["tgmm"] / per["bayes"]
