@@ -71,6 +71,7 @@ def main(argv):
     report = {
         "machine": machine.report_header(),
         "checkpoint": ckpt.name,
+        "checkpoint_arg": _CHECKPOINT.value,
         "step": ckpt.step,
         "slot_init": ckpt.model_config.slot_init,
         "dim": _DIM.value,

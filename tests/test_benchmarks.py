@@ -112,7 +112,7 @@ def test_speed_vs_bayes_runs_with_other_seedings(tmp_path):
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["slot_init"] == "farthest" and report["checkpoint"] == "cluster_noise"
+    assert report["slot_init"] == "farthest" and report["checkpoint_arg"] == "cluster_noise"
     (row,) = report["rows"]
     per = {m: row[m]["seconds_per_task"] for m in ("tgmm", "em_seeded", "em_kmeanspp", "bayes")}
     assert all(v > 0 for v in per.values())

@@ -412,6 +412,8 @@ def learning_targets_section(
         out += [
             prose(
                 "targets.speed",
+                checkpoint=speed.get("checkpoint_arg") or _repo_relative(speed["checkpoint"]),
+                slot_init=repr(speed["slot_init"]) if "slot_init" in speed else "its evaluation seedings",
                 machine=machine.get("cpu", machine.get("device_kind", "")),
                 load=f"{machine['load_average_before'][0]:.1f}",
             ),
@@ -430,9 +432,36 @@ def learning_targets_section(
     return out
 
 
+# The noise-conditioned arms (the small-N recipe with noise='conditioned'; label -> small_n_ablation/<name>.json):
+# their known-noise cells join the ablation, and each has an unknown-noise section.
+NOISE_ARMS = {
+    "noise-conditioned": "noise_cond1",
+    "noise-conditioned, 6000 steps": "noise_cond2",
+    "noise-conditioned, 20000 steps": "noise_cond3",
+    "curriculum to N = 128 (+6000 steps)": "noise_cond4",
+    "curriculum to N = 128, two seedings": "noise_cond4_s2",
+}
+# Arms whose learning targets are checked: label -> (its easy cells' JSON name, its speed benchmark's JSON file).
+TARGET_ARMS = {
+    "noise-conditioned, 20000 steps": ("noise_cond3_easy", "benchmark_speed_vs_bayes_cpu.json"),
+    "curriculum to N = 128 (+6000 steps)": ("noise_cond4_easy", "benchmark_speed_vs_bayes_cond4_cpu.json"),
+    "curriculum to N = 128, two seedings": (
+        "noise_cond4_easy_s2",
+        "benchmark_speed_vs_bayes_cond4_s2_cpu.json",
+    ),
+}
+
+
+def _repo_relative(path: str) -> str:
+    """``path`` relative to the repository root where it lies under it (benchmarks recorded absolute paths)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    inside = os.path.isabs(path) and os.path.commonpath([root, path]) == root
+    return os.path.relpath(path, root) if inside else path
+
+
 def build(results: str, scale: str):
     """The report's opening: the hard-regime limits, then the small-N ablation, its unknown-noise cells and
-    the learning targets on its longest-trained noise-conditioned arm."""
+    the learning targets of each arm of TARGET_ARMS whose results exist."""
     if scale != "cpu":
         return None
     part = Part()
@@ -445,18 +474,15 @@ def build(results: str, scale: str):
 
     arms = {"no correction": arm("corr0"), "correction head": arm("corr1")}
     # the same recipe with noise='conditioned' (and at 4x the steps): their known-noise cells join the ablation
-    noise_arms = {
-        "noise-conditioned": arm("noise_cond1"),
-        "noise-conditioned, 6000 steps": arm("noise_cond2"),
-        "noise-conditioned, 20000 steps": arm("noise_cond3"),
-    }
+    noise_arms = {label: arm(name) for label, name in NOISE_ARMS.items()}
     noise_arms = {label: saved for label, saved in noise_arms.items() if saved}
     if arms["no correction"] and arms["correction head"]:
         part.lead += small_n_ablation_section({**arms, **noise_arms})
         for label, saved in noise_arms.items():
             part.lead += unknown_noise_section(saved, label)
-        if noise_arms:  # the learning targets, on the longest-trained arm (and the speed benchmark's JSON)
-            label, saved = list(noise_arms.items())[-1]
-            speed = load_json(os.path.join(results, "benchmark_speed_vs_bayes_cpu.json"))
-            part.lead += learning_targets_section(saved, label, speed, arm("noise_cond3_easy"))
+        # the learning targets, on each arm with its easy cells and speed benchmark
+        for label, (easy_name, speed_file) in TARGET_ARMS.items():
+            if label in noise_arms:
+                speed = load_json(os.path.join(results, speed_file))
+                part.lead += learning_targets_section(noise_arms[label], label, speed, arm(easy_name))
     return part
