@@ -107,6 +107,11 @@ def model_card(
         + f"); trained K: {run.spec.ks}; variant: {run.spec.variant}",
         f"- objective: {run.config.objective}, resp_weight {run.config.get('resp_weight', 0.0)}",
     ]
+    if run.config.get("init_from"):
+        lines.append(
+            f"- started from the parameters of `{run.config.init_from}` (config.init_from: a fresh optimizer and "
+            "schedule; the steps and wall time above are this stage's only)"
+        )
     if trained_slot_init and trained_slot_init != run.model_config.slot_init:
         lines.append(
             f"- slot seedings: trained with {trained_slot_init!r}, shipped with {run.model_config.slot_init!r} "

@@ -3,15 +3,23 @@ it renders, and its done-when verdicts follow the numbers."""
 
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import logsumexp
+
 from experiments.studies.missing_values import report
+from tgmm_jax import masking
+from tgmm_jax.gmm import MixtureParams
+from tgmm_jax.tasks import TaskSpec, sample_tasks
 
 
 def _stat(mean):
     return {"mean": mean, "sem": 0.01, "median": mean}
 
 
-def _cell(dim, rate, l2, ari, agreement=1.0):
-    """``l2`` / ``ari``: method -> mean."""
+def _cell(dim, rate, l2, ari, agreement=1.0, kept=(True, True, False, True)):
+    """``l2`` / ``ari``: method -> mean; ``kept``: per task, whether tgmm_restarts kept the network's start."""
     methods = {}
     for m in l2:
         methods[m] = {"l2": _stat(l2[m]), "ari": _stat(ari[m]), "ari_observed": _stat(ari[m]), "seconds": 0.1}
@@ -28,16 +36,32 @@ def _cell(dim, rate, l2, ari, agreement=1.0):
         for b in report.BASELINES:
             if m in l2:
                 cell[f"{m}_minus_{b}"] = {"l2": _stat(l2[m] - l2[b]), "ari": _stat(ari[m] - ari[b])}
+    r, n = "tgmm_restarts", "tgmm_refine"
+    if r in l2 and n in l2:
+        cell[f"{r}_minus_{n}"] = {"l2": _stat(l2[r] - l2[n]), "ari": _stat(ari[r] - ari[n])}
+        cell[f"{r}_origin"] = {
+            "network_fit": list(kept),
+            "network_fit_fraction": sum(kept) / len(kept),
+            "network_run": list(kept),
+            "gap": [0.0 if k else 0.5 for k in kept],
+            "loglik_gain": [0.0 if k else 0.25 for k in kept],
+            "restart_gain": _stat(0.25) if not all(kept) else _stat(float("nan")),
+            "below_refine": 0,
+        }
     return cell
 
 
-def _saved(tgmm_l2_d8=0.05, tgmm_ari_d2=0.70, models=report.MODELS):
+def _saved(tgmm_l2_d8=0.05, tgmm_ari_d2=0.70, models=report.MODELS, restarts_l2=None):
+    """Every model arm scores ``tgmm_l2`` / ``tgmm_ari``, but tgmm_restarts scores ``restarts_l2`` where given."""
+
     def cell(dim, rate, tgmm_l2, tgmm_ari):
         l2 = {"em_missing": 0.05, "em_mean_impute": 0.8}
         ari = {"em_missing": 0.72, "em_mean_impute": 0.5}
         for m in models:
             l2[m], ari[m] = tgmm_l2, tgmm_ari
-        return _cell(dim, rate, l2, ari)
+        if restarts_l2 is not None and "tgmm_restarts" in models:
+            l2["tgmm_restarts"] = restarts_l2
+        return _cell(dim, rate, l2, ari, kept=(True,) * 4 if rate == 0 else (True, True, False, True))
 
     return {
         "settings": {
@@ -50,6 +74,7 @@ def _saved(tgmm_l2_d8=0.05, tgmm_ari_d2=0.70, models=report.MODELS):
             "eval_seed": 1,
             "checkpoint": "cluster",
             "refine_steps": 100,
+            "restarts": 9,
         },
         "cells": [
             cell(2, 0.0, 0.05, 0.9),
@@ -71,6 +96,8 @@ def test_checks_met():
         ("tgmm", 8),
         ("tgmm_refine", 2),
         ("tgmm_refine", 8),
+        ("tgmm_restarts", 2),
+        ("tgmm_restarts", 8),
     ]
     assert all(c["ari_met"] and c["l2_met"] for c in found)
     text = "\n".join(report.missing_values_section(_saved()))
@@ -80,7 +107,9 @@ def test_checks_met():
     )
     lines = _check_lines(text, "tgmm")
     assert len(lines) == 2 and all(line.count("**met**") == 2 for line in lines)
-    assert "in 2 of 2 dimensions: **met**" in text
+    assert text.count("in 2 of 2 dimensions: **met**") == 3  # one summary per model arm
+    assert "`tgmm_restarts` is the network plus classical restarts, not the network alone" in text
+    assert "`n_restarts=9`" in text and "10 starts in all (the baselines' `n_init` is 10)" in text
     assert "0.050 ± 0.010" in text  # a table entry: em_missing's l2
 
 
@@ -100,13 +129,60 @@ def test_checks_not_met_follow_the_numbers():
         and "0.060): **met** (medians" in d2
     )
     assert "d = 8" in d8 and "ratio 1.30" in d8 and "limit 0.060): **not met** (medians" in d8
-    assert "in 0 of 2 dimensions: **not met**" in text
+    assert text.count("in 0 of 2 dimensions: **not met**") == 3
 
 
 def test_ari_tie_is_met_and_one_dimension_fails():
     saved = _saved(tgmm_ari_d2=0.5, tgmm_l2_d8=0.07)  # ARI equal to mean imputation's: "at least" holds
     text = "\n".join(report.missing_values_section(saved))
-    assert "in 1 of 2 dimensions: **not met**" in text
+    assert text.count("in 1 of 2 dimensions: **not met**") == 3
+
+
+def test_restarts_meeting_the_target_leaves_the_network_alone_arms_not_met():
+    # the network-alone arms at 2x em_missing's l2 everywhere; tgmm_restarts at 1.1x (limit 1.2x)
+    saved = _saved(tgmm_l2_d8=0.10, restarts_l2=1.1 * 0.05)
+    saved["cells"][1]["methods"]["tgmm"]["l2"] = _stat(0.10)  # d = 2, 30%
+    saved["cells"][1]["methods"]["tgmm_refine"]["l2"] = _stat(0.10)
+    verdicts = {(c["method"], c["dim"]): c["l2_met"] for c in report.checks(saved)}
+    assert verdicts == {
+        ("tgmm", 2): False,
+        ("tgmm", 8): False,
+        ("tgmm_refine", 2): False,
+        ("tgmm_refine", 8): False,
+        ("tgmm_restarts", 2): True,
+        ("tgmm_restarts", 8): True,
+    }
+    text = "\n".join(report.missing_values_section(saved))
+    summaries = [line for line in text.splitlines() if line.startswith("Both checks hold for")]
+    assert len(summaries) == 3
+    assert summaries[0].startswith("Both checks hold for `tgmm` (the estimator as shipped: the network alone")
+    assert summaries[0].endswith("in 0 of 2 dimensions: **not met**.")
+    assert "`tgmm_refine` (the network alone, then 100 EM steps)" in summaries[1]
+    assert summaries[1].endswith("in 0 of 2 dimensions: **not met**.")
+    assert (
+        "`tgmm_restarts` (the network plus 9 classical k-means++ restarts: meeting the target" in summaries[2]
+    )
+    assert "not the network alone meeting it)" in summaries[2]
+    assert summaries[2].endswith("in 2 of 2 dimensions: **met**.")
+    (line,) = [line for line in _check_lines(text, "tgmm_restarts") if "d = 8" in line]
+    assert "ratio 1.10, limit 0.060): **met**" in line
+
+
+def test_origin_table_counts_the_tasks_that_kept_the_network_start_fit():
+    text = "\n".join(report.missing_values_section(_saved(restarts_l2=0.04)))
+    assert "The gain fell below -1e-4 on 0 tasks in all" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 2 | ") and " of 4 |" in line]
+    # rate 0: every task kept the network's start (no gain to report); 30%: a restart won on one task
+    assert rows[0] == "| 2 | 0% | 4 of 4 | 0 | – | -0.010 ± 0.010 | 0.000 ± 0.010 |"
+    assert rows[1] == "| 2 | 30% | 3 of 4 | 1 | 0.250 ± 0.010 | -0.015 ± 0.010 | 0.000 ± 0.010 |"
+
+
+def test_saved_run_without_the_restarts_arm_has_no_origin_table():
+    saved = _saved(models=("tgmm", "tgmm_refine"))
+    text = "\n".join(report.missing_values_section(saved))
+    assert "Where `tgmm_restarts`' kept fit came from" not in text
+    assert [c["method"] for c in report.checks(saved)] == ["tgmm", "tgmm", "tgmm_refine", "tgmm_refine"]
+    assert text.count("Both checks hold for") == 2
 
 
 def test_baselines_only_json_renders_without_verdicts(tmp_path):
@@ -119,3 +195,38 @@ def test_baselines_only_json_renders_without_verdicts(tmp_path):
     assert "not scored" in text and "**met**" not in text
     assert report.build(str(tmp_path), "paper") is None
     assert report.build(str(tmp_path / "absent"), "cpu") is None
+
+
+def _observed_loglik(points_BxNxD, params):
+    """Mean observed-data log-likelihood per point under unit isotropic noise, NumPy/SciPy: [B]."""
+    out = []
+    for x_NxD, w_K, mu_KxD in zip(points_BxNxD, np.asarray(params.weights), np.asarray(params.means)):
+        obs = ~np.isnan(x_NxD)
+        sq_NxK = np.stack([np.nansum((x_NxD - mu) ** 2, axis=1) for mu in mu_KxD], axis=1)
+        log_NxK = np.log(w_K) - 0.5 * sq_NxK - 0.5 * obs.sum(axis=1, keepdims=True) * np.log(2 * np.pi)
+        out.append(logsumexp(log_NxK, axis=1).mean())
+    return np.array(out)
+
+
+def test_restart_origin_tells_the_network_fit_from_another_optimum():
+    from experiments.studies.missing_values.run import _restart_origin
+
+    spec = TaskSpec(dim=2, ks=(3,), n_max=64, n_min=64, variable_n=False)
+    task = sample_tasks(jax.random.key(0), spec, 3)
+    masked, _ = masking.mask_task(jax.random.key(1), task, 0.3)
+    truth = MixtureParams(task.weights, task.means, task.scales, task.component_mask)
+    # task 0: the same fit, components in another order; 1: the same fit; 2: means moved by 1.5 (worse)
+    perm = jnp.array([2, 0, 1])
+    restarts = truth.replace(
+        weights=truth.weights.at[0].set(truth.weights[0][perm]),
+        means=truth.means.at[0].set(truth.means[0][perm]).at[2].add(1.5),
+    )
+    origin = _restart_origin(masked, restarts, truth)
+    assert origin["network_fit"] == [True, True, False]
+    assert origin["network_run"] == [False, True, False]
+    np.testing.assert_allclose(origin["gap"], [0.0, 0.0, 1.5], atol=1e-6)
+    points = np.asarray(masked.points, np.float64)
+    gain = _observed_loglik(points, restarts) - _observed_loglik(points, truth)
+    np.testing.assert_allclose(origin["loglik_gain"], gain, atol=1e-4)
+    assert gain[2] < -1e-2 and origin["below_refine"] == 1
+    assert abs(origin["restart_gain"]["mean"] - gain[2]) < 1e-4 and origin["network_fit_fraction"] == 2 / 3

@@ -355,6 +355,10 @@ def test_init_from_starts_step_zero_from_another_runs_parameters(reference_run, 
         for a, b in zip(jax.tree.leaves(load_run(warm).params), jax.tree.leaves(source.params), strict=True)
     ]
     assert 0 < max(moved) < 0.05  # one Adam step (lr 1e-3 per coordinate) away from the source
+    from experiments.export_pretrained import model_card
+
+    card = model_card("warm", load_run(warm), warm, None, None)
+    assert f"started from the parameters of `{reference_run}`" in card
     train_and_evaluate(_config(init_from=reference_run, total_steps=2, log_every=1, eval_every=0), warm)
     assert load_run(warm).step == 2  # resumed from its own step 1
     with pytest.raises(ValueError, match="init_from"):

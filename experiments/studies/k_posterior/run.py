@@ -22,17 +22,23 @@ chunks already computed). Every method sees the same tasks:
   (Dirichlet-process weights, concentration 1/8, k-means init); K = the number of components whose weight is
   above ``--bgm_threshold`` (0.03, about half the smallest weight the K = 8 prior typically draws); the weights
   are cached, so other thresholds are reported as a sensitivity check.
-* The MCMC reference (baselines/bayes.py) is fixed-K: choosing K with it needs the marginal likelihood of each
-  K (thermodynamic integration or a reversible-jump sampler), tens of chains per task; not run here.
+* ``bayes``: the Bayes posterior P(K | X) under this prior and the uniform prior on K, from log p(X | K) for
+  K = 1..8 by annealed importance sampling (baselines/bayes_k.py, ``BAYES_CONFIG``), on the first
+  ``--bayes_tasks`` tasks of chunk 0 of each cell with N in ``--bayes_ns`` (512 left out by default: the cost
+  grows with N). It is the reference the others are measured against on those tasks: K accuracy, log-loss of the
+  true K, and KL(bayes || method) for the model and the BIC-softmax (``bayes`` in each cell and the summary).
 
 Cached per (D, N, K, chunk) under ``results/<...>/cache/`` (baselines and model separately; rerunning skips
-finished blocks); ``--methods=baselines`` runs the classical methods alone (no trained model needed).
+finished blocks); ``--methods=baselines`` runs the classical methods alone (no trained model needed);
+``--methods=bayes`` computes the Bayes blocks (``bayes_d*_n*_k*_c0.npz``, which record their task count and AIS
+settings; a block cached with other ones is an error, not silently reused), then analyses.
 Writes ``k_posterior.json``, ``k_posterior.png`` (accuracy against true K per cell) and
 ``k_posterior_reliability.png`` (reliability of the top-K probability: model and BIC-softmax).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -43,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from baselines.bayes_k import BayesKConfig, log_evidence
 from tgmm_jax.tasks import TaskSpec, sample_tasks
 
 K_MAX = 8
@@ -52,6 +59,8 @@ BGM_THRESHOLDS = (0.01, 0.03, 1.0 / 16)
 DEGENERATE_VARIANCE = 1e-3
 # Mixed into the BIC-softmax's probabilities (uniform weight) before its log-loss (``smoothed_log_softmax``).
 SMOOTHING = 1e-3
+# The AIS settings of the Bayes reference (chosen by the doubling check in the report's prose).
+BAYES_CONFIG = BayesKConfig(particles=8, temperatures=1500, k_max=K_MAX)
 
 FLAGS = flags.FLAGS
 
@@ -70,9 +79,13 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "methods",
         "all",
-        ["all", "baselines", "model", "none"],
+        ["all", "baselines", "model", "bayes", "none"],
         "Which blocks to compute; all but `baselines` then analyse every cell whose blocks are cached (`none`: only that).",
     )
+    flags.DEFINE_integer(
+        "bayes_tasks", 16, f"Tasks per cell (the first of chunk 0, <= {CHUNK}) of the Bayes reference."
+    )
+    flags.DEFINE_list("bayes_ns", ["32", "128"], "The N's where the Bayes reference is computed.")
 
 
 def held_out_tasks(seed: int, dim: int, n: int, k: int, chunk: int):
@@ -216,6 +229,36 @@ def model_block(results, seed, dim, n, k, chunk, apply_fn, n_read) -> dict:
     return out
 
 
+def bayes_block(results, seed, dim, n, k, tasks, config: BayesKConfig = BAYES_CONFIG) -> dict:
+    """log p(X | K) [tasks, K_MAX] by AIS on the first ``tasks`` tasks of chunk 0 of the cell, cached."""
+    path = _cache_path(results, "bayes", dim, n, k, 0)
+    settings = _bayes_settings(config, tasks)
+    if os.path.exists(path):
+        out = dict(np.load(path))
+        if str(out.pop("settings")) != settings:
+            raise ValueError(
+                f"{path} was computed with other settings ({out} vs {settings}); remove it to recompute"
+            )
+        return out
+    points, _ = held_out_tasks(seed, dim, n, k, 0)
+    key = jax.random.PRNGKey(_stable_seed(seed, dim, n, k, 0, 0xBA7E5))
+    res = log_evidence(key, points[:tasks], None, config)
+    out = {"log_evidence": np.asarray(res["log_evidence"], np.float64), "ess": np.asarray(res["ess"])}
+    _save(path, settings=np.array(settings), **out)
+    return out
+
+
+def _bayes_settings(config: BayesKConfig, tasks: int) -> str:
+    return json.dumps({"tasks": tasks, **dataclasses.asdict(config)}, sort_keys=True)
+
+
+def load_bayes(results, dim, n, k, tasks, config: BayesKConfig = BAYES_CONFIG) -> dict | None:
+    """The cached Bayes block of a cell, None if absent; a ValueError if it holds other settings."""
+    if not os.path.exists(_cache_path(results, "bayes", dim, n, k, 0)):
+        return None
+    return bayes_block(results, None, dim, n, k, tasks, config)
+
+
 def _stable_seed(*values) -> int:
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0] % (2**31))
 
@@ -246,8 +289,76 @@ def reliability(probs_TxK: np.ndarray, true_k_T: np.ndarray, bins: int = 10) -> 
     return {"bins": rows, "ece": float(ece)}
 
 
+def kl_rows(log_p_TxK: np.ndarray, log_q_TxK: np.ndarray) -> np.ndarray:
+    """KL(p || q) per row, from log-probabilities (terms where p = 0 count 0)."""
+    p = np.exp(log_p_TxK)
+    return np.sum(np.where(p > 0, p * (log_p_TxK - log_q_TxK), 0.0), axis=-1)
+
+
+def bayes_cell(bayes: dict, base: dict, model: dict | None, k: int, bgm_threshold: float) -> dict:
+    """The Bayes posterior against the other methods on the tasks it was computed on (the first of the cell)."""
+    bayes_lp = log_softmax_np(bayes["log_evidence"])
+    t = bayes_lp.shape[0]
+    preds = {
+        "bayes": bayes_lp.argmax(-1) + 1,
+        "bic": base["bic"][:t].argmin(-1) + 1,
+        "aic": base["aic"][:t].argmin(-1) + 1,
+        "bgm": (base["bgm_weights"][:t] > bgm_threshold).sum(-1),
+    }
+    log_probs = {"bayes": bayes_lp, "bic_softmax": smoothed_log_softmax(-0.5 * base["bic"][:t])}
+    preds["bic_softmax"] = preds["bic"]
+    if model is not None:
+        log_probs["model"] = model["log_probs"][:t].astype(np.float64)
+        preds["model"] = log_probs["model"].argmax(-1) + 1
+    return {
+        "tasks": int(t),
+        "accuracy": {m: float(np.mean(p == k)) for m, p in preds.items() if m != "bic_softmax"},
+        "agrees_with_bayes": {
+            m: float(np.mean(p == preds["bayes"])) for m, p in preds.items() if m != "bayes"
+        },
+        "logloss": {m: float(-lp[:, k - 1].mean()) for m, lp in log_probs.items()},
+        "kl_from_bayes": {
+            m: float(kl_rows(bayes_lp, lp).mean()) for m, lp in log_probs.items() if m != "bayes"
+        },
+        "bayes_top_probability": float(np.exp(bayes_lp).max(-1).mean()),
+        "min_ess": float(bayes["ess"].min()) if "ess" in bayes else None,
+    }
+
+
+def _bayes_summary(cells: list, dims, ns) -> dict:
+    """Per (D, N) and over all: the means over true K of each Bayes comparison (cells that have one)."""
+
+    def mean(group, metric):
+        methods = sorted({m for c in group for m in c["bayes"][metric]})
+        return {
+            m: float(np.mean([c["bayes"][metric][m] for c in group if m in c["bayes"][metric]]))
+            for m in methods
+        }
+
+    out, by_dn = {}, {}
+    with_bayes = [c for c in cells if "bayes" in c]
+    for d in dims:
+        for n in ns:
+            group = [c for c in with_bayes if c["dim"] == d and c["n"] == n]
+            if group:
+                by_dn[f"d{d}_n{n}"] = {
+                    "tasks": int(sum(c["bayes"]["tasks"] for c in group)),
+                    **{
+                        m: mean(group, m)
+                        for m in ("accuracy", "agrees_with_bayes", "logloss", "kl_from_bayes")
+                    },
+                }
+    if with_bayes:
+        out = {
+            "tasks": int(sum(c["bayes"]["tasks"] for c in with_bayes)),
+            **{m: mean(with_bayes, m) for m in ("accuracy", "agrees_with_bayes", "logloss", "kl_from_bayes")},
+        }
+    return {"all": out, "by_dn": by_dn}
+
+
 def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_init: int = 10) -> dict:
-    """blocks[(dim, n, k)] = {'baselines': {...}, 'model': {...} or None} (chunks joined) -> the JSON."""
+    """blocks[(dim, n, k)] = {'baselines': {...}, 'model': {...} or None, 'bayes': {...} (optional)} (chunks
+    joined) -> the JSON."""
     cells, pooled = [], {}
     for dim in dims:
         for n in ns:
@@ -289,6 +400,12 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
                     "logloss": logloss,
                     "degenerate_restarts": (base["degenerate_restarts"].mean(0) / n_init).tolist(),
                 }
+                if block.get("bayes") is not None:
+                    cell["bayes"] = bayes_cell(block["bayes"], base, model, k, bgm_threshold)
+                    probs_b = np.exp(log_softmax_np(block["bayes"]["log_evidence"]))
+                    pooled.setdefault("bayes", {"probs": [], "true": []})
+                    pooled["bayes"]["probs"].append(probs_b)
+                    pooled["bayes"]["true"].append(np.full(probs_b.shape[0], k))
                 cells.append(cell)
                 for m, p in probs.items():
                     pooled.setdefault(m, {"probs": [], "true": []})
@@ -322,6 +439,9 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
         "k1_rate": {m: mean_over("accuracy", m, k=[1]) for m in methods},
         "k1_rate_n_le_128": {m: mean_over("accuracy", m, k=[1], n=small) for m in methods},
     }
+    bayes_summary = _bayes_summary(cells, dims, ns)
+    if bayes_summary["by_dn"]:
+        summary["bayes"] = bayes_summary
     rel = {m: reliability(np.concatenate(v["probs"]), np.concatenate(v["true"])) for m, v in pooled.items()}
     targets = {}
     acc_s = summary["accuracy_n_le_128"]
@@ -373,6 +493,12 @@ def plot(saved: dict, path: str, reliability_path: str) -> None:
                 if pts:
                     ks, acc = zip(*pts, strict=True)
                     ax.plot(ks, acc, "o-", color=color, label=m, ms=3)
+            pts = [
+                (c["k"], c["bayes"]["accuracy"]["bayes"], c["bayes"]["tasks"]) for c in cells if "bayes" in c
+            ]
+            if pts:
+                ks, acc, t = zip(*pts, strict=True)
+                ax.plot(ks, acc, "s--", color="k", label=f"bayes (first {t[0]} tasks)", ms=3)
             ax.set_title(f"D = {d}, N = {n}")
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("true K")
@@ -389,7 +515,7 @@ def plot(saved: dict, path: str, reliability_path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], "k:", lw=1)
-    for m, color in (("model", "C0"), ("bic_softmax", "C1")):
+    for m, color in (("model", "C0"), ("bic_softmax", "C1"), ("bayes", "k")):
         if m not in saved["reliability"]:
             continue
         rows = [r for r in saved["reliability"][m]["bins"] if r["count"]]
@@ -414,6 +540,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.tasks % CHUNK:
         raise app.UsageError(f"--tasks must be a multiple of {CHUNK}")
+    if not 0 <= FLAGS.bayes_tasks <= CHUNK:
+        raise app.UsageError(f"--bayes_tasks must lie in [0, {CHUNK}], got {FLAGS.bayes_tasks}")
+    bayes_ns = [int(n) for n in FLAGS.bayes_ns]
     dims, ns = [int(d) for d in FLAGS.dims], [int(n) for n in FLAGS.ns]
     results, seed = FLAGS.results, FLAGS.seed
     os.makedirs(results, exist_ok=True)
@@ -435,6 +564,8 @@ def main(argv):
             model_block(results, seed, d, n, k, c, apply_fn, n_read)
         if FLAGS.methods in ("all", "baselines"):
             baseline_block(results, seed, d, n, k, c, FLAGS.n_init)
+        if FLAGS.methods in ("all", "bayes") and c == 0 and n in bayes_ns and FLAGS.bayes_tasks:
+            bayes_block(results, seed, d, n, k, FLAGS.bayes_tasks)
         print(f"[{time.time() - t0:6.0f} s] D={d} N={n} K={k} chunk {c}", flush=True)
     if FLAGS.methods == "baselines":
         return
@@ -460,12 +591,15 @@ def main(argv):
                         key: np.concatenate([b[key] for b, _ in parts]) for key in parts[0][0].files
                     },
                     "model": {key: np.concatenate([m[key] for _, m in parts]) for key in parts[0][1].files},
+                    "bayes": load_bayes(results, d, n, k, FLAGS.bayes_tasks) if FLAGS.bayes_tasks else None,
                 }
     if not blocks:
         raise app.UsageError(f"no cell has both its baseline and model blocks in {results}/cache")
     tasks = counts[0] if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
     saved = analyse(blocks, dims, ns, tasks, n_read, FLAGS.bgm_threshold, FLAGS.n_init)
     saved["settings"].update({"workdir": FLAGS.workdir, "seed": seed, "n_init": FLAGS.n_init})
+    if "bayes" in saved["summary"]:
+        saved["settings"]["bayes"] = json.loads(_bayes_settings(BAYES_CONFIG, FLAGS.bayes_tasks))
     with open(os.path.join(results, "k_posterior.json"), "w") as f:
         json.dump(saved, f, indent=1)
     plot(

@@ -8,6 +8,10 @@ same at every rate, and every method sees the same mask.
   tgmm            ``TGMMEstimator(3, missing="allow", noise_variance=1.0)`` (the shipped checkpoint): the network
                   reads the mean-imputed points, then exact missing-data EM steps (``MISSING_EM_STEPS`` = 5)
   tgmm_refine     the same with ``refine="em", em_steps=100`` (the baselines' max_iter), no restarts
+  tgmm_restarts   the same with ``n_restarts=9`` added: the network's start plus 9 k-means++ starts (seeded on
+                  the mean-imputed points), 10 starts as the baselines' n_init, each run through the same 100
+                  exact missing-data EM steps; per task the fit of highest observed-data log-likelihood is kept
+                  (the network's on ties). The network plus classical restarts, not the network alone
   em_missing      exact missing-data EM, k-means++ x 10 seeded on the mean-imputed points (baselines.missing_em)
   em_mean_impute  mean imputation, then EM with k-means++ x 10 (em_kmeanspp on the completed points)
 
@@ -24,7 +28,10 @@ per task:
   ari_observed  ARI of the MAP component given the observed coordinates under any fit (the estimates' quality
               as clusterers, with the same label rule for all)
 and the paired differences em_missing - em_mean_impute and <model> - <baseline> of l2 and ARI (mean, SEM
-over tasks). ``checks`` holds the issue's two done-when verdicts at rate 0.3 per d (``report.checks``).
+over tasks), and tgmm_restarts - tgmm_refine (what the restarts add). ``tgmm_restarts_origin`` says per task
+whether tgmm_restarts kept the network start's fit: its network run is tgmm_refine's (same seed, same steps),
+so the kept fit is the network start's where it equals tgmm_refine's fit (``_restart_origin``). ``checks`` holds the
+issue's two done-when verdicts at rate 0.3 per d and model arm (``report.checks``).
 At d = 2 a rate of 50% is the maximum: every point has exactly one coordinate missing, so no point shows both
 coordinates together: the data identify the two marginal mixtures, and only their weights tell which cluster
 of x_1 goes with which cluster of x_2 (weakly: close weights swap). A large l2 there is mostly the data's limit.
@@ -36,6 +43,7 @@ from the saved JSON.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -56,12 +64,19 @@ from tgmm_jax.metrics import evaluate_estimates
 from tgmm_jax.mixture import missing
 from tgmm_jax.tasks import TaskSpec, sample_tasks
 
-MODELS = report.MODELS  # ("tgmm", "tgmm_refine")
+MODELS = report.MODELS  # ("tgmm", "tgmm_refine", "tgmm_restarts")
 BASELINES = report.BASELINES  # ("em_missing", "em_mean_impute")
 METHODS = MODELS + BASELINES
 NUM_POINTS = 128
 NUM_COMPONENTS = 3
 REFINE_STEPS = 100  # tgmm_refine's EM steps: the baselines' max_iter (baselines.missing_em)
+RESTARTS = 9  # tgmm_restarts' k-means++ restarts: with the network's start, the baselines' n_init = 10 starts
+# tgmm_restarts' kept fit is the network start's fit where its weights and means are within this of tgmm_refine's
+# under the best component order (data units): equal optima reached from two starts differ by float32 noise (~1e-6)
+# or, not fully converged in 100 steps, by ~1e-3; a different optimum differs by far more
+SAME_FIT_ATOL = 1e-2
+# ... and it is the network's own run where they are within this in the same order (float32 noise of two programs)
+SAME_RUN_ATOL = 1e-4
 PREDICT_CHECKS = 4  # tasks per cell on which fit_batch's labels are checked against fit(X).predict(X)
 # Datasets per fit_batch call (the estimator itself runs at most ``estimator.FIT_TASKS`` = 64 fits per jitted
 # call: see there why).
@@ -96,7 +111,11 @@ def _paired(a, b) -> dict:
 
 def _estimator(name: str) -> TGMMEstimator:
     """The model method ``name``: the estimator told the known unit isotropic noise (the baselines' model)."""
-    extra = dict(refine="em", em_steps=REFINE_STEPS) if name == "tgmm_refine" else {}
+    extra = {
+        "tgmm": {},
+        "tgmm_refine": dict(refine="em", em_steps=REFINE_STEPS),
+        "tgmm_restarts": dict(refine="em", em_steps=REFINE_STEPS, n_restarts=RESTARTS),
+    }[name]
     return TGMMEstimator(
         NUM_COMPONENTS,
         checkpoint=FLAGS.checkpoint,
@@ -154,6 +173,44 @@ def _fit(name: str, masked, key):
     return estimate, info, time.perf_counter() - start
 
 
+def _max_gap(a: MixtureParams, b: MixtureParams, perm) -> np.ndarray:
+    """Largest absolute difference of weights and means between ``a`` and ``b`` with ``b``'s components in the
+    order ``perm``: [B]."""
+    w = np.abs(np.asarray(a.weights) - np.asarray(b.weights)[:, perm]).max(axis=-1)
+    mu = np.abs(np.asarray(a.means) - np.asarray(b.means)[:, perm]).max(axis=(-2, -1))
+    return np.maximum(w, mu)
+
+
+def _restart_origin(masked, restarts: MixtureParams, refine: MixtureParams) -> dict:
+    """Where tgmm_restarts' kept fit came from, per task. Its network run is tgmm_refine's fit (the same seed,
+    network and 100 EM steps). ``gap``: the largest difference of its weights and means from tgmm_refine's under
+    the best of the K! component orders; ``network_fit``: gap <= ``SAME_FIT_ATOL``, the kept fit is the network
+    start's (the network's own run, or a restart that reached the same optimum and won the tie by float32
+    noise: which of the two was kept is not meaningful); else a restart's other optimum was kept.
+    ``network_run``: the same order within ``SAME_RUN_ATOL`` (the network's own run, as far as float32 tells).
+    ``loglik_gain``: its mean observed-data log-likelihood per point minus tgmm_refine's; ``restart_gain``
+    summarises it on the tasks where a restart's other optimum was kept. ``below_refine`` counts tasks where the
+    gain is below -1e-4: none, if the network run is indeed the same in both."""
+    k = np.asarray(refine.weights).shape[-1]
+    same_order_B = _max_gap(restarts, refine, np.arange(k))
+    gap_B = np.min([_max_gap(restarts, refine, list(p)) for p in itertools.permutations(range(k))], axis=0)
+    network_B = gap_B <= SAME_FIT_ATOL
+    ll = [
+        np.asarray(missing.log_likelihood(masked.points, masked.point_mask, p), np.float64)
+        for p in (restarts, refine)
+    ]
+    gain_B = ll[0] - ll[1]
+    return dict(
+        network_fit=[bool(x) for x in network_B],
+        network_fit_fraction=float(np.mean(network_B)),
+        network_run=[bool(x) for x in same_order_B <= SAME_RUN_ATOL],
+        gap=[float(x) for x in gap_B],
+        loglik_gain=[float(x) for x in gain_B],
+        restart_gain=stat(gain_B[~network_B]),
+        below_refine=int(np.sum(gain_B < -1e-4)),
+    )
+
+
 def run_cell(task, dim: int, rate: float, key) -> dict:
     masked, observed = masking.mask_task(jax.random.fold_in(key, round(1000 * rate)), task, rate)
     observed = np.asarray(observed)
@@ -178,7 +235,7 @@ def run_cell(task, dim: int, rate: float, key) -> dict:
             own = by_observed
         ari = _ari(labels, own, real)
         ari_observed = _ari(labels, by_observed, real)
-        per_task[name] = dict(l2=l2, ari=ari)
+        per_task[name] = dict(l2=l2, ari=ari, estimate=estimate)
         out["methods"][name] = dict(
             l2=stat(l2), ari=stat(ari), ari_observed=stat(ari_observed), seconds=seconds
         )
@@ -190,13 +247,17 @@ def run_cell(task, dim: int, rate: float, key) -> dict:
             )
         else:
             out["methods"][name]["predict_agreement"] = _predict_agreement(name, masked, own)
-    for a_name, b_name in [("em_missing", "em_mean_impute")] + [(m, b) for m in MODELS for b in BASELINES]:
+    pairs = [("em_missing", "em_mean_impute"), ("tgmm_restarts", "tgmm_refine")]
+    for a_name, b_name in pairs + [(m, b) for m in MODELS for b in BASELINES]:
         a, b = per_task[a_name], per_task[b_name]
         out[f"{a_name}_minus_{b_name}"] = dict(l2=_paired(a["l2"], b["l2"]), ari=_paired(a["ari"], b["ari"]))
     a, b = per_task["em_missing"], per_task["em_mean_impute"]
     out["l2_ratio_em_missing_over_em_mean_impute"] = float(np.mean(a["l2"]) / np.mean(b["l2"]))
     for m in MODELS:
         out[f"l2_ratio_{m}_over_em_missing"] = float(np.mean(per_task[m]["l2"]) / np.mean(a["l2"]))
+    out["tgmm_restarts_origin"] = _restart_origin(
+        masked, per_task["tgmm_restarts"]["estimate"], per_task["tgmm_refine"]["estimate"]
+    )
     return out
 
 
@@ -255,7 +316,9 @@ def main(argv):
                 f"d={dim} rate={rate:.2f} masked={cell['masked_fraction']:.3f}  "
                 + "  ".join(
                     f"{n}: l2 {m[n]['l2']['mean']:.4f} ari {m[n]['ari']['mean']:.3f}" for n in METHODS
-                ),
+                )
+                + "  tgmm_restarts kept the network start's fit on "
+                f"{100 * cell['tgmm_restarts_origin']['network_fit_fraction']:.0f}% of tasks",
                 flush=True,
             )
     payload = dict(
@@ -271,6 +334,7 @@ def main(argv):
             eval_seed=FLAGS.eval_seed,
             checkpoint=FLAGS.checkpoint,
             refine_steps=REFINE_STEPS,
+            restarts=RESTARTS,
             backend=jax.default_backend(),
         ),
         cells=cells,
