@@ -170,11 +170,32 @@ def test_restarts_meeting_the_target_leaves_the_network_alone_arms_not_met():
 
 def test_origin_table_counts_the_tasks_that_kept_the_network_start_fit():
     text = "\n".join(report.missing_values_section(_saved(restarts_l2=0.04)))
-    assert "The gain fell below -1e-4 on 0 tasks in all" in text
+    assert "is nowhere below `tgmm_refine`'s by more than 1e-4" in text and "kept a fit worse" not in text
     rows = [line for line in text.splitlines() if line.startswith("| 2 | ") and " of 4 |" in line]
     # rate 0: every task kept the network's start (no gain to report); 30%: a restart won on one task
     assert rows[0] == "| 2 | 0% | 4 of 4 | 0 | – | -0.010 ± 0.010 | 0.000 ± 0.010 |"
     assert rows[1] == "| 2 | 30% | 3 of 4 | 1 | 0.250 ± 0.010 | -0.015 ± 0.010 | 0.000 ± 0.010 |"
+
+
+def test_origin_names_the_cells_where_a_worse_fit_was_kept():
+    saved = _saved(restarts_l2=0.04)
+    saved["cells"][0]["tgmm_restarts_origin"]["below_refine"] = 7  # d = 2, 0%
+    saved["cells"][2]["tgmm_restarts_origin"]["below_refine"] = 9  # d = 8, 0%
+    text = "\n".join(report.missing_values_section(saved))
+    assert "below `tgmm_refine`'s by more than 1e-4 on 16 tasks (7 at d = 2, 0%, 9 at d = 8, 0%)" in text
+    assert "kept a fit worse than its own network start's" in text and "nowhere below" not in text
+
+
+def test_label_agreement_up_to_the_order_is_shown_where_the_raw_one_falls_short():
+    saved = _saved()
+    assert "Up to the components' order" not in "\n".join(report.missing_values_section(saved))
+    for c in saved["cells"]:
+        for m in report.MODELS:
+            c["methods"][m]["predict_agreement_matched"] = 1.0
+        c["methods"]["tgmm_restarts"].update(predict_agreement=0.4, predict_agreement_matched=0.99)
+    text = "\n".join(report.missing_values_section(saved))
+    assert "on 40.0% of the checked points at least" in text
+    assert "the agreement is at least: `tgmm` 100.0%; `tgmm_refine` 100.0%; `tgmm_restarts` 99.0%." in text
 
 
 def test_saved_run_without_the_restarts_arm_has_no_origin_table():

@@ -170,14 +170,35 @@ def missing_values_section(saved: dict, figure: str = "missing_values/missing_va
     out += [prose("paired"), "", *_paired_table(cells, models), ""]
     origin = _origin_table(cells)
     if len(origin) > 2:
-        below = sum(
-            c[f"{RESTARTS_ARM}_origin"]["below_refine"] for c in cells if f"{RESTARTS_ARM}_origin" in c
+        below = {
+            (c["dim"], c["rate"]): c[f"{RESTARTS_ARM}_origin"]["below_refine"]
+            for c in sorted(cells, key=lambda c: (c["dim"], c["rate"]))
+            if c.get(f"{RESTARTS_ARM}_origin", {}).get("below_refine")
+        }
+        where = ", ".join(f"{n} at d = {d}, {100 * r:.0f}%" for (d, r), n in below.items())
+        below_text = (
+            prose("origin_below", below=sum(below.values()), where=where)
+            if below
+            else prose("origin_below_none")
         )
-        out += [prose("origin", below=below), "", *origin, ""]
+        out += [prose("origin", below=below_text), "", *origin, ""]
     agreement = [c["methods"][m]["predict_agreement"] for c in cells for m in models if m in c["methods"]]
     agreement = [a for a in agreement if a is not None]
     if agreement:
         out += [prose("predict", agreement=f"{100 * min(agreement):.1f}"), ""]
+    matched = {
+        m: [c["methods"][m].get("predict_agreement_matched") for c in cells if m in c["methods"]]
+        for m in models
+    }
+    matched = {m: [a for a in v if a is not None] for m, v in matched.items()}
+    if any(matched.values()) and min(agreement) < 1.0:
+        out += [
+            prose(
+                "predict_matched",
+                matched="; ".join(f"`{m}` {100 * min(v):.1f}%" for m, v in matched.items() if v),
+            ),
+            "",
+        ]
     found = checks(saved)
     if not found:
         return out + [prose("no_check_rate", rate=f"{100 * CHECK_RATE:.0f}"), ""]
