@@ -88,10 +88,10 @@ MIN_BUCKET = 32
 LARGE_N = 2048
 SUBSAMPLE = 2048
 STREAM_BLOCK = 4096
-# Fits (datasets x candidate Ks) per jitted call of ``fit_batch``/``"bic"``: larger batches run in chunks. Also a
-# guard: in one program of 127-128 fits with a known noise variance and refine="em", the EM steps of some fits
-# drifted (a component's weight fell from 0.21 to 0.04 in 5 steps, on held-out d = 8 tasks; the same fits alone
-# or 64-65 to a call, and the EM steps run on their own at 128, did not): the cause is not found.
+# Fits (datasets x candidate Ks) per jitted call of ``fit_batch``/``"bic"``: larger batches run in chunks. It was
+# lowered to 64 as a guard against EM steps that drifted in programs of 128 fits with a known noise variance;
+# the cause was XLA:CPU miscompiling the unit-variance log-densities (``_unit_as_none``), now avoided, and 128
+# fits per call give each dataset's own fit again (tests/test_estimator_noise.py).
 FIT_TASKS = 64
 PREDICT_CHUNK = 65536  # rows per chunk in predict / score_samples / predict_proba: memory O(chunk K d)
 
@@ -140,15 +140,27 @@ def _with_variances(
     return jax.lax.fori_loop(0, VARIANCE_ITERS, lambda _, p: step(p, covariance_type), params)
 
 
+def _unit_as_none(params: MixtureParams, covariance_type: str) -> MixtureParams:
+    """``params`` as the mixture kernels (``tgmm_jax.gmm``) should see them: for ``"isotropic"`` (a known noise
+    variance, 1 in the fit's coordinates) without scales (None: the kernels' unit-variance form), never as
+    ``jnp.ones`` scales. Unit scales are a constant in the compiled program, and XLA:CPU (jaxlib 0.10.2)
+    miscompiles a matmul with a constant broadcast operand (here 1 / scales^2) when its YNNPACK fusion takes the
+    matmul in, which depends on the shapes: in programs of 16 datasets x 10 starts (or 128 fits without
+    restarts) the log-likelihoods came out several nats per point too high, so the restarts' selection kept bad
+    fits and the EM steps drifted (tests/test_estimator_noise.py)."""
+    return params.replace(scales=None) if covariance_type == "isotropic" else params
+
+
 def _em_step(
     points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str, observed=None
 ) -> MixtureParams:
     """One EM step (``mixture.missing``'s exact missing-data step where ``observed`` is given); ``"isotropic"``
-    (a known noise variance, 1 in the fit's coordinates) keeps unit scales."""
+    (a known noise variance, 1 in the fit's coordinates) keeps unit scales (run without: ``_unit_as_none``)."""
+    fit = _unit_as_none(params, covariance_type)
     if observed is None:
-        out = mixture.em_step(points_BxNxD, mask_BxN, params, covariance_type)
+        out = mixture.em_step(points_BxNxD, mask_BxN, fit, covariance_type)
     else:
-        out = mixture.missing.em_step(points_BxNxD, mask_BxN, params, covariance_type, observed)
+        out = mixture.missing.em_step(points_BxNxD, mask_BxN, fit, covariance_type, observed)
     return out.replace(scales=params.scales) if covariance_type == "isotropic" else out
 
 
@@ -160,9 +172,12 @@ def _em(
     )
 
 
-def _log_likelihood(points_BxNxD, mask_BxN, params: MixtureParams, observed=None) -> jax.Array:
+def _log_likelihood(
+    points_BxNxD, mask_BxN, params: MixtureParams, covariance_type: str, observed=None
+) -> jax.Array:
     """Mean log-likelihood per point: [B]; the observed-data one (``mixture.missing``) where ``observed`` is
-    given."""
+    given; ``"isotropic"``: unit variance, whatever ``params.scales`` holds (``_unit_as_none``)."""
+    params = _unit_as_none(params, covariance_type)
     if observed is None:
         return mixture.log_likelihood(points_BxNxD, mask_BxN, params)
     return mixture.missing.log_likelihood(points_BxNxD, mask_BxN, params, observed)
@@ -251,7 +266,7 @@ def _fit_body(
         if not network_variances:
             est = _with_variances(points_BxNxD, mask_BxN, est, covariance_type, observed)
         est = _em(points_BxNxD, mask_BxN, est, refine_steps, covariance_type, observed)
-        return est, _nan_to_worst(_log_likelihood(points_BxNxD, mask_BxN, est, observed))
+        return est, _nan_to_worst(_log_likelihood(points_BxNxD, mask_BxN, est, covariance_type, observed))
 
     def next_pass(_, carry):
         best, best_ll, scale_B = carry
@@ -282,14 +297,17 @@ def _fit_body(
         fits = jax.vmap(
             lambda p: _em(points_BxNxD, mask_BxN, fit_one(params=p), refine_steps, covariance_type, observed)
         )(start)
-        ll_RxB = jax.vmap(lambda p: _log_likelihood(points_BxNxD, mask_BxN, p, observed))(fits)
+        loglik = functools.partial(
+            _log_likelihood, points_BxNxD, mask_BxN, covariance_type=covariance_type, observed=observed
+        )
+        ll_RxB = jax.vmap(loglik)(fits)
         all_ll = jnp.concatenate([loglik_B[None], _nan_to_worst(ll_RxB)])
         best_B = jnp.argmax(all_ll, axis=0)
         stacked = jax.tree.map(lambda a, f: jnp.concatenate([a[None], f]), estimate, fits)
         estimate = jax.tree.map(lambda a: jax.vmap(lambda x, i: x[i], in_axes=(1, 0))(a, best_B), stacked)
         loglik_B = jnp.take_along_axis(all_ll, best_B[None], axis=0)[0]
     following = _em_step(points_BxNxD, mask_BxN, estimate, covariance_type, observed)
-    next_B = _log_likelihood(points_BxNxD, mask_BxN, following, observed)
+    next_B = _log_likelihood(points_BxNxD, mask_BxN, following, covariance_type, observed)
     return estimate, loglik_B, next_B
 
 

@@ -82,7 +82,17 @@ def _observed_log_density(x_NxD, mu_KxD, scales_KxD, observed_NxD) -> jax.Array:
     obs_NxD = observed_NxD.astype(bool)
     o_NxD = obs_NxD.astype(mu_KxD.dtype)
     x_NxD = jnp.where(obs_NxD, x_NxD, 0.0)
-    inv_var_KxD = 1.0 / (jnp.ones_like(mu_KxD) if scales_KxD is None else jnp.square(scales_KxD))
+    num_obs_Nx1 = jnp.sum(o_NxD, axis=-1, keepdims=True)
+    if scales_KxD is None:
+        # unit variance: no matmul with a constant operand (ones), which XLA:CPU's YNNPACK fusion miscompiles
+        # (jaxlib 0.10.2; see tgmm_jax.estimator._unit_as_none)
+        sq_NxK = (
+            jnp.sum(x_NxD**2, axis=-1)[..., :, None]
+            - 2.0 * jnp.einsum("...nd,...kd->...nk", x_NxD, mu_KxD, precision=hi)
+            + jnp.einsum("...nd,...kd->...nk", o_NxD, mu_KxD**2, precision=hi)
+        )
+        return -0.5 * (jnp.maximum(sq_NxK, 0.0) + num_obs_Nx1 * _LOG_2PI)
+    inv_var_KxD = 1.0 / jnp.square(scales_KxD)
     sq_NxK = (
         jnp.einsum("...nd,...kd->...nk", x_NxD**2, inv_var_KxD, precision=hi)
         - 2.0 * jnp.einsum("...nd,...kd->...nk", x_NxD, mu_KxD * inv_var_KxD, precision=hi)
@@ -90,7 +100,6 @@ def _observed_log_density(x_NxD, mu_KxD, scales_KxD, observed_NxD) -> jax.Array:
     )
     sq_NxK = jnp.maximum(sq_NxK, 0.0)  # the expansion can round slightly below zero
     log_det_NxK = -jnp.einsum("...nd,...kd->...nk", o_NxD, jnp.log(inv_var_KxD), precision=hi)
-    num_obs_Nx1 = jnp.sum(o_NxD, axis=-1, keepdims=True)
     return -0.5 * (sq_NxK + log_det_NxK + num_obs_Nx1 * _LOG_2PI)
 
 
