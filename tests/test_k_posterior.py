@@ -241,3 +241,75 @@ def test_training_resumes_exactly(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, started["params"], resumed["params"])
     with pytest.raises(ValueError, match="holds another model"):
         tk.train(str(tmp_path / "d"), dict(tk_cfg, num_layers=2), checkpoint_every=2)
+
+
+def _blocks_with_bayes():
+    """Two cells (K = 1, 2) of two tasks: the model right on all, BIC wrong on task 1 of K = 2, the Bayes log
+    evidences hand-set (task 1 of K = 2: K = 1 and 2 equally likely)."""
+    blocks = {}
+    for k in (1, 2):
+        bic = np.full((2, study.K_MAX), 100.0)
+        bic[:, k - 1] = 0.0
+        if k == 2:
+            bic[1, 0], bic[1, 1] = 0.0, 100.0
+        log_probs = np.log(np.full((2, study.K_MAX), 0.5 / (study.K_MAX - 1)))
+        log_probs[:, k - 1] = np.log(0.5)
+        log_evidence = np.full((2, study.K_MAX), -50.0)
+        log_evidence[:, k - 1] = 0.0
+        if k == 2:
+            log_evidence[1, 0] = 0.0
+        blocks[(2, 32, k)] = {
+            "baselines": {
+                "bic": bic,
+                "aic": bic,
+                "bic_raw": bic,
+                "aic_raw": bic,
+                "bgm_weights": np.eye(study.K_MAX)[[0, 0]] if k == 1 else np.full((2, study.K_MAX), 0.0),
+                "degenerate_restarts": np.zeros_like(bic),
+            },
+            "model": {"log_probs": log_probs},
+            "bayes": {"log_evidence": log_evidence},
+        }
+    return blocks
+
+
+def test_bayes_comparison_counts_and_divergences():
+    saved = study.analyse(_blocks_with_bayes(), [2], [32], 2, 32, 0.03)
+    cells = {c["k"]: c["bayes"] for c in saved["cells"]}
+    # argmax of task 1 of K = 2 is the first of the tied K's: 1
+    assert cells[1]["accuracy"]["bayes"] == 1.0 and cells[2]["accuracy"]["bayes"] == 0.5
+    assert cells[2]["accuracy"]["bic"] == 0.5 and cells[2]["agrees_with_bayes"]["bic"] == 1.0
+    assert cells[2]["agrees_with_bayes"]["model"] == 0.5
+    # Bayes on task 1 of K = 2: P(1) = P(2) = 1 / (2 + 6 e^-50); log-loss of the true K 2
+    p_tie = 1.0 / (2.0 + 6.0 * np.exp(-50.0))
+    np.testing.assert_allclose(cells[2]["logloss"]["bayes"], -0.5 * np.log(p_tie), rtol=1e-9)
+    # KL(bayes || model) by hand on the K = 1 cell: bayes ~ a point mass at K = 1, model 0.5 there
+    np.testing.assert_allclose(cells[1]["kl_from_bayes"]["model"], np.log(2.0), atol=1e-12)
+    summary = saved["summary"]["bayes"]
+    assert summary["by_dn"]["d2_n32"]["tasks"] == 4
+    np.testing.assert_allclose(summary["all"]["accuracy"]["bayes"], 0.75)
+    assert saved["reliability"]["bayes"]["bins"]
+
+
+def test_report_shows_the_bayes_rows():
+    from experiments.studies.k_posterior.report import k_posterior_section
+
+    saved = study.analyse(_blocks_with_bayes(), [2], [32], 2, 32, 0.03)
+    text = "\n".join(k_posterior_section(saved))
+    assert "| 2 | 32 | 4 | 75.0 | 100.0 | 75.0 |" in text
+    without = {(d, n, k): {**b, "bayes": None} for (d, n, k), b in _blocks_with_bayes().items()}
+    assert "Bayes (AIS)" not in "\n".join(k_posterior_section(study.analyse(without, [2], [32], 2, 32, 0.03)))
+
+
+@pytest.mark.slow  # compiles the AIS sampler once (~10 s)
+def test_bayes_block_is_cached_with_its_settings(tmp_path):
+    from baselines.bayes_k import BayesKConfig
+
+    config = BayesKConfig(particles=2, temperatures=4, k_max=study.K_MAX)
+    out = study.bayes_block(str(tmp_path), 0, 2, 16, 2, 3, config)
+    assert out["log_evidence"].shape == (3, study.K_MAX) and np.isfinite(out["log_evidence"]).all()
+    again = study.load_bayes(str(tmp_path), 2, 16, 2, 3, config)
+    np.testing.assert_array_equal(again["log_evidence"], out["log_evidence"])
+    assert study.load_bayes(str(tmp_path), 2, 16, 3, 3, config) is None
+    with pytest.raises(ValueError, match="other settings"):
+        study.load_bayes(str(tmp_path), 2, 16, 2, 4, config)

@@ -22,6 +22,7 @@ LABELS = {
     "bic_raw": "BIC, collapsed kept",
     "aic_raw": "AIC, collapsed kept",
     "bic_softmax": "BIC-softmax",
+    "bayes": "Bayes (AIS)",
 }
 
 
@@ -97,6 +98,7 @@ def k_posterior_section(
         prose("reliability", figure=reliability_figure),
         "",
     ]
+    out += bayes_lines(saved)
     if targets:
         a = targets["accuracy_beats_bic_by_10_points_n_le_128"]
         lo = targets["logloss_beats_bic_softmax"]
@@ -117,6 +119,47 @@ def k_posterior_section(
         )
         out += [text, ""]
     return out
+
+
+def bayes_lines(saved: dict) -> list[str]:
+    """The Bayes posterior (AIS, baselines/bayes_k.py) against the others on the tasks it was computed on."""
+    bayes = saved["summary"].get("bayes")
+    if not bayes:
+        return []
+    config = saved["settings"].get("bayes", {})
+    methods = [m for m in ("bayes", "model", "bic", "aic", "bgm") if m in bayes["all"]["accuracy"]]
+    rows = [(key.replace("d", "").replace("_n", " | "), v) for key, v in bayes["by_dn"].items()]
+    rows.append(
+        (
+            "all | " + ", ".join(str(n) for n in sorted({c["n"] for c in saved["cells"] if "bayes" in c})),
+            bayes["all"],
+        )
+    )
+    out = [
+        prose(
+            "bayes",
+            tasks=config.get("tasks", "–"),
+            particles=config.get("particles", "–"),
+            temperatures=config.get("temperatures", "–"),
+            beta_min=config.get("beta_min", "–"),
+        ),
+        "",
+        "| D | N | tasks | "
+        + " | ".join(f"{LABELS[m]} acc." for m in methods)
+        + " | agrees with Bayes: learned / BIC | log-loss: Bayes / learned / BIC-softmax"
+        + " | KL(Bayes ‖ learned) | KL(Bayes ‖ BIC-softmax) |",
+        "|---|---|---|" + "---|" * len(methods) + "---|---|---|---|",
+    ]
+    for label, v in rows:
+        agree, ll, kl = v["agrees_with_bayes"], v["logloss"], v["kl_from_bayes"]
+        out.append(
+            f"| {label} | {v['tasks']} | "
+            + " | ".join(_pct(v["accuracy"].get(m)) for m in methods)
+            + f" | {_pct(agree.get('model'))} / {_pct(agree.get('bic'))}"
+            + f" | {_num(ll.get('bayes'))} / {_num(ll.get('model'))} / {_num(ll.get('bic_softmax'))}"
+            + f" | {_num(kl.get('model'))} | {_num(kl.get('bic_softmax'))} |"
+        )
+    return out + ["", prose("bayes_reading"), ""]
 
 
 def build(results: str, scale: str):
