@@ -9,10 +9,10 @@ from baselines.bayes_k import BayesKConfig, betas, log_evidence
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# Measured spread of the AIS error at these settings (16 particles, 1000 temperatures): sd ~0.03 nat at D <= 2,
-# N <= 24 over seeds; the tolerances are ~4 sd.
-CONFIG = BayesKConfig(particles=16, temperatures=1000, k_max=2)
-TOL = 0.12
+# The estimator's error on these tasks, measured over 6 other keys: sd 0.065 nat (max 0.17 of 36) with 16
+# particles, sd 0.027 (max 0.073 of 36) with 64; TOL is about 5.5 sd.
+CONFIG = BayesKConfig(particles=64, temperatures=1000, k_max=2)
+TOL = 0.15
 
 
 def log_z_k1(points_NxD):

@@ -296,7 +296,7 @@ def test_report_shows_the_bayes_rows():
 
     saved = study.analyse(_blocks_with_bayes(), [2], [32], 2, 32, 0.03)
     text = "\n".join(k_posterior_section(saved))
-    assert "| 2 | 32 | 4 | 75.0 | 100.0 | 75.0 |" in text
+    assert "| 2 | 32 | 4 (K 1-2) | 75.0 | 100.0 | 75.0 |" in text  # two of the eight true K
     without = {(d, n, k): {**b, "bayes": None} for (d, n, k), b in _blocks_with_bayes().items()}
     assert "Bayes (AIS)" not in "\n".join(k_posterior_section(study.analyse(without, [2], [32], 2, 32, 0.03)))
 

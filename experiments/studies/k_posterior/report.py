@@ -152,14 +152,23 @@ def bayes_lines(saved: dict) -> list[str]:
     ]
     for label, v in rows:
         agree, ll, kl = v["agrees_with_bayes"], v["logloss"], v["kl_from_bayes"]
+        ks = v.get("true_ks")
+        partial = f" (K {ks[0]}-{ks[-1]})" if ks and len(ks) < 8 else ""
         out.append(
-            f"| {label} | {v['tasks']} | "
+            f"| {label} | {v['tasks']}{partial} | "
             + " | ".join(_pct(v["accuracy"].get(m)) for m in methods)
             + f" | {_pct(agree.get('model'))} / {_pct(agree.get('bic'))}"
             + f" | {_num(ll.get('bayes'))} / {_num(ll.get('model'))} / {_num(ll.get('bic_softmax'))}"
             + f" | {_num(kl.get('model'))} | {_num(kl.get('bic_softmax'))} |"
         )
-    return out + ["", prose("bayes_reading"), ""]
+    checks = "; ".join(
+        f"D = {key[1:].split('_n')[0]}, N = {key.split('_n')[1]}: "
+        + ", ".join(f"{p:.3f}" for p in v["mean_posterior"])
+        for key, v in bayes["by_dn"].items()
+        if "mean_posterior" in v
+    )
+    out += ["", prose("bayes_reading"), ""]
+    return out + ([prose("bayes_check", checks=checks), ""] if checks else [])
 
 
 def build(results: str, scale: str):
