@@ -366,3 +366,26 @@ def test_init_from_starts_step_zero_from_another_runs_parameters(reference_run, 
             _config(init_from=reference_run, **{"model.width": 32}, total_steps=1, eval_every=0),
             str(tmp_path / "other"),
         )
+
+
+def test_metrics_file_is_never_left_truncated(tmp_path, monkeypatch):
+    """A run killed while writing metrics.jsonl (here: the write fails half-way) leaves the earlier lines, which
+    a resume reads back as the history (the file is written aside and renamed over the old one)."""
+    from etils import epath
+
+    from tgmm_jax.train.writer import MetricWriter
+
+    writer = MetricWriter(str(tmp_path), tensorboard=False)
+    writer.write(2, {"train": {"loss": 1.0}})
+    real_write = epath.Path.write_text
+
+    def dies_half_way(self, text, *args, **kwargs):
+        real_write(self, text[: len(text) // 3], *args, **kwargs)  # a cut inside the first line
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(epath.Path, "write_text", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write(4, {"train": {"loss": 0.5}})
+    monkeypatch.undo()
+    resumed = MetricWriter(str(tmp_path), tensorboard=False)
+    assert [json.loads(line)["step"] for line in resumed._lines] == [2]

@@ -12,7 +12,9 @@ from etils import epath
 class MetricWriter:
     """Writes on process 0 only. ``truncate_after(step)`` drops lines a killed run wrote past its checkpoint.
 
-    The file is rewritten whole at each write (object stores such as GCS cannot append); it stays small.
+    The file is rewritten whole at each write (object stores such as GCS cannot append; it stays small), into a
+    temporary file renamed over it: a run killed mid-write leaves the previous lines, never a truncated file
+    (which a resume would read as the whole history).
     """
 
     def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True, stream=None):
@@ -36,19 +38,24 @@ class MetricWriter:
         if not self.enabled:
             return
         self._lines = [line for line in self._lines if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(self._lines))
+        self._save()
 
     def write(self, step: int, record: dict) -> None:
         if not self.enabled:
             return
         self._lines.append(json.dumps({"step": step, **record}, sort_keys=True) + "\n")
-        self.path.write_text("".join(self._lines))
+        self._save()
         if self._tb is not None:
             for name, value in _flatten(record).items():
                 # NaN marks "not applicable" (e.g. spectral at K > d): kept in metrics.jsonl, not plotted
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(name, value, step)
             self._tb.flush()
+
+    def _save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(self._lines))
+        tmp.replace(self.path)
 
     def progress(self, step: int, total: int, loss: float, steps_per_sec: float) -> None:
         if not self.enabled:
