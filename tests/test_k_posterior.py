@@ -30,6 +30,18 @@ class _Tasks:
         self.num_components = jnp.asarray(ks, jnp.int32)
 
 
+def _baselines_block(bic, bgm_weights) -> dict:
+    """A cached baselines block whose every criterion is ``bic`` (no collapsed restarts)."""
+    return {
+        "bic": bic,
+        "aic": bic,
+        "bic_raw": bic,
+        "aic_raw": bic,
+        "bgm_weights": bgm_weights,
+        "degenerate_restarts": np.zeros_like(bic),
+    }
+
+
 @pytest.fixture(scope="module")
 def setup():
     config = k_posterior_config("tiny", K_MAX)
@@ -190,14 +202,7 @@ def test_report_section_renders():
         weights = np.zeros((2, study.K_MAX))
         weights[:, :k] = 1.0 / k
         blocks[(2, 32, k)] = {
-            "baselines": {
-                "bic": bic,
-                "aic": bic,
-                "bic_raw": bic,
-                "aic_raw": bic,
-                "bgm_weights": weights,
-                "degenerate_restarts": np.zeros_like(bic),
-            },
+            "baselines": _baselines_block(bic, weights),
             "model": {"log_probs": log_probs},
         }
     saved = study.analyse(blocks, [2], [32], 2, 32, 0.03)
@@ -259,14 +264,9 @@ def _blocks_with_bayes():
         if k == 2:
             log_evidence[1, 0] = 0.0
         blocks[(2, 32, k)] = {
-            "baselines": {
-                "bic": bic,
-                "aic": bic,
-                "bic_raw": bic,
-                "aic_raw": bic,
-                "bgm_weights": np.eye(study.K_MAX)[[0, 0]] if k == 1 else np.full((2, study.K_MAX), 0.0),
-                "degenerate_restarts": np.zeros_like(bic),
-            },
+            "baselines": _baselines_block(
+                bic, np.eye(study.K_MAX)[[0, 0]] if k == 1 else np.full((2, study.K_MAX), 0.0)
+            ),
             "model": {"log_probs": log_probs},
             "bayes": {"log_evidence": log_evidence},
         }
