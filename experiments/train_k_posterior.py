@@ -55,6 +55,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the parameters and the data stream.")
     flags.DEFINE_integer("log_every", 50, "Steps between metrics.jsonl lines.")
     flags.DEFINE_integer("checkpoint_every", 250, "Steps between checkpoints.")
+    flags.DEFINE_integer(
+        "evidence_restarts",
+        0,
+        "> 0: the network also reads the likelihood evidence (tgmm_jax/k_evidence.py: the best of this many "
+        "tied-spherical EM fits per K); 0: the set network alone.",
+    )
+    flags.DEFINE_integer("evidence_steps", 30, "EM iterations of each evidence fit.")
     flags.DEFINE_string(
         "init_from",
         "",
@@ -95,12 +102,39 @@ def run_config() -> dict:
         "seed": FLAGS.seed,
         "steps": FLAGS.steps,
         **({"init_from": FLAGS.init_from} if FLAGS.init_from else {}),  # absent: runs saved before it resume
+        **(
+            {"evidence_restarts": FLAGS.evidence_restarts, "evidence_steps": FLAGS.evidence_steps}
+            if FLAGS.evidence_restarts
+            else {}
+        ),
     }
 
 
 def build_model(cfg: dict) -> KPosterior:
     overrides = {"num_layers": cfg["num_layers"]} if cfg.get("num_layers") else {}
-    return KPosterior(k_posterior_config(cfg["size"], cfg["k_max"], **overrides), cfg["k_max"])
+    return KPosterior(
+        k_posterior_config(cfg["size"], cfg["k_max"], **overrides),
+        cfg["k_max"],
+        evidence_restarts=cfg.get("evidence_restarts", 0),
+        evidence_steps=cfg.get("evidence_steps", 30),
+    )
+
+
+def merge_params(params_from, params_init, source: str):
+    """``params_init`` with every leaf of ``params_from`` (same path, same shape) put in: a run of the set
+    network starts one that also reads the evidence (whose own layers keep their initialisation; the
+    evidence's output layer is zero, so the merged model answers as ``source`` did). Any other difference is
+    an error naming the paths."""
+    got = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params_from)}
+    want = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params_init)}
+    bad = sorted(p for p in got if p not in want or np.shape(got[p]) != np.shape(want[p]))
+    new = sorted(p for p in want if p not in got)
+    if bad or any("evidence_" not in p for p in new):
+        raise ValueError(
+            f"--init_from={source!r} holds another model: parameters it has that this one lacks or shapes "
+            f"differently: {bad[:5]}; parameters of this one it lacks: {new[:5]}"
+        )
+    return jax.tree_util.tree_map_with_path(lambda p, v: got.get(jax.tree_util.keystr(p), v), params_init)
 
 
 def make_tx(cfg: dict):
@@ -126,12 +160,8 @@ def init_state(cfg: dict, model: KPosterior, tx) -> dict:
         jax.random.PRNGKey(cfg["seed"]), jnp.zeros((1, cfg["n_max"], dim)), jnp.ones((1, cfg["n_max"]), bool)
     )
     if cfg.get("init_from"):
-        _, params_from, cfg_from = load(cfg["init_from"])
-        if jax.tree.structure(params_from) != jax.tree.structure(params) or any(
-            a.shape != b.shape for a, b in zip(jax.tree.leaves(params_from), jax.tree.leaves(params))
-        ):
-            raise ValueError(f"--init_from={cfg['init_from']!r} holds another model ({cfg_from})")
-        params = params_from
+        _, params_from, _ = load(cfg["init_from"])
+        params = merge_params(params_from, params, cfg["init_from"])
     return {"step": jnp.int32(0), "params": params, "opt_state": tx.init(params)}
 
 

@@ -16,7 +16,8 @@ answer K = 1 on pure noise). Datasets are batched in powers of two up to ``BATCH
 after its first call per (batch bucket, d).
 
 Shipped files: ``tgmm_jax/pretrained/k_posterior/`` holds ``k_posterior.msgpack`` (float32 parameters),
-``k_posterior.json`` ({"format": 1, "model": ModelConfig fields, "k_max", "train": the training run's config,
+``k_posterior.json`` ({"format": 1, "model": ModelConfig fields, "k_max", "evidence": {"restarts", "steps"}
+of the likelihood evidence (absent in files written before it: none), "train": the training run's config,
 "step", "source"}) and ``MODEL_CARD.md``; ``save_k_posterior`` writes them (experiments/export_k_posterior.py).
 Their names differ from a TGMM checkpoint's (``config.json``), so ``pretrained.available()`` never lists them.
 """
@@ -69,6 +70,7 @@ def save_k_posterior(directory: str, model: KPosterior, params, train_config: di
         "format": FORMAT,
         "model": model.config.to_dict(),
         "k_max": int(model.k_max),
+        "evidence": {"restarts": int(model.evidence_restarts), "steps": int(model.evidence_steps)},
         "train": train_config,
         "step": step,
         "source": source,
@@ -85,7 +87,13 @@ def load_k_posterior(directory: str = SHIPPED) -> KPosteriorCheckpoint:
             meta = json.load(f)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError(f"not a format-{FORMAT} K-posterior config")
-        model = KPosterior(ModelConfig.from_dict(meta["model"]), int(meta["k_max"]))
+        evidence = meta.get("evidence", {"restarts": 0, "steps": 30})
+        model = KPosterior(
+            ModelConfig.from_dict(meta["model"]),
+            int(meta["k_max"]),
+            evidence_restarts=int(evidence["restarts"]),
+            evidence_steps=int(evidence["steps"]),
+        )
         train = meta["train"]
         n_min, n_max = int(train["n_min"]), int(train["n_max"])
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tgmm_jax import k_evidence
 from tgmm_jax.models.backbones import BACKBONES
 from tgmm_jax.models.config import ModelConfig, model_config
 from tgmm_jax.models.normalize import normalize_tasks
@@ -54,6 +55,8 @@ class KPosterior(nn.Module):
 
     config: ModelConfig
     k_max: int = 8
+    evidence_restarts: int = 0  # > 0: also read the likelihood evidence (tgmm_jax/k_evidence.py)
+    evidence_steps: int = 30
 
     @nn.compact
     def __call__(self, points_BxNxD: jax.Array, point_mask_BxN: jax.Array) -> jax.Array:
@@ -97,7 +100,38 @@ class KPosterior(nn.Module):
         hidden = nn.LayerNorm(name="head_ln")(summary)
         hidden = jax.nn.gelu(nn.Dense(c.mlp_ratio * e, name="head_fc")(hidden))
         logits_BxK = nn.Dense(self.k_max, name="head_out")(hidden)
+        if self.evidence_restarts > 0:
+            logits_BxK = logits_BxK + self._evidence_logits(points_BxNxD, mask_BxN, norm, hidden)
         return jax.nn.log_softmax(logits_BxK.astype(jnp.float32), axis=-1)
+
+    def _evidence_logits(self, points_BxNxD, mask_BxN, norm, hidden_BxH):
+        """The likelihood evidence's contribution to the logits (zero at initialisation, so a checkpoint
+        without it starts from its own answer): an MLP on the per-K gains of the best tied-spherical EM fit
+        (``k_evidence``), in units of BIC's penalty per component, and a BIC-like softmax, joined by the head's
+        hidden state."""
+        k_max = self.k_max
+        loglik_BxK = k_evidence.max_log_likelihood_per_k(
+            points_BxNxD,
+            mask_BxN,
+            norm.coords_BxNxR[..., 0],
+            k_max,
+            self.evidence_restarts,
+            self.evidence_steps,
+        )
+        n_B = jnp.maximum(jnp.sum(mask_BxN, axis=-1), 2).astype(jnp.float32)
+        d = points_BxNxD.shape[-1]
+        total_BxK = n_B[:, None] * loglik_BxK
+        penalty = 0.5 * (d + 1) * jnp.log(n_B)[:, None]  # BIC's per component (D means, one weight)
+        gains_BxG = jnp.diff(total_BxK, axis=-1) / penalty
+        score_BxK = total_BxK - penalty * jnp.arange(k_max)[None, :]
+        score_BxK = jnp.maximum(jax.nn.log_softmax(score_BxK, axis=-1), -30.0)
+        size_Bx2 = jnp.stack([jnp.log(n_B), jnp.full_like(n_B, jnp.log(d))], axis=-1)
+        feats = jnp.concatenate([jnp.arcsinh(gains_BxG), score_BxK / 10.0, size_Bx2], axis=-1)
+        feats = jax.lax.stop_gradient(jnp.where(jnp.isfinite(feats), feats, 0.0))
+        e = self.config.width
+        h = jax.nn.gelu(nn.Dense(2 * e, name="evidence_fc")(nn.LayerNorm(name="evidence_ln")(feats)))
+        h = jax.nn.gelu(nn.Dense(2 * e, name="evidence_fc2")(jnp.concatenate([h, hidden_BxH], axis=-1)))
+        return nn.Dense(k_max, kernel_init=nn.initializers.zeros, name="evidence_out")(h)
 
 
 def k_cross_entropy(log_probs_BxK: jax.Array, num_components_B: jax.Array) -> jax.Array:
