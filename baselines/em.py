@@ -31,7 +31,7 @@ from flax import struct
 from baselines import draws, inits
 from baselines.chunking import default_chunk_size, map_task_chunks
 from tgmm_jax.gmm import MixtureParams
-from tgmm_jax.mixture import fused
+from tgmm_jax.mixture import averaging, fused
 from tgmm_jax.mixture.fused import ChunkData, FitState
 from tgmm_jax.tasks import VARIANTS, GMMTask
 
@@ -61,6 +61,9 @@ class EMConfig:
     group_size: int | None = None  # fits per phase-2 group; None: sized for the cache
     chunk_steps: int = 4  # phase-1 iterations
     steps_per_round: int = 4  # phase-2 iterations between regroupings
+    # 'best': the restart of highest likelihood; 'average': the restarts' likelihood-weighted average
+    # (tgmm_jax.mixture.averaging), a parameter-free hedge over local optima
+    combine: str = "best"
 
     def __post_init__(self):
         check_variant(self.variant)
@@ -74,6 +77,8 @@ class EMConfig:
         for name in ("chunk_size", "group_size"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
+        if self.combine not in ("best", "average"):
+            raise ValueError(f"combine must be 'best' or 'average', got {self.combine!r}")
 
     @property
     def learn_variances(self) -> bool:
@@ -295,6 +300,21 @@ def _fit(
     best = _gather(state, best_B)
     mask_BxK = task.component_mask
     weights, means, scales = fused.final_estimates(best, centre_BxD, mask_BxK)
+    if config.combine == "average":
+        # every restart (degenerate ones excluded, as above) weighted by its total log-likelihood
+        per_fit = functools.partial(jax.tree.map, lambda a: a.reshape((batch, fits_per_task) + a.shape[2:]))
+        fits = per_fit(state)
+        n_B = jnp.sum(task.point_mask, axis=-1).astype(score_BxR.dtype)
+        total_BxR = (score_BxR + offset_B[:, None]) * n_B[:, None]
+        weights, means, variances, _ = averaging.likelihood_weighted_average(
+            fits.weights_CxRxK,
+            fits.means_CxRxKxD + centre_BxD[:, None, None, :],
+            fits.variances_CxRxKxD,
+            total_BxR,
+            mask_BxK,
+        )
+        means = jnp.where(mask_BxK[..., None], means, 0.0)
+        scales = None if variances is None else jnp.where(mask_BxK[..., None], jnp.sqrt(variances), 1.0)
     # As sklearn's lower_bound_: the log-likelihood at the kept fit's last E-step, i.e. of the parameters
     # before its last M-step (for a converged fit, within tol of the returned parameters').
     loglik = progress.last_ll[best_B, 0] + offset_B
