@@ -41,6 +41,7 @@ class SeededEMConfig:
     # "unit": unit noise variance (the paper's); "unknown": a tied variance estimated at every E-step, and
     # spherical scales out (the skeleton of a model with noise='conditioned', told nothing)
     noise: str = "unit"
+    seed_combine: str = "best"  # the read-out's ModelConfig.seed_combine: "best" or "average"
 
     def __post_init__(self):
         em.check_variant(self.variant)
@@ -51,6 +52,10 @@ class SeededEMConfig:
         if self.slot_init == "learned":
             raise ValueError("em_seeded needs parameter-free seedings; slot_init='learned' has none")
         seeding_functions(self.slot_init)  # raises naming a bad seeding
+        if self.seed_combine not in ("best", "average"):
+            raise ValueError(
+                f"SeededEMConfig.seed_combine must be 'best' or 'average', got {self.seed_combine!r}"
+            )
         em._check_int("iters", self.iters, 0)
         em._check_int("rank", self.rank, 1)
 
@@ -64,7 +69,10 @@ def skeleton_settings(model_config) -> dict:
             f"readout={model_config.readout!r}, slot_init={model_config.slot_init!r}"
         )
     return dict(
-        slot_init=model_config.slot_init, iters=model_config.cluster_iters, rank=model_config.project_rank
+        slot_init=model_config.slot_init,
+        iters=model_config.cluster_iters,
+        rank=model_config.project_rank,
+        seed_combine=model_config.seed_combine,
     )
 
 
@@ -78,6 +86,7 @@ def _fit_chunk(task_C: GMMTask, config: SeededEMConfig):
         rank=config.rank,
         anisotropic=config.variant == "anisotropic",
         noise_var_B=jnp.full(task_C.points.shape[:1], jnp.nan) if config.noise == "unknown" else None,
+        seed_combine=config.seed_combine,
     )
     mask_CxK = task_C.component_mask
     weights_CxK = jax.nn.softmax(jnp.where(mask_CxK, logits_CxK, -jnp.inf), axis=-1)

@@ -63,12 +63,26 @@ def model_card(train_config: dict, step: int, study: dict, noise: dict | None = 
     summary, settings = study["summary"], study["settings"]
     if settings.get("workdir") is None:
         raise ValueError("the study JSON names no workdir")
+    methods = METHODS + (("ablation",) if "ablation" in summary["accuracy"] else ())
     lines = [
         "# K posterior: a learned P(K | X)",
         "",
         "`KPosterior` (tgmm_jax/models/k_posterior.py): the normalised read-in, the `set` transformer and a",
         "pooled head over K = 1..k_max. It reads at most `n_max` points of a dataset (a seeded subsample of more),",
         "and nothing it sees depends on the data's units, order, translation or rotation.",
+    ]
+    if train_config.get("evidence_restarts"):
+        lines += [
+            "Beside the set network it reads the likelihood evidence (tgmm_jax/k_evidence.py): for every K, the",
+            f"best of {train_config['evidence_restarts']} EM fits with one shared spherical variance "
+            + f"({train_config['evidence_steps']} iterations from k-means++ starts, the points in a canonical order),",
+            "as per-K gains in units of BIC's penalty and a BIC-like softmax, through a second MLP head.",
+        ]
+    if "ablation" in methods:
+        lines.append(
+            f"`ablation` in the tables: `{settings.get('ablation_workdir')}`, the set network alone, on the same tasks."
+        )
+    lines += [
         '`TGMMEstimator(n_components="auto")` picks the most probable K it can fit.',
         "",
         "## Training",
@@ -87,14 +101,14 @@ def model_card(train_config: dict, step: int, study: dict, noise: dict | None = 
         "K accuracy, % (bic: EM k-means++ x" + str(settings["n_init"]) + ", collapsed restarts excluded;",
         f"bic_raw: sklearn's n_init rule; bgm: BayesianGaussianMixture, weights above {settings['bgm_threshold']}):",
         "",
-        "| cell | " + " | ".join(METHODS) + " |",
-        "|---" * (len(METHODS) + 1) + "|",
+        "| cell | " + " | ".join(methods) + " |",
+        "|---" * (len(methods) + 1) + "|",
     ]
     for cell, accs in summary["accuracy_by_dn"].items():
-        lines.append(f"| {cell} | " + " | ".join(_pct(accs.get(m)) for m in METHODS) + " |")
+        lines.append(f"| {cell} | " + " | ".join(_pct(accs.get(m)) for m in methods) + " |")
     for name, key in (("all cells", "accuracy"), ("N <= 128", "accuracy_n_le_128")):
         accs = summary[key]
-        lines.append(f"| {name} | " + " | ".join(_pct(accs.get(m)) for m in METHODS) + " |")
+        lines.append(f"| {name} | " + " | ".join(_pct(accs.get(m)) for m in methods) + " |")
     loss = summary["logloss"]
     k1 = summary["k1_rate"]
     lines += [

@@ -36,10 +36,18 @@ def _config(**overrides):
     return model_config("tiny", **fields)
 
 
-@pytest.fixture(scope="module", params=["learned", "farthest+greedy+smooth3"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        dict(slot_init="learned"),
+        dict(slot_init="farthest+greedy+smooth3"),
+        dict(slot_init="farthest+greedy+smooth3", seed_combine="average"),
+    ],
+    ids=["learned", "seeded", "seeded-average"],
+)
 def setup(request):
     spec = TaskSpec(dim=5, ks=KS, n_max=40, n_min=20)
-    model = make_model(_config(slot_init=request.param), spec)
+    model = make_model(_config(**request.param), spec)
     task = sample_tasks(jax.random.key(0), spec, 2)
     params = model.init(jax.random.key(1), task.points, task.point_mask, task.num_components)["params"]
     # move the parameters off their init so the checks do not pass by a symmetric start
@@ -338,6 +346,55 @@ def test_best_of_two_seedings_keeps_the_likelier_estimate_per_task():
         np.testing.assert_allclose(
             np.asarray(outs["farthest+greedy"].means[b]), np.asarray(expected.means[b]), rtol=1e-5, atol=1e-5
         )
+
+
+@pytest.mark.slow
+def test_averaged_seedings_are_the_likelihood_weighted_average_of_each_seedings_estimate():
+    """seed_combine='average': the two seedings' estimates (each model with one seeding, same parameters)
+    matched by the permutation of least squared mean distance to the kept one and averaged with
+    probabilities softmax(N x mean log-likelihood): a NumPy reference."""
+    import itertools
+
+    from scipy.special import logsumexp, softmax
+
+    spec = TaskSpec(dim=2, ks=KS, n_max=12, n_min=12, variable_n=False)
+    task = sample_tasks(jax.random.key(5), spec, 3)
+    models = {init: make_model(_config(slot_init=init), spec) for init in ("farthest", "greedy")}
+    models["both"] = make_model(_config(slot_init="farthest+greedy", seed_combine="average"), spec)
+    params = models["both"].init(jax.random.key(1), task.points, task.point_mask, task.num_components)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(p.size), p.shape), params)
+    outs = {
+        init: m.apply(params, task.points, task.point_mask, task.num_components).to_params()
+        for init, m in models.items()
+    }
+    x_BxNxD = np.asarray(task.points, np.float64)
+    moved = 0
+    for b in range(x_BxNxD.shape[0]):
+        k = int(task.num_components[b])
+        fits, lls = [], []
+        for init in ("farthest", "greedy"):
+            w = np.asarray(outs[init].weights[b, :k], np.float64)
+            mu = np.asarray(outs[init].means[b, :k], np.float64)
+            sq = np.sum((x_BxNxD[b][:, None] - mu[None]) ** 2, -1)
+            lls.append(
+                np.sum(logsumexp(np.log(w)[None] - 0.5 * sq, axis=-1))
+            )  # unit variance: constants cancel
+            fits.append((w, mu))
+        p = softmax(np.array(lls))
+        # the slot order is the kept seeding's: the second only if better by 1e-4 nats per point (the tie rule)
+        best = int(lls[1] / x_BxNxD.shape[1] > lls[0] / x_BxNxD.shape[1] + 1e-4)
+        w_avg, mu_avg = np.zeros(k), np.zeros((k, 2))
+        for r, (w, mu) in enumerate(fits):
+            perm = min(
+                itertools.permutations(range(k)),
+                key=lambda q: sum(np.sum((mu[q[j]] - fits[best][1][j]) ** 2) for j in range(k)),
+            )
+            w_avg += p[r] * w[list(perm)]
+            mu_avg += p[r] * mu[list(perm)]
+        np.testing.assert_allclose(np.asarray(outs["both"].means[b, :k]), mu_avg, atol=2e-4)
+        np.testing.assert_allclose(np.asarray(outs["both"].weights[b, :k]), w_avg / w_avg.sum(), atol=1e-5)
+        moved += min(p) > 1e-3
+    assert moved, "no task mixes its two seedings: the check would not see an average"
 
 
 def _correction_setup():

@@ -146,7 +146,9 @@ def check_shipped_model_is_its_skeleton():
 
 def test_settings_and_errors():
     cfg = model_config("tiny", readin="normalized", readout="cluster", slot_init="farthest", cluster_iters=2)
-    assert skeleton_settings(cfg) == dict(slot_init="farthest", iters=2, rank=cfg.project_rank)
+    assert skeleton_settings(cfg) == dict(
+        slot_init="farthest", iters=2, rank=cfg.project_rank, seed_combine="best"
+    )
     with pytest.raises(ValueError, match="skeleton"):
         skeleton_settings(model_config("tiny", readout="cluster"))
     with pytest.raises(ValueError, match="learned"):

@@ -30,11 +30,11 @@ class Checkpoint:
     config: ml_collections.ConfigDict | None = None  # the training config (training workdirs only)
 
 
-def with_slot_init(ckpt: Checkpoint, slot_init: str | None) -> Checkpoint:
+def with_slot_init(ckpt: Checkpoint, slot_init: str | None, seed_combine: str | None = None) -> Checkpoint:
     """``ckpt`` with its clustering read-out seeded by ``slot_init`` (ModelConfig.slot_init) instead of the
-    trained seeding; the seedings have no parameters, so the weights are unchanged. None or '' keeps the trained
-    one."""
-    model_config = reseeded(ckpt.model_config, slot_init)
+    trained seeding, and its seedings combined by ``seed_combine`` (ModelConfig.seed_combine); neither has
+    parameters, so the weights are unchanged. None or '' keeps the trained one."""
+    model_config = reseeded(ckpt.model_config, slot_init, seed_combine)
     if model_config is ckpt.model_config:
         return ckpt
     return dataclasses.replace(ckpt, model_config=model_config, model=make_model(model_config, ckpt.spec))

@@ -40,11 +40,14 @@ def likelihood_weighted_average(
     total_loglik_BxR: jax.Array,
     component_mask_BxK: jax.Array,
     temperature: float = 1.0,
+    reference_B: jax.Array | None = None,
 ):
     """(weights [B, K], means [B, K, D], variances [B, K, D] or None, fit probabilities [B, R]): the module's
-    average. Padded components (``component_mask`` False) stay in their slots and come out zero."""
+    average, in the slot order of the fit ``reference_B`` (default: the likeliest; a caller with a rule for
+    near-ties passes its own, so that float32 noise cannot reorder the slots). Padded components
+    (``component_mask`` False) stay in their slots and come out zero."""
     probs_BxR = fit_probabilities(total_loglik_BxR, temperature)
-    best_B = jnp.argmax(probs_BxR, axis=-1)
+    best_B = jnp.argmax(probs_BxR, axis=-1) if reference_B is None else reference_B
     ref_BxKxD = jnp.take_along_axis(means_BxRxKxD, best_B[:, None, None, None], axis=1)[:, 0]
     mask_BxK = component_mask_BxK.astype(bool)
 

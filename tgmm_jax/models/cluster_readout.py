@@ -45,7 +45,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from tgmm_jax import gmm
 from tgmm_jax.gmm import MixtureParams, mean_log_likelihood
+from tgmm_jax.mixture import averaging
 from tgmm_jax.models.normalize import normalize_tasks
 
 _MASKED = -1e30
@@ -65,6 +67,7 @@ class ClusterReadout(nn.Module):
     num_heads: int = 4
     mlp_ratio: int = 2
     slot_init: str = "learned"
+    seed_combine: str = "best"  # ModelConfig.seed_combine: "best" or "average" of the seedings' estimates
     # A learned posterior-mean correction: after the last iteration, each slot's state moves its mean (in the
     # task's normalised coordinates, mapped back through the principal basis and scale, so the move is
     # translation-, rotation- and scale-equivariant) and its weight logit. Zero-initialised: at initialisation
@@ -203,7 +206,7 @@ class ClusterReadout(nn.Module):
                         seed_logits(coords_BxNxR, seeds_BxKxR, precision0_B, seed_scale),
                     )
                 )
-            best = best_of_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK)
+            best = combine_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK, self.seed_combine)
         weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK = best
         means_BxKxD = centre_BxD[:, None, :] + offsets_BxKxD
         return weight_logits_BxK, means_BxKxD, scales_BxKxD, log_resp_BxNxK
@@ -349,6 +352,44 @@ def estimate_mixture(
     return weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK
 
 
+def combine_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK, how: str = "best"):
+    """One estimate from the seedings' ``outs``: ``best_of_seedings`` ("best") or their likelihood-weighted
+    average ("average": ``tgmm_jax.mixture.averaging``, each seeding's probability softmax of its total
+    log-likelihood over the task's points; the log-responsibilities are those of the averaged mixture)."""
+    if how == "best" or len(outs) == 1:
+        return best_of_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK)
+    if how != "average":
+        raise ValueError(f"seed_combine must be 'best' or 'average', got {how!r}")
+    weights, lls = [], []
+    for weight_logits_BxK, offsets_BxKxD, scales_BxKxD, _ in outs:
+        weights_BxK = jax.nn.softmax(jnp.where(component_mask_BxK, weight_logits_BxK, _MASKED), -1)
+        params = MixtureParams(weights_BxK, offsets_BxKxD, scales_BxKxD, component_mask_BxK)
+        lls.append(mean_log_likelihood(centred_BxNxD, mask_BxN, params))
+        weights.append(weights_BxK)
+    count_B = jnp.sum(mask_BxN, axis=-1).astype(jnp.float32)
+    # the slot order is that of best_of_seedings' choice (its near-tie rule), not of a float32 coin flip
+    reference_B, best_ll_B = jnp.zeros(count_B.shape, jnp.int32), lls[0]
+    for r, ll_B in enumerate(lls[1:], start=1):
+        reference_B = jnp.where(ll_B > best_ll_B + _TIE_NATS, r, reference_B)
+        best_ll_B = jnp.maximum(ll_B, best_ll_B)
+    stack = functools.partial(jnp.stack, axis=1)
+    variances = None if outs[0][2] is None else stack([jnp.square(o[2]) for o in outs])
+    weights_BxK, offsets_BxKxD, variances_BxKxD, _ = averaging.likelihood_weighted_average(
+        stack(weights),
+        stack([o[1] for o in outs]),
+        variances,
+        stack(lls) * count_B[:, None],
+        component_mask_BxK,
+        reference_B=reference_B,
+    )
+    scales_BxKxD = None if variances_BxKxD is None else jnp.sqrt(variances_BxKxD)
+    params = MixtureParams(weights_BxK, offsets_BxKxD, scales_BxKxD, component_mask_BxK)
+    log_joint_BxNxK = gmm.log_joint(centred_BxNxD, params)
+    log_resp_BxNxK = log_joint_BxNxK - jax.nn.logsumexp(log_joint_BxNxK, axis=-1, keepdims=True)
+    weight_logits_BxK = jnp.log(jnp.maximum(weights_BxK, 1e-30))
+    return weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK
+
+
 def best_of_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK):
     """Per task, the estimate (an ``estimate_mixture`` tuple) of highest mean log-likelihood among ``outs``,
     one per seeding in order. A later seeding replaces the kept estimate only if it beats every earlier one by
@@ -390,6 +431,7 @@ def seeded_em(
     rank: int,
     anisotropic: bool = False,
     noise_var_B=None,
+    seed_combine: str = "best",
 ):
     """The clustering read-out with no learned term: its parameter-free skeleton.
 
@@ -429,8 +471,8 @@ def seeded_em(
                 log_resp_BxNxK, resp_BxNxK, mass_BxK, centred_BxNxD, mask_BxN, anisotropic, noise_var_B
             )
         )
-    weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK = best_of_seedings(
-        outs, centred_BxNxD, mask_BxN, component_mask_BxK
+    weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK = combine_seedings(
+        outs, centred_BxNxD, mask_BxN, component_mask_BxK, seed_combine
     )
     return weight_logits_BxK, norm.centre_BxD[:, None, :] + offsets_BxKxD, scales_BxKxD, log_resp_BxNxK
 

@@ -34,6 +34,8 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
     "paper": {"num_layers": 12, "width": 128, "num_heads": 4, "task_embed_dim": 128},
 }
 
+SEED_COMBINES = ("best", "average")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -74,6 +76,10 @@ class ModelConfig:
     # likelihood (deterministic restarts). The seedings have no parameters, so a checkpoint trained with one
     # can be evaluated with another.
     slot_init: str = "learned"
+    # How several seedings' estimates make one: "best" (the highest likelihood per task) or "average" (their
+    # likelihood-weighted average, tgmm_jax/mixture/averaging.py: a hedge over local optima). No parameters:
+    # a checkpoint can be evaluated either way.
+    seed_combine: str = "best"
     # A learned correction of each slot's mean and weight after the last iteration (models/cluster_readout.py;
     # zero-initialised, equivariant): lets the learned part move the estimate directly instead of only through
     # a logit beside the exact E-step.
@@ -111,10 +117,18 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
-def reseeded(config: ModelConfig, slot_init: str | None) -> ModelConfig:
-    """``config`` with its clustering read-out seeded by ``slot_init`` (None or '' keeps it). The seedings have
-    no parameters, so the same weights serve; refused for other read-outs and across learned / seeded starts
-    (only the seeded ones have the seed parameters)."""
+def reseeded(config: ModelConfig, slot_init: str | None, seed_combine: str | None = None) -> ModelConfig:
+    """``config`` with its clustering read-out seeded by ``slot_init`` and its seedings combined by
+    ``seed_combine`` (None or '' keeps each). The seedings and their combination have no parameters, so the
+    same weights serve; refused for other read-outs and across learned / seeded starts (only the seeded ones
+    have the seed parameters)."""
+    if seed_combine and seed_combine != config.seed_combine:
+        if config.readout != "cluster":
+            raise ValueError(
+                f"seed_combine applies to the clustering read-out; this model's is {config.readout!r}"
+            )
+        check_choice(seed_combine, "seed_combine", SEED_COMBINES)
+        config = dataclasses.replace(config, seed_combine=seed_combine)
     if not slot_init or slot_init == config.slot_init:
         return config
     if config.readout != "cluster":
@@ -148,6 +162,7 @@ def _validate(c: ModelConfig) -> None:
             "ModelConfig.noise='conditioned' needs readin='normalized' and readout='cluster' (the scale-free "
             f"coordinates and the read-out that estimates variances), got readin={c.readin!r}, readout={c.readout!r}"
         )
+    check_choice(c.seed_combine, "ModelConfig.seed_combine", SEED_COMBINES)
     if not isinstance(c.slot_init, str):
         raise ValueError(f"ModelConfig.slot_init must be a string, got {c.slot_init!r}")
     try:

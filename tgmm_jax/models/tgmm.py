@@ -113,6 +113,7 @@ class TGMM(nn.Module):
                 c.em_logits,
                 num_heads=c.num_heads,
                 slot_init=c.slot_init,
+                seed_combine=c.seed_combine,
                 correction=c.cluster_correction,
                 noise=c.noise == "conditioned",
             )

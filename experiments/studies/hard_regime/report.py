@@ -12,7 +12,17 @@ from experiments.reporting import format_gain
 from experiments.studies.base import Part, load_json
 from experiments.studies.base import prose as _prose
 
-ORDER = ("tgmm", "tgmm+em", "em_seeded", "em_seeded+em", "em_kmeanspp", "spectral", "bgm", "bayes")
+ORDER = (
+    "tgmm",
+    "tgmm+em",
+    "em_seeded",
+    "em_seeded+em",
+    "em_kmeanspp",
+    "em_averaged",
+    "spectral",
+    "bgm",
+    "bayes",
+)
 
 
 def prose(name: str, **fields) -> str:

@@ -9,9 +9,12 @@ Every method sees the same tasks of a cell (``tasks_per_cell`` per K; ``bayes`` 
 
   tgmm          the shipped ``cluster`` checkpoint (no training here)
   tgmm+em       its estimate + 5 EM steps
+                (``--seed_combine=average``: the model and its skeleton average their seedings the same way)
   em_seeded     the model's parameter-free skeleton (its seedings, iterations and rank; ``baselines.seeded_em``)
   em_seeded+em  the skeleton + the same 5 EM steps (the parameter-free counterpart of tgmm+em)
   em_kmeanspp   EM, k-means++ init, best of 10
+  em_averaged   the same 10 EM fits averaged with probabilities softmax(total log-likelihood), each matched to
+                the best one's components (``tgmm_jax.mixture.averaging``): a parameter-free hedge over optima
   spectral      Hsu-Kakade + tensor power method (n/a where K > d)
   bgm           scikit-learn's BayesianGaussianMixture (variational; spherical covariances, Dirichlet-process
                 weight prior with its defaults, n_components = the true K, max_iter 200, one init per task):
@@ -70,7 +73,17 @@ from tgmm_jax.trained import with_slot_init
 REFINE_STEPS = 5
 GAP_RATIO = 1.2
 KS = (2, 3, 4, 5)
-METHODS = ("tgmm", "tgmm+em", "em_seeded", "em_seeded+em", "em_kmeanspp", "spectral", "bgm", "bayes")
+METHODS = (
+    "tgmm",
+    "tgmm+em",
+    "em_seeded",
+    "em_seeded+em",
+    "em_kmeanspp",
+    "em_averaged",
+    "spectral",
+    "bgm",
+    "bayes",
+)
 NOISE_METHODS = METHODS + ("sklearn_gmm",)
 HOST_METHODS = ("bgm", "sklearn_gmm")  # fitted on the host with scikit-learn
 _NEEDS_CHECKPOINT = ("tgmm", "tgmm+em", "em_seeded", "em_seeded+em")
@@ -78,6 +91,7 @@ GAINS = {"tgmm": "em_seeded", "tgmm+em": "em_seeded+em"}
 # methods whose per-task results do not depend on --workdir: --baseline_cache keeps them
 BASELINE_CACHED = (
     "em_kmeanspp",
+    "em_averaged",
     "spectral",
     "bgm",
     "bayes",
@@ -103,6 +117,13 @@ def define_flags() -> None:
         "slot_init",
         "",
         "Seed the model's read-out (and its skeleton) with these seedings instead ('' = as run).",
+    )
+    flags.DEFINE_enum(
+        "seed_combine",
+        "",
+        ["", "best", "average"],
+        "Combine the model's (and its skeleton's) seedings this way instead ('' = as run): the best, or their "
+        "likelihood-weighted average.",
     )
     flags.DEFINE_string("name", "hard_regime", "Base name of the JSON and the figure in --results.")
     flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks (the same for every method).")
@@ -226,6 +247,7 @@ def build_methods(names, noise: tuple[float, float] | None = None) -> tuple[dict
     ``noise`` (lo, hi), bayes has an unknown noise scale with that log-uniform prior."""
     all_methods = {
         "em_kmeanspp": scoring.param_free(get_baseline("em_kmeanspp")),
+        "em_averaged": scoring.param_free(get_baseline("em_averaged")),
         "spectral": scoring.param_free(get_baseline("spectral")),
         "bayes": scoring.param_free(get_baseline("bayes", **bayes_config(noise))),
     }
@@ -549,18 +571,24 @@ def target_check() -> dict:
 
 def _evaluated_model():
     """The model scored as `tgmm`: a workdir's latest checkpoint or the shipped `cluster`, seeded by
-    ``--slot_init`` where given (its skeleton em_seeded then uses the same seedings)."""
+    ``--slot_init`` and combined by ``--seed_combine`` where given (its skeleton em_seeded then does the same)."""
     cluster = load_run(FLAGS.workdir) if FLAGS.workdir else load_pretrained("cluster")
-    return with_slot_init(cluster, FLAGS.slot_init) if FLAGS.slot_init else cluster
+    return with_slot_init(cluster, FLAGS.slot_init, FLAGS.seed_combine)
 
 
 def model_text() -> str:
     """Which model is `tgmm` here: a workdir's latest checkpoint, or the shipped `cluster`."""
     if FLAGS.workdir:
         run = _evaluated_model()
-        return f"computed with the workdir `{FLAGS.workdir}` (step {run.step}, slot_init {run.model_config.slot_init!r})"
+        combine = run.model_config.seed_combine
+        return (
+            f"computed with the workdir `{FLAGS.workdir}` (step {run.step}, slot_init {run.model_config.slot_init!r}"
+            + (", the seedings' likelihood-weighted average" if combine == "average" else "")
+            + ")"
+        )
     text = study.shipped_checkpoint_text("cluster")
-    return f"{text}, seeded by {FLAGS.slot_init!r}" if FLAGS.slot_init else text
+    text = f"{text}, seeded by {FLAGS.slot_init!r}" if FLAGS.slot_init else text
+    return f"{text}, the seedings' likelihood-weighted average" if FLAGS.seed_combine == "average" else text
 
 
 def _cached(path: str, settings: dict, compute) -> list[dict]:
