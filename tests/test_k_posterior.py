@@ -313,3 +313,161 @@ def test_bayes_block_is_cached_with_its_settings(tmp_path):
     assert study.load_bayes(str(tmp_path), 2, 16, 3, 3, config) is None
     with pytest.raises(ValueError, match="other settings"):
         study.load_bayes(str(tmp_path), 2, 16, 2, 4, config)
+
+
+def _ablation(k: int) -> dict:
+    """The ablation's cached block of a ``_blocks_with_bayes`` cell: right on task 0 (P(true K) = 0.4, the rest
+    spread evenly), wrong on task 1 (P(K = 3) = 0.6); ``log_probs_all`` (as where N > n_max) right on both."""
+    log_probs = np.log(np.full((2, study.K_MAX), 0.6 / (study.K_MAX - 1)))
+    log_probs[0, k - 1] = np.log(0.4)
+    log_probs[1] = np.log(np.full(study.K_MAX, 0.4 / (study.K_MAX - 1)))
+    log_probs[1, 2] = np.log(0.6)
+    log_probs_all = np.log(np.eye(study.K_MAX)[[k - 1] * 2] * 0.9 + 0.1 / study.K_MAX)
+    return {"log_probs": log_probs, "log_probs_all": log_probs_all}
+
+
+def test_ablation_is_scored_like_the_model():
+    without = study.analyse(_blocks_with_bayes(), [2], [32], 2, 32, 0.03)
+    blocks = {key: {**b, "ablation": _ablation(key[2])} for key, b in _blocks_with_bayes().items()}
+    saved = study.analyse(blocks, [2], [32], 2, 32, 0.03)
+    for cell in saved["cells"]:
+        k, lp = cell["k"], blocks[(2, 32, cell["k"])]["ablation"]
+        assert cell["accuracy"]["ablation"] == np.mean(lp["log_probs"].argmax(-1) + 1 == k)
+        np.testing.assert_allclose(cell["logloss"]["ablation"], -lp["log_probs"][:, k - 1].mean())
+        assert cell["accuracy"]["ablation_all"] == 1.0
+        # the model's numbers do not move
+        (same,) = [c for c in without["cells"] if c["k"] == k]
+        assert cell["accuracy"]["model"] == same["accuracy"]["model"]
+        # against the Bayes reference: Bayes' argmax is 1 on every task here but task 1 of K = 2 (tied: 1)
+        bayes = cell["bayes"]
+        bayes_lp = study.log_softmax_np(blocks[(2, 32, k)]["bayes"]["log_evidence"])
+        assert bayes["accuracy"]["ablation"] == cell["accuracy"]["ablation"]
+        assert bayes["agrees_with_bayes"]["ablation"] == np.mean(
+            lp["log_probs"].argmax(-1) == bayes_lp.argmax(-1)
+        )
+        np.testing.assert_allclose(
+            bayes["kl_from_bayes"]["ablation"], study.kl_rows(bayes_lp, lp["log_probs"]).mean()
+        )
+    assert [c["accuracy"]["ablation"] for c in saved["cells"]] == [0.5, 0.5]
+    summary = saved["summary"]
+    assert summary["accuracy"]["ablation"] == 0.5 and summary["accuracy"]["model"] == 1.0
+    # -log 0.4 on task 0, -log(0.4 / 7) on task 1, in both cells
+    np.testing.assert_allclose(summary["logloss"]["ablation"], -0.5 * (np.log(0.4) + np.log(0.4 / 7)))
+    np.testing.assert_allclose(summary["logloss"]["ablation_all"], -np.log(0.9 + 0.1 / study.K_MAX))
+    assert summary["bayes"]["all"]["agrees_with_bayes"]["ablation"] == 0.5
+    assert saved["reliability"]["ablation"]["ece"] > 0
+    assert saved["targets"] == without["targets"]  # the targets are the model's alone
+
+
+def test_report_shows_the_ablation():
+    from experiments.studies.k_posterior.report import k_posterior_section
+
+    blocks = {key: {**b, "ablation": _ablation(key[2])} for key, b in _blocks_with_bayes().items()}
+    saved = study.analyse(blocks, [2], [32], 2, 32, 0.03)
+    saved["settings"].update(
+        {
+            "workdir": "runs/ev",
+            "ablation_workdir": "runs/set",
+            "runs": {
+                "model": {"init_from": "runs/set", "steps": 30, "evidence_restarts": 4, "evidence_steps": 7},
+                "ablation": {"steps": 50},
+            },
+        }
+    )
+    text = "\n".join(k_posterior_section(saved))
+    # accuracy: model, ablation, ablation_all, BIC, ... (no model_all: no cell reads more than n_max)
+    assert (
+        "| D | N | learned P(K|X) | learned, set network alone | set network alone, all points | BIC |"
+        in text
+    )
+    assert "| 2 | 32 | 100.0 | 50.0 | 100.0 | 75.0 |" in text
+    ll = saved["summary"]["logloss"]
+    assert f"| log-loss of the true K, all cells | {ll['model']:.3f} | {ll['ablation']:.3f} |" in text
+    # the Bayes table: accuracies Bayes / model / ablation / BIC, then agreement model / ablation / BIC
+    assert "| 2 | 32 | 4 (K 1-2) | 75.0 | 100.0 | 50.0 | 75.0 |" in text
+    assert "KL(Bayes ‖ set network alone)" in text and " | 75.0 / 50.0 / 100.0 | " in text
+    assert "run `runs/ev`, 30 steps from the parameters of `runs/set`" in text
+    assert "run `runs/set`: the set network alone (no likelihood evidence), 50 steps" in text
+    assert "the best of 4 tied-spherical EM fits per K, 7 EM iterations each" in text
+    # the model beats the Bayes column's accuracy here (its log-loss does not): named as such
+    assert "D = 2, N = 32: learned P(K|X) accuracy 100.0 against 75.0." in text
+    assert "{" not in text  # every placeholder filled
+
+
+def _apply_mean(x):
+    """A stand-in for a trained run: log P(K | X) from the points' mean (so it depends on which were read)."""
+    return jax.nn.log_softmax(jnp.sum(jnp.mean(x, 1), -1, keepdims=True) * jnp.arange(study.K_MAX)[None], -1)
+
+
+def test_ablation_blocks_are_cached_read_on_the_models_subsample_and_joined(tmp_path):
+    results, dim, n, n_read = str(tmp_path), 2, 16, 10
+    computed = {}
+    for k in (1, 2):
+        for c in (0, 1):
+            model = study.model_block(results, 0, dim, n, k, c, _apply_mean, n_read)
+            ablation = study.model_block(results, 0, dim, n, k, c, _apply_mean, n_read, group="ablation")
+            computed[(k, c)] = ablation
+            # the same subsample, and log_probs_all on every point (n > n_read)
+            np.testing.assert_array_equal(ablation["log_probs"], model["log_probs"])
+            assert not np.allclose(ablation["log_probs_all"], ablation["log_probs"])
+            assert (tmp_path / "cache" / f"ablation_d{dim}_n{n}_k{k}_c{c}.npz").exists()
+            bic = np.full((study.CHUNK, study.K_MAX), 100.0)
+            bic[:, k - 1] = 0.0
+            study._save(
+                study._cache_path(results, "baselines", dim, n, k, c),
+                **_baselines_block(bic, np.zeros((study.CHUNK, study.K_MAX))),
+            )
+    # the chunks are different tasks; a cached block is read back, not recomputed (no apply_fn)
+    assert not np.allclose(computed[(1, 0)]["log_probs"], computed[(1, 1)]["log_probs"])
+    again = study.model_block(results, 0, dim, n, 1, 0, None, n_read, group="ablation")
+    np.testing.assert_array_equal(again["log_probs"], computed[(1, 0)]["log_probs"])
+    # K = 2 lacks one chunk of the ablation: the cell has none (not half of one)
+    (tmp_path / "cache" / f"ablation_d{dim}_n{n}_k2_c1.npz").unlink()
+    blocks, counts = study.load_blocks(results, [dim], [n], range(2), 0, ablation=True)
+    assert counts == [2 * study.CHUNK] * 2 and blocks[(dim, n, 2)]["ablation"] is None
+    saved = study.analyse(blocks, [dim], [n], 2 * study.CHUNK, n_read, 0.03)
+    (cell1, cell2) = saved["cells"]
+    lp = blocks[(dim, n, 1)]["ablation"]["log_probs"]
+    np.testing.assert_array_equal(lp, np.concatenate([computed[(1, c)]["log_probs"] for c in (0, 1)]))
+    assert cell1["accuracy"]["ablation"] == np.mean(lp.argmax(-1) == 0)
+    assert cell1["accuracy"]["ablation"] == cell1["accuracy"]["model"]
+    assert "ablation" not in cell2["accuracy"] and "model" in cell2["accuracy"]
+    no_ablation, _ = study.load_blocks(results, [dim], [n], range(2), 0, ablation=False)
+    assert all(b["ablation"] is None for b in no_ablation.values())
+
+
+@pytest.mark.slow  # trains two tiny runs (one with the likelihood evidence) and compiles both
+def test_learned_apply_loads_each_runs_own_model(tmp_path):
+    from experiments import train_k_posterior as tk
+
+    cfg = dict(
+        size="tiny",
+        num_layers=1,
+        k_max=study.K_MAX,
+        dims=[2],
+        n_min=6,
+        n_max=10,
+        tasks_per_k=1,
+        learning_rate=1e-3,
+        warmup_steps=1,
+        weight_decay=1e-4,
+        seed=0,
+        steps=2,
+        log_every=1,
+    )
+    tk.train(str(tmp_path / "set"), cfg, checkpoint_every=2)
+    ev = dict(cfg, evidence_restarts=2, evidence_steps=3, init_from=str(tmp_path / "set"))
+    tk.train(str(tmp_path / "ev"), ev, checkpoint_every=2)
+    assert study.run_config(str(tmp_path / "ev"))["evidence_restarts"] == 2
+    results = str(tmp_path / "results")
+    out = {
+        group: study.model_block(
+            results, 0, 2, 16, 3, 0, study.learned_apply(str(tmp_path / group)), 10, group
+        )
+        for group in ("set", "ev")
+    }
+    for block in out.values():
+        np.testing.assert_allclose(np.exp(block["log_probs"]).sum(-1), 1.0, atol=1e-5)
+        assert block["log_probs_all"].shape == (study.CHUNK, study.K_MAX)
+    # the evidence run moved two steps away from the set run it started from: different answers
+    assert np.abs(out["ev"]["log_probs"] - out["set"]["log_probs"]).max() > 1e-6

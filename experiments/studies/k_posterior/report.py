@@ -12,10 +12,12 @@ import os
 from experiments.studies.base import Part, load_json
 from experiments.studies.base import prose as _prose
 
-METHODS = ("model", "model_all", "bic", "aic", "bgm", "bic_raw", "aic_raw")
+METHODS = ("model", "model_all", "ablation", "ablation_all", "bic", "aic", "bgm", "bic_raw", "aic_raw")
 LABELS = {
     "model": "learned P(K|X)",
     "model_all": "learned, all points",
+    "ablation": "learned, set network alone",
+    "ablation_all": "set network alone, all points",
     "bic": "BIC",
     "aic": "AIC",
     "bgm": "BayesianGMM",
@@ -38,6 +40,42 @@ def _num(x, fmt=".3f") -> str:
     return "–" if x is None else format(x, fmt)
 
 
+def _network(cfg: dict) -> str:
+    """What a run's network reads, from its training config."""
+    if not cfg.get("evidence_restarts"):
+        return prose("set_alone")
+    return prose("with_evidence", restarts=cfg["evidence_restarts"], steps=cfg.get("evidence_steps", "–"))
+
+
+def _runs(s: dict) -> str:
+    """Which trained run each learned column is, from the study's settings, after a space (empty for a JSON
+    without them)."""
+    runs = s.get("runs", {})
+    if "model" not in runs:
+        return ""
+    model = runs["model"]
+    text = prose(
+        "model_run",
+        workdir=s["workdir"],
+        steps=model.get("steps", "–"),
+        start=" " + prose("started_from", init_from=model["init_from"]) if model.get("init_from") else "",
+    )
+    if "ablation" in runs:
+        ablation = runs["ablation"]
+        text += " " + prose(
+            "ablation_run",
+            workdir=s["ablation_workdir"],
+            network=_network(ablation),
+            steps=ablation.get("steps", "–"),
+            start=" " + prose("started_from", init_from=ablation["init_from"])
+            if ablation.get("init_from")
+            else "",
+        )
+        if model.get("init_from") == s["ablation_workdir"]:
+            text += " " + prose("model_from_ablation", steps=model.get("steps", "–"))
+    return " " + text
+
+
 def k_posterior_section(
     saved: dict,
     figure: str = "k_posterior/k_posterior.png",
@@ -46,9 +84,31 @@ def k_posterior_section(
     s, summary, targets = saved["settings"], saved["summary"], saved.get("targets", {})
     dims, ns = s["dims"], s["ns"]
     present = [m for m in METHODS if any(m in c["accuracy"] for c in saved["cells"])]
+    model_cfg = s.get("runs", {}).get("model", {})
     intro = prose(
         "intro",
         figure=figure,
+        evidence=(
+            " "
+            + prose(
+                "evidence",
+                restarts=model_cfg["evidence_restarts"],
+                steps=model_cfg.get("evidence_steps", "–"),
+            )
+            if model_cfg.get("evidence_restarts")
+            else ""
+        ),
+        training=(
+            prose(
+                "training_range",
+                n_min=model_cfg["n_min"],
+                n_max=model_cfg["n_max"],
+                dims=", ".join(str(d) for d in model_cfg["dims"]),
+            )
+            if {"n_min", "n_max", "dims"} <= model_cfg.keys()
+            else ""
+        ),
+        runs=_runs(s),
         seed=s.get("seed"),
         tasks_per_cell=s["tasks_per_cell"],
         n_init=s.get("n_init", 10),
@@ -71,16 +131,18 @@ def k_posterior_section(
     out.append("| all | all | " + " | ".join(_pct(summary["accuracy"].get(m)) for m in present) + " |")
     ll, ll_s = summary["logloss"], summary.get("logloss_n_le_128", {})
     rel = saved.get("reliability", {})
+    scored = [m for m in ("model", "ablation") if m in present] + ["bic_softmax"]
+
+    def row(name, values):
+        return f"| {name} | " + " | ".join(_num(v) for v in values) + " |"
+
     out += [
         "",
-        "| | learned P(K|X) | BIC-softmax |",
-        "|---|---|---|",
-        f"| log-loss of the true K, all cells | {_num(ll.get('model'))} | {_num(ll.get('bic_softmax'))} |",
-        f"| log-loss of the true K, N ≤ 128 | {_num(ll_s.get('model'))} | {_num(ll_s.get('bic_softmax'))} |",
-        (
-            "| expected calibration error of the top K (10 bins) | "
-            f"{_num(rel.get('model', {}).get('ece'))} | {_num(rel.get('bic_softmax', {}).get('ece'))} |"
-        ),
+        "| | " + " | ".join(LABELS[m] for m in scored) + " |",
+        "|---|" + "---|" * len(scored),
+        row("log-loss of the true K, all cells", [ll.get(m) for m in scored]),
+        row("log-loss of the true K, N ≤ 128", [ll_s.get(m) for m in scored]),
+        row("expected calibration error of the top K (10 bins)", [rel.get(m, {}).get("ece") for m in scored]),
         "",
         prose(
             "k1_rate",
@@ -127,7 +189,11 @@ def bayes_lines(saved: dict) -> list[str]:
     if not bayes:
         return []
     config = saved["settings"].get("bayes", {})
-    methods = [m for m in ("bayes", "model", "bic", "aic", "bgm") if m in bayes["all"]["accuracy"]]
+    methods = [
+        m for m in ("bayes", "model", "ablation", "bic", "aic", "bgm") if m in bayes["all"]["accuracy"]
+    ]
+    learned = [m for m in ("model", "ablation") if m in methods]
+    short = {"model": "learned", "ablation": "set network alone"}
     rows = [(key.replace("d", "").replace("_n", " | "), v) for key, v in bayes["by_dn"].items()]
     rows.append(
         (
@@ -146,9 +212,13 @@ def bayes_lines(saved: dict) -> list[str]:
         "",
         "| D | N | tasks | "
         + " | ".join(f"{LABELS[m]} acc." for m in methods)
-        + " | agrees with Bayes: learned / BIC | log-loss: Bayes / learned / BIC-softmax"
-        + " | KL(Bayes ‖ learned) | KL(Bayes ‖ BIC-softmax) |",
-        "|---|---|---|" + "---|" * len(methods) + "---|---|---|---|",
+        + " | agrees with Bayes: "
+        + " / ".join([short[m] for m in learned] + ["BIC"])
+        + " | log-loss: "
+        + " / ".join(["Bayes"] + [short[m] for m in learned] + ["BIC-softmax"])
+        + "".join(f" | KL(Bayes ‖ {short[m]})" for m in learned)
+        + " | KL(Bayes ‖ BIC-softmax) |",
+        "|---|---|---|" + "---|" * len(methods) + "---|---|" + "---|" * (len(learned) + 1),
     ]
     for label, v in rows:
         agree, ll, kl = v["agrees_with_bayes"], v["logloss"], v["kl_from_bayes"]
@@ -157,9 +227,12 @@ def bayes_lines(saved: dict) -> list[str]:
         out.append(
             f"| {label} | {v['tasks']}{partial} | "
             + " | ".join(_pct(v["accuracy"].get(m)) for m in methods)
-            + f" | {_pct(agree.get('model'))} / {_pct(agree.get('bic'))}"
-            + f" | {_num(ll.get('bayes'))} / {_num(ll.get('model'))} / {_num(ll.get('bic_softmax'))}"
-            + f" | {_num(kl.get('model'))} | {_num(kl.get('bic_softmax'))} |"
+            + " | "
+            + " / ".join(_pct(agree.get(m)) for m in [*learned, "bic"])
+            + " | "
+            + " / ".join(_num(ll.get(m)) for m in ["bayes", *learned, "bic_softmax"])
+            + "".join(f" | {_num(kl.get(m))}" for m in [*learned, "bic_softmax"])
+            + " |"
         )
     checks = "; ".join(
         f"D = {key[1:].split('_n')[0]}, N = {key.split('_n')[1]}: "
@@ -168,7 +241,26 @@ def bayes_lines(saved: dict) -> list[str]:
         if "mean_posterior" in v
     )
     out += ["", prose("bayes_reading"), ""]
+    beaten = _beats_bayes(bayes["by_dn"], methods)
+    out += [prose("bayes_beaten", cells=beaten), ""] if beaten else []
     return out + ([prose("bayes_check", checks=checks), ""] if checks else [])
+
+
+def _beats_bayes(by_dn: dict, methods: list) -> str:
+    """The (D, N) rows where a method has a higher K accuracy or a lower log-loss than the Bayes column."""
+    rows = []
+    for key, v in by_dn.items():
+        acc, ll = v["accuracy"], v["logloss"]
+        found = []
+        for m in methods[1:] + ["bic_softmax"]:
+            if acc.get(m) is not None and m != "bic_softmax" and acc[m] > acc["bayes"]:
+                found.append(f"{LABELS[m]} accuracy {_pct(acc[m])} against {_pct(acc['bayes'])}")
+            if ll.get(m) is not None and ll[m] < ll["bayes"]:
+                found.append(f"{LABELS[m]} log-loss {_num(ll[m])} against {_num(ll['bayes'])}")
+        if found:
+            d, n = key[1:].split("_n")
+            rows.append(f"D = {d}, N = {n}: " + ", ".join(found))
+    return "; ".join(rows)
 
 
 def build(results: str, scale: str):

@@ -11,6 +11,9 @@ chunks already computed). Every method sees the same tasks:
 * ``model``: argmax of the learned P(K | X). It was trained on N <= 128 (``n_max`` of the run): a task with more
   points is read through a seeded subsample of ``n_max`` points (without replacement), so the model never reads
   an N outside its training range; ``model_all`` is the same network reading all points (only where N > n_max).
+* ``ablation`` (with ``--ablation_workdir``): a second trained KPosterior run read exactly as ``model`` (the same
+  tasks, the same subsamples; ``ablation_all`` where N > n_max), scored as it is everywhere except the targets
+  (the model's alone); the study runs it on the set network without the likelihood evidence.
 * ``bic``, ``aic``: EM with learned spherical variances for each K = 1..8, scikit-learn
   ``GaussianMixture(covariance_type="spherical", n_init=1, init_params="k-means++")`` run from 10 k-means++
   seeds, the best non-collapsed restart kept (max_iter 100, tol 1e-3, reg_covar 1e-6); p = K D + K + (K - 1) free parameters; the K of least
@@ -26,15 +29,15 @@ chunks already computed). Every method sees the same tasks:
   K = 1..8 by annealed importance sampling with resampling (baselines/bayes_k.py, ``BAYES_CONFIG``), on the
   first ``--bayes_tasks`` tasks of chunk 0 of each cell with N in ``--bayes_ns`` (512 left out by default: the
   cost grows with N). It is the reference the others are measured against on those tasks: K accuracy, log-loss
-  of the true K, agreement with its argmax, and KL(bayes || method) for the model and the BIC-softmax
-  (``bayes`` in each cell, ``summary.bayes``). The settings and their check: ``BAYES_CONFIG``.
+  of the true K, agreement with its argmax, and KL(bayes || method) for the model, the ablation and the
+  BIC-softmax (``bayes`` in each cell, ``summary.bayes``). The settings and their check: ``BAYES_CONFIG``.
 
-Cached per (D, N, K, chunk) under ``results/<...>/cache/`` (baselines and model separately; rerunning skips
-finished blocks); ``--methods=baselines`` runs the classical methods alone (no trained model needed);
+Cached per (D, N, K, chunk) under ``results/<...>/cache/`` (baselines, model and ablation separately;
+rerunning skips finished blocks); ``--methods=baselines`` runs the classical methods alone (no trained model needed);
 ``--methods=bayes`` computes the Bayes blocks (``bayes_d*_n*_k*_c0.npz``, which record their task count and AIS
 settings; a block cached with other ones is an error, not silently reused), then analyses.
 Writes ``k_posterior.json``, ``k_posterior.png`` (accuracy against true K per cell) and
-``k_posterior_reliability.png`` (reliability of the top-K probability: model and BIC-softmax).
+``k_posterior_reliability.png`` (reliability of the top-K probability: model, ablation and BIC-softmax).
 """
 
 from __future__ import annotations
@@ -79,6 +82,11 @@ def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (tests import this module beside others
     that define flags of the same names)."""
     flags.DEFINE_string("workdir", "runs/k_posterior", "The trained KPosterior run.")
+    flags.DEFINE_string(
+        "ablation_workdir",
+        "",
+        "A second trained KPosterior run read on the same tasks and subsamples (method `ablation`); '': none.",
+    )
     flags.DEFINE_string("results", "results/k_posterior/", "Output directory.")
     flags.DEFINE_list("dims", ["2", "8"], "Data dimensions.")
     flags.DEFINE_list("ns", ["32", "128", "512"], "Points per task.")
@@ -90,7 +98,8 @@ def define_flags() -> None:
         "methods",
         "all",
         ["all", "baselines", "model", "bayes", "none"],
-        "Which blocks to compute; all but `baselines` then analyse every cell whose blocks are cached (`none`: only that).",
+        "Which blocks to compute (`model`: the model's and the ablation's); all but `baselines` then analyse every "
+        "cell whose blocks are cached (`none`: only that).",
     )
     flags.DEFINE_integer(
         "bayes_tasks", 16, f"Tasks per cell (the first of chunk 0, <= {CHUNK}) of the Bayes reference."
@@ -226,8 +235,11 @@ def baseline_block(results, seed, dim, n, k, chunk, n_init) -> dict:
     return out
 
 
-def model_block(results, seed, dim, n, k, chunk, apply_fn, n_read) -> dict:
-    path = _cache_path(results, "model", dim, n, k, chunk)
+def model_block(results, seed, dim, n, k, chunk, apply_fn, n_read, group: str = "model") -> dict:
+    """log P(K | X) [CHUNK, K_MAX] of a trained run on a seeded subsample of ``n_read`` points per task (the
+    subsample depends on the task alone, not on ``group``: the model and the ablation read the same points),
+    and ``log_probs_all`` on every point where n > n_read; cached under ``group``."""
+    path = _cache_path(results, group, dim, n, k, chunk)
     if os.path.exists(path):
         return dict(np.load(path))
     points, _ = held_out_tasks(seed, dim, n, k, chunk)
@@ -237,6 +249,57 @@ def model_block(results, seed, dim, n, k, chunk, apply_fn, n_read) -> dict:
         out["log_probs_all"] = np.asarray(apply_fn(jnp.asarray(points, jnp.float32)))
     _save(path, **out)
     return out
+
+
+def run_config(workdir: str) -> dict:
+    """The training config of a KPosterior run (its ``config.json``)."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        return json.load(f)
+
+
+def learned_apply(workdir: str):
+    """The jitted log P(K | X) of a trained run, on tasks whose every point counts: [B, N, D] -> [B, K_MAX]
+    (``load`` builds the run's own model, the likelihood evidence included when its config asks for it)."""
+    from experiments.train_k_posterior import load
+
+    model, params, cfg = load(workdir)
+    if cfg["k_max"] != K_MAX:
+        raise ValueError(f"{workdir} predicts K = 1..{cfg['k_max']}, the study K = 1..{K_MAX}")
+    return jax.jit(lambda x: model.apply(params, x, jnp.ones(x.shape[:2], bool)))
+
+
+def load_blocks(results, dims, ns, chunks, bayes_tasks: int, ablation: bool) -> tuple[dict, list]:
+    """The cached blocks of every cell, chunks joined: ({(dim, n, k): {'baselines', 'model', 'ablation' (None
+    unless ``ablation`` and cached for each joined chunk), 'bayes' (None if absent)}}, [tasks per cell]). A
+    cell joins the chunks whose baselines and model blocks are both cached; a cell with none is left out."""
+
+    def join(loaded):
+        return {key: np.concatenate([part[key] for part in loaded]) for key in loaded[0].files}
+
+    blocks, counts = {}, []
+    for d in dims:
+        for n in ns:
+            for k in range(1, K_MAX + 1):
+                done = [
+                    c
+                    for c in chunks
+                    if all(
+                        os.path.exists(_cache_path(results, g, d, n, k, c)) for g in ("baselines", "model")
+                    )
+                ]
+                if not done:
+                    continue
+                counts.append(CHUNK * len(done))
+                block = {
+                    g: join([np.load(_cache_path(results, g, d, n, k, c)) for c in done])
+                    for g in ("baselines", "model")
+                }
+                paths = [_cache_path(results, "ablation", d, n, k, c) for c in done]
+                has_ablation = ablation and all(os.path.exists(p) for p in paths)
+                block["ablation"] = join([np.load(p) for p in paths]) if has_ablation else None
+                block["bayes"] = load_bayes(results, d, n, k, bayes_tasks) if bayes_tasks else None
+                blocks[(d, n, k)] = block
+    return blocks, counts
 
 
 def bayes_block(results, seed, dim, n, k, tasks, config: BayesKConfig = BAYES_CONFIG) -> dict:
@@ -307,7 +370,9 @@ def kl_rows(log_p_TxK: np.ndarray, log_q_TxK: np.ndarray) -> np.ndarray:
     return np.sum(np.where(p > 0, p * (log_p_TxK - log_q_TxK), 0.0), axis=-1)
 
 
-def bayes_cell(bayes: dict, base: dict, model: dict | None, k: int, bgm_threshold: float) -> dict:
+def bayes_cell(
+    bayes: dict, base: dict, model: dict | None, k: int, bgm_threshold: float, ablation: dict | None = None
+) -> dict:
     """The Bayes posterior against the other methods on the tasks it was computed on (the first of the cell)."""
     bayes_lp = log_softmax_np(bayes["log_evidence"])
     t = bayes_lp.shape[0]
@@ -319,9 +384,10 @@ def bayes_cell(bayes: dict, base: dict, model: dict | None, k: int, bgm_threshol
     }
     log_probs = {"bayes": bayes_lp, "bic_softmax": smoothed_log_softmax(-0.5 * base["bic"][:t])}
     preds["bic_softmax"] = preds["bic"]
-    if model is not None:
-        log_probs["model"] = model["log_probs"][:t].astype(np.float64)
-        preds["model"] = log_probs["model"].argmax(-1) + 1
+    for name, learned in (("model", model), ("ablation", ablation)):
+        if learned is not None:
+            log_probs[name] = learned["log_probs"][:t].astype(np.float64)
+            preds[name] = log_probs[name].argmax(-1) + 1
     return {
         "tasks": int(t),
         "accuracy": {m: float(np.mean(p == k)) for m, p in preds.items() if m != "bic_softmax"},
@@ -377,8 +443,8 @@ def _bayes_summary(cells: list, dims, ns) -> dict:
 
 
 def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_init: int = 10) -> dict:
-    """blocks[(dim, n, k)] = {'baselines': {...}, 'model': {...} or None, 'bayes': {...} (optional)} (chunks
-    joined) -> the JSON."""
+    """blocks[(dim, n, k)] = {'baselines': {...}, 'model': {...} or None, 'ablation' and 'bayes': {...}
+    (optional)} (chunks joined) -> the JSON."""
     cells, pooled = [], {}
     for dim in dims:
         for n in ns:
@@ -386,7 +452,7 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
                 block = blocks.get((dim, n, k))
                 if block is None:
                     continue
-                base, model = block["baselines"], block.get("model")
+                base, model, ablation = block["baselines"], block.get("model"), block.get("ablation")
                 true = np.full(base["bic"].shape[0], k)
                 preds = {
                     "bic": base["bic"].argmin(-1) + 1,
@@ -403,13 +469,15 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
                     "bic_raw_softmax": float(-smoothed_log_softmax(-0.5 * base["bic_raw"])[:, k - 1].mean()),
                 }
                 probs = {"bic_softmax": np.exp(bic_lp)}
-                if model is not None:
-                    preds["model"] = model["log_probs"].argmax(-1) + 1
-                    logloss["model"] = float(-model["log_probs"][:, k - 1].mean())
-                    probs["model"] = np.exp(model["log_probs"])
-                    if "log_probs_all" in model:
-                        preds["model_all"] = model["log_probs_all"].argmax(-1) + 1
-                        logloss["model_all"] = float(-model["log_probs_all"][:, k - 1].mean())
+                for name, learned in (("model", model), ("ablation", ablation)):
+                    if learned is None:
+                        continue
+                    preds[name] = learned["log_probs"].argmax(-1) + 1
+                    logloss[name] = float(-learned["log_probs"][:, k - 1].mean())
+                    probs[name] = np.exp(learned["log_probs"])
+                    if "log_probs_all" in learned:
+                        preds[f"{name}_all"] = learned["log_probs_all"].argmax(-1) + 1
+                        logloss[f"{name}_all"] = float(-learned["log_probs_all"][:, k - 1].mean())
                 cell = {
                     "dim": dim,
                     "n": n,
@@ -421,7 +489,7 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
                     "degenerate_restarts": (base["degenerate_restarts"].mean(0) / n_init).tolist(),
                 }
                 if block.get("bayes") is not None:
-                    cell["bayes"] = bayes_cell(block["bayes"], base, model, k, bgm_threshold)
+                    cell["bayes"] = bayes_cell(block["bayes"], base, model, k, bgm_threshold, ablation)
                     probs_b = np.exp(log_softmax_np(block["bayes"]["log_evidence"]))
                     pooled.setdefault("bayes", {"probs": [], "true": []})
                     pooled["bayes"]["probs"].append(probs_b)
@@ -451,10 +519,12 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
             for n in ns
         },
         "logloss": {
-            m: mean_over("logloss", m) for m in ("model", "bic_softmax", "bic_raw_softmax", "model_all")
+            m: mean_over("logloss", m)
+            for m in ("model", "bic_softmax", "bic_raw_softmax", "model_all", "ablation", "ablation_all")
         },
         "logloss_n_le_128": {
-            m: mean_over("logloss", m, n=small) for m in ("model", "bic_softmax", "bic_raw_softmax")
+            m: mean_over("logloss", m, n=small)
+            for m in ("model", "bic_softmax", "bic_raw_softmax", "ablation")
         },
         "k1_rate": {m: mean_over("accuracy", m, k=[1]) for m in methods},
         "k1_rate_n_le_128": {m: mean_over("accuracy", m, k=[1], n=small) for m in methods},
@@ -493,7 +563,7 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
     }
 
 
-COLORS = {"model": "C0", "model_all": "C9", "bic": "C1", "aic": "C2", "bgm": "C3"}
+COLORS = {"model": "C0", "model_all": "C9", "ablation": "C4", "bic": "C1", "aic": "C2", "bgm": "C3"}
 
 
 def plot(saved: dict, path: str, reliability_path: str) -> None:
@@ -535,7 +605,7 @@ def plot(saved: dict, path: str, reliability_path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], "k:", lw=1)
-    for m, color in (("model", "C0"), ("bic_softmax", "C1"), ("bayes", "k")):
+    for m, color in (("model", "C0"), ("ablation", "C4"), ("bic_softmax", "C1"), ("bayes", "k")):
         if m not in saved["reliability"]:
             continue
         rows = [r for r in saved["reliability"][m]["bins"] if r["count"]]
@@ -571,17 +641,24 @@ def main(argv):
         ((d, n, k, c) for d in dims for n in ns for k in range(1, K_MAX + 1) for c in chunks),
         key=lambda t: (t[3], t[1], t[0], t[2]),
     )  # chunk 0 of every cell first, small N first
-    apply_fn, n_read = None, None
+    learned = {"model": FLAGS.workdir, "ablation": FLAGS.ablation_workdir}
+    learned = {group: workdir for group, workdir in learned.items() if workdir}
+    if FLAGS.methods == "baselines":  # no trained run needed
+        learned = {}
+    n_read = run_config(FLAGS.workdir)["n_max"] if learned else None
+    for workdir in learned.values():
+        if run_config(workdir)["n_max"] != n_read:
+            raise app.UsageError(
+                f"{workdir} reads at most {run_config(workdir)['n_max']} points, {FLAGS.workdir} {n_read}: the "
+                "model and the ablation must read the same subsamples"
+            )
+    apply_fns = {}
     if FLAGS.methods in ("all", "model"):
-        from experiments.train_k_posterior import load
-
-        model, params, cfg = load(FLAGS.workdir)
-        n_read = cfg["n_max"]
-        apply_fn = jax.jit(lambda x: model.apply(params, x, jnp.ones(x.shape[:2], bool)))
+        apply_fns = {group: learned_apply(workdir) for group, workdir in learned.items()}
     t0 = time.time()
     for d, n, k, c in order:
-        if FLAGS.methods in ("all", "model"):
-            model_block(results, seed, d, n, k, c, apply_fn, n_read)
+        for group, apply_fn in apply_fns.items():
+            model_block(results, seed, d, n, k, c, apply_fn, n_read, group)
         if FLAGS.methods in ("all", "baselines"):
             baseline_block(results, seed, d, n, k, c, FLAGS.n_init)
         if FLAGS.methods in ("all", "bayes") and c == 0 and n in bayes_ns and FLAGS.bayes_tasks:
@@ -589,35 +666,23 @@ def main(argv):
         print(f"[{time.time() - t0:6.0f} s] D={d} N={n} K={k} chunk {c}", flush=True)
     if FLAGS.methods == "baselines":
         return
-    if n_read is None:
-        with open(os.path.join(FLAGS.workdir, "config.json")) as f:
-            n_read = json.load(f)["n_max"]
-    blocks, counts = {}, []
-    for d in dims:
-        for n in ns:
-            for k in range(1, K_MAX + 1):
-                paths = [
-                    (_cache_path(results, "baselines", d, n, k, c), _cache_path(results, "model", d, n, k, c))
-                    for c in chunks
-                ]
-                parts = [
-                    (np.load(b), np.load(m)) for b, m in paths if os.path.exists(b) and os.path.exists(m)
-                ]
-                if not parts:
-                    continue
-                counts.append(CHUNK * len(parts))
-                blocks[(d, n, k)] = {
-                    "baselines": {
-                        key: np.concatenate([b[key] for b, _ in parts]) for key in parts[0][0].files
-                    },
-                    "model": {key: np.concatenate([m[key] for _, m in parts]) for key in parts[0][1].files},
-                    "bayes": load_bayes(results, d, n, k, FLAGS.bayes_tasks) if FLAGS.bayes_tasks else None,
-                }
+    blocks, counts = load_blocks(results, dims, ns, chunks, FLAGS.bayes_tasks, "ablation" in learned)
     if not blocks:
         raise app.UsageError(f"no cell has both its baseline and model blocks in {results}/cache")
+    lacking = [key for key, block in blocks.items() if "ablation" in learned and block["ablation"] is None]
+    if lacking:
+        print(f"no ablation blocks (for every chunk of the model's) in {len(lacking)} cells: {lacking}")
     tasks = counts[0] if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
     saved = analyse(blocks, dims, ns, tasks, n_read, FLAGS.bgm_threshold, FLAGS.n_init)
-    saved["settings"].update({"workdir": FLAGS.workdir, "seed": seed, "n_init": FLAGS.n_init})
+    saved["settings"].update(
+        {
+            "workdir": FLAGS.workdir,
+            "ablation_workdir": FLAGS.ablation_workdir,
+            "runs": {group: run_config(workdir) for group, workdir in learned.items()},
+            "seed": seed,
+            "n_init": FLAGS.n_init,
+        }
+    )
     if "bayes" in saved["summary"]:
         saved["settings"]["bayes"] = json.loads(_bayes_settings(BAYES_CONFIG, FLAGS.bayes_tasks))
     with open(os.path.join(results, "k_posterior.json"), "w") as f:
