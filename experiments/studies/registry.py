@@ -48,8 +48,9 @@ STUDIES = (
     Study(
         "k_posterior",
         (
-            "python -m experiments.train_k_posterior --workdir=runs/k_posterior",
-            "python -m experiments.studies.k_posterior.run --workdir=runs/k_posterior",
+            "python -m experiments.train_k_posterior --workdir=runs/k_posterior (stages: results/k_posterior/TRAINING.md)",
+            "python -m experiments.studies.k_posterior.run --workdir=runs/k_posterior_ev2 "
+            "--ablation_workdir=runs/k_posterior_noev2",
         ),
         ("k_posterior/",),
         k_posterior_report.build,
