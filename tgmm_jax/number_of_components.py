@@ -5,14 +5,16 @@
 
 The network (tgmm_jax/models/k_posterior.py) reads a task through its normalised principal coordinates and
 drops the absolute scale, so P(K | X) does not change under translation, rotation, the order of the points or
-x -> c x. It was trained (experiments/train_k_posterior.py) on tasks of N in [n_min, n_max] points; here a
+x -> c x. A checkpoint with the likelihood evidence (``evidence`` in its json; tgmm_jax/k_evidence.py) also
+reads, for every K, the best of a few EM fits with one shared spherical variance, computed on the same points
+(read in a canonical order, so the same invariances hold). It was trained (experiments/train_k_posterior.py) on tasks of N in [n_min, n_max] points; here a
 dataset with more than ``n_max`` points is read through ``n_max`` points drawn uniformly without replacement
 (seeded), and a smaller one is padded to ``n_max`` with masked points (which change nothing: tested). Each
 dataset is centred and divided by its spread in float64 first (which changes nothing the network sees, and
 keeps any finite scale inside float32). Missing values (NaN) are replaced by their column's observed mean
-before it reads them (the network was not trained with masks). It was trained at d = 2 and 8 only: other
-dimensions are read (the read-in is dimension-free) but lie outside its training range (at d = 1 it does not
-answer K = 1 on pure noise). Datasets are batched in powers of two up to ``BATCH``, so one program serves every N and d
+before it reads them (the network was not trained with masks). The dimensions it was trained on are in its
+json (``train.dims``); others are read (the read-in is dimension-free) but lie outside its training range (at
+d = 1 the set network alone did not answer K = 1 on pure noise). Datasets are batched in powers of two up to ``BATCH``, so one program serves every N and d
 after its first call per (batch bucket, d).
 
 Shipped files: ``tgmm_jax/pretrained/k_posterior/`` holds ``k_posterior.msgpack`` (float32 parameters),
