@@ -128,7 +128,7 @@ def model_card(train_config: dict, step: int, study: dict, noise: dict | None = 
             "",
             f"## Pure noise at every dimension ({NOISE_TASKS} datasets of N(0, I), N = {NOISE_N}, per d)",
             "",
-            "| d | trained on | answers K = 1 | mean P(K = 1 given X) |",
+            "| d | in the last stage's dims | answers K = 1 | mean P(K = 1 given X) |",
             "|---|---|---|---|",
         ]
         for d, row in noise.items():
