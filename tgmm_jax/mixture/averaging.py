@@ -9,8 +9,8 @@ posterior mass. This is the crudest version of that average: every fit's compone
 the fit of highest likelihood (the permutation of least total squared distance between means, all K!
 permutations scored: ``tgmm_jax.metrics.best_permutation``), then the matched weights, means (and variances)
 are averaged with fit probabilities softmax(total log-likelihood / temperature), the log-likelihood summed over
-the task's points. Fits that reached the same optimum count once each (its basin's share of the starts
-weighs in). At large N the best optimum's probability goes to 1 and the average is the maximum-likelihood fit;
+the task's points. Every fit counts, so an optimum reached by several starts weighs more (its basin's share
+of the starts). At large N the best optimum's probability goes to 1 and the average is the maximum-likelihood fit;
 at small N close optima share the estimate. Fits with a non-finite log-likelihood get probability 0 (a task
 whose fits are all non-finite keeps its first fit).
 """

@@ -16,10 +16,17 @@ masked as keys). Pooling over the real points: a masked mean of the states and a
 is their ``log_softmax``. The network's fields are those of ``ModelConfig`` (width, num_layers, num_heads,
 mlp_ratio, task_embed_dim, project_rank, dtype); ``k_posterior_config`` builds one.
 
+Likelihood evidence (``evidence_restarts > 0``, the shipped model): for every K, the best of that many EM fits
+with one shared spherical variance (``tgmm_jax.k_evidence``, ``evidence_steps`` iterations from k-means++
+starts, the points read in the order of their first normalised coordinate, so the invariances above hold).
+Their per-K log-likelihood gains, in units of BIC's penalty per component, and a BIC-like softmax go through a
+second MLP joined by the head's hidden state; its zero-initialised output is added to the head's logits, so a
+set network without it (same other parameters) is the starting point. No gradient flows into the fits.
+
 The task prior it is trained on (experiments/train_k_posterior.py): ``TaskSpec(ks=(1..8), cos_threshold=1.0)``,
 i.e. Algorithm 1 without the pairwise-cosine filter of the means (at D = 2 that filter cannot place 8 means:
 its acceptance rate is below the sampler's floor), means U[-5, 5]^D, unit isotropic noise, weights
-sort(U[0.2, 0.8]^K) normalised, N ~ U{32..128}, D alternating 2 and 8 by step, K uniform on 1..8.
+sort(U[0.2, 0.8]^K) normalised, N ~ U{32..128}, D cycling over a list by step, K uniform on 1..8.
 """
 
 from __future__ import annotations
