@@ -48,9 +48,8 @@ STUDIES = (
     Study(
         "k_posterior",
         (
-            "python -m experiments.train_k_posterior --workdir=runs/k_posterior (stages: results/k_posterior/TRAINING.md)",
-            "python -m experiments.studies.k_posterior.run --workdir=runs/k_posterior_ev2 "
-            "--ablation_workdir=runs/k_posterior_noev2",
+            "python -m experiments.train_k_posterior (six stages: results/k_posterior/TRAINING.md)",
+            "python -m experiments.studies.k_posterior.run --workdir=runs/k_posterior_ev2 --ablation_workdir=runs/k_posterior_noev2",
         ),
         ("k_posterior/",),
         k_posterior_report.build,
