@@ -88,3 +88,15 @@ def test_committed_report_regenerates_byte_for_byte(monkeypatch):
     with open(os.path.join("results", "REPORT.md")) as f:
         committed = f.read()
     assert make_report.build_report("results", "cpu") == committed
+
+
+def test_benchmark_paths_render_the_same_from_any_checkout():
+    """A benchmark JSON records its checkpoint's absolute path; the report shows it relative to the
+    repository, and another checkout's runs/ as runs/..., so the committed REPORT regenerates anywhere."""
+    from experiments.studies.hard_regime.report import _repo_relative
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert _repo_relative(os.path.join(root, "runs", "noise_cond3")) == os.path.join("runs", "noise_cond3")
+    assert _repo_relative("/elsewhere/clone/runs/noise_cond3") == os.path.join("runs", "noise_cond3")
+    assert _repo_relative("runs/noise_cond4") == "runs/noise_cond4"
+    assert _repo_relative("/opt/models/cluster") == "/opt/models/cluster"

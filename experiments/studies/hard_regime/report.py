@@ -470,10 +470,16 @@ TARGET_ARMS = {
 
 
 def _repo_relative(path: str) -> str:
-    """``path`` relative to the repository root where it lies under it (benchmarks recorded absolute paths)."""
+    """``path`` relative to the repository root where it lies under it (benchmarks recorded absolute paths);
+    an absolute path of another checkout's ``runs/`` as ``runs/...``, so the report does not depend on where
+    the repository was cloned."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    inside = os.path.isabs(path) and os.path.commonpath([root, path]) == root
-    return os.path.relpath(path, root) if inside else path
+    if not os.path.isabs(path):
+        return path
+    if os.path.commonpath([root, path]) == root:
+        return os.path.relpath(path, root)
+    parts = path.split(os.sep)
+    return os.path.join(*parts[parts.index("runs") :]) if "runs" in parts else path
 
 
 def build(results: str, scale: str):
