@@ -211,25 +211,27 @@ def test_report_section_renders():
     assert "**met**" in text and "**not met**" in text  # accuracy gap 0 < 10 points; the others met
 
 
-@pytest.mark.slow  # compiles and runs the training step three times
-def test_training_resumes_exactly(tmp_path):
-    from experiments import train_k_posterior as tk
-
-    cfg = dict(
+def _tiny_run_config(**fields) -> dict:
+    """A train_k_posterior config of a tiny set network (d = 2, N 6-10) with ``fields`` set."""
+    return dict(
         size="tiny",
         num_layers=1,
-        k_max=3,
         dims=[2],
         n_min=6,
         n_max=10,
-        tasks_per_k=2,
         learning_rate=1e-3,
         warmup_steps=1,
         weight_decay=1e-4,
         seed=0,
-        steps=4,
-        log_every=2,
+        **fields,
     )
+
+
+@pytest.mark.slow  # compiles and runs the training step three times
+def test_training_resumes_exactly(tmp_path):
+    from experiments import train_k_posterior as tk
+
+    cfg = _tiny_run_config(k_max=3, tasks_per_k=2, steps=4, log_every=2)
     straight = tk.train(str(tmp_path / "a"), cfg, checkpoint_every=2)
     tk.train(str(tmp_path / "b"), cfg, checkpoint_every=2, stop_after=2)
     resumed = tk.train(str(tmp_path / "b"), cfg, checkpoint_every=2)
@@ -440,21 +442,7 @@ def test_ablation_blocks_are_cached_read_on_the_models_subsample_and_joined(tmp_
 def test_learned_apply_loads_each_runs_own_model(tmp_path):
     from experiments import train_k_posterior as tk
 
-    cfg = dict(
-        size="tiny",
-        num_layers=1,
-        k_max=study.K_MAX,
-        dims=[2],
-        n_min=6,
-        n_max=10,
-        tasks_per_k=1,
-        learning_rate=1e-3,
-        warmup_steps=1,
-        weight_decay=1e-4,
-        seed=0,
-        steps=2,
-        log_every=1,
-    )
+    cfg = _tiny_run_config(k_max=study.K_MAX, tasks_per_k=1, steps=2, log_every=1)
     tk.train(str(tmp_path / "set"), cfg, checkpoint_every=2)
     ev = dict(cfg, evidence_restarts=2, evidence_steps=3, init_from=str(tmp_path / "set"))
     tk.train(str(tmp_path / "ev"), ev, checkpoint_every=2)

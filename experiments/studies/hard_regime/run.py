@@ -61,6 +61,7 @@ from baselines import get_baseline
 from baselines.seeded_em import skeleton_settings
 from experiments import methods as methods_lib
 from experiments import study
+from experiments.studies.hard_regime import report as hard_regime_report
 from experiments.studies.phase_transition import run as pt
 from tgmm_jax import scoring
 from tgmm_jax.gmm import MixtureParams
@@ -73,17 +74,7 @@ from tgmm_jax.trained import with_slot_init
 REFINE_STEPS = 5
 GAP_RATIO = 1.2
 KS = (2, 3, 4, 5)
-METHODS = (
-    "tgmm",
-    "tgmm+em",
-    "em_seeded",
-    "em_seeded+em",
-    "em_kmeanspp",
-    "em_averaged",
-    "spectral",
-    "bgm",
-    "bayes",
-)
+METHODS = hard_regime_report.ORDER  # every method, in the report's column order
 NOISE_METHODS = METHODS + ("sklearn_gmm",)
 HOST_METHODS = ("bgm", "sklearn_gmm")  # fitted on the host with scikit-learn
 _NEEDS_CHECKPOINT = ("tgmm", "tgmm+em", "em_seeded", "em_seeded+em")
