@@ -360,18 +360,8 @@ def combine_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK, how: str
         return best_of_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK)
     if how != "average":
         raise ValueError(f"seed_combine must be 'best' or 'average', got {how!r}")
-    weights, lls = [], []
-    for weight_logits_BxK, offsets_BxKxD, scales_BxKxD, _ in outs:
-        weights_BxK = jax.nn.softmax(jnp.where(component_mask_BxK, weight_logits_BxK, _MASKED), -1)
-        params = MixtureParams(weights_BxK, offsets_BxKxD, scales_BxKxD, component_mask_BxK)
-        lls.append(mean_log_likelihood(centred_BxNxD, mask_BxN, params))
-        weights.append(weights_BxK)
+    weights, lls = _seeding_log_likelihoods(outs, centred_BxNxD, mask_BxN, component_mask_BxK)
     count_B = jnp.sum(mask_BxN, axis=-1).astype(jnp.float32)
-    # the slot order is that of best_of_seedings' choice (its near-tie rule), not of a float32 coin flip
-    reference_B, best_ll_B = jnp.zeros(count_B.shape, jnp.int32), lls[0]
-    for r, ll_B in enumerate(lls[1:], start=1):
-        reference_B = jnp.where(ll_B > best_ll_B + _TIE_NATS, r, reference_B)
-        best_ll_B = jnp.maximum(ll_B, best_ll_B)
     stack = functools.partial(jnp.stack, axis=1)
     variances = None if outs[0][2] is None else stack([jnp.square(o[2]) for o in outs])
     weights_BxK, offsets_BxKxD, variances_BxKxD, _ = averaging.likelihood_weighted_average(
@@ -380,7 +370,8 @@ def combine_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK, how: str
         variances,
         stack(lls) * count_B[:, None],
         component_mask_BxK,
-        reference_B=reference_B,
+        # the slot order is that of best_of_seedings' choice (its near-tie rule), not of a float32 coin flip
+        reference_B=_kept_seeding(lls),
     )
     scales_BxKxD = None if variances_BxKxD is None else jnp.sqrt(variances_BxKxD)
     params = MixtureParams(weights_BxK, offsets_BxKxD, scales_BxKxD, component_mask_BxK)
@@ -390,26 +381,40 @@ def combine_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK, how: str
     return weight_logits_BxK, offsets_BxKxD, scales_BxKxD, log_resp_BxNxK
 
 
+def _seeding_log_likelihoods(outs, centred_BxNxD, mask_BxN, component_mask_BxK):
+    """Each seeding's mixture weights [B, K] and mean log-likelihood per point [B] (two lists, one entry per
+    seeding)."""
+    weights, lls = [], []
+    for weight_logits_BxK, offsets_BxKxD, scales_BxKxD, _ in outs:
+        weights_BxK = jax.nn.softmax(jnp.where(component_mask_BxK, weight_logits_BxK, _MASKED), -1)
+        params = MixtureParams(weights_BxK, offsets_BxKxD, scales_BxKxD, component_mask_BxK)
+        lls.append(mean_log_likelihood(centred_BxNxD, mask_BxN, params))
+        weights.append(weights_BxK)
+    return weights, lls
+
+
+def _kept_seeding(lls) -> jax.Array:
+    """Per task, the index [B] of the seeding kept: a later one replaces the kept one only if its mean
+    log-likelihood beats every earlier one's by ``_TIE_NATS`` per point."""
+    kept_B, best_ll_B = jnp.zeros(lls[0].shape, jnp.int32), lls[0]
+    for r, ll_B in enumerate(lls[1:], start=1):
+        kept_B = jnp.where(ll_B > best_ll_B + _TIE_NATS, r, kept_B)
+        best_ll_B = jnp.maximum(ll_B, best_ll_B)
+    return kept_B
+
+
 def best_of_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK):
     """Per task, the estimate (an ``estimate_mixture`` tuple) of highest mean log-likelihood among ``outs``,
     one per seeding in order. A later seeding replaces the kept estimate only if it beats every earlier one by
-    ``_TIE_NATS`` per point: two seedings often reach the same mixture with the slots in another order, and a
-    float32 near-tie must not flip the order (e.g. on translation)."""
+    ``_TIE_NATS`` per point (``_kept_seeding``): two seedings often reach the same mixture with the slots in
+    another order, and a float32 near-tie must not flip the order (e.g. on translation)."""
     if len(outs) == 1:
         return outs[0]
-    best = best_loglik = None
-    for out in outs:
-        weight_logits_BxK, offsets_BxKxD, scales_BxKxD, _ = out
-        weights_BxK = jax.nn.softmax(jnp.where(component_mask_BxK, weight_logits_BxK, _MASKED), -1)
-        loglik_B = mean_log_likelihood(
-            centred_BxNxD,
-            mask_BxN,
-            MixtureParams(weights_BxK, offsets_BxKxD, scales_BxKxD, component_mask_BxK),
-        )
-        if best is None:
-            best, best_loglik = out, loglik_B
-            continue
-        take_B = loglik_B > best_loglik + _TIE_NATS
+    _, lls = _seeding_log_likelihoods(outs, centred_BxNxD, mask_BxN, component_mask_BxK)
+    kept_B = _kept_seeding(lls)
+    best = outs[0]
+    for r, out in enumerate(outs[1:], start=1):
+        take_B = kept_B == r
         best = jax.tree.map(
             lambda new, old, take_B=take_B: jnp.where(
                 take_B.reshape((-1,) + (1,) * (new.ndim - 1)), new, old
@@ -417,7 +422,6 @@ def best_of_seedings(outs, centred_BxNxD, mask_BxN, component_mask_BxK):
             out,
             best,
         )
-        best_loglik = jnp.maximum(loglik_B, best_loglik)
     return best
 
 
