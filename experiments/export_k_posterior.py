@@ -78,6 +78,11 @@ def model_card(train_config: dict, step: int, study: dict, noise: dict | None = 
             + f"({train_config['evidence_steps']} iterations from k-means++ starts, the points in a canonical order),",
             "as per-K gains in units of BIC's penalty and a BIC-like softmax, through a second MLP head.",
         ]
+    if train_config.get("evidence_geometry"):
+        lines.append(
+            "A third MLP head reads each K's fit geometry (closest means in noise units, smallest and mean "
+            "expected counts, shared variance; tgmm_jax.models.k_posterior.fit_geometry)."
+        )
     if "ablation" in methods:
         lines.append(
             f"`ablation` in the tables: `{settings.get('ablation_workdir')}`, the set network alone, on the same tasks."

@@ -62,6 +62,12 @@ def define_flags() -> None:
         "tied-spherical EM fits per K); 0: the set network alone.",
     )
     flags.DEFINE_integer("evidence_steps", 30, "EM iterations of each evidence fit.")
+    flags.DEFINE_bool(
+        "evidence_geometry",
+        False,
+        "With --evidence_restarts: also read the geometry of each K's fit (separation, smallest count, "
+        "variance; tgmm_jax.models.k_posterior.fit_geometry).",
+    )
     flags.DEFINE_string(
         "init_from",
         "",
@@ -88,6 +94,8 @@ def task_spec(
 
 
 def run_config() -> dict:
+    if FLAGS.evidence_geometry and FLAGS.evidence_restarts < 1:
+        raise app.UsageError("--evidence_geometry reads the evidence's fits: give --evidence_restarts >= 1")
     return {
         "size": FLAGS.size,
         "num_layers": FLAGS.num_layers,
@@ -107,6 +115,7 @@ def run_config() -> dict:
             if FLAGS.evidence_restarts
             else {}
         ),
+        **({"evidence_geometry": True} if FLAGS.evidence_geometry else {}),
     }
 
 
@@ -117,6 +126,7 @@ def build_model(cfg: dict) -> KPosterior:
         cfg["k_max"],
         evidence_restarts=cfg.get("evidence_restarts", 0),
         evidence_steps=cfg.get("evidence_steps", 30),
+        evidence_geometry=bool(cfg.get("evidence_geometry", False)),
     )
 
 

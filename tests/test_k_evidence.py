@@ -11,7 +11,7 @@ from scipy.stats import multivariate_normal
 
 from experiments.train_k_posterior import merge_params
 from tgmm_jax import k_evidence
-from tgmm_jax.models.k_posterior import KPosterior, k_posterior_config
+from tgmm_jax.models.k_posterior import KPosterior, fit_geometry, k_posterior_config
 from tgmm_jax.number_of_components import load_k_posterior, posterior_over_k, save_k_posterior
 
 K_MAX = 4
@@ -155,3 +155,48 @@ def test_merge_params_names_what_differs():
     assert all(
         np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(same), jax.tree_util.tree_leaves(p_ev))
     )
+
+
+def test_fit_geometry_against_brute_force():
+    """Each K's features recomputed by loops over the returned fit's components and pairs."""
+    x, mask, _ = _tasks(seed=4, b=2)
+    out = jax.device_get(_fits(x, mask))
+    n_B = mask.sum(1).astype(np.float32)
+    got = np.asarray(fit_geometry(out, n_B)).reshape(2, 4, K_MAX)
+    for i in range(2):
+        for k in range(1, K_MAX + 1):
+            w = np.asarray(out["weights_BxKxK"][i, k - 1, :k], np.float64)
+            mu = np.asarray(out["means_BxKxKxD"][i, k - 1, :k], np.float64)
+            var = float(out["variance_BxK"][i, k - 1])
+            pairs = [np.sum((mu[a] - mu[b]) ** 2) for a in range(k) for b in range(k) if a != b]
+            separation = np.log1p(min(pairs) / var) if pairs else 0.0
+            counts = np.maximum(n_B[i] * w, 1.0)
+            want = [separation, np.log(counts.min()), np.log(var), np.log(counts).mean()]
+            np.testing.assert_allclose(got[i, :, k - 1], want, rtol=1e-4, atol=1e-5)
+    # a third well-separated component: at K = 3 the closest means are far apart in noise units, at K = 4 a
+    # split component sits close to its twin
+    assert got[:, 0, 2].min() > np.log1p(16.0) and (got[:, 0, 3] < got[:, 0, 2]).all()
+
+
+def test_geometry_head_starts_from_the_evidence_model_and_is_order_and_unit_free(tmp_path):
+    config = k_posterior_config("tiny", K_MAX)
+    evidence = KPosterior(config, K_MAX, evidence_restarts=2, evidence_steps=10)
+    geometry = KPosterior(config, K_MAX, evidence_restarts=2, evidence_steps=10, evidence_geometry=True)
+    x, mask, _ = _tasks(seed=5, b=4)
+    p_ev = evidence.init(jax.random.PRNGKey(0), x, mask)
+    merged = merge_params(p_ev, geometry.init(jax.random.PRNGKey(1), x, mask), "evidence")
+    np.testing.assert_allclose(geometry.apply(merged, x, mask), evidence.apply(p_ev, x, mask), atol=1e-6)
+    key = jax.random.PRNGKey(3)
+    moved = jax.tree_util.tree_map_with_path(
+        lambda p, v: jax.random.normal(key, v.shape) if "geometry_out" in jax.tree_util.keystr(p) else v,
+        merged,
+    )
+    out = np.asarray(geometry.apply(moved, x, mask))
+    assert np.max(np.abs(out - np.asarray(evidence.apply(p_ev, x, mask)))) > 1e-2
+    perm = np.random.default_rng(1).permutation(x.shape[1])
+    np.testing.assert_allclose(geometry.apply(moved, x[:, perm], mask[:, perm]), out, atol=1e-5)
+    np.testing.assert_allclose(geometry.apply(moved, 1e3 * x - 5.0, mask), out, atol=1e-3)
+    save_k_posterior(str(tmp_path), geometry, moved, {"n_min": 8, "n_max": 64}, step=1)
+    assert load_k_posterior(str(tmp_path)).model.evidence_geometry
+    with pytest.raises(ValueError, match="evidence_restarts >= 1"):
+        KPosterior(config, K_MAX, evidence_geometry=True).init(jax.random.PRNGKey(0), x, mask)

@@ -19,8 +19,8 @@ d = 1 the set network alone did not answer K = 1 on pure noise). Datasets are ba
 after its first call per (batch bucket, d).
 
 Shipped files: ``tgmm_jax/pretrained/k_posterior/`` holds ``k_posterior.msgpack`` (float32 parameters),
-``k_posterior.json`` ({"format": 1, "model": ModelConfig fields, "k_max", "evidence": {"restarts", "steps"}
-of the likelihood evidence (absent in files written before it: none), "train": the training run's config,
+``k_posterior.json`` ({"format": 1, "model": ModelConfig fields, "k_max", "evidence": {"restarts", "steps", "geometry"}
+of the likelihood evidence (absent in files written before it: none; "geometry" absent: false), "train": the training run's config,
 "step", "source"}) and ``MODEL_CARD.md``; ``save_k_posterior`` writes them (experiments/export_k_posterior.py).
 Their names differ from a TGMM checkpoint's (``config.json``), so ``pretrained.available()`` never lists them.
 """
@@ -73,7 +73,11 @@ def save_k_posterior(directory: str, model: KPosterior, params, train_config: di
         "format": FORMAT,
         "model": model.config.to_dict(),
         "k_max": int(model.k_max),
-        "evidence": {"restarts": int(model.evidence_restarts), "steps": int(model.evidence_steps)},
+        "evidence": {
+            "restarts": int(model.evidence_restarts),
+            "steps": int(model.evidence_steps),
+            "geometry": bool(model.evidence_geometry),
+        },
         "train": train_config,
         "step": step,
         "source": source,
@@ -96,6 +100,7 @@ def load_k_posterior(directory: str = SHIPPED) -> KPosteriorCheckpoint:
             int(meta["k_max"]),
             evidence_restarts=int(evidence["restarts"]),
             evidence_steps=int(evidence["steps"]),
+            evidence_geometry=bool(evidence.get("geometry", False)),
         )
         train = meta["train"]
         n_min, n_max = int(train["n_min"]), int(train["n_max"])

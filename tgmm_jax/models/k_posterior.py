@@ -23,6 +23,12 @@ Their per-K log-likelihood gains, in units of BIC's penalty per component, and a
 second MLP joined by the head's hidden state; its zero-initialised output is added to the head's logits, so a
 set network without it (same other parameters) is the starting point. No gradient flows into the fits.
 
+Fit geometry (``evidence_geometry``, tried, not shipped): a third zero-initialised MLP also reads how each K's
+fit looks (``fit_geometry``: the closest two means in noise units, the smallest and mean log expected counts,
+the shared variance). Trained from the shipped stage 6 beside a same-start, same-batch run without it, the two
+training losses stayed within 1e-4 of each other for 1150 steps (results/k_posterior/TRAINING.md): the gains
+and the set network's state already carry what it adds.
+
 The task prior it is trained on (experiments/train_k_posterior.py): ``TaskSpec(ks=(1..8), cos_threshold=1.0)``,
 i.e. Algorithm 1 without the pairwise-cosine filter of the means (at D = 2 that filter cannot place 8 means:
 its acceptance rate is below the sampler's floor), means U[-5, 5]^D, unit isotropic noise, weights
@@ -64,6 +70,9 @@ class KPosterior(nn.Module):
     k_max: int = 8
     evidence_restarts: int = 0  # > 0: also read the likelihood evidence (tgmm_jax/k_evidence.py)
     evidence_steps: int = 30
+    # True: the evidence also reads the geometry of each K's fit (``fit_geometry``) through a third,
+    # zero-initialised MLP, so a checkpoint without it starts from its own answer
+    evidence_geometry: bool = False
 
     @nn.compact
     def __call__(self, points_BxNxD: jax.Array, point_mask_BxN: jax.Array) -> jax.Array:
@@ -107,6 +116,8 @@ class KPosterior(nn.Module):
         hidden = nn.LayerNorm(name="head_ln")(summary)
         hidden = jax.nn.gelu(nn.Dense(c.mlp_ratio * e, name="head_fc")(hidden))
         logits_BxK = nn.Dense(self.k_max, name="head_out")(hidden)
+        if self.evidence_geometry and self.evidence_restarts < 1:
+            raise ValueError("KPosterior(evidence_geometry=True) needs evidence_restarts >= 1")
         if self.evidence_restarts > 0:
             logits_BxK = logits_BxK + self._evidence_logits(points_BxNxD, mask_BxN, norm, hidden)
         return jax.nn.log_softmax(logits_BxK.astype(jnp.float32), axis=-1)
@@ -117,7 +128,7 @@ class KPosterior(nn.Module):
         (``k_evidence``), in units of BIC's penalty per component, and a BIC-like softmax, joined by the head's
         hidden state."""
         k_max = self.k_max
-        loglik_BxK = k_evidence.max_log_likelihood_per_k(
+        fits = k_evidence.best_fits(
             points_BxNxD,
             mask_BxN,
             norm.coords_BxNxR[..., 0],
@@ -125,6 +136,7 @@ class KPosterior(nn.Module):
             self.evidence_restarts,
             self.evidence_steps,
         )
+        loglik_BxK = fits["loglik_BxK"]
         n_B = jnp.maximum(jnp.sum(mask_BxN, axis=-1), 2).astype(jnp.float32)
         d = points_BxNxD.shape[-1]
         total_BxK = n_B[:, None] * loglik_BxK
@@ -138,7 +150,47 @@ class KPosterior(nn.Module):
         e = self.config.width
         h = jax.nn.gelu(nn.Dense(2 * e, name="evidence_fc")(nn.LayerNorm(name="evidence_ln")(feats)))
         h = jax.nn.gelu(nn.Dense(2 * e, name="evidence_fc2")(jnp.concatenate([h, hidden_BxH], axis=-1)))
-        return nn.Dense(k_max, kernel_init=nn.initializers.zeros, name="evidence_out")(h)
+        logits_BxK = nn.Dense(k_max, kernel_init=nn.initializers.zeros, name="evidence_out")(h)
+        if not self.evidence_geometry:
+            return logits_BxK
+        geometry_BxG = jax.lax.stop_gradient(fit_geometry(fits, n_B))
+        g = nn.LayerNorm(name="evidence_geometry_ln")(jnp.concatenate([geometry_BxG, feats], axis=-1))
+        g = jax.nn.gelu(nn.Dense(2 * e, name="evidence_geometry_fc")(g))
+        g = jnp.concatenate([g, hidden_BxH], axis=-1)
+        g = jax.nn.gelu(nn.Dense(2 * e, name="evidence_geometry_fc2")(g))
+        geometry_out = nn.Dense(k_max, kernel_init=nn.initializers.zeros, name="evidence_geometry_out")
+        return logits_BxK + geometry_out(g)
+
+
+def fit_geometry(fits: dict, n_B: jax.Array) -> jax.Array:
+    """What each K's best fit looks like, beyond its likelihood: [B, 4 K_max], per K (``k_evidence.best_fits``,
+    in the task's normalised coordinates, so every feature is free of units, rotations and the points' order):
+      * the smallest squared distance between two of its means over the shared variance, log1p
+        (0 for K = 1): a component split off a real one sits close to it;
+      * the log of its smallest expected count, N min_k w_k (floored at 1): a component few points support;
+      * the log of its shared variance (the normalised data's is 1): how much of the spread the K means explain;
+      * the mean log expected count per component, mean_k log(N w_k): the Laplace approximation's Occam term
+        depends on each component's count, not on N alone as BIC's does.
+    These are what separates a real component from one that EM fits to noise; the likelihood gain alone does not
+    show it at small N."""
+    weights_BxKxK = fits["weights_BxKxK"]
+    means_BxKxKxD = fits["means_BxKxKxD"]
+    var_BxK = jnp.maximum(fits["variance_BxK"], k_evidence.VARIANCE_FLOOR)
+    k_max = weights_BxKxK.shape[-1]
+    live_KxK = jnp.arange(k_max)[None, :] <= jnp.arange(k_max)[:, None]  # [K - 1, component]: component < K
+    pair_KxKxK = live_KxK[:, :, None] & live_KxK[:, None, :] & ~jnp.eye(k_max, dtype=bool)[None]
+    diff = means_BxKxKxD[:, :, :, None, :] - means_BxKxKxD[:, :, None, :, :]
+    sq_dist_BxKxKxK = jnp.where(pair_KxKxK[None], jnp.sum(diff**2, axis=-1), jnp.inf)
+    min_sq_BxK = jnp.min(sq_dist_BxKxKxK, axis=(-1, -2))
+    separation_BxK = jnp.where(jnp.isfinite(min_sq_BxK), jnp.log1p(min_sq_BxK / var_BxK), 0.0)
+    counts_BxKxK = jnp.maximum(n_B[:, None, None] * weights_BxKxK, 1.0)
+    log_counts_BxKxK = jnp.where(live_KxK[None], jnp.log(counts_BxKxK), jnp.inf)
+    min_count_BxK = jnp.min(log_counts_BxKxK, axis=-1)
+    mean_count_BxK = (
+        jnp.sum(jnp.where(live_KxK[None], log_counts_BxKxK, 0.0), -1) / jnp.arange(1, k_max + 1)[None, :]
+    )
+    geometry = jnp.concatenate([separation_BxK, min_count_BxK, jnp.log(var_BxK), mean_count_BxK], axis=-1)
+    return jnp.where(jnp.isfinite(geometry), geometry, 0.0)
 
 
 def k_cross_entropy(log_probs_BxK: jax.Array, num_components_B: jax.Array) -> jax.Array:
