@@ -15,9 +15,10 @@ Input, ``--data``:
 Missing values:
   An error by default (a NaN in a .npy, an empty field or 'nan' in a CSV; the message names the row or line).
   ``--missing=allow`` reads them as missing (NaN) and fits with the estimator's ``missing="allow"``: the
-  network reads mean-imputed points, then EM steps that handle the missing coordinates exactly (marginal
-  E-step, expected statistics) run from it; the labels use each point's observed coordinates. A row with
-  every value missing is still an error, as is infinity, and so are more than 2048 points with missing values.
+  network reads the points filled from their nearest neighbours, then EM steps that handle the missing
+  coordinates exactly (marginal E-step, expected statistics) run from it; the labels use each point's observed
+  coordinates. A row with every value missing is still an error, as is infinity, and so are more than 2048
+  points with missing values.
 Units:
   Any (``--standardize``, on by default: the estimator centres and rescales each dataset, fits, and maps the
   parameters back; labels do not depend on the units). Variances are estimated, one per component

@@ -11,8 +11,8 @@ standardised data (any units: see ``standardize``), estimates spherical or diago
 (``bucket_size``: N is padded with masked points up to a power of two, so new N rarely compile again); above
 ``LARGE_N`` points the network reads a seeded subsample and EM runs on all points in blocks
 (``tgmm_jax.streaming``), so memory stays O(N K d). K = 1 is closed form. ``missing="allow"`` reads NaN as
-missing values (exact missing-data EM from the network's estimate on mean-imputed points; the density methods
-marginalise them). Predictions on a fitted estimator are float64 NumPy, like ``sklearn.mixture.GaussianMixture``.
+missing values (exact missing-data EM from the network's estimate on points filled from their nearest
+neighbours; the density methods marginalise them). Predictions on a fitted estimator are float64 NumPy, like ``sklearn.mixture.GaussianMixture``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tgmm_jax import export_cache, mixture, pretrained, scoring
+from tgmm_jax import export_cache, imputation, mixture, pretrained, scoring
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.mixture import VARIANCE_REG, fused, seeding
 from tgmm_jax.pretrained import load_checkpoint
@@ -64,8 +64,10 @@ AUTO_MODES = ("auto", "bic")
 # "auto" warns when the learned posterior puts more than this on K above what the checkpoint can fit.
 UNFITTABLE_MASS_WARNING = 0.5
 MISSING = ("error", "allow")  # ``missing``: a NaN in X is an error, or a missing value
-# With missing values the network reads mean-imputed points, so exact missing-data EM steps always follow:
-# at least this many, whatever ``refine`` says (``em_steps`` when refine="em" asks for more).
+# With missing values the network reads points whose missing coordinates are filled from their nearest
+# neighbours (``tgmm_jax.imputation``; this many neighbours), so exact missing-data EM steps always follow:
+# at least ``MISSING_EM_STEPS``, whatever ``refine`` says (``em_steps`` when refine="em" asks for more).
+IMPUTE_NEIGHBOURS = 5
 MISSING_EM_STEPS = 5
 COVARIANCE_TYPES = ("spherical", "diag")  # the estimator's (tgmm_jax.mixture also has the fixed "isotropic")
 # Mean per-feature variance of the training tasks (U[-5, 5] means, unit noise, K in 2..5): 6.4-7.4 for
@@ -222,7 +224,7 @@ def _fit_tasks_missing(
     params, key, imputed_BxNxD, mask_BxN, k_B, observed_BxNxD,
 ):  # fmt: skip
     """``_fit_body`` with missing coordinates: ``imputed_BxNxD`` holds the observed values and, at the missing
-    coordinates (``observed_BxNxD`` False), the column means of the observed ones (see there)."""
+    coordinates (``observed_BxNxD`` False), a filling (``tgmm_jax.imputation``; see there)."""
     count_trace("fit_tasks_missing")
     return _fit_body(
         model, refine_steps, n_restarts, covariance_type, passes, network_variances,
@@ -246,7 +248,7 @@ def _fit_body(
     that after one more EM step.
 
     ``observed`` [B, N, D] (True = observed; None: every coordinate is): missing coordinates. The network (not
-    trained with masks) and the k-means++ seeding read ``points_BxNxD`` as given (mean-imputed by the caller);
+    trained with masks) and the k-means++ seeding read ``points_BxNxD`` as given (filled by the caller);
     the variance steps, EM steps and log-likelihoods are ``mixture.missing``'s exact observed-data ones."""
     k_max = max(model.ks)
     b, n, d = points_BxNxD.shape
@@ -611,11 +613,12 @@ class TGMMEstimatorCore:
                     (a ValueError naming it: it carries no information), as is a column with none observed.
                     The centre and spread of ``standardize`` come from the observed values only (the labels
                     stay unit-free). The network, which was not trained with masks, reads the points with each
-                    missing value replaced by its column's observed mean; from its estimate, exact
-                    missing-data EM steps run (``tgmm_jax.mixture.missing``: the E-step marginalises the
-                    missing coordinates, the M-step uses their expected sufficient statistics), at least
+                    missing value filled by the mean of that coordinate over the point's ``IMPUTE_NEIGHBOURS``
+                    (5) nearest neighbours, by the coordinates both observe (``tgmm_jax.imputation``); from its
+                    estimate, exact missing-data EM steps run (``tgmm_jax.mixture.missing``: the E-step
+                    marginalises the missing coordinates, the M-step their expected sufficient statistics), at least
                     ``MISSING_EM_STEPS`` (5) of them even with ``refine="none"`` (``em_steps`` when
-                    ``refine="em"`` asks for more); ``n_restarts`` seeds k-means++ on the imputed points and
+                    ``refine="em"`` asks for more); ``n_restarts`` seeds k-means++ on the filled points and
                     runs the same exact EM; the best observed-data log-likelihood is kept. ``noise_variance``
                     works as without missing values. ``score_samples``, ``score``, ``predict``,
                     ``predict_proba``, ``bic`` and ``aic`` use the density of each row's observed
@@ -959,8 +962,8 @@ class TGMMEstimatorCore:
 
     def _fit_missing(self, ckpt, key, rng, xs, k_GxC):
         """Datasets (at most ``LARGE_N`` points) with missing values (NaN): the network and the k-means++
-        seeding of the restarts read the points with each missing value replaced by its column's observed
-        mean; the variance steps, at least ``MISSING_EM_STEPS`` EM steps and the log-likelihoods are the exact
+        seeding of the restarts read the points with each missing value filled from the point's nearest
+        neighbours (``tgmm_jax.imputation``); the variance steps, at least ``MISSING_EM_STEPS`` EM steps and the log-likelihoods are the exact
         missing-data ones of ``mixture.missing``. Returns as ``_fit_small``."""
         del rng
         (g, c), d = k_GxC.shape, xs[0].shape[1]
@@ -970,7 +973,7 @@ class TGMMEstimatorCore:
         mask = np.zeros((g, c, n), bool)
         for i, x in enumerate(xs):
             obs_NxD = ~np.isnan(x)
-            points[i, :, : x.shape[0]] = np.where(obs_NxD, x, np.nanmean(x, axis=0))
+            points[i, :, : x.shape[0]] = imputation.nearest_neighbour_impute(x, IMPUTE_NEIGHBOURS)
             observed[i, :, : x.shape[0]], mask[i, :, : x.shape[0]] = obs_NxD, True
         steps = max(MISSING_EM_STEPS, int(self.em_steps) if self.refine == "em" else 0)
         estimate, loglik_T, next_T = export_cache.call(  # _fit_tasks_missing(...), traced once per entry

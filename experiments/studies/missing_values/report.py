@@ -226,6 +226,8 @@ def missing_values_section(saved: dict, figure: str = "missing_values/missing_va
         *[check_line(c) for c in found],
         "",
         *summaries,
+        prose("filling"),
+        "",
     ]
     if any(c["dim"] == 2 and c["rate"] >= 0.5 for c in cells):
         out += [prose("d2_half"), ""]

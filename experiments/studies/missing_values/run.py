@@ -6,10 +6,11 @@ coordinate; the masked fraction's expectation is the rate) at ``--rates`` 0, 10,
 same at every rate, and every method sees the same mask.
 
   tgmm            ``TGMMEstimator(3, missing="allow", noise_variance=1.0)`` (the shipped checkpoint): the network
-                  reads the mean-imputed points, then exact missing-data EM steps (``MISSING_EM_STEPS`` = 5)
+                  reads the points filled from their 5 nearest neighbours (``tgmm_jax.imputation``), then exact
+                  missing-data EM steps (``MISSING_EM_STEPS`` = 5)
   tgmm_refine     the same with ``refine="em", em_steps=100`` (the baselines' max_iter), no restarts
   tgmm_restarts   the same with ``n_restarts=9`` added: the network's start plus 9 k-means++ starts (seeded on
-                  the mean-imputed points), 10 starts as the baselines' n_init, each run through the same 100
+                  the same filled points), 10 starts as the baselines' n_init, each run through the same 100
                   exact missing-data EM steps; per task the fit of highest observed-data log-likelihood is kept
                   (the network's on ties). The network plus classical restarts, not the network alone
   em_missing      exact missing-data EM, k-means++ x 10 seeded on the mean-imputed points (baselines.missing_em)

@@ -1,0 +1,75 @@
+"""Filling missing coordinates (NaN) for a reader that needs complete points: the network's start.
+
+    filled_NxD = nearest_neighbour_impute(x_NxD, neighbours=5)
+
+The network was trained on complete points, so with missing values it reads filled ones; exact missing-data
+EM (``tgmm_jax.mixture.missing``) then fits the observed coordinates alone, so the filling only sets where the
+fit starts. A column's mean puts every incomplete point near the data's centre, between the clusters, where
+it looks like a cluster of its own; a point's nearest neighbours, by the coordinates both observe, are most
+likely in its own cluster, so their mean keeps it near its cluster's centre.
+
+Distance between points n and m: the mean squared difference over the coordinates both observe (none in
+common: no distance). Each missing x[n, j] becomes the mean of x[m, j] over the ``neighbours`` nearest points
+m that observe coordinate j (fewer if fewer have a distance to n; the column's observed mean if none does,
+or if no point observes j: then 0, there being nothing to read). Host-side NumPy, O(N^2 D) time and O(N^2)
+memory: for the estimator's missing-value path (at most ``LARGE_N`` points per dataset).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def column_mean_impute(x_NxD: np.ndarray) -> np.ndarray:
+    """Each NaN replaced by its column's observed mean (0 where a column has no observed value)."""
+    x_NxD = np.asarray(x_NxD, np.float64)
+    observed_NxD = ~np.isnan(x_NxD)
+    count_D = observed_NxD.sum(axis=0)
+    mean_D = np.where(observed_NxD, x_NxD, 0.0).sum(axis=0) / np.maximum(count_D, 1)
+    return np.where(observed_NxD, x_NxD, mean_D)
+
+
+def pairwise_observed_distances(x_NxD: np.ndarray) -> np.ndarray:
+    """[N, N]: the mean squared difference of two points over the coordinates both observe; inf where they
+    share none, and on the diagonal."""
+    x_NxD = np.asarray(x_NxD, np.float64)
+    obs_NxD = (~np.isnan(x_NxD)).astype(np.float64)
+    xf_NxD = np.where(obs_NxD > 0, x_NxD, 0.0)
+    sq_NxD = xf_NxD**2
+    common_NxN = obs_NxD @ obs_NxD.T
+    # sum over shared coordinates of x_n^2 + x_m^2 - 2 x_n x_m (x is 0 where missing, so the cross term is shared)
+    sq_diff_NxN = sq_NxD @ obs_NxD.T + obs_NxD @ sq_NxD.T - 2.0 * (xf_NxD @ xf_NxD.T)
+    dist_NxN = np.maximum(sq_diff_NxN, 0.0) / np.maximum(common_NxN, 1.0)
+    dist_NxN[common_NxN == 0] = np.inf
+    np.fill_diagonal(dist_NxN, np.inf)
+    return dist_NxN
+
+
+def nearest_neighbour_impute(x_NxD: np.ndarray, neighbours: int = 5) -> np.ndarray:
+    """Each NaN replaced by the mean of that coordinate over the ``neighbours`` nearest points observing it
+    (module docstring); complete data comes back unchanged (as float64)."""
+    if int(neighbours) < 1:
+        raise ValueError(f"neighbours must be >= 1, got {neighbours!r}")
+    x_NxD = np.asarray(x_NxD, np.float64)
+    if x_NxD.ndim != 2:
+        raise ValueError(f"expected points [N, D], got shape {x_NxD.shape}")
+    missing_NxD = np.isnan(x_NxD)
+    if not missing_NxD.any():
+        return x_NxD.copy()
+    filled_NxD = column_mean_impute(x_NxD)
+    dist_NxN = pairwise_observed_distances(x_NxD)
+    for j in np.flatnonzero(missing_NxD.any(axis=0)):
+        donors = np.flatnonzero(~missing_NxD[:, j])
+        rows = np.flatnonzero(missing_NxD[:, j])
+        if donors.size == 0:
+            continue
+        k = min(int(neighbours), donors.size)
+        d_RxM = dist_NxN[np.ix_(rows, donors)]
+        nearest_RxK = np.argpartition(d_RxM, k - 1, axis=1)[:, :k]
+        near_d_RxK = np.take_along_axis(d_RxM, nearest_RxK, axis=1)
+        values_RxK = x_NxD[donors[nearest_RxK], j]
+        finite_RxK = np.isfinite(near_d_RxK)
+        count_R = finite_RxK.sum(axis=1)
+        mean_R = np.where(finite_RxK, values_RxK, 0.0).sum(axis=1) / np.maximum(count_R, 1)
+        filled_NxD[rows, j] = np.where(count_R > 0, mean_R, filled_NxD[rows, j])
+    return filled_NxD
