@@ -10,6 +10,7 @@ import pytest
 
 from tgmm_jax import estimator, number_of_components
 from tgmm_jax.estimator import TGMMEstimator
+from tgmm_jax.imputation import nearest_neighbour_impute
 from tgmm_jax.number_of_components import (
     KPosteriorLoadError,
     load_k_posterior,
@@ -68,14 +69,18 @@ def test_more_than_n_max_points_are_a_seeded_subsample(kpost):
     np.testing.assert_allclose(a, posterior_over_k(kpost, [x[rows]]), atol=2e-5)  # float32 rounding
 
 
-def test_missing_values_are_read_as_column_means(kpost):
+def test_missing_values_are_filled_from_nearest_neighbours(kpost):
     x = _blobs(6, 80, 3, 2)
     holes = np.random.default_rng(6).random(x.shape) < 0.2
+    holes[:, 2] &= ~holes[:, :2].all(axis=1)  # every point keeps a coordinate
     with_nan = np.where(holes, np.nan, x)
-    imputed = np.where(holes, np.nanmean(with_nan, axis=0), with_nan)
-    np.testing.assert_allclose(
-        posterior_over_k(kpost, [with_nan]), posterior_over_k(kpost, [imputed]), atol=1e-12
-    )
+    filled = nearest_neighbour_impute(with_nan, number_of_components.IMPUTE_NEIGHBOURS)
+    assert not np.isnan(filled).any()
+    got = posterior_over_k(kpost, [with_nan])
+    np.testing.assert_allclose(got, posterior_over_k(kpost, [filled]), atol=1e-12)
+    # not the column means' answer
+    column_means = np.where(holes, np.nanmean(with_nan, axis=0), with_nan)
+    assert np.abs(got - posterior_over_k(kpost, [column_means])).max() > 1e-3
 
 
 def test_unreadable_files_name_themselves(tmp_path):
