@@ -453,6 +453,7 @@ NOISE_ARMS = {
     "noise-conditioned": "noise_cond1",
     "noise-conditioned, 6000 steps": "noise_cond2",
     "noise-conditioned, 20000 steps": "noise_cond3",
+    "noise-conditioned, 32000 steps": "noise_cond5",
     "curriculum to N = 128 (+6000 steps)": "noise_cond4",
     "curriculum to N = 128, two seedings": "noise_cond4_s2",
     "curriculum to N = 128, seedings averaged": "noise_cond4_avg",
@@ -460,6 +461,7 @@ NOISE_ARMS = {
 # Arms whose learning targets are checked: label -> (its easy cells' JSON name, its speed benchmark's JSON file).
 TARGET_ARMS = {
     "noise-conditioned, 20000 steps": ("noise_cond3_easy", "benchmark_speed_vs_bayes_cpu.json"),
+    "noise-conditioned, 32000 steps": ("noise_cond5_easy", None),  # the 20000-step network's speed: same shape
     "curriculum to N = 128 (+6000 steps)": ("noise_cond4_easy", "benchmark_speed_vs_bayes_cond4_cpu.json"),
     "curriculum to N = 128, two seedings": (
         "noise_cond4_easy_s2",
