@@ -461,7 +461,8 @@ NOISE_ARMS = {
 # Arms whose learning targets are checked: label -> (its easy cells' JSON name, its speed benchmark's JSON file).
 TARGET_ARMS = {
     "noise-conditioned, 20000 steps": ("noise_cond3_easy", "benchmark_speed_vs_bayes_cpu.json"),
-    "noise-conditioned, 32000 steps": ("noise_cond5_easy", None),  # the 20000-step network's speed: same shape
+    # no speed run of its own: the same network shape and seedings as the 20000-step one
+    "noise-conditioned, 32000 steps": ("noise_cond5_easy", None),
     "curriculum to N = 128 (+6000 steps)": ("noise_cond4_easy", "benchmark_speed_vs_bayes_cond4_cpu.json"),
     "curriculum to N = 128, two seedings": (
         "noise_cond4_easy_s2",
