@@ -26,7 +26,7 @@ set network without it (same other parameters) is the starting point. No gradien
 Fit geometry (``evidence_geometry``, tried, not shipped): a third zero-initialised MLP also reads how each K's
 fit looks (``fit_geometry``: the closest two means in noise units, the smallest and mean log expected counts,
 the shared variance). Trained from the shipped stage 6 beside a same-start, same-batch run without it, the two
-training losses stayed within 1e-4 of each other for 1150 steps (results/k_posterior/TRAINING.md): the gains
+training losses stayed within 1.6e-4 of each other for 1150 steps (results/k_posterior/TRAINING.md): the gains
 and the set network's state already carry what it adds.
 
 The task prior it is trained on (experiments/train_k_posterior.py): ``TaskSpec(ks=(1..8), cos_threshold=1.0)``,
