@@ -74,7 +74,7 @@ def test_missing_values_are_filled_from_nearest_neighbours(kpost):
     holes = np.random.default_rng(6).random(x.shape) < 0.2
     holes[:, 2] &= ~holes[:, :2].all(axis=1)  # every point keeps a coordinate
     with_nan = np.where(holes, np.nan, x)
-    filled = nearest_neighbour_impute(with_nan, number_of_components.IMPUTE_NEIGHBOURS)
+    filled = nearest_neighbour_impute(with_nan)
     assert not np.isnan(filled).any()
     got = posterior_over_k(kpost, [with_nan])
     np.testing.assert_allclose(got, posterior_over_k(kpost, [filled]), atol=1e-12)

@@ -12,7 +12,8 @@ standardised data (any units: see ``standardize``), estimates spherical or diago
 ``LARGE_N`` points the network reads a seeded subsample and EM runs on all points in blocks
 (``tgmm_jax.streaming``), so memory stays O(N K d). K = 1 is closed form. ``missing="allow"`` reads NaN as
 missing values (exact missing-data EM from the network's estimate on points filled from their nearest
-neighbours; the density methods marginalise them). Predictions on a fitted estimator are float64 NumPy, like ``sklearn.mixture.GaussianMixture``.
+neighbours; the density methods marginalise them). Predictions on a fitted estimator are float64 NumPy, like
+``sklearn.mixture.GaussianMixture``.
 """
 
 from __future__ import annotations
@@ -65,9 +66,8 @@ AUTO_MODES = ("auto", "bic")
 UNFITTABLE_MASS_WARNING = 0.5
 MISSING = ("error", "allow")  # ``missing``: a NaN in X is an error, or a missing value
 # With missing values the network reads points whose missing coordinates are filled from their nearest
-# neighbours (``tgmm_jax.imputation``; this many neighbours), so exact missing-data EM steps always follow:
-# at least ``MISSING_EM_STEPS``, whatever ``refine`` says (``em_steps`` when refine="em" asks for more).
-IMPUTE_NEIGHBOURS = 5
+# neighbours (``tgmm_jax.imputation``), so exact missing-data EM steps always follow: at least this many,
+# whatever ``refine`` says (``em_steps`` when refine="em" asks for more).
 MISSING_EM_STEPS = 5
 COVARIANCE_TYPES = ("spherical", "diag")  # the estimator's (tgmm_jax.mixture also has the fixed "isotropic")
 # Mean per-feature variance of the training tasks (U[-5, 5] means, unit noise, K in 2..5): 6.4-7.4 for
@@ -613,10 +613,10 @@ class TGMMEstimatorCore:
                     (a ValueError naming it: it carries no information), as is a column with none observed.
                     The centre and spread of ``standardize`` come from the observed values only (the labels
                     stay unit-free). The network, which was not trained with masks, reads the points with each
-                    missing value filled by the mean of that coordinate over the point's ``IMPUTE_NEIGHBOURS``
-                    (5) nearest neighbours, by the coordinates both observe (``tgmm_jax.imputation``); from its
-                    estimate, exact missing-data EM steps run (``tgmm_jax.mixture.missing``: the E-step
-                    marginalises the missing coordinates, the M-step their expected sufficient statistics), at least
+                    missing value filled by the mean of that coordinate over the point's 5 nearest neighbours,
+                    by the coordinates both observe (``tgmm_jax.imputation``); from its estimate, exact
+                    missing-data EM steps run (``tgmm_jax.mixture.missing``: the E-step marginalises the
+                    missing coordinates, the M-step uses their expected sufficient statistics), at least
                     ``MISSING_EM_STEPS`` (5) of them even with ``refine="none"`` (``em_steps`` when
                     ``refine="em"`` asks for more); ``n_restarts`` seeds k-means++ on the filled points and
                     runs the same exact EM; the best observed-data log-likelihood is kept. ``noise_variance``
@@ -963,8 +963,8 @@ class TGMMEstimatorCore:
     def _fit_missing(self, ckpt, key, rng, xs, k_GxC):
         """Datasets (at most ``LARGE_N`` points) with missing values (NaN): the network and the k-means++
         seeding of the restarts read the points with each missing value filled from the point's nearest
-        neighbours (``tgmm_jax.imputation``); the variance steps, at least ``MISSING_EM_STEPS`` EM steps and the log-likelihoods are the exact
-        missing-data ones of ``mixture.missing``. Returns as ``_fit_small``."""
+        neighbours (``tgmm_jax.imputation``); the variance steps, at least ``MISSING_EM_STEPS`` EM steps and the
+        log-likelihoods are the exact missing-data ones of ``mixture.missing``. Returns as ``_fit_small``."""
         del rng
         (g, c), d = k_GxC.shape, xs[0].shape[1]
         n = bucket_size(max(x.shape[0] for x in xs))
@@ -973,7 +973,7 @@ class TGMMEstimatorCore:
         mask = np.zeros((g, c, n), bool)
         for i, x in enumerate(xs):
             obs_NxD = ~np.isnan(x)
-            points[i, :, : x.shape[0]] = imputation.nearest_neighbour_impute(x, IMPUTE_NEIGHBOURS)
+            points[i, :, : x.shape[0]] = imputation.nearest_neighbour_impute(x)
             observed[i, :, : x.shape[0]], mask[i, :, : x.shape[0]] = obs_NxD, True
         steps = max(MISSING_EM_STEPS, int(self.em_steps) if self.refine == "em" else 0)
         estimate, loglik_T, next_T = export_cache.call(  # _fit_tasks_missing(...), traced once per entry

@@ -1,6 +1,6 @@
 """Filling missing coordinates (NaN) for a reader that needs complete points: the network's start.
 
-    filled_NxD = nearest_neighbour_impute(x_NxD, neighbours=5)
+    filled_NxD = nearest_neighbour_impute(x_NxD)  # NEIGHBOURS = 5 nearest points
 
 The network was trained on complete points, so with missing values it reads filled ones; exact missing-data
 EM (``tgmm_jax.mixture.missing``) then fits the observed coordinates alone, so the filling only sets where the
@@ -18,6 +18,8 @@ memory: for the estimator's missing-value path (at most ``LARGE_N`` points per d
 from __future__ import annotations
 
 import numpy as np
+
+NEIGHBOURS = 5  # the default: what the estimator and the K posterior use
 
 
 def column_mean_impute(x_NxD: np.ndarray) -> np.ndarray:
@@ -45,7 +47,7 @@ def pairwise_observed_distances(x_NxD: np.ndarray) -> np.ndarray:
     return dist_NxN
 
 
-def nearest_neighbour_impute(x_NxD: np.ndarray, neighbours: int = 5) -> np.ndarray:
+def nearest_neighbour_impute(x_NxD: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
     """Each NaN replaced by the mean of that coordinate over the ``neighbours`` nearest points observing it
     (module docstring); complete data comes back unchanged (as float64)."""
     if int(neighbours) < 1:

@@ -13,10 +13,10 @@ dataset with more than ``n_max`` points is read through ``n_max`` points drawn u
 rounding, ~1e-5 with the evidence's EM sums: tested). Each
 dataset is centred and divided by its spread in float64 first (which changes nothing the network sees, and
 keeps any finite scale inside float32). Missing values (NaN) are filled from the read points' nearest
-neighbours (``tgmm_jax.imputation``, ``IMPUTE_NEIGHBOURS``) before it reads them (the network was not trained
-with masks); a column's mean would put incomplete points between the clusters, where they look like one more
-(``python -m experiments.studies.k_posterior.missing_fill`` measures both: results/k_posterior/missing_fill.json). The dimensions it was trained on are in its
-json (``train.dims``); others are read (the read-in is dimension-free) but lie outside its training range (at
+neighbours (``tgmm_jax.imputation``) before it reads them (the network was not trained with masks); a column's
+mean would put incomplete points between the clusters, where they look like one more (``python -m
+experiments.studies.k_posterior.missing_fill`` measures both: results/k_posterior/missing_fill.json). The
+dimensions it was trained on are in its json (``train.dims``); others are read (the read-in is dimension-free) but lie outside its training range (at
 d = 1 the set network alone did not answer K = 1 on pure noise). Datasets are batched in powers of two up to ``BATCH``, so one program serves every N and d
 after its first call per (batch bucket, d).
 
@@ -48,7 +48,6 @@ FORMAT = 1
 PARAMS_FILE, CONFIG_FILE = "k_posterior.msgpack", "k_posterior.json"
 CARD_FILE = pretrained.CARD_FILE
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "k_posterior")
-IMPUTE_NEIGHBOURS = 5  # missing values: filled from this many nearest neighbours (tgmm_jax.imputation)
 BATCH = 64  # datasets per call at most (the batch is padded to a power of two up to this)
 
 
@@ -158,7 +157,7 @@ def posterior_over_k(ckpt: KPosteriorCheckpoint, xs: list[np.ndarray], seed: int
         if x.shape[0] > n:
             x = x[np.sort(rng.choice(x.shape[0], n, replace=False))]
         if np.isnan(x).any():  # missing values filled from the read points' nearest neighbours
-            x = imputation.nearest_neighbour_impute(x, IMPUTE_NEIGHBOURS)
+            x = imputation.nearest_neighbour_impute(x)
         # centred and unit spread in float64 first (the network is unit-free): any finite scale fits float32
         x = x - x.mean(axis=0)
         spread = np.sqrt(np.mean(np.square(x)))

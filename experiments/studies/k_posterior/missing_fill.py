@@ -26,7 +26,7 @@ from tgmm_jax.tasks import sample_tasks
 FILLINGS = {
     "complete": None,
     "column_mean": imputation.column_mean_impute,
-    "nearest_neighbours": lambda x: imputation.nearest_neighbour_impute(x, nc.IMPUTE_NEIGHBOURS),
+    "nearest_neighbours": imputation.nearest_neighbour_impute,
 }
 
 
