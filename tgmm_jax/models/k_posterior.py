@@ -171,16 +171,16 @@ def fit_geometry(fits: dict, n_B: jax.Array) -> jax.Array:
       * the log of its shared variance (the normalised data's is 1): how much of the spread the K means explain;
       * the mean log expected count per component, mean_k log(N w_k): the Laplace approximation's Occam term
         depends on each component's count, not on N alone as BIC's does.
-    These are what separates a real component from one that EM fits to noise; the likelihood gain alone does not
-    show it at small N."""
+    Meant to tell a real component from one that EM fits to noise, which the likelihood gain alone does not show
+    at small N; in training they added nothing the gains and the set network did not carry (module docstring)."""
     weights_BxKxK = fits["weights_BxKxK"]
     means_BxKxKxD = fits["means_BxKxKxD"]
     var_BxK = jnp.maximum(fits["variance_BxK"], k_evidence.VARIANCE_FLOOR)
     k_max = weights_BxKxK.shape[-1]
     live_KxK = jnp.arange(k_max)[None, :] <= jnp.arange(k_max)[:, None]  # [K - 1, component]: component < K
     pair_KxKxK = live_KxK[:, :, None] & live_KxK[:, None, :] & ~jnp.eye(k_max, dtype=bool)[None]
-    diff = means_BxKxKxD[:, :, :, None, :] - means_BxKxKxD[:, :, None, :, :]
-    sq_dist_BxKxKxK = jnp.where(pair_KxKxK[None], jnp.sum(diff**2, axis=-1), jnp.inf)
+    diff_BxKxKxKxD = means_BxKxKxD[:, :, :, None, :] - means_BxKxKxD[:, :, None, :, :]
+    sq_dist_BxKxKxK = jnp.where(pair_KxKxK[None], jnp.sum(diff_BxKxKxKxD**2, axis=-1), jnp.inf)
     min_sq_BxK = jnp.min(sq_dist_BxKxKxK, axis=(-1, -2))
     separation_BxK = jnp.where(jnp.isfinite(min_sq_BxK), jnp.log1p(min_sq_BxK / var_BxK), 0.0)
     counts_BxKxK = jnp.maximum(n_B[:, None, None] * weights_BxKxK, 1.0)
