@@ -48,8 +48,9 @@ STUDIES = (
     Study(
         "k_posterior",
         (
-            "python -m experiments.train_k_posterior (six stages: results/k_posterior/TRAINING.md)",
-            "python -m experiments.studies.k_posterior.run --workdir=runs/k_posterior_ev2 --ablation_workdir=runs/k_posterior_noev2",
+            "python -m experiments.train_k_posterior (eight stages: results/k_posterior/TRAINING.md)",
+            "python -m experiments.studies.k_posterior.run --workdir=runs/k_posterior_ev4 --ablation_workdir=runs/k_posterior_noev4",
+            "python -m experiments.studies.k_posterior.missing_fill --json=results/k_posterior/missing_fill.json",
         ),
         ("k_posterior/",),
         k_posterior_report.build,
