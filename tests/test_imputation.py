@@ -1,9 +1,11 @@
 """Nearest-neighbour filling of missing coordinates (tgmm_jax/imputation.py) against loops over points."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tgmm_jax.imputation import column_mean_impute, nearest_neighbour_impute, pairwise_observed_distances
+from tgmm_jax.mixture.missing import mean_impute
 
 
 def _holes(seed=0, n=40, d=4, rate=0.3):
@@ -74,3 +76,10 @@ def test_fills_nearer_the_points_own_cluster_than_the_column_mean():
     err_nn = np.abs(nearest_neighbour_impute(x_nan) - centres[labels])[holes].mean()
     err_mean = np.abs(column_mean_impute(x_nan) - centres[labels])[holes].mean()
     assert err_nn < 1.0 and err_mean > 6.0, (err_nn, err_mean)
+
+
+def test_column_means_are_the_mixture_cores_mean_impute():
+    x = _holes(seed=5)
+    got = column_mean_impute(x)
+    want = mean_impute(jnp.asarray(x, jnp.float32), jnp.ones(x.shape[0], bool))
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6, atol=1e-6)

@@ -23,7 +23,11 @@ NEIGHBOURS = 5  # the default: what the estimator and the K posterior use
 
 
 def column_mean_impute(x_NxD: np.ndarray) -> np.ndarray:
-    """Each NaN replaced by its column's observed mean (0 where a column has no observed value)."""
+    """Each NaN replaced by its column's observed mean (0 where a column has no observed value).
+
+    The host, float64 form of ``tgmm_jax.mixture.missing.mean_impute`` (a jit-able one in the arrays' dtype,
+    float32 by default, for the batched baselines): this module's callers fill raw data before centring it,
+    where float32 would lose a large offset's digits."""
     x_NxD = np.asarray(x_NxD, np.float64)
     observed_NxD = ~np.isnan(x_NxD)
     count_D = observed_NxD.sum(axis=0)
