@@ -15,6 +15,8 @@ and ``eval_init=`` evaluates as trained). Evaluation during training is at ``d``
     --config=experiments/configs/cluster.py:correction=1,noise=conditioned   # known or unknown noise variance
     # a curriculum stage: N log-uniform on 16..128, starting from another run's parameters
     --config=experiments/configs/cluster.py:n=128,n_min=16,n_dist=log_uniform,init_from=runs/noise_cond3
+    # distillation: tasks from a pool with Bayes posterior means as targets (experiments.distill_pool builds it)
+    --config=experiments/configs/cluster.py:n=32,n_min=16,dims=2/8,d=2,correction=1,noise=conditioned,pool=runs/distill_pool
 """
 
 from experiments.configs import args
@@ -44,6 +46,7 @@ def get_config(arg: str | None = None):
             noise="unit",
             n_dist="uniform",
             init_from="",
+            pool="",
         ),
     )
     config = default_config()
@@ -62,6 +65,7 @@ def get_config(arg: str | None = None):
         config.task.n_min = a["n_min"]
     config.task.n_distribution = a["n_dist"]
     config.init_from = a["init_from"]
+    config.target_pool = a["pool"]
     config.model = model_group(
         "small",
         backbone="set",

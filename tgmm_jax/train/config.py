@@ -110,6 +110,10 @@ class TrainConfig:
     # a run's first step starts from these parameters (a workdir, an exported directory or a shipped name) with
     # a fresh optimizer and schedule, e.g. a curriculum stage; "" = a random initialisation. Resume wins.
     init_from: str = ""
+    # a directory of fixed training tasks with reference estimates (``tgmm_jax.train.target_pool``; built by
+    # ``experiments.distill_pool``): steps draw their tasks from it and regress the known-noise tasks' weights
+    # and means on the reference (distillation); "" = fresh tasks from the sampler every step.
+    target_pool: str = ""
     task: TaskSpec = dataclasses.field(default_factory=_default_task)
     model: ModelConfig = dataclasses.field(default_factory=_default_model)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -133,6 +137,10 @@ class TrainConfig:
         if not isinstance(self.init_from, str):
             raise ValueError(
                 f"config.init_from must be a path or a shipped name (a string), got {self.init_from!r}"
+            )
+        if not isinstance(self.target_pool, str):
+            raise ValueError(
+                f"config.target_pool must be a directory path (a string), got {self.target_pool!r}"
             )
         dims = self.train_dims
         if isinstance(dims, (int, str)) or not all(is_int(d) and d >= 1 for d in dims):

@@ -55,7 +55,13 @@ def upgrade_saved_config(config: dict) -> dict:
 
 
 # Top-level fields added after checkpoints were first saved, with the value that reproduces the older runs.
-_ADDED_FIELDS = {"resp_weight": 0.0, "train_dims": (), "grad_accum_steps": 1, "init_from": ""}
+_ADDED_FIELDS = {
+    "resp_weight": 0.0,
+    "train_dims": (),
+    "grad_accum_steps": 1,
+    "init_from": "",
+    "target_pool": "",
+}
 # eval.* fields added since.
 _ADDED_EVAL_FIELDS = {"slot_init": None}
 # ModelConfig fields added since (their defaults are the earlier behaviour).

@@ -16,7 +16,7 @@ from tgmm_jax import losses
 from tgmm_jax.models import ModelConfig, make_model
 from tgmm_jax.tasks import TaskSpec, noise_variances, sample_tasks
 from tgmm_jax.train import config as config_lib
-from tgmm_jax.train import sharding
+from tgmm_jax.train import sharding, target_pool
 
 # Per-step scalars accumulated in the state between log steps (window sums; exact across resume).
 _NONFINITE = "nonfinite_steps"
@@ -85,14 +85,29 @@ def in_noise_units(task):
         means=task.means * inv_sigma_B[:, None, None],
         scales=jnp.where(mask_BxK[..., None], task.scales * inv_sigma_B[:, None, None], 1.0),
     )
-    known_B = jnp.arange(task.points.shape[0]) % 2 == 0
-    return scaled, jnp.where(known_B, 1.0, jnp.nan)
+    return scaled, jnp.where(noise_told(task.points.shape[0]), 1.0, jnp.nan)
+
+
+def noise_told(batch_size: int) -> jax.Array:
+    """[B] bool: the tasks a noise-conditioned model is told the noise variance of (the even-indexed ones)."""
+    return jnp.arange(batch_size) % 2 == 0
+
+
+def batch_task(batch):
+    """The ``GMMTask`` of a step's batch (a task, or a ``target_pool.PoolBatch``)."""
+    return batch.task if isinstance(batch, target_pool.PoolBatch) else batch
 
 
 def _loss_fn(model, objective: Objective):
     conditioned = model.config.noise == "conditioned"
 
-    def loss_fn(params, task):
+    def loss_fn(params, batch):
+        task = batch_task(batch)
+        if isinstance(batch, target_pool.PoolBatch):
+            # distillation: the reference estimate replaces the true weights and means of the tasks whose
+            # noise the model is told (the reference assumes it known); the others keep their true parameters
+            use_B = noise_told(task.points.shape[0]) if conditioned else jnp.ones(task.points.shape[0], bool)
+            task = target_pool.distilled(batch, use_B)
         kwargs = {}
         if conditioned:
             task, kwargs["noise_variance"] = in_noise_units(task)
@@ -171,8 +186,12 @@ def make_train_step(
     log_every: int,
     mesh,
     grad_accum_steps: int = 1,
+    pool: target_pool.TargetPool | None = None,
 ) -> Callable[[TrainState, jax.Array], TrainState]:
     """The jitted step: sample tasks from fold_in(data_key, step), loss, grads, AdamW, window sums.
+
+    With a ``pool`` the tasks are drawn from it instead (``target_pool.draw_batch``, the same key), and the
+    loss regresses on its reference estimates (distillation, ``_loss_fn``).
 
     With ``grad_accum_steps`` A > 1 the same global batch is split into A micro-batches (A divides
     tasks_per_k) whose gradients are summed in a ``lax.scan`` with the weights that make the sum the full
@@ -181,8 +200,13 @@ def make_train_step(
 
     loss_fn = _loss_fn(model, objective)
 
-    def step_fn(state: TrainState, data_key: jax.Array) -> TrainState:
-        task = sample_global_batch(jax.random.fold_in(data_key, state.step), spec, tasks_per_k, mesh)
+    def step_fn(state: TrainState, data_key: jax.Array, pool_batch) -> TrainState:
+        step_key = jax.random.fold_in(data_key, state.step)
+        if pool is None:
+            task = sample_global_batch(step_key, spec, tasks_per_k, mesh)
+        else:
+            drawn = target_pool.draw_batch(pool_batch, step_key, len(pool.ks), pool.per_k, tasks_per_k)
+            task = jax.lax.with_sharding_constraint(drawn, sharding.batch_sharded(mesh))
         if grad_accum_steps == 1:
             (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, task)
         else:
@@ -200,7 +224,15 @@ def make_train_step(
         return TrainState(state.step + 1, params, opt_state, sums, window_steps)
 
     rep = sharding.replicated(mesh)
-    return jax.jit(step_fn, in_shardings=(rep, rep), out_shardings=rep, donate_argnums=0)
+    jitted = jax.jit(step_fn, in_shardings=(rep, rep, rep), out_shardings=rep, donate_argnums=0)
+    if pool is None:
+        return lambda state, data_key: jitted(state, data_key, None)
+    if pool.ks != tuple(spec.ks) or pool.dim != spec.dim:
+        raise ValueError(
+            f"the pool holds d = {pool.dim}, ks = {pool.ks}; this step trains d = {spec.dim}, ks = {spec.ks}"
+        )
+    pool_batch = jax.device_put(pool.batch, rep)
+    return lambda state, data_key: jitted(state, data_key, pool_batch)
 
 
 # Loss terms that are means over the batch's real points (losses.responsibility_loss) rather than over its
@@ -226,7 +258,7 @@ def _accumulated(loss_fn, params, task, num: int, objective: Objective, mesh):
     """(terms, grads) of the whole batch, from ``num`` micro-batches in a scan: task-mean terms average the
     micro-batch values, point-mean terms weigh them by point counts (exact with variable N too)."""
     micro = micro_batches(task, num, mesh)
-    points_A = jnp.sum(micro.point_mask, axis=(1, 2)).astype(jnp.float32)
+    points_A = jnp.sum(batch_task(micro).point_mask, axis=(1, 2)).astype(jnp.float32)
     point_share_A = points_A / jnp.maximum(jnp.sum(points_A), 1.0)
 
     def micro_loss(params, micro_task, point_share):
@@ -289,6 +321,7 @@ def build_training(config: config_lib.TrainConfig | ml_collections.ConfigDict, m
             config.log_every,
             mesh,
             config.grad_accum_steps,
+            target_pool.load_pool(config.target_pool, step_spec) if config.target_pool else None,
         )
         for step_spec in config.train_specs()
     )

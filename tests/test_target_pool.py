@@ -1,0 +1,120 @@
+"""Target pools (distillation training): the file round trip, the draw, the targets the loss uses, exact resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import train_config
+from tgmm_jax.models import make_model
+from tgmm_jax.tasks import TaskSpec, sample_tasks
+from tgmm_jax.train import target_pool, train_and_evaluate
+from tgmm_jax.train.config import TrainConfig, model_group
+from tgmm_jax.train.restore import load_run
+from tgmm_jax.train.state import Objective, _loss_fn, noise_told
+
+SPEC = TaskSpec(dim=2, ks=(2, 3), n_max=8)
+
+
+def _pool(directory, spec=SPEC, per_k=6, shift=0.5):
+    """A pool whose targets are the true means moved by ``shift`` and equal weights."""
+    task = sample_tasks(jax.random.key(3), spec, per_k)
+    target_w = jnp.where(task.component_mask, 1.0 / task.num_components[:, None], 0.0)
+    target_m = jnp.where(task.component_mask[..., None], task.means + shift, 0.0)
+    target_pool.save_pool(str(directory), task, target_w, target_m, spec.ks)
+    return task, target_w, target_m
+
+
+def test_round_trip_and_draw_keeps_k_blocks(tmp_path):
+    task, _, target_m = _pool(tmp_path)
+    pool = target_pool.load_pool(str(tmp_path), SPEC)
+    assert pool.per_k == 6 and pool.ks == (2, 3) and pool.dim == 2
+    np.testing.assert_array_equal(np.asarray(pool.batch.task.points), np.asarray(task.points))
+    drawn = target_pool.draw_batch(pool.batch, jax.random.key(0), 2, pool.per_k, 5)
+    np.testing.assert_array_equal(np.asarray(drawn.task.num_components), [2] * 5 + [3] * 5)
+    # every drawn task is a pool task of its K block, its target the one stored beside it
+    points = np.asarray(task.points)
+    for b in range(10):
+        (index,) = np.flatnonzero((points == np.asarray(drawn.task.points[b])).all(axis=(1, 2)))
+        assert (index < 6) == (b < 5)
+        np.testing.assert_array_equal(np.asarray(drawn.target_means[b]), np.asarray(target_m[index]))
+
+
+def test_load_names_a_spec_mismatch_and_a_missing_dimension(tmp_path):
+    _pool(tmp_path)
+    with pytest.raises(ValueError, match="N_max=8.*N_max=16"):
+        target_pool.load_pool(str(tmp_path), TaskSpec(dim=2, ks=(2, 3), n_max=16))
+    with pytest.raises(ValueError, match="no pool for d = 8"):
+        target_pool.load_pool(str(tmp_path), TaskSpec(dim=8, ks=(2, 3), n_max=8))
+
+
+def test_save_refuses_non_finite_targets(tmp_path):
+    task = sample_tasks(jax.random.key(0), SPEC, 2)
+    with pytest.raises(ValueError, match="target_means holds non-finite"):
+        target_pool.save_pool(str(tmp_path), task, task.weights, task.means.at[0, 0, 0].set(jnp.nan), SPEC.ks)
+
+
+def _conditioned_loss():
+    """The training loss of a tiny noise-conditioned model at its initial parameters, as a function of the batch."""
+    config = model_group(
+        "tiny",
+        backbone="set",
+        num_layers=1,
+        width=16,
+        num_heads=2,
+        task_embed_dim=8,
+        readin="normalized",
+        readout="cluster",
+        noise="conditioned",
+    )
+    model = make_model(TrainConfig.from_config(_train_config(model=config)).model, SPEC)
+    dummy = sample_tasks(jax.random.key(0), SPEC, 1)
+    params = model.init(jax.random.key(1), dummy.points, dummy.point_mask, dummy.num_components)["params"]
+    return lambda b: float(_loss_fn(model, Objective("est_matched"))(params, b)[0])
+
+
+def _train_config(**overrides):
+    c = train_config.get_config()
+    for name, value in overrides.items():
+        c[name] = value
+    return c
+
+
+def test_loss_regresses_on_targets_only_where_the_noise_is_told(tmp_path):
+    task, target_w, _ = _pool(tmp_path, shift=0.0)
+    loss = _conditioned_loss()
+    told_B = np.asarray(noise_told(task.points.shape[0]))
+    assert told_B.tolist() == [True, False] * 6
+    moved = task.means + 0.7
+    as_truth = target_pool.PoolBatch(task, task.weights, task.means)
+    assert loss(as_truth) == pytest.approx(loss(task), rel=1e-6)
+    equal_weights = target_pool.PoolBatch(task, target_w, task.means)
+    told_w = jnp.where(told_B[:, None], target_w, task.weights)
+    assert loss(equal_weights) == pytest.approx(loss(task.replace(weights=told_w)), rel=1e-6)
+    # targets moved on the tasks not told their noise: those keep their true parameters, the loss is unchanged
+    odd_moved = jnp.where(
+        told_B[:, None, None], task.means, jnp.where(task.component_mask[..., None], moved, 0.0)
+    )
+    assert loss(target_pool.PoolBatch(task, task.weights, odd_moved)) == pytest.approx(loss(task), rel=1e-6)
+    # moved on the told ones: the loss is the plain loss of the tasks with those means as their parameters
+    even_moved = jnp.where(
+        told_B[:, None, None], jnp.where(task.component_mask[..., None], moved, 0.0), task.means
+    )
+    distilled = loss(target_pool.PoolBatch(task, task.weights, even_moved))
+    assert distilled == pytest.approx(loss(task.replace(means=even_moved)), rel=1e-6)
+    assert abs(distilled - loss(task)) > 1e-3
+
+
+@pytest.mark.slow
+def test_training_on_a_pool_resumes_exactly_and_uses_the_pool(tmp_path):
+    _pool(tmp_path / "pool", per_k=8)
+    config = dict(target_pool=str(tmp_path / "pool"), eval_every=0)
+    straight, resumed, sampled = (str(tmp_path / n) for n in ("straight", "resumed", "sampled"))
+    train_and_evaluate(_train_config(**config, total_steps=6), straight)
+    train_and_evaluate(_train_config(**config, total_steps=3), resumed)
+    train_and_evaluate(_train_config(**config, total_steps=6), resumed)
+    train_and_evaluate(_train_config(eval_every=0, total_steps=6), sampled)
+    a, b, c = (jax.tree.leaves(load_run(w).params) for w in (straight, resumed, sampled))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert any(not np.array_equal(np.asarray(x), np.asarray(z)) for x, z in zip(a, c, strict=True))
