@@ -19,7 +19,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -92,14 +91,16 @@ def build_dimension(spec, out: str, per_k: int, chunk: int, seed: int, targets: 
             weights.append(f["weights"])
             means.append(f["means"])
     target_w, target_m = np.concatenate(weights), np.concatenate(means)
-    # bayes returns its components in ascending weight order, zero-padded to K_max like the task
+    # bayes returns its components in ascending weight order, zero-padded to K_max like the task; the pool
+    # holds them in the task's component order (target j estimates true component j, whose points the labels name)
     target_m = np.where(np.asarray(task.component_mask)[..., None], target_m, 0.0)
     target_w = np.where(np.asarray(task.component_mask), target_w, 0.0)
+    target_w, target_m = target_pool.aligned_targets(task, target_w, target_m)
     return target_pool.save_pool(
         out,
         task,
-        jnp.asarray(target_w),
-        jnp.asarray(target_m),
+        target_w,
+        target_m,
         spec.ks,
         extra=dict(seed=seed, bayes=repr(config)),
     )

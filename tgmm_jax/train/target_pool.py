@@ -10,7 +10,12 @@ Layout, one ``d{dim}.npz`` per training dimension in the pool directory: the ``G
 (``points``, ``point_mask``, ``labels``, ``weights``, ``means``, ``scales``, ``component_mask``,
 ``num_components``: the true task, K-major blocks of ``per_k`` tasks in ``ks`` order, as ``sample_tasks``
 lays out a batch), ``target_weights`` [P, K] and ``target_means`` [P, K, D] (the reference estimate, zero on
-padded components), and ``ks`` and ``n_max`` (to check the pool against the training spec).
+padded components, its components aligned to the task's: ``aligned_targets``), and ``ks`` and ``n_max`` (to
+check the pool against the training spec).
+
+The alignment matters: the responsibility loss sends the points of true component j (``labels``) to the slot
+matched to target j, so target j must estimate component j. An estimate in its own order (bayes sorts its
+components by weight) would send some tasks' points to the wrong slot.
 
 A step draws ``tasks_per_k`` tasks of every K uniformly from its K's block with fold_in(data_key, step), so
 the stream still depends on (seed, step) only and a resumed run equals an uninterrupted one. Labels stay the
@@ -28,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tgmm_jax.metrics import align_components, gather_components
 from tgmm_jax.tasks import GMMTask, TaskSpec
 
 TASK_FIELDS = (
@@ -67,6 +73,13 @@ class TargetPool:
 
 def pool_path(directory: str, dim: int) -> str:
     return os.path.join(directory, f"d{dim}.npz")
+
+
+def aligned_targets(task: GMMTask, weights_BxK, means_BxKxD) -> tuple[jax.Array, jax.Array]:
+    """An estimate's (weights, means) reordered so that component j is the one matched to the task's true
+    component j (the aligned l2's matching: smallest total squared distance between means)."""
+    index_BxK = align_components(jnp.asarray(means_BxKxD), task.means, task.component_mask)
+    return gather_components((jnp.asarray(weights_BxK), jnp.asarray(means_BxKxD)), index_BxK)
 
 
 def save_pool(
