@@ -459,3 +459,17 @@ def test_learned_apply_loads_each_runs_own_model(tmp_path):
         assert block["log_probs_all"].shape == (study.CHUNK, study.K_MAX)
     # the evidence run moved two steps away from the set run it started from: different answers
     assert np.abs(out["ev"]["log_probs"] - out["set"]["log_probs"]).max() > 1e-6
+
+
+def test_accuracy_gap_standard_error_is_the_binomial_closed_form():
+    from experiments.studies.k_posterior.report import accuracy_gap_se
+
+    cells = [
+        dict(n=32, tasks=100, accuracy=dict(model=0.5, bic=0.9)),
+        dict(n=128, tasks=25, accuracy=dict(model=0.8, bic=0.2)),
+        dict(n=512, tasks=10, accuracy=dict(model=0.0, bic=1.0)),  # above max_n: left out
+    ]
+    se, tasks = accuracy_gap_se(cells, "model", "bic", max_n=128)
+    # var of the mean over 2 cells: (0.25/100 + 0.09/100 + 0.16/25 + 0.16/25) / 4
+    assert tasks == 125
+    assert se == pytest.approx(((0.0025 + 0.0009 + 0.0064 + 0.0064) / 4) ** 0.5)

@@ -48,6 +48,7 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
         "train_dims": (),
         "grad_accum_steps": 1,
         "init_from": "",
+        "target_pool": "",
         "model": {
             "readin": "raw",
             "project_rank": 6,

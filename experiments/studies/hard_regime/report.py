@@ -457,6 +457,8 @@ NOISE_ARMS = {
     "curriculum to N = 128 (+6000 steps)": "noise_cond4",
     "curriculum to N = 128, two seedings": "noise_cond4_s2",
     "curriculum to N = 128, seedings averaged": "noise_cond4_avg",
+    "same pool, true targets (+8000 steps)": "distill_truth",
+    "distilled on bayes (+8000 steps)": "distill_bayes",
 }
 # Arms whose learning targets are checked: label -> (its easy cells' JSON name, its speed benchmark's JSON file).
 TARGET_ARMS = {
@@ -469,6 +471,9 @@ TARGET_ARMS = {
         "benchmark_speed_vs_bayes_cond4_s2_cpu.json",
     ),
     "curriculum to N = 128, seedings averaged": ("noise_cond4_easy_avg", None),  # no speed run of its own
+    # no speed runs of their own: the 20000-step model's network shape and seedings
+    "same pool, true targets (+8000 steps)": ("distill_truth_easy", None),
+    "distilled on bayes (+8000 steps)": ("distill_bayes_easy", None),
 }
 
 

@@ -169,9 +169,12 @@ def k_posterior_section(
         def verdict(t):
             return prose("met") if t["met"] else prose("not_met")
 
+        se, tasks = accuracy_gap_se(saved["cells"], "model", "bic", max_n=128)
         text = prose(
             "targets",
             accuracy_gain=f"{100 * a['model_minus_bic']:+.1f}",
+            accuracy_se=f"{100 * se:.1f}",
+            accuracy_tasks=tasks,
             accuracy=verdict(a),
             logloss=f"{lo['model']:.3f}",
             logloss_bic=f"{lo['bic_softmax']:.3f}",
@@ -181,6 +184,17 @@ def k_posterior_section(
         )
         out += [text, ""]
     return out
+
+
+def accuracy_gap_se(cells: list[dict], a: str, b: str, max_n: int) -> tuple[float, int]:
+    """(standard error of mean-over-cells accuracy(a) - accuracy(b), tasks) over the cells with n <= max_n:
+    each cell's accuracies as independent binomials over its tasks, the two methods unpaired."""
+    chosen = [c for c in cells if c["n"] <= max_n and a in c["accuracy"] and b in c["accuracy"]]
+    var = (
+        sum(sum(c["accuracy"][m] * (1 - c["accuracy"][m]) / c["tasks"] for m in (a, b)) for c in chosen)
+        / len(chosen) ** 2
+    )
+    return var**0.5, sum(c["tasks"] for c in chosen)
 
 
 def bayes_lines(saved: dict) -> list[str]:
