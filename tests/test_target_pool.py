@@ -134,3 +134,12 @@ def test_aligned_targets_put_each_estimate_beside_its_true_component():
     aligned_w, aligned_m = target_pool.aligned_targets(task, weights, means)
     np.testing.assert_allclose(np.asarray(aligned_m), np.asarray(task.means) + 0.01, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(aligned_w), np.asarray(task.weights))
+
+
+def test_tasks_with_a_noise_scale_keep_it(tmp_path):
+    spec = TaskSpec(dim=2, ks=(2, 3), n_max=8, noise_scale_range=(0.1, 10.0))
+    task = sample_tasks(jax.random.key(2), spec, 3)
+    target_pool.save_pool(str(tmp_path), task, task.weights, task.means, spec.ks)
+    loaded = target_pool.load_pool(str(tmp_path), spec).batch.task
+    np.testing.assert_array_equal(np.asarray(loaded.noise_scale), np.asarray(task.noise_scale))
+    np.testing.assert_array_equal(np.asarray(loaded.scales), np.asarray(task.scales))

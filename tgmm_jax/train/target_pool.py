@@ -8,7 +8,7 @@ reference estimate of each, typically the Bayes posterior mean (``experiments.di
 
 Layout, one ``d{dim}.npz`` per training dimension in the pool directory: the ``GMMTask`` fields
 (``points``, ``point_mask``, ``labels``, ``weights``, ``means``, ``scales``, ``component_mask``,
-``num_components``: the true task, K-major blocks of ``per_k`` tasks in ``ks`` order, as ``sample_tasks``
+``num_components``, and ``noise_scale`` where the tasks have one: the true task, K-major blocks of ``per_k`` tasks in ``ks`` order, as ``sample_tasks``
 lays out a batch), ``target_weights`` [P, K] and ``target_means`` [P, K, D] (the reference estimate, zero on
 padded components, its components aligned to the task's: ``aligned_targets``), and ``ks`` and ``n_max`` (to
 check the pool against the training spec).
@@ -60,7 +60,7 @@ class PoolBatch:
 
 @dataclasses.dataclass(frozen=True)
 class TargetPool:
-    """One dimension's pool, as device arrays: ``tasks`` [len(ks) * per_k, ...] in K-major blocks."""
+    """One dimension's pool, as device arrays: ``batch`` holds len(ks) * per_k tasks in K-major blocks."""
 
     batch: PoolBatch
     ks: tuple[int, ...]
@@ -87,6 +87,8 @@ def save_pool(
 ) -> str:
     """Writes one dimension's pool (``task`` laid out as ``sample_tasks`` lays out a batch); returns its path."""
     arrays = {name: np.asarray(getattr(task, name)) for name in TASK_FIELDS}
+    if task.noise_scale is not None:  # tasks of a spec with a noise scale range keep their sigma
+        arrays["noise_scale"] = np.asarray(task.noise_scale)
     arrays.update(target_weights=np.asarray(target_weights), target_means=np.asarray(target_means))
     batch = arrays["points"].shape[0]
     if batch % len(ks):
@@ -118,6 +120,7 @@ def load_pool(directory: str, spec: TaskSpec) -> TargetPool:
         if missing:
             raise ValueError(f"{path} is not a target pool: it lacks {missing}")
         arrays = {n: f[n] for n in TASK_FIELDS + TARGET_FIELDS}
+        noise_scale = jnp.asarray(f["noise_scale"]) if "noise_scale" in f.files else None
         ks = tuple(int(k) for k in f["ks"])
         n_max = int(f["n_max"])
     if ks != tuple(spec.ks) or n_max != spec.n_max or arrays["weights"].shape[1] != max(spec.ks):
@@ -127,10 +130,11 @@ def load_pool(directory: str, spec: TaskSpec) -> TargetPool:
         )
     batch = arrays["points"].shape[0]
     per_k = batch // len(ks)
-    counts = np.asarray(arrays["num_components"]).reshape(len(ks), per_k)
-    if batch % len(ks) or not np.all(counts == np.asarray(ks)[:, None]):
+    if batch % len(ks) or not np.all(
+        np.asarray(arrays["num_components"]).reshape(len(ks), per_k) == np.asarray(ks)[:, None]
+    ):
         raise ValueError(f"{path}: its tasks are not K-major blocks of equal size in ks={ks} order")
-    task = GMMTask(**{n: jnp.asarray(arrays[n]) for n in TASK_FIELDS})
+    task = GMMTask(**{n: jnp.asarray(arrays[n]) for n in TASK_FIELDS}, noise_scale=noise_scale)
     pool = PoolBatch(task, jnp.asarray(arrays["target_weights"]), jnp.asarray(arrays["target_means"]))
     return TargetPool(pool, ks, per_k)
 
