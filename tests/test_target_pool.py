@@ -80,6 +80,7 @@ def _train_config(**overrides):
     return c
 
 
+@pytest.mark.slow
 def test_loss_regresses_on_targets_only_where_the_noise_is_told(tmp_path):
     task, target_w, _ = _pool(tmp_path, shift=0.0)
     loss = _conditioned_loss()

@@ -200,7 +200,7 @@ def make_train_step(
 
     loss_fn = _loss_fn(model, objective)
 
-    def step_fn(state: TrainState, data_key: jax.Array, pool_batch) -> TrainState:
+    def step_fn(state: TrainState, data_key: jax.Array, pool_batch=None) -> TrainState:
         step_key = jax.random.fold_in(data_key, state.step)
         if pool is None:
             task = sample_global_batch(step_key, spec, tasks_per_k, mesh)
@@ -224,9 +224,10 @@ def make_train_step(
         return TrainState(state.step + 1, params, opt_state, sums, window_steps)
 
     rep = sharding.replicated(mesh)
+    if pool is None:  # the jitted function itself: callers may .lower() it (benchmarks/train_step.py)
+        return jax.jit(step_fn, in_shardings=(rep, rep), out_shardings=rep, donate_argnums=0)
+    # the pool is an argument, not a closure: a constant of that size would be copied into the compiled program
     jitted = jax.jit(step_fn, in_shardings=(rep, rep, rep), out_shardings=rep, donate_argnums=0)
-    if pool is None:
-        return lambda state, data_key: jitted(state, data_key, None)
     if pool.ks != tuple(spec.ks) or pool.dim != spec.dim:
         raise ValueError(
             f"the pool holds d = {pool.dim}, ks = {pool.ks}; this step trains d = {spec.dim}, ks = {spec.ks}"
