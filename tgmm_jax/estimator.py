@@ -247,8 +247,9 @@ def _fit_body(
     instead of the variance M-steps. Returns the estimate (scales always set), its mean log-likelihood and
     that after one more EM step.
 
-    ``observed`` [B, N, D] (True = observed; None: every coordinate is): missing coordinates. The network (not
-    trained with masks) and the k-means++ seeding read ``points_BxNxD`` as given (filled by the caller);
+    ``observed`` [B, N, D] (True = observed; None: every coordinate is): missing coordinates. The network and
+    the k-means++ seeding read ``points_BxNxD`` as given (filled by the caller; a network trained with masks,
+    ``ModelConfig.readin_mask``, is also told ``observed``);
     the variance steps, EM steps and log-likelihoods are ``mixture.missing``'s exact observed-data ones."""
     k_max = max(model.ks)
     b, n, d = points_BxNxD.shape
@@ -262,7 +263,7 @@ def _fit_body(
             points_BxNxD / scale_B[:, None, None], mask_BxN, jnp.zeros((b, n), jnp.int32), zeros_BxK,
             jnp.zeros((b, k_max, d)), jnp.ones((b, k_max, d)) / scale_B[:, None, None], comp_BxK, k_B,
         )  # fmt: skip
-        est, _ = network(params, key, task)
+        est, _ = network(params, key, task, observed=observed)
         scales = jnp.ones_like(est.means) if est.scales is None else est.scales
         est = est.replace(means=est.means * scale_B[:, None, None], scales=scales * scale_B[:, None, None])
         if not network_variances:

@@ -12,11 +12,14 @@ Distance between points n and m: the mean squared difference over the coordinate
 common: no distance). Each missing x[n, j] becomes the mean of x[m, j] over the ``neighbours`` nearest points
 m that observe coordinate j (fewer if fewer have a distance to n; the column's observed mean if none does,
 or if no point observes j: then 0, there being nothing to read). Host-side NumPy, O(N^2 D) time and O(N^2)
-memory: for the estimator's missing-value path (at most ``LARGE_N`` points per dataset).
+memory: for the estimator's missing-value path (at most ``LARGE_N`` points per dataset). Its jit-able,
+vmap-able float32 twin, ``nearest_neighbour_fill``, takes an observed mask and padded points instead of NaN.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 NEIGHBOURS = 5  # the default: what the estimator and the K posterior use
@@ -79,3 +82,44 @@ def nearest_neighbour_impute(x_NxD: np.ndarray, neighbours: int = NEIGHBOURS) ->
         mean_R = np.where(finite_RxK, values_RxK, 0.0).sum(axis=1) / np.maximum(count_R, 1)
         filled_NxD[rows, j] = np.where(count_R > 0, mean_R, filled_NxD[rows, j])
     return filled_NxD
+
+
+def nearest_neighbour_fill(
+    points_NxD: jax.Array,
+    observed_NxD: jax.Array,
+    point_mask_N: jax.Array | None = None,
+    neighbours: int = NEIGHBOURS,
+) -> jax.Array:
+    """``nearest_neighbour_impute``'s rule as a pure, jit-able (and vmap-able) float32 function: [N, D].
+
+    ``observed_NxD`` (bool, True = observed) says which values to read; the others may hold anything, NaN
+    included, and are never read. Padded points (``point_mask_N`` False) are no one's donors, add nothing to
+    the column means, and come back filled as if they observed nothing (finite). ``neighbours`` is a static
+    Python int >= 1. Time and memory O(N^2 D).
+    """
+    neighbours = int(neighbours)
+    if neighbours < 1:
+        raise ValueError(f"neighbours must be >= 1, got {neighbours!r}")
+    n = points_NxD.shape[-2]
+    real_N = jnp.ones((n,), bool) if point_mask_N is None else point_mask_N.astype(bool)
+    valid_NxD = observed_NxD.astype(bool) & real_N[:, None]
+    x_NxD = jnp.where(valid_NxD, points_NxD.astype(jnp.float32), 0.0)  # no NaN past this line
+    # Column means over the real points' observed values (0 where none): the fallback.
+    count_D = jnp.sum(valid_NxD, axis=0).astype(jnp.float32)
+    mean_D = jnp.sum(x_NxD, axis=0) / jnp.maximum(count_D, 1.0)
+    # Distances from the differences themselves (no |a|^2 + |b|^2 - 2ab cancellation in float32).
+    both_NxMxD = valid_NxD[:, None, :] & valid_NxD[None, :, :]
+    diff_NxMxD = jnp.where(both_NxMxD, x_NxD[:, None, :] - x_NxD[None, :, :], 0.0)
+    common_NxM = jnp.sum(both_NxMxD, axis=-1)
+    dist_NxM = jnp.sum(diff_NxMxD**2, axis=-1) / jnp.maximum(common_NxM, 1).astype(jnp.float32)
+    dist_NxM = jnp.where((common_NxM > 0) & ~jnp.eye(n, dtype=bool), dist_NxM, jnp.inf)
+    # For column j the donors are the real points observing j; everyone else is at +inf.
+    dist_NxDxM = jnp.where(valid_NxD.T[None, :, :], dist_NxM[:, None, :], jnp.inf)
+    k = min(neighbours, n)
+    neg_d_NxDxK, idx_NxDxK = jax.lax.top_k(-dist_NxDxM, k)
+    values_NxDxK = x_NxD.T[jnp.arange(x_NxD.shape[1])[None, :, None], idx_NxDxK]
+    finite_NxDxK = jnp.isfinite(neg_d_NxDxK)
+    count_NxD = jnp.sum(finite_NxDxK, axis=-1).astype(jnp.float32)
+    near_mean_NxD = jnp.sum(jnp.where(finite_NxDxK, values_NxDxK, 0.0), axis=-1) / jnp.maximum(count_NxD, 1.0)
+    fill_NxD = jnp.where(count_NxD > 0, near_mean_NxD, mean_D[None, :])
+    return jnp.where(valid_NxD, x_NxD, fill_NxD)

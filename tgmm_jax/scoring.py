@@ -35,9 +35,13 @@ MODEL_METHOD = "tgmm"  # the trained model, among the baselines; the only method
 NOISE_SETTINGS = ("known", "unknown")
 
 
-def _apply_model(model, params, key, task, refine_steps=0, noise="known"):
+def _apply_model(model, params, key, task, refine_steps=0, noise="known", observed=None):
+    """``observed`` [B, N, D] (missing coordinates, filled in ``task.points``): told to a model that reads
+    masks (``ModelConfig.readin_mask``), unused by others."""
     del key  # the forward is deterministic
     kwargs = {}
+    if observed is not None and model.config.readin_mask:
+        kwargs["observed"] = observed
     if model.config.noise == "conditioned":  # told the true variance, as the baselines assume it, or nothing
         kwargs["noise_variance"] = noise_variances(task) if noise == "known" else jnp.nan
     out = model.apply({"params": params}, task.points, task.point_mask, task.num_components, **kwargs)

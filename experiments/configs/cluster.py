@@ -17,6 +17,8 @@ and ``eval_init=`` evaluates as trained). Evaluation during training is at ``d``
     --config=experiments/configs/cluster.py:n=128,n_min=16,n_dist=log_uniform,init_from=runs/noise_cond3
     # distillation: tasks from a pool with Bayes posterior means as targets (experiments.distill_pool builds it)
     --config=experiments/configs/cluster.py:n=32,n_min=16,dims=2/8,d=2,correction=1,noise=conditioned,pool=runs/distill_pool
+    # missing values: coordinates masked at per-task rates U(0, 0.5) and filled; the read-in told the mask
+    --config=experiments/configs/cluster.py:missing=0.5,mask_readin=1,init_from=cluster
 """
 
 from experiments.configs import args
@@ -47,6 +49,8 @@ def get_config(arg: str | None = None):
             n_dist="uniform",
             init_from="",
             pool="",
+            missing=0.0,
+            mask_readin=0,
         ),
     )
     config = default_config()
@@ -66,6 +70,7 @@ def get_config(arg: str | None = None):
     config.task.n_distribution = a["n_dist"]
     config.init_from = a["init_from"]
     config.target_pool = a["pool"]
+    config.missing_rate_max = float(a["missing"])
     config.model = model_group(
         "small",
         backbone="set",
@@ -80,6 +85,7 @@ def get_config(arg: str | None = None):
         num_heads=a["heads"],
         cluster_correction=bool(a["correction"]),
         noise=a["noise"],
+        readin_mask=bool(a["mask_readin"]),
     )
     config.optim.learning_rate = a["lr"]
     config.optim.schedule = "cosine"

@@ -88,6 +88,11 @@ class ModelConfig:
     # -> c^2 x: means -> c means, variances -> c^2 variances, the same weights and responsibilities); it needs
     # the normalised read-in and the clustering read-out.
     noise: str = "unit"
+    # Missing coordinates: the read-in also takes each point's observed mask (``TGMM(..., observed=...)``), as
+    # dimension-free features (the share of the point's coordinates that are missing, and how much of each
+    # principal direction rests on them) through a zero-initialised projection added to the tokens, so a model
+    # warm-started from one without it answers as before at step 0. Needs the normalised read-in.
+    readin_mask: bool = False
 
     def __post_init__(self):
         _validate(self)
@@ -173,8 +178,16 @@ def _validate(c: ModelConfig) -> None:
         c, ("num_layers", "width", "num_heads", "task_embed_dim", "mlp_ratio", "project_rank"), "ModelConfig"
     )
     check_int(c.cluster_iters, "ModelConfig.cluster_iters", 0)
-    for name in ("slot_attention", "em_logits", "cluster_correction", "official_pooling_mask_bug"):
+    for name in (
+        "slot_attention",
+        "em_logits",
+        "cluster_correction",
+        "official_pooling_mask_bug",
+        "readin_mask",
+    ):
         check_bool(getattr(c, name), f"ModelConfig.{name}")
+    if c.readin_mask and c.readin != "normalized":
+        raise ValueError(f"ModelConfig.readin_mask needs readin='normalized', got readin={c.readin!r}")
     if c.cluster_correction and c.readout != "cluster":
         raise ValueError(f"ModelConfig.cluster_correction needs readout='cluster', got readout={c.readout!r}")
     check_bool(c.scan_layers, "ModelConfig.scan_layers", optional=True)

@@ -63,3 +63,18 @@ def normalize_tasks(points_BxNxD: jax.Array, point_mask_BxN: jax.Array, rank: in
         axis=-1,
     )
     return NormalizedTasks(centre_BxD, basis_BxDxR, scale_B, coords_BxNxR, features_BxF)
+
+
+def mask_features(observed_BxNxD: jax.Array, point_mask_BxN: jax.Array, basis_BxDxR: jax.Array) -> jax.Array:
+    """[B, N, 1 + R] per-point features of missing coordinates, 0 on complete and padded points: the share of
+    the point's D coordinates that are missing, and for each principal direction r the part of its unit
+    loading that rests on them, sum_d missing[n, d] basis[d, r]^2 (in [0, 1]). They do not depend on the
+    data's units, translation, point order or D beyond the mask (a rotation mixes coordinates, so with
+    missing values it is no longer a symmetry)."""
+    missing_BxNxD = (~observed_BxNxD.astype(bool)) & point_mask_BxN.astype(bool)[..., None]
+    missing_BxNxD = missing_BxNxD.astype(jnp.float32)
+    share_BxNx1 = jnp.mean(missing_BxNxD, axis=-1, keepdims=True)
+    loading_BxNxR = jnp.einsum(
+        "bnd,bdr->bnr", missing_BxNxD, jnp.square(basis_BxDxR), precision=jax.lax.Precision.HIGHEST
+    )
+    return jax.lax.stop_gradient(jnp.concatenate([share_BxNx1, loading_BxNxR], axis=-1))

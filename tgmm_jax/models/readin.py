@@ -1,4 +1,5 @@
-"""Read-in: one token per point, Dense(D + E_task (+ F) -> E) on concat(point, embed(K) (, task features))."""
+"""Read-in: one token per point, Dense(D + E_task (+ F) -> E) on concat(point, embed(K) (, task features)),
+plus, for a model that reads missing-value masks, a zero-initialised Dense(M -> E) of the point's mask features."""
 
 from __future__ import annotations
 
@@ -35,8 +36,12 @@ class ReadIn(nn.Module):
     num_ks: int
 
     @nn.compact
-    def __call__(self, points_BxNxD: jax.Array, k_index_B: jax.Array, task_features_BxF=None) -> jax.Array:
-        """``task_features_BxF`` (the normalised read-in's per-task features) join every token when given."""
+    def __call__(
+        self, points_BxNxD: jax.Array, k_index_B: jax.Array, task_features_BxF=None, mask_features_BxNxM=None
+    ) -> jax.Array:
+        """``task_features_BxF`` (the normalised read-in's per-task features) join every token when given.
+        ``mask_features_BxNxM`` (``normalize.mask_features``; 0 on complete points) adds a bias-free,
+        zero-initialised projection, so complete points get exactly the tokens of a model without it."""
         c = self.config
         embed_BxT = nn.Embed(
             self.num_ks, c.task_embed_dim, embedding_init=nn.initializers.normal(1.0), name="task_embed"
@@ -47,10 +52,19 @@ class ReadIn(nn.Module):
         embed_BxNxT = jnp.broadcast_to(embed_BxT[:, None, :], (b, n, embed_BxT.shape[-1]))
         inputs_BxNxF = jnp.concatenate([points_BxNxD.astype(jnp.float32), embed_BxNxT], axis=-1)
         fan_in = inputs_BxNxF.shape[-1]
-        return nn.Dense(
+        tokens_BxNxE = nn.Dense(
             c.width,
             dtype=c.compute_dtype,
             kernel_init=torch_linear_init(),
             bias_init=torch_uniform_init(fan_in),
             name="proj",
         )(inputs_BxNxF)
+        if mask_features_BxNxM is None:
+            return tokens_BxNxE
+        return tokens_BxNxE + nn.Dense(
+            c.width,
+            use_bias=False,
+            dtype=c.compute_dtype,
+            kernel_init=nn.initializers.zeros,
+            name="mask_proj",
+        )(mask_features_BxNxM.astype(jnp.float32))

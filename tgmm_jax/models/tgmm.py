@@ -12,7 +12,7 @@ from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.models.backbones import BACKBONES
 from tgmm_jax.models.cluster_readout import ClusterReadout
 from tgmm_jax.models.config import ModelConfig
-from tgmm_jax.models.normalize import normalize_tasks
+from tgmm_jax.models.normalize import mask_features, normalize_tasks
 from tgmm_jax.models.readin import ReadIn
 from tgmm_jax.models.readout import AttentiveReadout, NaiveReadout
 from tgmm_jax.tasks import VARIANTS, TaskSpec
@@ -78,6 +78,11 @@ class TGMM(nn.Module):
     standard deviations. The map is then scale-equivariant: points x c and noise_variance x c^2 give means x c,
     scales x c and the same weights and responsibilities.
 
+    With ``config.readin_mask`` the call also takes ``observed`` ([B, N, D] bool, True = observed; None: every
+    coordinate is): the points then hold filled values at the missing coordinates (any fill, e.g.
+    ``tgmm_jax.imputation``), and the read-in adds the mask's features (``normalize.mask_features``). The
+    read-out still runs on the filled points; exact missing-data EM after the network is the caller's.
+
     ``train`` matters only with ``config.official_pooling_mask_bug``: the official code applies its buggy
     pooling mask in training and no mask at evaluation, and ``train`` picks which of the two to reproduce.
     """
@@ -124,12 +129,20 @@ class TGMM(nn.Module):
             self.read_out = readout_cls(len(self.ks), max(self.ks), out_dim, anisotropic)
 
     def __call__(
-        self, points_BxNxD, point_mask_BxN, num_components_B, *, train: bool = False, noise_variance=None
+        self,
+        points_BxNxD,
+        point_mask_BxN,
+        num_components_B,
+        *,
+        train: bool = False,
+        noise_variance=None,
+        observed=None,
     ) -> TGMMOutput:
         points_BxNxD, point_mask_BxN, num_components_B = map(
             jnp.asarray, (points_BxNxD, point_mask_BxN, num_components_B)
         )
         self._check_shapes(points_BxNxD, point_mask_BxN, num_components_B)
+        observed_BxNxD = self._observed(observed, points_BxNxD.shape)
         noise_var_B = self._noise_variances(noise_variance, points_BxNxD.shape[0])
         c, k_max = self.config, max(self.ks)
         point_mask_BxN = point_mask_BxN.astype(bool)
@@ -141,6 +154,8 @@ class TGMM(nn.Module):
         order_BxN = jnp.argsort(~point_mask_BxN, axis=-1, stable=True)
         points_BxNxD = jnp.take_along_axis(points_BxNxD, order_BxN[:, :, None], axis=1)
         point_mask_BxN = jnp.take_along_axis(point_mask_BxN, order_BxN, axis=1)
+        if observed_BxNxD is not None:
+            observed_BxNxD = jnp.take_along_axis(observed_BxNxD, order_BxN[:, :, None], axis=1)
         mask_bug = c.official_pooling_mask_bug and train
         if not mask_bug:  # with the bug, pooling reads the padded tokens, which must then keep their points
             points_BxNxD = jnp.where(point_mask_BxN[:, :, None], points_BxNxD, 0.0)
@@ -164,7 +179,10 @@ class TGMM(nn.Module):
                     ],
                     axis=-1,
                 )
-            tokens_BxNxE = self.read_in(norm.coords_BxNxR, k_index_B, features_BxF)
+            mask_BxNxM = None
+            if c.readin_mask:
+                mask_BxNxM = mask_features(observed_BxNxD, point_mask_BxN, norm.basis_BxDxR)
+            tokens_BxNxE = self.read_in(norm.coords_BxNxR, k_index_B, features_BxF, mask_BxNxM)
         else:
             tokens_BxNxE = self.read_in(points_BxNxD, k_index_B)
         states_BxNxE = self.backbone(tokens_BxNxE, point_mask_BxN)
@@ -209,6 +227,23 @@ class TGMM(nn.Module):
             component_mask_BxK,
             log_resp_BxNxK,
         )
+
+    def _observed(self, observed, shape):
+        """[B, N, D] bool observed mask for ``config.readin_mask`` (all True when None), else None (refused if
+        given: such a model reads filled points without knowing which coordinates were filled)."""
+        if not self.config.readin_mask:
+            if observed is not None:
+                raise ValueError(
+                    "this model does not read missing-value masks (ModelConfig.readin_mask is False): pass "
+                    "observed=None"
+                )
+            return None
+        if observed is None:
+            return jnp.ones(shape, bool)
+        observed = jnp.asarray(observed)
+        if observed.shape != tuple(shape):
+            raise ValueError(f"observed must be [B, N, D] = {tuple(shape)}, got shape {observed.shape}")
+        return observed.astype(bool)
 
     def _noise_variances(self, noise_variance, batch: int):
         """[B] float32 noise variances (NaN = unknown) for noise='conditioned', else None (refused if given)."""

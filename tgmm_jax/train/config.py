@@ -19,6 +19,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from tgmm_jax.losses import OBJECTIVES
+from tgmm_jax.masking import max_rate
 from tgmm_jax.models import MODEL_SIZES, ModelConfig
 from tgmm_jax.models.config import reseeded
 from tgmm_jax.tasks import TaskSpec, candidates_per_round
@@ -114,6 +115,11 @@ class TrainConfig:
     # ``experiments.distill_pool``): steps draw their tasks from it and regress the known-noise tasks' weights
     # and means on the reference (distillation); "" = fresh tasks from the sampler every step.
     target_pool: str = ""
+    # training with missing values: each task's coordinates are masked completely at random at a rate drawn
+    # uniformly from [0, missing_rate_max] per task (``tgmm_jax.train.masked``), the missing ones filled from
+    # each point's nearest neighbours as the estimator fills them; a model with ``model.readin_mask`` is told the
+    # mask. 0 = complete points.
+    missing_rate_max: float = 0.0
     task: TaskSpec = dataclasses.field(default_factory=_default_task)
     model: ModelConfig = dataclasses.field(default_factory=_default_model)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -141,6 +147,11 @@ class TrainConfig:
         if not isinstance(self.target_pool, str):
             raise ValueError(
                 f"config.target_pool must be a directory path (a string), got {self.target_pool!r}"
+            )
+        check_number(self.missing_rate_max, "config.missing_rate_max", 0.0, 0.5)
+        if self.missing_rate_max and self.target_pool:
+            raise ValueError(
+                "config.missing_rate_max and config.target_pool cannot be combined (not implemented)"
             )
         dims = self.train_dims
         if isinstance(dims, (int, str)) or not all(is_int(d) and d >= 1 for d in dims):
@@ -174,6 +185,11 @@ class TrainConfig:
                 raise ValueError(
                     f"config.train_dims={self.train_dims} needs a dimension-free model "
                     "(config.model.readin='normalized'); this one is fixed to config.task.dim"
+                )
+            if self.missing_rate_max > max_rate(dim_spec.dim):
+                raise ValueError(
+                    f"config.missing_rate_max={self.missing_rate_max} exceeds (D - 1) / D = "
+                    f"{max_rate(dim_spec.dim):.3f} at D = {dim_spec.dim}: every point keeps one observed coordinate"
                 )
             candidates_per_round(dim_spec, dim_spec.mean_shift)  # an impossible (D, K) cell fails here, named
 

@@ -61,6 +61,7 @@ _ADDED_FIELDS = {
     "grad_accum_steps": 1,
     "init_from": "",
     "target_pool": "",
+    "missing_rate_max": 0.0,
 }
 # eval.* fields added since.
 _ADDED_EVAL_FIELDS = {"slot_init": None}
@@ -74,6 +75,7 @@ _ADDED_MODEL_FIELDS = (
     "slot_init",
     "cluster_correction",
     "noise",
+    "readin_mask",
 )
 
 

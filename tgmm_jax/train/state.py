@@ -9,15 +9,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from flax import struct
+from flax import struct, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tgmm_jax import losses
 from tgmm_jax.models import ModelConfig, make_model
 from tgmm_jax.tasks import TaskSpec, noise_variances, sample_tasks
 from tgmm_jax.train import config as config_lib
-from tgmm_jax.train import sharding, target_pool
+from tgmm_jax.train import masked, sharding, target_pool
 
+# The step key's stream for the missing-value masks (distinct from the task sampler's use of the key itself).
+_MASK_STREAM = 0x6D61736B
 # Per-step scalars accumulated in the state between log steps (window sums; exact across resume).
 _NONFINITE = "nonfinite_steps"
 
@@ -94,8 +96,8 @@ def noise_told(batch_size: int) -> jax.Array:
 
 
 def batch_task(batch):
-    """The ``GMMTask`` of a step's batch (a task, or a ``target_pool.PoolBatch``)."""
-    return batch.task if isinstance(batch, target_pool.PoolBatch) else batch
+    """The ``GMMTask`` of a step's batch (a task, a ``target_pool.PoolBatch`` or a ``masked.MaskedBatch``)."""
+    return batch.task if isinstance(batch, (target_pool.PoolBatch, masked.MaskedBatch)) else batch
 
 
 def _loss_fn(model, objective: Objective):
@@ -109,6 +111,8 @@ def _loss_fn(model, objective: Objective):
             use_B = noise_told(task.points.shape[0]) if conditioned else jnp.ones(task.points.shape[0], bool)
             task = target_pool.distilled(batch, use_B)
         kwargs = {}
+        if isinstance(batch, masked.MaskedBatch) and model.config.readin_mask:
+            kwargs["observed"] = batch.observed
         if conditioned:
             task, kwargs["noise_variance"] = in_noise_units(task)
         # train=True: with config.official_pooling_mask_bug the official training-time mask is reproduced
@@ -152,21 +156,31 @@ def create_train_state(key, model, tx, spec: TaskSpec, metric_names: tuple[str, 
     return jax.jit(init, out_shardings=sharding.replicated(mesh))(key)
 
 
+# Parameter modules a config may add to a warm start's checkpoint: zero-initialised, so the warm-started model
+# answers as the checkpoint's at step 0 (ModelConfig.readin_mask's projection of the mask features).
+ADDABLE_MODULES = ("mask_proj",)
+
+
 def warm_started(state: TrainState, params, init_from: str, tx, mesh) -> TrainState:
     """``state`` at step 0 with ``params`` (those of the checkpoint ``init_from``: the same tree, shapes and
-    dtypes as ``state.params``) and a fresh optimizer state for them, replicated on the mesh."""
-    expected = jax.tree.map(lambda x: (tuple(x.shape), x.dtype), state.params)
-    given = jax.tree.map(lambda x: (tuple(x.shape), jnp.asarray(x).dtype), params)
-    if jax.tree.structure(expected) != jax.tree.structure(given) or expected != given:
+    dtypes as ``state.params``, except modules of ``ADDABLE_MODULES`` the config adds, which keep their fresh
+    zero initialisation) and a fresh optimizer state for them, replicated on the mesh."""
+    fresh = traverse_util.flatten_dict(state.params)
+    given = traverse_util.flatten_dict(params)
+    added = {path for path in fresh if path not in given and any(m in path for m in ADDABLE_MODULES)}
+    expected = {path: (tuple(x.shape), x.dtype) for path, x in fresh.items() if path not in added}
+    found = {path: (tuple(x.shape), jnp.asarray(x).dtype) for path, x in given.items()}
+    if expected != found:
         raise ValueError(
             f"config.init_from={init_from!r} holds parameters of another tree or shape than this config's "
             "model; a warm start keeps the architecture (the config.model fields) unchanged"
         )
+    merged = traverse_util.unflatten_dict({**{path: fresh[path] for path in added}, **given})
 
     def start(params):
         return state.replace(params=params, opt_state=tx.init(params))
 
-    return jax.jit(start, out_shardings=sharding.replicated(mesh))(params)
+    return jax.jit(start, out_shardings=sharding.replicated(mesh))(merged)
 
 
 def init_params_shape(key, model, spec: TaskSpec):
@@ -187,11 +201,15 @@ def make_train_step(
     mesh,
     grad_accum_steps: int = 1,
     pool: target_pool.TargetPool | None = None,
+    missing_rate_max: float = 0.0,
 ) -> Callable[[TrainState, jax.Array], TrainState]:
     """The jitted step: sample tasks from fold_in(data_key, step), loss, grads, AdamW, window sums.
 
     With a ``pool`` the tasks are drawn from it instead (``target_pool.draw_batch``, the same key), and the
     loss regresses on its reference estimates (distillation, ``_loss_fn``).
+
+    With ``missing_rate_max`` > 0 the tasks' coordinates are masked and filled (``masked.masked_batch``, from
+    a key folded from the step's), and a model with ``readin_mask`` is told the mask.
 
     With ``grad_accum_steps`` A > 1 the same global batch is split into A micro-batches (A divides
     tasks_per_k) whose gradients are summed in a ``lax.scan`` with the weights that make the sum the full
@@ -207,6 +225,9 @@ def make_train_step(
         else:
             drawn = target_pool.draw_batch(pool_batch, step_key, len(pool.ks), pool.per_k, tasks_per_k)
             task = jax.lax.with_sharding_constraint(drawn, sharding.batch_sharded(mesh))
+        if missing_rate_max:
+            task = masked.masked_batch(jax.random.fold_in(step_key, _MASK_STREAM), task, missing_rate_max)
+            task = jax.lax.with_sharding_constraint(task, sharding.batch_sharded(mesh))
         if grad_accum_steps == 1:
             (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, task)
         else:
@@ -323,6 +344,7 @@ def build_training(config: config_lib.TrainConfig | ml_collections.ConfigDict, m
             mesh,
             config.grad_accum_steps,
             target_pool.load_pool(config.target_pool, step_spec) if config.target_pool else None,
+            config.missing_rate_max,
         )
         for step_spec in config.train_specs()
     )
