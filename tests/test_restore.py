@@ -49,6 +49,7 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
         "grad_accum_steps": 1,
         "init_from": "",
         "target_pool": "",
+        "missing_rate_max": 0.0,
         "model": {
             "readin": "raw",
             "project_rank": 6,
@@ -58,6 +59,7 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
             "slot_init": "learned",
             "cluster_correction": False,
             "noise": "unit",
+            "readin_mask": False,
             "backbone": "mamba2",
             "width": 16,
             "backbone_options": {
@@ -83,6 +85,7 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
             "slot_init",
             "cluster_correction",
             "noise",
+            "readin_mask",
         )
     }
     gpt2 = upgrade_saved_config({"model": {"backbone": "gpt2", **flat}})

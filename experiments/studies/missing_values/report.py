@@ -234,8 +234,128 @@ def missing_values_section(saved: dict, figure: str = "missing_values/missing_va
     return out
 
 
+# The run scoring the networks trained with masks (``--arms``), beside the main one.
+MASK_TRAINED = os.path.join("missing_values", "trained_with_masks")
+ARM_SETTINGS = ("tgmm", "tgmm_refine")
+
+
+def _arms(saved: dict) -> list[str]:
+    return list(saved["settings"].get("arms", {}))
+
+
+def _z(s: dict) -> str:
+    z = s["mean"] / s["sem"] if s["sem"] and s["sem"] > 0 else float("nan")
+    return f"{s['mean']:+.4f} ± {s['sem']:.4f} (z {z:+.1f})"
+
+
+def arm_checks(saved: dict) -> list[dict]:
+    """``checks``' two verdicts at ``CHECK_RATE`` for every ``--arms`` method (tgmm@NAME, tgmm_refine@NAME)."""
+    names = [f"{setting}@{arm}" for arm in _arms(saved) for setting in ARM_SETTINGS]
+    out = []
+    for c in sorted(saved["cells"], key=lambda c: c["dim"]):
+        if abs(c["rate"] - CHECK_RATE) > 1e-9:
+            continue
+        m = c["methods"]
+        for name in names:
+            ari, l2 = m[name]["ari"]["mean"], m[name]["l2"]["mean"]
+            ari_ref, l2_ref = m[ARI_REFERENCE]["ari"]["mean"], m[L2_REFERENCE]["l2"]["mean"]
+            out.append(
+                dict(
+                    method=name,
+                    dim=c["dim"],
+                    rate=c["rate"],
+                    ari=ari,
+                    ari_reference=ari_ref,
+                    ari_met=bool(ari >= ari_ref),
+                    l2=l2,
+                    l2_reference=l2_ref,
+                    l2_limit=L2_FACTOR * l2_ref,
+                    l2_met=bool(l2 <= L2_FACTOR * l2_ref),
+                    l2_median=m[name]["l2"]["median"],
+                    l2_reference_median=m[L2_REFERENCE]["l2"]["median"],
+                )
+            )
+    return out
+
+
+def mask_trained_section(saved: dict, figure: str) -> list[str]:
+    """The networks trained with masks against the shipped one on the same tasks and masks: l2 and ARI per
+    cell, the paired differences (training with masks; reading the mask), and the done-when checks."""
+    s, cells = saved["settings"], saved["cells"]
+    arms = _arms(saved)
+    shown = [f"{setting}@{a}" for setting in ARM_SETTINGS for a in arms]
+    methods = ["tgmm", *[m for m in shown if m.startswith("tgmm@")], "tgmm_refine"]
+    methods += [m for m in shown if m.startswith("tgmm_refine@")] + list(BASELINES)
+    pairs = [(f"tgmm@{a}", "tgmm") for a in arms]
+    pairs += [(f"tgmm@{a}", f"tgmm@{b}") for i, a in enumerate(arms) for b in arms[i + 1 :]]
+    pairs += [(f"tgmm_refine@{a}", f"tgmm_refine@{b}") for i, a in enumerate(arms) for b in arms[i + 1 :]]
+    lines = [
+        "| d | missing | " + " | ".join(f"{a} − {b}: l2 | ARI" for a, b in pairs) + " |",
+        "|---|---|" + "---|---|" * len(pairs),
+    ]
+    for c in sorted(cells, key=lambda c: (c["dim"], c["rate"])):
+        row = []
+        for a, b in pairs:
+            diff = c[f"{a}_minus_{b}"]
+            row += [_z(diff["l2"]), _z(diff["ari"])]
+        lines.append(f"| {c['dim']} | {100 * c['rate']:.0f}% | " + " | ".join(row) + " |")
+    found = arm_checks(saved)
+    return [
+        prose(
+            "masks_intro",
+            figure=figure,
+            arms=", ".join(f"`{a}` = `{p}`" for a, p in s["arms"].items()),
+            tasks=s["tasks"],
+            seed=s["eval_seed"],
+            checkpoint=s["checkpoint"],
+        ),
+        "",
+        prose("l2"),
+        "",
+        *_table(cells, methods, "l2"),
+        "",
+        prose("ari"),
+        "",
+        *_table(cells, methods, "ari"),
+        "",
+        prose("masks_paired"),
+        "",
+        *lines,
+        "",
+        prose("checks", rate=f"{100 * CHECK_RATE:.0f}", factor=L2_FACTOR),
+        "",
+        *[check_line(c) for c in found],
+        "",
+        prose("masks_reading", reading=_reading(cells, pairs)),
+        "",
+    ]
+
+
+def _reading(cells, pairs) -> str:
+    """Per pair: in how many cells its paired l2 difference is below / above zero by at least 2 sem."""
+    parts = []
+    for a, b in pairs:
+        diffs = [c[f"{a}_minus_{b}"]["l2"] for c in cells]
+        zs = [d["mean"] / d["sem"] for d in diffs if d["sem"] and d["sem"] > 0]
+        parts.append(
+            prose(
+                "masks_count",
+                a=a,
+                b=b,
+                better=sum(z <= -2 for z in zs),
+                worse=sum(z >= 2 for z in zs),
+                cells=len(cells),
+            )
+        )
+    return " ".join(parts)
+
+
 def build(results: str, scale: str) -> Part | None:
     saved = load_json(os.path.join(results, "missing_values", "missing_values.json"))
     if not saved or scale != "cpu":
         return None
-    return Part(sections=missing_values_section(saved))
+    sections = missing_values_section(saved)
+    arms = load_json(os.path.join(results, MASK_TRAINED, "missing_values.json"))
+    if arms and _arms(arms):
+        sections += mask_trained_section(arms, os.path.join(MASK_TRAINED, "missing_values.png"))
+    return Part(sections=sections)

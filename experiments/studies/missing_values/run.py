@@ -37,6 +37,11 @@ At d = 2 a rate of 50% is the maximum: every point has exactly one coordinate mi
 coordinates together: the data identify the two marginal mixtures, and only their weights tell which cluster
 of x_1 goes with which cluster of x_2 (weakly: close weights swap). A large l2 there is mostly the data's limit.
 
+``--arms=NAME=CHECKPOINT,...`` scores more checkpoints on the same tasks and masks, each as ``tgmm@NAME`` and
+``tgmm_refine@NAME`` (the settings of ``tgmm`` and ``tgmm_refine``), with their paired differences from the
+``--checkpoint`` model's (``tgmm@NAME_minus_tgmm``, ...) and between arms; for example the networks trained with
+masks (``config.missing_rate_max``) with and without the mask read-in (``ModelConfig.readin_mask``).
+
 Usage: python -m experiments.studies.missing_values.run [--tasks 128] [--results results/missing_values]
 Writes ``missing_values.json`` and ``missing_values.png`` to ``--results``; ``--plot_only`` redraws the figure
 from the saved JSON.
@@ -98,6 +103,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("n_init", 10, "k-means++ restarts of both baselines.")
     flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks and masks.")
     flags.DEFINE_string("checkpoint", pretrained.DEFAULT, "The estimator's checkpoint.")
+    flags.DEFINE_list(
+        "arms", [], "More checkpoints to score as NAME=CHECKPOINT (tgmm@NAME, tgmm_refine@NAME)."
+    )
     flags.DEFINE_string("results", "results/missing_values", "Where missing_values.json goes.")
     flags.DEFINE_bool("plot_only", False, "Only redraw missing_values.png from the saved JSON.")
 
@@ -111,16 +119,37 @@ def _paired(a, b) -> dict:
     return stat(diff)
 
 
+ARM_SETTINGS = ("tgmm", "tgmm_refine")  # the model settings each --arms checkpoint is scored with
+
+
+def arm_checkpoints(arms) -> dict:
+    """``--arms`` as {NAME: CHECKPOINT}; a malformed or repeated entry is a ValueError naming it."""
+    out = {}
+    for item in arms:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or "@" in name or name in out:
+            raise ValueError(f"--arms entries are NAME=CHECKPOINT with distinct names (no '@'), got {item!r}")
+        out[name] = path
+    return out
+
+
+def arm_methods(arms) -> list[str]:
+    """The method names of the ``--arms`` checkpoints: tgmm@NAME, tgmm_refine@NAME per arm."""
+    return [f"{setting}@{name}" for name in arm_checkpoints(arms) for setting in ARM_SETTINGS]
+
+
 def _estimator(name: str) -> TGMMEstimator:
-    """The model method ``name``: the estimator told the known unit isotropic noise (the baselines' model)."""
+    """The model method ``name`` (a model setting, or ``setting@ARM`` for an ``--arms`` checkpoint): the
+    estimator told the known unit isotropic noise (the baselines' model)."""
+    setting, _, arm = name.partition("@")
     extra = {
         "tgmm": {},
         "tgmm_refine": dict(refine="em", em_steps=REFINE_STEPS),
         "tgmm_restarts": dict(refine="em", em_steps=REFINE_STEPS, n_restarts=RESTARTS),
-    }[name]
+    }[setting]
     return TGMMEstimator(
         NUM_COMPONENTS,
-        checkpoint=FLAGS.checkpoint,
+        checkpoint=arm_checkpoints(FLAGS.arms)[arm] if arm else FLAGS.checkpoint,
         noise_variance=1.0,
         missing="allow",
         random_state=0,
@@ -171,7 +200,7 @@ def _predict_agreement(name: str, masked, labels_BxN) -> tuple[float, float]:
 
 def _fit(name: str, masked, key):
     """One method on every task: (estimate, info dict or None, labels it outputs [B, N], seconds)."""
-    if name in MODELS:
+    if name in MODELS or "@" in name:
         _fit_model(name, masked)  # compile (the same shapes at every rate)
         start = time.perf_counter()
         estimate, _ = _fit_model(name, masked)
@@ -235,7 +264,8 @@ def run_cell(task, dim: int, rate: float, key) -> dict:
         methods={},
     )
     per_task = {}
-    for name in METHODS:
+    arms = arm_methods(FLAGS.arms)
+    for name in METHODS + tuple(arms):
         estimate, info, seconds = _fit(name, masked, jax.random.fold_in(key, 7))
         l2 = np.asarray(evaluate_estimates(estimate, task)["l2"], np.float64)
         by_observed = np.asarray(np.argmax(missing.log_joint(masked.points, estimate), axis=-1))
@@ -267,6 +297,16 @@ def run_cell(task, dim: int, rate: float, key) -> dict:
     out["l2_ratio_em_missing_over_em_mean_impute"] = float(np.mean(a["l2"]) / np.mean(b["l2"]))
     for m in MODELS:
         out[f"l2_ratio_{m}_over_em_missing"] = float(np.mean(per_task[m]["l2"]) / np.mean(a["l2"]))
+    arm_names = list(arm_checkpoints(FLAGS.arms))
+    for setting in ARM_SETTINGS:
+        pairs = [(f"{setting}@{a}", setting) for a in arm_names]
+        pairs += [(f"{setting}@{a}", f"{setting}@{b}") for a, b in itertools.combinations(arm_names, 2)]
+        pairs += [(f"{setting}@{a}", base) for a in arm_names for base in BASELINES]
+        for a_name, b_name in pairs:
+            a, b = per_task[a_name], per_task[b_name]
+            out[f"{a_name}_minus_{b_name}"] = dict(
+                l2=_paired(a["l2"], b["l2"]), ari=_paired(a["ari"], b["ari"])
+            )
     out["tgmm_restarts_origin"] = _restart_origin(
         masked, per_task["tgmm_restarts"]["estimate"], per_task["tgmm_refine"]["estimate"]
     )
@@ -279,7 +319,8 @@ def plot(payload: dict, path: str) -> None:
 
     cells = payload["cells"]
     dims = sorted({c["dim"] for c in cells})
-    methods = [m for m in METHODS if any(m in c["methods"] for c in cells)]
+    named = list(METHODS) + sorted({m for c in cells for m in c["methods"] if "@" in m})
+    methods = [m for m in named if any(m in c["methods"] for c in cells)]
     fig = Figure(figsize=(8.0, 2.9 * len(dims)))
     axes = fig.subplots(len(dims), 2, squeeze=False)
     for i, dim in enumerate(dims):
@@ -326,9 +367,7 @@ def main(argv):
             m = cell["methods"]
             print(
                 f"d={dim} rate={rate:.2f} masked={cell['masked_fraction']:.3f}  "
-                + "  ".join(
-                    f"{n}: l2 {m[n]['l2']['mean']:.4f} ari {m[n]['ari']['mean']:.3f}" for n in METHODS
-                )
+                + "  ".join(f"{n}: l2 {v['l2']['mean']:.4f} ari {v['ari']['mean']:.3f}" for n, v in m.items())
                 + "  tgmm_restarts kept the network start's fit on "
                 f"{100 * cell['tgmm_restarts_origin']['network_fit_fraction']:.0f}% of tasks",
                 flush=True,
@@ -345,6 +384,7 @@ def main(argv):
             n_init=FLAGS.n_init,
             eval_seed=FLAGS.eval_seed,
             checkpoint=FLAGS.checkpoint,
+            arms=arm_checkpoints(FLAGS.arms),
             refine_steps=REFINE_STEPS,
             restarts=RESTARTS,
             backend=jax.default_backend(),
