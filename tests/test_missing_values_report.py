@@ -251,3 +251,58 @@ def test_restart_origin_tells_the_network_fit_from_another_optimum():
     np.testing.assert_allclose(origin["loglik_gain"], gain, atol=1e-4)
     assert gain[2] < -1e-2 and origin["below_refine"] == 1
     assert abs(origin["restart_gain"]["mean"] - gain[2]) < 1e-4 and origin["network_fit_fraction"] == 2 / 3
+
+
+def _saved_with_arms(reads_l2_d2=0.04):
+    """A ``--arms`` run: tgmm and the two arms (tgmm@A / tgmm_refine@A) beside the baselines; the paired
+    differences as the study writes them (sem 0.01)."""
+    saved = _saved()
+    saved["settings"]["arms"] = {"reads_mask": "runs/a", "filled_only": "runs/b"}
+    for c in saved["cells"]:
+        m = c["methods"]
+        l2 = {"reads_mask": reads_l2_d2 if c["dim"] == 2 else 0.05, "filled_only": 0.05}
+        for arm, value in l2.items():
+            for setting in report.ARM_SETTINGS:
+                m[f"{setting}@{arm}"] = {"l2": _stat(value), "ari": _stat(0.75), "ari_observed": _stat(0.75)}
+        for setting in report.ARM_SETTINGS:
+            names = [f"{setting}@reads_mask", f"{setting}@filled_only", setting]
+            for a, b in [(names[0], names[2]), (names[1], names[2]), (names[0], names[1])]:
+                c[f"{a}_minus_{b}"] = {
+                    "l2": _stat(m[a]["l2"]["mean"] - m[b]["l2"]["mean"]),
+                    "ari": _stat(m[a]["ari"]["mean"] - m[b]["ari"]["mean"]),
+                }
+    return saved
+
+
+def test_mask_trained_section_renders_the_arms_and_their_verdicts():
+    saved = _saved_with_arms(reads_l2_d2=0.04)
+    text = "\n".join(report.mask_trained_section(saved, "x.png"))
+    assert "### Networks trained with masks" in text and "`reads_mask` = `runs/a`" in text
+    assert "| tgmm@reads_mask − tgmm@filled_only: l2 | ARI |" in text
+    # d = 2: reads_mask 0.04 against filled_only 0.05 (-0.01, sem 0.01: z -1.0)
+    assert "-0.0100 ± 0.0100 (z -1.0)" in text
+    checks = report.arm_checks(saved)
+    by = {(c["method"], c["dim"]): c for c in checks}
+    assert len(checks) == 2 * 2 * 2  # 2 arms x 2 settings x 2 dims at the 30% rate
+    assert by[("tgmm@reads_mask", 2)]["l2_met"] and by[("tgmm@reads_mask", 2)]["ari_met"]
+    worse = report.arm_checks(_saved_with_arms(reads_l2_d2=0.07))  # above 1.2 x em_missing's 0.05
+    assert not {(c["method"], c["dim"]): c for c in worse}[("tgmm@reads_mask", 2)]["l2_met"]
+    # in how many cells a pair's l2 difference is at least 2 sem below / above 0 (here -0.03 at d = 2)
+    counts = report.mask_trained_section(_saved_with_arms(reads_l2_d2=0.02), "x.png")[-2]
+    assert (
+        "`tgmm@reads_mask` has a lower mean l2 than `tgmm@filled_only` by at least 2 sem in 2 of 4" in counts
+    )
+
+
+def test_arms_flag_parses_and_names_bad_entries():
+    from experiments.studies.missing_values import run
+
+    assert run.arm_checkpoints(["a=runs/x", "b=cluster"]) == {"a": "runs/x", "b": "cluster"}
+    assert run.arm_methods(["a=runs/x"]) == ["tgmm@a", "tgmm_refine@a"]
+    for bad in (["a"], ["=x"], ["a=x", "a=y"], ["a@b=x"]):
+        try:
+            run.arm_checkpoints(bad)
+        except ValueError as err:
+            assert "NAME=CHECKPOINT" in str(err)
+        else:
+            raise AssertionError(f"{bad} accepted")
