@@ -244,8 +244,9 @@ def _arms(saved: dict) -> list[str]:
 
 
 def _z(s: dict) -> str:
-    z = s["mean"] / s["sem"] if s["sem"] and s["sem"] > 0 else float("nan")
-    return f"{s['mean']:+.4f} ± {s['sem']:.4f} (z {z:+.1f})"
+    if not (s["sem"] and s["sem"] > 0):
+        return f"{s['mean']:+.4f} ± {s['sem']:.4f} (z –)"
+    return f"{s['mean']:+.4f} ± {s['sem']:.4f} (z {s['mean'] / s['sem']:+.1f})"
 
 
 def arm_checks(saved: dict) -> list[dict]:

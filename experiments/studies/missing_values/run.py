@@ -341,8 +341,10 @@ def plot(payload: dict, path: str) -> None:
             ax.set_ylabel(f"{label} (mean ± sem)", fontsize=8)
             ax.set_xlabel("missing coordinates (%)", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    columns = min(len(labels), 5)
+    rows = -(-len(labels) // columns)
+    fig.legend(handles, labels, loc="upper center", ncol=columns, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.05 * rows * 2 / len(dims)))
     fig.savefig(path, dpi=110)
 
 
