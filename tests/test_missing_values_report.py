@@ -276,7 +276,7 @@ def _saved_with_arms(reads_l2_d2=0.04):
 
 def test_mask_trained_section_renders_the_arms_and_their_verdicts():
     saved = _saved_with_arms(reads_l2_d2=0.04)
-    text = "\n".join(report.mask_trained_section(saved, "x.png"))
+    text = "\n".join(report.mask_trained_section(saved, "x"))
     assert "### Networks trained with masks" in text and "`reads_mask` = `runs/a`" in text
     assert "| tgmm@reads_mask − tgmm@filled_only: l2 | ARI |" in text
     # d = 2: reads_mask 0.04 against filled_only 0.05 (-0.01, sem 0.01: z -1.0)
@@ -288,7 +288,7 @@ def test_mask_trained_section_renders_the_arms_and_their_verdicts():
     worse = report.arm_checks(_saved_with_arms(reads_l2_d2=0.07))  # above 1.2 x em_missing's 0.05
     assert not {(c["method"], c["dim"]): c for c in worse}[("tgmm@reads_mask", 2)]["l2_met"]
     # in how many cells a pair's l2 difference is at least 2 sem below / above 0 (here -0.03 at d = 2)
-    counts = report.mask_trained_section(_saved_with_arms(reads_l2_d2=0.02), "x.png")[-2]
+    counts = report.mask_trained_section(_saved_with_arms(reads_l2_d2=0.02), "x")[-2]
     assert (
         "`tgmm@reads_mask` has a lower mean l2 than `tgmm@filled_only` by at least 2 sem in 2 of 4" in counts
     )

@@ -234,8 +234,12 @@ def missing_values_section(saved: dict, figure: str = "missing_values/missing_va
     return out
 
 
-# The run scoring the networks trained with masks (``--arms``), beside the main one.
-MASK_TRAINED = os.path.join("missing_values", "trained_with_masks")
+# The runs scoring the networks trained with masks (``--arms``), beside the main one: N = 128 from `cluster`,
+# N = 32 from `cluster_noise`. Each folder also holds the arms' training configs (``<workdir>_config.json``).
+MASK_TRAINED = (
+    os.path.join("missing_values", "trained_with_masks"),
+    os.path.join("missing_values", "trained_with_masks_n32"),
+)
 ARM_SETTINGS = ("tgmm", "tgmm_refine")
 
 
@@ -279,7 +283,21 @@ def arm_checks(saved: dict) -> list[dict]:
     return out
 
 
-def mask_trained_section(saved: dict, figure: str) -> list[str]:
+def training_summary(configs: list[dict]) -> str:
+    """The fine-tuning of the arms from their saved training configs: steps, learning rate, start."""
+    if not configs:
+        return "training configs not saved"
+    parts = sorted(
+        {
+            f"{c['total_steps']} steps at learning rate {c['optim']['learning_rate']:g} from `{c['init_from']}`, "
+            f"masking rate up to {c['missing_rate_max']:g}, seed {c['seed']}"
+            for c in configs
+        }
+    )
+    return "; ".join(parts)
+
+
+def mask_trained_section(saved: dict, folder: str, configs: list[dict] | None = None) -> list[str]:
     """The networks trained with masks against the shipped one on the same tasks and masks: l2 and ARI per
     cell, the paired differences (training with masks; reading the mask), and the done-when checks."""
     s, cells = saved["settings"], saved["cells"]
@@ -301,14 +319,25 @@ def mask_trained_section(saved: dict, figure: str) -> list[str]:
             row += [_z(diff["l2"]), _z(diff["ari"])]
         lines.append(f"| {c['dim']} | {100 * c['rate']:.0f}% | " + " | ".join(row) + " |")
     found = arm_checks(saved)
+    versus = [c[f"tgmm@{a}_minus_tgmm"]["l2"] for c in cells for a in arms]
+    zs = [d["mean"] / d["sem"] for d in versus if d["sem"] and d["sem"] > 0]
+    better, worse = sum(z <= -2 for z in zs), sum(z >= 2 for z in zs)
+    verdict = (
+        prose("masks_better", checkpoint=s["checkpoint"], better=better, worse=worse, cells=len(versus))
+        if better
+        else prose("masks_not_better", checkpoint=s["checkpoint"])
+    )
     return [
         prose(
             "masks_intro",
-            figure=figure,
+            figure=os.path.join(folder, "missing_values.png"),
+            folder=folder,
             arms=", ".join(f"`{a}` = `{p}`" for a, p in s["arms"].items()),
             tasks=s["tasks"],
             seed=s["eval_seed"],
             checkpoint=s["checkpoint"],
+            num_points=s["num_points"],
+            training=training_summary(configs or []),
         ),
         "",
         prose("l2"),
@@ -327,7 +356,7 @@ def mask_trained_section(saved: dict, figure: str) -> list[str]:
         "",
         *[check_line(c) for c in found],
         "",
-        prose("masks_reading", reading=_reading(cells, pairs)),
+        prose("masks_reading", reading=_reading(cells, pairs), verdict=verdict),
         "",
     ]
 
@@ -356,7 +385,13 @@ def build(results: str, scale: str) -> Part | None:
     if not saved or scale != "cpu":
         return None
     sections = missing_values_section(saved)
-    arms = load_json(os.path.join(results, MASK_TRAINED, "missing_values.json"))
-    if arms and _arms(arms):
-        sections += mask_trained_section(arms, os.path.join(MASK_TRAINED, "missing_values.png"))
+    for folder in MASK_TRAINED:
+        arms = load_json(os.path.join(results, folder, "missing_values.json"))
+        if arms and _arms(arms):
+            configs = [
+                load_json(os.path.join(results, folder, name))
+                for name in sorted(os.listdir(os.path.join(results, folder)))
+                if name.endswith("_config.json")
+            ]
+            sections += mask_trained_section(arms, folder, configs)
     return Part(sections=sections)

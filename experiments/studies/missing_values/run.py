@@ -1,6 +1,6 @@
 """Missing values: the TGMM estimator against exact missing-data EM and mean imputation + EM.
 
-Held-out Algorithm-1 tasks (``--dims`` 2 and 8, N = 128, K = 3, ``--tasks`` per cell, isotropic unit
+Held-out Algorithm-1 tasks (``--dims`` 2 and 8, N = ``--num_points`` (128), K = 3, ``--tasks`` per cell, isotropic unit
 variance) with coordinates masked completely at random (``tgmm_jax.masking``: each point keeps at least one
 coordinate; the masked fraction's expectation is the rate) at ``--rates`` 0, 10, 30 and 50%. The tasks are the
 same at every rate, and every method sees the same mask.
@@ -74,7 +74,7 @@ from tgmm_jax.tasks import TaskSpec, sample_tasks
 MODELS = report.MODELS  # ("tgmm", "tgmm_refine", "tgmm_restarts")
 BASELINES = report.BASELINES  # ("em_missing", "em_mean_impute")
 METHODS = MODELS + BASELINES
-NUM_POINTS = 128
+NUM_POINTS = 128  # the default of --num_points
 NUM_COMPONENTS = 3
 REFINE_STEPS = 100  # tgmm_refine's EM steps: the baselines' max_iter (baselines.missing_em)
 RESTARTS = 9  # tgmm_restarts' k-means++ restarts: with the network's start, the baselines' n_init = 10 starts
@@ -99,6 +99,7 @@ def define_flags() -> None:
         "rates", ["0", "0.1", "0.3", "0.5"], "Missing rates (expected fraction of masked coordinates)."
     )
     flags.DEFINE_integer("tasks", 128, "Tasks per dimension (the same tasks at every rate).")
+    flags.DEFINE_integer("num_points", NUM_POINTS, "Points per task (N).", lower_bound=NUM_COMPONENTS)
     flags.DEFINE_enum("variant", "isotropic", ["isotropic", "anisotropic"], "The mixture the baselines fit.")
     flags.DEFINE_integer("n_init", 10, "k-means++ restarts of both baselines.")
     flags.DEFINE_integer("eval_seed", 20261206, "Seed of the tasks and masks.")
@@ -360,8 +361,9 @@ def main(argv):
     started = time.time()
     cells = []
     for dim in [int(d) for d in FLAGS.dims]:
-        spec = TaskSpec(dim=dim, ks=(NUM_COMPONENTS,), n_max=NUM_POINTS, n_min=NUM_POINTS, variable_n=False)
-        key = jax.random.fold_in(jax.random.key(FLAGS.eval_seed), 1000 * dim + NUM_POINTS)
+        n = FLAGS.num_points
+        spec = TaskSpec(dim=dim, ks=(NUM_COMPONENTS,), n_max=n, n_min=n, variable_n=False)
+        key = jax.random.fold_in(jax.random.key(FLAGS.eval_seed), 1000 * dim + n)
         task = sample_tasks(key, spec, FLAGS.tasks)
         for rate in [float(r) for r in FLAGS.rates]:
             cell = run_cell(task, dim, rate, jax.random.fold_in(key, 1))
@@ -380,7 +382,7 @@ def main(argv):
             dims=[int(d) for d in FLAGS.dims],
             rates=[float(r) for r in FLAGS.rates],
             tasks=FLAGS.tasks,
-            num_points=NUM_POINTS,
+            num_points=FLAGS.num_points,
             num_components=NUM_COMPONENTS,
             variant=FLAGS.variant,
             n_init=FLAGS.n_init,
