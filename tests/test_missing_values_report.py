@@ -292,6 +292,22 @@ def test_mask_trained_section_renders_the_arms_and_their_verdicts():
     assert (
         "`tgmm@reads_mask` has a lower mean l2 than `tgmm@filled_only` by at least 2 sem in 2 of 4" in counts
     )
+    assert "in 2 of 4 cells and a higher one in 0; a higher mean ARI in 0 and a lower one in 0." in counts
+    assert (
+        "A fine-tuned network has a lower mean l2 than `cluster` by at least 2 sem in 2 of 8 cells" in counts
+    )
+    assert "No fine-tuned network has a lower mean l2" in text  # reads_mask 0.04: z -1 against tgmm
+    configs = [
+        {
+            "total_steps": 10,
+            "optim": {"learning_rate": 3e-4},
+            "init_from": "cluster",
+            "missing_rate_max": 0.5,
+            "seed": 0,
+        }
+    ]
+    rendered = "".join(report.mask_trained_section(saved, "x", configs))
+    assert "10 steps at learning rate 0.0003 from `cluster`, masking rate up to 0.5, seed 0" in rendered
 
 
 def test_arms_flag_parses_and_names_bad_entries():

@@ -362,18 +362,25 @@ def mask_trained_section(saved: dict, folder: str, configs: list[dict] | None = 
 
 
 def _reading(cells, pairs) -> str:
-    """Per pair: in how many cells its paired l2 difference is below / above zero by at least 2 sem."""
+    """Per pair: in how many cells its paired l2 (ARI) difference is below (above) zero by at least 2 sem,
+    and the other way."""
+
+    def z_values(a, b, metric):
+        diffs = [c[f"{a}_minus_{b}"][metric] for c in cells]
+        return [d["mean"] / d["sem"] for d in diffs if d["sem"] and d["sem"] > 0]
+
     parts = []
     for a, b in pairs:
-        diffs = [c[f"{a}_minus_{b}"]["l2"] for c in cells]
-        zs = [d["mean"] / d["sem"] for d in diffs if d["sem"] and d["sem"] > 0]
+        l2, ari = z_values(a, b, "l2"), z_values(a, b, "ari")
         parts.append(
             prose(
                 "masks_count",
                 a=a,
                 b=b,
-                better=sum(z <= -2 for z in zs),
-                worse=sum(z >= 2 for z in zs),
+                better=sum(z <= -2 for z in l2),
+                worse=sum(z >= 2 for z in l2),
+                ari_better=sum(z >= 2 for z in ari),
+                ari_worse=sum(z <= -2 for z in ari),
                 cells=len(cells),
             )
         )
