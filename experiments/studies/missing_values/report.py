@@ -35,31 +35,33 @@ def _methods(cells) -> list[str]:
 def checks(saved: dict) -> list[dict]:
     """The done-when checks per (model method, d) at ``CHECK_RATE``, from the cells' mean l2 and ARI:
     ``ari_met``: the model's mean ARI >= em_mean_impute's; ``l2_met``: its mean l2 <= 1.2 x em_missing's."""
-    out = []
-    for m in MODELS:
-        for c in sorted(saved["cells"], key=lambda c: c["dim"]):
-            if abs(c["rate"] - CHECK_RATE) > 1e-9 or m not in c["methods"]:
-                continue
-            methods = c["methods"]
-            ari, ari_ref = methods[m]["ari"]["mean"], methods[ARI_REFERENCE]["ari"]["mean"]
-            l2, l2_ref = methods[m]["l2"]["mean"], methods[L2_REFERENCE]["l2"]["mean"]
-            out.append(
-                dict(
-                    method=m,
-                    dim=c["dim"],
-                    rate=c["rate"],
-                    ari=ari,
-                    ari_reference=ari_ref,
-                    ari_met=bool(ari >= ari_ref),
-                    l2=l2,
-                    l2_reference=l2_ref,
-                    l2_limit=L2_FACTOR * l2_ref,
-                    l2_met=bool(l2 <= L2_FACTOR * l2_ref),
-                    l2_median=methods[m]["l2"]["median"],
-                    l2_reference_median=methods[L2_REFERENCE]["l2"]["median"],
-                )
-            )
-    return out
+    return [
+        _check(m, c)
+        for m in MODELS
+        for c in sorted(saved["cells"], key=lambda c: c["dim"])
+        if abs(c["rate"] - CHECK_RATE) <= 1e-9 and m in c["methods"]
+    ]
+
+
+def _check(method: str, cell: dict) -> dict:
+    """The two done-when verdicts of ``method`` in ``cell`` (see ``checks``)."""
+    methods = cell["methods"]
+    ari, ari_ref = methods[method]["ari"]["mean"], methods[ARI_REFERENCE]["ari"]["mean"]
+    l2, l2_ref = methods[method]["l2"]["mean"], methods[L2_REFERENCE]["l2"]["mean"]
+    return dict(
+        method=method,
+        dim=cell["dim"],
+        rate=cell["rate"],
+        ari=ari,
+        ari_reference=ari_ref,
+        ari_met=bool(ari >= ari_ref),
+        l2=l2,
+        l2_reference=l2_ref,
+        l2_limit=L2_FACTOR * l2_ref,
+        l2_met=bool(l2 <= L2_FACTOR * l2_ref),
+        l2_median=methods[method]["l2"]["median"],
+        l2_reference_median=methods[L2_REFERENCE]["l2"]["median"],
+    )
 
 
 def _verdict(met: bool) -> str:
@@ -256,31 +258,12 @@ def _z(s: dict) -> str:
 def arm_checks(saved: dict) -> list[dict]:
     """``checks``' two verdicts at ``CHECK_RATE`` for every ``--arms`` method (tgmm@NAME, tgmm_refine@NAME)."""
     names = [f"{setting}@{arm}" for arm in _arms(saved) for setting in ARM_SETTINGS]
-    out = []
-    for c in sorted(saved["cells"], key=lambda c: c["dim"]):
-        if abs(c["rate"] - CHECK_RATE) > 1e-9:
-            continue
-        m = c["methods"]
-        for name in names:
-            ari, l2 = m[name]["ari"]["mean"], m[name]["l2"]["mean"]
-            ari_ref, l2_ref = m[ARI_REFERENCE]["ari"]["mean"], m[L2_REFERENCE]["l2"]["mean"]
-            out.append(
-                dict(
-                    method=name,
-                    dim=c["dim"],
-                    rate=c["rate"],
-                    ari=ari,
-                    ari_reference=ari_ref,
-                    ari_met=bool(ari >= ari_ref),
-                    l2=l2,
-                    l2_reference=l2_ref,
-                    l2_limit=L2_FACTOR * l2_ref,
-                    l2_met=bool(l2 <= L2_FACTOR * l2_ref),
-                    l2_median=m[name]["l2"]["median"],
-                    l2_reference_median=m[L2_REFERENCE]["l2"]["median"],
-                )
-            )
-    return out
+    return [
+        _check(name, c)
+        for c in sorted(saved["cells"], key=lambda c: c["dim"])
+        if abs(c["rate"] - CHECK_RATE) <= 1e-9
+        for name in names
+    ]
 
 
 def training_summary(configs: list[dict]) -> str:
@@ -319,11 +302,16 @@ def mask_trained_section(saved: dict, folder: str, configs: list[dict] | None = 
             row += [_z(diff["l2"]), _z(diff["ari"])]
         lines.append(f"| {c['dim']} | {100 * c['rate']:.0f}% | " + " | ".join(row) + " |")
     found = arm_checks(saved)
-    versus = [c[f"tgmm@{a}_minus_tgmm"]["l2"] for c in cells for a in arms]
-    zs = [d["mean"] / d["sem"] for d in versus if d["sem"] and d["sem"] > 0]
+    zs = [z for a in arms for z in _z_values(cells, f"tgmm@{a}", "tgmm", "l2")]
     better, worse = sum(z <= -2 for z in zs), sum(z >= 2 for z in zs)
     verdict = (
-        prose("masks_better", checkpoint=s["checkpoint"], better=better, worse=worse, cells=len(versus))
+        prose(
+            "masks_better",
+            checkpoint=s["checkpoint"],
+            better=better,
+            worse=worse,
+            cells=len(cells) * len(arms),
+        )
         if better
         else prose("masks_not_better", checkpoint=s["checkpoint"])
     )
@@ -361,17 +349,19 @@ def mask_trained_section(saved: dict, folder: str, configs: list[dict] | None = 
     ]
 
 
+def _z_values(cells, a: str, b: str, metric: str) -> list[float]:
+    """z of the paired ``a - b`` difference of ``metric`` in every cell whose sem is positive."""
+    diffs = [c[f"{a}_minus_{b}"][metric] for c in cells]
+    return [d["mean"] / d["sem"] for d in diffs if d["sem"] and d["sem"] > 0]
+
+
 def _reading(cells, pairs) -> str:
     """Per pair: in how many cells its paired l2 (ARI) difference is below (above) zero by at least 2 sem,
     and the other way."""
 
-    def z_values(a, b, metric):
-        diffs = [c[f"{a}_minus_{b}"][metric] for c in cells]
-        return [d["mean"] / d["sem"] for d in diffs if d["sem"] and d["sem"] > 0]
-
     parts = []
     for a, b in pairs:
-        l2, ari = z_values(a, b, "l2"), z_values(a, b, "ari")
+        l2, ari = _z_values(cells, a, b, "l2"), _z_values(cells, a, b, "ari")
         parts.append(
             prose(
                 "masks_count",

@@ -120,7 +120,9 @@ def _paired(a, b) -> dict:
     return stat(diff)
 
 
-ARM_SETTINGS = ("tgmm", "tgmm_refine")  # the model settings each --arms checkpoint is scored with
+ARM_SETTINGS = (
+    report.ARM_SETTINGS
+)  # ("tgmm", "tgmm_refine"): the settings each --arms checkpoint is scored with
 
 
 def arm_checkpoints(arms) -> dict:
