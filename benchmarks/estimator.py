@@ -6,8 +6,15 @@ loop over the same Ks).
     python -m benchmarks.estimator --checkpoint=runs/cluster --dims=2,8 --tasks_per_k=16   # quick look
 
 Tasks: ``sample_tasks`` of the checkpoint's task family (its Ks, U[-5, 5] means, unit noise) at each d and N,
-from ``--seed``. TGMM fits every task of a d in one ``fit_batch`` call (timed warm: a first call on the same
-shapes compiles); sklearn fits task by task (``covariance_type="spherical"``, its default k-means init,
+from ``--seed``; ``--ks`` and ``--cos_threshold`` set the Ks and the means' cosine filter instead (the same seed,
+Ks and filter give the same tasks, so two checkpoints can be compared on them), e.g.
+
+    python -m benchmarks.estimator --checkpoint=cluster_k8 --ks=6,7,8 --cos_threshold=1.0 --dims=2,8
+
+The BIC loops try the checkpoint's trained Ks (the estimator's K = 1 as well), whatever the tasks' Ks.
+
+TGMM fits every task of a d in one ``fit_batch`` call (timed warm: a first call on the same shapes
+compiles); sklearn fits task by task (``covariance_type="spherical"``, its default k-means init,
 ``n_init=1``). Errors are ``tgmm_jax.metrics.evaluate_estimates`` for every method. A clustering checkpoint
 with seeded slots also runs beside its parameter-free skeleton (``em_seeded`` with its seedings, and + the same
 EM steps for ``refine="em"``) on the same tasks: ``learned_gain`` is the skeleton's l2 minus TGMM's (mean over
@@ -41,12 +48,18 @@ _N = flags.DEFINE_integer("n", 128, "Points per task.")
 _TASKS = flags.DEFINE_integer("tasks_per_k", 64, "Tasks per K per d.")
 _SEED = flags.DEFINE_integer("seed", 20261202, "Seed of the tasks and of sklearn.")
 _JSON = flags.DEFINE_string("json", None, "Output path (JSON); a Markdown table is printed.")
+_KS = flags.DEFINE_list("ks", None, "The tasks' Ks (default: the checkpoint's trained Ks).")
+_COS = flags.DEFINE_float(
+    "cos_threshold", None, "The means' pairwise-cosine filter (default: the checkpoint's training prior's)."
+)
 
 
 def _metrics(estimate: MixtureParams, task) -> dict[str, np.ndarray]:
+    # a checkpoint with more Ks pads to its own K_max: the slots past the task's K_max are empty
+    k_max = task.component_mask.shape[1]
     est = MixtureParams(
-        jnp.asarray(estimate.weights, jnp.float32),
-        jnp.asarray(estimate.means, jnp.float32),
+        jnp.asarray(estimate.weights[:, :k_max], jnp.float32),
+        jnp.asarray(estimate.means[:, :k_max], jnp.float32),
         None,
         jnp.asarray(task.component_mask),
     )
@@ -82,13 +95,23 @@ def _skeleton_fit(skeleton, task, steps: int) -> MixtureParams:
     return em_refine(task.points, task.point_mask, estimate, steps) if steps else estimate
 
 
-def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int) -> dict:
+def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int, task_ks=None, cos_threshold=None) -> dict:
     ckpt = load_checkpoint(ckpt_arg)
-    ks = tuple(int(k) for k in ckpt.spec.ks)
-    spec = TaskSpec(dim=d, ks=ks, n_max=n, n_min=n, variable_n=False)
+    trained = tuple(int(k) for k in ckpt.spec.ks)
+    ks = tuple(int(k) for k in task_ks) if task_ks else trained
+    cos = ckpt.spec.cos_threshold if cos_threshold is None else cos_threshold
+    spec = TaskSpec(dim=d, ks=ks, n_max=n, n_min=n, variable_n=False, cos_threshold=cos)
     task = sample_tasks(jax.random.fold_in(jax.random.key(seed), d), spec, tasks_per_k)
     points, k_B = np.asarray(task.points, np.float64), np.asarray(task.num_components)
-    result = {"d": d, "n": n, "tasks": len(k_B), "methods": {}, "auto": {}}
+    result = {
+        "d": d,
+        "n": n,
+        "tasks": len(k_B),
+        "ks": list(ks),
+        "cos_threshold": cos,
+        "methods": {},
+        "auto": {},
+    }
 
     try:
         skeleton = get_baseline("em_seeded", **skeleton_settings(ckpt.model_config))
@@ -134,8 +157,8 @@ def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int) -> dict:
         by_mode[mode] = (auto.fit_batch(points).component_mask.sum(axis=1), time.perf_counter() - start)
     sk_picked, start = [], time.perf_counter()
     for x in points:
-        bics = [_sklearn_fit(x, k, seed).bic(x) for k in ks]
-        sk_picked.append(ks[int(np.argmin(bics))])
+        bics = [_sklearn_fit(x, k, seed).bic(x) for k in trained]
+        sk_picked.append(trained[int(np.argmin(bics))])
     sk_seconds = time.perf_counter() - start
     for name, picks, seconds in (
         ("tgmm_bic", *by_mode["bic"]),  # the BIC loop (what "auto" was before the learned K posterior)
@@ -182,7 +205,10 @@ def markdown(results: list[dict]) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    results = [run_dim(_CHECKPOINT.value, int(d), _N.value, _TASKS.value, _SEED.value) for d in _DIMS.value]
+    results = [
+        run_dim(_CHECKPOINT.value, int(d), _N.value, _TASKS.value, _SEED.value, _KS.value, _COS.value)
+        for d in _DIMS.value
+    ]
     out = {
         "checkpoint": _CHECKPOINT.value,
         "seed": _SEED.value,

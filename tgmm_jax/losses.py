@@ -91,7 +91,7 @@ def match_components(output: TGMMOutput, task: GMMTask) -> jax.Array:
     cost_BxKxK = cost_BxKxK + pair_sq(out.means, task.means) * scale_B[:, None, None]
     if out.scales is not None:
         cost_BxKxK = cost_BxKxK + pair_sq(out.scales, task.scales) * scale_B[:, None, None]
-    return metrics.best_permutation(metrics.masked_match_cost(cost_BxKxK, mask_BxK))
+    return metrics.optimal_assignment(metrics.masked_match_cost(cost_BxKxK, mask_BxK))
 
 
 def negative_log_likelihood(output: TGMMOutput, task: GMMTask) -> jax.Array:

@@ -74,9 +74,16 @@ def align_components(est_means_BxKxD, true_means_BxKxD, component_mask_BxK) -> j
     component mask); padded slots map to padded slots.
     """
     sq_dist_BxKxK = jnp.sum((est_means_BxKxD[:, :, None, :] - true_means_BxKxD[:, None, :, :]) ** 2, axis=-1)
-    cost_BxKxK = masked_match_cost(sq_dist_BxKxK, component_mask_BxK)
+    return optimal_assignment(masked_match_cost(sq_dist_BxKxK, component_mask_BxK))
+
+
+def optimal_assignment(cost_BxKxK: jax.Array) -> jax.Array:
+    """``index_BxK`` minimising sum_j cost[b, index[b, j], j]: every permutation inside jit for K <=
+    ``MAX_BRUTE_FORCE_K``, SciPy's Hungarian solver on the host above it (``jax.pure_callback``; the indices
+    carry no gradient, so the cost is read through ``stop_gradient`` and the call may sit inside ``grad``)."""
     if cost_BxKxK.shape[-1] <= MAX_BRUTE_FORCE_K:
         return best_permutation(cost_BxKxK)
+    cost_BxKxK = jax.lax.stop_gradient(cost_BxKxK)
     shape = jax.ShapeDtypeStruct(cost_BxKxK.shape[:2], jnp.int32)
     return jax.pure_callback(_host_assignment, shape, cost_BxKxK, vmap_method="sequential")
 

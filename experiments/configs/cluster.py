@@ -19,6 +19,9 @@ and ``eval_init=`` evaluates as trained). Evaluation during training is at ``d``
     --config=experiments/configs/cluster.py:n=32,n_min=16,dims=2/8,d=2,correction=1,noise=conditioned,pool=runs/distill_pool
     # missing values: coordinates masked at per-task rates U(0, 0.5) and filled; the read-in told the mask
     --config=experiments/configs/cluster.py:missing=0.5,mask_readin=1,init_from=cluster
+    # more components: K = 2..8 from cluster's parameters (the K tables grow), Algorithm 1 without the cosine
+    # filter (which d = 2 cannot meet for K >= 6): the K posterior's prior
+    --config=experiments/configs/cluster.py:ks=2/3/4/5/6/7/8,cos=1.0,init_from=cluster
 """
 
 from experiments.configs import args
@@ -51,6 +54,8 @@ def get_config(arg: str | None = None):
             pool="",
             missing=0.0,
             mask_readin=0,
+            ks="2/3/4/5",
+            cos=0.8,
         ),
     )
     config = default_config()
@@ -65,6 +70,8 @@ def get_config(arg: str | None = None):
     config.train_dims = tuple(int(d) for d in a["dims"].split("/")) if a["dims"] else ()
     config.task.dim = a["d"]
     config.task.n_max = a["n"]
+    config.task.ks = tuple(int(k) for k in str(a["ks"]).split("/"))
+    config.task.cos_threshold = float(a["cos"])
     if a["n_min"]:  # default: n // 2
         config.task.n_min = a["n_min"]
     config.task.n_distribution = a["n_dist"]

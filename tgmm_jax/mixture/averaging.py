@@ -7,7 +7,7 @@ R fits per task (EM restarts, a read-out's seedings) usually end in a few local 
 maximum likelihood; the posterior mean under a flat prior instead averages the optima, each weighted by its
 posterior mass. This is the crudest version of that average: every fit's components are matched to those of
 the fit of highest likelihood (the permutation of least total squared distance between means, all K!
-permutations scored: ``tgmm_jax.metrics.best_permutation``), then the matched weights, means (and variances)
+permutations scored, or the Hungarian solver above K = 6: ``tgmm_jax.metrics.optimal_assignment``), then the matched weights, means (and variances)
 are averaged with fit probabilities softmax(total log-likelihood / temperature), the log-likelihood summed over
 the task's points. Every fit counts, so an optimum reached by several starts weighs more (its basin's share
 of the starts). At large N the best optimum's probability goes to 1 and the average is the maximum-likelihood fit;
@@ -54,7 +54,7 @@ def likelihood_weighted_average(
     def matched(means_BxKxD, *others):
         # cost[b, i = this fit's slot, j = the best fit's slot]
         cost = jnp.sum(jnp.square(means_BxKxD[:, :, None, :] - ref_BxKxD[:, None, :, :]), axis=-1)
-        index_BxK = metrics.best_permutation(metrics.masked_match_cost(cost, mask_BxK))
+        index_BxK = metrics.optimal_assignment(metrics.masked_match_cost(cost, mask_BxK))
         return metrics.gather_components((means_BxKxD, *others), index_BxK)
 
     fields = [means_BxRxKxD, weights_BxRxK] + ([] if variances_BxRxKxD is None else [variances_BxRxKxD])

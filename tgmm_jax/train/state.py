@@ -161,21 +161,60 @@ def create_train_state(key, model, tx, spec: TaskSpec, metric_names: tuple[str, 
 ADDABLE_MODULES = ("mask_proj",)
 
 
-def warm_started(state: TrainState, params, init_from: str, tx, mesh) -> TrainState:
+def _grown_along_k(fresh_shape, given_shape, source_ks, target_ks) -> bool:
+    """True when a parameter of shape ``given_shape`` (trained on ``source_ks``) grows to ``fresh_shape`` only
+    along axes indexed by K: the task-set position (len(ks)) or the component (max(ks))."""
+    if not source_ks or not target_ks or len(fresh_shape) != len(given_shape):
+        return False
+    grows = {(len(source_ks), len(target_ks)), (max(source_ks), max(target_ks))}
+    changed = [(g, f) for g, f in zip(given_shape, fresh_shape) if g != f]
+    return bool(changed) and all(pair in grows for pair in changed)
+
+
+def warm_started(
+    state: TrainState, params, init_from: str, tx, mesh, source_ks=None, target_ks=None
+) -> TrainState:
     """``state`` at step 0 with ``params`` (those of the checkpoint ``init_from``: the same tree, shapes and
-    dtypes as ``state.params``, except modules of ``ADDABLE_MODULES`` the config adds, which keep their fresh
-    zero initialisation) and a fresh optimizer state for them, replicated on the mesh."""
+    dtypes as ``state.params``) and a fresh optimizer state for them, replicated on the mesh. Two exceptions:
+
+    * modules of ``ADDABLE_MODULES`` the config adds keep their fresh zero initialisation;
+    * with ``source_ks`` (the checkpoint's task set) a prefix of ``target_ks`` (the config's, more Ks), the
+      tables indexed by K (task embedding, slots: axes of size len(ks) or max(ks)) grow: the trained block is
+      copied and the rows of the new Ks (and the new components' slots) keep their fresh initialisation, so
+      the model answers every trained K as the checkpoint did at step 0.
+    """
+    source_ks = tuple(int(k) for k in source_ks) if source_ks is not None else ()
+    target_ks = tuple(int(k) for k in target_ks) if target_ks is not None else ()
+    if source_ks and target_ks and source_ks != target_ks and target_ks[: len(source_ks)] != source_ks:
+        raise ValueError(
+            f"config.init_from={init_from!r} was trained on ks={source_ks}; a warm start may only add Ks after "
+            f"them (the config's ks must start with {source_ks}), got ks={target_ks}"
+        )
     fresh = traverse_util.flatten_dict(state.params)
     given = traverse_util.flatten_dict(params)
     added = {path for path in fresh if path not in given and any(m in path for m in ADDABLE_MODULES)}
-    expected = {path: (tuple(x.shape), x.dtype) for path, x in fresh.items() if path not in added}
-    found = {path: (tuple(x.shape), jnp.asarray(x).dtype) for path, x in given.items()}
+    grown = {
+        path
+        for path, x in given.items()
+        if path in fresh
+        and jnp.asarray(x).dtype == fresh[path].dtype
+        and _grown_along_k(tuple(fresh[path].shape), tuple(jnp.shape(x)), source_ks, target_ks)
+    }
+    expected = {path: (tuple(x.shape), x.dtype) for path, x in fresh.items() if path not in added | grown}
+    found = {path: (tuple(x.shape), jnp.asarray(x).dtype) for path, x in given.items() if path not in grown}
     if expected != found:
         raise ValueError(
             f"config.init_from={init_from!r} holds parameters of another tree or shape than this config's "
             "model; a warm start keeps the architecture (the config.model fields) unchanged"
         )
-    merged = traverse_util.unflatten_dict({**{path: fresh[path] for path in added}, **given})
+
+    def grow(path):
+        block = tuple(slice(0, n) for n in jnp.shape(given[path]))
+        return jnp.asarray(fresh[path]).at[block].set(jnp.asarray(given[path]))
+
+    merged = traverse_util.unflatten_dict(
+        {**{path: fresh[path] for path in added}, **given, **{path: grow(path) for path in grown}}
+    )
 
     def start(params):
         return state.replace(params=params, opt_state=tx.init(params))

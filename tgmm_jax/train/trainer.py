@@ -174,10 +174,14 @@ def _window_means(state) -> tuple[dict, float]:
 
 
 def _warm_start(state, config: config_lib.TrainConfig, tx, mesh):
-    """The train state at step 0 with ``config.init_from``'s parameters (same parameter shapes required)."""
+    """The train state at step 0 with ``config.init_from``'s parameters (same parameter shapes, except the
+    K-indexed tables when the config's ks extend the checkpoint's: ``state.warm_started``)."""
     from tgmm_jax.pretrained import load_checkpoint  # imported here: the loader imports the trainer's modules
 
-    return state_lib.warm_started(state, load_checkpoint(config.init_from).params, config.init_from, tx, mesh)
+    source = load_checkpoint(config.init_from)
+    return state_lib.warm_started(
+        state, source.params, config.init_from, tx, mesh, source.spec.ks, tuple(config.task.ks)
+    )
 
 
 def train_and_evaluate(

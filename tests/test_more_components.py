@@ -1,0 +1,114 @@
+"""Parameter models above K = 6 (issue 26): matching beyond the brute-force K inside the loss (and its gradient),
+and a warm start that grows the K-indexed tables of a checkpoint trained on fewer Ks."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tgmm_jax import losses, metrics
+from tgmm_jax.models import make_model
+from tgmm_jax.models.config import model_config
+from tgmm_jax.tasks import TaskSpec, sample_tasks
+from tgmm_jax.train import sharding
+from tgmm_jax.train import state as state_lib
+
+
+def _brute_force_index(cost_KxK: np.ndarray) -> np.ndarray:
+    k = cost_KxK.shape[0]
+    best = min(itertools.permutations(range(k)), key=lambda p: sum(cost_KxK[p[j], j] for j in range(k)))
+    return np.asarray(best)
+
+
+def test_optimal_assignment_above_brute_force_k_is_exact_under_jit_and_grad():
+    """K = 7 (5040 permutations, enumerated in NumPy): the host solver's matching has the least total cost,
+    inside jit, and a loss through it is differentiable (the indices carry no gradient)."""
+    rng = np.random.default_rng(0)
+    cost_BxKxK = rng.random((4, 7, 7)).astype(np.float32)
+    got_BxK = np.asarray(jax.jit(metrics.optimal_assignment)(jnp.asarray(cost_BxKxK)))
+    for b in range(4):
+        want = _brute_force_index(cost_BxKxK[b])
+        total = cost_BxKxK[b][got_BxK[b], np.arange(7)].sum()
+        np.testing.assert_allclose(total, cost_BxKxK[b][want, np.arange(7)].sum(), rtol=1e-6)
+
+    def matched_cost(c_BxKxK):
+        index_BxK = metrics.optimal_assignment(c_BxKxK)
+        return jnp.sum(jnp.take_along_axis(c_BxKxK, index_BxK[:, None, :], axis=1))
+
+    grad = np.asarray(jax.jit(jax.grad(matched_cost))(jnp.asarray(cost_BxKxK)))
+    # d(sum of the matched entries)/d(cost) is 1 on the matched entries, 0 elsewhere
+    assert np.all(grad.sum(axis=(1, 2)) == 7) and set(np.unique(grad)) <= {0.0, 1.0}
+
+
+@pytest.mark.slow
+def test_loss_trains_on_k8_tasks():
+    """The est_matched loss and its gradient are finite on K = 7, 8 tasks (Hungarian matching in the loss)."""
+    spec = TaskSpec(dim=4, ks=(7, 8), n_max=32, n_min=32, cos_threshold=1.0)
+    cfg = model_config("tiny", backbone="set", readin="normalized", readout="cluster", slot_init="farthest")
+    model = make_model(cfg, spec)
+    task = sample_tasks(jax.random.key(0), spec, 2)
+    params = model.init(jax.random.key(1), task.points, task.point_mask, task.num_components)["params"]
+
+    def loss(p):
+        out = model.apply({"params": p}, task.points, task.point_mask, task.num_components)
+        return losses.compute_loss("est_matched", out, task, resp_weight=1.0)[0]
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    assert np.isfinite(float(value))
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
+
+
+def _state_and_params(ks, seed):
+    spec = TaskSpec(dim=4, ks=ks, n_max=24, n_min=24, cos_threshold=1.0)
+    cfg = model_config("tiny", backbone="set", readin="normalized", readout="cluster", slot_init="learned")
+    model = make_model(cfg, spec)
+    mesh, tx = sharding.make_mesh(), optax.adam(1e-3)
+    state = state_lib.create_train_state(jax.random.key(seed), model, tx, spec, ("loss",), mesh)
+    return spec, model, state, tx, mesh
+
+
+@pytest.mark.slow
+def test_warm_start_grows_the_k_tables_and_answers_the_trained_ks_as_before():
+    """A checkpoint on ks = (2, 3) warm-starts a model on ks = (2, 3, 4): the task embedding and slot tables
+    keep the trained block, the new K's rows keep the fresh init, every other parameter is the checkpoint's,
+    and on K = 2, 3 tasks the grown model's output equals the checkpoint's (learned slots: the slot table is
+    read, so a wrong copy would show)."""
+    small_spec, small_model, small_state, _, _ = _state_and_params((2, 3), seed=0)
+    spec, model, state, tx, mesh = _state_and_params((2, 3, 4), seed=1)
+    warm = state_lib.warm_started(state, small_state.params, "src", tx, mesh, (2, 3), (2, 3, 4))
+    embed = np.asarray(warm.params["read_in"]["task_embed"]["embedding"])
+    np.testing.assert_array_equal(
+        embed[:2], np.asarray(small_state.params["read_in"]["task_embed"]["embedding"])
+    )
+    np.testing.assert_array_equal(embed[2], np.asarray(state.params["read_in"]["task_embed"]["embedding"])[2])
+    slots = np.asarray(warm.params["read_out"]["slots"])
+    fresh_slots = np.asarray(state.params["read_out"]["slots"])
+    np.testing.assert_array_equal(slots[:2, :3], np.asarray(small_state.params["read_out"]["slots"]))
+    np.testing.assert_array_equal(slots[2], fresh_slots[2])
+    np.testing.assert_array_equal(slots[:2, 3], fresh_slots[:2, 3])
+    task = sample_tasks(jax.random.key(7), small_spec, 3)
+    before = small_model.apply(
+        {"params": small_state.params}, task.points, task.point_mask, task.num_components
+    )
+    pad = spec.k_max - small_spec.k_max
+    after = model.apply({"params": warm.params}, task.points, task.point_mask, task.num_components)
+    np.testing.assert_allclose(np.asarray(after.means)[:, :3], np.asarray(before.means), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(after.to_params().weights)[:, :3], np.asarray(before.to_params().weights), atol=1e-6
+    )
+    assert pad == 1 and np.all(np.asarray(after.to_params().weights)[:, 3] == 0)
+
+
+@pytest.mark.slow
+def test_warm_start_refuses_ks_that_do_not_extend_the_checkpoints():
+    _, _, small_state, _, _ = _state_and_params((2, 3), seed=0)
+    _, _, state, tx, mesh = _state_and_params((3, 4, 5), seed=1)
+    with pytest.raises(ValueError, match=r"may only add Ks after them"):
+        state_lib.warm_started(state, small_state.params, "src", tx, mesh, (2, 3), (3, 4, 5))
+    # without the source's ks, a grown table is an ordinary shape mismatch
+    _, _, grown_state, tx, mesh = _state_and_params((2, 3, 4), seed=1)
+    with pytest.raises(ValueError, match="another tree or shape"):
+        state_lib.warm_started(grown_state, small_state.params, "src", tx, mesh)
