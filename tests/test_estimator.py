@@ -262,6 +262,11 @@ def test_sample_bic_aic(ckpts):
         (lambda X: X[:2], dict(n_components=3), "2 samples but n_components=3"),
         (lambda X: X, dict(n_components=7), "n_components=7 is not in the trained set"),
         (lambda X: X, dict(n_components=6), "not in the trained set"),
+        (
+            lambda X: X,
+            dict(n_components=8),
+            "shipped checkpoint(s) trained on K = 8: checkpoint='cluster_k8'",
+        ),
         (lambda X: X, dict(refine="newton"), "refine must be one of"),
         (lambda X: X, dict(n_restarts=2), "n_restarts > 0 needs refine='em'"),
         (lambda X: X, dict(em_steps=-1, refine="em"), "em_steps must be an integer >= 0"),

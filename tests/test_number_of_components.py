@@ -120,10 +120,16 @@ def test_auto_picks_the_most_probable_k_it_can_fit(monkeypatch):
     np.testing.assert_allclose(est.posterior_n_components_.sum(), 1.0)
     same = TGMMEstimator(3, random_state=0).fit(X)  # the chosen K's fit is the plain fit of that K
     np.testing.assert_allclose(est.means_, same.means_, rtol=1e-6, atol=1e-6)
-    # mass above K = 5 counts for K = 5 (P(K >= 5) = 0.6 beats P(K = 2) = 0.3), with a warning
+    # the default fits K = 1..5: mass above K = 5 counts for K = 5 (P(K >= 5) = 0.6 beats P(K = 2) = 0.3),
+    # with a warning that names the checkpoint fitting more
     _fixed_posterior(monkeypatch, np.array([0.0, 0.3, 0.05, 0.05, 0.0, 0.25, 0.25, 0.1]))
-    with pytest.warns(UserWarning, match=r"0\.60 of its mass on K > 5"):
+    with pytest.warns(UserWarning, match=r"0\.60 of its mass on K > 5.*checkpoint='cluster_k8'"):
         assert TGMMEstimator("auto").fit(X).n_components_ == 5
+    # cluster_k8 fits K = 1..8: the most probable K, 7, is fitted, without a warning
+    _fixed_posterior(monkeypatch, np.array([0.0, 0.3, 0.05, 0.05, 0.0, 0.25, 0.35, 0.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TGMMEstimator("auto", checkpoint="cluster_k8", random_state=0).fit(X).n_components_ == 7
     # a K above the number of distinct points is never picked
     Z = np.repeat(X[:2], 30, axis=0)
     _fixed_posterior(monkeypatch, np.array([0.0, 0.1, 0.9, 0, 0, 0, 0, 0]))

@@ -433,11 +433,24 @@ def _logsumexp(a_NxK: np.ndarray, keepdims: bool = False) -> np.ndarray:
     return out_Nx1 if keepdims else out_Nx1[..., 0]
 
 
+def _shipped_for(k: int, name: str) -> str:
+    """The suffix of an error or warning naming the shipped checkpoints (other than ``name``) trained on ``k``;
+    '' when there are none."""
+    others = [n for n in pretrained.fitting(k) if n != name]
+    return (
+        f"; shipped checkpoint(s) trained on K = {k}: " + ", ".join(f"checkpoint={n!r}" for n in others)
+        if others
+        else ""
+    )
+
+
 def _check_k(k, trained: tuple[int, ...], name: str) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or (int(k) != 1 and int(k) not in trained):
+        integer = isinstance(k, (int, np.integer)) and not isinstance(k, bool)
+        suggestion = _shipped_for(int(k), name) if integer and int(k) > 1 else ""
         raise ValueError(
             f"n_components={k!r} is not in the trained set of checkpoint {name!r}: {trained} "
-            "(K=1 is fitted in closed form; or use n_components='auto' or 'bic')"
+            f"(K=1 is fitted in closed form; or use n_components='auto' or 'bic'){suggestion}"
         )
 
 
@@ -794,7 +807,9 @@ class TGMMEstimatorCore:
         distinct_B = np.array([_distinct_rows(np.where(np.isnan(x), np.inf, x), k_max + 1) for x in xs])
         posterior_BxK = None
         if n_components is None and self.n_components == "auto":  # the learned P(K | X) picks each K
-            posterior_BxK, cand_BxS = self._posterior_choice(xs, cand_BxS, count_B, distinct_B, seed)
+            posterior_BxK, cand_BxS = self._posterior_choice(
+                xs, cand_BxS, count_B, distinct_B, seed, ckpt.name
+            )
 
         # every candidate K of every dataset: task (b, j) has K = cand[b, j]; K = 1 in closed form
         s = cand_BxS.shape[1]
@@ -897,11 +912,12 @@ class TGMMEstimatorCore:
         )
         return fitted, info
 
-    def _posterior_choice(self, xs, cand_BxS, count_B, distinct_B, seed):
+    def _posterior_choice(self, xs, cand_BxS, count_B, distinct_B, seed, ckpt_name):
         """(P(K = 1..k_max | X) [B, k_max], the chosen K [B, 1]): per dataset the most probable K among the
         candidates (1 and the checkpoint's trained Ks) that its points can identify (K <= samples, K <=
         distinct points), the largest of them standing for itself and every K above it (its probability is
-        P(K >= it)); a warning when the posterior prefers K above what the checkpoint can fit."""
+        P(K >= it)); a warning when the posterior prefers K above what the checkpoint ``ckpt_name`` can fit
+        (naming the shipped checkpoints that fit K_max)."""
         from tgmm_jax.number_of_components import load_k_posterior, posterior_over_k
 
         kpost = load_k_posterior()
@@ -923,7 +939,7 @@ class TGMMEstimatorCore:
                 f"{where}: the learned posterior puts {above_B[i]:.2f} of its mass on K > {int(ks_BxS.max())}, "
                 f"more components than the checkpoint can fit; n_components={int(chosen_Bx1[i, 0])} is the most "
                 "probable K it can fit (posterior_n_components_ holds P(K | X) for K = 1.."
-                f"{kpost.k_max})",
+                f"{kpost.k_max}){_shipped_for(kpost.k_max, ckpt_name)}",
                 UserWarning,
                 stacklevel=4,
             )

@@ -62,6 +62,17 @@ def load_pretrained(name: str = DEFAULT) -> Checkpoint:
     return load_exported(pretrained_path(name), name=name)
 
 
+def fitting(k: int) -> list[str]:
+    """Shipped dimension-free checkpoints trained on ``k`` components (read from their config.json only): what
+    an error or warning about an untrained K can suggest."""
+    names = []
+    for name in available():
+        meta = _read_config(os.path.join(_HERE, name, CONFIG_FILE))
+        if ModelConfig.from_dict(meta["model"]).dimension_free and int(k) in meta["task"].get("ks", ()):
+            names.append(name)
+    return names
+
+
 def _spec_from(fields: dict) -> TaskSpec:
     known = {f.name for f in dataclasses.fields(TaskSpec)}
     return TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known})
