@@ -459,6 +459,8 @@ NOISE_ARMS = {
     "curriculum to N = 128, seedings averaged": "noise_cond4_avg",
     "same pool, true targets (+8000 steps)": "distill_truth",
     "distilled on bayes (+8000 steps)": "distill_bayes",
+    "3 read-out iterations (+4000 steps)": "iters3",
+    "6 read-out iterations (+4000 steps)": "iters6",
 }
 # Arms whose learning targets are checked: label -> (its easy cells' JSON name, its speed benchmark's JSON file).
 TARGET_ARMS = {
@@ -474,6 +476,9 @@ TARGET_ARMS = {
     # no speed runs of their own: the 20000-step model's network shape and seedings
     "same pool, true targets (+8000 steps)": ("distill_truth_easy", None),
     "distilled on bayes (+8000 steps)": ("distill_bayes_easy", None),
+    # the read-out iterations ablation: both from the 20000-step model, the same batches; no speed runs
+    "3 read-out iterations (+4000 steps)": ("iters3_easy", None),
+    "6 read-out iterations (+4000 steps)": ("iters6_easy", None),
 }
 
 
