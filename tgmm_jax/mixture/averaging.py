@@ -7,9 +7,9 @@ R fits per task (EM restarts, a read-out's seedings) usually end in a few local 
 maximum likelihood; the posterior mean under a flat prior instead averages the optima, each weighted by its
 posterior mass. This is the crudest version of that average: every fit's components are matched to those of
 the fit of highest likelihood (the permutation of least total squared distance between means, all K!
-permutations scored, or the Hungarian solver above K = 6: ``tgmm_jax.metrics.optimal_assignment``), then the matched weights, means (and variances)
-are averaged with fit probabilities softmax(total log-likelihood / temperature), the log-likelihood summed over
-the task's points. Every fit counts, so an optimum reached by several starts weighs more (its basin's share
+permutations scored, or the Hungarian solver above K = 6: ``tgmm_jax.metrics.optimal_assignment``), then the
+matched weights, means (and variances) are averaged with fit probabilities softmax(total log-likelihood /
+temperature), the log-likelihood summed over the task's points. Every fit counts, so an optimum reached by several starts weighs more (its basin's share
 of the starts). At large N the best optimum's probability goes to 1 and the average is the maximum-likelihood fit;
 at small N close optima share the estimate. Fits with a non-finite log-likelihood get probability 0 (a task
 whose fits are all non-finite keeps its first fit).
