@@ -445,8 +445,8 @@ def _shipped_for(k: int, name: str) -> str:
 
 
 def _check_k(k, trained: tuple[int, ...], name: str) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or (int(k) != 1 and int(k) not in trained):
-        integer = isinstance(k, (int, np.integer)) and not isinstance(k, bool)
+    integer = isinstance(k, (int, np.integer)) and not isinstance(k, bool)
+    if not integer or (int(k) != 1 and int(k) not in trained):
         suggestion = _shipped_for(int(k), name) if integer and int(k) > 1 else ""
         raise ValueError(
             f"n_components={k!r} is not in the trained set of checkpoint {name!r}: {trained} "
