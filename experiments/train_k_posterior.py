@@ -8,8 +8,9 @@ schedule (``tgmm_jax.train.state.make_optimizer``), one jitted step that samples
 (seed, step) alone, orbax checkpoints through ``tgmm_jax.train.checkpoint.Checkpoints`` and
 ``metrics.jsonl`` through ``MetricWriter``. Rerunning the same command resumes from the latest checkpoint
 and, since the data depend on (seed, step) only, continues exactly as an uninterrupted run would.
-``--init_from=WORKDIR`` starts from another run's latest parameters (a fresh optimizer and schedule), e.g. to
-fine-tune on more dimensions (use another ``--seed`` so the data stream differs from that run's).
+``--init_from=WORKDIR`` starts from another run's latest parameters, or from an exported K posterior such as the
+shipped ``tgmm_jax/pretrained/k_posterior`` (a fresh optimizer and schedule), e.g. to fine-tune on more
+dimensions (use another ``--seed`` so the data stream differs from that run's).
 
 Task prior (``task_spec``): ``TaskSpec(dim, ks=(1..k_max), n_max, n_min, cos_threshold=1.0)``: Algorithm 1
 (weights sort(U[0.2, 0.8]^K) normalised, means U[-5, 5]^D, unit isotropic noise) without the cosine filter
@@ -71,7 +72,8 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "init_from",
         "",
-        "Start from the parameters of this run's latest checkpoint (same model; a fresh "
+        "Start from the parameters of this run's latest checkpoint, or of an exported K posterior (a "
+        "directory with k_posterior.json, e.g. tgmm_jax/pretrained/k_posterior) (same model; a fresh "
         "optimizer and schedule): fine-tuning, e.g. on more dimensions.",
     )
 
@@ -170,8 +172,7 @@ def init_state(cfg: dict, model: KPosterior, tx) -> dict:
         jax.random.PRNGKey(cfg["seed"]), jnp.zeros((1, cfg["n_max"], dim)), jnp.ones((1, cfg["n_max"]), bool)
     )
     if cfg.get("init_from"):
-        _, params_from, _ = load(cfg["init_from"])
-        params = merge_params(params_from, params, cfg["init_from"])
+        params = merge_params(source_params(cfg["init_from"]), params, cfg["init_from"])
     return {"step": jnp.int32(0), "params": params, "opt_state": tx.init(params)}
 
 
@@ -245,6 +246,17 @@ def train(workdir: str, cfg: dict, checkpoint_every: int = 250, stop_after: int 
         writer.message(f"trained steps {first}..{step} in {time.time() - t0:.0f} s")
     writer.close()
     return state
+
+
+def source_params(source: str):
+    """The parameters ``--init_from`` names: a training run's latest checkpoint, or an exported K posterior
+    (a directory holding ``k_posterior.json`` and ``k_posterior.msgpack``, e.g. the shipped
+    tgmm_jax/pretrained/k_posterior, whose training runs are not kept)."""
+    from tgmm_jax.number_of_components import CONFIG_FILE, load_k_posterior
+
+    if (epath.Path(source) / CONFIG_FILE).exists():
+        return load_k_posterior(source).params
+    return load(source)[1]
 
 
 def load(workdir: str, step: int | None = None):

@@ -248,6 +248,15 @@ def test_training_resumes_exactly(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, started["params"], resumed["params"])
     with pytest.raises(ValueError, match="holds another model"):
         tk.train(str(tmp_path / "d"), dict(tk_cfg, num_layers=2), checkpoint_every=2)
+    # --init_from an exported K posterior (the shipped one's training runs are not kept): its parameters
+    from tgmm_jax.number_of_components import save_k_posterior
+
+    exported = str(tmp_path / "exported")
+    save_k_posterior(exported, tk.build_model(cfg), resumed["params"], cfg, step=4)
+    from_export = tk.train(str(tmp_path / "e"), dict(tk_cfg, init_from=exported), stop_after=0)
+    jax.tree.map(np.testing.assert_array_equal, from_export["params"], resumed["params"])
+    with pytest.raises(ValueError, match="holds another model"):
+        tk.train(str(tmp_path / "f"), dict(tk_cfg, init_from=exported, num_layers=2))
 
 
 def _blocks_with_bayes():
