@@ -482,3 +482,27 @@ def test_accuracy_gap_standard_error_is_the_binomial_closed_form():
     # var of the mean over 2 cells: (0.25/100 + 0.09/100 + 0.16/25 + 0.16/25) / 4
     assert tasks == 125
     assert se == pytest.approx(((0.0025 + 0.0009 + 0.0064 + 0.0064) / 4) ** 0.5)
+
+
+def test_validation_candidates_parse_and_score():
+    from experiments.studies.k_posterior import validate
+
+    assert validate.parse_candidate("shipped") == ("shipped", None, None)
+    assert validate.parse_candidate("runs/a@16x30#3") == ("runs/a", (16, 30), 3)
+    with pytest.raises(ValueError, match="RESTARTSxSTEPS"):
+        validate.parse_candidate("shipped@16")
+    # two cells; true K = 1 and 2; the model right on 3 of the 4 tasks of cell (2, 32), wrong on all of (8, 32)
+    right = np.log(np.eye(study.K_MAX)[[0, 0]] * 0.9 + 0.1 / study.K_MAX)
+    log_probs = {
+        (2, 32, 1, 0): right,  # argmax K = 1: both right
+        (2, 32, 2, 0): np.stack([right[0], np.log(np.eye(study.K_MAX)[1] * 0.9 + 0.1 / study.K_MAX)]),
+        (8, 32, 1, 0): np.log(np.eye(study.K_MAX)[[3, 3]] * 0.9 + 0.1 / study.K_MAX),
+    }
+    s = validate.score(log_probs, [(2, 32), (8, 32)])
+    assert s["accuracy"] == {"d2_n32": 0.75, "d8_n32": 0.0}
+    assert s["mean_accuracy"] == 0.375
+    assert s["hits"].tolist() == [True, True, False, True, False, False]
+    p_right = 0.9 + 0.1 / study.K_MAX
+    p_wrong = 0.1 / study.K_MAX
+    cell1 = (3 * -np.log(p_right) - np.log(p_wrong)) / 4
+    assert s["mean_logloss"] == pytest.approx((cell1 - np.log(p_wrong)) / 2)
