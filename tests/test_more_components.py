@@ -24,7 +24,7 @@ def _brute_force_index(cost_KxK: np.ndarray) -> np.ndarray:
 
 
 def test_optimal_assignment_above_brute_force_k_is_exact_under_jit_and_grad():
-    """K = 7 (5040 permutations, enumerated in NumPy): the host solver's matching has the least total cost,
+    """K = 7 (5040 permutations, enumerated in NumPy): the Hungarian solver's matching has the least total cost,
     inside jit, and a loss through it is differentiable (the indices carry no gradient)."""
     rng = np.random.default_rng(0)
     cost_BxKxK = rng.random((4, 7, 7)).astype(np.float32)
@@ -41,6 +41,51 @@ def test_optimal_assignment_above_brute_force_k_is_exact_under_jit_and_grad():
     grad = np.asarray(jax.jit(jax.grad(matched_cost))(jnp.asarray(cost_BxKxK)))
     # d(sum of the matched entries)/d(cost) is 1 on the matched entries, 0 elsewhere
     assert np.all(grad.sum(axis=(1, 2)) == 7) and set(np.unique(grad)) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 8, 12, 16])
+def test_hungarian_matches_scipy(k):
+    """The jit-native Hungarian solver against SciPy's ``linear_sum_assignment`` on random costs (continuous, so
+    the optimum is unique), batched by vmap, and on integer costs full of ties (compared by total cost)."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(k)
+    solve = jax.jit(jax.vmap(metrics.hungarian))
+    continuous, ties = rng.normal(size=(6, k, k)) * 10, rng.integers(0, 3, size=(6, k, k)).astype(float)
+    for cost_BxKxK, unique_optimum in ((continuous, True), (ties, False)):
+        got_BxK = np.asarray(solve(jnp.asarray(cost_BxKxK, jnp.float32)))
+        for b, cost in enumerate(cost_BxKxK):
+            assert sorted(got_BxK[b]) == list(range(k))  # a permutation
+            rows, cols = linear_sum_assignment(cost)
+            np.testing.assert_allclose(
+                cost[got_BxK[b], np.arange(k)].sum(), cost[rows, cols].sum(), atol=1e-4
+            )
+            if unique_optimum:
+                want = np.empty(k, int)
+                want[cols] = rows
+                np.testing.assert_array_equal(got_BxK[b], want)
+
+
+def test_hungarian_respects_the_component_mask_and_non_finite_costs():
+    """Padded components go to padded slots (``masked_match_cost``), and a NaN or inf entry is never matched
+    when a finite assignment exists: the same matching as brute force over all 8! permutations."""
+    rng = np.random.default_rng(1)
+    k = 8
+    sq_dist_BxKxK = rng.random((3, k, k)).astype(np.float32) * 4
+    mask_BxK = np.arange(k)[None, :] < np.array([8, 6, 3])[:, None]
+    sq_dist_BxKxK[0, 2, 5] = np.nan
+    sq_dist_BxKxK[0, 4, 1] = np.inf
+    cost_BxKxK = np.asarray(metrics.masked_match_cost(jnp.asarray(sq_dist_BxKxK), jnp.asarray(mask_BxK)))
+    got_BxK = np.asarray(jax.jit(metrics.optimal_assignment)(jnp.asarray(cost_BxKxK)))
+    for b in range(3):
+        finite = np.where(np.isfinite(cost_BxKxK[b]), cost_BxKxK[b], 1e30)
+        want = _brute_force_index(finite)
+        np.testing.assert_allclose(
+            finite[got_BxK[b], np.arange(k)].sum(), finite[want, np.arange(k)].sum(), rtol=1e-6
+        )
+        real = int(mask_BxK[b].sum())
+        assert set(got_BxK[b, :real]) == set(range(real))  # real components matched to real slots
+    assert got_BxK[0, 5] != 2 and got_BxK[0, 1] != 4
 
 
 @pytest.mark.slow

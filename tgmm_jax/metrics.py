@@ -1,8 +1,8 @@
 """Scoring estimated mixtures against the true ones, task by task.
 
 Alignment is exact: for K_max <= ``MAX_BRUTE_FORCE_K`` every permutation is scored inside jit (the
-minimiser of sum_k ||mu_hat_sigma(k) - mu_k||^2 over real components); above that, SciPy's Hungarian
-solver runs on the host through ``jax.pure_callback``. ``l2_official`` reproduces the official code's
+minimiser of sum_k ||mu_hat_sigma(k) - mu_k||^2 over real components); above that, the Hungarian algorithm
+(``hungarian``, O(K^3), also inside jit: no host round trip, so it runs sharded on any device). ``l2_official`` reproduces the official code's
 inverse-permutation alignment (docs/official_differences.md §7) and is reported only as a comparison column.
 """
 
@@ -57,14 +57,59 @@ def gather_components(components, index_BxK: jax.Array):
     return jax.tree.map(lambda a: take(a, index_BxK), components)
 
 
-def _host_assignment(cost_BxKxK: np.ndarray) -> np.ndarray:
-    from scipy.optimize import linear_sum_assignment  # here: scipy.optimize takes ~0.3 s to import
+def hungarian(cost_KxK: jax.Array) -> jax.Array:
+    """``index_K`` minimising sum_j cost[index[j], j] (one square cost matrix; ``jax.vmap`` it for a batch).
 
-    out = np.empty(cost_BxKxK.shape[:2], np.int32)
-    for b, cost in enumerate(np.asarray(cost_BxKxK, np.float64)):
-        rows, cols = linear_sum_assignment(np.nan_to_num(cost, nan=_FORBIDDEN))
-        out[b, cols] = rows
-    return out
+    The shortest-augmenting-path Hungarian algorithm with row and column potentials (Kuhn-Munkres in the
+    O(K^3) form of Jonker and Volgenant; rows are added one at a time, each by a Dijkstra-like search over
+    the columns), written with ``lax`` loops so it traces once for every K. Arrays are 1-based with a dummy
+    column 0, as in the textbook form. Non-finite costs are treated as forbidden (``_FORBIDDEN``)."""
+    k = cost_KxK.shape[-1]
+    if cost_KxK.shape != (k, k):
+        raise ValueError(f"hungarian needs a square [K, K] cost, got {cost_KxK.shape}")
+    dtype = jnp.promote_types(cost_KxK.dtype, jnp.float32)
+    cost_KxK = jnp.where(jnp.isfinite(cost_KxK), cost_KxK.astype(dtype), _FORBIDDEN)
+    a = jnp.zeros((k + 1, k + 1), dtype).at[1:, 1:].set(cost_KxK)
+    cols = jnp.arange(k + 1)
+    inf = jnp.asarray(jnp.inf, dtype)
+
+    def add_row(i, carry):
+        u, v, p, way = carry
+        p = p.at[0].set(i)  # column 0 holds the row being added
+
+        def search(state):  # grow the alternating tree until it reaches a free column
+            u, v, p, way, minv, used, j0 = state
+            used = used.at[j0].set(True)
+            i0 = p[j0]
+            reduced = a[i0] - u[i0] - v
+            free = ~used & (cols > 0)
+            better = free & (reduced < minv)
+            minv = jnp.where(better, reduced, minv)
+            way = jnp.where(better, j0, way)
+            candidates = jnp.where(free, minv, inf)
+            j1 = jnp.argmin(candidates)
+            delta = candidates[j1]
+            # the rows of the tree (distinct: one per used column) rise by delta
+            u = u.at[p].add(jnp.where(used, delta, 0.0))
+            v = jnp.where(used, v - delta, v)
+            minv = jnp.where(used, minv, minv - delta)
+            return u, v, p, way, minv, used, j1
+
+        state = (u, v, p, way, jnp.full((k + 1,), inf), jnp.zeros((k + 1,), bool), jnp.int32(0))
+        u, v, p, way, _, _, j0 = jax.lax.while_loop(lambda st: st[2][st[6]] != 0, search, state)
+
+        def augment(state):  # flip the path back to column 0
+            p, j0 = state
+            j1 = way[j0]
+            return p.at[j0].set(p[j1]), j1
+
+        p, _ = jax.lax.while_loop(lambda st: st[1] != 0, augment, (p, j0))
+        return u, v, p, way
+
+    init = (jnp.zeros((k + 1,), dtype), jnp.zeros((k + 1,), dtype), jnp.zeros((k + 1,), jnp.int32),
+            jnp.zeros((k + 1,), jnp.int32))  # fmt: skip
+    _, _, p, _ = jax.lax.fori_loop(1, k + 1, add_row, init)
+    return (p[1:] - 1).astype(jnp.int32)  # p[j] = the row (1-based) matched to column j
 
 
 def align_components(est_means_BxKxD, true_means_BxKxD, component_mask_BxK) -> jax.Array:
@@ -79,13 +124,11 @@ def align_components(est_means_BxKxD, true_means_BxKxD, component_mask_BxK) -> j
 
 def optimal_assignment(cost_BxKxK: jax.Array) -> jax.Array:
     """``index_BxK`` minimising sum_j cost[b, index[b, j], j]: every permutation inside jit for K <=
-    ``MAX_BRUTE_FORCE_K``, SciPy's Hungarian solver on the host above it (``jax.pure_callback``; the indices
-    carry no gradient, so the cost is read through ``stop_gradient`` and the call may sit inside ``grad``)."""
+    ``MAX_BRUTE_FORCE_K``, the Hungarian algorithm (``hungarian``, also inside jit) above it. The indices carry
+    no gradient, so the cost is read through ``stop_gradient`` and the call may sit inside ``grad``."""
     if cost_BxKxK.shape[-1] <= MAX_BRUTE_FORCE_K:
         return best_permutation(cost_BxKxK)
-    cost_BxKxK = jax.lax.stop_gradient(cost_BxKxK)
-    shape = jax.ShapeDtypeStruct(cost_BxKxK.shape[:2], jnp.int32)
-    return jax.pure_callback(_host_assignment, shape, cost_BxKxK, vmap_method="sequential")
+    return jax.vmap(hungarian)(jax.lax.stop_gradient(cost_BxKxK))
 
 
 def _l2_terms(est: MixtureParams, task: GMMTask) -> tuple[jax.Array, jax.Array]:
