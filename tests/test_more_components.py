@@ -2,6 +2,10 @@
 and a warm start that grows the K-indexed tables of a checkpoint trained on fewer Ks."""
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +90,43 @@ def test_hungarian_respects_the_component_mask_and_non_finite_costs():
         real = int(mask_BxK[b].sum())
         assert set(got_BxK[b, :real]) == set(range(real))  # real components matched to real slots
     assert got_BxK[0, 5] != 2 and got_BxK[0, 1] != 4
+
+
+_SHARDED_MATCHING = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from scipy.optimize import linear_sum_assignment
+from tgmm_jax import metrics
+from tgmm_jax.train import sharding
+mesh = sharding.make_mesh()
+cost = np.random.default_rng(0).normal(size=(16, 8, 8)).astype(np.float32)
+x = jax.device_put(jnp.asarray(cost), NamedSharding(mesh, P("data")))
+fn = jax.jit(metrics.optimal_assignment)
+hlo = fn.lower(x).compile().as_text()
+got = np.asarray(fn(x))
+want = []
+for c in cost:
+    rows, cols = linear_sum_assignment(c)
+    w = np.empty(8, int); w[cols] = rows; want.append(w.tolist())
+print(json.dumps({"devices": len(x.sharding.device_set), "same": got.tolist() == want,
+                  "callbacks": hlo.count("callback"), "gathers": hlo.count("all-gather")}))
+"""
+
+
+@pytest.mark.subprocess
+def test_matching_above_brute_force_k_runs_sharded_without_a_host_callback():
+    """On a ('data',) mesh of 4 CPU devices, K = 8 matching compiles with no host callback and no gather of the
+    batch (each device solves its own tasks) and gives SciPy's matching."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", _SHARDED_MATCHING], cwd=root, env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"devices": 4, "same": True, "callbacks": 0, "gathers": 0}, report
 
 
 @pytest.mark.slow
