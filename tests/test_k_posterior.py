@@ -403,6 +403,15 @@ def test_report_shows_the_ablation():
     # the model beats the Bayes column's accuracy here (its log-loss does not): named as such
     assert "D = 2, N = 32: learned P(K|X) accuracy 100.0 against 75.0." in text
     assert "{" not in text  # every placeholder filled
+    assert "not the same budget" not in text  # the configs lack the batch: nothing claimed either way
+    # last stages of different budgets are named as such
+    runs = saved["settings"]["runs"]
+    runs["model"].update(tasks_per_k=32, k_max=8)
+    runs["ablation"].update(tasks_per_k=8, k_max=8)
+    text = "\n".join(k_posterior_section(saved))
+    assert "the model's trained on 7680 tasks (30 steps of 256), the ablation's on 3200 (50 steps of 64)" in text
+    runs["model"].update(steps=50, tasks_per_k=8)
+    assert "not the same budget" not in "\n".join(k_posterior_section(saved))
 
 
 def _apply_mean(x):

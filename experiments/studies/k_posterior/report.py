@@ -47,6 +47,13 @@ def _network(cfg: dict) -> str:
     return prose("with_evidence", restarts=cfg["evidence_restarts"], steps=cfg.get("evidence_steps", "–"))
 
 
+def _stage_budget(run: dict) -> tuple[int, int] | None:
+    """(steps, tasks per batch) of a run's last stage, from its training config (None where it lacks them)."""
+    if not all(key in run for key in ("steps", "tasks_per_k", "k_max")):
+        return None
+    return int(run["steps"]), int(run["tasks_per_k"]) * int(run["k_max"])
+
+
 def _runs(s: dict) -> str:
     """Which trained run each learned column is, from the study's settings, after a space (empty for a JSON
     without them)."""
@@ -73,6 +80,18 @@ def _runs(s: dict) -> str:
         )
         if model.get("init_from") == s["ablation_workdir"]:
             text += " " + prose("model_from_ablation", steps=model.get("steps", "–"))
+        budgets = [_stage_budget(run) for run in (model, ablation)]
+        if None not in budgets and budgets[0] != budgets[1]:
+            (m_steps, m_batch), (a_steps, a_batch) = budgets
+            text += " " + prose(
+                "unequal_budget",
+                model_tasks=m_steps * m_batch,
+                model_steps=m_steps,
+                model_batch=m_batch,
+                ablation_tasks=a_steps * a_batch,
+                ablation_steps=a_steps,
+                ablation_batch=a_batch,
+            )
     return " " + text
 
 

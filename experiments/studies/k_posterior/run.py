@@ -268,6 +268,19 @@ def learned_apply(workdir: str):
     return jax.jit(lambda x: model.apply(params, x, jnp.ones(x.shape[:2], bool)))
 
 
+def _lazy(make, *args):
+    """A function that builds ``make(*args)`` on its first call and forwards to it: a run whose blocks are all
+    cached is never loaded (its checkpoints need not exist, only its config.json)."""
+    built = []
+
+    def call(x):
+        if not built:
+            built.append(make(*args))
+        return built[0](x)
+
+    return call
+
+
 def load_blocks(results, dims, ns, chunks, bayes_tasks: int, ablation: bool) -> tuple[dict, list]:
     """The cached blocks of every cell, chunks joined: ({(dim, n, k): {'baselines', 'model', 'ablation' (None
     unless ``ablation`` and cached for each joined chunk), 'bayes' (None if absent)}}, [tasks per cell]). A
@@ -653,8 +666,8 @@ def main(argv):
                 "model and the ablation must read the same subsamples"
             )
     apply_fns = {}
-    if FLAGS.methods in ("all", "model"):
-        apply_fns = {group: learned_apply(workdir) for group, workdir in learned.items()}
+    if FLAGS.methods in ("all", "model"):  # each run loaded on its first uncached block
+        apply_fns = {group: _lazy(learned_apply, workdir) for group, workdir in learned.items()}
     t0 = time.time()
     for d, n, k, c in order:
         for group, apply_fn in apply_fns.items():
