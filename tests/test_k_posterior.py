@@ -409,7 +409,9 @@ def test_report_shows_the_ablation():
     runs["model"].update(tasks_per_k=32, k_max=8)
     runs["ablation"].update(tasks_per_k=8, k_max=8)
     text = "\n".join(k_posterior_section(saved))
-    assert "the model's trained on 7680 tasks (30 steps of 256), the ablation's on 3200 (50 steps of 64)" in text
+    assert (
+        "the model's trained on 7680 tasks (30 steps of 256), the ablation's on 3200 (50 steps of 64)" in text
+    )
     runs["model"].update(steps=50, tasks_per_k=8)
     assert "not the same budget" not in "\n".join(k_posterior_section(saved))
 
