@@ -51,6 +51,7 @@ STUDIES = (
             "python -m experiments.train_k_posterior (eight stages: results/k_posterior/TRAINING.md)",
             "python -m experiments.studies.k_posterior.run --workdir=runs/k_posterior_ev4 --ablation_workdir=runs/k_posterior_noev4",
             "python -m experiments.studies.k_posterior.missing_fill --json=results/k_posterior/missing_fill.json",
+            "python -m experiments.studies.k_posterior.validate --candidates=shipped,runs/k_posterior_big,shipped@16x30,runs/k_posterior_big@16x30 --json=results/k_posterior/validation.json",
         ),
         ("k_posterior/",),
         k_posterior_report.build,
