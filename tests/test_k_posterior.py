@@ -517,3 +517,18 @@ def test_validation_candidates_parse_and_score():
     p_wrong = 0.1 / study.K_MAX
     cell1 = (3 * -np.log(p_right) - np.log(p_wrong)) / 4
     assert s["mean_logloss"] == pytest.approx((cell1 - np.log(p_wrong)) / 2)
+
+
+@pytest.mark.slow  # compiles the shipped K posterior twice
+def test_validation_candidate_with_an_evidence_seed_restores_the_fixed_one():
+    from experiments.studies.k_posterior import validate
+    from tgmm_jax import k_evidence
+
+    fixed = k_evidence._SEED
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 24, 2)), jnp.float32)
+    plain = np.asarray(validate.candidate_apply("shipped")(x))
+    same_key = np.asarray(validate.candidate_apply(f"shipped#{fixed}")(x))
+    other = np.asarray(validate.candidate_apply("shipped@2x5#3")(x))
+    assert k_evidence._SEED == fixed  # the patched key is put back after tracing
+    np.testing.assert_array_equal(same_key, plain)  # the fixed key given explicitly: the same program
+    np.testing.assert_allclose(np.exp(other).sum(-1), 1.0, atol=1e-5)

@@ -2,8 +2,9 @@
 
 Alignment is exact: for K_max <= ``MAX_BRUTE_FORCE_K`` every permutation is scored inside jit (the
 minimiser of sum_k ||mu_hat_sigma(k) - mu_k||^2 over real components); above that, the Hungarian algorithm
-(``hungarian``, O(K^3), also inside jit: no host round trip, so it runs sharded on any device). ``l2_official`` reproduces the official code's
-inverse-permutation alignment (docs/official_differences.md §7) and is reported only as a comparison column.
+(``hungarian``, O(K^3), also inside jit: no host round trip, so it runs sharded on any device).
+``l2_official`` reproduces the official code's inverse-permutation alignment (docs/official_differences.md §7)
+and is reported only as a comparison column.
 """
 
 from __future__ import annotations
