@@ -100,7 +100,10 @@ def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int, task_ks=None,
     trained = tuple(int(k) for k in ckpt.spec.ks)
     ks = tuple(int(k) for k in task_ks) if task_ks else trained
     cos = ckpt.spec.cos_threshold if cos_threshold is None else cos_threshold
-    spec = TaskSpec(dim=d, ks=ks, n_max=n, n_min=n, variable_n=False, cos_threshold=cos)
+    filter_max_k = ckpt.spec.cos_filter_max_k if cos_threshold is None else None  # the checkpoint's prior
+    spec = TaskSpec(
+        dim=d, ks=ks, n_max=n, n_min=n, variable_n=False, cos_threshold=cos, cos_filter_max_k=filter_max_k
+    )
     task = sample_tasks(jax.random.fold_in(jax.random.key(seed), d), spec, tasks_per_k)
     points, k_B = np.asarray(task.points, np.float64), np.asarray(task.num_components)
     result = {
@@ -109,6 +112,7 @@ def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int, task_ks=None,
         "tasks": len(k_B),
         "ks": list(ks),
         "cos_threshold": cos,
+        "cos_filter_max_k": filter_max_k,
         "methods": {},
         "auto": {},
     }

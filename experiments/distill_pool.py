@@ -47,10 +47,16 @@ FLAGS = flags.FLAGS
 
 def bayes_config_for(spec) -> BayesConfig:
     """The Bayes reference under the training spec's prior (isotropic, known unit noise)."""
-    if spec.variant != "isotropic" or spec.mean_shift or spec.noise_scale_range or spec.component_scale_range:
+    if (
+        spec.variant != "isotropic"
+        or spec.mean_shift
+        or spec.noise_scale_range
+        or spec.component_scale_range
+        or spec.cos_filter_max_k is not None
+    ):
         raise ValueError(
             "distill_pool supports the isotropic Algorithm-1 prior with unit noise (mean_shift 0, no noise or "
-            f"component scale range); the config's task is {spec}"
+            f"component scale range, one cosine threshold for every K); the config's task is {spec}"
         )
     return BayesConfig(
         weight_range=tuple(spec.weight_range),

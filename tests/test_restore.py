@@ -96,3 +96,6 @@ def test_upgrade_moves_the_flat_fields_of_the_backbone_and_drops_the_others():
         "backbone_options": {},
     }
     assert upgrade_saved_config(upgraded) == upgraded  # today's layout passes through
+    # a task saved before cos_filter_max_k: every K filtered, as then
+    task = upgrade_saved_config({"task": {"dim": 2, "cos_threshold": 0.8}})["task"]
+    assert task == {"cos_filter_max_k": None, "dim": 2, "cos_threshold": 0.8}

@@ -176,6 +176,8 @@ def test_jit_and_vmap_equal_eager():
         (dict(dim=2.5), "dim"),
         (dict(dim=2, ks=4), "ks"),
         (dict(dim=2, n_distribution="loguniform"), "n_distribution"),
+        (dict(dim=2, cos_filter_max_k=0), "cos_filter_max_k"),
+        (dict(dim=2, cos_filter_max_k=2.5), "cos_filter_max_k"),
     ],
 )
 def test_bad_specs_rejected(kwargs, field):
@@ -341,3 +343,27 @@ def test_log_uniform_n_gives_each_octave_its_share():
     uniform = np.asarray(sample_tasks(key, TaskSpec(dim=2, n_max=128, n_min=16), 4000).point_mask.sum(-1))
     assert abs(np.mean(uniform < 32) - 16 / 113) < 0.03  # uniform on {16..128}: 16 of 113 values below 32
     assert np.mean(n < 32) > 2 * np.mean(uniform < 32)
+
+
+def _max_cosine(means_KxD: np.ndarray) -> float:
+    u = means_KxD / np.linalg.norm(means_KxD, axis=-1, keepdims=True)
+    cos = u @ u.T
+    return float(cos[~np.eye(len(u), dtype=bool)].max())
+
+
+def test_cosine_filter_for_some_k_only():
+    """``cos_filter_max_k=5`` at D = 2 with K = 2..8: K <= 5 keep the 0.8 filter; above it the means are
+    unfiltered (pairs closer than 0.8 in cosine appear: at K = 8 in 2-D nearly every task has one)."""
+    spec = TaskSpec(dim=2, ks=(2, 3, 4, 5, 6, 7, 8), n_max=16, cos_threshold=0.8, cos_filter_max_k=5)
+    t = _np(jax.jit(sample_tasks, static_argnums=(1, 2))(jax.random.key(3), spec, 32))
+    worst = {}
+    for b in range(t.means.shape[0]):
+        k = int(t.num_components[b])
+        worst.setdefault(k, []).append(_max_cosine(t.means[b, :k]))
+    assert all(max(worst[k]) < 0.8 for k in (2, 3, 4, 5))
+    assert all(np.mean(np.asarray(worst[k]) >= 0.8) > 0.9 for k in (7, 8))
+    # a bound at or above every K changes nothing: the very tasks of the spec without it
+    plain = TaskSpec(dim=3, ks=(2, 3, 4), n_max=16)
+    bounded = TaskSpec(dim=3, ks=(2, 3, 4), n_max=16, cos_filter_max_k=4)
+    a, b = (_np(sample_tasks(jax.random.key(1), s, 8)) for s in (plain, bounded))
+    jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -96,6 +96,9 @@ def test_cluster_config_validates_and_checks_its_new_fields():
         is None
     )
     assert tuple(config.train_dims) == (2, 8, 32) and config.resp_weight == 1.0
+    assert spec.cos_filter_max_k is None  # the filter on every K unless cos_max_k says otherwise
+    k8 = importlib.import_module("experiments.configs.cluster").get_config("ks=2/3/4/5/6/7/8,cos_max_k=5")
+    assert validate_config(k8)[0].cos_filter_max_k == 5
     from tgmm_jax.train.config import train_specs
 
     assert [s.dim for s in train_specs(spec, config)] == [2, 8, 32]

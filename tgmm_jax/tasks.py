@@ -22,6 +22,9 @@ bit-for-bit those of the paper's sampler, and ``GMMTask.noise_scale`` is then No
   no structure), and x -> c x would leave the prior's support.
   The draws of the unit-noise task (weights, means, labels, noise) are those a spec without the option
   makes with the same key; sigma comes from a separate stream.
+* a cosine filter for some K only: ``cos_filter_max_k=k0`` filters tasks of K <= k0 at ``cos_threshold`` and
+  leaves larger K unfiltered (as ``cos_threshold=1.0``), e.g. a prior over K = 2..8 at D = 2 that keeps the
+  paper's filter where it can place the means (K <= 5).
 * per-component variances: ``component_scale_range=(lo, hi)``: component k's standard deviation is
   sigma u_k, u_k iid log-uniform on [lo, hi], independent of everything else (with the anisotropic
   variant it multiplies that variant's per-coordinate scales).
@@ -65,6 +68,9 @@ class TaskSpec:
     variant: str = "isotropic"
     mean_shift: float = 0.0  # sigma_p of the distribution-shift study: means += sigma_p * N(0, I)
     cos_threshold: float = 0.8
+    # Tasks with more components than this skip the cosine filter (threshold 1.0, as ``cos_threshold=1.0``);
+    # None: every K is filtered. E.g. 5 with K = 2..8 at D = 2, where the filter cannot place 6 or more means.
+    cos_filter_max_k: int | None = None
     weight_range: tuple[float, float] = (0.2, 0.8)
     mean_range: tuple[float, float] = (-5.0, 5.0)
     variable_n: bool = True  # True for training (N ~ U{n_min..n_max}), False for evaluation (N = n_max)
@@ -123,6 +129,8 @@ def _validate(spec: TaskSpec) -> None:
     check_number(spec.mean_shift, "TaskSpec.mean_shift", 0)
     if not (isinstance(spec.cos_threshold, (int, float)) and -1.0 < spec.cos_threshold <= 1.0):
         raise ValueError(f"TaskSpec.cos_threshold must lie in (-1, 1], got {spec.cos_threshold!r}")
+    if spec.cos_filter_max_k is not None:
+        check_int(spec.cos_filter_max_k, "TaskSpec.cos_filter_max_k", 1)
     wr = spec.weight_range
     if len(wr) != 2 or not (0.0 < wr[0] <= wr[1] < math.inf):
         raise ValueError(
@@ -194,6 +202,13 @@ def acceptance_rate(dim: int, k: int, threshold: float, mean_range: tuple, mean_
     return accepted / drawn
 
 
+def cos_threshold_for(spec: TaskSpec, k: int) -> float:
+    """The cosine filter's threshold for tasks of K = k components (1.0 above ``cos_filter_max_k``)."""
+    if spec.cos_filter_max_k is not None and k > spec.cos_filter_max_k:
+        return 1.0
+    return float(spec.cos_threshold)
+
+
 def candidates_per_round(spec: TaskSpec, shift: float) -> int:
     """Candidate sets drawn per rejection round: about 3 expected acceptances for the hardest K.
 
@@ -201,17 +216,19 @@ def candidates_per_round(spec: TaskSpec, shift: float) -> int:
     """
     rates = {}
     for k in spec.ks:
-        rates[k] = acceptance_rate(spec.dim, k, float(spec.cos_threshold), spec.mean_range, float(shift))
+        threshold = cos_threshold_for(spec, k)
+        rates[k] = acceptance_rate(spec.dim, k, threshold, spec.mean_range, float(shift))
         if rates[k] < _MIN_ACCEPTANCE_RATE:
             raise ValueError(
                 f"cannot sample means for (D={spec.dim}, K={k}): the pairwise-cosine filter (threshold "
-                f"{spec.cos_threshold}) accepts {rates[k]:.2e} of draws (below {_MIN_ACCEPTANCE_RATE:.0e}); "
-                "lower K, raise TaskSpec.cos_threshold, or raise the dimension"
+                f"{threshold}) accepts {rates[k]:.2e} of draws (below {_MIN_ACCEPTANCE_RATE:.0e}); "
+                "lower K, raise TaskSpec.cos_threshold, set TaskSpec.cos_filter_max_k below K, or raise the "
+                "dimension"
             )
     return int(min(math.ceil(3.0 / min(rates.values())), 1024))
 
 
-def _cosine_ok(vectors_RxKxD: jax.Array, component_mask_K: jax.Array, threshold: float) -> jax.Array:
+def _cosine_ok(vectors_RxKxD: jax.Array, component_mask_K: jax.Array, threshold) -> jax.Array:
     """True where all pairwise cosines between the real vectors of a candidate set are < threshold: [R]."""
     norm = jnp.linalg.norm(vectors_RxKxD, axis=-1, keepdims=True)
     unit = vectors_RxKxD / jnp.maximum(norm, 1e-12)
@@ -227,7 +244,7 @@ def sample_filtered_vectors(
     *,
     dim: int,
     candidates: int,
-    threshold: float,
+    threshold: float | jax.Array,
     value_range: tuple[float, float],
     shift: float = 0.0,
 ) -> jax.Array:
@@ -274,9 +291,10 @@ def sample_task(key: jax.Array, spec: TaskSpec, num_components: jax.Array) -> GM
     weights_K = jnp.where(mask_K, raw_K, 0.0)
     weights_K = weights_K / jnp.sum(weights_K)
 
-    filt = functools.partial(
-        sample_filtered_vectors, component_mask_K=mask_K, dim=d, threshold=spec.cos_threshold
-    )
+    threshold = spec.cos_threshold
+    if spec.cos_filter_max_k is not None:  # K is traced: the threshold is chosen inside the program
+        threshold = jnp.where(k > spec.cos_filter_max_k, 1.0, spec.cos_threshold)
+    filt = functools.partial(sample_filtered_vectors, component_mask_K=mask_K, dim=d, threshold=threshold)
     means_KxD = filt(
         m_key,
         candidates=candidates_per_round(spec, spec.mean_shift),

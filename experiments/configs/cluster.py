@@ -22,6 +22,8 @@ and ``eval_init=`` evaluates as trained). Evaluation during training is at ``d``
     # more components: K = 2..8 from cluster's parameters (the K tables grow), Algorithm 1 without the cosine
     # filter (which d = 2 cannot meet for K >= 6): the K posterior's prior
     --config=experiments/configs/cluster.py:ks=2/3/4/5/6/7/8,cos=1.0,init_from=cluster
+    # the same Ks with the paper's filter kept where it can place the means (K <= 5), none above
+    --config=experiments/configs/cluster.py:ks=2/3/4/5/6/7/8,cos=0.8,cos_max_k=5,init_from=cluster
 """
 
 from experiments.configs import args
@@ -56,6 +58,7 @@ def get_config(arg: str | None = None):
             mask_readin=0,
             ks="2/3/4/5",
             cos=0.8,
+            cos_max_k=0,
         ),
     )
     config = default_config()
@@ -72,6 +75,8 @@ def get_config(arg: str | None = None):
     config.task.n_max = a["n"]
     config.task.ks = tuple(int(k) for k in str(a["ks"]).split("/"))
     config.task.cos_threshold = float(a["cos"])
+    if a["cos_max_k"]:  # default: the filter applies to every K
+        config.task.cos_filter_max_k = int(a["cos_max_k"])
     if a["n_min"]:  # default: n // 2
         config.task.n_min = a["n_min"]
     config.task.n_distribution = a["n_dist"]

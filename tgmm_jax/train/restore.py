@@ -40,6 +40,8 @@ def upgrade_saved_config(config: dict) -> dict:
     and flat ``model.max_positions`` / ``model.mamba_*`` fields become ``model.backbone_options`` (the other
     backbones' flat fields are dropped). The parameter tree did not change."""
     config = {**_ADDED_FIELDS, **config}
+    if isinstance(config.get("task"), dict):
+        config["task"] = {**_ADDED_TASK_FIELDS, **config["task"]}
     if isinstance(config.get("eval"), dict):
         config["eval"] = {**_ADDED_EVAL_FIELDS, **config["eval"]}
     model = config.get("model")
@@ -63,6 +65,8 @@ _ADDED_FIELDS = {
     "target_pool": "",
     "missing_rate_max": 0.0,
 }
+# task.* (TaskSpec) fields added since.
+_ADDED_TASK_FIELDS = {"cos_filter_max_k": None}
 # eval.* fields added since.
 _ADDED_EVAL_FIELDS = {"slot_init": None}
 # ModelConfig fields added since (their defaults are the earlier behaviour).
