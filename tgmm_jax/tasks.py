@@ -69,7 +69,8 @@ class TaskSpec:
     mean_shift: float = 0.0  # sigma_p of the distribution-shift study: means += sigma_p * N(0, I)
     cos_threshold: float = 0.8
     # Tasks with more components than this skip the cosine filter (threshold 1.0, as ``cos_threshold=1.0``);
-    # None: every K is filtered. E.g. 5 with K = 2..8 at D = 2, where the filter cannot place 6 or more means.
+    # None: every K is filtered. E.g. 5 with K = 2..8 at D = 2, where the filter (0.8) accepts 0.8% of the
+    # draws at K = 6, 0.05% at K = 7 and too few to sample at K = 8.
     cos_filter_max_k: int | None = None
     weight_range: tuple[float, float] = (0.2, 0.8)
     mean_range: tuple[float, float] = (-5.0, 5.0)

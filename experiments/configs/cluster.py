@@ -20,7 +20,7 @@ and ``eval_init=`` evaluates as trained). Evaluation during training is at ``d``
     # missing values: coordinates masked at per-task rates U(0, 0.5) and filled; the read-in told the mask
     --config=experiments/configs/cluster.py:missing=0.5,mask_readin=1,init_from=cluster
     # more components: K = 2..8 from cluster's parameters (the K tables grow), Algorithm 1 without the cosine
-    # filter (which d = 2 cannot meet for K >= 6): the K posterior's prior
+    # filter (at d = 2 it accepts 0.8% of the draws at K = 6 and too few at K = 8): the K posterior's prior
     --config=experiments/configs/cluster.py:ks=2/3/4/5/6/7/8,cos=1.0,init_from=cluster
     # the same Ks with the paper's filter kept where it can place the means (K <= 5), none above
     --config=experiments/configs/cluster.py:ks=2/3/4/5/6/7/8,cos=0.8,cos_max_k=5,init_from=cluster
