@@ -172,7 +172,7 @@ def init_state(cfg: dict, model: KPosterior, tx) -> dict:
         jax.random.PRNGKey(cfg["seed"]), jnp.zeros((1, cfg["n_max"], dim)), jnp.ones((1, cfg["n_max"]), bool)
     )
     if cfg.get("init_from"):
-        params = merge_params(source_params(cfg["init_from"]), params, cfg["init_from"])
+        params = merge_params(load_source(cfg["init_from"])[1], params, cfg["init_from"])
     return {"step": jnp.int32(0), "params": params, "opt_state": tx.init(params)}
 
 
@@ -248,15 +248,17 @@ def train(workdir: str, cfg: dict, checkpoint_every: int = 250, stop_after: int 
     return state
 
 
-def source_params(source: str):
-    """The parameters ``--init_from`` names: a training run's latest checkpoint, or an exported K posterior
-    (a directory holding ``k_posterior.json`` and ``k_posterior.msgpack``, e.g. the shipped
-    tgmm_jax/pretrained/k_posterior, whose training runs are not kept)."""
+def load_source(source: str):
+    """(model, params) of a training run's latest checkpoint, or of an exported K posterior (a directory
+    holding ``k_posterior.json`` and ``k_posterior.msgpack``, e.g. the shipped tgmm_jax/pretrained/k_posterior,
+    whose training runs are not kept): what ``--init_from`` names."""
     from tgmm_jax.number_of_components import CONFIG_FILE, load_k_posterior
 
     if (epath.Path(source) / CONFIG_FILE).exists():
-        return load_k_posterior(source).params
-    return load(source)[1]
+        ckpt = load_k_posterior(source)
+        return ckpt.model, ckpt.params
+    model, params, _ = load(source)
+    return model, params
 
 
 def load(workdir: str, step: int | None = None):

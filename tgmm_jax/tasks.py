@@ -293,8 +293,8 @@ def sample_task(key: jax.Array, spec: TaskSpec, num_components: jax.Array) -> GM
     weights_K = weights_K / jnp.sum(weights_K)
 
     threshold = spec.cos_threshold
-    if spec.cos_filter_max_k is not None:  # K is traced: the threshold is chosen inside the program
-        threshold = jnp.where(k > spec.cos_filter_max_k, 1.0, spec.cos_threshold)
+    if spec.cos_filter_max_k is not None:  # K is traced: look its threshold up inside the program
+        threshold = jnp.asarray([cos_threshold_for(spec, j) for j in range(k_max + 1)], jnp.float32)[k]
     filt = functools.partial(sample_filtered_vectors, component_mask_K=mask_K, dim=d, threshold=threshold)
     means_KxD = filt(
         m_key,

@@ -262,9 +262,15 @@ def learned_apply(workdir: str):
     (``load`` builds the run's own model, the likelihood evidence included when its config asks for it)."""
     from experiments.train_k_posterior import load
 
-    model, params, cfg = load(workdir)
-    if cfg["k_max"] != K_MAX:
-        raise ValueError(f"{workdir} predicts K = 1..{cfg['k_max']}, the study K = 1..{K_MAX}")
+    model, params, _ = load(workdir)
+    return posterior_apply(model, params, workdir)
+
+
+def posterior_apply(model, params, source: str):
+    """The jitted log P(K | X) of ``model`` with ``params`` on tasks whose every point counts: [B, N, D] ->
+    [B, K_MAX]; a model of another K_max (``source`` names it) is refused."""
+    if model.k_max != K_MAX:
+        raise ValueError(f"{source} predicts K = 1..{model.k_max}, the study K = 1..{K_MAX}")
     return jax.jit(lambda x: model.apply(params, x, jnp.ones(x.shape[:2], bool)))
 
 

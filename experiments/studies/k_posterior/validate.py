@@ -25,12 +25,11 @@ import json
 import os
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments.studies.k_posterior.run import CHUNK, K_MAX, held_out_tasks
+from experiments.studies.k_posterior.run import CHUNK, K_MAX, held_out_tasks, posterior_apply
 from tgmm_jax import k_evidence
 from tgmm_jax import number_of_components as nc
 
@@ -64,26 +63,14 @@ def parse_candidate(spec: str) -> tuple[str, tuple[int, int] | None, int | None]
 def candidate_apply(spec: str):
     """The jitted log P(K | X) of a candidate on tasks whose every point counts: [B, N, D] -> [B, K_MAX]."""
     path, evidence, seed = parse_candidate(spec)
-    if path == "shipped":
-        path = nc.SHIPPED
-    if os.path.exists(os.path.join(path, nc.CONFIG_FILE)):
-        ckpt = nc.load_k_posterior(path)
-        model, params = ckpt.model, ckpt.params
-    else:
-        from experiments.train_k_posterior import load
+    from experiments.train_k_posterior import load_source
 
-        model, params, _ = load(path)
-    if model.k_max != K_MAX:
-        raise ValueError(f"{path} predicts K = 1..{model.k_max}, the study K = 1..{K_MAX}")
+    model, params = load_source(nc.SHIPPED if path == "shipped" else path)
     if evidence is not None:
         if model.evidence_restarts < 1:
             raise ValueError(f"candidate {spec!r}: {path} reads no likelihood evidence to change")
         model = model.clone(evidence_restarts=evidence[0], evidence_steps=evidence[1])
-
-    def apply(x):
-        return model.apply(params, x, jnp.ones(x.shape[:2], bool))
-
-    fn = jax.jit(apply)
+    fn = posterior_apply(model, params, path)
     if seed is None:
         return fn
 
