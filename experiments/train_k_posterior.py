@@ -10,7 +10,8 @@ schedule (``tgmm_jax.train.state.make_optimizer``), one jitted step that samples
 and, since the data depend on (seed, step) only, continues exactly as an uninterrupted run would.
 ``--init_from=WORKDIR`` starts from another run's latest parameters, or from an exported K posterior such as the
 shipped ``tgmm_jax/pretrained/k_posterior`` (a fresh optimizer and schedule), e.g. to fine-tune on more
-dimensions (use another ``--seed`` so the data stream differs from that run's).
+dimensions (use another ``--seed`` so the data stream differs from that run's). A larger ``--num_layers`` than
+the source's grows the backbone: the new blocks start as the identity (``merge_params``).
 
 Task prior (``task_spec``): ``TaskSpec(dim, ks=(1..k_max), n_max, n_min, cos_threshold=1.0)``: Algorithm 1
 (weights sort(U[0.2, 0.8]^K) normalised, means U[-5, 5]^D, unit isotropic noise) without the cosine filter
@@ -21,6 +22,7 @@ tasks of each K (so K is uniform on 1..k_max); D cycles over ``--dims`` by step.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import jax
@@ -132,21 +134,41 @@ def build_model(cfg: dict) -> KPosterior:
     )
 
 
+_NEW_BLOCK = re.compile(r"\['backbone'\]\['blocks_(\d+)'\]")
+_RESIDUAL_OUT = re.compile(r"\['(attn|mlp)'\]\['out'\]\['(kernel|bias)'\]$")
+
+
 def merge_params(params_from, params_init, source: str):
-    """``params_init`` with every leaf of ``params_from`` (same path, same shape) put in: a run of the set
-    network starts one that also reads the evidence (whose own layers keep their initialisation; the
-    evidence's output layer is zero, so the merged model answers as ``source`` did). Any other difference is
-    an error naming the paths."""
+    """``params_init`` with every leaf of ``params_from`` (same path, same shape) put in, so the merged model
+    answers as ``source`` did. Two kinds of layers may be new, and both start as no-ops:
+      * the evidence's layers (a run of the set network starts one that also reads the evidence; the evidence's
+        output layer is zero-initialised);
+      * backbone blocks beyond the source's (a deeper network grown from a shallower one): their two residual
+        output projections are set to zero, so each new block is the identity until training moves it.
+    Any other difference is an error naming the paths."""
     got = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params_from)}
     want = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params_init)}
     bad = sorted(p for p in got if p not in want or np.shape(got[p]) != np.shape(want[p]))
     new = sorted(p for p in want if p not in got)
-    if bad or any("evidence_" not in p for p in new):
+    source_blocks = {int(m.group(1)) for p in got if (m := _NEW_BLOCK.search(p))}
+    grown = {
+        p for p in new if (m := _NEW_BLOCK.search(p)) and int(m.group(1)) > max(source_blocks, default=-1)
+    }
+    if bad or any("evidence_" not in p and p not in grown for p in new):
         raise ValueError(
             f"--init_from={source!r} holds another model: parameters it has that this one lacks or shapes "
             f"differently: {bad[:5]}; parameters of this one it lacks: {new[:5]}"
         )
-    return jax.tree_util.tree_map_with_path(lambda p, v: got.get(jax.tree_util.keystr(p), v), params_init)
+
+    def pick(path, init_value):
+        key = jax.tree_util.keystr(path)
+        if key in got:
+            return got[key]
+        if key in grown and _RESIDUAL_OUT.search(key):
+            return jnp.zeros_like(init_value)
+        return init_value
+
+    return jax.tree_util.tree_map_with_path(pick, params_init)
 
 
 def make_tx(cfg: dict):

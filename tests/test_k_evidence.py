@@ -157,6 +157,50 @@ def test_merge_params_names_what_differs():
     )
 
 
+def test_merge_params_grows_the_backbone_deeper_as_identity_blocks():
+    """A deeper network started from a shallower one answers exactly as it did (new blocks' residual outputs
+    are zero) and, once those outputs move, differently; a shallower target or a missing first block is refused."""
+    _, with_evidence = _models()
+    x, mask, _ = _tasks(seed=4, b=3)
+    layers = with_evidence.config.num_layers
+    deeper = KPosterior(
+        k_posterior_config("tiny", K_MAX, num_layers=layers + 2),
+        K_MAX,
+        evidence_restarts=2,
+        evidence_steps=10,
+    )
+    p_src = with_evidence.init(jax.random.PRNGKey(0), x, mask)
+    p_init = deeper.init(jax.random.PRNGKey(1), x, mask)
+    merged = merge_params(p_src, p_init, "shallow")
+    added = [
+        jax.tree_util.keystr(p)
+        for p, _ in jax.tree_util.tree_leaves_with_path(merged)
+        if f"blocks_{layers}'" in jax.tree_util.keystr(p)
+        or f"blocks_{layers + 1}'" in jax.tree_util.keystr(p)
+    ]
+    assert len(added) == 2 * 12  # two whole GPT-2 blocks were added
+    np.testing.assert_allclose(deeper.apply(merged, x, mask), with_evidence.apply(p_src, x, mask), atol=1e-6)
+    # the new blocks' other layers keep their random initialisation, so training can move them
+    qkv = merged["params"]["backbone"][f"blocks_{layers}"]["attn"]["qkv"]["kernel"]
+    assert float(np.abs(qkv).max()) > 0
+    key = jax.random.PRNGKey(5)
+    moved = jax.tree_util.tree_map_with_path(
+        lambda p, v: (
+            jax.random.normal(key, v.shape)
+            if f"blocks_{layers}']['mlp']['out']" in jax.tree_util.keystr(p)
+            else v
+        ),
+        merged,
+    )
+    assert np.max(np.abs(deeper.apply(moved, x, mask) - deeper.apply(merged, x, mask))) > 1e-3
+    with pytest.raises(ValueError, match="holds another model"):  # blocks dropped: not a start
+        merge_params(p_init, p_src, "deep")
+    holed = jax.tree_util.tree_map(lambda v: v, p_src)
+    del holed["params"]["backbone"]["blocks_0"]
+    with pytest.raises(ValueError, match="holds another model"):  # a missing inner block is not growth
+        merge_params(holed, p_src, "holed")
+
+
 def test_fit_geometry_against_brute_force():
     """Each K's features recomputed by loops over the returned fit's components and pairs."""
     x, mask, _ = _tasks(seed=4, b=2)
