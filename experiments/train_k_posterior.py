@@ -134,7 +134,7 @@ def build_model(cfg: dict) -> KPosterior:
     )
 
 
-_NEW_BLOCK = re.compile(r"\['backbone'\]\['blocks_(\d+)'\]")
+_BACKBONE_BLOCK = re.compile(r"\['backbone'\]\['blocks_(\d+)'\]")
 _RESIDUAL_OUT = re.compile(r"\['(attn|mlp)'\]\['out'\]\['(kernel|bias)'\]$")
 
 
@@ -150,9 +150,11 @@ def merge_params(params_from, params_init, source: str):
     want = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params_init)}
     bad = sorted(p for p in got if p not in want or np.shape(got[p]) != np.shape(want[p]))
     new = sorted(p for p in want if p not in got)
-    source_blocks = {int(m.group(1)) for p in got if (m := _NEW_BLOCK.search(p))}
+    source_blocks = {int(m.group(1)) for p in got if (m := _BACKBONE_BLOCK.search(p))}
     grown = {
-        p for p in new if (m := _NEW_BLOCK.search(p)) and int(m.group(1)) > max(source_blocks, default=-1)
+        p
+        for p in new
+        if (m := _BACKBONE_BLOCK.search(p)) and int(m.group(1)) > max(source_blocks, default=-1)
     }
     if bad or any("evidence_" not in p and p not in grown for p in new):
         raise ValueError(
