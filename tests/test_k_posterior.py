@@ -246,8 +246,15 @@ def test_training_resumes_exactly(tmp_path):
     tk_cfg = dict(cfg, dims=[3, 5], seed=1, steps=4, init_from=str(tmp_path / "b"))
     started = tk.train(str(tmp_path / "c"), tk_cfg, checkpoint_every=2, stop_after=0)
     jax.tree.map(np.testing.assert_array_equal, started["params"], resumed["params"])
-    with pytest.raises(ValueError, match="holds another model"):
-        tk.train(str(tmp_path / "d"), dict(tk_cfg, num_layers=2), checkpoint_every=2)
+    # a deeper model grows from it: the source's block copied, the new block's residual outputs zero
+    deeper = tk.train(str(tmp_path / "d"), dict(tk_cfg, num_layers=2), checkpoint_every=2, stop_after=0)
+    grown, source = deeper["params"]["params"]["backbone"], resumed["params"]["params"]["backbone"]
+    jax.tree.map(np.testing.assert_array_equal, grown["blocks_0"], source["blocks_0"])
+    assert not np.any(grown["blocks_1"]["attn"]["out"]["kernel"]) and not np.any(
+        grown["blocks_1"]["mlp"]["out"]["kernel"]
+    )
+    with pytest.raises(ValueError, match="holds another model"):  # another width is not a start
+        tk.train(str(tmp_path / "d2"), dict(tk_cfg, size="small"), checkpoint_every=2)
     # --init_from an exported K posterior (the shipped one's training runs are not kept): its parameters
     from tgmm_jax.number_of_components import save_k_posterior
 
@@ -256,7 +263,7 @@ def test_training_resumes_exactly(tmp_path):
     from_export = tk.train(str(tmp_path / "e"), dict(tk_cfg, init_from=exported), stop_after=0)
     jax.tree.map(np.testing.assert_array_equal, from_export["params"], resumed["params"])
     with pytest.raises(ValueError, match="holds another model"):
-        tk.train(str(tmp_path / "f"), dict(tk_cfg, init_from=exported, num_layers=2))
+        tk.train(str(tmp_path / "f"), dict(tk_cfg, init_from=exported, size="small"))
 
 
 def _blocks_with_bayes():
