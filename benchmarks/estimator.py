@@ -19,10 +19,17 @@ compiles); sklearn fits task by task (``covariance_type="spherical"``, its defau
 with seeded slots also runs beside its parameter-free skeleton (``em_seeded`` with its seedings, and + the same
 EM steps for ``refine="em"``) on the same tasks: ``learned_gain`` is the skeleton's l2 minus TGMM's (mean over
 the tasks of the paired difference, with its sem and z; ``tgmm_jax.scoring.paired_gain`` pooled over K).
+
+``--bayes_tasks=M`` (default 0: off) also runs the ``bayes`` reference (``baselines.bayes``: the posterior mean
+under the tasks' own prior, unit known noise, the tasks' weight and mean ranges and, per K, their cosine
+threshold; ``--bayes_sweeps`` and ``--bayes_chains`` change its chains) on the first M tasks of each K, and
+reports under ``"bayes"`` its l2 there and every method's l2 on the same tasks, with each method's ratio to it
+(mean l2 / bayes' mean l2), per K and pooled (``"all"``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -40,18 +47,38 @@ from tgmm_jax.estimator import TGMMEstimator, load_checkpoint
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.metrics import evaluate_estimates
 from tgmm_jax.refine import em_refine
-from tgmm_jax.tasks import TaskSpec, sample_tasks
+from tgmm_jax.tasks import TaskSpec, cos_threshold_for, sample_tasks
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "pretrained", "'pretrained', a shipped name, or a path.")
-_DIMS = flags.DEFINE_list("dims", ["2", "8", "32"], "Data dimensions.")
-_N = flags.DEFINE_integer("n", 128, "Points per task.")
-_TASKS = flags.DEFINE_integer("tasks_per_k", 64, "Tasks per K per d.")
-_SEED = flags.DEFINE_integer("seed", 20261202, "Seed of the tasks and of sklearn.")
-_JSON = flags.DEFINE_string("json", None, "Output path (JSON); a Markdown table is printed.")
-_KS = flags.DEFINE_list("ks", None, "The tasks' Ks (default: the checkpoint's trained Ks).")
-_COS = flags.DEFINE_float(
-    "cos_threshold", None, "The means' pairwise-cosine filter (default: the checkpoint's training prior's)."
-)
+# bayes' own key stream, apart from the tasks' (fold_in(key(seed), d))
+_BAYES_STREAM = 1
+
+
+def define_flags() -> None:
+    """The command line's flags (defined by ``__main__`` only: importing the module defines none)."""
+    flags.DEFINE_string("checkpoint", "pretrained", "'pretrained', a shipped name, or a path.")
+    flags.DEFINE_list("dims", ["2", "8", "32"], "Data dimensions.")
+    flags.DEFINE_integer("n", 128, "Points per task.")
+    flags.DEFINE_integer("tasks_per_k", 64, "Tasks per K per d.")
+    flags.DEFINE_integer("seed", 20261202, "Seed of the tasks and of sklearn.")
+    flags.DEFINE_string("json", None, "Output path (JSON); a Markdown table is printed.")
+    flags.DEFINE_list("ks", None, "The tasks' Ks (default: the checkpoint's trained Ks).")
+    flags.DEFINE_float(
+        "cos_threshold",
+        None,
+        "The means' pairwise-cosine filter (default: the checkpoint's training prior's).",
+    )
+    flags.DEFINE_integer(
+        "bayes_tasks", 0, "Tasks per K (the first of each K) on which the bayes reference also runs; 0: off."
+    )
+    flags.DEFINE_integer(
+        "bayes_sweeps",
+        None,
+        "Gibbs sweeps per chain of bayes, a third of them burn-in (default: BayesConfig's).",
+    )
+    flags.DEFINE_integer("bayes_chains", None, "Chains per task of bayes (default: BayesConfig's).")
+
+
+FLAGS = flags.FLAGS
 
 
 def _metrics(estimate: MixtureParams, task) -> dict[str, np.ndarray]:
@@ -90,12 +117,77 @@ def _summary(per_task, k_B, seconds, ks) -> dict:
     return out
 
 
+def _l2_stat(l2: np.ndarray) -> dict:
+    sem = float(np.std(l2, ddof=1) / np.sqrt(len(l2))) if len(l2) > 1 else float("nan")
+    return {"mean": float(np.mean(l2)), "median": float(np.median(l2)), "sem": sem}
+
+
+def _ratio(l2: np.ndarray, reference: np.ndarray) -> dict:
+    """mean(l2) / mean(reference) over the same tasks, with its paired delta-method sem."""
+    ratio = float(np.mean(l2)) / float(np.mean(reference))
+    residual = l2 - ratio * reference
+    sem = np.std(residual, ddof=1) / np.sqrt(len(l2)) / np.mean(reference) if len(l2) > 1 else np.nan
+    return {"over_bayes": ratio, "over_bayes_sem": float(sem)}
+
+
+def bayes_overrides(sweeps: int | None = None, chains: int | None = None) -> dict:
+    """BayesConfig fields from ``--bayes_sweeps`` (a third of them burn-in) and ``--bayes_chains``."""
+    out = {} if sweeps is None else dict(sweeps=sweeps, burn_in=sweeps // 3)
+    return out if chains is None else dict(out, chains=chains)
+
+
+def _bayes_block(task, k_B, per_task, spec: TaskSpec, tasks: int, key, overrides: dict) -> dict:
+    """bayes on the first ``tasks`` tasks of each K, under the tasks' prior, and every method's l2 there."""
+    prior = dict(weight_range=spec.weight_range, mean_range=spec.mean_range, **overrides)
+    out, subsets, bayes_l2 = {"tasks_per_k": tasks}, [], []
+    start = time.perf_counter()
+    for k in spec.ks:
+        index = np.flatnonzero(k_B == k)[:tasks]
+        fit = get_baseline("bayes", cos_threshold=cos_threshold_for(spec, k), **prior)
+        sub = jax.tree.map(lambda a, index=index: a[index], task)
+        estimate, info = fit(jax.random.fold_in(key, k), sub)
+        l2 = _metrics(estimate, sub)["l2"]
+        out[f"K={k}"] = {
+            "tasks": len(index),
+            "cos_threshold": fit.keywords["config"].cos_threshold,
+            "bayes": {"l2": _l2_stat(l2)},
+            "chain_spread_median": float(np.median(info["chain_spread"])),
+            "chains_used_mean": float(np.mean(info["chains_used"])),
+        }
+        subsets.append(index)
+        bayes_l2.append(l2)
+    out["seconds"] = time.perf_counter() - start  # compilation included
+    out["config"] = {  # the cosine threshold is per K (above)
+        name: v for name, v in dataclasses.asdict(fit.keywords["config"]).items() if name != "cos_threshold"
+    }
+    cells = [(f"K={k}", index, l2) for k, index, l2 in zip(spec.ks, subsets, bayes_l2)]
+    cells.append(("all", np.concatenate(subsets), np.concatenate(bayes_l2)))
+    out["all"] = {"tasks": len(cells[-1][1]), "bayes": {"l2": _l2_stat(cells[-1][2])}}
+    for name, index, l2 in cells:
+        out[name]["methods"] = {
+            method: dict(_l2_stat(m["l2"][index]), **_ratio(m["l2"][index], l2))
+            for method, m in per_task.items()
+        }
+    return out
+
+
 def _skeleton_fit(skeleton, task, steps: int) -> MixtureParams:
     estimate, _ = skeleton(jax.random.key(0), task)
     return em_refine(task.points, task.point_mask, estimate, steps) if steps else estimate
 
 
-def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int, task_ks=None, cos_threshold=None) -> dict:
+def run_dim(
+    ckpt_arg,
+    d: int,
+    n: int,
+    tasks_per_k: int,
+    seed: int,
+    task_ks=None,
+    cos_threshold=None,
+    bayes_tasks: int = 0,
+    bayes_sweeps: int | None = None,
+    bayes_chains: int | None = None,
+) -> dict:
     ckpt = load_checkpoint(ckpt_arg)
     trained = tuple(int(k) for k in ckpt.spec.ks)
     ks = tuple(int(k) for k in task_ks) if task_ks else trained
@@ -151,7 +243,12 @@ def run_dim(ckpt_arg, d: int, n: int, tasks_per_k: int, seed: int, task_ks=None,
         weights[b], means[b] = _pad(gm.weights_, gm.means_, max(ks))
     seconds = time.perf_counter() - start
     sk = MixtureParams(weights, means, None, np.asarray(task.component_mask))
-    result["methods"]["sklearn_gmm"] = _summary(_metrics(sk, task), k_B, seconds, ks)
+    per_task["sklearn_gmm"] = _metrics(sk, task)
+    result["methods"]["sklearn_gmm"] = _summary(per_task["sklearn_gmm"], k_B, seconds, ks)
+    if bayes_tasks:
+        key = jax.random.fold_in(jax.random.key(seed + _BAYES_STREAM), d)
+        overrides = bayes_overrides(bayes_sweeps, bayes_chains)
+        result["bayes"] = _bayes_block(task, k_B, per_task, spec, bayes_tasks, key, overrides)
 
     by_mode = {}
     for mode in ("bic", "auto"):
@@ -206,24 +303,63 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bayes_markdown(results: list[dict]) -> str:
+    """Per d and K: bayes' mean l2 on its tasks and every method's mean l2 there over bayes'."""
+    rows = [r for r in results if "bayes" in r]
+    if not rows:
+        return ""
+    names = list(rows[0]["bayes"]["all"]["methods"])
+    lines = [
+        "| d | K | tasks | bayes l2 (mean / median) | " + " | ".join(f"{m} / bayes" for m in names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
+    for r in rows:
+        for name in [f"K={k}" for k in r["ks"]] + ["all"]:
+            cell = r["bayes"][name]
+            b = cell["bayes"]["l2"]
+            ratios = " | ".join(
+                f"{cell['methods'][m]['over_bayes']:.2f} ± {cell['methods'][m]['over_bayes_sem']:.2f}"
+                for m in names
+            )
+            lines.append(
+                f"| {r['d']} | {name.removeprefix('K=')} | {cell['tasks']} | {b['mean']:.3f} / {b['median']:.3f} |"
+                f" {ratios} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     results = [
-        run_dim(_CHECKPOINT.value, int(d), _N.value, _TASKS.value, _SEED.value, _KS.value, _COS.value)
-        for d in _DIMS.value
+        run_dim(
+            FLAGS.checkpoint,
+            int(d),
+            FLAGS.n,
+            FLAGS.tasks_per_k,
+            FLAGS.seed,
+            FLAGS.ks,
+            FLAGS.cos_threshold,
+            FLAGS.bayes_tasks,
+            FLAGS.bayes_sweeps,
+            FLAGS.bayes_chains,
+        )
+        for d in FLAGS.dims
     ]
     out = {
-        "checkpoint": _CHECKPOINT.value,
-        "seed": _SEED.value,
+        "checkpoint": FLAGS.checkpoint,
+        "seed": FLAGS.seed,
         "backend": jax.default_backend(),
         "results": results,
     }
     print(markdown(results))
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if FLAGS.bayes_tasks:
+        print(bayes_markdown(results))
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
             json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

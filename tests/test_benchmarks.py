@@ -117,3 +117,41 @@ def test_speed_vs_bayes_runs_with_other_seedings(tmp_path):
     per = {m: row[m]["seconds_per_task"] for m in ("tgmm", "em_seeded", "em_kmeanspp", "bayes")}
     assert all(v > 0 for v in per.values())
     assert row["tgmm_over_bayes"] == per["tgmm"] / per["bayes"]
+
+
+@pytest.mark.slow
+def test_estimator_bayes_subset_and_ratios():
+    """``--bayes_tasks``: bayes runs on the first M tasks of each K under the tasks' prior (their cosine
+    threshold, not BayesConfig's 0.8), and every method's ratio is its mean l2 on those tasks over bayes'."""
+    import jax
+    import numpy as np
+
+    from baselines import get_baseline
+    from benchmarks import estimator
+    from tgmm_jax.tasks import TaskSpec, sample_tasks
+
+    spec = TaskSpec(dim=2, ks=(3, 7), n_max=32, n_min=32, variable_n=False, cos_threshold=0.99)
+    task = sample_tasks(jax.random.key(0), spec, 3)
+    k_B = np.asarray(task.num_components)
+    index_B = np.arange(len(k_B), dtype=float)
+    per_task = {"index": {"l2": index_B}}  # a method whose l2 is the task's index: names the tasks used
+    key = jax.random.key(1)
+    out = estimator._bayes_block(task, k_B, per_task, spec, 2, key, estimator.bayes_overrides(sweeps=60))
+    assert out["config"]["mean_range"] == spec.mean_range and out["config"]["sweeps"] == 60
+    for k in spec.ks:
+        cell = out[f"K={k}"]
+        first = np.flatnonzero(k_B == k)[:2]
+        assert cell["tasks"] == 2 and cell["cos_threshold"] == 0.99
+        assert cell["methods"]["index"]["mean"] == index_B[first].mean()
+        assert np.isfinite(cell["bayes"]["l2"]["mean"]) and cell["bayes"]["l2"]["mean"] > 0
+        ratio = cell["methods"]["index"]["mean"] / cell["bayes"]["l2"]["mean"]
+        assert cell["methods"]["index"]["over_bayes"] == pytest.approx(ratio, rel=1e-12)
+        assert np.isfinite(cell["methods"]["index"]["over_bayes_sem"])
+    # the K = 7 cell (labels aligned by the Hungarian algorithm) is bayes' own answer on those tasks (same key
+    # and config: no new compilation)
+    sub = jax.tree.map(lambda a: a[np.flatnonzero(k_B == 7)[:2]], task)
+    fit = get_baseline("bayes", cos_threshold=0.99, sweeps=60, burn_in=20)
+    l2 = estimator._metrics(fit(jax.random.fold_in(key, 7), sub)[0], sub)["l2"]
+    assert out["K=7"]["bayes"]["l2"]["mean"] == pytest.approx(float(l2.mean()), rel=1e-6)
+    assert out["all"]["tasks"] == 4
+    assert "| 2 | 7 | 2 |" in estimator.bayes_markdown([{"d": 2, "ks": [3, 7], "bayes": out}])
