@@ -1,5 +1,5 @@
-"""Test-wide JAX settings: catch silent broadcasting; share compiled programs between test modules, pytest-xdist
-workers and the tests' subprocesses (a persistent cache); free each test module's compiled programs when it ends."""
+"""Test-wide JAX settings: catch silent broadcasting; share compiled programs between the tests' subprocesses;
+free each test module's compiled programs when it ends."""
 
 import gc
 import os
@@ -17,17 +17,8 @@ _CACHE = os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# The subprocesses the tests start read these variables at import; the test process (each pytest-xdist worker)
-# imported jax above, so it is pointed at the same cache here. The module fixture below drops the compiled
-# programs when a module ends; a later module compiling the same program then reads it back from disk.
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update(
-    "jax_persistent_cache_min_compile_time_secs",
-    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
-)
-jax.config.update(
-    "jax_persistent_cache_min_entry_size_bytes", int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"])
-)
+# Only the subprocesses the tests start use it (they read these variables at import); the test process itself
+# compiles in memory.
 
 
 @pytest.fixture(autouse=True, scope="module")
