@@ -188,6 +188,11 @@ def run_dim(
     bayes_sweeps: int | None = None,
     bayes_chains: int | None = None,
 ) -> dict:
+    if not 0 <= bayes_tasks <= tasks_per_k:
+        raise ValueError(
+            f"bayes_tasks must be between 0 (off) and tasks_per_k={tasks_per_k}, got {bayes_tasks}: bayes runs "
+            "on the first bayes_tasks tasks of each K"
+        )
     ckpt = load_checkpoint(ckpt_arg)
     trained = tuple(int(k) for k in ckpt.spec.ks)
     ks = tuple(int(k) for k in task_ks) if task_ks else trained

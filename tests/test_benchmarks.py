@@ -155,3 +155,11 @@ def test_estimator_bayes_subset_and_ratios():
     assert out["K=7"]["bayes"]["l2"]["mean"] == pytest.approx(float(l2.mean()), rel=1e-6)
     assert out["all"]["tasks"] == 4
     assert "| 2 | 7 | 2 |" in estimator.bayes_markdown([{"d": 2, "ks": [3, 7], "bayes": out}])
+
+
+def test_estimator_refuses_a_bayes_subset_outside_the_tasks():
+    from benchmarks import estimator
+
+    for bad in (-1, 5):
+        with pytest.raises(ValueError, match="bayes_tasks must be between 0 .off. and tasks_per_k=4"):
+            estimator.run_dim("cluster", 2, 32, 4, 0, bayes_tasks=bad)
