@@ -71,6 +71,18 @@ def define_flags() -> None:
         "With --evidence_restarts: also read the geometry of each K's fit (separation, smallest count, "
         "variance; tgmm_jax.models.k_posterior.fit_geometry).",
     )
+    flags.DEFINE_bool(
+        "noise_head",
+        False,
+        "With --evidence_restarts: a zero-initialised head that reads each K's fitted variance against the "
+        "known noise variance (the prior's, 1), for n_components='auto' with a known noise_variance.",
+    )
+    flags.DEFINE_bool(
+        "train_noise_head_only",
+        False,
+        "With --noise_head and --init_from: train the noise head alone (every other parameter frozen), so the "
+        "model without a known noise answers exactly as the source.",
+    )
     flags.DEFINE_string(
         "init_from",
         "",
@@ -100,6 +112,10 @@ def task_spec(
 def run_config() -> dict:
     if FLAGS.evidence_geometry and FLAGS.evidence_restarts < 1:
         raise app.UsageError("--evidence_geometry reads the evidence's fits: give --evidence_restarts >= 1")
+    if FLAGS.noise_head and FLAGS.evidence_restarts < 1:
+        raise app.UsageError("--noise_head reads the evidence's fits: give --evidence_restarts >= 1")
+    if FLAGS.train_noise_head_only and not (FLAGS.noise_head and FLAGS.init_from):
+        raise app.UsageError("--train_noise_head_only needs --noise_head and an --init_from to freeze")
     return {
         "size": FLAGS.size,
         "num_layers": FLAGS.num_layers,
@@ -120,6 +136,8 @@ def run_config() -> dict:
             else {}
         ),
         **({"evidence_geometry": True} if FLAGS.evidence_geometry else {}),
+        **({"noise_head": True} if FLAGS.noise_head else {}),
+        **({"train_noise_head_only": True} if FLAGS.train_noise_head_only else {}),
     }
 
 
@@ -131,7 +149,13 @@ def build_model(cfg: dict) -> KPosterior:
         evidence_restarts=cfg.get("evidence_restarts", 0),
         evidence_steps=cfg.get("evidence_steps", 30),
         evidence_geometry=bool(cfg.get("evidence_geometry", False)),
+        noise_head=bool(cfg.get("noise_head", False)),
     )
+
+
+def is_noise_head(path) -> bool:
+    """Whether a parameter (its key path) belongs to the noise head (``KPosterior._noise_logits``)."""
+    return jax.tree_util.keystr(path).startswith("['params']['noise_")
 
 
 _BACKBONE_BLOCK = re.compile(r"\['backbone'\]\['blocks_(\d+)'\]")
@@ -141,8 +165,9 @@ _RESIDUAL_OUT = re.compile(r"\['(attn|mlp)'\]\['out'\]\['(kernel|bias)'\]$")
 def merge_params(params_from, params_init, source: str):
     """``params_init`` with every leaf of ``params_from`` (same path, same shape) put in, so the merged model
     answers as ``source`` did. Two kinds of layers may be new, and both start as no-ops:
-      * the evidence's layers (a run of the set network starts one that also reads the evidence; the evidence's
-        output layer is zero-initialised);
+      * the evidence's and the noise head's layers (a run of the set network starts one that also reads the
+        evidence, or one with the evidence starts one with the noise head; their output layers are
+        zero-initialised);
       * backbone blocks beyond the source's (a deeper network grown from a shallower one): their two residual
         output projections are set to zero, so each new block is the identity until training moves it.
     Any other difference is an error naming the paths."""
@@ -156,7 +181,7 @@ def merge_params(params_from, params_init, source: str):
         for p in new
         if (m := _BACKBONE_BLOCK.search(p)) and int(m.group(1)) > max(source_blocks, default=-1)
     }
-    if bad or any("evidence_" not in p and p not in grown for p in new):
+    if bad or any("evidence_" not in p and "['noise_" not in p and p not in grown for p in new):
         raise ValueError(
             f"--init_from={source!r} holds another model: parameters it has that this one lacks or shapes "
             f"differently: {bad[:5]}; parameters of this one it lacks: {new[:5]}"
@@ -203,18 +228,29 @@ def init_state(cfg: dict, model: KPosterior, tx) -> dict:
 def make_step(cfg: dict, model: KPosterior, tx, spec: TaskSpec):
     """state -> (state, loss, accuracy) on the batch of step ``state['step']`` (sampled from (seed, step))."""
     data_key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 1)
+    frozen = bool(cfg.get("train_noise_head_only", False))
 
     @jax.jit
     def step_fn(state):
         task = sample_tasks(jax.random.fold_in(data_key, state["step"]), spec, cfg["tasks_per_k"])
 
         def loss_fn(params):
-            log_probs = model.apply(params, task.points, task.point_mask)
+            # the prior's noise variance is 1: a model with the noise head is trained knowing it
+            noise_B = jnp.ones(task.points.shape[:1]) if model.noise_head else None
+            log_probs = model.apply(params, task.points, task.point_mask, noise_B)
             acc = jnp.mean(jnp.argmax(log_probs, -1) + 1 == task.num_components)
             return k_cross_entropy(log_probs, task.num_components), acc
 
         (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        if frozen:  # neither the gradient (nor its clipping norm) nor AdamW's weight decay touches them
+            grads = jax.tree_util.tree_map_with_path(
+                lambda p, g: g if is_noise_head(p) else jnp.zeros_like(g), grads
+            )
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        if frozen:
+            updates = jax.tree_util.tree_map_with_path(
+                lambda p, u: u if is_noise_head(p) else jnp.zeros_like(u), updates
+            )
         params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, loss, acc
 

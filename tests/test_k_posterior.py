@@ -505,8 +505,9 @@ def test_accuracy_gap_standard_error_is_the_binomial_closed_form():
 def test_validation_candidates_parse_and_score():
     from experiments.studies.k_posterior import validate
 
-    assert validate.parse_candidate("shipped") == ("shipped", None, None)
-    assert validate.parse_candidate("runs/a@16x30#3") == ("runs/a", (16, 30), 3)
+    assert validate.parse_candidate("shipped") == ("shipped", None, None, False)
+    assert validate.parse_candidate("runs/a@16x30#3") == ("runs/a", (16, 30), 3, False)
+    assert validate.parse_candidate("runs/b@8x10+noise") == ("runs/b", (8, 10), None, True)
     with pytest.raises(ValueError, match="RESTARTSxSTEPS"):
         validate.parse_candidate("shipped@16")
     # two cells; true K = 1 and 2; the model right on 3 of the 4 tasks of cell (2, 32), wrong on all of (8, 32)

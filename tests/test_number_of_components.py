@@ -104,7 +104,9 @@ def test_unreadable_files_name_themselves(tmp_path):
 
 def _fixed_posterior(monkeypatch, probs_K):
     monkeypatch.setattr(
-        number_of_components, "posterior_over_k", lambda ckpt, xs, seed=0: np.tile(probs_K, (len(xs), 1))
+        number_of_components,
+        "posterior_over_k",
+        lambda ckpt, xs, seed=0, noise_variance=None: np.tile(probs_K, (len(xs), 1)),
     )
 
 
@@ -145,3 +147,23 @@ def test_auto_finds_k_and_its_labels_do_not_depend_on_units():
         scaled = TGMMEstimator("auto", random_state=0).fit(X * c - 3.0)
         np.testing.assert_allclose(scaled.posterior_n_components_, est.posterior_n_components_, atol=1e-4)
         np.testing.assert_array_equal(scaled.predict(X * c - 3.0), est.predict(X))
+
+
+@pytest.mark.slow
+def test_auto_with_a_known_noise_variance_reads_it_in_the_data_units(kpost):
+    assert kpost.model.noise_head  # the shipped K posterior has the noise head
+    # d = 2, three clusters 3 noise sd apart: where the noise level tells merged clusters from one
+    X = np.concatenate([np.array(m) + np.random.default_rng(i).standard_normal((40, 2)) for i, m in
+                        enumerate([(0.0, 0.0), (3.0, 0.0), (1.5, 2.6)])])  # fmt: skip
+    unknown = TGMMEstimator("auto", random_state=0).fit(X).posterior_n_components_
+    known = TGMMEstimator("auto", noise_variance=1.0, random_state=0).fit(X)
+    assert np.abs(known.posterior_n_components_ - unknown).max() > 0.05  # the noise is read
+    for c in (1e-4, 1e4):
+        scaled = TGMMEstimator("auto", noise_variance=c**2, random_state=0).fit(c * X + 7.0)
+        np.testing.assert_allclose(scaled.posterior_n_components_, known.posterior_n_components_, atol=1e-4)
+        assert scaled.n_components_ == known.n_components_
+    # the same points told a noise 16x larger: fewer components are needed to explain them
+    loud = TGMMEstimator("auto", noise_variance=16.0, random_state=0).fit(X).posterior_n_components_
+    mean_k = np.arange(1, kpost.k_max + 1)
+    assert loud @ mean_k < known.posterior_n_components_ @ mean_k
+    assert np.argmax(loud) == 0  # told the noise is as wide as the whole cloud, it answers K = 1

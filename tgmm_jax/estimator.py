@@ -587,8 +587,10 @@ class TGMMEstimatorCore:
                     every trained K, the trained ones in one batched call, the lowest BIC kept
                     (``bic_by_k_`` holds them all; a K above the number of distinct points is never picked).
                     On held-out tasks of the posterior's prior (results/k_posterior/), the posterior finds the
-                    true K about as often as BIC over K = 1..8 (not more), with far better calibrated
-                    probabilities; on pure Gaussian noise both answer K = 1.
+                    true K 9.5 points more often than BIC over K = 1..8 at N <= 128, with far better calibrated
+                    probabilities; on pure Gaussian noise both answer K = 1. With a known ``noise_variance`` the
+                    posterior is told it (its noise head; datasets with missing values excepted): 13.1 points
+                    over that BIC, 5.1 over BIC told the noise too.
       checkpoint    ``"pretrained"`` (``$TGMM_CHECKPOINT_DIR`` if set, else the shipped dimension-free model,
                     which serves every n_features), a shipped name, or a path to an orbax training workdir or
                     an exported checkpoint directory. Nothing is downloaded.
@@ -921,7 +923,9 @@ class TGMMEstimatorCore:
         from tgmm_jax.number_of_components import load_k_posterior, posterior_over_k
 
         kpost = load_k_posterior()
-        posterior_BxK = posterior_over_k(kpost, xs, seed)
+        # a known noise_variance: xs are in noise units (``_standardize``), so the noise variance there is 1
+        known = self.noise_variance is not None and kpost.model.noise_head
+        posterior_BxK = posterior_over_k(kpost, xs, seed, noise_variance=1.0 if known else None)
         ks_BxS = cand_BxS[:, cand_BxS[0] <= kpost.k_max]
         fits_BxS = (ks_BxS <= count_B[:, None]) & (ks_BxS <= distinct_B[:, None])
         fits_BxS[:, 0] |= ~fits_BxS.any(axis=1)  # K = 1 is always possible

@@ -5,7 +5,8 @@
 
 The network (tgmm_jax/models/k_posterior.py) reads a task through its normalised principal coordinates and
 drops the absolute scale, so P(K | X) does not change under translation, rotation, the order of the points or
-x -> c x. A checkpoint with the likelihood evidence (``evidence`` in its json; tgmm_jax/k_evidence.py) also
+x -> c x (with ``noise_variance`` given, under x -> c x with the noise variance -> c^2 times it). A checkpoint
+with the likelihood evidence (``evidence`` in its json; tgmm_jax/k_evidence.py) also
 reads, for every K, the best of a few EM fits with one shared spherical variance, computed on the same points
 (read in a canonical order, so the same invariances hold). It was trained (experiments/train_k_posterior.py) on tasks of N in [n_min, n_max] points; here a
 dataset with more than ``n_max`` points is read through ``n_max`` points drawn uniformly without replacement
@@ -21,8 +22,9 @@ d = 1 the set network alone did not answer K = 1 on pure noise). Datasets are ba
 after its first call per (batch bucket, d).
 
 Shipped files: ``tgmm_jax/pretrained/k_posterior/`` holds ``k_posterior.msgpack`` (float32 parameters),
-``k_posterior.json`` ({"format": 1, "model": ModelConfig fields, "k_max", "evidence": {"restarts", "steps", "geometry"}
-of the likelihood evidence (absent in files written before it: none; "geometry" absent: false), "train": the training run's config,
+``k_posterior.json`` ({"format": 1, "model": ModelConfig fields, "k_max", "evidence": {"restarts", "steps", "geometry",
+"noise_head"} of the likelihood evidence (absent in files written before it: none; "geometry" or "noise_head" absent:
+false), "train": the training run's config,
 "step", "source"}) and ``MODEL_CARD.md``; ``save_k_posterior`` writes them (experiments/export_k_posterior.py).
 Their names differ from a TGMM checkpoint's (``config.json``), so ``pretrained.available()`` never lists them.
 """
@@ -79,6 +81,7 @@ def save_k_posterior(directory: str, model: KPosterior, params, train_config: di
             "restarts": int(model.evidence_restarts),
             "steps": int(model.evidence_steps),
             "geometry": bool(model.evidence_geometry),
+            "noise_head": bool(model.noise_head),
         },
         "train": train_config,
         "step": step,
@@ -103,6 +106,7 @@ def load_k_posterior(directory: str = SHIPPED) -> KPosteriorCheckpoint:
             evidence_restarts=int(evidence["restarts"]),
             evidence_steps=int(evidence["steps"]),
             evidence_geometry=bool(evidence.get("geometry", False)),
+            noise_head=bool(evidence.get("noise_head", False)),
         )
         train = meta["train"]
         n_min, n_max = int(train["n_min"]), int(train["n_max"])
@@ -134,15 +138,37 @@ def _log_posterior(model: KPosterior, params, points_BxNxD, mask_BxN):
     return model.apply(params, points_BxNxD, mask_BxN)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _log_posterior_known_noise(model: KPosterior, params, points_BxNxD, mask_BxN, noise_variance_B):
+    return model.apply(params, points_BxNxD, mask_BxN, noise_variance_B)
+
+
 def _batch_bucket(b: int) -> int:
     return min(BATCH, 1 << max(b - 1, 0).bit_length())
 
 
-def posterior_over_k(ckpt: KPosteriorCheckpoint, xs: list[np.ndarray], seed: int = 0) -> np.ndarray:
+def posterior_over_k(
+    ckpt: KPosteriorCheckpoint, xs: list[np.ndarray], seed: int = 0, noise_variance=None
+) -> np.ndarray:
     """P(K = 1..k_max | X) [B, k_max] (float64, rows sum to 1) for datasets ``xs`` ([N_i, d] each, one d;
-    NaN = missing value): at most ``n_max`` points read per dataset (a seeded uniform subsample above it)."""
+    NaN = missing value): at most ``n_max`` points read per dataset (a seeded uniform subsample above it).
+
+    ``noise_variance``: None (unknown), or the known noise variance per coordinate in the data's units, one
+    number or one per dataset (NaN: unknown for that one); it needs a checkpoint with the noise head
+    (``evidence.noise_head`` in its json). A dataset with missing values is read as if its noise were unknown
+    (the head was trained on complete data; the imputed points would shrink the fitted variances)."""
     if not xs:
         raise ValueError("posterior_over_k needs at least one dataset")
+    noise_B = None
+    if noise_variance is not None:
+        if not ckpt.model.noise_head:
+            raise ValueError(
+                f"the K posterior in {ckpt.source} has no noise head: it cannot use a known noise_variance"
+            )
+        noise_B = np.broadcast_to(np.asarray(noise_variance, np.float64), (len(xs),)).copy()
+        if np.any(noise_B <= 0) or np.any(np.isinf(noise_B)):
+            raise ValueError(f"noise_variance must be finite and > 0 (NaN: unknown), got {noise_variance!r}")
+        noise_B[[bool(np.isnan(x).any()) for x in xs]] = np.nan
     d = xs[0].shape[1]
     if any(x.ndim != 2 or x.shape[1] != d for x in xs):
         raise ValueError(f"every dataset must be [N, {d}]; got shapes {[x.shape for x in xs]}")
@@ -163,6 +189,8 @@ def posterior_over_k(ckpt: KPosteriorCheckpoint, xs: list[np.ndarray], seed: int
         spread = np.sqrt(np.mean(np.square(x)))
         if 0 < spread < np.inf:
             x = x / spread
+            if noise_B is not None:
+                noise_B[i] = noise_B[i] / spread**2
         points_BxNxD[i, : x.shape[0]], mask_BxN[i, : x.shape[0]] = x, True
     out = []
     for start in range(0, len(xs), BATCH):
@@ -173,7 +201,14 @@ def posterior_over_k(ckpt: KPosteriorCheckpoint, xs: list[np.ndarray], seed: int
         msk = np.zeros((size, n), bool)
         pts[:b], msk[:b] = points_BxNxD[chunk], mask_BxN[chunk]
         msk[b:, 0] = True  # padded datasets: one point at the origin, discarded below
-        log_probs = export_cache.call(_log_posterior, (ckpt.model,), (ckpt.params, pts, msk))
+        if noise_B is None:
+            log_probs = export_cache.call(_log_posterior, (ckpt.model,), (ckpt.params, pts, msk))
+        else:
+            noise = np.full((size,), np.nan, np.float32)
+            noise[:b] = noise_B[chunk]
+            log_probs = export_cache.call(
+                _log_posterior_known_noise, (ckpt.model,), (ckpt.params, pts, msk, noise)
+            )
         out.append(np.asarray(log_probs, np.float64)[:b])
     probs_BxK = np.exp(np.concatenate(out))
     return probs_BxK / probs_BxK.sum(axis=1, keepdims=True)

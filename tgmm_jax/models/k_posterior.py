@@ -29,6 +29,15 @@ the shared variance). Trained from the shipped stage 6 beside a same-start, same
 training losses stayed within 1.6e-4 of each other for 1150 steps (results/k_posterior/TRAINING.md): the gains
 and the set network's state already carry what it adds.
 
+Known noise (``noise_head``, for a user who knows the noise variance; the paper's setting): a fourth
+zero-initialised MLP reads, for every K, the log of the evidence fit's shared variance over the known noise
+variance (``noise_variance_B`` of the call, in the points' units, NaN for a task whose noise is unknown), the
+evidence's features and the head's hidden state; its output is added to the logits of the tasks whose noise is
+known. A K below the true one leaves the spread between the merged clusters in its variance, which only a
+known noise level shows: the unit-free network cannot read it. Joint scaling (x -> c x, variance -> c^2
+variance) leaves the ratio, hence the answer, unchanged. The shipped head was trained alone, every other
+parameter frozen (``--train_noise_head_only``), so without a known noise the model answers exactly as before.
+
 The task prior it is trained on (experiments/train_k_posterior.py): ``TaskSpec(ks=(1..8), cos_threshold=1.0)``,
 i.e. Algorithm 1 without the pairwise-cosine filter of the means (at D = 2 that filter cannot place 8 means:
 its acceptance rate is below the sampler's floor), means U[-5, 5]^D, unit isotropic noise, weights
@@ -73,9 +82,17 @@ class KPosterior(nn.Module):
     # True: the evidence also reads the geometry of each K's fit (``fit_geometry``) through a third,
     # zero-initialised MLP, so a checkpoint without it starts from its own answer
     evidence_geometry: bool = False
+    # True: a fourth, zero-initialised MLP reads each K's fitted noise variance against a known one
+    # (``noise_variance_B`` of the call), so the model also serves the known-noise setting (module docstring)
+    noise_head: bool = False
 
     @nn.compact
-    def __call__(self, points_BxNxD: jax.Array, point_mask_BxN: jax.Array) -> jax.Array:
+    def __call__(
+        self, points_BxNxD: jax.Array, point_mask_BxN: jax.Array, noise_variance_B: jax.Array | None = None
+    ) -> jax.Array:
+        """log P(K | X) [B, k_max]. ``noise_variance_B`` ([B] or a scalar, in the points' units; needs
+        ``noise_head``): the known noise variance per coordinate of each task, NaN where it is unknown; None:
+        unknown for every task (the answer is then exactly that of the model without the noise head)."""
         c = self.config
         if c.backbone != "set" or c.readin != "normalized":
             raise ValueError(
@@ -118,11 +135,21 @@ class KPosterior(nn.Module):
         logits_BxK = nn.Dense(self.k_max, name="head_out")(hidden)
         if self.evidence_geometry and self.evidence_restarts < 1:
             raise ValueError("KPosterior(evidence_geometry=True) needs evidence_restarts >= 1")
+        if self.noise_head and self.evidence_restarts < 1:
+            raise ValueError(
+                "KPosterior(noise_head=True) reads the evidence's fits: needs evidence_restarts >= 1"
+            )
+        if noise_variance_B is not None and not self.noise_head:
+            raise ValueError(
+                "a known noise_variance needs a KPosterior with noise_head=True (this one has none)"
+            )
         if self.evidence_restarts > 0:
-            logits_BxK = logits_BxK + self._evidence_logits(points_BxNxD, mask_BxN, norm, hidden)
+            logits_BxK = logits_BxK + self._evidence_logits(
+                points_BxNxD, mask_BxN, norm, hidden, noise_variance_B
+            )
         return jax.nn.log_softmax(logits_BxK.astype(jnp.float32), axis=-1)
 
-    def _evidence_logits(self, points_BxNxD, mask_BxN, norm, hidden_BxH):
+    def _evidence_logits(self, points_BxNxD, mask_BxN, norm, hidden_BxH, noise_variance_B=None):
         """The likelihood evidence's contribution to the logits (zero at initialisation, so a checkpoint
         without it starts from its own answer): an MLP on the per-K gains of the best tied-spherical EM fit
         (``k_evidence``), in units of BIC's penalty per component, and a BIC-like softmax, joined by the head's
@@ -151,6 +178,15 @@ class KPosterior(nn.Module):
         h = jax.nn.gelu(nn.Dense(2 * e, name="evidence_fc")(nn.LayerNorm(name="evidence_ln")(feats)))
         h = jax.nn.gelu(nn.Dense(2 * e, name="evidence_fc2")(jnp.concatenate([h, hidden_BxH], axis=-1)))
         logits_BxK = nn.Dense(k_max, kernel_init=nn.initializers.zeros, name="evidence_out")(h)
+        if self.noise_head and (noise_variance_B is not None or self.is_initializing()):
+            b = points_BxNxD.shape[0]
+            noise_B = jnp.full((b,), jnp.nan) if noise_variance_B is None else jnp.asarray(noise_variance_B)
+            noise_B = jnp.broadcast_to(noise_B.astype(jnp.float32), (b,))
+            known_B = jnp.isfinite(noise_B) & (noise_B > 0)  # NaN: this task's noise is unknown
+            noise_BxK = self._noise_logits(
+                points_BxNxD, mask_BxN, fits, feats, hidden_BxH, jnp.where(known_B, noise_B, 1.0)
+            )
+            logits_BxK = logits_BxK + jnp.where(known_B[:, None], noise_BxK, 0.0)
         if not self.evidence_geometry:
             return logits_BxK
         geometry_BxG = jax.lax.stop_gradient(fit_geometry(fits, n_B))
@@ -160,6 +196,27 @@ class KPosterior(nn.Module):
         g = jax.nn.gelu(nn.Dense(2 * e, name="evidence_geometry_fc2")(g))
         geometry_out = nn.Dense(k_max, kernel_init=nn.initializers.zeros, name="evidence_geometry_out")
         return logits_BxK + geometry_out(g)
+
+    def _noise_logits(self, points_BxNxD, mask_BxN, fits, evidence_BxF, hidden_BxH, noise_variance_B):
+        """The known noise's contribution to the logits (zero at initialisation): an MLP on each K's fitted
+        shared variance over the known one, ``log(variance_K / noise_variance)`` in the data's units (a K
+        below the true one leaves the between-cluster spread in its variance), joined by the evidence's
+        features and the head's hidden state."""
+        d = points_BxNxD.shape[-1]
+        count_B = jnp.maximum(jnp.sum(mask_BxN, axis=-1), 1).astype(jnp.float32)
+        centre_BxD = jnp.sum(points_BxNxD, axis=1) / count_B[:, None]
+        centred_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None], 0.0)
+        spread_sq_B = jnp.sum(centred_BxNxD**2, axis=(1, 2)) / (count_B * d)  # k_evidence's normaliser
+        noise_B = jnp.asarray(noise_variance_B, jnp.float32)
+        variance_BxK = jnp.maximum(fits["variance_BxK"], k_evidence.VARIANCE_FLOOR)
+        log_ratio_BxK = jnp.log(variance_BxK) + jnp.log(spread_sq_B / noise_B)[:, None]
+        log_ratio_BxK = jnp.clip(jnp.where(jnp.isfinite(log_ratio_BxK), log_ratio_BxK, 0.0), -10.0, 10.0)
+        feats = jax.lax.stop_gradient(jnp.concatenate([log_ratio_BxK, jnp.diff(log_ratio_BxK, axis=-1)], -1))
+        e = self.config.width
+        h = nn.LayerNorm(name="noise_ln")(jnp.concatenate([feats, evidence_BxF], axis=-1))
+        h = jax.nn.gelu(nn.Dense(2 * e, name="noise_fc")(jnp.concatenate([feats, h], axis=-1)))
+        h = jax.nn.gelu(nn.Dense(2 * e, name="noise_fc2")(jnp.concatenate([h, hidden_BxH], axis=-1)))
+        return nn.Dense(self.k_max, kernel_init=nn.initializers.zeros, name="noise_out")(h)
 
 
 def fit_geometry(fits: dict, n_B: jax.Array) -> jax.Array:

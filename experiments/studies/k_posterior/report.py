@@ -12,7 +12,19 @@ import os
 from experiments.studies.base import Part, load_json
 from experiments.studies.base import prose as _prose
 
-METHODS = ("model", "model_all", "ablation", "ablation_all", "bic", "aic", "bgm", "bic_raw", "aic_raw")
+METHODS = (
+    "model",
+    "model_all",
+    "ablation",
+    "ablation_all",
+    "bic",
+    "aic",
+    "bgm",
+    "bic_raw",
+    "aic_raw",
+    "model_noise",
+    "bic_known",
+)
 LABELS = {
     "model": "learned P(K|X)",
     "model_all": "learned, all points",
@@ -24,6 +36,9 @@ LABELS = {
     "bic_raw": "BIC, collapsed kept",
     "aic_raw": "AIC, collapsed kept",
     "bic_softmax": "BIC-softmax",
+    "model_noise": "learned, noise known",
+    "bic_known": "BIC, noise known",
+    "bic_known_softmax": "BIC-softmax, noise known",
     "bayes": "Bayes (AIS)",
 }
 
@@ -151,6 +166,7 @@ def k_posterior_section(
     ll, ll_s = summary["logloss"], summary.get("logloss_n_le_128", {})
     rel = saved.get("reliability", {})
     scored = [m for m in ("model", "ablation") if m in present] + ["bic_softmax"]
+    scored += [m for m in ("model_noise", "bic_known_softmax") if ll.get(m) is not None]
 
     def row(name, values):
         return f"| {name} | " + " | ".join(_num(v) for v in values) + " |"
@@ -202,7 +218,36 @@ def k_posterior_section(
             k1_verdict=verdict(k1),
         )
         out += [text, ""]
+    if "noise_known_accuracy_beats_bic_by_10_points_n_le_128" in targets:
+        out += [noise_known_targets(saved), ""]
     return out
+
+
+def noise_known_targets(saved: dict) -> str:
+    """The targets met by the model told the noise variance, against BIC (the issue's) and BIC told it too."""
+    targets = saved["targets"]
+    a = targets["noise_known_accuracy_beats_bic_by_10_points_n_le_128"]
+    lo = targets["noise_known_logloss_beats_bic_softmax"]
+    k1 = targets["noise_known_k1_answers_1_at_least_95pct"]
+    se, tasks = accuracy_gap_se(saved["cells"], "model_noise", "bic", max_n=128)
+    se_known, _ = accuracy_gap_se(saved["cells"], "model_noise", "bic_known", max_n=128)
+    known = a.get("model_noise_minus_bic_known")
+    return prose(
+        "targets_noise_known",
+        accuracy_gain=f"{100 * a['model_noise_minus_bic']:+.1f}",
+        accuracy_se=f"{100 * se:.1f}",
+        accuracy_tasks=tasks,
+        accuracy=prose("met") if a["met"] else prose("not_met"),
+        known_gain="–" if known is None else f"{100 * known:+.1f} ± {100 * se_known:.1f}",
+        logloss=f"{lo['model_noise']:.3f}",
+        logloss_bic=f"{lo['bic_softmax']:.3f}",
+        logloss_known="–"
+        if saved["summary"]["logloss"].get("bic_known_softmax") is None
+        else f"{saved['summary']['logloss']['bic_known_softmax']:.3f}",
+        logloss_verdict=prose("met") if lo["met"] else prose("not_met"),
+        k1=_pct(k1["model_noise"]),
+        k1_verdict=prose("met") if k1["met"] else prose("not_met"),
+    )
 
 
 def accuracy_gap_se(cells: list[dict], a: str, b: str, max_n: int) -> tuple[float, int]:
@@ -223,10 +268,12 @@ def bayes_lines(saved: dict) -> list[str]:
         return []
     config = saved["settings"].get("bayes", {})
     methods = [
-        m for m in ("bayes", "model", "ablation", "bic", "aic", "bgm") if m in bayes["all"]["accuracy"]
+        m
+        for m in ("bayes", "model", "ablation", "model_noise", "bic", "bic_known", "aic", "bgm")
+        if m in bayes["all"]["accuracy"]
     ]
-    learned = [m for m in ("model", "ablation") if m in methods]
-    short = {"model": "learned", "ablation": "set network alone"}
+    learned = [m for m in ("model", "ablation", "model_noise") if m in methods]
+    short = {"model": "learned", "ablation": "set network alone", "model_noise": "learned, noise known"}
     rows = [(key.replace("d", "").replace("_n", " | "), v) for key, v in bayes["by_dn"].items()]
     rows.append(
         (

@@ -14,6 +14,13 @@ chunks already computed). Every method sees the same tasks:
 * ``ablation`` (with ``--ablation_workdir``): a second trained KPosterior run read exactly as ``model`` (the same
   tasks, the same subsamples; ``ablation_all`` where N > n_max), scored as it is everywhere except the targets
   (the model's alone); the study runs it on the set network without the likelihood evidence.
+* ``model_noise`` (with ``--noise_workdir``): a run with the noise head (``KPosterior(noise_head=True)``) read
+  as ``model`` (same tasks, same subsamples) but told the noise variance of the prior, 1: the known-noise
+  setting. Its targets are reported beside the model's, against ``bic`` and against ``bic_known``.
+* ``bic_known``, ``aic_known`` (with ``--bic_known_noise``): BIC and AIC told the noise variance too:
+  unit-variance EM per K = 1..8 (``baselines.em``, the best of ``--n_init`` k-means++ restarts), p = K D + (K - 1)
+  (``known_noise_criteria``); ``bic_known_softmax`` its probabilities. The fair classical match of
+  ``model_noise``.
 * ``bic``, ``aic``: EM with learned spherical variances for each K = 1..8, scikit-learn
   ``GaussianMixture(covariance_type="spherical", n_init=1, init_params="k-means++")`` run from 10 k-means++
   seeds, the best non-collapsed restart kept (max_iter 100, tol 1e-3, reg_covar 1e-6); p = K D + K + (K - 1) free parameters; the K of least
@@ -32,7 +39,8 @@ chunks already computed). Every method sees the same tasks:
   of the true K, agreement with its argmax, and KL(bayes || method) for the model, the ablation and the
   BIC-softmax (``bayes`` in each cell, ``summary.bayes``). The settings and their check: ``BAYES_CONFIG``.
 
-Cached per (D, N, K, chunk) under ``results/<...>/cache/`` (baselines, model and ablation separately;
+Cached per (D, N, K, chunk) under ``results/<...>/cache/`` (baselines, bic_known, model, ablation and model_noise
+separately;
 rerunning skips finished blocks); ``--methods=baselines`` runs the classical methods alone (no trained model needed);
 ``--methods=bayes`` computes the Bayes blocks (``bayes_d*_n*_k*_c0.npz``, which record their task count and AIS
 settings; a block cached with other ones is an error, not silently reused), then analyses.
@@ -86,6 +94,18 @@ def define_flags() -> None:
         "ablation_workdir",
         "",
         "A second trained KPosterior run read on the same tasks and subsamples (method `ablation`); '': none.",
+    )
+    flags.DEFINE_string(
+        "noise_workdir",
+        "",
+        "A trained KPosterior run with the noise head (``--noise_head``), read on the same tasks and subsamples "
+        "told the noise variance (1) (method `model_noise`); '': none.",
+    )
+    flags.DEFINE_bool(
+        "bic_known_noise",
+        False,
+        "Also BIC and AIC with the noise variance known (1): unit-variance EM, the best of --n_init k-means++ "
+        "restarts per K (method `bic_known`), the fair classical match of `model_noise`.",
     )
     flags.DEFINE_string("results", "results/k_posterior/", "Output directory.")
     flags.DEFINE_list("dims", ["2", "8"], "Data dimensions.")
@@ -235,6 +255,46 @@ def baseline_block(results, seed, dim, n, k, chunk, n_init) -> dict:
     return out
 
 
+def known_noise_criteria(
+    points_BxNxD: np.ndarray, k_max: int = K_MAX, n_init: int = 10, seed: int = 0
+) -> dict:
+    """BIC and AIC [B, k_max] of mixtures whose noise variance is known (1): for each K, the best of ``n_init``
+    k-means++ restarts of unit-variance EM (``baselines.em``, isotropic, max_iter 100, tol 1e-5); p = K D +
+    (K - 1) free parameters (no variance). No restart can collapse (the variance is fixed)."""
+    from baselines.em import EMConfig, fit_em
+    from tgmm_jax.tasks import GMMTask
+
+    b, n, d = points_BxNxD.shape
+    config = EMConfig(variant="isotropic", init="kmeans++", n_init=n_init, max_iter=100)
+    loglik = np.empty((b, k_max))
+    for k in range(1, k_max + 1):
+        task = GMMTask(
+            points=jnp.asarray(points_BxNxD, jnp.float32),
+            point_mask=jnp.ones((b, n), bool),
+            labels=jnp.zeros((b, n), jnp.int32),
+            weights=jnp.zeros((b, k_max)),
+            means=jnp.zeros((b, k_max, d)),
+            scales=jnp.ones((b, k_max, d)),
+            component_mask=jnp.broadcast_to(jnp.arange(k_max)[None] < k, (b, k_max)),
+            num_components=jnp.full((b,), k, jnp.int32),
+        )
+        _, info = fit_em(jax.random.PRNGKey(_stable_seed(seed, k)), task, config)
+        loglik[:, k - 1] = np.asarray(info["loglik"], np.float64) * n
+    p = np.array([k * d + k - 1 for k in range(1, k_max + 1)], np.float64)
+    return {"loglik": loglik, "bic": -2.0 * loglik + p * np.log(n), "aic": -2.0 * loglik + 2.0 * p}
+
+
+def bic_known_block(results, seed, dim, n, k, chunk, n_init) -> dict:
+    """``known_noise_criteria`` of a chunk's tasks, cached under ``bic_known``."""
+    path = _cache_path(results, "bic_known", dim, n, k, chunk)
+    if os.path.exists(path):
+        return dict(np.load(path))
+    points, _ = held_out_tasks(seed, dim, n, k, chunk)
+    out = known_noise_criteria(points, K_MAX, n_init, seed=_stable_seed(seed, dim, n, k, chunk))
+    _save(path, **out)
+    return out
+
+
 def model_block(results, seed, dim, n, k, chunk, apply_fn, n_read, group: str = "model") -> dict:
     """log P(K | X) [CHUNK, K_MAX] of a trained run on a seeded subsample of ``n_read`` points per task (the
     subsample depends on the task alone, not on ``group``: the model and the ablation read the same points),
@@ -257,20 +317,26 @@ def run_config(workdir: str) -> dict:
         return json.load(f)
 
 
-def learned_apply(workdir: str):
+def learned_apply(workdir: str, known_noise: bool = False):
     """The jitted log P(K | X) of a trained run, on tasks whose every point counts: [B, N, D] -> [B, K_MAX]
-    (``load`` builds the run's own model, the likelihood evidence included when its config asks for it)."""
+    (``load`` builds the run's own model, the likelihood evidence included when its config asks for it);
+    ``known_noise``: told the prior's noise variance, 1 (a run with the noise head)."""
     from experiments.train_k_posterior import load
 
     model, params, _ = load(workdir)
-    return posterior_apply(model, params, workdir)
+    return posterior_apply(model, params, workdir, known_noise)
 
 
-def posterior_apply(model, params, source: str):
+def posterior_apply(model, params, source: str, known_noise: bool = False):
     """The jitted log P(K | X) of ``model`` with ``params`` on tasks whose every point counts: [B, N, D] ->
-    [B, K_MAX]; a model of another K_max (``source`` names it) is refused."""
+    [B, K_MAX]; a model of another K_max (``source`` names it) is refused. ``known_noise``: the model is told
+    the noise variance of the prior (1), which needs its noise head."""
     if model.k_max != K_MAX:
         raise ValueError(f"{source} predicts K = 1..{model.k_max}, the study K = 1..{K_MAX}")
+    if known_noise and not model.noise_head:
+        raise ValueError(f"{source} has no noise head: it cannot be told the noise variance")
+    if known_noise:
+        return jax.jit(lambda x: model.apply(params, x, jnp.ones(x.shape[:2], bool), jnp.ones(x.shape[:1])))
     return jax.jit(lambda x: model.apply(params, x, jnp.ones(x.shape[:2], bool)))
 
 
@@ -287,9 +353,12 @@ def _lazy(make, *args):
     return call
 
 
-def load_blocks(results, dims, ns, chunks, bayes_tasks: int, ablation: bool) -> tuple[dict, list]:
+def load_blocks(
+    results, dims, ns, chunks, bayes_tasks: int, ablation: bool, optional: tuple = ()
+) -> tuple[dict, list]:
     """The cached blocks of every cell, chunks joined: ({(dim, n, k): {'baselines', 'model', 'ablation' (None
-    unless ``ablation`` and cached for each joined chunk), 'bayes' (None if absent)}}, [tasks per cell]). A
+    unless ``ablation`` and cached for each joined chunk), each group of ``optional`` (e.g. 'model_noise',
+    'bic_known'; None unless cached for each joined chunk), 'bayes' (None if absent)}}, [tasks per cell]). A
     cell joins the chunks whose baselines and model blocks are both cached; a cell with none is left out."""
 
     def join(loaded):
@@ -316,6 +385,10 @@ def load_blocks(results, dims, ns, chunks, bayes_tasks: int, ablation: bool) -> 
                 paths = [_cache_path(results, "ablation", d, n, k, c) for c in done]
                 has_ablation = ablation and all(os.path.exists(p) for p in paths)
                 block["ablation"] = join([np.load(p) for p in paths]) if has_ablation else None
+                for group in optional:
+                    paths = [_cache_path(results, group, d, n, k, c) for c in done]
+                    has = all(os.path.exists(p) for p in paths)
+                    block[group] = join([np.load(p) for p in paths]) if has else None
                 block["bayes"] = load_bayes(results, d, n, k, bayes_tasks) if bayes_tasks else None
                 blocks[(d, n, k)] = block
     return blocks, counts
@@ -390,7 +463,14 @@ def kl_rows(log_p_TxK: np.ndarray, log_q_TxK: np.ndarray) -> np.ndarray:
 
 
 def bayes_cell(
-    bayes: dict, base: dict, model: dict | None, k: int, bgm_threshold: float, ablation: dict | None = None
+    bayes: dict,
+    base: dict,
+    model: dict | None,
+    k: int,
+    bgm_threshold: float,
+    ablation: dict | None = None,
+    model_noise: dict | None = None,
+    bic_known: dict | None = None,
 ) -> dict:
     """The Bayes posterior against the other methods on the tasks it was computed on (the first of the cell)."""
     bayes_lp = log_softmax_np(bayes["log_evidence"])
@@ -403,13 +483,16 @@ def bayes_cell(
     }
     log_probs = {"bayes": bayes_lp, "bic_softmax": smoothed_log_softmax(-0.5 * base["bic"][:t])}
     preds["bic_softmax"] = preds["bic"]
-    for name, learned in (("model", model), ("ablation", ablation)):
+    if bic_known is not None:
+        preds["bic_known"] = bic_known["bic"][:t].argmin(-1) + 1
+        log_probs["bic_known_softmax"] = smoothed_log_softmax(-0.5 * bic_known["bic"][:t])
+    for name, learned in (("model", model), ("ablation", ablation), ("model_noise", model_noise)):
         if learned is not None:
             log_probs[name] = learned["log_probs"][:t].astype(np.float64)
             preds[name] = log_probs[name].argmax(-1) + 1
     return {
         "tasks": int(t),
-        "accuracy": {m: float(np.mean(p == k)) for m, p in preds.items() if m != "bic_softmax"},
+        "accuracy": {m: float(np.mean(p == k)) for m, p in preds.items() if not m.endswith("_softmax")},
         "agrees_with_bayes": {
             m: float(np.mean(p == preds["bayes"])) for m, p in preds.items() if m != "bayes"
         },
@@ -472,6 +555,7 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
                 if block is None:
                     continue
                 base, model, ablation = block["baselines"], block.get("model"), block.get("ablation")
+                model_noise, bic_known = block.get("model_noise"), block.get("bic_known")
                 true = np.full(base["bic"].shape[0], k)
                 preds = {
                     "bic": base["bic"].argmin(-1) + 1,
@@ -488,7 +572,13 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
                     "bic_raw_softmax": float(-smoothed_log_softmax(-0.5 * base["bic_raw"])[:, k - 1].mean()),
                 }
                 probs = {"bic_softmax": np.exp(bic_lp)}
-                for name, learned in (("model", model), ("ablation", ablation)):
+                if bic_known is not None:
+                    preds["bic_known"] = bic_known["bic"].argmin(-1) + 1
+                    preds["aic_known"] = bic_known["aic"].argmin(-1) + 1
+                    known_lp = smoothed_log_softmax(-0.5 * bic_known["bic"])
+                    logloss["bic_known_softmax"] = float(-known_lp[:, k - 1].mean())
+                    probs["bic_known_softmax"] = np.exp(known_lp)
+                for name, learned in (("model", model), ("ablation", ablation), ("model_noise", model_noise)):
                     if learned is None:
                         continue
                     preds[name] = learned["log_probs"].argmax(-1) + 1
@@ -508,7 +598,9 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
                     "degenerate_restarts": (base["degenerate_restarts"].mean(0) / n_init).tolist(),
                 }
                 if block.get("bayes") is not None:
-                    cell["bayes"] = bayes_cell(block["bayes"], base, model, k, bgm_threshold, ablation)
+                    cell["bayes"] = bayes_cell(
+                        block["bayes"], base, model, k, bgm_threshold, ablation, model_noise, bic_known
+                    )
                     probs_b = np.exp(log_softmax_np(block["bayes"]["log_evidence"]))
                     pooled.setdefault("bayes", {"probs": [], "true": []})
                     pooled["bayes"]["probs"].append(probs_b)
@@ -539,11 +631,28 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
         },
         "logloss": {
             m: mean_over("logloss", m)
-            for m in ("model", "bic_softmax", "bic_raw_softmax", "model_all", "ablation", "ablation_all")
+            for m in (
+                "model",
+                "bic_softmax",
+                "bic_raw_softmax",
+                "model_all",
+                "ablation",
+                "ablation_all",
+                "model_noise",
+                "model_noise_all",
+                "bic_known_softmax",
+            )
         },
         "logloss_n_le_128": {
             m: mean_over("logloss", m, n=small)
-            for m in ("model", "bic_softmax", "bic_raw_softmax", "ablation")
+            for m in (
+                "model",
+                "bic_softmax",
+                "bic_raw_softmax",
+                "ablation",
+                "model_noise",
+                "bic_known_softmax",
+            )
         },
         "k1_rate": {m: mean_over("accuracy", m, k=[1]) for m in methods},
         "k1_rate_n_le_128": {m: mean_over("accuracy", m, k=[1], n=small) for m in methods},
@@ -565,6 +674,20 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
         }
         k1 = summary["k1_rate"]["model"]
         targets["k1_answers_1_at_least_95pct"] = {"model": k1, "met": k1 >= 0.95}
+    if acc_s.get("model_noise") is not None:  # the same targets for the model told the noise variance
+        gap = acc_s["model_noise"] - acc_s["bic"]
+        known = {"model_noise_minus_bic": gap, "met": gap >= 0.10}
+        if acc_s.get("bic_known") is not None:  # and against BIC told it too
+            known["model_noise_minus_bic_known"] = acc_s["model_noise"] - acc_s["bic_known"]
+        targets["noise_known_accuracy_beats_bic_by_10_points_n_le_128"] = known
+        ll = summary["logloss"]
+        targets["noise_known_logloss_beats_bic_softmax"] = {
+            "model_noise": ll["model_noise"],
+            "bic_softmax": ll["bic_softmax"],
+            "met": ll["model_noise"] < ll["bic_softmax"],
+        }
+        k1 = summary["k1_rate"]["model_noise"]
+        targets["noise_known_k1_answers_1_at_least_95pct"] = {"model_noise": k1, "met": k1 >= 0.95}
     return {
         "settings": {
             "dims": list(dims),
@@ -582,7 +705,16 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
     }
 
 
-COLORS = {"model": "C0", "model_all": "C9", "ablation": "C4", "bic": "C1", "aic": "C2", "bgm": "C3"}
+COLORS = {
+    "model": "C0",
+    "model_all": "C9",
+    "ablation": "C4",
+    "model_noise": "C5",
+    "bic": "C1",
+    "bic_known": "C8",
+    "aic": "C2",
+    "bgm": "C3",
+}
 
 
 def plot(saved: dict, path: str, reliability_path: str) -> None:
@@ -624,7 +756,14 @@ def plot(saved: dict, path: str, reliability_path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], "k:", lw=1)
-    for m, color in (("model", "C0"), ("ablation", "C4"), ("bic_softmax", "C1"), ("bayes", "k")):
+    for m, color in (
+        ("model", "C0"),
+        ("ablation", "C4"),
+        ("model_noise", "C5"),
+        ("bic_softmax", "C1"),
+        ("bic_known_softmax", "C8"),
+        ("bayes", "k"),
+    ):
         if m not in saved["reliability"]:
             continue
         rows = [r for r in saved["reliability"][m]["bins"] if r["count"]]
@@ -660,7 +799,7 @@ def main(argv):
         ((d, n, k, c) for d in dims for n in ns for k in range(1, K_MAX + 1) for c in chunks),
         key=lambda t: (t[3], t[1], t[0], t[2]),
     )  # chunk 0 of every cell first, small N first
-    learned = {"model": FLAGS.workdir, "ablation": FLAGS.ablation_workdir}
+    learned = {"model": FLAGS.workdir, "ablation": FLAGS.ablation_workdir, "model_noise": FLAGS.noise_workdir}
     learned = {group: workdir for group, workdir in learned.items() if workdir}
     if FLAGS.methods == "baselines":  # no trained run needed
         learned = {}
@@ -673,19 +812,28 @@ def main(argv):
             )
     apply_fns = {}
     if FLAGS.methods in ("all", "model"):  # each run loaded on its first uncached block
-        apply_fns = {group: _lazy(learned_apply, workdir) for group, workdir in learned.items()}
+        apply_fns = {
+            group: _lazy(learned_apply, workdir, group == "model_noise") for group, workdir in learned.items()
+        }
     t0 = time.time()
     for d, n, k, c in order:
         for group, apply_fn in apply_fns.items():
             model_block(results, seed, d, n, k, c, apply_fn, n_read, group)
         if FLAGS.methods in ("all", "baselines"):
             baseline_block(results, seed, d, n, k, c, FLAGS.n_init)
+            if FLAGS.bic_known_noise:
+                bic_known_block(results, seed, d, n, k, c, FLAGS.n_init)
         if FLAGS.methods in ("all", "bayes") and c == 0 and n in bayes_ns and FLAGS.bayes_tasks:
             bayes_block(results, seed, d, n, k, FLAGS.bayes_tasks)
         print(f"[{time.time() - t0:6.0f} s] D={d} N={n} K={k} chunk {c}", flush=True)
     if FLAGS.methods == "baselines":
         return
-    blocks, counts = load_blocks(results, dims, ns, chunks, FLAGS.bayes_tasks, "ablation" in learned)
+    optional = tuple(
+        g for g, on in (("model_noise", "model_noise" in learned), ("bic_known", FLAGS.bic_known_noise)) if on
+    )
+    blocks, counts = load_blocks(
+        results, dims, ns, chunks, FLAGS.bayes_tasks, "ablation" in learned, optional
+    )
     if not blocks:
         raise app.UsageError(f"no cell has both its baseline and model blocks in {results}/cache")
     lacking = [key for key, block in blocks.items() if "ablation" in learned and block["ablation"] is None]
@@ -697,6 +845,8 @@ def main(argv):
         {
             "workdir": FLAGS.workdir,
             "ablation_workdir": FLAGS.ablation_workdir,
+            "noise_workdir": FLAGS.noise_workdir,
+            "bic_known_noise": FLAGS.bic_known_noise,
             "runs": {group: run_config(workdir) for group, workdir in learned.items()},
             "seed": seed,
             "n_init": FLAGS.n_init,

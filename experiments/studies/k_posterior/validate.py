@@ -12,7 +12,9 @@ Each candidate is read on the same tasks:
 * a suffix ``@RxS`` reads the candidate with its likelihood evidence computed from R restarts of S EM
   iterations instead of the ones it was trained with (same parameters), e.g. ``shipped@16x30``;
 * a suffix ``#seed`` (after ``@RxS`` if both) draws the evidence's k-means++ starts from that key instead of
-  ``k_evidence``'s fixed one (a different fixed draw, same parameters).
+  ``k_evidence``'s fixed one (a different fixed draw, same parameters);
+* a last suffix ``+noise`` tells a candidate with the noise head the prior's noise variance (1), e.g.
+  ``runs/k_posterior_noise+noise``.
 
 Printed and saved per candidate: K accuracy per (D, N) and their mean, the mean log-loss of the true K, and the
 paired difference in accuracy from the first candidate over the tasks, with its standard error. No baseline is
@@ -47,8 +49,10 @@ def define_flags() -> None:
     flags.DEFINE_string("json", "", "Write the results here (optional).")
 
 
-def parse_candidate(spec: str) -> tuple[str, tuple[int, int] | None, int | None]:
-    """'path[@RxS][#seed]' -> (path, (restarts, steps) or None, evidence seed or None)."""
+def parse_candidate(spec: str) -> tuple[str, tuple[int, int] | None, int | None, bool]:
+    """'path[@RxS][#seed][+noise]' -> (path, (restarts, steps) or None, evidence seed or None, noise known)."""
+    known_noise = spec.endswith("+noise")
+    spec = spec.removesuffix("+noise")
     path, seed = spec.split("#", 1) if "#" in spec else (spec, None)
     path, evidence = path.split("@", 1) if "@" in path else (path, None)
     if evidence is not None:
@@ -57,12 +61,12 @@ def parse_candidate(spec: str) -> tuple[str, tuple[int, int] | None, int | None]
         except ValueError as e:
             raise ValueError(f"candidate {spec!r}: the evidence is @RESTARTSxSTEPS, e.g. @16x30") from e
         evidence = (restarts, steps)
-    return path, evidence, None if seed is None else int(seed)
+    return path, evidence, None if seed is None else int(seed), known_noise
 
 
 def candidate_apply(spec: str):
     """The jitted log P(K | X) of a candidate on tasks whose every point counts: [B, N, D] -> [B, K_MAX]."""
-    path, evidence, seed = parse_candidate(spec)
+    path, evidence, seed, known_noise = parse_candidate(spec)
     from experiments.train_k_posterior import load_source
 
     model, params = load_source(nc.SHIPPED if path == "shipped" else path)
@@ -70,7 +74,7 @@ def candidate_apply(spec: str):
         if model.evidence_restarts < 1:
             raise ValueError(f"candidate {spec!r}: {path} reads no likelihood evidence to change")
         model = model.clone(evidence_restarts=evidence[0], evidence_steps=evidence[1])
-    fn = posterior_apply(model, params, path)
+    fn = posterior_apply(model, params, path, known_noise)
     if seed is None:
         return fn
 
