@@ -81,7 +81,7 @@ def define_flags() -> None:
         "train_noise_head_only",
         False,
         "With --noise_head and --init_from: train the noise head alone (every other parameter frozen), so the "
-        "model without a known noise answers exactly as the source.",
+        "model without a known noise answers as the source.",
     )
     flags.DEFINE_string(
         "init_from",

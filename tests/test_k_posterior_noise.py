@@ -139,6 +139,8 @@ def test_training_the_head_alone_freezes_the_rest_and_it_round_trips(tmp_path):
     )
     with pytest.raises(ValueError, match="finite and > 0"):
         nc.posterior_over_k(ckpt, xs, noise_variance=-1.0)
+    with pytest.raises(ValueError, match="one per dataset"):
+        nc.posterior_over_k(ckpt, xs, noise_variance=[1.0, 1.0])
 
 
 def test_study_scores_the_known_noise_model_and_bic_and_reports_both():

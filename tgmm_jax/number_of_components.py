@@ -165,7 +165,12 @@ def posterior_over_k(
             raise ValueError(
                 f"the K posterior in {ckpt.source} has no noise head: it cannot use a known noise_variance"
             )
-        noise_B = np.broadcast_to(np.asarray(noise_variance, np.float64), (len(xs),)).copy()
+        noise_B = np.asarray(noise_variance, np.float64)
+        if noise_B.ndim > 1 or noise_B.size not in (1, len(xs)):
+            raise ValueError(
+                f"noise_variance must be one number or one per dataset ({len(xs)}), got shape {noise_B.shape}"
+            )
+        noise_B = np.broadcast_to(noise_B.reshape(-1), (len(xs),)).copy()
         if np.any(noise_B <= 0) or np.any(np.isinf(noise_B)):
             raise ValueError(f"noise_variance must be finite and > 0 (NaN: unknown), got {noise_variance!r}")
         noise_B[[bool(np.isnan(x).any()) for x in xs]] = np.nan

@@ -36,7 +36,8 @@ evidence's features and the head's hidden state; its output is added to the logi
 known. A K below the true one leaves the spread between the merged clusters in its variance, which only a
 known noise level shows: the unit-free network cannot read it. Joint scaling (x -> c x, variance -> c^2
 variance) leaves the ratio, hence the answer, unchanged. The shipped head was trained alone, every other
-parameter frozen (``--train_noise_head_only``), so without a known noise the model answers exactly as before.
+parameter frozen (``--train_noise_head_only``), so without a known noise the model answers as before (its
+parameters are the same; the outputs agree to float32 rounding, ~1e-6).
 
 The task prior it is trained on (experiments/train_k_posterior.py): ``TaskSpec(ks=(1..8), cos_threshold=1.0)``,
 i.e. Algorithm 1 without the pairwise-cosine filter of the means (at D = 2 that filter cannot place 8 means:
@@ -91,8 +92,9 @@ class KPosterior(nn.Module):
         self, points_BxNxD: jax.Array, point_mask_BxN: jax.Array, noise_variance_B: jax.Array | None = None
     ) -> jax.Array:
         """log P(K | X) [B, k_max]. ``noise_variance_B`` ([B] or a scalar, in the points' units; needs
-        ``noise_head``): the known noise variance per coordinate of each task, NaN where it is unknown; None:
-        unknown for every task (the answer is then exactly that of the model without the noise head)."""
+        ``noise_head``): the known noise variance per coordinate of each task, NaN where it is unknown (so is a
+        value <= 0 or infinite, which cannot be refused inside jit: ``posterior_over_k`` refuses it); None:
+        unknown for every task (the answer is then that of the model without the noise head)."""
         c = self.config
         if c.backbone != "set" or c.readin != "normalized":
             raise ValueError(
