@@ -68,7 +68,8 @@ def best_fits(points_BxNxD, point_mask_BxN, order_key_BxN, k_max: int, restarts:
     """The fits behind ``max_log_likelihood_per_k``, in the task's normalised coordinates: a dict of the
     normalised points ``x_BxNxD`` (in the canonical order) and their ``mask_BxN``, and per (task, K) the best
     restart's ``weights_BxKxK``, ``means_BxKxKxD``, shared ``variance_BxK`` and ``loglik_BxK`` (mean per point;
-    the second axis is K - 1, the third the components, zero beyond K)."""
+    the second axis is K - 1, the third the components, zero beyond K), and each task's ``spread_B`` (the
+    root mean per-coordinate variance the points were divided by; 0 for a task without spread)."""
     if restarts < 1 or steps < 0:
         raise ValueError(f"need restarts >= 1 and steps >= 0, got restarts={restarts}, steps={steps}")
     points_BxNxD = jax.lax.stop_gradient(jnp.asarray(points_BxNxD, jnp.float32))
@@ -122,6 +123,7 @@ def best_fits(points_BxNxD, point_mask_BxN, order_key_BxN, k_max: int, restarts:
         "means_BxKxKxD": means.reshape(b, k_max, k_max, d),
         "variance_BxK": pick(var_CxR).reshape(b, k_max),
         "loglik_BxK": pick(loglik_CxR).reshape(b, k_max),
+        "spread_B": spread_B,
     }
 
 

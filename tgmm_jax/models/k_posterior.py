@@ -185,9 +185,7 @@ class KPosterior(nn.Module):
             noise_B = jnp.full((b,), jnp.nan) if noise_variance_B is None else jnp.asarray(noise_variance_B)
             noise_B = jnp.broadcast_to(noise_B.astype(jnp.float32), (b,))
             known_B = jnp.isfinite(noise_B) & (noise_B > 0)  # NaN: this task's noise is unknown
-            noise_BxK = self._noise_logits(
-                points_BxNxD, mask_BxN, fits, feats, hidden_BxH, jnp.where(known_B, noise_B, 1.0)
-            )
+            noise_BxK = self._noise_logits(fits, feats, hidden_BxH, jnp.where(known_B, noise_B, 1.0))
             logits_BxK = logits_BxK + jnp.where(known_B[:, None], noise_BxK, 0.0)
         if not self.evidence_geometry:
             return logits_BxK
@@ -199,16 +197,12 @@ class KPosterior(nn.Module):
         geometry_out = nn.Dense(k_max, kernel_init=nn.initializers.zeros, name="evidence_geometry_out")
         return logits_BxK + geometry_out(g)
 
-    def _noise_logits(self, points_BxNxD, mask_BxN, fits, evidence_BxF, hidden_BxH, noise_variance_B):
+    def _noise_logits(self, fits, evidence_BxF, hidden_BxH, noise_variance_B):
         """The known noise's contribution to the logits (zero at initialisation): an MLP on each K's fitted
         shared variance over the known one, ``log(variance_K / noise_variance)`` in the data's units (a K
         below the true one leaves the between-cluster spread in its variance), joined by the evidence's
         features and the head's hidden state."""
-        d = points_BxNxD.shape[-1]
-        count_B = jnp.maximum(jnp.sum(mask_BxN, axis=-1), 1).astype(jnp.float32)
-        centre_BxD = jnp.sum(points_BxNxD, axis=1) / count_B[:, None]
-        centred_BxNxD = jnp.where(mask_BxN[..., None], points_BxNxD - centre_BxD[:, None], 0.0)
-        spread_sq_B = jnp.sum(centred_BxNxD**2, axis=(1, 2)) / (count_B * d)  # k_evidence's normaliser
+        spread_sq_B = fits["spread_B"] ** 2  # the variance the evidence's points were divided by
         noise_B = jnp.asarray(noise_variance_B, jnp.float32)
         variance_BxK = jnp.maximum(fits["variance_BxK"], k_evidence.VARIANCE_FLOOR)
         log_ratio_BxK = jnp.log(variance_BxK) + jnp.log(spread_sq_B / noise_B)[:, None]

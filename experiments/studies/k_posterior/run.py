@@ -664,30 +664,13 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
     targets = {}
     acc_s = summary["accuracy_n_le_128"]
     if acc_s.get("model") is not None:
-        gap = acc_s["model"] - acc_s["bic"]
-        targets["accuracy_beats_bic_by_10_points_n_le_128"] = {"model_minus_bic": gap, "met": gap >= 0.10}
-        ll = summary["logloss"]
-        targets["logloss_beats_bic_softmax"] = {
-            "model": ll["model"],
-            "bic_softmax": ll["bic_softmax"],
-            "met": ll["model"] < ll["bic_softmax"],
-        }
-        k1 = summary["k1_rate"]["model"]
-        targets["k1_answers_1_at_least_95pct"] = {"model": k1, "met": k1 >= 0.95}
+        targets.update(_targets(summary, "model", ""))
     if acc_s.get("model_noise") is not None:  # the same targets for the model told the noise variance
-        gap = acc_s["model_noise"] - acc_s["bic"]
-        known = {"model_noise_minus_bic": gap, "met": gap >= 0.10}
+        targets.update(_targets(summary, "model_noise", "noise_known_"))
         if acc_s.get("bic_known") is not None:  # and against BIC told it too
-            known["model_noise_minus_bic_known"] = acc_s["model_noise"] - acc_s["bic_known"]
-        targets["noise_known_accuracy_beats_bic_by_10_points_n_le_128"] = known
-        ll = summary["logloss"]
-        targets["noise_known_logloss_beats_bic_softmax"] = {
-            "model_noise": ll["model_noise"],
-            "bic_softmax": ll["bic_softmax"],
-            "met": ll["model_noise"] < ll["bic_softmax"],
-        }
-        k1 = summary["k1_rate"]["model_noise"]
-        targets["noise_known_k1_answers_1_at_least_95pct"] = {"model_noise": k1, "met": k1 >= 0.95}
+            targets["noise_known_accuracy_beats_bic_by_10_points_n_le_128"]["model_noise_minus_bic_known"] = (
+                acc_s["model_noise"] - acc_s["bic_known"]
+            )
     return {
         "settings": {
             "dims": list(dims),
@@ -702,6 +685,22 @@ def analyse(blocks: dict, dims, ns, tasks, n_read: int, bgm_threshold: float, n_
         "summary": summary,
         "reliability": rel,
         "targets": targets,
+    }
+
+
+def _targets(summary: dict, method: str, prefix: str) -> dict:
+    """The issue's three targets for ``method`` (keys prefixed by ``prefix``): K accuracy over BIC at N <= 128
+    by 10 points, log-loss under the BIC-softmax's, K = 1 answered on at least 95% of pure noise."""
+    gap = summary["accuracy_n_le_128"][method] - summary["accuracy_n_le_128"]["bic"]
+    ll, k1 = summary["logloss"], summary["k1_rate"][method]
+    return {
+        f"{prefix}accuracy_beats_bic_by_10_points_n_le_128": {f"{method}_minus_bic": gap, "met": gap >= 0.10},
+        f"{prefix}logloss_beats_bic_softmax": {
+            method: ll[method],
+            "bic_softmax": ll["bic_softmax"],
+            "met": ll[method] < ll["bic_softmax"],
+        },
+        f"{prefix}k1_answers_1_at_least_95pct": {method: k1, "met": k1 >= 0.95},
     }
 
 
