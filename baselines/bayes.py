@@ -1215,17 +1215,11 @@ def kept_samples(log_post_RxS: jax.Array, chain_gap: float | None) -> jax.Array:
     return jnp.where(jnp.any(use_RxS), use_RxS, True)
 
 
-def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap: float | None = None):
-    """One task: (weights [K], means [K, D], chain_spread, chains_used) from raw samples (leaves [R, S, ...]);
-    with samples['component_scales'] [R, S, K] also their aligned E[sigma_k], E[sigma_k^2] [K].
-
-    Reference = the sample of highest log p(x, pi, mu); every sample is aligned to it, then once more to
-    the mean of the aligned samples, and averaged. Samples outside the prior's support (log p = -inf: a
-    chain that has not yet left a violating initial state) are left out, unless all are. Components come
-    out in ascending weight order (as the tasks), padded ones last. chain_spread = max over chain pairs of
-    1/(K D) sum_k ||m_r,k - m_r',k||^2, m_r the aligned mean of chain r (chains without a sample in the
-    support are left out).
-    """
+def _aligned_samples(samples: dict, component_mask_K: jax.Array, chain_gap: float | None):
+    """One task's samples aligned for averaging: (weights [S, K], means [S, K, D], index [S, K], use [S]) with
+    S = R * S' flattened; sample s's component j is its raw component index[s, j], use[s] = 1 for the samples
+    that enter the estimate (``kept_samples``). Reference = the sample of highest log p(x, pi, mu); every
+    sample is aligned to it, then once more to the mean of the aligned samples."""
     r, s, k_max, d = samples["means"].shape
     weights_SxK = samples["weights"].reshape(r * s, k_max)
     means_SxKxD = samples["means"].reshape(r * s, k_max, d)
@@ -1234,9 +1228,30 @@ def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap
 
     ref_KxD = means_SxKxD[jnp.argmax(jnp.where(jnp.isnan(log_post), -jnp.inf, log_post))]
     w, mu, _ = _align(weights_SxK, means_SxKxD, component_mask_K, ref_KxD)
-    total = jnp.sum(use_S)
-    mu_mean = jnp.einsum("s,skd->kd", use_S, mu) / total
+    mu_mean = jnp.einsum("s,skd->kd", use_S, mu) / jnp.sum(use_S)
     w, mu, index_SxK = _align(weights_SxK, means_SxKxD, component_mask_K, mu_mean)
+    return w, mu, index_SxK, use_S
+
+
+def _weight_order(weights_SxK, use_S, component_mask_K) -> jax.Array:
+    """The estimate's component order: ascending posterior-mean weight, padded components last."""
+    weights_K = jnp.einsum("s,sk->k", use_S, weights_SxK) / jnp.sum(use_S)
+    return jnp.argsort(jnp.where(component_mask_K, weights_K, jnp.inf))
+
+
+def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap: float | None = None):
+    """One task: (weights [K], means [K, D], chain_spread, chains_used) from raw samples (leaves [R, S, ...]);
+    with samples['component_scales'] [R, S, K] also their aligned E[sigma_k], E[sigma_k^2] [K].
+
+    Every sample is aligned (``_aligned_samples``), then averaged. Samples outside the prior's support
+    (log p = -inf: a chain that has not yet left a violating initial state) are left out, unless all are.
+    Components come out in ascending weight order (as the tasks), padded ones last. chain_spread = max over
+    chain pairs of 1/(K D) sum_k ||m_r,k - m_r',k||^2, m_r the aligned mean of chain r (chains without a
+    sample in the support are left out).
+    """
+    r, s, k_max, d = samples["means"].shape
+    w, mu, index_SxK, use_S = _aligned_samples(samples, component_mask_K, chain_gap)
+    total = jnp.sum(use_S)
     weights_K = jnp.einsum("s,sk->k", use_S, w) / total
     means_KxD = jnp.einsum("s,skd->kd", use_S, mu) / total
 
@@ -1253,7 +1268,7 @@ def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap
     sq_RxR = jnp.sum(jnp.where(component_mask_K[None, None, :], sq_RxRxK, 0.0), axis=-1)
     spread = jnp.max(jnp.where(pair_RxR, sq_RxR, 0.0)) / (k_real * d)
 
-    order_K = jnp.argsort(jnp.where(component_mask_K, weights_K, jnp.inf))
+    order_K = _weight_order(w, use_S, component_mask_K)
     weights_K = jnp.where(component_mask_K, weights_K[order_K], 0.0)
     means_KxD = jnp.where(component_mask_K[:, None], means_KxD[order_K], 0.0)
     if "component_scales" not in samples:
@@ -1263,6 +1278,31 @@ def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap
     moments = [jnp.einsum("s,sk->k", use_S, scales_SxK**p) / total for p in (1, 2)]
     moments = [jnp.where(component_mask_K, m[order_K], 0.0) for m in moments]
     return weights_K, means_KxD, spread, chains_used, moments[0], moments[1]
+
+
+def posterior_responsibilities(
+    samples: dict,
+    x_NxD: jax.Array,
+    point_mask_N: jax.Array,
+    component_mask_K: jax.Array,
+    chain_gap: float | None = None,
+    noise_variance: float = 1.0,
+) -> jax.Array:
+    """One task's posterior membership probabilities P(z_n = k | x) [N, K], in the component order of
+    ``aligned_posterior_mean`` (same samples, same alignment): the average over the kept aligned samples of
+    each sample's E-step, pi_k N(x_n; mu_k, noise_variance I) normalised over k (Rao-Blackwellised: the
+    exact conditional of z given the sample, not the sampled labels). Rows of padded points are zero, and so
+    are the columns of padded components. Isotropic components with one known noise variance only."""
+    w, mu, _, use_S = _aligned_samples(samples, component_mask_K, chain_gap)
+    sq_SxNxK = jnp.sum((x_NxD[None, :, None, :] - mu[:, None, :, :]) ** 2, axis=-1)
+    log_w_SxK = jnp.log(jnp.maximum(w, _TINY))
+    logits_SxNxK = log_w_SxK[:, None, :] - 0.5 * sq_SxNxK / noise_variance
+    logits_SxNxK = jnp.where(component_mask_K[None, None, :], logits_SxNxK, -jnp.inf)
+    resp_SxNxK = jax.nn.softmax(logits_SxNxK, axis=-1)
+    resp_NxK = jnp.einsum("s,snk->nk", use_S, resp_SxNxK) / jnp.sum(use_S)
+    order_K = _weight_order(w, use_S, component_mask_K)
+    resp_NxK = resp_NxK[:, order_K]
+    return jnp.where(point_mask_N[:, None] & component_mask_K[None, :], resp_NxK, 0.0)
 
 
 def _fit_bayes(

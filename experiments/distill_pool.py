@@ -9,6 +9,10 @@ posterior mean of each under exactly that prior (``baselines.bayes``, known unit
 sweeps): the Bayes estimate the aligned l2 loss is minimised by, with the task's sampling noise averaged out.
 ``--targets=truth`` writes the same tasks with their own parameters as targets (no bayes): the same-tasks
 ablation, so a comparison isolates the targets from the finite pool.
+``--responsibilities`` (with bayes targets) also writes each point's posterior membership probabilities
+P(z_n = k | x) from the same samples (``baselines.bayes.posterior_responsibilities``), aligned like the means:
+the soft labels of the responsibility loss (``target_pool``). The posterior means are those of the same chains
+(the same keys as ``fit_bayes``), so the pool's means equal a build without the flag.
 Chunks are cached in ``--out/chunks`` so an interrupted build resumes; a task whose estimate is not finite stops
 the build with its index (none has been seen; it is not dropped silently).
 """
@@ -23,7 +27,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from baselines.bayes import BayesConfig, fit_bayes
+from baselines.bayes import (
+    BayesConfig,
+    aligned_posterior_mean,
+    fit_bayes,
+    posterior_responsibilities,
+    sample_posterior,
+)
 from tgmm_jax.tasks import sample_tasks
 from tgmm_jax.train import target_pool
 from tgmm_jax.train.config import TrainConfig
@@ -40,6 +50,11 @@ flags.DEFINE_enum(
     "bayes",
     ["bayes", "truth"],
     "bayes: the posterior means; truth: the tasks' own parameters (the same-tasks ablation of distillation).",
+)
+flags.DEFINE_bool(
+    "responsibilities",
+    False,
+    "Also store bayes' posterior membership probabilities of every point (soft labels; --targets=bayes only).",
 )
 flags.mark_flags_as_required(["config", "out"])
 FLAGS = flags.FLAGS
@@ -65,29 +80,65 @@ def bayes_config_for(spec) -> BayesConfig:
     )
 
 
-def build_dimension(spec, out: str, per_k: int, chunk: int, seed: int, targets: str = "bayes") -> str:
+def _posterior_with_responsibilities(key, task, config: BayesConfig):
+    """(weights [B, K], means [B, K, D], responsibilities [B, N, K], valid [B]) from one set of bayes chains
+    (``sample_posterior`` with ``fit_bayes``'s keys): the posterior mean and P(z_n = k | x), one component
+    order."""
+    samples = sample_posterior(key, task, config)
+    names = ("weights", "means", "log_post")
+    raw = {name: samples[name] for name in names}
+    estimate = jax.jit(jax.vmap(lambda s, m: aligned_posterior_mean(s, m, chain_gap=config.chain_gap)[:2]))
+    weights, means = estimate(raw, task.component_mask)
+    resp = jax.jit(
+        jax.vmap(lambda s, x, pm, cm: posterior_responsibilities(s, x, pm, cm, chain_gap=config.chain_gap))
+    )(raw, task.points, task.point_mask, task.component_mask)
+    valid = np.all(np.isfinite(np.asarray(means)), axis=(1, 2)) & np.all(
+        np.isfinite(np.asarray(resp)), axis=(1, 2)
+    )
+    return np.asarray(weights), np.asarray(means), np.asarray(resp), valid
+
+
+def build_dimension(
+    spec,
+    out: str,
+    per_k: int,
+    chunk: int,
+    seed: int,
+    targets: str = "bayes",
+    responsibilities: bool = False,
+) -> str:
     key = jax.random.fold_in(jax.random.key(seed), spec.dim)
     task = sample_tasks(jax.random.fold_in(key, 0), spec, per_k)
     if targets == "truth":
+        if responsibilities:
+            raise ValueError("--responsibilities needs --targets=bayes (the truth has only its labels)")
         return target_pool.save_pool(out, task, task.weights, task.means, spec.ks, extra=dict(seed=seed))
     config = bayes_config_for(spec)
     total = task.points.shape[0]
     chunk_dir = os.path.join(out, "chunks")
     os.makedirs(chunk_dir, exist_ok=True)
-    weights, means = [], []
+    weights, means, resps = [], [], []
+    suffix = "_resp" if responsibilities else ""
     for start in range(0, total, chunk):
-        path = os.path.join(chunk_dir, f"d{spec.dim}_{start:07d}_{chunk}.npz")
+        path = os.path.join(chunk_dir, f"d{spec.dim}_{start:07d}_{chunk}{suffix}.npz")
         if not os.path.exists(path):
             t0 = time.perf_counter()
             part = jax.tree.map(lambda x, s=start: x[s : s + chunk], task)
-            params, info = fit_bayes(jax.random.fold_in(key, 1 + start), part, config)
-            w, m = np.asarray(params.weights), np.asarray(params.means)
-            bad = ~(np.asarray(info["valid"]) & np.all(np.isfinite(m), axis=(1, 2)))
+            part_key = jax.random.fold_in(key, 1 + start)
+            if responsibilities:
+                w, m, r, valid = _posterior_with_responsibilities(part_key, part, config)
+                arrays = dict(weights=w, means=m, responsibilities=r)
+            else:
+                params, info = fit_bayes(part_key, part, config)
+                w, m = np.asarray(params.weights), np.asarray(params.means)
+                valid = np.asarray(info["valid"])
+                arrays = dict(weights=w, means=m)
+            bad = ~(valid & np.all(np.isfinite(m), axis=(1, 2)))
             if bad.any():
                 raise FloatingPointError(
                     f"bayes gave a non-finite estimate for pool tasks {start + np.flatnonzero(bad)}"
                 )
-            np.savez(path + ".tmp.npz", weights=w, means=m)
+            np.savez(path + ".tmp.npz", **arrays)
             os.replace(path + ".tmp.npz", path)
             print(
                 f"d={spec.dim} tasks {start}..{start + len(w) - 1}: {time.perf_counter() - t0:.1f} s",
@@ -96,19 +147,23 @@ def build_dimension(spec, out: str, per_k: int, chunk: int, seed: int, targets: 
         with np.load(path) as f:
             weights.append(f["weights"])
             means.append(f["means"])
+            if responsibilities:
+                resps.append(f["responsibilities"])
     target_w, target_m = np.concatenate(weights), np.concatenate(means)
     # bayes returns its components in ascending weight order, zero-padded to K_max like the task; the pool
     # holds them in the task's component order (target j estimates true component j, whose points the labels name)
     target_m = np.where(np.asarray(task.component_mask)[..., None], target_m, 0.0)
     target_w = np.where(np.asarray(task.component_mask), target_w, 0.0)
-    target_w, target_m = target_pool.aligned_targets(task, target_w, target_m)
+    target_r = np.concatenate(resps) if responsibilities else None
+    aligned = target_pool.aligned_targets(task, target_w, target_m, target_r)
     return target_pool.save_pool(
         out,
         task,
-        target_w,
-        target_m,
+        aligned[0],
+        aligned[1],
         spec.ks,
         extra=dict(seed=seed, bayes=repr(config)),
+        target_responsibilities=aligned[2] if responsibilities else None,
     )
 
 
@@ -117,7 +172,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = TrainConfig.from_config(_CONFIG.value)
     for spec in config.train_specs():
-        path = build_dimension(spec, FLAGS.out, FLAGS.per_k, FLAGS.chunk, FLAGS.seed, FLAGS.targets)
+        path = build_dimension(
+            spec, FLAGS.out, FLAGS.per_k, FLAGS.chunk, FLAGS.seed, FLAGS.targets, FLAGS.responsibilities
+        )
         print("wrote", path, flush=True)
 
 

@@ -140,8 +140,9 @@ def _weight_prior_density(pi_G, lo=0.2, hi=0.8):
         return np.maximum((hi / large) ** 2 - (lo / small) ** 2, 0.0)
 
 
-def _exact_algorithm1_1d(x_N, a=-5.0, b=5.0):
-    """E[positive mean], E[negative mean], E[weight of the positive component] and P(z_i = z_j) given x."""
+def _exact_algorithm1_1d(x_N, a=-5.0, b=5.0, membership=False):
+    """E[positive mean], E[negative mean], E[weight of the positive component] and P(z_i = z_j) given x;
+    with ``membership`` also P(x_n belongs to the positive component | x) [N]."""
     n = len(x_N)
     pi_G = np.linspace(0.0, 1.0, 200_001)
     prior_G = _weight_prior_density(pi_G)
@@ -159,6 +160,7 @@ def _exact_algorithm1_1d(x_N, a=-5.0, b=5.0):
 
     z_ZxN = _assignments(n)
     p_Z, pos_Z, neg_Z, wpos_Z = (np.zeros(len(z_ZxN)) for _ in range(4))
+    in_pos_ZxN = np.zeros(z_ZxN.shape)
     for i, z in enumerate(z_ZxN):
         x0, x1 = x_N[z == 0], x_N[z == 1]
         integrand_G = prior_G * pi_G ** len(x0) * (1 - pi_G) ** len(x1)
@@ -171,9 +173,11 @@ def _exact_algorithm1_1d(x_N, a=-5.0, b=5.0):
         pos_Z[i] = (c0 * e0p + c1 * e1p) / (c0 + c1)
         neg_Z[i] = (c0 * e1n + c1 * e0n) / (c0 + c1)
         wpos_Z[i] = (c0 * w0 + c1 * (1 - w0)) / (c0 + c1)
+        in_pos_ZxN[i] = (c0 * (z == 0) + c1 * (z == 1)) / (c0 + c1)
     p_Z /= p_Z.sum()
     same = np.einsum("z,zij->ij", p_Z, z_ZxN[:, :, None] == z_ZxN[:, None, :])
-    return np.array([p_Z @ pos_Z, p_Z @ neg_Z, p_Z @ wpos_Z]), same
+    stats = np.array([p_Z @ pos_Z, p_Z @ neg_Z, p_Z @ wpos_Z])
+    return (stats, same, p_Z @ in_pos_ZxN) if membership else (stats, same)
 
 
 @pytest.mark.slow
@@ -199,6 +203,77 @@ def test_algorithm1_gibbs_matches_enumeration_1d():
     print("exact", stats_exact, "MC", stats_RxSx3.mean(axis=(0, 1)))
     print("max z: stats", z_stats, "co-clustering", z_same.max(), "accept", s["weight_accept"].mean())
     assert z_stats.max() < MAX_Z and z_same.max() < MAX_Z
+
+
+@pytest.mark.slow
+def test_posterior_responsibilities_match_enumeration_1d():
+    """P(z_n = k | x) from the samples (each sample's E-step, averaged after alignment) against the exact
+    membership probabilities of the enumeration; per chain, so the error has a standard error."""
+    task = _one_task(ALG1_X, 2)
+    config = BayesConfig(chains=16, sweeps=1100, burn_in=100, thin=1)
+    s = jax.tree.map(np.asarray, sample_posterior(jax.random.key(1), task, config))
+    _, _, in_pos_exact_N = _exact_algorithm1_1d(ALG1_X[:, 0], membership=True)
+    x, pm, cm = task.points[0], task.point_mask[0], task.component_mask[0]
+    per_chain = []
+    for r in range(config.chains):
+        chain = {name: s[name][0, r : r + 1] for name in ("weights", "means", "log_post")}
+        _, means_K, _, _ = bayes.aligned_posterior_mean(chain, cm, chain_gap=config.chain_gap)
+        resp_NxK = np.asarray(bayes.posterior_responsibilities(chain, x, pm, cm, config.chain_gap))
+        np.testing.assert_allclose(resp_NxK.sum(-1), 1.0, atol=1e-5)
+        per_chain.append(resp_NxK[:, int(np.argmax(np.asarray(means_K)[:, 0]))])
+    z = _z_scores(np.asarray(per_chain), in_pos_exact_N)
+    print("exact", in_pos_exact_N.round(3), "MC", np.mean(per_chain, axis=0).round(3), "max z", z.max())
+    assert z.max() < MAX_Z
+    # the column order is aligned_posterior_mean's on all chains together (ascending weight)
+    every = {name: s[name][0] for name in ("weights", "means", "log_post")}
+    weights_K, means_K, _, _ = bayes.aligned_posterior_mean(every, cm, chain_gap=config.chain_gap)
+    resp_NxK = np.asarray(bayes.posterior_responsibilities(every, x, pm, cm, config.chain_gap))
+    assert np.asarray(weights_K)[0] <= np.asarray(weights_K)[1]
+    positive = int(np.argmax(np.asarray(means_K)[:, 0]))
+    np.testing.assert_allclose(resp_NxK[:, positive], in_pos_exact_N, atol=0.05)
+
+
+def test_posterior_responsibilities_are_zero_on_padding_and_follow_a_relabelling():
+    """Padded points and components get zero; the same samples with their components permuted give the
+    same probabilities (the alignment undoes a relabelling), equal to a NumPy E-step average."""
+    rng = np.random.default_rng(0)
+    r, s, k, d, n = 2, 5, 3, 2, 6
+    base_means = np.array([[-3.0, 0.0], [3.0, 0.5], [0.0, 9.0]])
+    means = base_means + 0.1 * rng.standard_normal((r, s, k, d))
+    weights = np.array([0.2, 0.3, 0.5]) + 0.01 * rng.standard_normal((r, s, k))
+    weights = weights / weights.sum(-1, keepdims=True)
+    samples = dict(
+        weights=jnp.asarray(weights, jnp.float32),
+        means=jnp.asarray(means, jnp.float32),
+        log_post=jnp.zeros((r, s), jnp.float32),
+    )
+    x = jnp.asarray(rng.standard_normal((n, d)) * 3, jnp.float32)
+    pm = jnp.asarray([True] * 5 + [False])
+    cm = jnp.ones(k, bool)
+    resp = np.asarray(bayes.posterior_responsibilities(samples, x, pm, cm))
+    # NumPy reference: per-sample E-step (unit variance), averaged; columns in ascending mean weight
+    logits = np.log(weights)[:, :, None, :] - 0.5 * (
+        (np.asarray(x)[None, None, :, None] - means[:, :, None]) ** 2
+    ).sum(-1)
+    ref = np.exp(logits - logits.max(-1, keepdims=True))
+    ref = (ref / ref.sum(-1, keepdims=True)).mean(axis=(0, 1))
+    order = np.argsort(weights.mean(axis=(0, 1)))
+    np.testing.assert_allclose(resp[:5], ref[:5][:, order], atol=1e-5)
+    assert np.all(resp[5] == 0)
+    perm = rng.permuted(np.tile(np.arange(k), (r, s, 1)), axis=-1)
+    shuffled = dict(
+        samples,
+        weights=jnp.asarray(np.take_along_axis(weights, perm, -1), jnp.float32),
+        means=jnp.asarray(np.take_along_axis(means, perm[..., None], -2), jnp.float32),
+    )
+    np.testing.assert_allclose(
+        np.asarray(bayes.posterior_responsibilities(shuffled, x, pm, cm)), resp, atol=1e-6
+    )
+    # a padded component (the last) gets a zero column and the rest renormalise over the real ones
+    cm2 = jnp.asarray([True, True, False])
+    resp2 = np.asarray(bayes.posterior_responsibilities(samples, x, pm, cm2))
+    assert np.all(resp2[:, 2] == 0)
+    np.testing.assert_allclose(resp2[:5].sum(-1), 1.0, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------

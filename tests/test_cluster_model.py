@@ -169,6 +169,25 @@ def test_responsibility_loss_matches_brute_force(setup):
                 total -= log_resp[b, n, index_BxK[b, labels[b, n]]]
                 count += 1
     np.testing.assert_allclose(float(losses.responsibility_loss(out, task)), total / count, rtol=1e-5)
+    # soft labels: one-hot labels give the same value; random probabilities the brute-force cross-entropy
+    k_max = task.weights.shape[1]
+    onehot = jax.nn.one_hot(task.labels, k_max) * task.point_mask[..., None]
+    np.testing.assert_allclose(
+        float(losses.responsibility_loss(out, task, label_probs_BxNxK=onehot)), total / count, rtol=1e-5
+    )
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(k_max), size=labels.shape) * np.asarray(task.component_mask)[:, None, :]
+    probs = probs / probs.sum(-1, keepdims=True) * mask[..., None]
+    soft = 0.0
+    for b in range(labels.shape[0]):
+        for n in range(labels.shape[1]):
+            for j in range(k_max):
+                if probs[b, n, j] > 0:
+                    soft -= probs[b, n, j] * log_resp[b, n, index_BxK[b, j]]
+    value = losses.responsibility_loss(out, task, label_probs_BxNxK=jnp.asarray(probs, jnp.float32))
+    np.testing.assert_allclose(float(value), soft / count, rtol=1e-5)
+    with pytest.raises(ValueError, match="label_probs"):
+        losses.responsibility_loss(out, task, label_probs_BxNxK=jnp.asarray(probs[:, :-1], jnp.float32))
 
 
 @pytest.mark.slow

@@ -16,13 +16,21 @@ from tgmm_jax.train.state import Objective, _loss_fn, noise_told
 SPEC = TaskSpec(dim=2, ks=(2, 3), n_max=8)
 
 
-def _pool(directory, spec=SPEC, per_k=6, shift=0.5):
-    """A pool whose targets are the true means moved by ``shift`` and equal weights."""
+def _pool(directory, spec=SPEC, per_k=6, shift=0.5, responsibilities=False):
+    """A pool whose targets are the true means moved by ``shift`` and equal weights; with ``responsibilities``
+    also uniform soft labels over each task's real components."""
     task = sample_tasks(jax.random.key(3), spec, per_k)
     target_w = jnp.where(task.component_mask, 1.0 / task.num_components[:, None], 0.0)
     target_m = jnp.where(task.component_mask[..., None], task.means + shift, 0.0)
-    target_pool.save_pool(str(directory), task, target_w, target_m, spec.ks)
+    resp = _uniform_labels(task) if responsibilities else None
+    target_pool.save_pool(str(directory), task, target_w, target_m, spec.ks, target_responsibilities=resp)
     return task, target_w, target_m
+
+
+def _uniform_labels(task):
+    """[B, N, K]: 1/K over the real components of every real point, zero elsewhere."""
+    real = task.point_mask[..., None] & task.component_mask[:, None, :]
+    return jnp.where(real, 1.0 / task.num_components[:, None, None], 0.0)
 
 
 def test_round_trip_and_draw_keeps_k_blocks(tmp_path):
@@ -54,8 +62,9 @@ def test_save_refuses_non_finite_targets(tmp_path):
         target_pool.save_pool(str(tmp_path), task, task.weights, task.means.at[0, 0, 0].set(jnp.nan), SPEC.ks)
 
 
-def _conditioned_loss():
-    """The training loss of a tiny noise-conditioned model at its initial parameters, as a function of the batch."""
+def _conditioned_loss(resp_weight=0.0):
+    """The training loss of a tiny noise-conditioned model at its initial parameters, as a function of the batch
+    (with ``resp_weight`` > 0 also the responsibility term)."""
     config = model_group(
         "tiny",
         backbone="set",
@@ -70,7 +79,7 @@ def _conditioned_loss():
     model = make_model(TrainConfig.from_config(_train_config(model=config)).model, SPEC)
     dummy = sample_tasks(jax.random.key(0), SPEC, 1)
     params = model.init(jax.random.key(1), dummy.points, dummy.point_mask, dummy.num_components)["params"]
-    return lambda b: float(_loss_fn(model, Objective("est_matched"))(params, b)[0])
+    return lambda b: float(_loss_fn(model, Objective("est_matched", resp_weight=resp_weight))(params, b)[0])
 
 
 def _train_config(**overrides):
@@ -144,3 +153,83 @@ def test_tasks_with_a_noise_scale_keep_it(tmp_path):
     loaded = target_pool.load_pool(str(tmp_path), spec).batch.task
     np.testing.assert_array_equal(np.asarray(loaded.noise_scale), np.asarray(task.noise_scale))
     np.testing.assert_array_equal(np.asarray(loaded.scales), np.asarray(task.scales))
+
+
+def test_responsibilities_round_trip_and_are_checked(tmp_path):
+    task, _, _ = _pool(tmp_path / "with", responsibilities=True)
+    pool = target_pool.load_pool(str(tmp_path / "with"), SPEC)
+    np.testing.assert_allclose(
+        np.asarray(pool.batch.target_responsibilities), np.asarray(_uniform_labels(task))
+    )
+    drawn = target_pool.draw_batch(pool.batch, jax.random.key(0), 2, pool.per_k, 3)
+    assert drawn.target_responsibilities.shape == (6, SPEC.n_max, 3)
+    _pool(tmp_path / "without")
+    assert target_pool.load_pool(str(tmp_path / "without"), SPEC).batch.target_responsibilities is None
+    good = np.asarray(_uniform_labels(task))
+    bad_rows = good.copy()
+    bad_rows[0, 0, 0] += 0.5
+    padded = good.copy()
+    padded[np.asarray(task.num_components) == 2, 0, 2] = 0.1  # a padded component (K = 2 of K_max = 3)
+    for bad, match in (
+        (bad_rows, "does not sum to 1"),
+        (padded, "not zero on padded"),
+        (good[:, :-1], "shape"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            target_pool.save_pool(
+                str(tmp_path / "bad"), task, task.weights, task.means, SPEC.ks, target_responsibilities=bad
+            )
+
+
+def test_soft_labels_replace_the_labels_only_where_the_targets_are_used():
+    task = sample_tasks(jax.random.key(4), SPEC, 2)
+    uniform = _uniform_labels(task)
+    batch = target_pool.PoolBatch(task, task.weights, task.means, uniform)
+    use_B = jnp.asarray([True, False, True, False])
+    labels = np.asarray(target_pool.soft_labels(batch, use_B))
+    np.testing.assert_allclose(labels[[0, 2]], np.asarray(uniform)[[0, 2]])
+    onehot = np.eye(3)[np.asarray(task.labels)] * np.asarray(task.point_mask)[..., None]
+    np.testing.assert_array_equal(labels[[1, 3]], onehot[[1, 3]])
+    assert target_pool.soft_labels(target_pool.PoolBatch(task, task.weights, task.means), use_B) is None
+
+
+def test_aligned_targets_permute_the_responsibilities_with_the_means():
+    task = sample_tasks(jax.random.key(5), SPEC, 4)
+    reverse_BxK = jnp.where(
+        task.component_mask,
+        task.num_components[:, None] - 1 - jnp.arange(3)[None, :],
+        jnp.arange(3)[None, :],
+    )
+    take = jax.vmap(lambda a, i: a[i])
+    weights, means = take(task.weights, reverse_BxK), take(task.means, reverse_BxK) + 0.01
+    onehot = jax.nn.one_hot(task.labels, 3) * task.point_mask[..., None]
+    reversed_resp = jax.vmap(lambda r, i: r[:, i])(onehot, reverse_BxK)  # columns in the estimate's order
+    _, aligned_m, aligned_r = target_pool.aligned_targets(task, weights, means, reversed_resp)
+    np.testing.assert_allclose(np.asarray(aligned_m), np.asarray(task.means) + 0.01, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(aligned_r), np.asarray(onehot))
+
+
+@pytest.mark.slow
+def test_a_pool_with_responsibilities_trains_on_them_and_needs_a_responsibility_term(tmp_path):
+    task, _, _ = _pool(tmp_path / "pool", per_k=8, shift=0.0, responsibilities=True)
+    loss = _conditioned_loss()
+    told_B = noise_told(task.points.shape[0])
+    plain = target_pool.PoolBatch(task, task.weights, task.means)
+    soft = target_pool.PoolBatch(task, task.weights, task.means, _uniform_labels(task))
+    onehot = jax.nn.one_hot(task.labels, 3) * task.point_mask[..., None]
+    as_labels = target_pool.PoolBatch(task, task.weights, task.means, onehot)
+    resp_loss = _conditioned_loss(resp_weight=1.0)
+    assert resp_loss(as_labels) == pytest.approx(resp_loss(plain), rel=1e-6)
+    assert abs(resp_loss(soft) - resp_loss(plain)) > 1e-3
+    # without a responsibility term the soft labels change nothing ...
+    assert loss(soft) == pytest.approx(loss(plain), rel=1e-6)
+    # ... so training refuses such a pool then
+    assert bool(told_B[0])
+    cluster = model_group(
+        "tiny", backbone="set", num_layers=1, width=16, num_heads=2, task_embed_dim=8, readout="cluster"
+    )
+    config = dict(target_pool=str(tmp_path / "pool"), eval_every=0, total_steps=2, model=cluster)
+    with pytest.raises(ValueError, match="holds responsibilities"):
+        train_and_evaluate(_train_config(**config, resp_weight=0.0), str(tmp_path / "refused"))
+    train_and_evaluate(_train_config(**config, resp_weight=1.0), str(tmp_path / "trained"))
+    assert load_run(str(tmp_path / "trained")).step == 2

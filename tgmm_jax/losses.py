@@ -113,23 +113,48 @@ def negative_log_likelihood(output: TGMMOutput, task: GMMTask) -> jax.Array:
     return -jnp.mean(mean_log_p_B)
 
 
-def responsibility_loss(output: TGMMOutput, task: GMMTask, index_BxK: jax.Array | None = None) -> jax.Array:
+def responsibility_loss(
+    output: TGMMOutput,
+    task: GMMTask,
+    index_BxK: jax.Array | None = None,
+    label_probs_BxNxK: jax.Array | None = None,
+) -> jax.Array:
     """Mean over real points of -log resp[n, slot matched to n's true component] (the est-matched slots;
-    ``index_BxK``, from ``match_components``, when the caller has it already)."""
+    ``index_BxK``, from ``match_components``, when the caller has it already). With ``label_probs_BxNxK``
+    (soft labels over the task's components, e.g. the Bayes posterior's P(z_n = j | x)) the cross-entropy
+    -sum_j p[n, j] log resp[n, slot matched to j] instead; one-hot labels give the same value."""
     if output.log_responsibilities is None:
         raise ValueError("responsibility_loss needs a read-out with responsibilities (readout='cluster')")
     if index_BxK is None:
         index_BxK = match_components(output.components_only(), task)  # [b, j]: slot matched to target j
+    mask_BxN = task.point_mask.astype(jnp.float32)
+    if label_probs_BxNxK is not None:
+        if label_probs_BxNxK.shape != task.points.shape[:2] + task.weights.shape[1:]:
+            raise ValueError(
+                f"label_probs {label_probs_BxNxK.shape} do not match the task's [B, N, K] "
+                f"{task.points.shape[:2] + task.weights.shape[1:]}"
+            )
+        # log resp of the slot matched to each target component j: [B, N, K]
+        log_r_BxNxK = jnp.take_along_axis(output.log_responsibilities, index_BxK[:, None, :], axis=2)
+        positive = label_probs_BxNxK > 0  # 0 * log 0 = 0 (a padded component's slot may have log resp -inf)
+        ce_BxN = -jnp.sum(label_probs_BxNxK * jnp.where(positive, log_r_BxNxK, 0.0), axis=-1)
+        return jnp.sum(ce_BxN * mask_BxN) / jnp.maximum(jnp.sum(mask_BxN), 1.0)
     slot_BxN = jnp.take_along_axis(index_BxK, task.labels, axis=1)
     log_p_BxN = jnp.take_along_axis(output.log_responsibilities, slot_BxN[..., None], axis=-1)[..., 0]
-    mask_BxN = task.point_mask.astype(jnp.float32)
     return -jnp.sum(log_p_BxN * mask_BxN) / jnp.maximum(jnp.sum(mask_BxN), 1.0)
 
 
 def compute_loss(
-    objective: str, output: TGMMOutput, task: GMMTask, *, lik_weight: float = 1.0, resp_weight: float = 0.0
+    objective: str,
+    output: TGMMOutput,
+    task: GMMTask,
+    *,
+    lik_weight: float = 1.0,
+    resp_weight: float = 0.0,
+    label_probs_BxNxK: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(scalar loss, named scalar terms for logging, including 'loss') for one of OBJECTIVES."""
+    """(scalar loss, named scalar terms for logging, including 'loss') for one of OBJECTIVES; with
+    ``label_probs_BxNxK`` the responsibility term is the cross-entropy against those soft labels."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     _check_compatible(output, task)
@@ -144,7 +169,7 @@ def compute_loss(
     index_BxK = match_components(output, task) if resp_weight or parts[0] == "est_matched" else None
     if resp_weight:
         with_resp = output.replace(log_responsibilities=log_responsibilities)
-        terms["resp_ce"] = responsibility_loss(with_resp, task, index_BxK)
+        terms["resp_ce"] = responsibility_loss(with_resp, task, index_BxK, label_probs_BxNxK)
         loss = loss + resp_weight * terms["resp_ce"]
     if parts[0] in ("est", "est_matched"):
         if parts[0] == "est_matched":

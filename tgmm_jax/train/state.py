@@ -105,10 +105,13 @@ def _loss_fn(model, objective: Objective):
 
     def loss_fn(params, batch):
         task = batch_task(batch)
+        label_probs = None
         if isinstance(batch, target_pool.PoolBatch):
             # distillation: the reference estimate replaces the true weights and means of the tasks whose
-            # noise the model is told (the reference assumes it known); the others keep their true parameters
+            # noise the model is told (the reference assumes it known); the others keep their true parameters.
+            # A pool with responsibilities also replaces those tasks' labels by the reference's soft labels.
             use_B = noise_told(task.points.shape[0]) if conditioned else jnp.ones(task.points.shape[0], bool)
+            label_probs = target_pool.soft_labels(batch, use_B)
             task = target_pool.distilled(batch, use_B)
         kwargs = {}
         if isinstance(batch, masked.MaskedBatch) and model.config.readin_mask:
@@ -120,7 +123,12 @@ def _loss_fn(model, objective: Objective):
             {"params": params}, task.points, task.point_mask, task.num_components, train=True, **kwargs
         )
         return losses.compute_loss(
-            objective.name, out, task, lik_weight=objective.lik_weight, resp_weight=objective.resp_weight
+            objective.name,
+            out,
+            task,
+            lik_weight=objective.lik_weight,
+            resp_weight=objective.resp_weight,
+            label_probs_BxNxK=label_probs,
         )
 
     return loss_fn
@@ -228,6 +236,20 @@ def init_params_shape(key, model, spec: TaskSpec):
     return jax.eval_shape(
         lambda k, t: model.init(k, t.points, t.point_mask, t.num_components)["params"], key, dummy
     )
+
+
+def _pool_for(config, spec: TaskSpec, objective: Objective) -> target_pool.TargetPool | None:
+    """``config.target_pool``'s pool of ``spec.dim`` (None without one); a pool with responsibilities needs a
+    responsibility term to use them."""
+    if not config.target_pool:
+        return None
+    pool = target_pool.load_pool(config.target_pool, spec)
+    if pool.batch.target_responsibilities is not None and not objective.resp_weight:
+        raise ValueError(
+            f"config.target_pool={config.target_pool!r} holds responsibilities (soft labels), but "
+            "config.resp_weight is 0, so they would be unused: set resp_weight > 0 or use a pool without them"
+        )
+    return pool
 
 
 def make_train_step(
@@ -382,7 +404,7 @@ def build_training(config: config_lib.TrainConfig | ml_collections.ConfigDict, m
             config.log_every,
             mesh,
             config.grad_accum_steps,
-            target_pool.load_pool(config.target_pool, step_spec) if config.target_pool else None,
+            _pool_for(config, step_spec, objective),
             config.missing_rate_max,
         )
         for step_spec in config.train_specs()

@@ -459,6 +459,7 @@ NOISE_ARMS = {
     "curriculum to N = 128, seedings averaged": "noise_cond4_avg",
     "same pool, true targets (+8000 steps)": "distill_truth",
     "distilled on bayes (+8000 steps)": "distill_bayes",
+    "distilled on bayes, soft labels (+8000 steps)": "distill_bayes_resp",
     "3 read-out iterations (+4000 steps)": "iters3",
     "6 read-out iterations (+4000 steps)": "iters6",
 }
@@ -476,6 +477,7 @@ TARGET_ARMS = {
     # no speed runs of their own: the 20000-step model's network shape and seedings
     "same pool, true targets (+8000 steps)": ("distill_truth_easy", None),
     "distilled on bayes (+8000 steps)": ("distill_bayes_easy", None),
+    "distilled on bayes, soft labels (+8000 steps)": ("distill_bayes_resp_easy", None),
     # the read-out iterations ablation: both from the 20000-step model, the same batches; no speed runs
     "3 read-out iterations (+4000 steps)": ("iters3_easy", None),
     "6 read-out iterations (+4000 steps)": ("iters6_easy", None),
