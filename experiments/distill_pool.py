@@ -38,26 +38,30 @@ from tgmm_jax.tasks import sample_tasks
 from tgmm_jax.train import target_pool
 from tgmm_jax.train.config import TrainConfig
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The training config the pool serves.", lock_config=True
-)
-flags.DEFINE_string("out", None, "Pool directory (one d{dim}.npz per training dimension).")
-flags.DEFINE_integer("per_k", 4096, "Tasks per K and dimension.")
-flags.DEFINE_integer("chunk", 256, "Tasks per bayes call (a cached unit).")
-flags.DEFINE_integer("seed", 20261207, "Seed of the pool's tasks and chains.")
-flags.DEFINE_enum(
-    "targets",
-    "bayes",
-    ["bayes", "truth"],
-    "bayes: the posterior means; truth: the tasks' own parameters (the same-tasks ablation of distillation).",
-)
-flags.DEFINE_bool(
-    "responsibilities",
-    False,
-    "Also store bayes' posterior membership probabilities of every point (soft labels; --targets=bayes only).",
-)
-flags.mark_flags_as_required(["config", "out"])
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags (defined only when run as a script, so that importing this module, as the
+    tests do, does not clash with another entry point's flags of the same name)."""
+    config_flags.DEFINE_config_file("config", None, "The training config the pool serves.", lock_config=True)
+    flags.DEFINE_string("out", None, "Pool directory (one d{dim}.npz per training dimension).")
+    flags.DEFINE_integer("per_k", 4096, "Tasks per K and dimension.")
+    flags.DEFINE_integer("chunk", 256, "Tasks per bayes call (a cached unit).")
+    flags.DEFINE_integer("seed", 20261207, "Seed of the pool's tasks and chains.")
+    flags.DEFINE_enum(
+        "targets",
+        "bayes",
+        ["bayes", "truth"],
+        "bayes: the posterior means; truth: the tasks' own parameters (the same-tasks ablation of distillation).",
+    )
+    flags.DEFINE_bool(
+        "responsibilities",
+        False,
+        "Also store bayes' posterior membership probabilities of every point (soft labels; --targets=bayes "
+        "only).",
+    )
+    flags.mark_flags_as_required(["config", "out"])
 
 
 def bayes_config_for(spec) -> BayesConfig:
@@ -170,7 +174,7 @@ def build_dimension(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = TrainConfig.from_config(_CONFIG.value)
+    config = TrainConfig.from_config(FLAGS.config)
     for spec in config.train_specs():
         path = build_dimension(
             spec, FLAGS.out, FLAGS.per_k, FLAGS.chunk, FLAGS.seed, FLAGS.targets, FLAGS.responsibilities
@@ -179,4 +183,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
