@@ -1294,7 +1294,10 @@ def posterior_responsibilities(
     exact conditional of z given the sample, not the sampled labels). Rows of padded points are zero, and so
     are the columns of padded components. Isotropic components with one known noise variance only."""
     w, mu, _, use_S = _aligned_samples(samples, component_mask_K, chain_gap)
-    sq_SxNxK = jnp.sum((x_NxD[None, :, None, :] - mu[:, None, :, :]) ** 2, axis=-1)
+    # ||x_n - mu_k||^2 expanded, as in _align: no [S, N, K, D] intermediate
+    cross_SxNxK = jnp.einsum("nd,skd->snk", x_NxD, mu, precision=HIGHEST)
+    sq_x_N = jnp.sum(x_NxD**2, axis=-1)
+    sq_SxNxK = sq_x_N[None, :, None] - 2.0 * cross_SxNxK + jnp.sum(mu**2, axis=-1)[:, None, :]
     log_w_SxK = jnp.log(jnp.maximum(w, _TINY))
     logits_SxNxK = log_w_SxK[:, None, :] - 0.5 * sq_SxNxK / noise_variance
     logits_SxNxK = jnp.where(component_mask_K[None, None, :], logits_SxNxK, -jnp.inf)
