@@ -221,10 +221,13 @@ def test_a_pool_with_responsibilities_trains_on_them_and_needs_a_responsibility_
     resp_loss = _conditioned_loss(resp_weight=1.0)
     assert resp_loss(as_labels) == pytest.approx(resp_loss(plain), rel=1e-6)
     assert abs(resp_loss(soft) - resp_loss(plain)) > 1e-3
+    # soft labels on the tasks not told their noise are not used (those keep their true labels)
+    untold_soft = jnp.where(told_B[:, None, None], onehot, _uniform_labels(task))
+    untold = target_pool.PoolBatch(task, task.weights, task.means, untold_soft)
+    assert resp_loss(untold) == pytest.approx(resp_loss(plain), rel=1e-6)
     # without a responsibility term the soft labels change nothing ...
     assert loss(soft) == pytest.approx(loss(plain), rel=1e-6)
     # ... so training refuses such a pool then
-    assert bool(told_B[0])
     cluster = model_group(
         "tiny", backbone="set", num_layers=1, width=16, num_heads=2, task_embed_dim=8, readout="cluster"
     )
