@@ -165,6 +165,14 @@ def test_responsibilities_round_trip_and_are_checked(tmp_path):
     assert drawn.target_responsibilities.shape == (6, SPEC.n_max, 3)
     _pool(tmp_path / "without")
     assert target_pool.load_pool(str(tmp_path / "without"), SPEC).batch.target_responsibilities is None
+    # a file written by other means with soft labels of the wrong shape is refused on loading
+    path = target_pool.pool_path(str(tmp_path / "with"), SPEC.dim)
+    with np.load(path) as f:
+        arrays = {name: f[name] for name in f.files}
+    arrays["target_responsibilities"] = arrays["target_responsibilities"][:, :, :2]
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="not the tasks' \\[P, N, K\\]"):
+        target_pool.load_pool(str(tmp_path / "with"), SPEC)
     good = np.asarray(_uniform_labels(task))
     bad_rows = good.copy()
     bad_rows[0, 0, 0] += 0.5

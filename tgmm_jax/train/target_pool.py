@@ -172,6 +172,8 @@ def load_pool(directory: str, spec: TaskSpec) -> TargetPool:
         np.asarray(arrays["num_components"]).reshape(len(ks), per_k) == np.asarray(ks)[:, None]
     ):
         raise ValueError(f"{path}: its tasks are not K-major blocks of equal size in ks={ks} order")
+    if resp is not None and resp.shape != arrays["points"].shape[:2] + arrays["weights"].shape[1:]:
+        raise ValueError(f"{path}: {RESPONSIBILITIES} has shape {resp.shape}, not the tasks' [P, N, K]")
     task = GMMTask(**{n: jnp.asarray(arrays[n]) for n in TASK_FIELDS}, noise_scale=noise_scale)
     pool = PoolBatch(task, jnp.asarray(arrays["target_weights"]), jnp.asarray(arrays["target_means"]), resp)
     return TargetPool(pool, ks, per_k)
