@@ -130,17 +130,21 @@ def test_training_on_a_pool_resumes_exactly_and_uses_the_pool(tmp_path):
     assert any(not np.array_equal(np.asarray(x), np.asarray(z)) for x, z in zip(a, c, strict=True))
 
 
-def test_aligned_targets_put_each_estimate_beside_its_true_component():
+def _reversed_estimate():
+    """(task, reverse_BxK, weights, means): an estimate in reversed order over the real components (as an
+    estimate sorted its own way would be), slightly off; aligning must give back the task's order."""
     task = sample_tasks(jax.random.key(5), SPEC, 4)
-    # an estimate in reversed order over the real components (as an estimate sorted its own way would be),
-    # slightly off: aligning must give back the task's order
     reverse_BxK = jnp.where(
         task.component_mask,
         task.num_components[:, None] - 1 - jnp.arange(3)[None, :],
         jnp.arange(3)[None, :],
     )
     take = jax.vmap(lambda a, i: a[i])
-    weights, means = take(task.weights, reverse_BxK), take(task.means, reverse_BxK) + 0.01
+    return task, reverse_BxK, take(task.weights, reverse_BxK), take(task.means, reverse_BxK) + 0.01
+
+
+def test_aligned_targets_put_each_estimate_beside_its_true_component():
+    task, _, weights, means = _reversed_estimate()
     aligned_w, aligned_m = target_pool.aligned_targets(task, weights, means)
     np.testing.assert_allclose(np.asarray(aligned_m), np.asarray(task.means) + 0.01, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(aligned_w), np.asarray(task.weights))
@@ -202,14 +206,7 @@ def test_soft_labels_replace_the_labels_only_where_the_targets_are_used():
 
 
 def test_aligned_targets_permute_the_responsibilities_with_the_means():
-    task = sample_tasks(jax.random.key(5), SPEC, 4)
-    reverse_BxK = jnp.where(
-        task.component_mask,
-        task.num_components[:, None] - 1 - jnp.arange(3)[None, :],
-        jnp.arange(3)[None, :],
-    )
-    take = jax.vmap(lambda a, i: a[i])
-    weights, means = take(task.weights, reverse_BxK), take(task.means, reverse_BxK) + 0.01
+    task, reverse_BxK, weights, means = _reversed_estimate()
     onehot = jax.nn.one_hot(task.labels, 3) * task.point_mask[..., None]
     reversed_resp = jax.vmap(lambda r, i: r[:, i])(onehot, reverse_BxK)  # columns in the estimate's order
     _, aligned_m, aligned_r = target_pool.aligned_targets(task, weights, means, reversed_resp)

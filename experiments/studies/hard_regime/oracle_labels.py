@@ -18,12 +18,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from experiments.studies.hard_regime.run import GAP_RATIO, KS, grid_tasks
 from tgmm_jax import scoring
 from tgmm_jax.gmm import MixtureParams
 from tgmm_jax.metrics import evaluate_estimates
-from tgmm_jax.tasks import GMMTask, TaskSpec, sample_tasks
+from tgmm_jax.tasks import GMMTask
 
-KS = (2, 3, 4, 5)
 FLAGS = flags.FLAGS
 
 
@@ -60,10 +60,9 @@ def main(argv):
     rows = []
     for dim in map(int, FLAGS.dims):
         for n in map(int, FLAGS.ns):
-            # the study's grid_block tasks: the same spec and key
-            spec = TaskSpec(dim=dim, ks=KS, n_max=n, n_min=n, variable_n=False)
-            key = jax.random.fold_in(jax.random.key(FLAGS.eval_seed), 1000 * dim + n)
-            task = sample_tasks(key, spec, FLAGS.tasks_per_cell)
+            _, task = grid_tasks(
+                FLAGS.eval_seed, dim, n, FLAGS.tasks_per_cell
+            )  # the study's grid_block tasks
             fingerprint = study[(dim, n, KS[0], "bayes")]["fingerprint"]
             if scoring.task_fingerprint(task) != fingerprint:
                 raise ValueError(
@@ -86,7 +85,7 @@ def main(argv):
                         oracle_sem=float(first.std(ddof=1) / np.sqrt(first.size)),
                         oracle_over_bayes=oracle / bayes,
                         em_over_bayes=em / bayes,
-                        gap=em >= 1.2 * bayes,
+                        gap=em >= GAP_RATIO * bayes,
                         # share of em_kmeanspp's excess over bayes left with perfect labels
                         excess_left=(oracle - bayes) / (em - bayes) if em > bayes else float("nan"),
                     )

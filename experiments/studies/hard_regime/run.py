@@ -421,10 +421,16 @@ def _take_dict(values: dict, idx) -> dict:
 # Blocks.
 
 
+def grid_tasks(eval_seed: int, dim: int, n: int, tasks_per_cell: int, **spec_options) -> tuple:
+    """(key, tasks) of the grid's (d, N) block: ``tasks_per_cell`` tasks of each K in KS, K-major, N fixed;
+    ``spec_options`` extend the ``TaskSpec`` (the unknown-noise block: the same key, so the same tasks scaled)."""
+    spec = TaskSpec(dim=dim, ks=KS, n_max=n, n_min=n, variable_n=False, **spec_options)
+    key = jax.random.fold_in(jax.random.key(eval_seed), 1000 * dim + n)
+    return key, sample_tasks(key, spec, tasks_per_cell)
+
+
 def grid_block(dim: int, n: int, names) -> list[dict]:
-    spec = TaskSpec(dim=dim, ks=KS, n_max=n, n_min=n, variable_n=False)
-    key = jax.random.fold_in(jax.random.key(FLAGS.eval_seed), 1000 * dim + n)
-    task = sample_tasks(key, spec, FLAGS.tasks_per_cell)
+    key, task = grid_tasks(FLAGS.eval_seed, dim, n, FLAGS.tasks_per_cell)
     t = FLAGS.tasks_per_cell
     groups = {k: np.arange(i * t, (i + 1) * t) for i, k in enumerate(KS)}
     where = dict(kind="grid", dim=dim, N=n, fingerprint=scoring.task_fingerprint(task))
@@ -436,17 +442,14 @@ def grid_block(dim: int, n: int, names) -> list[dict]:
 
 def noise_block(dim: int, n: int, names, noise: tuple[float, float]) -> list[dict]:
     """grid_block's tasks (same key) times sigma ~ log-U[noise], the unknown-noise cells (kind 'grid_noise')."""
-    spec = TaskSpec(
-        dim=dim,
-        ks=KS,
-        n_max=n,
-        n_min=n,
-        variable_n=False,
+    key, task = grid_tasks(
+        FLAGS.eval_seed,
+        dim,
+        n,
+        FLAGS.tasks_per_cell,
         noise_scale_range=noise,
         component_scale_range=component_range(),
     )
-    key = jax.random.fold_in(jax.random.key(FLAGS.eval_seed), 1000 * dim + n)
-    task = sample_tasks(key, spec, FLAGS.tasks_per_cell)
     t = FLAGS.tasks_per_cell
     groups = {k: np.arange(i * t, (i + 1) * t) for i, k in enumerate(KS)}
     where = dict(kind="grid_noise", dim=dim, N=n, noise_scale_range=list(noise))
