@@ -1233,9 +1233,8 @@ def _aligned_samples(samples: dict, component_mask_K: jax.Array, chain_gap: floa
     return w, mu, index_SxK, use_S
 
 
-def _weight_order(weights_SxK, use_S, component_mask_K) -> jax.Array:
-    """The estimate's component order: ascending posterior-mean weight, padded components last."""
-    weights_K = jnp.einsum("s,sk->k", use_S, weights_SxK) / jnp.sum(use_S)
+def _weight_order(weights_K, component_mask_K) -> jax.Array:
+    """The estimate's component order: ascending posterior-mean weight ``weights_K``, padded components last."""
     return jnp.argsort(jnp.where(component_mask_K, weights_K, jnp.inf))
 
 
@@ -1268,7 +1267,7 @@ def aligned_posterior_mean(samples: dict, component_mask_K: jax.Array, chain_gap
     sq_RxR = jnp.sum(jnp.where(component_mask_K[None, None, :], sq_RxRxK, 0.0), axis=-1)
     spread = jnp.max(jnp.where(pair_RxR, sq_RxR, 0.0)) / (k_real * d)
 
-    order_K = _weight_order(w, use_S, component_mask_K)
+    order_K = _weight_order(weights_K, component_mask_K)
     weights_K = jnp.where(component_mask_K, weights_K[order_K], 0.0)
     means_KxD = jnp.where(component_mask_K[:, None], means_KxD[order_K], 0.0)
     if "component_scales" not in samples:
@@ -1303,7 +1302,7 @@ def posterior_responsibilities(
     logits_SxNxK = jnp.where(component_mask_K[None, None, :], logits_SxNxK, -jnp.inf)
     resp_SxNxK = jax.nn.softmax(logits_SxNxK, axis=-1)
     resp_NxK = jnp.einsum("s,snk->nk", use_S, resp_SxNxK) / jnp.sum(use_S)
-    order_K = _weight_order(w, use_S, component_mask_K)
+    order_K = _weight_order(jnp.einsum("s,sk->k", use_S, w) / jnp.sum(use_S), component_mask_K)
     resp_NxK = resp_NxK[:, order_K]
     return jnp.where(point_mask_N[:, None] & component_mask_K[None, :], resp_NxK, 0.0)
 

@@ -19,6 +19,7 @@ the build with its index (none has been seen; it is not dropped silently).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -84,22 +85,27 @@ def bayes_config_for(spec) -> BayesConfig:
     )
 
 
+@functools.partial(jax.jit, static_argnames="chain_gap")
+def _moments(samples: dict, task, chain_gap):
+    """Per task, from raw samples: the posterior mean's (weights, means) and P(z_n = k | x), one order."""
+
+    def one(s, x, point_mask, component_mask):
+        weights, means = aligned_posterior_mean(s, component_mask, chain_gap=chain_gap)[:2]
+        resp = posterior_responsibilities(s, x, point_mask, component_mask, chain_gap=chain_gap)
+        return weights, means, resp
+
+    return jax.vmap(one)(samples, task.points, task.point_mask, task.component_mask)
+
+
 def _posterior_with_responsibilities(key, task, config: BayesConfig):
     """(weights [B, K], means [B, K, D], responsibilities [B, N, K], valid [B]) from one set of bayes chains
     (``sample_posterior`` with ``fit_bayes``'s keys): the posterior mean and P(z_n = k | x), one component
     order."""
     samples = sample_posterior(key, task, config)
-    names = ("weights", "means", "log_post")
-    raw = {name: samples[name] for name in names}
-    estimate = jax.jit(jax.vmap(lambda s, m: aligned_posterior_mean(s, m, chain_gap=config.chain_gap)[:2]))
-    weights, means = estimate(raw, task.component_mask)
-    resp = jax.jit(
-        jax.vmap(lambda s, x, pm, cm: posterior_responsibilities(s, x, pm, cm, chain_gap=config.chain_gap))
-    )(raw, task.points, task.point_mask, task.component_mask)
-    valid = np.all(np.isfinite(np.asarray(means)), axis=(1, 2)) & np.all(
-        np.isfinite(np.asarray(resp)), axis=(1, 2)
-    )
-    return np.asarray(weights), np.asarray(means), np.asarray(resp), valid
+    raw = {name: samples[name] for name in ("weights", "means", "log_post")}
+    weights, means, resp = (np.asarray(a) for a in _moments(raw, task, config.chain_gap))
+    valid = np.all(np.isfinite(means), axis=(1, 2)) & np.all(np.isfinite(resp), axis=(1, 2))
+    return weights, means, resp, valid
 
 
 def build_dimension(
